@@ -1,0 +1,3 @@
+"""Resumable, encrypting tus upload gateway for medical imaging."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""The app factory: the one place that picks implementations and wires them together."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.auth import Authenticator
+from gateway.catalog.base import Catalog
+from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.config import Settings
+from gateway.errors import ERR, GatewayError
+from gateway.handler import TusHandler
+from gateway.keys.base import KeyProvider
+from gateway.keys.keyring import LocalKeyring
+from gateway.middleware import TusMiddleware, problem_body, problem_headers
+from gateway.store.base import ObjectStore
+from gateway.store.folder import FolderStore
+from gateway.uploads import Uploads
+
+log = logging.getLogger("gateway.app")
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    prepare_data_dir(settings)
+    return SQLiteCatalog(settings.catalog_path)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: ObjectStore | None = None,
+    catalog: Catalog | None = None,
+    keys: KeyProvider | None = None,
+) -> Starlette:
+    prepare_data_dir(settings)
+    store = store if store is not None else FolderStore(settings.objects_dir)
+    catalog = catalog if catalog is not None else open_catalog(settings)
+    keys = keys if keys is not None else LocalKeyring.open(settings.keyring_path)
+    uploads = Uploads(settings, store=store, catalog=catalog, keys=keys)
+    handler = TusHandler(settings, uploads, Authenticator(catalog, uploads.runner))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = {}
+        for name, check in (
+            ("catalog", catalog.check),
+            ("store", store.check),
+            ("keys", keys.check),
+        ):
+            try:
+                await uploads.runner.io(check)
+                checks[name] = "ok"
+            except Exception as exc:  # any failure means not ready; say which part
+                checks[name] = f"failed: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await uploads.start()
+        try:
+            yield
+        finally:
+            await uploads.close()
+            catalog.close()
+
+    app = Starlette(
+        routes=[
+            *handler.routes(),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        middleware=[Middleware(TusMiddleware)],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.uploads = uploads
+    return app
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    if exc.status >= 500:
+        log.error("request failed: %s", exc.code, exc_info=exc.__cause__ or exc)
+    return _problem(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        err = GatewayError(ERR.METHOD_NOT_ALLOWED, "this resource does not support that method")
+        err.headers.update(exc.headers or {})
+    else:
+        err = GatewayError(ERR.NOT_FOUND, "there is nothing at this address")
+    return _problem(err)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error", exc_info=exc)
+    return _problem(GatewayError(ERR.INTERNAL, "the server failed; the upload state is intact"))
+
+
+def _problem(err: GatewayError) -> Response:
+    response = Response(problem_body(err), status_code=err.status)
+    response.raw_headers = [
+        *problem_headers(err),
+        *[h for h in response.raw_headers if h[0] != b"content-type"],
+    ]
+    return response

@@ -1,0 +1,146 @@
+"""The catalog protocol and its rows: uploads, records, tail pieces, keys, leases, tokens.
+
+Calls are blocking and short; the service runs them on one dedicated thread. Every
+write that moves an upload forward is a single transaction guarded by the writer's
+lease (fencing token) and by the offset it expects, so a stale writer can never
+record anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.keys.base import WrappedKey
+
+ACTIVE = "active"
+COMPLETE = "complete"
+TERMINATED = "terminated"
+
+
+@dataclass
+class Upload:
+    id: str
+    owner: str
+    tenant: str
+    length: int | None  # None while the length is deferred (or for a final not yet known)
+    offset: int
+    metadata: str | None  # the Upload-Metadata header exactly as received
+    state: str  # ACTIVE | COMPLETE | TERMINATED
+    created_at: float
+    expires_at: float | None
+    segment_size: int
+    header: bytes  # the sealed object's encoded header (empty for a final concatenation)
+    dek_id: bytes
+    multipart_id: str | None = None
+    concat: str | None = None  # None | "partial" | "final"
+    parts: tuple[str, ...] = ()  # for a final upload: the partial upload ids, in order
+    checksum: str | None = None  # "algo base64" of the whole upload, when a client gave one
+    completed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    """One sealed record REC_index, stored as part index+1 of the multipart upload."""
+
+    index: int
+    plaintext_len: int
+    final: bool
+    size: int  # bytes of the part (record, plus the header for index 0)
+    sha256: bytes  # of the record's ciphertext (nonce || ct || tag), not of the part
+    etag: str
+
+
+@dataclass(frozen=True)
+class TailPiece:
+    """A sealed piece of the unfinished segment, stored as its own object."""
+
+    segment: int
+    piece: int
+    start: int  # offset of the piece's plaintext inside the segment
+    length: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    upload_id: str
+    holder: str
+    token: int  # fencing token: strictly increases each time the lease changes hands
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    valid: bool  # still ours
+    release_requested: bool  # someone else asked for the upload
+
+
+class LeaseLost(Exception):
+    """The writer's lease expired or was taken over; nothing was recorded."""
+
+
+class OffsetConflict(Exception):
+    """The upload's offset is not the one the writer expected; nothing was recorded."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    tenant: str
+
+
+@dataclass
+class Progress:
+    """One atomic step forward for an upload, recorded by `Catalog.commit`."""
+
+    expected_offset: int
+    offset: int
+    records: Sequence[RecordRow] = ()
+    add_piece: TailPiece | None = None
+    drop_pieces_below: int | None = None  # delete piece rows of segments < this
+    length: int | None = None  # set a deferred length
+    multipart_id: str | None = None
+    complete_at: float | None = None  # mark the upload complete
+    expires_at: float | None = field(default=None)
+
+
+class Catalog(Protocol):
+    # uploads
+    def create_upload(self, upload: Upload, wrapped: WrappedKey | None) -> None: ...
+    def get_upload(self, upload_id: str) -> Upload | None: ...
+    def records(self, upload_id: str) -> list[RecordRow]: ...
+    def tail_pieces(self, upload_id: str) -> list[TailPiece]: ...
+    def wrapped_key(self, dek_id: bytes) -> WrappedKey | None: ...
+    def commit(self, lease: Lease, progress: Progress) -> None:
+        """Apply `progress` atomically iff `lease` is current and the offset matches.
+
+        Raises LeaseLost or OffsetConflict, having changed nothing.
+        """
+
+    def set_length(self, upload_id: str, length: int) -> None: ...
+    def terminate(self, upload_id: str) -> None:
+        """Mark the upload terminated and shred its wrapped key."""
+
+    def forget(self, upload_id: str) -> None:
+        """Delete every row of a terminated or expired upload (after its objects)."""
+
+    def expired(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of active uploads whose expiry has passed."""
+
+    # leases
+    def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:
+        """Take the lease if free or expired; otherwise flag a release request, return None."""
+
+    def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState: ...
+    def release_lease(self, lease: Lease) -> None: ...
+
+    # bearer tokens (stored as SHA-256 hashes only)
+    def add_token(self, token_hash: bytes, principal: Principal, now: float) -> None: ...
+    def principal_for(self, token_hash: bytes) -> Principal | None: ...
+    def token_count(self) -> int: ...
+
+    def check(self) -> None:
+        """Raise unless the catalog is usable now (for /readyz)."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,396 @@
+"""The SQLite catalog: one WAL-mode database file holding every upload's durable state."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from gateway.catalog.base import (
+    ACTIVE,
+    COMPLETE,
+    TERMINATED,
+    Lease,
+    LeaseLost,
+    LeaseState,
+    OffsetConflict,
+    Principal,
+    Progress,
+    RecordRow,
+    TailPiece,
+    Upload,
+)
+from gateway.keys.base import WrappedKey
+
+SCHEMA_VERSION = 1
+
+# Kept to types and syntax PostgreSQL also accepts (BIGINT, DOUBLE PRECISION, BOOLEAN,
+# ON CONFLICT), except BLOB, which becomes BYTEA there. "offset" is a reserved word in
+# PostgreSQL, hence upload_offset.
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        length BIGINT,
+        upload_offset BIGINT NOT NULL,
+        metadata TEXT,
+        state TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
+        segment_size BIGINT NOT NULL,
+        header BLOB NOT NULL,
+        dek_id BLOB NOT NULL,
+        multipart_id TEXT,
+        concat TEXT,
+        parts TEXT NOT NULL,
+        checksum TEXT,
+        completed_at DOUBLE PRECISION
+    )""",
+    "CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (state, expires_at)",
+    """CREATE TABLE IF NOT EXISTS records (
+        upload_id TEXT NOT NULL REFERENCES uploads (id),
+        idx BIGINT NOT NULL,
+        plaintext_len BIGINT NOT NULL,
+        final BOOLEAN NOT NULL,
+        size BIGINT NOT NULL,
+        sha256 BLOB NOT NULL,
+        etag TEXT NOT NULL,
+        PRIMARY KEY (upload_id, idx)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tail_pieces (
+        upload_id TEXT NOT NULL REFERENCES uploads (id),
+        segment BIGINT NOT NULL,
+        piece BIGINT NOT NULL,
+        start BIGINT NOT NULL,
+        length BIGINT NOT NULL,
+        PRIMARY KEY (upload_id, segment, piece)
+    )""",
+    """CREATE TABLE IF NOT EXISTS wrapped_keys (
+        dek_id BLOB PRIMARY KEY,
+        upload_id TEXT NOT NULL REFERENCES uploads (id),
+        kek_id TEXT NOT NULL,
+        kek_version INTEGER NOT NULL,
+        blob BLOB NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS wrapped_keys_upload ON wrapped_keys (upload_id)",
+    # No foreign key to uploads: a lease is only a claim on an id, and acquiring one
+    # must not fail with an integrity error if the upload row is gone.
+    """CREATE TABLE IF NOT EXISTS leases (
+        upload_id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        release_requested BOOLEAN NOT NULL
+    )""",
+    # One global counter (a SEQUENCE in PostgreSQL): fencing tokens then never repeat
+    # for any upload, even after its lease row is released or forgotten.
+    """CREATE TABLE IF NOT EXISTS lease_tokens (
+        name TEXT PRIMARY KEY,
+        last_token BIGINT NOT NULL
+    )""",
+    "INSERT INTO lease_tokens (name, last_token) VALUES ('fencing', 0) "
+    "ON CONFLICT (name) DO NOTHING",
+    """CREATE TABLE IF NOT EXISTS tokens (
+        token_hash BLOB PRIMARY KEY,
+        principal_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )""",
+)
+
+# Column order follows the Upload dataclass; only "offset" is renamed.
+_UPLOAD_FIELDS = tuple(f.name for f in fields(Upload))
+_UPLOAD_COLUMNS = ", ".join("upload_offset" if n == "offset" else n for n in _UPLOAD_FIELDS)
+
+
+class SQLiteCatalog:
+    """A `Catalog` on one SQLite file; safe to share between threads."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        # Autocommit mode (isolation_level=None): transactions are begun explicitly so
+        # that every write takes the database write lock up front (BEGIN IMMEDIATE).
+        # `timeout` is SQLite's busy_timeout: how long to wait for another writer.
+        self._conn = sqlite3.connect(
+            str(path),
+            timeout=busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._lock = threading.Lock()
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self) -> None:
+        conn = self._conn
+        conn.execute("PRAGMA journal_mode = WAL")
+        # The catalog is what makes an offset durable: fsync the WAL on every commit.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows are zeroed on disk, so a shredded wrapped key does not linger in
+        # free pages of the file.
+        conn.execute("PRAGMA secure_delete = ON")
+        with self._tx() as cur:
+            for ddl in _SCHEMA:
+                cur.execute(ddl)
+            row = cur.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"catalog schema version {row[0]} is not supported (want {SCHEMA_VERSION})"
+                )
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction; any exception rolls everything back."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # uploads
+
+    def create_upload(self, upload: Upload, wrapped: WrappedKey | None) -> None:
+        values = [getattr(upload, name) for name in _UPLOAD_FIELDS]
+        values[_UPLOAD_FIELDS.index("parts")] = json.dumps(list(upload.parts))
+        with self._tx() as cur:
+            cur.execute(
+                f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
+            if wrapped is not None:
+                cur.execute(
+                    "INSERT INTO wrapped_keys (dek_id, upload_id, kek_id, kek_version, blob) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (upload.dek_id, upload.id, wrapped.kek_id, wrapped.kek_version, wrapped.blob),
+                )
+
+    def get_upload(self, upload_id: str) -> Upload | None:
+        rows = self._query(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
+        if not rows:
+            return None
+        row = dict(zip(_UPLOAD_FIELDS, rows[0], strict=True))
+        row["parts"] = tuple(json.loads(row["parts"]))
+        return Upload(**row)
+
+    def records(self, upload_id: str) -> list[RecordRow]:
+        rows = self._query(
+            "SELECT idx, plaintext_len, final, size, sha256, etag FROM records "
+            "WHERE upload_id = ? ORDER BY idx",
+            (upload_id,),
+        )
+        # SQLite hands booleans back as 0/1.
+        return [RecordRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    def tail_pieces(self, upload_id: str) -> list[TailPiece]:
+        rows = self._query(
+            "SELECT segment, piece, start, length FROM tail_pieces "
+            "WHERE upload_id = ? ORDER BY segment, piece",
+            (upload_id,),
+        )
+        return [TailPiece(*r) for r in rows]
+
+    def wrapped_key(self, dek_id: bytes) -> WrappedKey | None:
+        rows = self._query(
+            "SELECT kek_id, kek_version, blob FROM wrapped_keys WHERE dek_id = ?",
+            (dek_id,),
+        )
+        if not rows:
+            return None
+        kek_id, version, blob = rows[0]
+        return WrappedKey(kek_id=kek_id, kek_version=version, blob=blob)
+
+    def commit(self, lease: Lease, progress: Progress) -> None:
+        uid, recs = lease.upload_id, progress.records
+        with self._tx() as cur:
+            q = "SELECT holder, token FROM leases WHERE upload_id = ?"
+            row = cur.execute(q, (uid,)).fetchone()
+            # Expiry is the holder's own business; a takeover shows as a different token.
+            if row is None or row[0] != lease.holder or row[1] != lease.token:
+                raise LeaseLost(uid)
+            up = cur.execute(
+                "SELECT upload_offset, state FROM uploads WHERE id = ?", (uid,)
+            ).fetchone()
+            # A terminated (or vanished) upload must never move forward again, least of
+            # all back to "complete"; for the writer that is a lost lease.
+            if up is None or up[1] != ACTIVE:
+                raise LeaseLost(uid)
+            if up[0] != progress.expected_offset:
+                raise OffsetConflict(f"{uid}: offset is {up[0]}, not {progress.expected_offset}")
+            cur.executemany(
+                "INSERT INTO records (upload_id, idx, plaintext_len, final, size, sha256, etag) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (upload_id, idx) DO UPDATE SET "
+                "plaintext_len = excluded.plaintext_len, final = excluded.final, "
+                "size = excluded.size, sha256 = excluded.sha256, etag = excluded.etag",
+                [(uid, r.index, r.plaintext_len, r.final, r.size, r.sha256, r.etag) for r in recs],
+            )
+            p = progress.add_piece
+            if p is not None:
+                cur.execute(
+                    "INSERT INTO tail_pieces (upload_id, segment, piece, start, length) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (upload_id, segment, piece) DO UPDATE "
+                    "SET start = excluded.start, length = excluded.length",
+                    (uid, p.segment, p.piece, p.start, p.length),
+                )
+            if progress.drop_pieces_below is not None:
+                cur.execute(
+                    "DELETE FROM tail_pieces WHERE upload_id = ? AND segment < ?",
+                    (uid, progress.drop_pieces_below),
+                )
+            cur.execute(
+                "UPDATE uploads SET upload_offset = ?, length = COALESCE(?, length), "
+                "multipart_id = COALESCE(?, multipart_id), expires_at = COALESCE(?, expires_at) "
+                "WHERE id = ?",
+                (progress.offset, progress.length, progress.multipart_id, progress.expires_at, uid),
+            )
+            if progress.complete_at is not None:
+                cur.execute(
+                    "UPDATE uploads SET state = ?, completed_at = ? WHERE id = ?",
+                    (COMPLETE, progress.complete_at, uid),
+                )
+
+    def set_length(self, upload_id: str, length: int) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE uploads SET length = ? WHERE id = ? AND length IS NULL",
+                (length, upload_id),
+            )
+
+    def terminate(self, upload_id: str) -> None:
+        with self._tx() as cur:
+            cur.execute("UPDATE uploads SET state = ? WHERE id = ?", (TERMINATED, upload_id))
+            cur.execute("DELETE FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
+            # Dropping the lease makes any in-flight writer's next commit fail at once.
+            cur.execute("DELETE FROM leases WHERE upload_id = ?", (upload_id,))
+        self._truncate_wal()
+
+    def forget(self, upload_id: str) -> None:
+        with self._tx() as cur:
+            for table in ("records", "tail_pieces", "wrapped_keys", "leases"):
+                cur.execute(f"DELETE FROM {table} WHERE upload_id = ?", (upload_id,))
+            cur.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        self._truncate_wal()
+
+    def _truncate_wal(self) -> None:
+        # The WAL still holds page images with the shredded key until a checkpoint
+        # rewrites the database file and truncates the log. Best effort: a busy
+        # checkpoint only delays that to a later one.
+        with self._lock, suppress(sqlite3.OperationalError):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def expired(self, now: float, limit: int = 100) -> list[str]:
+        rows = self._query(
+            "SELECT id FROM uploads WHERE state = ? AND expires_at IS NOT NULL "
+            "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (ACTIVE, now, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    # leases
+
+    def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT holder, expires_at FROM leases WHERE upload_id = ?", (upload_id,)
+            ).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                cur.execute(
+                    "UPDATE leases SET release_requested = ? WHERE upload_id = ?",
+                    (True, upload_id),
+                )
+                return None
+            cur.execute(
+                "UPDATE lease_tokens SET last_token = last_token + 1 WHERE name = 'fencing'"
+            )
+            (token,) = cur.execute(
+                "SELECT last_token FROM lease_tokens WHERE name = 'fencing'"
+            ).fetchone()
+            expires_at = now + ttl
+            cur.execute(
+                "INSERT INTO leases (upload_id, holder, token, expires_at, release_requested) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (upload_id) DO UPDATE SET "
+                "holder = excluded.holder, token = excluded.token, "
+                "expires_at = excluded.expires_at, release_requested = excluded.release_requested",
+                (upload_id, holder, token, expires_at, False),
+            )
+            return Lease(
+                upload_id=upload_id, holder=holder, token=int(token), expires_at=expires_at
+            )
+
+    def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState:
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT holder, token, release_requested FROM leases WHERE upload_id = ?",
+                (lease.upload_id,),
+            ).fetchone()
+            # Even past its expiry the lease is still ours while nobody has taken it
+            # (taking it always changes the token).
+            if row is None or row[0] != lease.holder or row[1] != lease.token:
+                return LeaseState(valid=False, release_requested=False)
+            cur.execute(
+                "UPDATE leases SET expires_at = ? WHERE upload_id = ? AND token = ?",
+                (now + ttl, lease.upload_id, lease.token),
+            )
+            return LeaseState(valid=True, release_requested=bool(row[2]))
+
+    def release_lease(self, lease: Lease) -> None:
+        # Deleting the row is safe for fencing: tokens come from the global counter.
+        with self._tx() as cur:
+            cur.execute(
+                "DELETE FROM leases WHERE upload_id = ? AND holder = ? AND token = ?",
+                (lease.upload_id, lease.holder, lease.token),
+            )
+
+    # bearer tokens
+
+    def add_token(self, token_hash: bytes, principal: Principal, now: float) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO tokens (token_hash, principal_id, tenant, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (token_hash) DO UPDATE SET "
+                "principal_id = excluded.principal_id, tenant = excluded.tenant",
+                (token_hash, principal.id, principal.tenant, now),
+            )
+
+    def principal_for(self, token_hash: bytes) -> Principal | None:
+        rows = self._query(
+            "SELECT principal_id, tenant FROM tokens WHERE token_hash = ?", (token_hash,)
+        )
+        if not rows:
+            return None
+        return Principal(id=str(rows[0][0]), tenant=str(rows[0][1]))
+
+    def token_count(self) -> int:
+        rows = self._query("SELECT COUNT(*) FROM tokens")
+        return int(rows[0][0])
+
+    def check(self) -> None:
+        rows = self._query("SELECT 1")
+        if rows != [(1,)]:
+            raise RuntimeError("catalog check query returned an unexpected result")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,116 @@
+"""The `gateway` command: serve, and mint bearer tokens."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.app import create_app, open_catalog
+from gateway.auth import mint_token
+from gateway.catalog.base import Principal
+from gateway.config import ConfigError, Settings, load_settings
+
+DEFAULT_PRINCIPAL = "admin"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the upload gateway")
+    serve.add_argument("--host", help="address to bind (GATEWAY_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (GATEWAY_PORT, default 8080)")
+    serve.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
+    serve.add_argument("--base-path", help="tus endpoint path (GATEWAY_BASE_PATH, /files/)")
+    serve.add_argument("--max-size", type=int, help="largest upload in bytes (GATEWAY_MAX_SIZE)")
+    serve.add_argument("--segment-size", type=int, help="sealed record size (GATEWAY_SEGMENT_SIZE)")
+    serve.add_argument("--log-level", help="debug, info, warning (GATEWAY_LOG_LEVEL)")
+
+    token = sub.add_parser("token", help="mint a bearer token; printed on the last line")
+    token.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
+    token.add_argument("--principal", default=DEFAULT_PRINCIPAL, help="who the token acts as")
+    token.add_argument("--tenant", default="default", help="the principal's tenant")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    options: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        if args.command == "token":
+            settings = load_settings({"data_dir": options["data_dir"]})
+            return _token(settings, Principal(args.principal, args.tenant))
+        settings = load_settings(options)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    return _serve(settings)
+
+
+def _token(settings: Settings, principal: Principal) -> int:
+    catalog = open_catalog(settings)
+    try:
+        token = mint_token(catalog, principal)
+    finally:
+        catalog.close()
+    print(f"# bearer token for principal {principal.id!r}; it is shown only now")
+    print(token)
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    catalog = open_catalog(settings)
+    if catalog.token_count() == 0:
+        # First start: never run open. Mint a token and show how to use it, once.
+        token = mint_token(catalog, Principal(DEFAULT_PRINCIPAL, "default"))
+        url = f"http://{settings.host}:{settings.port}{settings.base_path}"
+        print(
+            "\nFirst start: created a bearer token (stored hashed; it is shown only now).\n"
+            f"Try it:\n  curl -i -X POST {url} -H 'Tus-Resumable: 1.0.0' "
+            f"-H 'Upload-Length: 5' -H 'Authorization: Bearer {token}'\n"
+            "Mint more with: gateway token --data-dir "
+            f"{settings.data_dir}\n",
+            flush=True,
+        )
+    app = create_app(settings, catalog=catalog)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = _Server(config, app)
+    server.run()
+    return 0
+
+
+class _Server:
+    """uvicorn's server, told to stop our body reads as soon as SIGTERM arrives."""
+
+    def __new__(cls, config: Any, app: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                app.state.uploads.leases.stop_all()
+                super().handle_exit(sig, frame)
+
+        return Server(config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

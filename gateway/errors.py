@@ -1,0 +1,74 @@
+"""The error catalogue: one stable code and HTTP status per thing that can go wrong.
+
+    GatewayError  (err, detail, headers)  -> RFC 9457 application/problem+json
+      .err   one member of ERR: a stable code such as ERR_MISMATCHED_OFFSET
+      .status  the HTTP status that code always maps to
+
+The service raises `GatewayError(ERR.X, "a sentence for a human")`; only the HTTP
+layer turns it into a response. Codes reuse tusd's names where tusd has one, so
+dashboards and client code written for tusd keep working.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ERR(enum.Enum):
+    """Stable error codes. The value is (code, HTTP status); codes are unique."""
+
+    UNSUPPORTED_VERSION = ("ERR_UNSUPPORTED_VERSION", 412)
+    INVALID_CONTENT_TYPE = ("ERR_INVALID_CONTENT_TYPE", 415)
+    MISMATCHED_OFFSET = ("ERR_MISMATCHED_OFFSET", 409)
+    CHECKSUM_MISMATCH = ("ERR_CHECKSUM_MISMATCH", 460)
+    MAX_SIZE_EXCEEDED = ("ERR_MAX_SIZE_EXCEEDED", 413)
+    UPLOAD_SIZE_EXCEEDED = ("ERR_UPLOAD_SIZE_EXCEEDED", 413)
+    UPLOAD_NOT_FOUND = ("ERR_UPLOAD_NOT_FOUND", 404)
+    UPLOAD_GONE = ("ERR_UPLOAD_GONE", 410)
+    UPLOAD_LOCKED = ("ERR_UPLOAD_LOCKED", 423)
+    UPLOAD_NOT_FINISHED = ("ERR_UPLOAD_NOT_FINISHED", 400)
+    MODIFY_FINAL = ("ERR_MODIFY_FINAL", 403)
+    INVALID_HEADER = ("ERR_INVALID_HEADER", 400)
+    INVALID_UPLOAD_LENGTH = ("ERR_INVALID_UPLOAD_LENGTH", 400)
+    INVALID_UPLOAD_DEFER_LENGTH = ("ERR_INVALID_UPLOAD_LENGTH_DEFER", 400)
+    INVALID_OFFSET = ("ERR_INVALID_OFFSET", 400)
+    INVALID_METADATA = ("ERR_INVALID_METADATA", 400)
+    INVALID_CHECKSUM = ("ERR_INVALID_CHECKSUM", 400)
+    UNSUPPORTED_CHECKSUM_ALGORITHM = ("ERR_UNSUPPORTED_CHECKSUM_ALGORITHM", 400)
+    INVALID_CONCAT = ("ERR_INVALID_CONCAT", 400)
+    LENGTH_ALREADY_SET = ("ERR_UPLOAD_LENGTH_ALREADY_SET", 400)
+    UNAUTHORIZED = ("ERR_UNAUTHORIZED", 401)
+    METHOD_NOT_ALLOWED = ("ERR_METHOD_NOT_ALLOWED", 405)
+    NOT_FOUND = ("ERR_NOT_FOUND", 404)
+    REQUEST_TOO_LARGE = ("ERR_REQUEST_TOO_LARGE", 413)
+    UPLOAD_INTERRUPTED = ("ERR_UPLOAD_INTERRUPTED", 400)
+    STORE_UNAVAILABLE = ("ERR_STORE_UNAVAILABLE", 503)
+    SERVER_SHUTDOWN = ("ERR_SERVER_SHUTDOWN", 503)
+    STORED_DATA_CORRUPT = ("ERR_STORED_DATA_CORRUPT", 500)
+    INTERNAL = ("ERR_INTERNAL_SERVER_ERROR", 500)
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @property
+    def status(self) -> int:
+        return self.value[1]
+
+
+class GatewayError(Exception):
+    """An error with a stable code that the HTTP layer renders as problem+json."""
+
+    def __init__(self, err: ERR, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{err.code}: {detail}")
+        self.err = err
+        self.detail = detail
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return self.err.status
+
+    @property
+    def code(self) -> str:
+        return self.err.code

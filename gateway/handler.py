@@ -1,0 +1,215 @@
+"""The tus 1.0 protocol handler: HTTP requests in, service calls, tus responses out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import checksums
+from gateway.auth import Authenticator
+from gateway.catalog.base import ACTIVE, Principal, Upload
+from gateway.config import Settings
+from gateway.errors import ERR, GatewayError
+from gateway.tus import headers as tus
+from gateway.uploads import EXTENSIONS, Uploads, _empty
+from gateway.writer import BodyInterrupted
+
+OFFSET_STREAM = "application/offset+octet-stream"
+
+
+class TusHandler:
+    def __init__(self, settings: Settings, uploads: Uploads, auth: Authenticator) -> None:
+        self.settings = settings
+        self.uploads = uploads
+        self.auth = auth
+        self.base = settings.base_path
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(self.base, self.collection, methods=["POST", "OPTIONS"]),
+            Route(self.base.rstrip("/"), self.collection, methods=["POST", "OPTIONS"]),
+            Route(
+                self.base + "{upload_id}",
+                self.resource,
+                methods=["HEAD", "PATCH", "DELETE", "OPTIONS"],
+            ),
+        ]
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    async def collection(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return self.options()
+        principal = await self._authenticate(request)
+        return await self.post(request, principal)
+
+    async def resource(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return self.options()
+        principal = await self._authenticate(request)
+        upload_id = request.path_params["upload_id"]
+        if not tus.is_valid_upload_id(upload_id):
+            raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
+        if request.method == "HEAD":
+            return await self.head(principal, upload_id)
+        if request.method == "PATCH":
+            return await self.patch(request, principal, upload_id)
+        await self.uploads.terminate(principal, upload_id)
+        return Response(status_code=204)
+
+    async def _authenticate(self, request: Request) -> Principal:
+        # The version check comes first: a client speaking another tus version must
+        # learn that (412 + Tus-Version) before anything else.
+        tus.parse_tus_resumable(request.headers.getlist("tus-resumable"))
+        return await self.auth.principal(request.headers.getlist("authorization"))
+
+    # -- methods ------------------------------------------------------------------------
+
+    def options(self) -> Response:
+        return Response(
+            status_code=204,
+            headers={
+                "Tus-Version": tus.TUS_VERSION,
+                "Tus-Extension": ",".join(EXTENSIONS),
+                "Tus-Max-Size": str(self.settings.max_size),
+                "Tus-Checksum-Algorithm": ",".join(checksums.SUPPORTED),
+            },
+        )
+
+    async def post(self, request: Request, principal: Principal) -> Response:
+        h = request.headers
+        concat = tus.parse_concat(h.getlist("upload-concat"))
+        metadata = tus.parse_metadata(
+            h.getlist("upload-metadata"), max_bytes=self.settings.metadata_max_bytes
+        )
+        raw_metadata = metadata.raw if metadata is not None else None
+        length = tus.parse_upload_length(h.getlist("upload-length"))
+        deferred = tus.parse_defer_length(h.getlist("upload-defer-length"))
+        if concat is not None and concat.kind == "final":
+            if length is not None or deferred:
+                raise GatewayError(
+                    ERR.INVALID_UPLOAD_LENGTH, "a final upload takes its length from its partials"
+                )
+            part_ids = []
+            for url in concat.urls:
+                part_id = tus.upload_id_from_url(url, self.base)
+                if part_id is None:
+                    raise GatewayError(ERR.INVALID_CONCAT, f"{url[:80]!r} is not an upload URL")
+                part_ids.append(part_id)
+            upload = await self.uploads.create_final(
+                principal, concat=h["upload-concat"], part_ids=part_ids, metadata=raw_metadata
+            )
+            return Response(status_code=201, headers=self._created_headers(request, upload))
+        if length is not None and deferred:
+            raise GatewayError(
+                ERR.INVALID_UPLOAD_LENGTH, "send Upload-Length or Upload-Defer-Length, not both"
+            )
+        if length is None and not deferred:
+            raise GatewayError(
+                ERR.INVALID_UPLOAD_LENGTH, "send Upload-Length, or Upload-Defer-Length: 1"
+            )
+        with_body = _media_type(h.get("content-type")) == OFFSET_STREAM
+        checksum = self._checksum(request) if with_body else None
+        content_length = self._content_length(request)
+        if with_body and length is not None and content_length and content_length > length:
+            raise GatewayError(ERR.UPLOAD_SIZE_EXCEEDED, "the body is longer than Upload-Length")
+        upload = await self.uploads.create(
+            principal,
+            length=length,
+            metadata=raw_metadata,
+            partial_concat="partial" if concat is not None else None,
+        )
+        headers = self._created_headers(request, upload)
+        if with_body or length == 0:
+            try:
+                upload, _ = await self.uploads.write(
+                    principal,
+                    upload.id,
+                    offset=0,
+                    body=_body(request) if with_body else _empty(),
+                    checksum=checksum,
+                    content_length=content_length,
+                )
+            except GatewayError as exc:
+                exc.headers.setdefault("Location", headers["Location"])
+                raise
+            headers.update(_progress_headers(upload))
+        return Response(status_code=201, headers=headers)
+
+    async def head(self, principal: Principal, upload_id: str) -> Response:
+        upload = await self.uploads.get(principal, upload_id)
+        headers = {"Cache-Control": "no-store", "Upload-Offset": str(upload.offset)}
+        if upload.length is None:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(upload.length)
+        if upload.metadata is not None:
+            headers["Upload-Metadata"] = upload.metadata
+        if upload.concat is not None:
+            headers["Upload-Concat"] = upload.concat
+        headers.update(_expires_header(upload))
+        return Response(status_code=200, headers=headers)
+
+    async def patch(self, request: Request, principal: Principal, upload_id: str) -> Response:
+        h = request.headers
+        if _media_type(h.get("content-type")) != OFFSET_STREAM:
+            raise GatewayError(
+                ERR.INVALID_CONTENT_TYPE, f"PATCH bodies must be sent as {OFFSET_STREAM}"
+            )
+        offset = tus.parse_upload_offset(h.getlist("upload-offset"))
+        if offset is None:
+            raise GatewayError(ERR.INVALID_OFFSET, "PATCH requires Upload-Offset")
+        length = tus.parse_upload_length(h.getlist("upload-length"))
+        checksum = self._checksum(request)
+        upload, _ = await self.uploads.write(
+            principal,
+            upload_id,
+            offset=offset,
+            body=_body(request),
+            length=length,
+            checksum=checksum,
+            content_length=self._content_length(request),
+        )
+        return Response(status_code=204, headers=_progress_headers(upload))
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _checksum(self, request: Request) -> tus.ChecksumHeader | None:
+        return tus.parse_upload_checksum(
+            request.headers.getlist("upload-checksum"), checksums.SUPPORTED
+        )
+
+    def _content_length(self, request: Request) -> int | None:
+        return tus.parse_non_negative_int(
+            "Content-Length", request.headers.getlist("content-length"), ERR.INVALID_HEADER
+        )
+
+    def _created_headers(self, request: Request, upload: Upload) -> dict[str, str]:
+        location = str(request.base_url).rstrip("/") + self.base + upload.id
+        return {"Location": location, **_expires_header(upload)}
+
+
+def _progress_headers(upload: Upload) -> dict[str, str]:
+    return {"Upload-Offset": str(upload.offset), **_expires_header(upload)}
+
+
+def _expires_header(upload: Upload) -> dict[str, str]:
+    if upload.state == ACTIVE and upload.expires_at is not None:
+        return {"Upload-Expires": tus.format_http_date(upload.expires_at)}
+    return {}
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise BodyInterrupted from None

@@ -1,0 +1,36 @@
+"""The key-provider protocol: a DEK never leaves the process unwrapped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class KeyError_(Exception):
+    """A key could not be unwrapped: wrong KEK, tampered blob, or unknown KEK version."""
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key wrapped by a KEK; what the catalog's key table stores."""
+
+    kek_id: str
+    kek_version: int
+    blob: bytes
+
+
+class KeyProvider(Protocol):
+    @property
+    def kek_id(self) -> str: ...
+
+    def wrap(self, dek: bytes, *, upload_id: str, dek_id: bytes) -> WrappedKey:
+        """Wrap a 32-byte DEK under the current KEK version, bound to upload and dek id."""
+
+    def unwrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> bytes:
+        """Return the DEK, or raise KeyError_ if anything does not match."""
+
+    def rewrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> WrappedKey:
+        """Re-wrap under the current KEK version (rotation) without touching data."""
+
+    def check(self) -> None:
+        """Raise KeyError_ unless keys are usable now (for /readyz)."""

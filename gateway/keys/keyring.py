@@ -1,0 +1,273 @@
+"""The local keyring: versioned KEKs and manifest-signing keys in one 0600 JSON file."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import secrets
+import struct
+import threading
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.keys.base import KeyError_, WrappedKey
+
+_FORMAT = 1
+_WRAP_LABEL = b"imgw-keyring/v1/wrap"
+_KEY_LEN = 32
+_NONCE_LEN = 12
+_TAG_LEN = 16
+
+
+@dataclass(frozen=True, repr=False)  # repr=False: never print key material
+class _Signer:
+    kid: str
+    key: Ed25519PrivateKey
+    retired: bool
+
+
+@dataclass(frozen=True, repr=False)
+class _State:
+    """An immutable snapshot of the keyring; swapped whole so readers need no lock."""
+
+    kek_id: str
+    keks: dict[int, AESGCM]
+    current: int
+    signers: tuple[_Signer, ...]
+
+
+class LocalKeyring:
+    """A `KeyProvider` whose KEKs live in a local file (for one node or for tests)."""
+
+    def __init__(self, path: Path, state: _State) -> None:
+        self._path = path
+        self._state = state
+        self._lock = threading.Lock()  # serialises rotations and reloads
+
+    @classmethod
+    def open(cls, path: Path) -> LocalKeyring:
+        """Load the keyring at `path`, creating it (one KEK, one signing key) if absent."""
+        path = Path(path)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # If another process created it meanwhile, its file wins and is loaded below.
+            _write(path, _new_document(), exclusive=True)
+        doc = _load(path)
+        if not doc.get("signing_keys"):
+            # Files written before signing keys existed get one on first use.
+            doc["signing_keys"] = [_new_signing_entry()]
+            _write(path, doc, exclusive=False)
+        return cls(path, _parse(doc))
+
+    def __repr__(self) -> str:
+        st = self._state
+        return (
+            f"LocalKeyring(kek_id={st.kek_id!r}, current={st.current}, "
+            f"versions={sorted(st.keks)}, signing_keys={len(st.signers)})"
+        )
+
+    @property
+    def kek_id(self) -> str:
+        return self._state.kek_id
+
+    @property
+    def current_version(self) -> int:
+        return self._state.current
+
+    def wrap(self, dek: bytes, *, upload_id: str, dek_id: bytes) -> WrappedKey:
+        if len(dek) != _KEY_LEN:
+            raise ValueError(f"a DEK must be {_KEY_LEN} bytes")
+        st = self._state
+        nonce = os.urandom(_NONCE_LEN)
+        aad = _aad(upload_id, dek_id, st.current)
+        blob = nonce + st.keks[st.current].encrypt(nonce, bytes(dek), aad)
+        return WrappedKey(kek_id=st.kek_id, kek_version=st.current, blob=blob)
+
+    def unwrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> bytes:
+        st = self._state
+        if wrapped.kek_id != st.kek_id:
+            raise KeyError_(f"wrapped under KEK {wrapped.kek_id!r}, this keyring is {st.kek_id!r}")
+        if wrapped.kek_version not in st.keks:
+            # Another process may have rotated since we loaded the file.
+            st = self._reload()
+        aead = st.keks.get(wrapped.kek_version)
+        if aead is None:
+            raise KeyError_(f"unknown KEK version {wrapped.kek_version}")
+        blob = bytes(wrapped.blob)
+        if len(blob) != _NONCE_LEN + _KEY_LEN + _TAG_LEN:
+            raise KeyError_("wrapped key has the wrong length")
+        try:
+            aad = _aad(upload_id, dek_id, wrapped.kek_version)
+            return aead.decrypt(blob[:_NONCE_LEN], blob[_NONCE_LEN:], aad)
+        except (InvalidTag, ValueError, struct.error):
+            raise KeyError_("wrapped key does not verify for this upload and DEK id") from None
+
+    def rewrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> WrappedKey:
+        dek = self.unwrap(wrapped, upload_id=upload_id, dek_id=dek_id)
+        return self.wrap(dek, upload_id=upload_id, dek_id=dek_id)
+
+    def rotate(self) -> int:
+        """Add a new KEK version, make it current and persist it; returns the version."""
+        with self._lock:
+            # Re-read first so a rotation by another process is not overwritten.
+            doc = _load(self._path)
+            version = _parse(doc).current + 1
+            doc["keks"].append(_new_kek_entry(version))
+            _write(self._path, doc, exclusive=False)
+            self._state = _parse(doc)
+            return version
+
+    def check(self) -> None:
+        st = self._state
+        try:
+            probe = self.wrap(bytes(_KEY_LEN), upload_id="check", dek_id=b"check")
+            ok = self.unwrap(probe, upload_id="check", dek_id=b"check") == bytes(_KEY_LEN)
+        except Exception as e:
+            raise KeyError_(f"KEK {st.kek_id!r} v{st.current} is not usable") from e
+        if not ok:
+            raise KeyError_(f"KEK {st.kek_id!r} v{st.current} is not usable")
+
+    # manifest signing
+
+    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
+        """The current (newest unretired) manifest-signing key and its key id."""
+        for s in reversed(self._state.signers):
+            if not s.retired:
+                return s.kid, s.key
+        raise KeyError_("the keyring has no unretired signing key")
+
+    def public_signing_keys(self) -> list[tuple[str, Ed25519PublicKey, bool]]:
+        """Every signing key's id, public key and whether it is retired (for verifiers)."""
+        return [(s.kid, s.key.public_key(), s.retired) for s in self._state.signers]
+
+    def _reload(self) -> _State:
+        with self._lock:
+            self._state = _parse(_load(self._path))
+            return self._state
+
+
+def _aad(upload_id: str, dek_id: bytes, version: int) -> bytes:
+    # Binds the wrapped key to its upload, its DEK id and the KEK version, so a blob
+    # copied to another row or relabelled with another version fails to unwrap.
+    # dek_id needs no length prefix: it is followed only by the fixed-size version.
+    uid = upload_id.encode()
+    if len(uid) > 0xFF:
+        raise ValueError("upload id longer than 255 bytes")
+    return _WRAP_LABEL + bytes([len(uid)]) + uid + bytes(dek_id) + struct.pack(">I", version)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _new_kek_entry(version: int) -> dict[str, Any]:
+    return {"version": version, "key": _b64(os.urandom(_KEY_LEN)), "created": _now()}
+
+
+def _new_signing_entry() -> dict[str, Any]:
+    raw = os.urandom(32)
+    return {
+        "kid": "ed25519-" + secrets.token_hex(4),
+        "private": _b64(raw),
+        "created": _now(),
+        "retired": None,
+    }
+
+
+def _new_document() -> dict[str, Any]:
+    return {
+        "format": _FORMAT,
+        "kek_id": "local-" + secrets.token_hex(4),
+        "keks": [_new_kek_entry(1)],
+        "signing_keys": [_new_signing_entry()],
+    }
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_bytes())
+    except OSError as e:
+        raise KeyError_(f"cannot read keyring {path.name}: {e.strerror}") from None
+    except ValueError:
+        raise KeyError_(f"keyring {path.name} is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        raise KeyError_(f"keyring {path.name} has an unknown format")
+    return doc
+
+
+def _parse(doc: dict[str, Any]) -> _State:
+    # Errors name no values: they could be key material.
+    try:
+        kek_id = doc["kek_id"]
+        if not isinstance(kek_id, str) or not kek_id:
+            raise ValueError
+        keks: dict[int, AESGCM] = {}
+        for entry in doc["keks"]:
+            version = entry["version"]
+            key = base64.b64decode(entry["key"], validate=True)
+            if type(version) is not int or not 0 < version <= 0xFFFFFFFF or version in keks:
+                raise ValueError
+            if len(key) != _KEY_LEN:
+                raise ValueError
+            keks[version] = AESGCM(key)
+        if not keks:
+            raise ValueError
+        signers = []
+        for entry in doc.get("signing_keys") or ():
+            raw = base64.b64decode(entry["private"], validate=True)
+            signers.append(
+                _Signer(
+                    kid=str(entry["kid"]),
+                    key=Ed25519PrivateKey.from_private_bytes(raw),
+                    retired=entry.get("retired") is not None,
+                )
+            )
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
+        raise KeyError_("keyring file is malformed") from None
+    return _State(kek_id=kek_id, keks=keks, current=max(keks), signers=tuple(signers))
+
+
+def _write(path: Path, doc: dict[str, Any], *, exclusive: bool) -> None:
+    """Write `doc` atomically with mode 0600; if `exclusive`, never replace a file."""
+    data = json.dumps(doc, indent=2).encode() + b"\n"
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # Created 0600 from the start: the keys are never readable by others, not even
+    # for the moment between creating and renaming the file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            # link() fails if the target exists, unlike rename(): first writer wins.
+            with suppress(FileExistsError):
+                os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable, not only the file's contents.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

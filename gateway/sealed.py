@@ -1,0 +1,387 @@
+"""The sealed object format v1: AES-256-GCM records under HKDF-SHA-256 keys (docs/FORMAT.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.types import Buffer
+
+FORMAT_LABEL = b"imgw-seal/v1"
+MAGIC = b"IMGWSEAL"
+VERSION = 1
+SUITE_AES256GCM = 1
+
+FLAG_LENGTH_DEFERRED = 0x01
+
+KEY_LEN = 32
+NONCE_LEN = 12
+TAG_LEN = 16
+RECORD_OVERHEAD = NONCE_LEN + TAG_LEN
+SALT_LEN = 32
+DEK_ID_LEN = 16
+COMMITMENT_LEN = 32
+MAX_UPLOAD_ID_LEN = 64
+
+MIN_SEGMENT_SIZE = 64 * 1024
+MAX_SEGMENT_SIZE = 1024 * 1024 * 1024
+
+# magic | version | suite | flags | segment_size | plaintext_size | upload_id_len
+_PREFIX = struct.Struct(">8sBBBIQB")
+HEADER_PREFIX_LEN = _PREFIX.size  # 24: enough to learn the whole header's length
+_TRAILER_LEN = SALT_LEN + DEK_ID_LEN + COMMITMENT_LEN
+MIN_HEADER_LEN = HEADER_PREFIX_LEN + 1 + _TRAILER_LEN
+MAX_HEADER_LEN = HEADER_PREFIX_LEN + MAX_UPLOAD_ID_LEN + _TRAILER_LEN
+
+_U32_LIMIT = 1 << 32
+_U64_LIMIT = 1 << 64
+_UPLOAD_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+
+_SEG_AAD = struct.Struct(">QBI")  # index | final | plaintext_len
+_TAIL_AAD = struct.Struct(">QIII")  # segment | piece | start | length
+
+
+class InvalidSealedData(Exception):
+    """One opaque error for every authentication failure (like Fernet's InvalidToken)."""
+
+
+class SealedFormatError(InvalidSealedData, ValueError):
+    """Malformed header or layout."""
+
+
+def _view(buf: Buffer) -> memoryview:
+    # Lengths below are in bytes, whatever item format a caller's memoryview has.
+    return memoryview(buf).cast("B")
+
+
+def _check_upload_id(raw: bytes) -> None:
+    # The id ends up in storage keys and the KDF info; a tight alphabet keeps both sane.
+    if _UPLOAD_ID.fullmatch(raw) is None:
+        raise SealedFormatError(
+            f"upload id must be 1..{MAX_UPLOAD_ID_LEN} characters from [A-Za-z0-9_-], got {raw!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Header:
+    """The sealed object's header; constructing one validates every field."""
+
+    suite: int
+    segment_size: int
+    plaintext_size: int  # 0 when deferred
+    length_deferred: bool
+    upload_id: str
+    salt: bytes
+    dek_id: bytes
+    commitment: bytes
+
+    def __post_init__(self) -> None:
+        if self.suite != SUITE_AES256GCM:
+            raise SealedFormatError(f"unsupported suite {self.suite}")
+        if not MIN_SEGMENT_SIZE <= self.segment_size <= MAX_SEGMENT_SIZE:
+            raise SealedFormatError(
+                f"segment size {self.segment_size} outside {MIN_SEGMENT_SIZE}..{MAX_SEGMENT_SIZE}"
+            )
+        if not 0 <= self.plaintext_size < _U64_LIMIT:
+            raise SealedFormatError(f"plaintext size {self.plaintext_size} does not fit u64")
+        if self.length_deferred and self.plaintext_size != 0:
+            raise SealedFormatError("a deferred-length header must carry plaintext size 0")
+        if not self.upload_id.isascii():
+            raise SealedFormatError(f"upload id must be ASCII, got {self.upload_id!r}")
+        _check_upload_id(self.upload_id.encode("ascii"))
+        for name, value, size in (
+            ("salt", self.salt, SALT_LEN),
+            ("dek_id", self.dek_id, DEK_ID_LEN),
+            ("commitment", self.commitment, COMMITMENT_LEN),
+        ):
+            if not isinstance(value, bytes) or len(value) != size:
+                raise SealedFormatError(f"{name} must be {size} bytes")
+
+    def _encode_uncommitted(self) -> bytes:
+        # Everything but the commitment: the commitment is derived from exactly these bytes.
+        uid = self.upload_id.encode("ascii")
+        flags = FLAG_LENGTH_DEFERRED if self.length_deferred else 0
+        prefix = _PREFIX.pack(
+            MAGIC, VERSION, self.suite, flags, self.segment_size, self.plaintext_size, len(uid)
+        )
+        return prefix + uid + self.salt + self.dek_id
+
+    def encode(self) -> bytes:
+        return self._encode_uncommitted() + self.commitment
+
+    @classmethod
+    def decode(cls, data: Buffer) -> Header:
+        """Parse exactly one encoded header (find its length with `header_length`)."""
+        view = _view(data)
+        length = header_length(view[:HEADER_PREFIX_LEN])
+        if view.nbytes != length:
+            raise SealedFormatError(f"header is {length} bytes, got {view.nbytes}")
+        _, _, suite, flags, segment_size, plaintext_size, uid_len = _PREFIX.unpack_from(view)
+        pos = HEADER_PREFIX_LEN
+        raw_uid = bytes(view[pos : pos + uid_len])
+        _check_upload_id(raw_uid)
+        pos += uid_len
+        salt = bytes(view[pos : pos + SALT_LEN])
+        pos += SALT_LEN
+        dek_id = bytes(view[pos : pos + DEK_ID_LEN])
+        pos += DEK_ID_LEN
+        commitment = bytes(view[pos : pos + COMMITMENT_LEN])
+        return cls(
+            suite=suite,
+            segment_size=segment_size,
+            plaintext_size=plaintext_size,
+            length_deferred=bool(flags & FLAG_LENGTH_DEFERRED),
+            upload_id=raw_uid.decode("ascii"),
+            salt=salt,
+            dek_id=dek_id,
+            commitment=commitment,
+        )
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the full encoded header; every record's AAD carries it."""
+        return hashlib.sha256(self.encode()).digest()
+
+
+def header_length(prefix: Buffer) -> int:
+    """Total header length, given at least its first HEADER_PREFIX_LEN (24) bytes."""
+    view = _view(prefix)
+    if view.nbytes < len(MAGIC):
+        raise SealedFormatError(f"header truncated: {view.nbytes} bytes")
+    if view[: len(MAGIC)] != MAGIC:
+        raise SealedFormatError("not a sealed object (bad magic)")
+    # Version first: a future version may lay out everything after it differently.
+    if view.nbytes <= len(MAGIC):
+        raise SealedFormatError("header truncated before the version byte")
+    if view[len(MAGIC)] != VERSION:
+        raise SealedFormatError(f"unsupported sealed format version {view[len(MAGIC)]}")
+    if view.nbytes < HEADER_PREFIX_LEN:
+        raise SealedFormatError(
+            f"need {HEADER_PREFIX_LEN} bytes to read the header prefix, got {view.nbytes}"
+        )
+    # Fixed offsets within the prefix: suite 9, flags 10, upload_id_len is its last byte.
+    suite, flags, uid_len = view[9], view[10], view[HEADER_PREFIX_LEN - 1]
+    if suite != SUITE_AES256GCM:
+        raise SealedFormatError(f"unsupported suite {suite}")
+    if flags & ~FLAG_LENGTH_DEFERRED:
+        raise SealedFormatError(f"unknown header flags {flags:#04x}")
+    if not 1 <= uid_len <= MAX_UPLOAD_ID_LEN:
+        raise SealedFormatError(f"upload id length {uid_len} outside 1..{MAX_UPLOAD_ID_LEN}")
+    return HEADER_PREFIX_LEN + uid_len + _TRAILER_LEN
+
+
+def _check_dek(dek: bytes) -> None:
+    if len(dek) != KEY_LEN:
+        raise ValueError(f"DEK must be {KEY_LEN} bytes, got {len(dek)}")
+
+
+def _hkdf(dek: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=info).derive(dek)
+
+
+def derive_commitment(dek: bytes, header: Header) -> bytes:
+    """The key commitment for `header` under `dek` (ignores header.commitment)."""
+    _check_dek(dek)
+    covered = hashlib.sha256(header._encode_uncommitted()).digest()
+    return _hkdf(dek, header.salt, FORMAT_LABEL + b"/commit" + covered)
+
+
+def derive_content_key(dek: bytes, header: Header) -> bytes:
+    """The AES-256-GCM key for the records and tail pieces of `header`'s object."""
+    _check_dek(dek)
+    info = FORMAT_LABEL + b"/content" + bytes([header.suite]) + header.upload_id.encode("ascii")
+    return _hkdf(dek, header.salt, info)
+
+
+def new_header(
+    dek: bytes,
+    *,
+    upload_id: str,
+    dek_id: bytes,
+    segment_size: int,
+    plaintext_size: int | None,
+    salt: bytes | None = None,
+) -> Header:
+    """A committed header; plaintext_size None means the length is deferred."""
+    unsigned = Header(
+        suite=SUITE_AES256GCM,
+        segment_size=segment_size,
+        plaintext_size=0 if plaintext_size is None else plaintext_size,
+        length_deferred=plaintext_size is None,
+        upload_id=upload_id,
+        salt=os.urandom(SALT_LEN) if salt is None else salt,
+        dek_id=dek_id,
+        commitment=bytes(COMMITMENT_LEN),
+    )
+    return dataclasses.replace(unsigned, commitment=derive_commitment(dek, unsigned))
+
+
+def _random_nonce() -> bytes:
+    return os.urandom(NONCE_LEN)
+
+
+def _check_range(name: str, value: int, limit: int) -> None:
+    if not 0 <= value < limit:
+        raise ValueError(f"{name} {value} out of range")
+
+
+class Sealer:
+    """Seals and opens the records and tail pieces of one object."""
+
+    def __init__(
+        self, dek: bytes, header: Header, *, nonce: Callable[[], bytes] = _random_nonce
+    ) -> None:
+        # Commitment first: a wrong DEK must fail here, before any ciphertext is touched,
+        # so no record can ever decrypt "successfully" under a different key.
+        if not hmac.compare_digest(derive_commitment(dek, header), header.commitment):
+            raise InvalidSealedData("key does not match the header's commitment")
+        self.header = header
+        self._digest = header.digest
+        self._segment_size = header.segment_size
+        self._aead = AESGCM(derive_content_key(dek, header))
+        self._nonce = nonce
+
+    def _fresh_nonce(self) -> bytes:
+        nonce = self._nonce()
+        if len(nonce) != NONCE_LEN:
+            raise ValueError(f"nonce source returned {len(nonce)} bytes, need {NONCE_LEN}")
+        return nonce
+
+    def _record_aad(self, index: int, final: bool, length: int) -> bytes:
+        _check_range("record index", index, _U64_LIMIT)
+        return FORMAT_LABEL + b"/seg" + self._digest + _SEG_AAD.pack(index, final, length)
+
+    def _tail_aad(self, segment: int, piece: int, start: int, length: int) -> bytes:
+        _check_range("segment", segment, _U64_LIMIT)
+        _check_range("piece", piece, _U32_LIMIT)
+        _check_range("start", start, self._segment_size)
+        return (
+            FORMAT_LABEL + b"/tail" + self._digest + _TAIL_AAD.pack(segment, piece, start, length)
+        )
+
+    def seal_record_into(self, index: int, final: bool, plaintext: Buffer, out: Buffer) -> None:
+        """Write REC_index = nonce || ciphertext || tag into `out` (len(plaintext) + 28)."""
+        src, dst = _view(plaintext), _view(out)
+        length = src.nbytes
+        if length > self._segment_size or (not final and length != self._segment_size):
+            raise ValueError(
+                f"record {index}: {length} bytes; non-final records hold exactly "
+                f"{self._segment_size}, the final one at most that"
+            )
+        if dst.nbytes != length + RECORD_OVERHEAD:
+            raise ValueError(f"output buffer is {dst.nbytes} bytes, need {length + 28}")
+        aad = self._record_aad(index, final, length)
+        nonce = self._fresh_nonce()
+        dst[:NONCE_LEN] = nonce
+        self._aead.encrypt_into(nonce, src, aad, dst[NONCE_LEN:])
+
+    def seal_record(self, index: int, final: bool, plaintext: Buffer) -> bytes:
+        out = bytearray(record_size(_view(plaintext).nbytes))
+        self.seal_record_into(index, final, plaintext, out)
+        return bytes(out)
+
+    def open_record(self, index: int, final: bool, record: Buffer) -> bytes:
+        """Authenticate and decrypt REC_index; raises InvalidSealedData on any failure."""
+        view = _view(record)
+        length = view.nbytes - RECORD_OVERHEAD
+        if length < 0 or length > self._segment_size:
+            raise SealedFormatError(f"record {index}: impossible size {view.nbytes}")
+        if not final and length != self._segment_size:
+            raise SealedFormatError(f"record {index}: non-final record is not a full segment")
+        aad = self._record_aad(index, final, length)
+        try:
+            return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], aad)
+        except InvalidTag:
+            raise InvalidSealedData(f"record {index} failed authentication") from None
+
+    def seal_tail(self, segment: int, piece: int, start: int, plaintext: Buffer) -> bytes:
+        """Seal bytes [start, start+len) of unfinished `segment` as tail piece `piece`."""
+        src = _view(plaintext)
+        if start + src.nbytes > self._segment_size:
+            raise ValueError(f"tail piece runs past the end of segment {segment}")
+        aad = self._tail_aad(segment, piece, start, src.nbytes)
+        nonce = self._fresh_nonce()
+        out = bytearray(src.nbytes + RECORD_OVERHEAD)
+        out[:NONCE_LEN] = nonce
+        self._aead.encrypt_into(nonce, src, aad, memoryview(out)[NONCE_LEN:])
+        return bytes(out)
+
+    def open_tail(self, segment: int, piece: int, start: int, data: Buffer) -> bytes:
+        """Authenticate and decrypt a tail piece; raises InvalidSealedData on any failure."""
+        view = _view(data)
+        length = view.nbytes - RECORD_OVERHEAD
+        if length < 0:
+            raise SealedFormatError(f"tail piece {segment}/{piece}: only {view.nbytes} bytes")
+        if start + length > self._segment_size:
+            raise SealedFormatError(f"tail piece {segment}/{piece} runs past its segment")
+        aad = self._tail_aad(segment, piece, start, length)
+        try:
+            return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], aad)
+        except InvalidTag:
+            raise InvalidSealedData(f"tail piece {segment}/{piece} failed authentication") from None
+
+
+def record_size(plaintext_len: int) -> int:
+    return plaintext_len + RECORD_OVERHEAD
+
+
+def record_offset(header_len: int, segment_size: int, index: int) -> int:
+    """Byte offset of REC_index in the object; all records before it are full."""
+    return header_len + index * (segment_size + RECORD_OVERHEAD)
+
+
+def iter_records(
+    header_len: int, segment_size: int, object_size: int
+) -> Iterator[tuple[int, int, int, bool]]:
+    """Yield (index, offset, size, final) for each record of an object of object_size bytes."""
+    if not MIN_HEADER_LEN <= header_len <= MAX_HEADER_LEN:
+        raise SealedFormatError(f"impossible header length {header_len}")
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise SealedFormatError(f"impossible segment size {segment_size}")
+    body = object_size - header_len
+    if body < RECORD_OVERHEAD:
+        # Even an empty upload has one (empty) final record.
+        raise SealedFormatError(f"object of {object_size} bytes holds no complete record")
+    stride = segment_size + RECORD_OVERHEAD
+    full, rest = divmod(body, stride)
+    if 0 < rest < RECORD_OVERHEAD:
+        raise SealedFormatError(f"object ends {rest} bytes into a record")
+    # A remainder of 0 means the last full record is the final one; otherwise the
+    # remainder is a shorter (possibly empty) final record.
+    count = full if rest == 0 else full + 1
+    for index in range(count):
+        final = index == count - 1
+        size = rest if final and rest else stride
+        yield index, header_len + index * stride, size, final
+
+
+def open_object(dek: bytes, data: Buffer) -> bytes:
+    """Authenticate and decrypt a whole sealed object held in memory."""
+    view = _view(data)
+    hlen = header_length(view[:HEADER_PREFIX_LEN])
+    if view.nbytes < hlen:
+        raise SealedFormatError(f"object of {view.nbytes} bytes is shorter than its header")
+    header = Header.decode(view[:hlen])
+    sealer = Sealer(dek, header)
+    layout = list(iter_records(hlen, header.segment_size, view.nbytes))
+    total = sum(size - RECORD_OVERHEAD for _, _, size, _ in layout)
+    # The layout alone fixes the plaintext size, so check it before decrypting anything.
+    if not header.length_deferred and total != header.plaintext_size:
+        raise InvalidSealedData(
+            f"header says {header.plaintext_size} plaintext bytes, records hold {total}"
+        )
+    return b"".join(
+        sealer.open_record(index, final, view[offset : offset + size])
+        for index, offset, size, final in layout
+    )

@@ -1,0 +1,5 @@
+"""Object stores: where sealed bytes live (a local folder by default, S3 later)."""
+
+from gateway.store.base import ObjectNotFound, ObjectStore, PartRef, StoreUnavailable
+
+__all__ = ["ObjectNotFound", "ObjectStore", "PartRef", "StoreUnavailable"]

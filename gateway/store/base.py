@@ -1,0 +1,85 @@
+"""The object-store protocol: a multipart-upload shaped interface, nothing more.
+
+Layout under the store's prefix, per upload id U (see docs/DESIGN.md):
+    U/data                    the sealed object (HEADER || REC_0 || ... )
+    U/tail/<segment>/<piece>  sealed tail pieces of the unfinished segment
+    U/manifest.json, U/manifest.jws
+
+The calls are blocking: the service runs them in a bounded thread pool, next to the
+sealing that produces their bytes, so the event loop never waits on storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.types import Buffer
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or refused a write; nothing was recorded."""
+
+
+class ObjectNotFound(Exception):
+    """The key does not exist."""
+
+
+@dataclass(frozen=True)
+class PartRef:
+    """A stored part as the catalog recorded it, for completion."""
+
+    number: int
+    offset: int
+    size: int
+    etag: str
+
+
+class ObjectStore(Protocol):
+    def start_multipart(self, key: str) -> str:
+        """Begin building `key` from parts; returns the multipart id."""
+
+    def put_part(
+        self,
+        key: str,
+        multipart_id: str,
+        number: int,
+        offset: int,
+        chunks: Sequence[Buffer],
+        sha256: bytes,
+    ) -> str:
+        """Durably store part `number` (1-based), the concatenation of `chunks`.
+
+        `offset` is where the part starts in the completed object (stores that write
+        in place use it); `sha256` is the digest of the part, which the store may
+        check. Returns the part's ETag, recorded in the catalog for completion.
+        Writing the same part again replaces it.
+        """
+
+    def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
+        """Assemble the object from its parts, in order.
+
+        Fails if a stored part does not match what was recorded (a stale writer).
+        """
+
+    def abort_multipart(self, key: str, multipart_id: str) -> None:
+        """Drop an unfinished multipart upload and its parts."""
+
+    def put(self, key: str, data: Buffer) -> None:
+        """Durably store a small object in one call (tail pieces, manifests)."""
+
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        """Read an object, or a byte range of it. Raises ObjectNotFound."""
+
+    def size(self, key: str) -> int:
+        """Size of a completed object. Raises ObjectNotFound."""
+
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting a missing key is not an error."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under `prefix` (an upload's whole folder)."""
+
+    def check(self) -> None:
+        """Raise StoreUnavailable unless the store is usable now (for /readyz)."""

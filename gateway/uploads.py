@@ -1,0 +1,373 @@
+"""The uploads service: create, inspect, write, finish and remove uploads. No HTTP here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import TypeVar
+
+from gateway.catalog.base import (
+    ACTIVE,
+    COMPLETE,
+    TERMINATED,
+    Catalog,
+    LeaseLost,
+    OffsetConflict,
+    Principal,
+    Upload,
+)
+from gateway.config import Settings
+from gateway.errors import ERR, GatewayError
+from gateway.keys.base import KeyError_, KeyProvider
+from gateway.leases import Leases
+from gateway.runner import Runner
+from gateway.sealed import Header, Sealer, new_header
+from gateway.store.base import ObjectStore, StoreUnavailable
+from gateway.tus.headers import ChecksumHeader, new_upload_id
+from gateway.writer import BodyInterrupted, Outcome, Overflow, SegmentWriter, data_key
+
+log = logging.getLogger("gateway.uploads")
+T = TypeVar("T")
+
+# What this service supports, in the order tus clients expect to read it.
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+    "checksum",
+    "expiration",
+    "concatenation",
+)
+
+_STOPPED = {
+    "released": (ERR.UPLOAD_INTERRUPTED, "a newer request for this upload took it over"),
+    "timeout": (ERR.UPLOAD_INTERRUPTED, "no bytes arrived for too long; what came is saved"),
+    "lease-lost": (ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"),
+    "shutdown": (ERR.SERVER_SHUTDOWN, "the server is restarting; resume from Upload-Offset"),
+}
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+class Uploads:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: ObjectStore,
+        catalog: Catalog,
+        keys: KeyProvider,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.keys = keys
+        self.clock = clock
+        self.runner = Runner(settings.io_threads)
+        self.leases = Leases(
+            catalog,
+            self.runner,
+            ttl=settings.lease_ttl,
+            acquire_timeout=settings.acquire_timeout,
+            network_timeout=settings.network_timeout,
+            clock=clock,
+        )
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        self.leases.stop_all()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        self.runner.close()
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, principal: Principal, upload_id: str) -> Upload:
+        """The upload as recorded, if `principal` owns it; a crash-cut completion is finished."""
+        upload = await self._owned(principal, upload_id)
+        if upload.state == ACTIVE and upload.length is not None and upload.offset == upload.length:
+            upload, _ = await self.write(principal, upload_id, offset=upload.offset, body=_empty())
+        return upload
+
+    async def _owned(self, principal: Principal, upload_id: str) -> Upload:
+        upload = await self.runner.db(self.catalog.get_upload, upload_id)
+        # Someone else's upload is indistinguishable from a missing one.
+        if (
+            upload is None
+            or upload.state == TERMINATED
+            or upload.owner != principal.id
+            or upload.tenant != principal.tenant
+        ):
+            raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
+        expires_at = upload.expires_at
+        if upload.state == ACTIVE and expires_at is not None and expires_at <= self.clock():
+            raise GatewayError(ERR.UPLOAD_GONE, "this upload expired and is being removed")
+        return upload
+
+    async def sealer_for(self, upload: Upload) -> Sealer:
+        wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
+        if wrapped is None:
+            raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
+        try:
+            dek = self.keys.unwrap(wrapped, upload_id=upload.id, dek_id=upload.dek_id)
+            return Sealer(dek, Header.decode(upload.header))
+        except KeyError_ as exc:
+            raise GatewayError(ERR.STORED_DATA_CORRUPT, "the upload's key cannot be used") from exc
+
+    # -- creating -----------------------------------------------------------------------
+
+    def _expiry(self) -> float:
+        return self.clock() + self.settings.upload_ttl
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        length: int | None,
+        metadata: str | None,
+        partial_concat: str | None = None,
+    ) -> Upload:
+        """A new upload; `length` None defers it. The data key is born and wrapped here."""
+        if length is not None and length > self.settings.max_size:
+            raise GatewayError(
+                ERR.MAX_SIZE_EXCEEDED,
+                f"Upload-Length exceeds this server's Tus-Max-Size of {self.settings.max_size}",
+            )
+        upload_id = new_upload_id()
+        dek, dek_id = os.urandom(32), os.urandom(16)
+        header = new_header(
+            dek,
+            upload_id=upload_id,
+            dek_id=dek_id,
+            segment_size=self.settings.segment_size,
+            plaintext_size=length,
+        )
+        wrapped = self.keys.wrap(dek, upload_id=upload_id, dek_id=dek_id)
+        multipart_id = await self._store_call(self.store.start_multipart, data_key(upload_id))
+        now = self.clock()
+        upload = Upload(
+            id=upload_id,
+            owner=principal.id,
+            tenant=principal.tenant,
+            length=length,
+            offset=0,
+            metadata=metadata,
+            state=ACTIVE,
+            created_at=now,
+            expires_at=now + self.settings.upload_ttl,
+            segment_size=self.settings.segment_size,
+            header=header.encode(),
+            dek_id=dek_id,
+            multipart_id=multipart_id,
+            concat=partial_concat,
+        )
+        await self.runner.db(self.catalog.create_upload, upload, wrapped)
+        log.info("upload created", extra={"upload_id": upload_id, "principal": principal.id})
+        return upload
+
+    async def create_final(
+        self, principal: Principal, *, concat: str, part_ids: list[str], metadata: str | None
+    ) -> Upload:
+        """A final upload: an ordered list of finished partials, no byte copied."""
+        parts = []
+        for part_id in part_ids:
+            try:
+                part = await self._owned(principal, part_id)
+            except GatewayError as exc:
+                raise GatewayError(
+                    ERR.INVALID_CONCAT, f"partial upload {part_id} does not exist"
+                ) from exc
+            if part.concat != "partial":
+                raise GatewayError(ERR.INVALID_CONCAT, f"upload {part_id} is not a partial upload")
+            if part.state != COMPLETE:
+                raise GatewayError(
+                    ERR.UPLOAD_NOT_FINISHED, f"partial upload {part_id} is not finished"
+                )
+            parts.append(part)
+        length = sum(p.length or 0 for p in parts)
+        if length > self.settings.max_size:
+            raise GatewayError(ERR.MAX_SIZE_EXCEEDED, "the concatenation exceeds Tus-Max-Size")
+        now = self.clock()
+        upload = Upload(
+            id=new_upload_id(),
+            owner=principal.id,
+            tenant=principal.tenant,
+            length=length,
+            offset=length,
+            metadata=metadata,
+            state=COMPLETE,
+            created_at=now,
+            expires_at=None,
+            segment_size=self.settings.segment_size,
+            header=b"",
+            dek_id=b"",
+            concat=concat,
+            parts=tuple(p.id for p in parts),
+            completed_at=now,
+        )
+        await self.runner.db(self.catalog.create_upload, upload, None)
+        return upload
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def write(
+        self,
+        principal: Principal,
+        upload_id: str,
+        *,
+        offset: int,
+        body: AsyncIterator[bytes],
+        length: int | None = None,
+        checksum: ChecksumHeader | None = None,
+        content_length: int | None = None,
+    ) -> tuple[Upload, Outcome]:
+        """Append `body` at `offset`. Returns the upload as recorded afterwards."""
+        upload = await self._owned(principal, upload_id)
+        if upload.concat is not None and upload.concat.startswith("final"):
+            raise GatewayError(ERR.MODIFY_FINAL, "a final concatenated upload cannot be patched")
+        async with self.leases.held(upload_id, watch=True) as control:
+            upload = await self._owned(principal, upload_id)  # as of now, under the lease
+            if offset != upload.offset:
+                raise GatewayError(
+                    ERR.MISMATCHED_OFFSET,
+                    f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
+                    headers={"Upload-Offset": str(upload.offset)},
+                )
+            upload = await self._settle_length(upload, length)
+            limit = self.settings.max_size if upload.length is None else upload.length
+            if content_length is not None and offset + content_length > limit:
+                raise GatewayError(
+                    ERR.UPLOAD_SIZE_EXCEEDED,
+                    f"the body would take the upload past its length of {limit} bytes",
+                )
+            if upload.state == COMPLETE:
+                return upload, Outcome(upload.offset, True, None)
+            writer = SegmentWriter(
+                upload=upload,
+                sealer=await self.sealer_for(upload),
+                store=self.store,
+                catalog=self.catalog,
+                runner=self.runner,
+                control=control,
+                checksum=checksum,
+                limit=limit,
+                depth=self.settings.pipeline_depth,
+                expires_at=self._expiry,
+                clock=self.clock,
+            )
+            try:
+                await writer.prepare()
+                try:
+                    await writer.receive(body)
+                except Overflow:
+                    await writer.drain()  # nothing beyond what is recorded is kept
+                    raise GatewayError(
+                        ERR.UPLOAD_SIZE_EXCEEDED,
+                        f"the body takes the upload past its length of {limit} bytes",
+                        headers={"Upload-Offset": str(writer.committed)},
+                    ) from None
+                except BodyInterrupted:
+                    writer.interrupted = True
+                outcome = await writer.finish()
+            except StoreUnavailable as exc:
+                await writer.drain_quietly()
+                raise GatewayError(
+                    ERR.STORE_UNAVAILABLE,
+                    "object storage is unavailable; resume from Upload-Offset later",
+                    headers={"Retry-After": "5", "Upload-Offset": str(writer.committed)},
+                ) from exc
+            except LeaseLost as exc:
+                await writer.drain_quietly()
+                raise GatewayError(
+                    ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"
+                ) from exc
+            except OffsetConflict as exc:
+                raise GatewayError(ERR.MISMATCHED_OFFSET, "the upload moved on") from exc
+        upload = await self._owned(principal, upload_id)
+        if outcome.stop_reason in _STOPPED:
+            err, sentence = _STOPPED[outcome.stop_reason]
+            raise GatewayError(err, sentence, headers={"Upload-Offset": str(upload.offset)})
+        return upload, outcome
+
+    async def _settle_length(self, upload: Upload, length: int | None) -> Upload:
+        if length is None:
+            return upload
+        if upload.length is not None:
+            if length != upload.length:
+                raise GatewayError(ERR.LENGTH_ALREADY_SET, "Upload-Length cannot change once set")
+            return upload
+        if length < upload.offset:
+            raise GatewayError(ERR.INVALID_UPLOAD_LENGTH, "Upload-Length is below Upload-Offset")
+        if length > self.settings.max_size:
+            raise GatewayError(ERR.MAX_SIZE_EXCEEDED, "Upload-Length exceeds Tus-Max-Size")
+        await self.runner.db(self.catalog.set_length, upload.id, length)
+        return replace(upload, length=length)
+
+    # -- removing -----------------------------------------------------------------------
+
+    async def terminate(self, principal: Principal, upload_id: str) -> None:
+        upload = await self._owned(principal, upload_id)
+        async with self.leases.held(upload_id):  # stops a writer that is still running
+            await self._remove(upload)
+        log.info("upload terminated", extra={"upload_id": upload_id, "principal": principal.id})
+
+    async def _remove(self, upload: Upload) -> None:
+        """Objects first, then the key (crypto-shredding), then the rows."""
+        if upload.header:
+            if upload.multipart_id is not None and upload.state != COMPLETE:
+                await self._store_call(
+                    self.store.abort_multipart, data_key(upload.id), upload.multipart_id
+                )
+            await self._store_call(self.store.delete_prefix, f"{upload.id}/")
+        await self.runner.db(self.catalog.terminate, upload.id)
+        await self.runner.db(self.catalog.forget, upload.id)
+
+    async def reap_once(self) -> int:
+        """Remove unfinished uploads whose expiry has passed. Returns how many."""
+        removed = 0
+        for upload_id in await self.runner.db(self.catalog.expired, self.clock()):
+            upload = await self.runner.db(self.catalog.get_upload, upload_id)
+            if upload is None:
+                continue
+            try:
+                async with self.leases.held(upload_id):
+                    await self._remove(upload)
+                removed += 1
+            except GatewayError:
+                continue  # busy: someone is writing it after all
+        return removed
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval)
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper pass failed")
+
+    async def _store_call(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await self.runner.io(fn, *args)
+        except StoreUnavailable as exc:
+            raise GatewayError(
+                ERR.STORE_UNAVAILABLE,
+                "object storage is unavailable; try again later",
+                headers={"Retry-After": "5"},
+            ) from exc
