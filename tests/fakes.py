@@ -1,0 +1,83 @@
+"""In-memory stand-ins for unit tests of the service (black-box tests use the real ones)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+
+from gateway.store.base import ObjectNotFound, PartRef, StoreUnavailable
+from gateway.types import Buffer
+
+
+class MemoryStore:
+    """An ObjectStore in a dict; `fail_after` makes the Nth later write fail."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.multipart: dict[str, dict[int, bytes]] = {}
+        self.writes = 0
+        self.fail_after: int | None = None
+        self.down = False
+        self._lock = threading.Lock()
+
+    def _write(self) -> None:
+        with self._lock:
+            self.writes += 1
+            if self.down or (self.fail_after is not None and self.writes > self.fail_after):
+                raise StoreUnavailable("injected failure")
+
+    def start_multipart(self, key: str) -> str:
+        mid = f"mp{len(self.multipart)}"
+        self.multipart[mid] = {}
+        return mid
+
+    def put_part(
+        self,
+        key: str,
+        multipart_id: str,
+        number: int,
+        offset: int,
+        chunks: Sequence[Buffer],
+        sha256: bytes,
+    ) -> str:
+        self._write()
+        data = b"".join(bytes(c) for c in chunks)
+        assert hashlib.sha256(data).digest() == sha256
+        self.multipart[multipart_id][number] = data
+        return sha256.hex()
+
+    def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
+        stored = self.multipart[multipart_id]
+        for part in parts:
+            if hashlib.sha256(stored[part.number]).hexdigest() != part.etag:
+                raise StoreUnavailable("part differs")
+        self.objects[key] = b"".join(stored[p.number] for p in parts)
+
+    def abort_multipart(self, key: str, multipart_id: str) -> None:
+        self.multipart.pop(multipart_id, None)
+
+    def put(self, key: str, data: Buffer) -> None:
+        self._write()
+        self.objects[key] = bytes(data)
+
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        try:
+            data = self.objects[key]
+        except KeyError as exc:
+            raise ObjectNotFound(key) from exc
+        return data[start:] if length is None else data[start : start + length]
+
+    def size(self, key: str) -> int:
+        return len(self.get(key))
+
+    def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in [k for k in self.objects if k.startswith(prefix)]:
+            del self.objects[key]
+
+    def check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("down")

@@ -1,0 +1,267 @@
+"""The uploads service on its own: in-memory store, real SQLite catalog and keyring."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog.base import COMPLETE, Principal, Upload
+from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.checksums import new_hasher
+from gateway.config import Settings
+from gateway.errors import ERR, GatewayError
+from gateway.keys.keyring import LocalKeyring
+from gateway.reader import Reader
+from gateway.tus.headers import ChecksumHeader
+from gateway.uploads import Uploads
+from tests.fakes import MemoryStore
+
+S = 64 * 1024
+ME = Principal("alice", "t1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def service(tmp_path: Path, store: MemoryStore, clock: Clock) -> AsyncIterator[Uploads]:
+    settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=3.0, upload_ttl=100)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    uploads = Uploads(
+        settings,
+        store=store,
+        catalog=catalog,
+        keys=LocalKeyring.open(tmp_path / "keyring.json"),
+        clock=clock,
+    )
+    await uploads.start()
+    yield uploads
+    await uploads.close()
+    catalog.close()
+
+
+async def body(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def split(data: bytes, sizes: Iterable[int]) -> Iterator[bytes]:
+    at = 0
+    for size in sizes:
+        yield data[at : at + size]
+        at += size
+    if at < len(data):
+        yield data[at:]
+
+
+def read(service: Uploads, upload: Upload) -> bytes:
+    reader = Reader(service.store, service.catalog, service.keys)
+    return b"".join(reader.read(upload))
+
+
+async def upload_in_patches(service: Uploads, data: bytes, sizes: Iterable[int]) -> Upload:
+    upload = await service.create(ME, length=len(data), metadata=None)
+    offset = 0
+    for piece in split(data, sizes):
+        upload, _ = await service.write(ME, upload.id, offset=offset, body=body(piece))
+        offset += len(piece)
+    return await service.get(ME, upload.id)  # an empty upload completes on first look
+
+
+@pytest.mark.parametrize(
+    "size, patches",
+    [
+        (0, []),
+        (1, [1]),
+        (S, [S]),
+        (S, [1, S - 1]),
+        (3 * S, [S - 1, 2, S - 1]),
+        (3 * S + 5, [7, S, 3, S + 10]),
+        (5 * S + 123, [5 * S + 123]),
+    ],
+)
+async def test_odd_patches_read_back_exactly(
+    service: Uploads, size: int, patches: list[int]
+) -> None:
+    data = os.urandom(size)
+    upload = await upload_in_patches(service, data, patches)
+    assert upload.state == COMPLETE
+    assert read(service, upload) == data
+
+
+async def test_tail_pieces_are_appended_never_rewritten(
+    service: Uploads, store: MemoryStore
+) -> None:
+    data = os.urandom(S // 2)
+    upload = await service.create(ME, length=S * 2, metadata=None)
+    offset = 0
+    for piece in split(data, [1000, 1000, 1000]):
+        await service.write(ME, upload.id, offset=offset, body=body(piece))
+        offset += len(piece)
+    tails = sorted(k for k in store.objects if "/tail/" in k)
+    assert tails == [f"{upload.id}/tail/0/{n}" for n in range(4)]
+    # Finishing the segment seals it as a record and removes the pieces.
+    rest = os.urandom(S * 2 - offset)
+    final, _ = await service.write(ME, upload.id, offset=offset, body=body(rest))
+    assert not [k for k in store.objects if "/tail/" in k]
+    assert read(service, final) == data + rest
+
+
+async def test_checksum_mismatch_records_nothing(service: Uploads) -> None:
+    data = os.urandom(2 * S + 100)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    await service.write(ME, upload.id, offset=0, body=body(data[:10]))
+    wrong = ChecksumHeader("sha256", b"\0" * 32)
+    with pytest.raises(GatewayError) as caught:
+        await service.write(ME, upload.id, offset=10, body=body(data[10:]), checksum=wrong)
+    assert caught.value.err is ERR.CHECKSUM_MISMATCH
+    assert (await service.get(ME, upload.id)).offset == 10
+    hasher = new_hasher("sha1")
+    hasher.update(data[10:])
+    right = ChecksumHeader("sha1", hasher.digest())
+    done, _ = await service.write(ME, upload.id, offset=10, body=body(data[10:]), checksum=right)
+    assert read(service, done) == data
+
+
+async def test_store_outage_keeps_what_was_durable(service: Uploads, store: MemoryStore) -> None:
+    data = os.urandom(5 * S)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    store.fail_after = store.writes + 2  # the third part write fails
+    with pytest.raises(GatewayError) as caught:
+        await service.write(ME, upload.id, offset=0, body=body(*split(data, [S] * 5)))
+    assert caught.value.err is ERR.STORE_UNAVAILABLE
+    assert caught.value.headers["Retry-After"]
+    offset = (await service.get(ME, upload.id)).offset
+    assert offset == 2 * S
+    store.fail_after = None
+    done, _ = await service.write(ME, upload.id, offset=offset, body=body(data[offset:]))
+    assert read(service, done) == data
+
+
+async def test_deferred_length_ending_on_a_boundary(service: Uploads) -> None:
+    data = os.urandom(2 * S)
+    upload = await service.create(ME, length=None, metadata=None)
+    upload, _ = await service.write(ME, upload.id, offset=0, body=body(data))
+    assert upload.length is None and upload.offset == 2 * S
+    done, _ = await service.write(ME, upload.id, offset=2 * S, body=body(), length=2 * S)
+    assert done.state == COMPLETE
+    records = service.catalog.records(upload.id)
+    assert [(r.plaintext_len, r.final) for r in records] == [(S, False), (S, False), (0, True)]
+    assert read(service, done) == data
+
+
+async def test_offset_mismatch_and_foreign_owner(service: Uploads) -> None:
+    upload = await service.create(ME, length=10, metadata=None)
+    with pytest.raises(GatewayError) as caught:
+        await service.write(ME, upload.id, offset=3, body=body(b"abc"))
+    assert caught.value.err is ERR.MISMATCHED_OFFSET
+    assert caught.value.headers["Upload-Offset"] == "0"
+    for other in (Principal("bob", "t1"), Principal("alice", "t2")):
+        with pytest.raises(GatewayError) as caught:
+            await service.get(other, upload.id)
+        assert caught.value.err is ERR.UPLOAD_NOT_FOUND
+
+
+async def test_chunked_overflow_is_refused(service: Uploads) -> None:
+    upload = await service.create(ME, length=100, metadata=None)
+    with pytest.raises(GatewayError) as caught:
+        await service.write(ME, upload.id, offset=0, body=body(b"x" * 60, b"y" * 60))
+    assert caught.value.err is ERR.UPLOAD_SIZE_EXCEEDED
+    assert (await service.get(ME, upload.id)).offset == 0
+
+
+async def test_a_new_request_stops_a_stalled_writer(service: Uploads) -> None:
+    data = os.urandom(S + 500)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    stalled = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield data[: S + 100]
+        stalled.set()
+        await asyncio.sleep(3600)
+        yield b""
+
+    first = asyncio.create_task(service.write(ME, upload.id, offset=0, body=stalling()))
+    await stalled.wait()
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # The retrying client does not know what the stalled request saved: it asks.
+    while True:
+        offset = (await service.get(ME, upload.id)).offset
+        try:
+            done, _ = await service.write(ME, upload.id, offset=offset, body=body(data[offset:]))
+            break
+        except GatewayError as exc:
+            assert exc.err is ERR.MISMATCHED_OFFSET
+    assert loop.time() - started < 2.0
+    with pytest.raises(GatewayError) as caught:
+        await first
+    assert caught.value.err is ERR.UPLOAD_INTERRUPTED
+    assert read(service, done) == data
+
+
+async def test_final_concatenation_is_virtual(service: Uploads, store: MemoryStore) -> None:
+    a, b = os.urandom(S + 3), os.urandom(17)
+    parts = []
+    for data in (a, b):
+        part = await service.create(ME, length=len(data), metadata=None, partial_concat="partial")
+        part, _ = await service.write(ME, part.id, offset=0, body=body(data))
+        parts.append(part.id)
+    writes = store.writes
+    final = await service.create_final(ME, concat="final;x", part_ids=parts, metadata=None)
+    assert store.writes == writes  # no byte copied
+    assert final.length == len(a) + len(b)
+    assert read(service, final) == a + b
+
+
+async def test_unfinished_partial_cannot_be_concatenated(service: Uploads) -> None:
+    part = await service.create(ME, length=10, metadata=None, partial_concat="partial")
+    with pytest.raises(GatewayError) as caught:
+        await service.create_final(ME, concat="final;x", part_ids=[part.id], metadata=None)
+    assert caught.value.err is ERR.UPLOAD_NOT_FINISHED
+
+
+async def test_expired_uploads_are_gone_then_reaped(
+    service: Uploads, store: MemoryStore, clock: Clock
+) -> None:
+    upload = await service.create(ME, length=S * 2, metadata=None)
+    await service.write(ME, upload.id, offset=0, body=body(os.urandom(S + 5)))
+    assert any(k.startswith(upload.id) for k in store.objects)
+    clock.now += 101
+    with pytest.raises(GatewayError) as caught:
+        await service.get(ME, upload.id)
+    assert caught.value.err is ERR.UPLOAD_GONE
+    assert await service.reap_once() == 1
+    assert not any(k.startswith(upload.id) for k in store.objects)
+    assert service.catalog.get_upload(upload.id) is None
+    assert service.catalog.wrapped_key(upload.dek_id) is None
+
+
+async def test_terminate_shreds_the_key(service: Uploads, store: MemoryStore) -> None:
+    upload = await upload_in_patches(service, os.urandom(100), [100])
+    await service.terminate(ME, upload.id)
+    assert service.catalog.wrapped_key(upload.dek_id) is None
+    assert not any(k.startswith(upload.id) for k in store.objects)
+    with pytest.raises(GatewayError) as caught:
+        await service.get(ME, upload.id)
+    assert caught.value.err is ERR.UPLOAD_NOT_FOUND
