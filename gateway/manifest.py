@@ -1,0 +1,486 @@
+"""Signed upload manifests: RFC 8785 JSON, an RFC 6962 Merkle root, an Ed25519 JWS (MANIFEST.md)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import datetime
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+MANIFEST_VERSION = 1
+JWS_TYP = "imgw-manifest+jws"
+# RFC 9864: the fully-specified name; it deprecates the polymorphic "EdDSA" of RFC 8037.
+JWS_ALG = "Ed25519"
+MERKLE_SCHEME = "rfc6962-sha256"
+
+# I-JSON (RFC 7493 section 2.2), which RFC 8785 requires: integers outside this
+# range lose precision in IEEE 754 doubles, so other verifiers could disagree.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+SHA256_LEN = 32
+ED25519_KEY_LEN = 32
+ED25519_SIG_LEN = 64
+
+# Defence in depth: tus upload metadata and file names may carry patient data.
+FORBIDDEN_KEYS = frozenset({"metadata", "filename"})
+
+_REQUIRED = {
+    "upload": ("id", "created", "completed", "uploader", "length", "client_checksum"),
+    "uploader": ("principal", "tenant"),
+    "storage": ("key", "size", "part_size", "part_count", "store"),
+    "encryption": (
+        "segment_size",
+        "segment_count",
+        "header_sha256",
+        "dek_id",
+        "kek_id",
+        "kek_version",
+    ),
+}
+_HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# RFC 3339 section 5.6 restricted to UTC ("Z") so that equal instants compare equal as text.
+_RFC3339_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
+# RFC 9110 Digest-style "<algorithm> <base64>", as the tus checksum extension sends it.
+_CLIENT_CHECKSUM = re.compile(r"[a-z0-9-]+ [A-Za-z0-9+/]+={0,2}")
+
+
+class ManifestError(Exception):
+    """Verification failed; the message names what failed."""
+
+
+# --- RFC 8785 JSON Canonicalization Scheme (subset) ---------------------------------------
+
+
+def canonical_json(value: object) -> bytes:
+    """Serialize `value` per RFC 8785 (JCS); only dict/list/str/int/bool/None, never floats."""
+    out: list[str] = []
+    _encode(value, out)
+    try:
+        # RFC 8785 section 3.2.4: UTF-8. Lone surrogates are not valid I-JSON strings.
+        return "".join(out).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError("string is not valid Unicode (lone surrogate)") from e
+
+
+def _encode(value: object, out: list[str]) -> None:
+    # bool before int: bool is an int subclass in Python.
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise ValueError(f"integer {value} outside the I-JSON range (RFC 7493 section 2.2)")
+        # For integers in that range ES6 Number serialization (RFC 8785 section 3.2.2.3)
+        # is the plain decimal form.
+        out.append(str(int(value)))
+    elif isinstance(value, float):
+        # We never put floats in manifests, which avoids number-formatting ambiguity.
+        raise ValueError("floats are not allowed in canonical JSON here")
+    elif isinstance(value, str):
+        out.append(_string(value))
+    elif isinstance(value, list):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    elif isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"object key {key!r} is not a string")
+        out.append("{")
+        for i, key in enumerate(sorted(value, key=_utf16_units)):
+            if i:
+                out.append(",")
+            out.append(_string(key))
+            out.append(":")
+            _encode(value[key], out)
+        out.append("}")
+    else:
+        raise ValueError(f"type {type(value).__name__} is not allowed in canonical JSON")
+
+
+def _utf16_units(key: str) -> bytes:
+    # RFC 8785 section 3.2.3: sort by UTF-16 code units, not code points (U+1F600 is
+    # D83D DE00 and sorts before U+FB33). Big-endian UTF-16 bytes compare in the same
+    # order as their code units; lone surrogates are reported later, by the UTF-8 step.
+    return key.encode("utf-16-be", "surrogatepass")
+
+
+def _string(s: str) -> str:
+    # RFC 8785 section 3.2.2.2: escape only " \ and U+0000..U+001F, using \b \t \n \f \r
+    # where they exist and \u00xx (lowercase hex) otherwise; everything else is literal.
+    # json.dumps with ensure_ascii=False does exactly this (checked in the tests).
+    return json.dumps(s, ensure_ascii=False)
+
+
+# --- RFC 6962 Merkle Tree Hash --------------------------------------------------------------
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """RFC 6962 section 2.1 Merkle Tree Hash (SHA-256) of `leaves`."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    return _mth(leaves, 0, len(leaves))
+
+
+def _mth(leaves: Sequence[bytes], lo: int, hi: int) -> bytes:
+    n = hi - lo
+    if n == 1:
+        # The 0x00 / 0x01 prefixes separate leaves from nodes (second-preimage resistance).
+        return hashlib.sha256(b"\x00" + bytes(leaves[lo])).digest()
+    k = 1 << ((n - 1).bit_length() - 1)  # the largest power of two smaller than n
+    return hashlib.sha256(b"\x01" + _mth(leaves, lo, lo + k) + _mth(leaves, lo + k, hi)).digest()
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def build_manifest(
+    *,
+    upload: dict[str, object],
+    storage: dict[str, object],
+    encryption: dict[str, object],
+    plaintext_size: int,
+    plaintext_sha256: bytes,
+    record_sha256: Sequence[bytes],
+    retention: dict[str, object] | None,
+    signer_kid: str,
+    suite: int = 1,
+) -> dict[str, object]:
+    """Assemble the manifest of a completed upload; ValueError on missing or forbidden fields."""
+    sections: dict[str, object] = {
+        "upload": upload,
+        "storage": storage,
+        "encryption": encryption,
+        "retention": retention,
+    }
+    for name, section in sections.items():
+        if section is None and name == "retention":
+            continue
+        if not isinstance(section, dict):
+            raise ValueError(f"{name} must be a dict")
+        _reject_forbidden(section, name)
+    for name in ("upload", "storage", "encryption"):
+        _require(sections[name], _REQUIRED[name], name)
+    _require(upload["uploader"], _REQUIRED["uploader"], "upload.uploader")
+    for field in ("created", "completed"):
+        stamp = upload[field]
+        if not isinstance(stamp, str) or not _is_rfc3339_utc(stamp):
+            raise ValueError(f"upload.{field} must be an RFC 3339 UTC timestamp ending in Z")
+    checksum = upload["client_checksum"]
+    if checksum is not None and (
+        not isinstance(checksum, str) or not _CLIENT_CHECKSUM.fullmatch(checksum)
+    ):
+        raise ValueError("upload.client_checksum must be '<algorithm> <base64>' or None")
+    if not _is_uint(plaintext_size):
+        raise ValueError("plaintext_size must be a non-negative int")
+    if upload["length"] != plaintext_size:
+        raise ValueError("upload.length differs from plaintext_size")
+    _check_digest(plaintext_sha256, "plaintext_sha256")
+    if not record_sha256:
+        # docs/FORMAT.md: a sealed object always has at least one record.
+        raise ValueError("record_sha256 is empty; an object has at least one record")
+    for i, digest in enumerate(record_sha256):
+        _check_digest(digest, f"record_sha256[{i}]")
+    if not isinstance(signer_kid, str) or not signer_kid:
+        raise ValueError("signer_kid must be a non-empty string")
+    if not _is_uint(suite) or suite == 0:
+        raise ValueError("suite must be a positive int")
+
+    leaves = [bytes(d) for d in record_sha256]
+    manifest: dict[str, object] = {
+        "manifest_version": MANIFEST_VERSION,
+        "suite": suite,
+        # Deep copies: the signed manifest must not change if the caller's dicts do.
+        "upload": copy.deepcopy(upload),
+        "storage": copy.deepcopy(storage),
+        "encryption": copy.deepcopy(encryption),
+        "plaintext": {"size": plaintext_size, "sha256": bytes(plaintext_sha256).hex()},
+        "records": {
+            "count": len(leaves),
+            "sha256": [d.hex() for d in leaves],
+            "merkle_root": merkle_root(leaves).hex(),
+            "merkle": MERKLE_SCHEME,
+        },
+        "retention": copy.deepcopy(retention),
+        "signer": {"kid": signer_kid, "alg": JWS_ALG},
+    }
+    canonical_json(manifest)  # fail here, not at signing time, on floats and the like
+    return manifest
+
+
+def _reject_forbidden(value: object, path: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if isinstance(key, str) and key.casefold() in FORBIDDEN_KEYS:
+                raise ValueError(f"forbidden key {where}: manifests carry no patient data")
+            _reject_forbidden(item, where)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _reject_forbidden(item, f"{path}[{i}]")
+
+
+def _require(section: object, keys: Iterable[str], name: str) -> None:
+    if not isinstance(section, dict):
+        raise ValueError(f"{name} must be a dict")
+    missing = [k for k in keys if k not in section]
+    if missing:
+        raise ValueError(f"{name} lacks {', '.join(missing)}")
+
+
+def _is_rfc3339_utc(stamp: str) -> bool:
+    if not _RFC3339_UTC.fullmatch(stamp):
+        return False
+    try:
+        datetime.datetime.fromisoformat(stamp)  # rejects month 13, Feb 30, hour 25 ...
+    except ValueError:
+        return False
+    return True
+
+
+def _is_uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_digest(digest: object, name: str) -> None:
+    if not isinstance(digest, bytes | bytearray) or len(digest) != SHA256_LEN:
+        raise ValueError(f"{name} must be {SHA256_LEN} bytes")
+
+
+# --- JWS (RFC 7515 compact serialization) -----------------------------------------------------
+
+
+def sign(manifest: dict[str, object], kid: str, key: Ed25519PrivateKey) -> str:
+    """Compact JWS of canonical_json(manifest) with alg Ed25519, `kid` and typ JWS_TYP."""
+    if not isinstance(key, Ed25519PrivateKey):
+        raise TypeError("key must be an Ed25519PrivateKey")
+    if not isinstance(kid, str) or not kid:
+        raise ValueError("kid must be a non-empty string")
+    signer = manifest.get("signer")
+    if isinstance(signer, dict) and signer.get("kid") != kid:
+        raise ValueError("manifest signer.kid differs from the signing kid")
+    header = _b64url(canonical_json({"alg": JWS_ALG, "kid": kid, "typ": JWS_TYP}))
+    payload = _b64url(canonical_json(manifest))
+    signing_input = f"{header}.{payload}".encode("ascii")  # RFC 7515 section 5.1 step 5
+    return f"{header}.{payload}.{_b64url(key.sign(signing_input))}"
+
+
+def verify(jws: str, keys: Mapping[str, Ed25519PublicKey]) -> dict[str, object]:
+    """Check a compact JWS from sign() strictly and return its manifest; ManifestError if not."""
+    if not isinstance(jws, str):
+        raise ManifestError("malformed JWS: not a string")
+    parts = jws.split(".")
+    if len(parts) != 3:
+        raise ManifestError(f"malformed JWS: {len(parts)} parts, compact serialization has 3")
+    header_b64, payload_b64, signature_b64 = parts
+    header = _parse_json(_b64url_decode(header_b64, "header"), "header")
+    if not isinstance(header, dict):
+        raise ManifestError("malformed JWS header: not a JSON object")
+    # Exactly these members: in particular no "crit" (RFC 7515 section 4.1.11), "jku",
+    # "jwk" or "x5u", which would let the token pick its own verification key.
+    if set(header) != _HEADER_MEMBERS:
+        raise ManifestError(
+            f"JWS header must have exactly alg, kid, typ; has {', '.join(sorted(header))}"
+        )
+    alg = header["alg"]
+    # Only Ed25519: accepting anything else ("none", "HS256" keyed with the public key,
+    # the deprecated "EdDSA") is the classic algorithm-confusion attack.
+    if alg != JWS_ALG:
+        raise ManifestError(f"unsupported alg {alg!r}: only {JWS_ALG!r} is accepted")
+    if header["typ"] != JWS_TYP:
+        raise ManifestError(f"wrong typ {header['typ']!r}: expected {JWS_TYP!r}")
+    kid = header["kid"]
+    if not isinstance(kid, str):
+        raise ManifestError("malformed JWS header: kid is not a string")
+    key = keys.get(kid)
+    if key is None:
+        raise ManifestError(f"unknown kid {kid!r}")
+    payload = _b64url_decode(payload_b64, "payload")
+    signature = _b64url_decode(signature_b64, "signature")
+    if len(signature) != ED25519_SIG_LEN:
+        raise ManifestError(f"bad signature: {len(signature)} bytes, Ed25519 has 64")
+    try:
+        key.verify(signature, f"{header_b64}.{payload_b64}".encode("ascii"))
+    except InvalidSignature:
+        raise ManifestError(f"bad signature (kid {kid!r})") from None
+
+    manifest = _parse_json(payload, "payload")
+    if not isinstance(manifest, dict):
+        raise ManifestError("payload is not a JSON object")
+    # One manifest, one byte string: a payload that is valid but not canonical would let
+    # the stored manifest.json and the signed bytes drift apart without anyone noticing.
+    try:
+        canonical = canonical_json(manifest)
+    except ValueError as e:
+        raise ManifestError(f"payload is not canonical JSON (RFC 8785): {e}") from None
+    if canonical != payload:
+        raise ManifestError("payload is not canonical JSON (RFC 8785)")
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise ManifestError(f"unsupported manifest_version {manifest.get('manifest_version')!r}")
+    signer = manifest.get("signer")
+    if not isinstance(signer, dict) or signer.get("kid") != kid or signer.get("alg") != JWS_ALG:
+        raise ManifestError("manifest signer does not match the JWS header")
+    return manifest
+
+
+def _b64url(data: bytes) -> str:
+    # RFC 7515 section 2: base64url without padding.
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str, what: str) -> bytes:
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ManifestError(f"malformed JWS {what}: not base64url without padding")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error:
+        raise ManifestError(f"malformed JWS {what}: not base64url without padding") from None
+    # Unused trailing bits must be zero, so that each byte string has one encoding only.
+    if _b64url(data) != text:
+        raise ManifestError(f"malformed JWS {what}: non-canonical base64url")
+    return data
+
+
+def _parse_json(data: bytes, what: str) -> object:
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+        )
+    except (ValueError, RecursionError) as e:
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors.
+        raise ManifestError(f"malformed JWS {what}: {e}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # RFC 7515 section 5.2 step 4 and I-JSON: reject duplicate member names.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+# --- JWK / JWKS (RFC 7517, RFC 8037) -------------------------------------------------------
+
+
+def jwk(kid: str, key: Ed25519PublicKey, *, retired: bool = False) -> dict[str, object]:
+    """RFC 8037 OKP JWK of an Ed25519 public key.
+
+    `retired` does not change the JWK: RFC 7517 has no member for it, and a retired
+    key must stay usable for verifying the manifests it signed. jwks() orders by it.
+    """
+    del retired
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    # "use" and "key_ops" are both given and agree (RFC 7517 section 4.3 allows that):
+    # consumers that look at either one see a verify-only signature key.
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": _b64url(raw),
+        "kid": kid,
+        "alg": JWS_ALG,
+        "use": "sig",
+        "key_ops": ["verify"],
+    }
+
+
+def jwks(keys: Iterable[tuple[str, Ed25519PublicKey, bool]]) -> dict[str, object]:
+    """RFC 7517 JWK Set of (kid, key, retired) triples: current keys first, then retired."""
+    entries = list(keys)
+    kids = [kid for kid, _, _ in entries]
+    if len(set(kids)) != len(kids):
+        raise ValueError("duplicate kid in key set")
+    ordered = [e for e in entries if not e[2]] + [e for e in entries if e[2]]
+    return {"keys": [jwk(kid, key, retired=retired) for kid, key, retired in ordered]}
+
+
+def keys_from_jwks(document: Mapping[str, object]) -> dict[str, Ed25519PublicKey]:
+    """Ed25519 verification keys of a JWK Set by kid; keys of other types are skipped."""
+    entries = document.get("keys") if isinstance(document, Mapping) else None
+    if not isinstance(entries, list):
+        raise ManifestError("JWKS has no keys list")
+    result: dict[str, Ed25519PublicKey] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ManifestError(f"JWKS key {i} is not an object")
+        if entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519":
+            continue  # RFC 7517 section 5: other key types are ignored, not errors
+        if "d" in entry:
+            # A private key in a published set is a leak; refuse to build on it.
+            raise ManifestError(f"JWKS key {i} contains a private key (d)")
+        if "alg" in entry and entry["alg"] != JWS_ALG:
+            continue  # bound to another algorithm (RFC 7517 section 4.4)
+        if "use" in entry and entry["use"] != "sig":
+            continue
+        ops = entry.get("key_ops")
+        if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+            continue
+        kid = entry.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise ManifestError(f"JWKS key {i} has no kid")
+        if kid in result:
+            raise ManifestError(f"JWKS has kid {kid!r} twice")
+        x = entry.get("x")
+        if not isinstance(x, str):
+            raise ManifestError(f"JWKS key {kid!r} has no x")
+        try:
+            raw = _b64url_decode(x, "x")
+        except ManifestError:
+            raise ManifestError(f"JWKS key {kid!r}: x is not base64url") from None
+        if len(raw) != ED25519_KEY_LEN:
+            raise ManifestError(f"JWKS key {kid!r}: x is {len(raw)} bytes, Ed25519 has 32")
+        result[kid] = Ed25519PublicKey.from_public_bytes(raw)
+    return result
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+def verify_records(manifest: Mapping[str, object], record_sha256: Sequence[bytes]) -> None:
+    """Check the record hashes of a stored object against the manifest; ManifestError if not."""
+    records = manifest.get("records")
+    if not isinstance(records, dict):
+        raise ManifestError("manifest has no records section")
+    listed = records.get("sha256")
+    if not isinstance(listed, list) or not all(
+        isinstance(h, str) and _HEX64.fullmatch(h) for h in listed
+    ):
+        raise ManifestError("manifest records.sha256 is not a list of SHA-256 hex digests")
+    if records.get("count") != len(listed):
+        raise ManifestError("manifest records.count does not match records.sha256")
+    if records.get("merkle") != MERKLE_SCHEME:
+        raise ManifestError(f"unsupported Merkle scheme {records.get('merkle')!r}")
+    actual = [bytes(d).hex() for d in record_sha256]
+    for i, (want, got) in enumerate(zip(listed, actual, strict=False)):
+        if want != got:
+            raise ManifestError(f"record {i} differs: manifest {want}, object {got}")
+    if len(actual) != len(listed):
+        first = min(len(actual), len(listed))
+        raise ManifestError(
+            f"record {first} differs: manifest has {len(listed)} records, object {len(actual)}"
+        )
+    root = merkle_root([bytes(d) for d in record_sha256]).hex()
+    if records.get("merkle_root") != root:
+        raise ManifestError(f"merkle_root differs: manifest {records.get('merkle_root')}, {root}")
