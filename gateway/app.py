@@ -93,6 +93,9 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # No 307 from "/files/<id>/" to "/files/<id>": tus clients do not follow redirects
+    # for PATCH reliably, and the target would be built from the untrusted Host header.
+    app.router.redirect_slashes = False
     app.state.uploads = uploads
     return app
 

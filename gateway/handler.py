@@ -111,11 +111,19 @@ class TusHandler:
             raise GatewayError(
                 ERR.INVALID_UPLOAD_LENGTH, "send Upload-Length, or Upload-Defer-Length: 1"
             )
-        with_body = _media_type(h.get("content-type")) == OFFSET_STREAM
+        with_body = _content_type(request) == OFFSET_STREAM
         checksum = self._checksum(request) if with_body else None
         content_length = self._content_length(request)
-        if with_body and length is not None and content_length and content_length > length:
-            raise GatewayError(ERR.UPLOAD_SIZE_EXCEEDED, "the body is longer than Upload-Length")
+        # Refuse an oversized body before the upload exists, so nothing is left behind.
+        if with_body and content_length is not None:
+            if length is not None and content_length > length:
+                raise GatewayError(
+                    ERR.UPLOAD_SIZE_EXCEEDED, "the body is longer than Upload-Length"
+                )
+            if length is None and content_length > self.settings.max_size:
+                raise GatewayError(
+                    ERR.UPLOAD_SIZE_EXCEEDED, "the body is longer than Tus-Max-Size allows"
+                )
         upload = await self.uploads.create(
             principal,
             length=length,
@@ -155,7 +163,7 @@ class TusHandler:
 
     async def patch(self, request: Request, principal: Principal, upload_id: str) -> Response:
         h = request.headers
-        if _media_type(h.get("content-type")) != OFFSET_STREAM:
+        if _content_type(request) != OFFSET_STREAM:
             raise GatewayError(
                 ERR.INVALID_CONTENT_TYPE, f"PATCH bodies must be sent as {OFFSET_STREAM}"
             )
@@ -200,6 +208,15 @@ def _expires_header(upload: Upload) -> dict[str, str]:
     if upload.state == ACTIVE and upload.expires_at is not None:
         return {"Upload-Expires": tus.format_http_date(upload.expires_at)}
     return {}
+
+
+def _content_type(request: Request) -> str:
+    """The request's media type, lower-cased; "" if absent. Two lines are refused:
+    a proxy and this server could each pick a different one."""
+    values = request.headers.getlist("content-type")
+    if len(values) > 1:
+        raise GatewayError(ERR.INVALID_CONTENT_TYPE, "send one Content-Type header, not several")
+    return _media_type(values[0] if values else None)
 
 
 def _media_type(value: str | None) -> str:

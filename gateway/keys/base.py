@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 
 class KeyError_(Exception):
     """A key could not be unwrapped: wrong KEK, tampered blob, or unknown KEK version."""
@@ -34,3 +36,9 @@ class KeyProvider(Protocol):
 
     def check(self) -> None:
         """Raise KeyError_ unless keys are usable now (for /readyz)."""
+
+    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
+        """The current manifest-signing key and its key id."""
+
+    def public_signing_keys(self) -> list[tuple[str, Ed25519PublicKey, bool]]:
+        """(kid, public key, retired) for every signing key, current ones first."""
