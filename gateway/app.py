@@ -24,6 +24,7 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.middleware import TusMiddleware, problem_body, problem_headers
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
+from gateway.store.s3 import S3Settings, S3Store, parse_store_url
 from gateway.uploads import Uploads
 
 log = logging.getLogger("gateway.app")
@@ -38,6 +39,28 @@ def open_catalog(settings: Settings) -> Catalog:
     return SQLiteCatalog(settings.catalog_path)
 
 
+def open_store(settings: Settings) -> ObjectStore:
+    if not settings.uses_s3:
+        return FolderStore(settings.objects_dir)
+    bucket, prefix = parse_store_url(settings.store)
+    return S3Store(
+        S3Settings(
+            endpoint=settings.s3_endpoint,
+            bucket=bucket,
+            prefix=prefix,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            region=settings.s3_region,
+            secure=settings.s3_secure,
+            verify_tls=settings.s3_verify_tls,
+            ca_file=settings.s3_ca_file or None,
+            create_bucket=settings.s3_create_bucket,
+            retry_seconds=settings.s3_retry_seconds,
+            pool_size=max(settings.io_threads, 4),
+        )
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -46,7 +69,7 @@ def create_app(
     keys: KeyProvider | None = None,
 ) -> Starlette:
     prepare_data_dir(settings)
-    store = store if store is not None else FolderStore(settings.objects_dir)
+    store = store if store is not None else open_store(settings)
     catalog = catalog if catalog is not None else open_catalog(settings)
     keys = keys if keys is not None else LocalKeyring.open(settings.keyring_path)
     uploads = Uploads(settings, store=store, catalog=catalog, keys=keys)

@@ -29,6 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-size", type=int, help="largest upload in bytes (GATEWAY_MAX_SIZE)")
     serve.add_argument("--segment-size", type=int, help="sealed record size (GATEWAY_SEGMENT_SIZE)")
     serve.add_argument("--log-level", help="debug, info, warning (GATEWAY_LOG_LEVEL)")
+    serve.add_argument("--store", help="'folder' or s3://BUCKET[/PREFIX] (GATEWAY_STORE)")
+    serve.add_argument("--s3-endpoint", help="S3 host:port or URL (GATEWAY_S3_ENDPOINT)")
+    serve.add_argument("--s3-region", help="S3 region (GATEWAY_S3_REGION)")
+    serve.add_argument("--s3-access-key", help="prefer GATEWAY_S3_ACCESS_KEY")
+    serve.add_argument("--s3-secret-key", help="prefer GATEWAY_S3_SECRET_KEY")
+    serve.add_argument("--s3-ca-file", help="CA bundle for the S3 endpoint (GATEWAY_S3_CA_FILE)")
+    serve.add_argument(
+        "--config", type=Path, help="TOML file of settings (keys as the option names, with _)"
+    )
 
     token = sub.add_parser("token", help="mint a bearer token; printed on the last line")
     token.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
@@ -44,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             settings = load_settings({"data_dir": options["data_dir"]})
             return _token(settings, Principal(args.principal, args.tenant))
-        settings = load_settings(options)
+        config_file = options.pop("config")
+        settings = load_settings(options, config_file=config_file)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2

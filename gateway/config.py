@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,6 +33,17 @@ class Settings:
     pipeline_depth: int = 2  # sealed segments in flight per upload beyond the one filling
     reap_interval: float = 300.0
     log_level: str = "info"
+    # Object storage: "" or "folder" for the local folder, or s3://BUCKET[/PREFIX].
+    store: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False  # https to the endpoint (also implied by an https:// endpoint)
+    s3_verify_tls: bool = True
+    s3_ca_file: str = ""
+    s3_create_bucket: bool = True
+    s3_retry_seconds: float = 5.0
 
     @property
     def objects_dir(self) -> Path:
@@ -56,7 +68,19 @@ class Settings:
             raise ConfigError("max_size must be >= 0")
         if self.pipeline_depth < 1 or self.io_threads < 1:
             raise ConfigError("pipeline_depth and io_threads must be >= 1")
+        if self.store not in ("", "folder"):
+            if not self.store.startswith("s3://"):
+                raise ConfigError("store must be 'folder' or s3://BUCKET[/PREFIX]")
+            if not self.s3_endpoint:
+                raise ConfigError("an s3:// store needs GATEWAY_S3_ENDPOINT (host:port or URL)")
+            if self.segment_size < 5 * MiB:
+                # S3 wants every part but the last to be at least 5 MiB.
+                raise ConfigError("with an S3 store, segment_size must be at least 5 MiB")
         return self
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.store.startswith("s3://")
 
 
 # Settings that can come from the environment, as GATEWAY_<NAME>.
@@ -80,11 +104,16 @@ def _coerce(name: str, raw: str) -> object:
 
 
 def load_settings(
-    overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
+    overrides: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    config_file: Path | None = None,
 ) -> Settings:
-    """Defaults, then GATEWAY_* variables, then explicit overrides (CLI options)."""
+    """Defaults, then a TOML config file, then GATEWAY_* variables, then CLI options."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
+    if config_file is not None:
+        values.update(_read_config_file(config_file))
     for name in _ENV_FIELDS:
         raw = env.get(f"GATEWAY_{name.upper()}")
         if raw is not None and raw != "":
@@ -93,3 +122,18 @@ def load_settings(
         if value is not None:
             values[name] = value
     return Settings(**values).validate()  # type: ignore[arg-type]
+
+
+def _read_config_file(path: Path) -> dict[str, object]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    values: dict[str, object] = {}
+    for name, value in document.items():
+        if name not in _ENV_FIELDS:
+            raise ConfigError(f"{path}: unknown setting {name!r}")
+        values[name] = (
+            _coerce(name, str(value)) if not isinstance(value, str) else _coerce(name, value)
+        )
+    return values

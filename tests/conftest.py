@@ -11,8 +11,25 @@ import pytest
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
-from gateway.store.folder import FolderStore
-from tests.server import GatewayProcess
+from tests import server as server_module
+from tests.s3server import s3_server  # noqa: F401 - the session's SeaweedFS fixture
+from tests.server import GatewayProcess, S3Target, store_for
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _s3_for_blackbox(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With GATEWAY_TEST_STORE=s3, every gateway the tests start writes to SeaweedFS."""
+    if server_module.TEST_STORE != "s3":
+        yield
+        return
+    s3 = request.getfixturevalue("s3_server")
+
+    def target() -> S3Target:
+        return S3Target(s3.endpoint, s3.access_key, s3.secret_key, s3.fresh_bucket("gw"))
+
+    server_module.s3_target_factory = target
+    yield
+    server_module.s3_target_factory = None
 
 
 @pytest.fixture
@@ -46,9 +63,7 @@ def read_stored(data_dir: Path, upload_id: str) -> bytes:
     """Decrypt a finished upload straight from the data dir, as a downstream reader would."""
     catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
     try:
-        reader = Reader(
-            FolderStore(data_dir / "objects"), catalog, LocalKeyring.open(data_dir / "keyring.json")
-        )
+        reader = Reader(store_for(data_dir), catalog, LocalKeyring.open(data_dir / "keyring.json"))
         upload = catalog.get_upload(upload_id)
         assert upload is not None, f"no upload {upload_id} in the catalog"
         return b"".join(reader.read(upload))

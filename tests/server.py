@@ -8,10 +8,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from gateway.store.base import ObjectStore
+from gateway.store.folder import FolderStore
+from gateway.store.s3 import S3Settings, S3Store
 
 
 def free_port() -> int:
@@ -22,11 +27,68 @@ def free_port() -> int:
 
 def mint_token(data_dir: Path, principal: str = "admin", tenant: str = "default") -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "token", "--data-dir", str(data_dir),
-         "--principal", principal, "--tenant", tenant],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "token",
+            "--data-dir",
+            str(data_dir),
+            "--principal",
+            principal,
+            "--tenant",
+            tenant,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+# GATEWAY_TEST_STORE=s3 runs the black-box tests against a real S3 server (SeaweedFS,
+# started once per session by tests/conftest.py) instead of the local folder.
+TEST_STORE = os.environ.get("GATEWAY_TEST_STORE", "folder")
+S3_MIN_SEGMENT = 5 << 20
+
+
+@dataclass
+class S3Target:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "GATEWAY_STORE": f"s3://{self.bucket}",
+            "GATEWAY_S3_ENDPOINT": self.endpoint,
+            "GATEWAY_S3_ACCESS_KEY": self.access_key,
+            "GATEWAY_S3_SECRET_KEY": self.secret_key,
+            "GATEWAY_S3_RETRY_SECONDS": "3",
+        }
+
+    def store(self) -> ObjectStore:
+        return S3Store(
+            S3Settings(
+                endpoint=self.endpoint,
+                bucket=self.bucket,
+                access_key=self.access_key,
+                secret_key=self.secret_key,
+                create_bucket=False,
+            )
+        )
+
+
+# Set by the session fixture when TEST_STORE is "s3": makes a fresh bucket per server.
+s3_target_factory: Callable[[], S3Target] | None = None
+# Which store each data dir's server writes to, for read_stored and the plaintext scans.
+STORES: dict[Path, Callable[[], ObjectStore]] = {}
+
+
+def store_for(data_dir: Path) -> ObjectStore:
+    factory = STORES.get(data_dir)
+    return factory() if factory is not None else FolderStore(data_dir / "objects")
 
 
 @dataclass
@@ -37,6 +99,19 @@ class GatewayProcess:
     token: str = ""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    s3: S3Target | None = None
+
+    def __post_init__(self) -> None:
+        if self.s3 is None and TEST_STORE == "s3" and s3_target_factory is not None:
+            self.s3 = s3_target_factory()
+        if self.s3 is not None:
+            segment = int(self.env.get("GATEWAY_SEGMENT_SIZE", S3_MIN_SEGMENT))
+            self.env = {
+                **self.s3.env(),
+                **self.env,
+                "GATEWAY_SEGMENT_SIZE": str(max(segment, S3_MIN_SEGMENT)),
+            }
+            STORES[self.data_dir] = self.s3.store
 
     @property
     def url(self) -> str:
@@ -57,9 +132,21 @@ class GatewayProcess:
         self.log_path = self.data_dir.parent / f"gateway-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         log.close()
         deadline = time.monotonic() + timeout

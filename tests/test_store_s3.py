@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 # The `s3_server` session fixture, registered as a plugin so that it is one server for
 # the whole session, whichever test files use it.
-pytest_plugins = ("tests.s3server",)
 
 MiB = 1 << 20
 
