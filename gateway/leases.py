@@ -25,9 +25,15 @@ class Control:
     task: asyncio.Task[object] | None = None
 
     def stop(self, reason: str) -> None:
-        """Ask the writer to stop reading; a read blocked on the network is cut."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
+        """Ask the writer to stop reading; a read blocked on the network is cut.
+
+        Only the first stop counts. Cancelling again before the writer ran would leave
+        a second cancellation pending, and the request would die of it instead of
+        saving what it received (the writer checks stop_reason before every read).
+        """
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
         if self.in_receive and self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -38,6 +44,12 @@ class Leases:
     A request for a busy upload flags a release request in the catalog (seen by any
     instance's holder within one poll) and, when the holder runs in this process,
     stops it at once — so a client that reconnects resumes in well under a second.
+
+    Every holder renews its lease each poll until it lets go, so a lease that has not
+    been renewed for `stale_after` seconds belongs to a holder that is gone (a process
+    killed mid-PATCH): the next request takes it over instead of waiting out the ttl,
+    and a client resumes within seconds of a crash and restart. A takeover of a holder
+    that is merely slow is safe: the fencing token makes its next commit fail.
     """
 
     def __init__(
@@ -49,6 +61,7 @@ class Leases:
         acquire_timeout: float,
         network_timeout: float,
         poll_interval: float = 0.5,
+        stale_after: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._catalog = catalog
@@ -56,18 +69,35 @@ class Leases:
         self._ttl = ttl
         self._acquire_timeout = acquire_timeout
         self._poll = poll_interval
+        # Never shorter than a few renewals, never longer than the lease itself.
+        self._stale_after = min(ttl, max(stale_after, 4 * poll_interval))
         self._network_timeout = network_timeout
         self._clock = clock
         self._instance = secrets.token_hex(6)
         self._active: dict[str, Control] = {}
         self.shutting_down = False
 
-    async def acquire(self, upload_id: str) -> Lease:
+    @property
+    def takeover_wait(self) -> float:
+        """Long enough to take over the lease of a holder that is gone."""
+        return self._stale_after + self._poll
+
+    def writing_here(self, upload_id: str) -> bool:
+        """Whether a writer in this process holds the upload right now."""
+        return upload_id in self._active
+
+    async def acquire(self, upload_id: str, *, wait: float | None = None) -> Lease:
+        """Take the upload's lease, asking its holder to let go; give up after `wait`
+        seconds (default acquire_timeout; 0 makes a single attempt)."""
         holder = f"{self._instance}:{secrets.token_hex(6)}"
-        deadline = time.monotonic() + self._acquire_timeout
+        deadline = time.monotonic() + (self._acquire_timeout if wait is None else wait)
         while True:
+            # The catalog takes over a lease whose expiry is at or before `now`. Holders
+            # renew to now + ttl, so asking "as of now + ttl - stale_after" takes over a
+            # holder silent for stale_after; the new lease still expires at now + ttl.
+            horizon = self._clock() + self._ttl - self._stale_after
             lease = await self._runner.db(
-                self._catalog.acquire_lease, upload_id, holder, self._ttl, self._clock()
+                self._catalog.acquire_lease, upload_id, holder, self._stale_after, horizon
             )
             if lease is not None:
                 return lease
@@ -84,39 +114,44 @@ class Leases:
         await self._runner.db(self._catalog.release_lease, lease)
 
     @contextlib.asynccontextmanager
-    async def held(self, upload_id: str, *, watch: bool = False) -> AsyncIterator[Control]:
-        """Hold the upload's lease for the block; with `watch`, renew it and poll for stops."""
-        lease = await self.acquire(upload_id)
+    async def held(
+        self, upload_id: str, *, watch: bool = False, wait: float | None = None
+    ) -> AsyncIterator[Control]:
+        """Hold the upload's lease for the block, renewing it; with `watch`, poll for stops."""
+        lease = await self.acquire(upload_id, wait=wait)
         control = Control(lease, task=asyncio.current_task())
-        watcher = None
         if watch:
             self._active[upload_id] = control
-            watcher = asyncio.create_task(self._watch(control))
+        # Renewal goes on until the lease is handed back, also while a stopped writer
+        # seals and records what it has: a silent holder counts as a dead one.
+        watcher = asyncio.create_task(self._watch(control, stoppable=watch))
         try:
             yield control
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-                if self._active.get(upload_id) is control:
-                    del self._active[upload_id]
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            if watch and self._active.get(upload_id) is control:
+                del self._active[upload_id]
             await self.release(control.lease)
 
-    async def _watch(self, control: Control) -> None:
+    async def _watch(self, control: Control, *, stoppable: bool) -> None:
         timeout = self._network_timeout
-        while control.stop_reason is None:
+        while True:
             await asyncio.sleep(self._poll)
-            if self.shutting_down:
-                control.stop("shutdown")
-            elif time.monotonic() - control.last_activity > timeout and control.in_receive:
-                control.stop("timeout")
+            if stoppable and control.stop_reason is None:
+                if self.shutting_down:
+                    control.stop("shutdown")
+                elif time.monotonic() - control.last_activity > timeout and control.in_receive:
+                    control.stop("timeout")
             state = await self._runner.db(
                 self._catalog.renew_lease, control.lease, self._ttl, self._clock()
             )
             if not state.valid:
-                control.stop("lease-lost")
-            elif state.release_requested:
+                if stoppable:
+                    control.stop("lease-lost")
+                return
+            if stoppable and state.release_requested and control.stop_reason is None:
                 control.stop("released")
 
     def stop_all(self) -> None:

@@ -103,7 +103,25 @@ class Uploads:
         """The upload as recorded, if `principal` owns it; a crash-cut completion is finished."""
         upload = await self._owned(principal, upload_id)
         if upload.state == ACTIVE and upload.length is not None and upload.offset == upload.length:
-            upload, _ = await self.write(principal, upload_id, offset=upload.offset, body=_empty())
+            # The end is recorded. The writer that recorded it may still be completing
+            # the object, which takes long for a large one: then answer at once with
+            # what is recorded rather than wait for its lease (and answer 423). If the
+            # holder is gone (a crash cut the completion), its lease goes stale and is
+            # taken over within takeover_wait, and this finishes the upload.
+            if self.leases.writing_here(upload_id):
+                return upload
+            try:
+                upload, _ = await self.write(
+                    principal,
+                    upload_id,
+                    offset=upload.offset,
+                    body=_empty(),
+                    acquire_wait=self.leases.takeover_wait,
+                )
+            except GatewayError as exc:
+                if exc.err is not ERR.UPLOAD_LOCKED:
+                    raise
+                # Locked: a live writer elsewhere is still completing it.
         return upload
 
     async def _owned(self, principal: Principal, upload_id: str) -> Upload:
@@ -237,12 +255,16 @@ class Uploads:
         length: int | None = None,
         checksum: ChecksumHeader | None = None,
         content_length: int | None = None,
+        acquire_wait: float | None = None,
     ) -> tuple[Upload, Outcome]:
-        """Append `body` at `offset`. Returns the upload as recorded afterwards."""
+        """Append `body` at `offset`. Returns the upload as recorded afterwards.
+
+        `acquire_wait` bounds the wait for a busy upload (default: acquire_timeout).
+        """
         upload = await self._owned(principal, upload_id)
         if upload.concat is not None and upload.concat.startswith("final"):
             raise GatewayError(ERR.MODIFY_FINAL, "a final concatenated upload cannot be patched")
-        async with self.leases.held(upload_id, watch=True) as control:
+        async with self.leases.held(upload_id, watch=True, wait=acquire_wait) as control:
             upload = await self._owned(principal, upload_id)  # as of now, under the lease
             if offset != upload.offset:
                 raise GatewayError(
@@ -271,6 +293,7 @@ class Uploads:
                 depth=self.settings.pipeline_depth,
                 expires_at=self._expiry,
                 clock=self.clock,
+                content_length=content_length,
             )
             try:
                 await writer.prepare()

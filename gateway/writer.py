@@ -72,8 +72,10 @@ class SegmentWriter:
         depth: int,
         expires_at: Callable[[], float | None],
         clock: Callable[[], float] = time.time,
+        content_length: int | None = None,
     ) -> None:
         self.upload = upload
+        self._content_length = content_length  # what the body announced, if it did
         self._sealer = sealer
         self._store = store
         self._catalog = catalog
@@ -160,7 +162,15 @@ class SegmentWriter:
                 control.in_receive = False
             control.last_activity = time.monotonic()
             await self._take(chunk)
-        self.interrupted = True
+        # Stopped. A body that already brought every byte it announced, or every byte
+        # the upload can still take, was not cut short: only its end was not yet read.
+        self.interrupted = not self._body_complete()
+
+    def _body_complete(self) -> bool:
+        if self._content_length is not None and self.received == self._content_length:
+            return True
+        length = self.upload.length
+        return length is not None and self.upload.offset + self.received == length
 
     async def _take(self, chunk: bytes) -> None:
         if self.upload.offset + self.received + len(chunk) > self._limit:
@@ -285,7 +295,9 @@ class SegmentWriter:
 
     async def finish(self) -> Outcome:
         await self.drain()
-        stop = self._control.stop_reason
+        # A stop only matters if it cut the body short: one that arrives after the body
+        # ended (while its last segments are stored) finds every byte already here.
+        stop = self._control.stop_reason if self.interrupted else None
         total = self.upload.offset + self.received
         if self._checksum is not None:
             if self.interrupted:

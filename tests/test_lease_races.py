@@ -1,0 +1,326 @@
+"""Focused regressions for leases and writers, on the service with a controllable store.
+
+The black-box tests (test_crash.py, test_leases.py) show these as a client sees them;
+here each is pinned down deterministically: a store that is slow on demand puts a
+request exactly in the phase where the bug bit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog.base import COMPLETE, Principal
+from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.config import Settings
+from gateway.errors import ERR, GatewayError
+from gateway.keys.keyring import LocalKeyring
+from gateway.leases import Leases
+from gateway.reader import Reader
+from gateway.runner import Runner
+from gateway.store.base import PartRef, StoreUnavailable
+from gateway.types import Buffer
+from gateway.uploads import Uploads
+from tests.fakes import MemoryStore
+
+S = 64 * 1024
+ME = Principal("alice", "t1")
+
+
+class SlowStore(MemoryStore):
+    """Part writes and completion can be held at a gate; completion can fail once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.part_gate: threading.Event | None = None
+        self.complete_gate: threading.Event | None = None
+        self.fail_complete_once = False
+        self.completing = threading.Event()
+
+    def put_part(
+        self,
+        key: str,
+        multipart_id: str,
+        number: int,
+        offset: int,
+        chunks: Sequence[Buffer],
+        sha256: bytes,
+    ) -> str:
+        if self.part_gate is not None:
+            self.part_gate.wait(30)
+        return super().put_part(key, multipart_id, number, offset, chunks, sha256)
+
+    def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
+        self.completing.set()
+        if self.complete_gate is not None:
+            self.complete_gate.wait(30)
+        if self.fail_complete_once:
+            self.fail_complete_once = False
+            raise StoreUnavailable("injected failure in completion")
+        super().complete_multipart(key, multipart_id, parts)
+
+
+@pytest.fixture
+def store() -> SlowStore:
+    return SlowStore()
+
+
+@pytest.fixture
+async def service(tmp_path: Path, store: SlowStore) -> AsyncIterator[Uploads]:
+    settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=2.0)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    uploads = Uploads(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "keyring.json")
+    )
+    await uploads.start()
+    yield uploads
+    await uploads.close()
+    catalog.close()
+
+
+async def body(*chunks: bytes, consumed: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+    if consumed is not None:
+        consumed.set()  # runs when the reader asks past the last chunk: the body ended
+
+
+def read(service: Uploads, upload_id: str) -> bytes:
+    upload = service.catalog.get_upload(upload_id)
+    assert upload is not None
+    return b"".join(Reader(service.store, service.catalog, service.keys).read(upload))
+
+
+async def test_a_release_after_the_whole_body_arrived_does_not_fail_the_request(
+    service: Uploads, store: SlowStore
+) -> None:
+    """Regression: a release request that reached a writer after its body had ended
+    (while its last segments were still being stored) made it answer 400
+    ERR_UPLOAD_INTERRUPTED although every byte was saved and the upload completed."""
+    data = os.urandom(2 * S + 10)  # two segments: both in flight at once (depth 2)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    store.part_gate = threading.Event()
+    consumed = asyncio.Event()
+    first = asyncio.create_task(
+        service.write(ME, upload.id, offset=0, body=body(data, consumed=consumed))
+    )
+    await consumed.wait()  # the body is fully read; its parts are still being written
+    # A second request for the upload (a duplicate, or a HEAD at offset == length).
+    second = asyncio.create_task(service.write(ME, upload.id, offset=0, body=body(data)))
+    await asyncio.sleep(0.2)  # its release request reaches the first writer
+    store.part_gate.set()
+    with pytest.raises(GatewayError) as caught:
+        await second
+    assert caught.value.err is ERR.MISMATCHED_OFFSET
+    done, outcome = await first
+    assert outcome.complete and done.state == COMPLETE
+    assert read(service, upload.id) == data
+
+
+async def _head_while_completing(
+    writer_side: Uploads, head_side: Uploads, store: SlowStore, *, within: float
+) -> None:
+    data = os.urandom(2 * S + 1)
+    upload = await writer_side.create(ME, length=len(data), metadata=None)
+    store.complete_gate = threading.Event()  # completion takes as long as we like
+    first = asyncio.create_task(writer_side.write(ME, upload.id, offset=0, body=body(data)))
+    try:
+        await asyncio.to_thread(store.completing.wait, 10)
+        started = time.monotonic()
+        seen = await head_side.get(ME, upload.id)
+        assert time.monotonic() - started < within
+        assert seen.offset == len(data)
+        # Still completing: the second look must not have stopped the writer either.
+        assert not first.done()
+    finally:
+        store.complete_gate.set()
+    done, _ = await first
+    assert done.state == COMPLETE
+    assert (await head_side.get(ME, upload.id)).state == COMPLETE
+    assert read(head_side, upload.id) == data
+
+
+async def test_head_during_a_long_completion_answers_at_once(
+    service: Uploads, store: SlowStore
+) -> None:
+    """Regression: at offset == length HEAD tries to finish a crash-cut completion; while
+    the writer was still completing (the folder store re-hashes the whole object) HEAD
+    waited for its lease for acquire_timeout and then answered 423 Locked."""
+    await _head_while_completing(service, service, store, within=0.5)
+
+
+async def test_head_on_another_instance_during_a_long_completion(
+    tmp_path: Path, service: Uploads, store: SlowStore
+) -> None:
+    """The same with the writer in another process sharing the catalog: that instance
+    cannot tell a live holder from a dead one at once, so it waits until a dead one's
+    lease would be stale (lease_ttl 2 s here), and then answers, without 423."""
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    settings = replace(service.settings, lease_ttl=2.0)
+    other = Uploads(settings, store=store, catalog=catalog, keys=service.keys)
+    try:
+        await _head_while_completing(service, other, store, within=3.5)
+    finally:
+        await other.close()
+        catalog.close()
+
+
+async def test_head_still_finishes_a_cut_completion(service: Uploads, store: SlowStore) -> None:
+    """With no writer alive, a look at an upload at offset == length finishes it."""
+    data = os.urandom(S + 5)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    store.fail_complete_once = True  # cut between recording the end and completing
+    with pytest.raises(GatewayError) as caught:
+        await service.write(ME, upload.id, offset=0, body=body(data))
+    assert caught.value.err is ERR.STORE_UNAVAILABLE
+    cut = service.catalog.get_upload(upload.id)
+    assert cut is not None and cut.offset == len(data) and cut.state != COMPLETE
+    assert (await service.get(ME, upload.id)).state == COMPLETE
+    assert read(service, upload.id) == data
+
+
+# -- leases on their own ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def catalog(tmp_path: Path) -> AsyncIterator[SQLiteCatalog]:
+    cat = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[Runner]:
+    r = Runner(2)
+    yield r
+    r.close()
+
+
+def _leases(catalog: SQLiteCatalog, runner: Runner, **kw: float) -> Leases:
+    options = {"ttl": 30.0, "acquire_timeout": 3.0, "network_timeout": 60.0} | kw
+    return Leases(
+        catalog,
+        runner,
+        ttl=options["ttl"],
+        acquire_timeout=options["acquire_timeout"],
+        network_timeout=options["network_timeout"],
+        poll_interval=options.get("poll_interval", 0.05),
+        stale_after=options.get("stale_after", 0.4),
+    )
+
+
+async def test_a_dead_holders_lease_is_taken_over_long_before_its_ttl(
+    catalog: SQLiteCatalog, runner: Runner
+) -> None:
+    """Regression: a process killed while holding a lease blocked its upload for the
+    whole ttl (30 s): every request meanwhile waited acquire_timeout and got 423."""
+    dead = _leases(catalog, runner)
+    await dead.acquire("u1")  # then the process dies: no renewal, no release
+    alive = _leases(catalog, runner)
+    started = time.monotonic()
+    lease = await alive.acquire("u1")
+    assert time.monotonic() - started < 2.0
+    # The new lease lasts its full ttl from now, like a renewed one.
+    assert lease.expires_at >= time.time() + 29.0
+
+
+async def test_a_renewing_holder_is_never_taken_over(
+    catalog: SQLiteCatalog, runner: Runner
+) -> None:
+    """A holder that renews keeps its lease however long it holds it (here: a
+    non-watching holder such as terminate, in another process)."""
+    holder = _leases(catalog, runner)
+    other = _leases(catalog, runner, acquire_timeout=1.5)
+    async with holder.held("u2"):
+        with pytest.raises(GatewayError) as caught:
+            await other.acquire("u2")  # 1.5 s: several times stale_after
+        assert caught.value.err is ERR.UPLOAD_LOCKED
+
+
+async def test_a_stopped_writer_keeps_its_lease_until_it_lets_go(
+    catalog: SQLiteCatalog, runner: Runner
+) -> None:
+    """After a release request a writer still seals and records what it has; its lease
+    must stay its own (renewed) until it hands it back, or its commit would fail."""
+    holder = _leases(catalog, runner)
+    other = _leases(catalog, runner, acquire_timeout=5.0)
+    async with holder.held("u3", watch=True) as control:
+        waiting = asyncio.create_task(other.acquire("u3"))
+        while control.stop_reason is None:  # the release request arrives by the catalog
+            await asyncio.sleep(0.01)
+        assert control.stop_reason == "released"
+        await asyncio.sleep(1.0)  # "finishing" for longer than stale_after
+        assert not waiting.done()
+        state = await runner.db(catalog.renew_lease, control.lease, 30.0, time.time())
+        assert state.valid
+    lease = await waiting
+    assert lease.token > control.lease.token
+
+
+async def test_a_writer_stopped_twice_in_a_row_still_saves_and_answers(
+    service: Uploads,
+) -> None:
+    """Two stops before the stalled writer got to run (a release request seen by the
+    watcher and by a waiting request at once) must not cancel its request twice: it
+    would then die of the second cancellation instead of saving what it received."""
+    data = os.urandom(S + 500)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    stalled = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield data[:1000]
+        stalled.set()
+        await asyncio.sleep(3600)
+        yield b""  # pragma: no cover
+
+    first = asyncio.create_task(service.write(ME, upload.id, offset=0, body=stalling()))
+    await stalled.wait()
+    await asyncio.sleep(0.05)
+    control = service.leases._active[upload.id]
+    control.stop("released")
+    control.stop("lease-lost")
+    with pytest.raises(GatewayError) as caught:
+        await first
+    assert caught.value.err is ERR.UPLOAD_INTERRUPTED
+    assert caught.value.headers["Upload-Offset"] == "1000"
+
+
+@pytest.mark.parametrize("final", [True, False], ids=["last-patch", "middle-patch"])
+async def test_a_stop_after_the_last_byte_but_before_the_bodys_end(
+    service: Uploads, store: SlowStore, final: bool
+) -> None:
+    """Regression: a release request that reached a writer after it had taken the last
+    byte of its body, but before it read the body's end, counted as cutting the body
+    short: the request answered 400 ERR_UPLOAD_INTERRUPTED, and a final PATCH left its
+    upload unfinished until somebody looked at it again."""
+    data = os.urandom(3 * S + 10)
+    length = len(data) if final else len(data) + 1000
+    upload = await service.create(ME, length=length, metadata=None)
+    store.part_gate = threading.Event()
+    first = asyncio.create_task(
+        service.write(ME, upload.id, offset=0, body=body(data), content_length=len(data))
+    )
+    # The third full segment makes the writer wait for the first one's part: it is
+    # inside the body's last chunk, not in a read.
+    while len(store.multipart) == 0 or not service.leases.writing_here(upload.id):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(service.write(ME, upload.id, offset=0, body=body(data)))
+    await asyncio.sleep(0.2)  # its release request reaches the first writer
+    store.part_gate.set()
+    done, outcome = await first
+    assert done.offset == len(data)
+    assert outcome.complete is final
+    with pytest.raises(GatewayError) as caught:
+        await second
+    assert caught.value.err is ERR.MISMATCHED_OFFSET
+    if final:
+        assert done.state == COMPLETE
+        assert read(service, upload.id) == data
