@@ -17,6 +17,7 @@ from gateway.auth import Authenticator
 from gateway.catalog.base import Catalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
+from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
@@ -73,7 +74,9 @@ def create_app(
     catalog = catalog if catalog is not None else open_catalog(settings)
     keys = keys if keys is not None else LocalKeyring.open(settings.keyring_path)
     uploads = Uploads(settings, store=store, catalog=catalog, keys=keys)
-    handler = TusHandler(settings, uploads, Authenticator(catalog, uploads.runner))
+    auth = Authenticator(catalog, uploads.runner)
+    handler = TusHandler(settings, uploads, auth)
+    downloads = DownloadHandler(settings, uploads, auth)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -105,6 +108,7 @@ def create_app(
     app = Starlette(
         routes=[
             *handler.routes(),
+            *downloads.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.app import create_app, open_catalog
+from gateway.app import create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.keys.keyring import LocalKeyring
 
 DEFAULT_PRINCIPAL = "admin"
 
@@ -39,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="TOML file of settings (keys as the option names, with _)"
     )
 
+    verify = sub.add_parser(
+        "verify", help="check a stored upload against its signed manifest; non-zero on failure"
+    )
+    verify.add_argument("upload_id", help="the upload id (last part of its URL)")
+    verify.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
+    verify.add_argument("--store", help="'folder' or s3://BUCKET[/PREFIX] (GATEWAY_STORE)")
+    verify.add_argument("--jwks", help="JWKS file or URL (default: the data dir's keyring)")
+    verify.add_argument(
+        "--no-decrypt", action="store_true", help="check ciphertext only, even with keys at hand"
+    )
+
     token = sub.add_parser("token", help="mint a bearer token; printed on the last line")
     token.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
     token.add_argument("--principal", default=DEFAULT_PRINCIPAL, help="who the token acts as")
@@ -50,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
     try:
+        if args.command == "verify":
+            settings = load_settings({"data_dir": options["data_dir"], "store": options["store"]})
+            return _verify(settings, args.upload_id, args.jwks, decrypt=not args.no_decrypt)
         if args.command == "token":
             settings = load_settings({"data_dir": options["data_dir"]})
             return _token(settings, Principal(args.principal, args.tenant))
@@ -69,6 +84,40 @@ def _token(settings: Settings, principal: Principal) -> int:
         catalog.close()
     print(f"# bearer token for principal {principal.id!r}; it is shown only now")
     print(token)
+    return 0
+
+
+def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bool) -> int:
+    from gateway.verify import Report, catalog_unwrapper, load_jwks, verify_upload
+
+    store = open_store(settings)
+    keyring = LocalKeyring.open(settings.keyring_path) if settings.keyring_path.exists() else None
+    if jwks is not None:
+        public_keys = load_jwks(jwks)
+    elif keyring is not None:
+        public_keys = {kid: key for kid, key, _ in keyring.public_signing_keys()}
+    else:
+        print("gateway verify: no keyring in the data dir; pass --jwks FILE|URL", file=sys.stderr)
+        return 2
+    catalog = None
+    unwrap = None
+    if decrypt and keyring is not None and settings.catalog_path.exists():
+        catalog = open_catalog(settings)
+        unwrap = catalog_unwrapper(catalog, keyring)
+    try:
+        report = verify_upload(
+            upload_id, store=store, public_keys=public_keys, unwrap=unwrap, report=Report()
+        )
+    finally:
+        if catalog is not None:
+            catalog.close()
+    print(f"verify {upload_id}")
+    for line in report.lines:
+        print(f"  {line}")
+    if report.failures:
+        print(f"FAILED: {'; '.join(report.failures)}")
+        return 1
+    print("OK: the stored upload is exactly what its signed manifest says")
     return 0
 
 

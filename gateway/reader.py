@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.catalog.base import COMPLETE, Catalog, Upload
 from gateway.keys.base import KeyProvider
+from gateway.layout import data_key
 from gateway.sealed import (
     HEADER_PREFIX_LEN,
     Header,
@@ -16,7 +17,6 @@ from gateway.sealed import (
     iter_records,
 )
 from gateway.store.base import ObjectStore
-from gateway.writer import data_key
 
 
 class NotReadable(Exception):
@@ -63,9 +63,13 @@ class Reader:
             piece_len = piece.upload.length or 0
             lo, hi = max(start - piece.start, 0), min(end - piece.start, piece_len)
             if lo < hi:
-                yield from self._read_object(piece.upload, lo, hi)
+                yield from self.read_object(piece.upload, lo, hi)
 
-    def _read_object(self, upload: Upload, start: int, end: int) -> Iterator[bytes]:
+    def read_object(
+        self, upload: Upload, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """Plaintext [start, end) of one sealed object, whatever the upload's recorded state."""
+        end = (upload.length or 0) if end is None else end
         wrapped = self._catalog.wrapped_key(upload.dek_id)
         if wrapped is None:
             raise NotReadable(f"the key of upload {upload.id} was destroyed")

@@ -19,20 +19,31 @@ from gateway.catalog.base import (
     LeaseLost,
     OffsetConflict,
     Principal,
+    RecordRow,
     Upload,
 )
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.keys.base import KeyError_, KeyProvider
+from gateway.layout import data_key, upload_prefix
 from gateway.leases import Leases
+from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.sealed import Header, Sealer, new_header
+from gateway.signer import plaintext_digest, write_manifest
 from gateway.store.base import ObjectStore, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader, new_upload_id
-from gateway.writer import BodyInterrupted, Outcome, Overflow, SegmentWriter, data_key
+from gateway.writer import (
+    BodyInterrupted,
+    Outcome,
+    Overflow,
+    RunningHash,
+    SegmentWriter,
+)
 
 log = logging.getLogger("gateway.uploads")
 T = TypeVar("T")
+_MAX_RUNNING_HASHES = 10_000  # one small object per upload between its requests
 
 # What this service supports, in the order tus clients expect to read it.
 EXTENSIONS = (
@@ -83,6 +94,8 @@ class Uploads:
             clock=clock,
         )
         self._reaper: asyncio.Task[None] | None = None
+        self._hashes: dict[str, RunningHash] = {}
+        self.reader = Reader(store, catalog, keys)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -294,6 +307,8 @@ class Uploads:
                 expires_at=self._expiry,
                 clock=self.clock,
                 content_length=content_length,
+                running_hash=self._hashes.pop(upload_id, None),
+                on_complete=self._finalize,
             )
             try:
                 await writer.prepare()
@@ -309,6 +324,7 @@ class Uploads:
                 except BodyInterrupted:
                     writer.interrupted = True
                 outcome = await writer.finish()
+                self._keep_hash(upload_id, writer.running_hash())
             except StoreUnavailable as exc:
                 await writer.drain_quietly()
                 raise GatewayError(
@@ -328,6 +344,36 @@ class Uploads:
             err, sentence = _STOPPED[outcome.stop_reason]
             raise GatewayError(err, sentence, headers={"Upload-Offset": str(upload.offset)})
         return upload, outcome
+
+    def _keep_hash(self, upload_id: str, running: RunningHash | None) -> None:
+        if running is None:
+            return
+        if len(self._hashes) >= _MAX_RUNNING_HASHES:
+            self._hashes.pop(next(iter(self._hashes)))  # the oldest: it is rebuilt if needed
+        self._hashes[upload_id] = running
+
+    async def _finalize(
+        self, upload: Upload, records: list[RecordRow], plaintext_sha256: bytes | None
+    ) -> None:
+        """Sign and store the manifest, between object completion and the catalog's 'complete'."""
+        wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
+        if wrapped is None:
+            raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
+        if plaintext_sha256 is None:
+            # The running hash was lost (a restart, or the upload moved to another
+            # process between requests): read the sealed records back once.
+            plaintext_sha256 = await self.runner.io(plaintext_digest, self.reader, upload)
+        await self.runner.io(
+            write_manifest,
+            store=self.store,
+            store_name="s3" if self.settings.uses_s3 else "folder",
+            signing=self.keys.signing_key(),
+            upload=upload,
+            records=records,
+            wrapped=wrapped,
+            plaintext_sha256=plaintext_sha256,
+            completed_at=self.clock(),
+        )
 
     async def _settle_length(self, upload: Upload, length: int | None) -> Upload:
         if length is None:
@@ -358,7 +404,7 @@ class Uploads:
                 await self._store_call(
                     self.store.abort_multipart, data_key(upload.id), upload.multipart_id
                 )
-            await self._store_call(self.store.delete_prefix, f"{upload.id}/")
+            await self._store_call(self.store.delete_prefix, upload_prefix(upload.id))
         await self.runner.db(self.catalog.terminate, upload.id)
         await self.runner.db(self.catalog.forget, upload.id)
 

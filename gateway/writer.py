@@ -16,12 +16,14 @@ import contextlib
 import hashlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.catalog.base import Catalog, Progress, RecordRow, TailPiece, Upload
 from gateway.checksums import Hasher, new_hasher
 from gateway.errors import ERR, GatewayError
+from gateway.layout import data_key, tail_key, tail_prefix
 from gateway.leases import Control
 from gateway.runner import Runner
 from gateway.sealed import RECORD_OVERHEAD, InvalidSealedData, Sealer
@@ -37,17 +39,22 @@ class Overflow(Exception):
     """The body carries more bytes than the upload may hold."""
 
 
-def data_key(upload_id: str) -> str:
-    return f"{upload_id}/data"
-
-
-def tail_key(upload_id: str, segment: int, piece: int) -> str:
-    return f"{upload_id}/tail/{segment}/{piece}"
-
-
 def part_offset(header_len: int, segment_size: int, index: int) -> int:
     """Where REC_index starts in the object (part index+1; part 1 starts with HEADER)."""
     return 0 if index == 0 else header_len + index * (segment_size + RECORD_OVERHEAD)
+
+
+@dataclass
+class RunningHash:
+    """SHA-256 over the plaintext of records 0 .. next_index-1, carried between requests."""
+
+    next_index: int
+    digest: Any = field(default_factory=hashlib.sha256)
+
+
+# Called once the object is complete and before the upload is marked complete: the
+# records as recorded and the plaintext SHA-256 if the running hash covered it all.
+OnComplete = Callable[[Upload, list[RecordRow], bytes | None], Awaitable[None]]
 
 
 @dataclass
@@ -73,8 +80,17 @@ class SegmentWriter:
         expires_at: Callable[[], float | None],
         clock: Callable[[], float] = time.time,
         content_length: int | None = None,
+        running_hash: RunningHash | None = None,
+        on_complete: OnComplete | None = None,
     ) -> None:
         self.upload = upload
+        # The plaintext hash goes on only from where the last request left it.
+        start = upload.offset // upload.segment_size
+        self._running = running_hash if running_hash and running_hash.next_index == start else None
+        if self._running is None and start == 0:
+            self._running = RunningHash(0)
+        self._on_complete = on_complete
+        self.completed = False
         self._content_length = content_length  # what the body announced, if it did
         self._sealer = sealer
         self._store = store
@@ -216,6 +232,12 @@ class SegmentWriter:
         view = memoryview(buf)[:length]
         if self._client_hash is not None:
             self._client_hash.update(view[new_from:])
+        running = self._running
+        if running is not None and running.next_index == index:
+            running.digest.update(view)
+            running.next_index += 1
+        else:
+            self._running = None  # a gap: the hash is rebuilt from the records at the end
         record = bytearray(length + RECORD_OVERHEAD)
         self._sealer.seal_record_into(index, final, view, record)
         return record, hashlib.sha256(record).digest()
@@ -359,12 +381,27 @@ class SegmentWriter:
         if not rows or not whole or not rows[-1].final or any(r.final for r in rows[:-1]):
             raise _corrupt("the recorded records do not form a whole object")
         await self._runner.io(self._finish_object, parts)
+        if self._on_complete is not None:
+            running = self._running
+            whole_hash = running is not None and running.next_index == len(rows)
+            plain_sha = running.digest.digest() if running is not None and whole_hash else None
+            await self._on_complete(self.upload, rows, plain_sha)
         await self._commit(offset=total, complete=True)
+        self.completed = True
+
+    def running_hash(self) -> RunningHash | None:
+        """The plaintext hash to carry to the next request, if it covers what is recorded."""
+        running = self._running
+        if self.completed or running is None:
+            return None
+        if running.next_index * self._segment_size > self.committed:
+            return None  # it saw records that were never recorded (checksum, failure)
+        return running
 
     def _finish_object(self, parts: list[PartRef]) -> None:
         assert self.upload.multipart_id is not None
         self._store.complete_multipart(data_key(self.upload.id), self.upload.multipart_id, parts)
-        self._store.delete_prefix(f"{self.upload.id}/tail")
+        self._store.delete_prefix(tail_prefix(self.upload.id))
 
 
 def _corrupt(what: str) -> GatewayError:

@@ -1,0 +1,119 @@
+"""Reading back over HTTP: decrypted downloads with Range, manifests, and the JWKS."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway import manifest
+from gateway.auth import Authenticator
+from gateway.catalog.base import COMPLETE, Upload
+from gateway.config import Settings
+from gateway.errors import ERR, GatewayError
+from gateway.layout import manifest_keys
+from gateway.ranges import Unsatisfiable, parse_range
+from gateway.reader import NotReadable, Reader
+from gateway.sealed import InvalidSealedData
+from gateway.store.base import ObjectNotFound
+from gateway.tus.headers import is_valid_upload_id
+from gateway.uploads import Uploads
+
+
+class DownloadHandler:
+    def __init__(self, settings: Settings, uploads: Uploads, auth: Authenticator) -> None:
+        self.settings = settings
+        self.uploads = uploads
+        self.auth = auth
+        self.reader = Reader(uploads.store, uploads.catalog, uploads.keys)
+
+    def routes(self) -> list[Route]:
+        base = self.settings.base_path
+        return [
+            Route(base + "{upload_id}", self.download, methods=["GET"]),
+            Route(base + "{upload_id}/manifest", self.manifest, methods=["GET"]),
+            Route("/.well-known/jwks.json", self.jwks, methods=["GET"]),
+        ]
+
+    async def _finished(self, request: Request) -> Upload:
+        principal = await self.auth.principal(request.headers.getlist("authorization"))
+        upload_id = request.path_params["upload_id"]
+        if not is_valid_upload_id(upload_id):
+            raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
+        upload = await self.uploads.get(principal, upload_id)
+        if upload.state != COMPLETE or upload.length is None:
+            raise GatewayError(
+                ERR.UPLOAD_NOT_FINISHED, "the upload is not finished; nothing can be read yet"
+            )
+        return upload
+
+    async def download(self, request: Request) -> Response:
+        upload = await self._finished(request)
+        size = upload.length or 0
+        headers = {
+            "Accept-Ranges": "bytes",
+            # Finished uploads never change, so the id is a strong validator.
+            "ETag": f'"{upload.id}"',
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": "attachment",
+            "Cache-Control": "private, no-store",
+        }
+        try:
+            span = parse_range(request.headers.getlist("range"), size)
+        except Unsatisfiable:
+            raise GatewayError(
+                ERR.RANGE_NOT_SATISFIABLE,
+                f"the range lies outside the {size} bytes of this upload",
+                headers={"Content-Range": f"bytes */{size}"},
+            ) from None
+        if request.headers.get("if-range") not in (None, headers["ETag"]):
+            span = None
+        start, end = span if span is not None else (0, size)
+        chunks = self.reader.read(upload, start, end)
+        # Read the first record before answering, so a missing key or a damaged
+        # object is a clean error status rather than a cut-off body.
+        first = await self._next(chunks)
+        headers["Content-Length"] = str(end - start)
+        status = 200
+        if span is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        return StreamingResponse(self._rest(first, chunks), status_code=status, headers=headers)
+
+    async def _next(self, chunks: Iterator[bytes]) -> bytes | None:
+        try:
+            return await self.uploads.runner.io(next, chunks, None)
+        except (InvalidSealedData, ObjectNotFound) as exc:
+            raise GatewayError(
+                ERR.STORED_DATA_CORRUPT, "the stored upload failed verification"
+            ) from exc
+        except NotReadable as exc:
+            raise GatewayError(ERR.UPLOAD_GONE, str(exc)) from exc
+
+    async def _rest(self, first: bytes | None, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+        chunk = first
+        while chunk is not None:
+            yield chunk
+            chunk = await self._next(chunks)
+
+    async def manifest(self, request: Request) -> Response:
+        upload = await self._finished(request)
+        json_key, jws_key = manifest_keys(upload.id)
+        want_json = "application/json" in request.headers.get("accept", "")
+        try:
+            body = await self.uploads.runner.io(
+                self.uploads.store.get, json_key if want_json else jws_key
+            )
+        except ObjectNotFound as exc:
+            raise GatewayError(ERR.UPLOAD_NOT_FINISHED, "the manifest is not written yet") from exc
+        media = "application/json" if want_json else "application/jose"
+        return Response(body, media_type=media, headers={"Cache-Control": "private, no-store"})
+
+    async def jwks(self, request: Request) -> Response:
+        document = manifest.jwks(self.uploads.keys.public_signing_keys())
+        return JSONResponse(
+            json.loads(json.dumps(document)), headers={"Cache-Control": "public, max-age=300"}
+        )

@@ -1,0 +1,26 @@
+"""Object keys of one upload U in the store (the layout of DESIGN.md)."""
+
+from __future__ import annotations
+
+
+def data_key(upload_id: str) -> str:
+    """U/data: the sealed object."""
+    return f"{upload_id}/data"
+
+
+def tail_key(upload_id: str, segment: int, piece: int) -> str:
+    """U/tail/<segment>/<piece>: a sealed piece of the unfinished segment."""
+    return f"{upload_id}/tail/{segment}/{piece}"
+
+
+def tail_prefix(upload_id: str) -> str:
+    return f"{upload_id}/tail"
+
+
+def manifest_keys(upload_id: str) -> tuple[str, str]:
+    """U/manifest.json (canonical JSON) and U/manifest.jws (its signed form)."""
+    return f"{upload_id}/manifest.json", f"{upload_id}/manifest.jws"
+
+
+def upload_prefix(upload_id: str) -> str:
+    return f"{upload_id}/"

@@ -1,0 +1,81 @@
+"""Builds, signs and stores the manifest of a finished upload (blocking; run in a worker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway import manifest
+from gateway.catalog.base import RecordRow, Upload
+from gateway.keys.base import WrappedKey
+from gateway.layout import data_key, manifest_keys
+from gateway.reader import Reader
+from gateway.sealed import RECORD_OVERHEAD
+from gateway.store.base import ObjectStore
+
+
+def rfc3339(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def plaintext_digest(reader: Reader, upload: Upload) -> bytes:
+    """SHA-256 of a finished upload's plaintext, by reading its records back once.
+
+    Only needed when the running hash of the write path was lost (a restart, or the
+    upload moved to another process between PATCHes).
+    """
+    digest = hashlib.sha256()
+    for chunk in reader.read_object(upload):
+        digest.update(chunk)
+    return digest.digest()
+
+
+def write_manifest(
+    *,
+    store: ObjectStore,
+    store_name: str,
+    signing: tuple[str, Ed25519PrivateKey],
+    upload: Upload,
+    records: Sequence[RecordRow],
+    wrapped: WrappedKey,
+    plaintext_sha256: bytes,
+    completed_at: float,
+) -> None:
+    kid, private_key = signing
+    records = sorted(records, key=lambda r: r.index)
+    document = manifest.build_manifest(
+        upload={
+            "id": upload.id,
+            "created": rfc3339(upload.created_at),
+            "completed": rfc3339(completed_at),
+            "uploader": {"principal": upload.owner, "tenant": upload.tenant},
+            "length": upload.length,
+            "client_checksum": upload.checksum,
+        },
+        storage={
+            "store": store_name,
+            "key": data_key(upload.id),
+            "size": sum(r.size for r in records),
+            "part_size": upload.segment_size + RECORD_OVERHEAD,
+            "part_count": len(records),
+        },
+        encryption={
+            "segment_size": upload.segment_size,
+            "segment_count": len(records),
+            "header_sha256": hashlib.sha256(upload.header).hexdigest(),
+            "dek_id": upload.dek_id.hex(),
+            "kek_id": wrapped.kek_id,
+            "kek_version": wrapped.kek_version,
+        },
+        plaintext_size=upload.length or 0,
+        plaintext_sha256=plaintext_sha256,
+        record_sha256=[r.sha256 for r in records],
+        retention=None,
+        signer_kid=kid,
+    )
+    json_key, jws_key = manifest_keys(upload.id)
+    store.put(json_key, manifest.canonical_json(document))
+    store.put(jws_key, manifest.sign(document, kid, private_key).encode("ascii"))

@@ -1,0 +1,151 @@
+"""`gateway verify`: prove a stored upload is exactly what its signed manifest says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway import manifest
+from gateway.catalog.base import Catalog
+from gateway.keys.base import KeyError_, KeyProvider
+from gateway.layout import data_key, manifest_keys
+from gateway.sealed import HEADER_PREFIX_LEN, Header, InvalidSealedData, Sealer, header_length
+from gateway.sealed import iter_records as record_layout
+from gateway.store.base import ObjectNotFound, ObjectStore
+
+
+@dataclass
+class Report:
+    """What was checked, in order; `failures` names each check that failed."""
+
+    lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def ok(self, what: str) -> None:
+        self.lines.append(f"ok    {what}")
+
+    def fail(self, what: str) -> None:
+        self.lines.append(f"FAIL  {what}")
+        self.failures.append(what)
+
+
+def load_jwks(source: str) -> dict[str, Ed25519PublicKey]:
+    """A JWKS from a file path or an http(s) URL."""
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=10) as response:
+            document = json.load(response)
+    else:
+        document = json.loads(Path(source).read_text())
+    return manifest.keys_from_jwks(document)
+
+
+def verify_upload(
+    upload_id: str,
+    *,
+    store: ObjectStore,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    unwrap: Callable[[str, bytes], bytes] | None,
+    report: Report,
+) -> Report:
+    json_key, jws_key = manifest_keys(upload_id)
+    try:
+        jws = store.get(jws_key).decode("ascii")
+        doc = manifest.verify(jws, public_keys)
+    except ObjectNotFound:
+        report.fail(f"manifest: {jws_key} does not exist")
+        return report
+    except (manifest.ManifestError, UnicodeDecodeError) as exc:
+        report.fail(f"signature: {exc}")
+        return report
+    report.ok(f"signature: Ed25519 by {doc['signer']['kid']}")  # type: ignore[index]
+    try:
+        stored_json = store.get(json_key)
+    except ObjectNotFound:
+        stored_json = b""
+    if stored_json != manifest.canonical_json(doc):
+        report.fail("manifest.json: differs from the signed manifest")
+    else:
+        report.ok("manifest.json: identical to the signed manifest")
+    if doc["upload"]["id"] != upload_id:  # type: ignore[index]
+        report.fail("manifest: it names another upload")
+        return report
+    _check_object(upload_id, doc, store, unwrap, report)
+    return report
+
+
+def _check_object(
+    upload_id: str,
+    doc: dict[str, Any],
+    store: ObjectStore,
+    unwrap: Callable[[str, bytes], bytes] | None,
+    report: Report,
+) -> None:
+    key = data_key(upload_id)
+    try:
+        size = store.size(key)
+    except ObjectNotFound:
+        report.fail(f"object: {key} does not exist")
+        return
+    if size != doc["storage"]["size"]:
+        report.fail(f"object: {size} bytes stored, manifest says {doc['storage']['size']}")
+        return
+    try:
+        raw_header = store.get(key, 0, header_length(store.get(key, 0, HEADER_PREFIX_LEN)))
+        header = Header.decode(raw_header)
+    except InvalidSealedData as exc:
+        report.fail(f"header: {exc}")
+        return
+    if hashlib.sha256(raw_header).hexdigest() != doc["encryption"]["header_sha256"]:
+        report.fail("header: its SHA-256 differs from the manifest")
+        return
+    report.ok(f"object: {size} bytes, header matches")
+    sealer = None
+    if unwrap is not None:
+        try:
+            sealer = Sealer(unwrap(upload_id, header.dek_id), header)
+        except (KeyError_, InvalidSealedData) as exc:
+            report.fail(f"key: the data key cannot be used ({type(exc).__name__})")
+    layout = list(record_layout(len(raw_header), header.segment_size, size))
+    hashes, plain, plain_size = [], hashlib.sha256(), 0
+    for index, offset, rsize, final in layout:
+        record = store.get(key, offset, rsize)
+        hashes.append(hashlib.sha256(record).digest())
+        if sealer is not None:
+            try:
+                chunk = sealer.open_record(index, final, record)
+            except InvalidSealedData:
+                report.fail(f"decrypt: record {index} fails authentication")
+                sealer = None
+                continue
+            plain.update(chunk)
+            plain_size += len(chunk)
+    try:
+        manifest.verify_records(doc, hashes)
+        report.ok(f"records: {len(hashes)} record hashes and the Merkle root match")
+    except manifest.ManifestError as exc:
+        report.fail(f"records: {exc}")
+    if sealer is not None:
+        expected = doc["plaintext"]
+        if plain_size != expected["size"] or plain.hexdigest() != expected["sha256"]:
+            report.fail("plaintext: decrypted size or SHA-256 differs from the manifest")
+        else:
+            report.ok(f"plaintext: {plain_size} bytes decrypted, SHA-256 matches")
+    elif unwrap is None:
+        report.lines.append("skip  plaintext: no keys given, not decrypted")
+
+
+def catalog_unwrapper(catalog: Catalog, keys: KeyProvider) -> Callable[[str, bytes], bytes]:
+    def unwrap(upload_id: str, dek_id: bytes) -> bytes:
+        wrapped = catalog.wrapped_key(dek_id)
+        if wrapped is None:
+            raise KeyError_("no wrapped key for this upload (shredded?)")
+        return keys.unwrap(wrapped, upload_id=upload_id, dek_id=dek_id)
+
+    return unwrap
