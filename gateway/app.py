@@ -131,7 +131,18 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     if exc.status >= 500:
         log.error("request failed: %s", exc.code, exc_info=exc.__cause__ or exc)
-    return _problem(exc)
+    response = _problem(exc)
+    if _has_body(request):
+        # The rest of a refused body may be gigabytes the client is still sending:
+        # close the connection rather than read and drop it (tus clients reconnect).
+        response.headers["Connection"] = "close"
+    return response
+
+
+def _has_body(request: Request) -> bool:
+    if request.headers.get("transfer-encoding"):
+        return True
+    return request.headers.get("content-length", "0").strip() not in ("", "0")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -49,7 +49,8 @@ class Reader:
         pieces, start = [], 0
         for part_id in upload.parts:
             part = self._catalog.get_upload(part_id)
-            if part is None or part.state != COMPLETE or part.length is None:
+            # A partial the client deleted stays readable while finals use it.
+            if part is None or part.completed_at is None or part.length is None:
                 raise NotReadable(f"partial upload {part_id} is gone")
             pieces.append(_Piece(part, start))
             start += part.length

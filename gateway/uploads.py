@@ -394,7 +394,15 @@ class Uploads:
     async def terminate(self, principal: Principal, upload_id: str) -> None:
         upload = await self._owned(principal, upload_id)
         async with self.leases.held(upload_id):  # stops a writer that is still running
-            await self._remove(upload)
+            users = await self.runner.db(self.catalog.finals_using, upload_id)
+            if upload.concat == "partial" and users:
+                # A final concatenation reads this partial's bytes: hide it from the
+                # client now, remove it when the last final using it goes.
+                await self.runner.db(self.catalog.retire, upload_id)
+            else:
+                await self._remove(upload)
+        for part_id in upload.parts:
+            await self._remove_if_retired(part_id)
         log.info("upload terminated", extra={"upload_id": upload_id, "principal": principal.id})
 
     async def _remove(self, upload: Upload) -> None:
@@ -407,6 +415,13 @@ class Uploads:
             await self._store_call(self.store.delete_prefix, upload_prefix(upload.id))
         await self.runner.db(self.catalog.terminate, upload.id)
         await self.runner.db(self.catalog.forget, upload.id)
+
+    async def _remove_if_retired(self, part_id: str) -> None:
+        part = await self.runner.db(self.catalog.get_upload, part_id)
+        if part is None or part.state != TERMINATED:
+            return
+        if not await self.runner.db(self.catalog.finals_using, part_id):
+            await self._remove(part)
 
     async def reap_once(self) -> int:
         """Remove unfinished uploads whose expiry has passed. Returns how many."""

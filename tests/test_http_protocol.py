@@ -1131,7 +1131,7 @@ def test_bad_override_is_400(tus: Tus, values: list[tuple[str, str]]) -> None:
         ("HEAD", f"/files/{UNKNOWN_ID}/x", 404, "ERR_NOT_FOUND"),
         ("PATCH", f"/files/{UNKNOWN_ID}/", 404, "ERR_NOT_FOUND"),
         ("GET", "/files/", 405, "ERR_METHOD_NOT_ALLOWED"),
-        ("GET", f"/files/{UNKNOWN_ID}", 405, "ERR_METHOD_NOT_ALLOWED"),
+        ("GET", f"/files/{UNKNOWN_ID}", 404, "ERR_UPLOAD_NOT_FOUND"),
         ("PUT", f"/files/{UNKNOWN_ID}", 405, "ERR_METHOD_NOT_ALLOWED"),
         ("DELETE", "/files/", 405, "ERR_METHOD_NOT_ALLOWED"),
         ("POST", "/healthz", 405, "ERR_METHOD_NOT_ALLOWED"),
@@ -1150,3 +1150,11 @@ def test_healthz(tus: Tus, client: httpx.Client) -> None:
     response = client.get(tus.url("/healthz"))
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_a_refused_body_closes_the_connection(tus: Tus) -> None:
+    """A 409 before the body is read must not make the server swallow the whole body."""
+    url = tus.create(100)
+    response = tus.patch(url, b"x" * 50, offset=7)
+    assert_problem(response, 409, "ERR_MISMATCHED_OFFSET")
+    assert response.headers["Connection"] == "close"

@@ -122,6 +122,13 @@ class Catalog(Protocol):
     def terminate(self, upload_id: str) -> None:
         """Mark the upload terminated and shred its wrapped key."""
 
+    def retire(self, upload_id: str) -> None:
+        """Hide a finished partial (state terminated) but keep its data and key: a final
+        concatenation still reads it."""
+
+    def finals_using(self, upload_id: str) -> list[str]:
+        """Ids of live final uploads that list `upload_id` among their partials."""
+
     def forget(self, upload_id: str) -> None:
         """Delete every row of a terminated or expired upload (after its objects)."""
 

@@ -286,6 +286,20 @@ class SQLiteCatalog:
             cur.execute("DELETE FROM leases WHERE upload_id = ?", (upload_id,))
         self._truncate_wal()
 
+    def retire(self, upload_id: str) -> None:
+        with self._tx() as cur:
+            cur.execute("UPDATE uploads SET state = ? WHERE id = ?", (TERMINATED, upload_id))
+
+    def finals_using(self, upload_id: str) -> list[str]:
+        # Ids are [A-Za-z0-9_-], so the quoted id matches exactly one JSON array element.
+        pattern = f'%"{upload_id}"%'
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id FROM uploads WHERE concat LIKE 'final%' AND state <> ? AND parts LIKE ?",
+                (TERMINATED, pattern),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def forget(self, upload_id: str) -> None:
         with self._tx() as cur:
             for table in ("records", "tail_pieces", "wrapped_keys", "leases"):
