@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -13,16 +16,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.catalog.base import Catalog
 from gateway.catalog.sqlite import SQLiteCatalog
-from gateway.config import Settings
+from gateway.config import Settings, load_settings
 from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
 from gateway.keys.keyring import LocalKeyring
-from gateway.middleware import TusMiddleware, problem_body, problem_headers
+from gateway.middleware import AccessMiddleware, TusMiddleware, problem_body, problem_headers
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store, parse_store_url
@@ -38,6 +42,29 @@ def prepare_data_dir(settings: Settings) -> None:
 def open_catalog(settings: Settings) -> Catalog:
     prepare_data_dir(settings)
     return SQLiteCatalog(settings.catalog_path)
+
+
+_STORE_OPS = (
+    "start_multipart",
+    "put_part",
+    "complete_multipart",
+    "abort_multipart",
+    "put",
+    "get",
+    "delete",
+    "delete_prefix",
+)
+_CATALOG_OPS = (
+    "create_upload",
+    "get_upload",
+    "records",
+    "tail_pieces",
+    "commit",
+    "acquire_lease",
+    "renew_lease",
+    "release_lease",
+    "principal_for",
+)
 
 
 def open_store(settings: Settings) -> ObjectStore:
@@ -70,8 +97,14 @@ def create_app(
     keys: KeyProvider | None = None,
 ) -> Starlette:
     prepare_data_dir(settings)
-    store = store if store is not None else open_store(settings)
-    catalog = catalog if catalog is not None else open_catalog(settings)
+    store = metrics.instrument(
+        store if store is not None else open_store(settings), metrics.STORE_DURATION, _STORE_OPS
+    )
+    catalog = metrics.instrument(
+        catalog if catalog is not None else open_catalog(settings),
+        metrics.CATALOG_DURATION,
+        _CATALOG_OPS,
+    )
     keys = keys if keys is not None else LocalKeyring.open(settings.keyring_path)
     uploads = Uploads(settings, store=store, catalog=catalog, keys=keys)
     auth = Authenticator(catalog, uploads.runner)
@@ -96,8 +129,18 @@ def create_app(
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
+    async def metrics_endpoint(request: Request) -> Response:
+        # Scrapers authenticate like any client, or with the dedicated metrics token.
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {settings.metrics_token}"
+        if not (settings.metrics_token and hmac.compare_digest(given, expected)):
+            await auth.principal(request.headers.getlist("authorization"))
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _stop_writers_on_signals(uploads)
         await uploads.start()
         try:
             yield
@@ -111,8 +154,12 @@ def create_app(
             *downloads.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        middleware=[Middleware(TusMiddleware)],
+        middleware=[
+            Middleware(AccessMiddleware, base_path=settings.base_path),
+            Middleware(TusMiddleware),
+        ],
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
@@ -127,8 +174,30 @@ def create_app(
     return app
 
 
+def app_from_environment() -> Starlette:
+    """The factory worker processes call: settings come from GATEWAY_* variables."""
+    return create_app(load_settings())
+
+
+def _stop_writers_on_signals(uploads: Uploads) -> None:
+    """On SIGTERM/SIGINT, running PATCHes stop reading at once, seal and record what
+    they have, and answer 503; then the server's own handler drains as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # in-process test servers: no signals to chain
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: object, previous: object = previous) -> None:
+            uploads.leases.stop_all()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    request.state.error_code = exc.code
     if exc.status >= 500:
         log.error("request failed: %s", exc.code, exc_info=exc.__cause__ or exc)
     response = _problem(exc)
@@ -152,11 +221,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         err.headers.update(exc.headers or {})
     else:
         err = GatewayError(ERR.NOT_FOUND, "there is nothing at this address")
+    request.state.error_code = err.code
     return _problem(err)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unexpected error", exc_info=exc)
+    request.state.error_code = ERR.INTERNAL.code
     return _problem(GatewayError(ERR.INTERNAL, "the server failed; the upload state is intact"))
 
 

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import time
 
+from gateway import metrics
 from gateway.catalog.base import Catalog, Principal
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
@@ -54,6 +55,7 @@ class Authenticator:
 
 
 def _unauthorized(sentence: str) -> GatewayError:
+    metrics.AUTH_FAILURES.inc()
     return GatewayError(
         ERR.UNAUTHORIZED, sentence, headers={"WWW-Authenticate": 'Bearer realm="gateway"'}
     )

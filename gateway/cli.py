@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway import logs
 from gateway.app import create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings, export_environment, load_settings
+from gateway.connections import CountingHttpToolsProtocol
 from gateway.keys.keyring import LocalKeyring
 
 DEFAULT_PRINCIPAL = "admin"
@@ -30,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-size", type=int, help="largest upload in bytes (GATEWAY_MAX_SIZE)")
     serve.add_argument("--segment-size", type=int, help="sealed record size (GATEWAY_SEGMENT_SIZE)")
     serve.add_argument("--log-level", help="debug, info, warning (GATEWAY_LOG_LEVEL)")
+    serve.add_argument("--workers", type=int, help="worker processes (GATEWAY_WORKERS, 1)")
     serve.add_argument("--store", help="'folder' or s3://BUCKET[/PREFIX] (GATEWAY_STORE)")
     serve.add_argument("--s3-endpoint", help="S3 host:port or URL (GATEWAY_S3_ENDPOINT)")
     serve.add_argument("--s3-region", help="S3 region (GATEWAY_S3_REGION)")
@@ -124,9 +128,7 @@ def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bo
 def _serve(settings: Settings) -> int:
     import uvicorn
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.setup(settings.log_level, json_lines=settings.log_format == "json")
     catalog = open_catalog(settings)
     if catalog.token_count() == 0:
         # First start: never run open. Mint a token and show how to use it, once.
@@ -140,35 +142,31 @@ def _serve(settings: Settings) -> int:
             f"{settings.data_dir}\n",
             flush=True,
         )
-    app = create_app(settings, catalog=catalog)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
-    server = _Server(config, app)
-    server.run()
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": CountingHttpToolsProtocol,
+        "lifespan": "on",
+        "log_config": None,  # keep the JSON logging set up above
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+    }
+    if settings.workers > 1:
+        catalog.close()
+        # Each worker builds its own app from the environment; metrics are written
+        # to a shared folder and summed by whichever worker serves /metrics.
+        metrics_dir = settings.data_dir / "metrics-multiproc"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(mode=0o700)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ.update(export_environment(settings))
+        uvicorn.run(
+            "gateway.app:app_from_environment", factory=True, workers=settings.workers, **common
+        )
+        return 0
+    uvicorn.Server(uvicorn.Config(create_app(settings, catalog=catalog), **common)).run()
     return 0
-
-
-class _Server:
-    """uvicorn's server, told to stop our body reads as soon as SIGTERM arrives."""
-
-    def __new__(cls, config: Any, app: Any) -> Any:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                app.state.uploads.leases.stop_all()
-                super().handle_exit(sig, frame)
-
-        return Server(config)
 
 
 if __name__ == "__main__":

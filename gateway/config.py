@@ -33,6 +33,10 @@ class Settings:
     pipeline_depth: int = 2  # sealed segments in flight per upload beyond the one filling
     reap_interval: float = 300.0
     log_level: str = "info"
+    log_format: str = "json"  # "json" (one object per line) or "text"
+    workers: int = 1  # worker processes sharing the catalog and store
+    metrics_token: str = ""  # a bearer token just for Prometheus scrapes of /metrics
+    shutdown_timeout: float = 30.0  # SIGTERM: running PATCHes save, then this long to finish
     # Object storage: "" or "folder" for the local folder, or s3://BUCKET[/PREFIX].
     store: str = ""
     s3_endpoint: str = ""
@@ -122,6 +126,11 @@ def load_settings(
         if value is not None:
             values[name] = value
     return Settings(**values).validate()  # type: ignore[arg-type]
+
+
+def export_environment(settings: Settings) -> dict[str, str]:
+    """GATEWAY_* variables that rebuild `settings` in another process (worker processes)."""
+    return {f"GATEWAY_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(settings)}
 
 
 def _read_config_file(path: Path) -> dict[str, object]:

@@ -40,9 +40,11 @@ class DownloadHandler:
 
     async def _finished(self, request: Request) -> Upload:
         principal = await self.auth.principal(request.headers.getlist("authorization"))
+        request.state.principal = principal.id
         upload_id = request.path_params["upload_id"]
         if not is_valid_upload_id(upload_id):
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
+        request.state.upload_id = upload_id
         upload = await self.uploads.get(principal, upload_id)
         if upload.state != COMPLETE or upload.length is None:
             raise GatewayError(

@@ -53,6 +53,7 @@ class TusHandler:
         upload_id = request.path_params["upload_id"]
         if not tus.is_valid_upload_id(upload_id):
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
+        request.state.upload_id = upload_id
         if request.method == "HEAD":
             return await self.head(principal, upload_id)
         if request.method == "PATCH":
@@ -64,7 +65,9 @@ class TusHandler:
         # The version check comes first: a client speaking another tus version must
         # learn that (412 + Tus-Version) before anything else.
         tus.parse_tus_resumable(request.headers.getlist("tus-resumable"))
-        return await self.auth.principal(request.headers.getlist("authorization"))
+        principal = await self.auth.principal(request.headers.getlist("authorization"))
+        request.state.principal = principal.id
+        return principal
 
     # -- methods ------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class TusHandler:
             metadata=raw_metadata,
             partial_concat="partial" if concat is not None else None,
         )
+        request.state.upload_id = upload.id
         headers = self._created_headers(request, upload)
         if with_body or length == 0:
             try:

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from gateway import metrics
 from gateway.catalog.base import Catalog, Lease
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
@@ -90,7 +91,9 @@ class Leases:
         """Take the upload's lease, asking its holder to let go; give up after `wait`
         seconds (default acquire_timeout; 0 makes a single attempt)."""
         holder = f"{self._instance}:{secrets.token_hex(6)}"
-        deadline = time.monotonic() + (self._acquire_timeout if wait is None else wait)
+        started = time.monotonic()
+        deadline = started + (self._acquire_timeout if wait is None else wait)
+        asked = False
         while True:
             # The catalog takes over a lease whose expiry is at or before `now`. Holders
             # renew to now + ttl, so asking "as of now + ttl - stale_after" takes over a
@@ -100,7 +103,11 @@ class Leases:
                 self._catalog.acquire_lease, upload_id, holder, self._stale_after, horizon
             )
             if lease is not None:
+                metrics.LOCK_WAIT.observe(time.monotonic() - started)
                 return lease
+            if not asked:
+                asked = True
+                metrics.RELEASE_REQUESTS.inc()
             local = self._active.get(upload_id)
             if local is not None:
                 local.stop("released")
@@ -122,6 +129,7 @@ class Leases:
         control = Control(lease, task=asyncio.current_task())
         if watch:
             self._active[upload_id] = control
+            metrics.ACTIVE_UPLOADS.inc()
         # Renewal goes on until the lease is handed back, also while a stopped writer
         # seals and records what it has: a silent holder counts as a dead one.
         watcher = asyncio.create_task(self._watch(control, stoppable=watch))
@@ -131,8 +139,10 @@ class Leases:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            if watch and self._active.get(upload_id) is control:
-                del self._active[upload_id]
+            if watch:
+                metrics.ACTIVE_UPLOADS.dec()
+                if self._active.get(upload_id) is control:
+                    del self._active[upload_id]
             await self.release(control.lease)
 
     async def _watch(self, control: Control, *, stoppable: bool) -> None:

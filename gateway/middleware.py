@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
+import time
 from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import metrics
 from gateway.errors import ERR, GatewayError
 from gateway.tus.headers import TUS_VERSION
 
@@ -33,6 +37,93 @@ def problem_headers(err: GatewayError) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/problem+json")]
     headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
     return headers
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+access_log = logging.getLogger("gateway.access")
+
+
+def route_of(path: str, base_path: str) -> str:
+    """A low-cardinality route label: never an upload id."""
+    if path.startswith(base_path):
+        rest = path[len(base_path) :]
+        if not rest:
+            return base_path
+        return base_path + ("{id}/manifest" if rest.endswith("/manifest") else "{id}")
+    return (
+        path if path in ("/healthz", "/readyz", "/metrics", "/.well-known/jwks.json") else "other"
+    )
+
+
+class AccessMiddleware:
+    """Request ids, metrics and one JSON log line per request."""
+
+    def __init__(self, app: ASGIApp, base_path: str = "/files/") -> None:
+        self.app = app
+        self.base_path = base_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        given = [v for k, v in scope["headers"] if k == b"x-request-id"]
+        candidate = given[0].decode("latin-1") if len(given) == 1 else ""
+        request_id = candidate if _REQUEST_ID.fullmatch(candidate) else secrets.token_hex(8)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        method = scope["method"]
+        counts_upload_bytes = method in ("PATCH", "POST")
+        received = 0
+        status = 500
+        sent = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                n = len(message.get("body", b""))
+                received += n
+                if counts_upload_bytes and n:
+                    metrics.BYTES_RECEIVED.inc(n)
+            return message
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, observing_send)
+        finally:
+            seconds = time.perf_counter() - start
+            metrics.REQUESTS.labels(method).inc()
+            metrics.REQUEST_DURATION.labels(method, str(status)).observe(seconds)
+            code = state.get("error_code")
+            if status >= 400:
+                metrics.ERRORS.labels(str(status), code or str(status)).inc()
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "route": route_of(scope["path"], self.base_path),
+                    "status": status,
+                    "bytes_in": received,
+                    "bytes_out": sent,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "upload_id": state.get("upload_id"),
+                    "principal": state.get("principal"),
+                    "error_code": code,
+                },
+            )
 
 
 class TusMiddleware:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TypeVar
 
+from gateway import metrics
 from gateway.catalog.base import (
     ACTIVE,
     COMPLETE,
@@ -210,6 +211,7 @@ class Uploads:
             concat=partial_concat,
         )
         await self.runner.db(self.catalog.create_upload, upload, wrapped)
+        metrics.UPLOADS_CREATED.inc()
         log.info("upload created", extra={"upload_id": upload_id, "principal": principal.id})
         return upload
 
@@ -339,6 +341,8 @@ class Uploads:
                 ) from exc
             except OffsetConflict as exc:
                 raise GatewayError(ERR.MISMATCHED_OFFSET, "the upload moved on") from exc
+            finally:
+                writer.close()
         upload = await self._owned(principal, upload_id)
         if outcome.stop_reason in _STOPPED:
             err, sentence = _STOPPED[outcome.stop_reason]
@@ -374,6 +378,8 @@ class Uploads:
             plaintext_sha256=plaintext_sha256,
             completed_at=self.clock(),
         )
+        metrics.UPLOADS_FINISHED.inc()
+        log.info("upload finished", extra={"upload_id": upload.id, "length": upload.length})
 
     async def _settle_length(self, upload: Upload, length: int | None) -> Upload:
         if length is None:
@@ -403,6 +409,7 @@ class Uploads:
                 await self._remove(upload)
         for part_id in upload.parts:
             await self._remove_if_retired(part_id)
+        metrics.UPLOADS_TERMINATED.inc()
         log.info("upload terminated", extra={"upload_id": upload_id, "principal": principal.id})
 
     async def _remove(self, upload: Upload) -> None:
@@ -434,6 +441,8 @@ class Uploads:
                 async with self.leases.held(upload_id):
                     await self._remove(upload)
                 removed += 1
+                metrics.REAPED.labels("expired").inc()
+                log.info("expired upload removed", extra={"upload_id": upload_id})
             except GatewayError:
                 continue  # busy: someone is writing it after all
         return removed

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import metrics
 from gateway.catalog.base import Catalog, Progress, RecordRow, TailPiece, Upload
 from gateway.checksums import Hasher, new_hasher
 from gateway.errors import ERR, GatewayError
@@ -201,6 +202,7 @@ class SegmentWriter:
             view = view[n:]
             if self._fill == size:
                 await self._seal_full_segment()
+        metrics.BYTES_IN_FLIGHT.inc(len(chunk))
 
     async def _seal_full_segment(self) -> None:
         index = self._segment
@@ -229,6 +231,7 @@ class SegmentWriter:
     def _seal(
         self, index: int, final: bool, buf: bytearray, length: int, new_from: int
     ) -> tuple[bytearray, bytes]:
+        started = time.perf_counter()
         view = memoryview(buf)[:length]
         if self._client_hash is not None:
             self._client_hash.update(view[new_from:])
@@ -240,7 +243,10 @@ class SegmentWriter:
             self._running = None  # a gap: the hash is rebuilt from the records at the end
         record = bytearray(length + RECORD_OVERHEAD)
         self._sealer.seal_record_into(index, final, view, record)
-        return record, hashlib.sha256(record).digest()
+        digest = hashlib.sha256(record).digest()
+        metrics.SEAL_DURATION.observe(time.perf_counter() - started)
+        metrics.BYTES_SEALED.inc(length)
+        return record, digest
 
     def _put_record(
         self, index: int, final: bool, length: int, record: bytearray, digest: bytes
@@ -262,10 +268,15 @@ class SegmentWriter:
             chunks,
             part_sha,
         )
+        metrics.BYTES_STORED.inc(size)
         return RecordRow(index, length, final, size, digest, etag)
 
     async def _settle_oldest(self) -> None:
-        row = await self._inflight.popleft()
+        try:
+            row = await self._inflight.popleft()
+        except Exception:
+            metrics.SEAL_FAILURES.inc()
+            raise
         self._pending.append(row)
         if self._progressive:
             await self._commit(offset=(row.index + 1) * self._segment_size)
@@ -287,6 +298,7 @@ class SegmentWriter:
             expires_at=None if complete else self._expires_at(),
         )
         await self._runner.db(self._catalog.commit, self._control.lease, progress)
+        metrics.BYTES_IN_FLIGHT.dec(offset - self.committed)
         self.committed = offset
         if drop is not None and self._old_pieces and self._old_pieces[0].segment < drop:
             old, self._old_pieces = self._old_pieces, []
@@ -328,6 +340,7 @@ class SegmentWriter:
                 await self._runner.io(self._hash_tail)
             assert self._client_hash is not None
             if self._client_hash.digest() != self._checksum.digest:
+                metrics.CHECKSUM_MISMATCHES.inc()
                 raise GatewayError(
                     ERR.CHECKSUM_MISMATCH,
                     f"the {self._checksum.algorithm} digest of the body does not match "
@@ -354,7 +367,9 @@ class SegmentWriter:
     def _put_piece(self, piece: TailPiece) -> None:
         plain = memoryview(self._buf)[piece.start : piece.start + piece.length]
         sealed = self._sealer.seal_tail(piece.segment, piece.piece, piece.start, plain)
+        metrics.BYTES_SEALED.inc(piece.length)
         self._store.put(tail_key(self.upload.id, piece.segment, piece.piece), sealed)
+        metrics.BYTES_STORED.inc(len(sealed))
 
     async def _complete(self, total: int) -> None:
         if self._final_recorded:
@@ -388,6 +403,11 @@ class SegmentWriter:
             await self._on_complete(self.upload, rows, plain_sha)
         await self._commit(offset=total, complete=True)
         self.completed = True
+
+    def close(self) -> None:
+        """Account for received bytes that will never be recorded (refused or cut off)."""
+        metrics.BYTES_IN_FLIGHT.dec(self.upload.offset + self.received - self.committed)
+        self.received = self.committed - self.upload.offset
 
     def running_hash(self) -> RunningHash | None:
         """The plaintext hash to carry to the next request, if it covers what is recorded."""

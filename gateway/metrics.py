@@ -1,0 +1,143 @@
+"""Prometheus metrics: tusd's names, so tusd dashboards work, plus gateway_* histograms.
+
+Works with several worker processes: when PROMETHEUS_MULTIPROC_DIR is set (the CLI
+sets it for `--workers N`), every process writes its values there and `/metrics`
+aggregates them. tusd exposes some counters without the `_total` suffix
+(`tusd_bytes_received`, `tusd_uploads_created`, ...); prometheus_client always
+adds `_total` to counters, so those are summed gauges that only ever go up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+T = TypeVar("T")
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def _total_like(name: str, doc: str) -> Gauge:
+    return Gauge(name, doc, multiprocess_mode="sum")
+
+
+# -- tusd's series ----------------------------------------------------------------------
+REQUESTS = Counter("tusd_requests", "Requests received, by method.", ["method"])
+ERRORS = Counter("tusd_errors", "Error responses, by status and error code.", ["status", "code"])
+BYTES_RECEIVED = _total_like("tusd_bytes_received", "Upload body bytes received.")
+UPLOADS_CREATED = _total_like("tusd_uploads_created", "Uploads created.")
+UPLOADS_FINISHED = _total_like("tusd_uploads_finished", "Uploads completed.")
+UPLOADS_TERMINATED = _total_like("tusd_uploads_terminated", "Uploads terminated by clients.")
+CONNECTIONS_OPEN = Gauge(
+    "tusd_connections_open", "Open client connections.", multiprocess_mode="livesum"
+)
+
+# -- the gateway's own ------------------------------------------------------------------
+REQUEST_DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "Request duration, by method and status.",
+    ["method", "status"],
+    buckets=_LATENCY,
+)
+BYTES_SEALED = Counter("gateway_bytes_sealed", "Plaintext bytes sealed into records and pieces.")
+BYTES_STORED = Counter("gateway_bytes_stored", "Sealed bytes written to the object store.")
+SEAL_DURATION = Histogram(
+    "gateway_seal_duration_seconds", "Time to hash and seal one segment.", buckets=_FAST
+)
+STORE_DURATION = Histogram(
+    "gateway_store_operation_duration_seconds",
+    "Object-store calls, by operation and outcome.",
+    ["operation", "outcome"],
+    buckets=(*_FAST, 10, 30),
+)
+CATALOG_DURATION = Histogram(
+    "gateway_catalog_operation_duration_seconds",
+    "Catalog calls, by operation and outcome.",
+    ["operation", "outcome"],
+    buckets=_FAST,
+)
+LOCK_WAIT = Histogram(
+    "gateway_lock_wait_seconds", "Time a request waited for an upload's lease.", buckets=_FAST
+)
+RELEASE_REQUESTS = Counter(
+    "gateway_lock_release_requests", "Requests that asked a running writer to let go."
+)
+CHECKSUM_MISMATCHES = Counter(
+    "gateway_checksum_mismatches", "PATCH bodies whose Upload-Checksum did not match."
+)
+AUTH_FAILURES = Counter("gateway_auth_failures", "Requests refused for missing or bad tokens.")
+ACTIVE_UPLOADS = Gauge(
+    "gateway_active_uploads", "Uploads with a PATCH running now.", multiprocess_mode="livesum"
+)
+BYTES_IN_FLIGHT = Gauge(
+    "gateway_bytes_in_flight",
+    "Received bytes not yet recorded durably.",
+    multiprocess_mode="livesum",
+)
+REAPED = Counter("gateway_reaper_actions", "Uploads removed by the reaper, by reason.", ["reason"])
+SEAL_FAILURES = Counter("gateway_seal_failures", "Segments that failed to seal or store.")
+
+
+@contextmanager
+def timed(histogram: Histogram, operation: str) -> Iterator[None]:
+    start = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    finally:
+        histogram.labels(operation, outcome).observe(time.perf_counter() - start)
+
+
+def instrument(target: T, histogram: Histogram, operations: tuple[str, ...]) -> T:
+    """Wrap `target` so each call to one of `operations` is timed by outcome."""
+    return _Instrumented(target, histogram, operations)  # type: ignore[return-value]
+
+
+class _Instrumented:
+    def __init__(self, target: Any, histogram: Histogram, operations: tuple[str, ...]) -> None:
+        self._target = target
+        self._histogram = histogram
+        self._operations = operations
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if name not in self._operations or not callable(attribute):
+            return attribute
+        histogram = self._histogram
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with timed(histogram, name):
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition, aggregated over worker processes when there are several."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def observe_request(method: str, status: int, seconds: float) -> None:
+    REQUEST_DURATION.labels(method, str(status)).observe(seconds)
+
+
+Callback = Callable[[], None]
