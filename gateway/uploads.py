@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from gateway import metrics
+from gateway.buffers import Pools
 from gateway.catalog.base import (
     ACTIVE,
     COMPLETE,
@@ -96,6 +97,7 @@ class Uploads:
         )
         self._reaper: asyncio.Task[None] | None = None
         self._hashes: dict[str, RunningHash] = {}
+        self._pools = Pools(keep=2 * settings.pipeline_depth + 2)
         self.reader = Reader(store, catalog, keys)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -311,6 +313,7 @@ class Uploads:
                 content_length=content_length,
                 running_hash=self._hashes.pop(upload_id, None),
                 on_complete=self._finalize,
+                pools=self._pools,
             )
             try:
                 await writer.prepare()

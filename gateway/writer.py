@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import metrics
+from gateway.buffers import Pools
 from gateway.catalog.base import Catalog, Progress, RecordRow, TailPiece, Upload
 from gateway.checksums import Hasher, new_hasher
 from gateway.errors import ERR, GatewayError
@@ -83,6 +84,7 @@ class SegmentWriter:
         content_length: int | None = None,
         running_hash: RunningHash | None = None,
         on_complete: OnComplete | None = None,
+        pools: Pools | None = None,
     ) -> None:
         self.upload = upload
         # The plaintext hash goes on only from where the last request left it.
@@ -113,7 +115,10 @@ class SegmentWriter:
         self._segment = upload.offset // self._segment_size
         self._fill = upload.offset % self._segment_size
         self._new_from = self._fill  # bytes before this came from earlier requests
-        self._buf = bytearray(self._segment_size)
+        pools = pools if pools is not None else Pools(keep=0)
+        self._plain_pool = pools.for_size(self._segment_size)
+        self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
+        self._buf = self._plain_pool.take()
         self._next_piece = 0
         self._old_pieces: list[TailPiece] = []
         self._last_sealed_final = False
@@ -213,7 +218,7 @@ class SegmentWriter:
         )
         self._inflight.append(task)
         self._segment += 1
-        self._buf = bytearray(self._segment_size)
+        self._buf = self._plain_pool.take()
         self._fill = 0
         self._new_from = 0
         self._next_piece = 0
@@ -224,13 +229,19 @@ class SegmentWriter:
     async def _write_record(
         self, index: int, final: bool, buf: bytearray, length: int, new_from: int
     ) -> RecordRow:
-        async with self._seal_lock:  # hashing must see the bytes in order
-            record, digest = await self._runner.io(self._seal, index, final, buf, length, new_from)
-        return await self._runner.io(self._put_record, index, final, length, record, digest)
+        async with self._seal_lock:  # the plaintext hashes must see the bytes in order
+            record = await self._runner.io(self._seal, index, final, buf, length, new_from)
+        if length == self._segment_size:
+            self._plain_pool.give(buf)  # a full segment's buffer is no one else's now
+        try:
+            # Hashing and storing the record overlap with sealing the next one.
+            return await self._runner.io(self._put_record, index, final, length, record)
+        finally:
+            self._record_pool.give(record)
 
     def _seal(
         self, index: int, final: bool, buf: bytearray, length: int, new_from: int
-    ) -> tuple[bytearray, bytes]:
+    ) -> bytearray:
         started = time.perf_counter()
         view = memoryview(buf)[:length]
         if self._client_hash is not None:
@@ -241,16 +252,17 @@ class SegmentWriter:
             running.next_index += 1
         else:
             self._running = None  # a gap: the hash is rebuilt from the records at the end
-        record = bytearray(length + RECORD_OVERHEAD)
+        if length == self._segment_size:
+            record = self._record_pool.take()
+        else:
+            record = bytearray(length + RECORD_OVERHEAD)
         self._sealer.seal_record_into(index, final, view, record)
-        digest = hashlib.sha256(record).digest()
         metrics.SEAL_DURATION.observe(time.perf_counter() - started)
         metrics.BYTES_SEALED.inc(length)
-        return record, digest
+        return record
 
-    def _put_record(
-        self, index: int, final: bool, length: int, record: bytearray, digest: bytes
-    ) -> RecordRow:
+    def _put_record(self, index: int, final: bool, length: int, record: bytearray) -> RecordRow:
+        digest = hashlib.sha256(record).digest()
         header = self.upload.header
         if index == 0:
             chunks: tuple[bytes | bytearray, ...] = (header, record)

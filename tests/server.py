@@ -26,6 +26,7 @@ def free_port() -> int:
 
 
 def mint_token(data_dir: Path, principal: str = "admin", tenant: str = "default") -> str:
+    data_dir.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(
         [
             sys.executable,
@@ -84,6 +85,7 @@ class S3Target:
 s3_target_factory: Callable[[], S3Target] | None = None
 # Which store each data dir's server writes to, for read_stored and the plaintext scans.
 STORES: dict[Path, Callable[[], ObjectStore]] = {}
+S3_TARGETS: dict[Path, S3Target] = {}
 
 
 def store_for(data_dir: Path) -> ObjectStore:
@@ -103,7 +105,10 @@ class GatewayProcess:
 
     def __post_init__(self) -> None:
         if self.s3 is None and TEST_STORE == "s3" and s3_target_factory is not None:
-            self.s3 = s3_target_factory()
+            # Processes sharing a data dir share its bucket too.
+            self.s3 = S3_TARGETS.get(self.data_dir) or s3_target_factory()
+        if self.s3 is not None:
+            S3_TARGETS[self.data_dir] = self.s3
         if self.s3 is not None:
             segment = int(self.env.get("GATEWAY_SEGMENT_SIZE", S3_MIN_SEGMENT))
             self.env = {
