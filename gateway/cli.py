@@ -17,6 +17,7 @@ from gateway.catalog.base import Principal
 from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.connections import CountingHttpToolsProtocol
 from gateway.keys.keyring import LocalKeyring
+from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = "admin"
 
@@ -63,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Upload ids may start with "-" (base64url): let `verify ... -abc` mean an id.
+    dash_id = bool(argv) and argv[-1].startswith("-") and is_valid_upload_id(argv[-1])
+    if argv and argv[0] == "verify" and "--" not in argv and dash_id:
+        argv.insert(len(argv) - 1, "--")
     args = _parser().parse_args(argv)
     options: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
     try:
@@ -92,12 +98,20 @@ def _token(settings: Settings, principal: Principal) -> int:
 
 
 def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bool) -> int:
+    from gateway.manifest import ManifestError
     from gateway.verify import Report, catalog_unwrapper, load_jwks, verify_upload
 
+    if not is_valid_upload_id(upload_id):
+        print(f"gateway verify: {upload_id[:80]!r} is not an upload id", file=sys.stderr)
+        return 2
     store = open_store(settings)
     keyring = LocalKeyring.open(settings.keyring_path) if settings.keyring_path.exists() else None
     if jwks is not None:
-        public_keys = load_jwks(jwks)
+        try:
+            public_keys = load_jwks(jwks)
+        except (OSError, ValueError, TypeError, ManifestError) as exc:
+            print(f"gateway verify: cannot use --jwks {jwks}: {exc}", file=sys.stderr)
+            return 2
     elif keyring is not None:
         public_keys = {kid: key for kid, key, _ in keyring.public_signing_keys()}
     else:

@@ -63,16 +63,17 @@ class DownloadHandler:
             "Content-Disposition": "attachment",
             "Cache-Control": "private, no-store",
         }
+        ranges = request.headers.getlist("range")
+        if request.headers.get("if-range") not in (None, headers["ETag"]):
+            ranges = []  # RFC 9110 13.1.5: a stale If-Range means "send it all"
         try:
-            span = parse_range(request.headers.getlist("range"), size)
+            span = parse_range(ranges, size)
         except Unsatisfiable:
             raise GatewayError(
                 ERR.RANGE_NOT_SATISFIABLE,
                 f"the range lies outside the {size} bytes of this upload",
                 headers={"Content-Range": f"bytes */{size}"},
             ) from None
-        if request.headers.get("if-range") not in (None, headers["ETag"]):
-            span = None
         start, end = span if span is not None else (0, size)
         chunks = self.reader.read(upload, start, end)
         # Read the first record before answering, so a missing key or a damaged
@@ -110,6 +111,11 @@ class DownloadHandler:
                 self.uploads.store.get, json_key if want_json else jws_key
             )
         except ObjectNotFound as exc:
+            if upload.parts:
+                raise GatewayError(
+                    ERR.NOT_FOUND,
+                    "a final concatenation has no manifest of its own; each partial has one",
+                ) from exc
             raise GatewayError(ERR.UPLOAD_NOT_FINISHED, "the manifest is not written yet") from exc
         media = "application/json" if want_json else "application/jose"
         return Response(body, media_type=media, headers={"Cache-Control": "private, no-store"})

@@ -12,10 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import httpx
 
-from tests.server import GatewayProcess
+from tests.server import GatewayProcess, store_for
 
 OCTET = "application/offset+octet-stream"
 
@@ -195,3 +197,54 @@ class RawPatch:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# -- finished uploads, their manifests and the stored objects -----------------------------
+
+
+def send(
+    server: GatewayProcess, url: str, data: bytes, offset: int, sizes: list[int] | None = None
+) -> int:
+    """PATCH data[offset:] in pieces of `sizes` (default: one); return the new offset."""
+    for size in sizes if sizes is not None else [len(data) - offset]:
+        response = patch(server, url, data[offset : offset + size], offset)
+        assert response.status_code == 204, response.text
+        offset += size
+        assert response.headers["Upload-Offset"] == str(offset)
+    return offset
+
+
+def upload(
+    server: GatewayProcess, data: bytes, sizes: list[int] | None = None, **headers: str
+) -> str:
+    """Create an upload of len(data) bytes, send all of it; return its absolute URL."""
+    url = create(server, len(data), **headers)
+    if data:
+        assert send(server, url, data, 0, sizes) == len(data)
+    assert head_offset(server, url) == len(data)
+    return url
+
+
+def segment_size(server: GatewayProcess) -> int:
+    """The segment size the server seals with (set by the test, or raised for S3)."""
+    return int(server.env.get("GATEWAY_SEGMENT_SIZE", 8 << 20))
+
+
+def manifest_json(server: GatewayProcess, uid: str) -> dict[str, Any]:
+    """GET /files/{id}/manifest as JSON."""
+    response = httpx.get(
+        f"{server.files_url}{uid}/manifest",
+        headers={**server.auth, "Accept": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def flip_stored_byte(data_dir: Path, key: str, offset: int) -> None:
+    """XOR one byte of a stored object with 0x01 (offset < 0 counts from the end)."""
+    store = store_for(data_dir)
+    blob = bytearray(store.get(key))
+    blob[offset] ^= 0x01
+    store.put(key, bytes(blob))
