@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.auth import Authenticator
 from gateway.catalog.base import Catalog
 from gateway.catalog.sqlite import SQLiteCatalog
@@ -133,7 +133,10 @@ def create_app(
         # Scrapers authenticate like any client, or with the dedicated metrics token.
         given = request.headers.get("authorization", "")
         expected = f"Bearer {settings.metrics_token}"
-        if not (settings.metrics_token and hmac.compare_digest(given, expected)):
+        token_ok = settings.metrics_token and hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
+        )
+        if not token_ok:
             await auth.principal(request.headers.getlist("authorization"))
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
@@ -176,7 +179,9 @@ def create_app(
 
 def app_from_environment() -> Starlette:
     """The factory worker processes call: settings come from GATEWAY_* variables."""
-    return create_app(load_settings())
+    settings = load_settings()
+    logs.setup(settings.log_level, json_lines=settings.log_format == "json")
+    return create_app(settings)
 
 
 def _stop_writers_on_signals(uploads: Uploads) -> None:

@@ -100,8 +100,33 @@ class AccessMiddleware:
                 sent += len(message.get("body", b""))
             await send(message)
 
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await observing_send(message)
+
         try:
-            await self.app(scope, counting_receive, observing_send)
+            await self.app(scope, counting_receive, tracking_send)
+        except Exception:
+            if started:
+                raise
+            # Unexpected errors escape starlette's handlers out here: answer them as
+            # problem+json with the request id, like every other error.
+            log.exception("unexpected error")
+            err = GatewayError(ERR.INTERNAL, "the server failed; the upload state is intact")
+            state["error_code"] = err.code
+            body = problem_body(err)
+            headers = [
+                *problem_headers(err),
+                (b"tus-resumable", TUS_VERSION.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await observing_send(
+                {"type": "http.response.start", "status": err.status, "headers": headers}
+            )
+            await observing_send({"type": "http.response.body", "body": body})
         finally:
             seconds = time.perf_counter() - start
             metrics.REQUESTS.labels(method).inc()
