@@ -14,7 +14,7 @@ from gateway.catalog.base import ACTIVE, Principal, Upload
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.tus import headers as tus
-from gateway.uploads import EXTENSIONS, Uploads, _empty
+from gateway.uploads import EXTENSIONS, Uploads, empty_body
 from gateway.writer import BodyInterrupted
 
 OFFSET_STREAM = "application/offset+octet-stream"
@@ -141,7 +141,7 @@ class TusHandler:
                     principal,
                     upload.id,
                     offset=0,
-                    body=_body(request) if with_body else _empty(),
+                    body=_body(request) if with_body else empty_body(),
                     checksum=checksum,
                     content_length=content_length,
                 )

@@ -66,7 +66,7 @@ _STOPPED = {
 }
 
 
-async def _empty() -> AsyncIterator[bytes]:
+async def empty_body() -> AsyncIterator[bytes]:
     return
     yield b""  # pragma: no cover - makes this an async generator
 
@@ -131,7 +131,7 @@ class Uploads:
                     principal,
                     upload_id,
                     offset=upload.offset,
-                    body=_empty(),
+                    body=empty_body(),
                     acquire_wait=self.leases.takeover_wait,
                 )
             except GatewayError as exc:
