@@ -400,16 +400,19 @@ class Gateway(Server):
     def stored_sha256(self, url: str) -> tuple[int, str]:
         # The approach of tests/conftest.py read_stored: the project's own decrypting
         # reader over the data dir (store + catalog + keyring), streamed into SHA-256.
+        from gateway.app import open_store
         from gateway.catalog.sqlite import SQLiteCatalog
+        from gateway.config import load_settings
         from gateway.keys.keyring import LocalKeyring
         from gateway.reader import Reader
-        from gateway.store.folder import FolderStore
 
         upload_id = url.rstrip("/").rsplit("/", 1)[1]
         catalog = SQLiteCatalog(self.data_dir / "catalog.sqlite3")
+        # The store the server was configured with: the folder, or S3 from its env.
+        settings = load_settings({"data_dir": self.data_dir}, environ=self.env)
         try:
             reader = Reader(
-                FolderStore(self.data_dir / "objects"),
+                open_store(settings),
                 catalog,
                 LocalKeyring.open(self.data_dir / "keyring.json"),
             )

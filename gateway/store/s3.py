@@ -55,7 +55,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import urllib3
@@ -92,6 +92,31 @@ Checksums = Literal["auto", "on", "off"]
 #     (the public put_object copies the body and goes multipart above 5 MiB);
 #   _execute for CompleteMultipartUpload, with our own XML: minio's
 #     _complete_multipart_upload cannot send the per-part ChecksumSHA256.
+
+
+class _Minio(Minio):
+    """minio's client, told to reuse a payload SHA-256 we already computed.
+
+    Over plain HTTP, SigV4 signs the payload's SHA-256 and minio hashes every body
+    for it; the gateway hashes each part anyway (for its checksum and the manifest),
+    so a part sent with `x-amz-content-sha256` is signed with that digest instead of
+    being hashed a second time. `_build_headers` is private API (minio is pinned).
+    """
+
+    def _build_headers(
+        self,
+        host: str,
+        headers: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        creds: Any = None,
+    ) -> tuple[dict[str, Any], Any]:
+        known = (headers or {}).get("x-amz-content-sha256")
+        if known is None or body is None or self._base_url.is_https:
+            return super()._build_headers(host, headers, body, creds)
+        built, date = super()._build_headers(host, headers, None, creds)
+        built["Content-Length"] = str(len(body))
+        built["x-amz-content-sha256"] = known
+        return built, date
 
 
 def _mp_create(client: Minio, bucket: str, key: str, headers: dict[str, str]) -> str:
@@ -316,7 +341,7 @@ class S3Store:
             cert_reqs="CERT_REQUIRED" if settings.verify_tls else "CERT_NONE",
             ca_certs=settings.ca_file,
         )
-        self._client = Minio(
+        self._client = _Minio(
             host,
             access_key=settings.access_key or None,
             secret_key=settings.secret_key or None,
@@ -452,9 +477,8 @@ class S3Store:
         query = {"partNumber": str(number), "uploadId": multipart_id}
 
         def upload(send: bool) -> tuple[str, bool]:
-            etag, headers = _mp_put(
-                self._client, self.bucket, name, body, _checksum_headers(digest, send), query
-            )
+            request = {**_checksum_headers(digest, send), "x-amz-content-sha256": sha256.hex()}
+            etag, headers = _mp_put(self._client, self.bucket, name, body, request, query)
             if send:
                 self._note_checksum_echo(headers, digest)
             return etag, send
