@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchlib import MB, MiB, WORK, Gateway, curl_single, log, random_file
+from benchlib import MB, WORK, Gateway, MiB, curl_single, log, random_file
 
 from tests.s3server import SeaweedS3
 
