@@ -31,6 +31,7 @@ class Settings:
     network_timeout: float = 60.0  # a PATCH body that stalls this long is cut and saved
     io_threads: int = 8  # sealing + storage workers shared by all uploads
     pipeline_depth: int = 2  # sealed segments in flight per upload beyond the one filling
+    max_writers: int = 64  # PATCH bodies received at once; more wait, then get 503
     reap_interval: float = 300.0
     log_level: str = "info"
     log_format: str = "json"  # "json" (one object per line) or "text"
@@ -70,8 +71,8 @@ class Settings:
             raise ConfigError("segment_size must be between 64 KiB and 1 GiB")
         if self.max_size < 0:
             raise ConfigError("max_size must be >= 0")
-        if self.pipeline_depth < 1 or self.io_threads < 1:
-            raise ConfigError("pipeline_depth and io_threads must be >= 1")
+        if self.pipeline_depth < 1 or self.io_threads < 1 or self.max_writers < 1:
+            raise ConfigError("pipeline_depth, io_threads and max_writers must be >= 1")
         if self.store not in ("", "folder"):
             if not self.store.startswith("s3://"):
                 raise ConfigError("store must be 'folder' or s3://BUCKET[/PREFIX]")

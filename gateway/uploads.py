@@ -98,6 +98,9 @@ class Uploads:
         self._reaper: asyncio.Task[None] | None = None
         self._hashes: dict[str, RunningHash] = {}
         self._pools = Pools(keep=2 * settings.pipeline_depth + 2)
+        # Each writer holds a few segment buffers: bounding the writers bounds memory,
+        # however many clients connect at once.
+        self._writers = asyncio.Semaphore(settings.max_writers)
         self.reader = Reader(store, catalog, keys)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -135,7 +138,7 @@ class Uploads:
                     acquire_wait=self.leases.takeover_wait,
                 )
             except GatewayError as exc:
-                if exc.err is not ERR.UPLOAD_LOCKED:
+                if exc.err not in (ERR.UPLOAD_LOCKED, ERR.SERVER_BUSY):
                     raise
                 # Locked: a live writer elsewhere is still completing it.
         return upload
@@ -281,6 +284,37 @@ class Uploads:
         upload = await self._owned(principal, upload_id)
         if upload.concat is not None and upload.concat.startswith("final"):
             raise GatewayError(ERR.MODIFY_FINAL, "a final concatenated upload cannot be patched")
+        async with self._writer_slot():
+            return await self._write_held(
+                principal, upload_id, offset, body, length, checksum, content_length, acquire_wait
+            )
+
+    @contextlib.asynccontextmanager
+    async def _writer_slot(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._writers.acquire(), self.settings.acquire_timeout)
+        except TimeoutError:
+            raise GatewayError(
+                ERR.SERVER_BUSY,
+                "too many uploads are being written right now; retry shortly",
+                headers={"Retry-After": "2"},
+            ) from None
+        try:
+            yield
+        finally:
+            self._writers.release()
+
+    async def _write_held(
+        self,
+        principal: Principal,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        length: int | None,
+        checksum: ChecksumHeader | None,
+        content_length: int | None,
+        acquire_wait: float | None,
+    ) -> tuple[Upload, Outcome]:
         async with self.leases.held(upload_id, watch=True, wait=acquire_wait) as control:
             upload = await self._owned(principal, upload_id)  # as of now, under the lease
             if offset != upload.offset:

@@ -220,6 +220,41 @@ async def test_a_new_request_stops_a_stalled_writer(service: Uploads) -> None:
     assert read(service, done) == data
 
 
+async def test_writers_beyond_the_limit_wait_then_get_503(
+    tmp_path: Path, store: MemoryStore, clock: Clock
+) -> None:
+    settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=0.3, max_writers=1)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = Uploads(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
+    )
+    stalled = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"a" * 10
+        stalled.set()
+        await release.wait()
+
+    try:
+        first = await service.create(ME, length=100, metadata=None)
+        second = await service.create(ME, length=100, metadata=None)
+        running = asyncio.create_task(service.write(ME, first.id, offset=0, body=slow()))
+        await stalled.wait()
+        with pytest.raises(GatewayError) as caught:
+            await service.write(ME, second.id, offset=0, body=body(b"b" * 10))
+        assert caught.value.err is ERR.SERVER_BUSY
+        assert caught.value.status == 503 and caught.value.headers["Retry-After"]
+        release.set()
+        await running
+        # The slot is free again.
+        done, _ = await service.write(ME, second.id, offset=0, body=body(b"b" * 10))
+        assert done.offset == 10
+    finally:
+        await service.close()
+        catalog.close()
+
+
 async def test_final_concatenation_is_virtual(service: Uploads, store: MemoryStore) -> None:
     a, b = os.urandom(S + 3), os.urandom(17)
     parts = []
