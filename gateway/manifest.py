@@ -225,6 +225,39 @@ def build_manifest(
     return manifest
 
 
+def build_concat_manifest(
+    *,
+    upload: dict[str, object],
+    parts: Sequence[dict[str, object]],
+    plaintext_size: int,
+    plaintext_sha256: bytes,
+    signer_kid: str,
+) -> dict[str, object]:
+    """The manifest of a final concatenation: its partials in order, each pinned by the
+    SHA-256 of its own signed manifest, and the plaintext SHA-256 of the whole."""
+    _reject_forbidden(upload, "upload")
+    _require(upload, ("id", "created", "completed", "uploader", "length"), "upload")
+    if not parts:
+        raise ValueError("a concatenation has at least one partial")
+    for i, part in enumerate(parts):
+        _reject_forbidden(part, f"parts[{i}]")
+        _require(part, ("id", "length", "plaintext_sha256", "manifest_jws_sha256"), "part")
+    lengths = [p["length"] for p in parts]
+    if upload["length"] != plaintext_size or sum(lengths) != plaintext_size:  # type: ignore[arg-type]
+        raise ValueError("the partials' lengths do not add up to the upload's length")
+    _check_digest(plaintext_sha256, "plaintext_sha256")
+    manifest: dict[str, object] = {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": "concatenation",
+        "upload": copy.deepcopy(upload),
+        "parts": copy.deepcopy(list(parts)),
+        "plaintext": {"size": plaintext_size, "sha256": bytes(plaintext_sha256).hex()},
+        "signer": {"kid": signer_kid, "alg": JWS_ALG},
+    }
+    canonical_json(manifest)
+    return manifest
+
+
 def _reject_forbidden(value: object, path: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -77,5 +78,49 @@ def write_manifest(
         signer_kid=kid,
     )
     json_key, jws_key = manifest_keys(upload.id)
+    store.put(json_key, manifest.canonical_json(document))
+    store.put(jws_key, manifest.sign(document, kid, private_key).encode("ascii"))
+
+
+def write_concat_manifest(
+    *,
+    store: ObjectStore,
+    signing: tuple[str, Ed25519PrivateKey],
+    reader: Reader,
+    final: Upload,
+    parts: Sequence[Upload],
+) -> None:
+    """Sign the manifest of a final concatenation. Its plaintext SHA-256 is computed by
+    reading the partials once; each partial is pinned by its own signed manifest."""
+    kid, private_key = signing
+    described = []
+    for part in parts:
+        json_key, jws_key = manifest_keys(part.id)
+        part_manifest = json.loads(store.get(json_key))
+        described.append(
+            {
+                "id": part.id,
+                "length": part.length,
+                "plaintext_sha256": part_manifest["plaintext"]["sha256"],
+                "manifest_jws_sha256": hashlib.sha256(store.get(jws_key)).hexdigest(),
+            }
+        )
+    digest = hashlib.sha256()
+    for chunk in reader.read(final):
+        digest.update(chunk)
+    document = manifest.build_concat_manifest(
+        upload={
+            "id": final.id,
+            "created": rfc3339(final.created_at),
+            "completed": rfc3339(final.completed_at or final.created_at),
+            "uploader": {"principal": final.owner, "tenant": final.tenant},
+            "length": final.length,
+        },
+        parts=described,
+        plaintext_size=final.length or 0,
+        plaintext_sha256=digest.digest(),
+        signer_kid=kid,
+    )
+    json_key, jws_key = manifest_keys(final.id)
     store.put(json_key, manifest.canonical_json(document))
     store.put(jws_key, manifest.sign(document, kid, private_key).encode("ascii"))

@@ -32,7 +32,7 @@ from gateway.leases import Leases
 from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.sealed import Header, Sealer, new_header
-from gateway.signer import plaintext_digest, write_manifest
+from gateway.signer import plaintext_digest, write_concat_manifest, write_manifest
 from gateway.store.base import ObjectStore, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader, new_upload_id
 from gateway.writer import (
@@ -243,7 +243,7 @@ class Uploads:
         if length > self.settings.max_size:
             raise GatewayError(ERR.MAX_SIZE_EXCEEDED, "the concatenation exceeds Tus-Max-Size")
         now = self.clock()
-        upload = Upload(
+        final = Upload(
             id=new_upload_id(),
             owner=principal.id,
             tenant=principal.tenant,
@@ -260,8 +260,19 @@ class Uploads:
             parts=tuple(p.id for p in parts),
             completed_at=now,
         )
-        await self.runner.db(self.catalog.create_upload, upload, None)
-        return upload
+        # Signed before the final exists: a final is never visible without its proof.
+        await self.runner.io(
+            write_concat_manifest,
+            store=self.store,
+            signing=self.keys.signing_key(),
+            reader=self.reader,
+            final=final,
+            parts=parts,
+        )
+        await self.runner.db(self.catalog.create_upload, final, None)
+        metrics.UPLOADS_CREATED.inc()
+        metrics.UPLOADS_FINISHED.inc()
+        return final
 
     # -- writing ------------------------------------------------------------------------
 
@@ -451,12 +462,12 @@ class Uploads:
 
     async def _remove(self, upload: Upload) -> None:
         """Objects first, then the key (crypto-shredding), then the rows."""
-        if upload.header:
-            if upload.multipart_id is not None and upload.state != COMPLETE:
-                await self._store_call(
-                    self.store.abort_multipart, data_key(upload.id), upload.multipart_id
-                )
-            await self._store_call(self.store.delete_prefix, upload_prefix(upload.id))
+        if upload.header and upload.multipart_id is not None and upload.state != COMPLETE:
+            await self._store_call(
+                self.store.abort_multipart, data_key(upload.id), upload.multipart_id
+            )
+        # Everything under U/: data, tails, manifests (a final has only its manifest).
+        await self._store_call(self.store.delete_prefix, upload_prefix(upload.id))
         await self.runner.db(self.catalog.terminate, upload.id)
         await self.runner.db(self.catalog.forget, upload.id)
 

@@ -53,7 +53,10 @@ def verify_upload(
     public_keys: Mapping[str, Ed25519PublicKey],
     unwrap: Callable[[str, bytes], bytes] | None,
     report: Report,
+    whole: Any = None,
 ) -> Report:
+    """Check one upload against its signed manifest; `whole`, if given, is a hasher fed
+    with the decrypted plaintext (a concatenation hashes its partials in order)."""
     json_key, jws_key = manifest_keys(upload_id)
     try:
         jws = store.get(jws_key).decode("ascii")
@@ -76,8 +79,52 @@ def verify_upload(
     if doc["upload"]["id"] != upload_id:  # type: ignore[index]
         report.fail("manifest: it names another upload")
         return report
-    _check_object(upload_id, doc, store, unwrap, report)
+    if doc.get("kind") == "concatenation":
+        _check_concatenation(doc, store, public_keys, unwrap, report)
+    else:
+        _check_object(upload_id, doc, store, unwrap, report, whole)
     return report
+
+
+def _check_concatenation(
+    doc: dict[str, Any],
+    store: ObjectStore,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    unwrap: Callable[[str, bytes], bytes] | None,
+    report: Report,
+) -> None:
+    """A final upload: each partial as pinned, then (with keys) the whole plaintext."""
+    whole = hashlib.sha256()
+    size = 0
+    for part in doc["parts"]:
+        part_id = part["id"]
+        _, jws_key = manifest_keys(part_id)
+        try:
+            pinned = hashlib.sha256(store.get(jws_key)).hexdigest() == part["manifest_jws_sha256"]
+        except ObjectNotFound:
+            pinned = False
+        if not pinned:
+            report.fail(f"part {part_id}: its manifest is missing or not the one pinned")
+            continue
+        sub = verify_upload(
+            part_id,
+            store=store,
+            public_keys=public_keys,
+            unwrap=unwrap,
+            report=Report(),
+            whole=whole,
+        )
+        for line in sub.lines:
+            report.lines.append(f"{line[:6]}part {part_id}: {line[6:]}")
+        report.failures.extend(f"part {part_id}: {f}" for f in sub.failures)
+        size += int(part["length"])
+    if unwrap is None or report.failures:
+        return
+    expected = doc["plaintext"]
+    if size != expected["size"] or whole.hexdigest() != expected["sha256"]:
+        report.fail("plaintext: the partials joined differ from the manifest's SHA-256")
+    else:
+        report.ok(f"plaintext: {size} bytes of {len(doc['parts'])} partials, SHA-256 matches")
 
 
 def _check_object(
@@ -86,6 +133,7 @@ def _check_object(
     store: ObjectStore,
     unwrap: Callable[[str, bytes], bytes] | None,
     report: Report,
+    whole: Any = None,
 ) -> None:
     key = data_key(upload_id)
     try:
@@ -125,6 +173,8 @@ def _check_object(
                 sealer = None
                 continue
             plain.update(chunk)
+            if whole is not None:
+                whole.update(chunk)
             plain_size += len(chunk)
     try:
         manifest.verify_records(doc, hashes)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway import manifest
 from gateway.catalog.base import COMPLETE, Principal, Upload
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.checksums import new_hasher
@@ -262,11 +265,19 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
         part = await service.create(ME, length=len(data), metadata=None, partial_concat="partial")
         part, _ = await service.write(ME, part.id, offset=0, body=body(data))
         parts.append(part.id)
-    writes = store.writes
+    before = set(store.objects)
     final = await service.create_final(ME, concat="final;x", part_ids=parts, metadata=None)
-    assert store.writes == writes  # no byte copied
+    # No byte copied: the only new objects are the final's signed manifest.
+    assert set(store.objects) - before == {f"{final.id}/manifest.json", f"{final.id}/manifest.jws"}
     assert final.length == len(a) + len(b)
     assert read(service, final) == a + b
+    document = json.loads(store.objects[f"{final.id}/manifest.json"])
+    assert document["kind"] == "concatenation"
+    assert [p["id"] for p in document["parts"]] == parts
+    assert document["plaintext"]["sha256"] == hashlib.sha256(a + b).hexdigest()
+    jws = store.objects[f"{final.id}/manifest.jws"].decode()
+    keys = {kid: key for kid, key, _ in service.keys.public_signing_keys()}
+    assert manifest.verify(jws, keys) == document
 
 
 async def test_unfinished_partial_cannot_be_concatenated(service: Uploads) -> None:

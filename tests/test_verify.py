@@ -440,3 +440,52 @@ def test_malformed_id_is_a_usage_error(server: GatewayProcess, uid: str) -> None
     result = verify(server, uid)
     assert "Traceback" not in result.stderr, f"{uid!r}: a traceback\n{result}"
     assert result.code == 2, f"{uid!r} is not an upload id: want exit 2, got {result}"
+
+
+def _final_of_two(server: GatewayProcess) -> tuple[str, list[str], bytes]:
+    """Two partials and the final concatenating them; returns (final id, part ids, bytes)."""
+    pieces = [os.urandom(70_000), os.urandom(1234)]
+    part_ids = []
+    for piece in pieces:
+        url = upload(server, piece, **{"Upload-Concat": "partial"})
+        part_ids.append(upload_id(url))
+    response = httpx.post(
+        server.files_url,
+        headers={
+            **server.auth,
+            "Upload-Concat": "final;" + " ".join(f"/files/{p}" for p in part_ids),
+        },
+    )
+    assert response.status_code == 201, response.text
+    return upload_id(response.headers["Location"]), part_ids, b"".join(pieces)
+
+
+def test_a_final_concatenation_verifies_through_its_partials(server: GatewayProcess) -> None:
+    final_id, part_ids, data = _final_of_two(server)
+    result = verify(server, final_id)
+    assert result.code == 0, result
+    assert any(c.startswith("ok") and "plaintext" in c and "partials" in c for c in result.checks)
+    assert all(any(p in c for c in result.checks) for p in part_ids), result
+    manifest = httpx.get(f"{server.files_url}{final_id}/manifest", headers=server.auth)
+    assert manifest.status_code == 200
+    assert manifest.headers["content-type"].startswith("application/jose")
+    assert httpx.get(f"{server.files_url}{final_id}", headers=server.auth).content == data
+
+
+def test_a_damaged_partial_fails_its_final(server: GatewayProcess) -> None:
+    final_id, part_ids, _ = _final_of_two(server)
+    flip_stored_byte(server.data_dir, data_key(part_ids[1]), -1)
+    result = verify(server, final_id)
+    assert result.code == 1, result
+    assert any(part_ids[1] in f for f in result.failed), result
+
+
+def test_a_swapped_partial_manifest_fails_its_final(server: GatewayProcess) -> None:
+    final_id, part_ids, _ = _final_of_two(server)
+    store = store_for(server.data_dir)
+    _, jws_key = manifest_keys(part_ids[0])
+    _, other_jws = manifest_keys(part_ids[1])
+    store.put(jws_key, store.get(other_jws))  # validly signed, but not the pinned one
+    result = verify(server, final_id)
+    assert result.code == 1, result
+    assert any("not the one pinned" in f for f in result.failed), result
