@@ -33,7 +33,7 @@ from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.sealed import Header, Sealer, new_header
 from gateway.signer import plaintext_digest, write_concat_manifest, write_manifest
-from gateway.store.base import ObjectStore, StoreUnavailable
+from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader, new_upload_id
 from gateway.writer import (
     BodyInterrupted,
@@ -375,6 +375,11 @@ class Uploads:
                     writer.interrupted = True
                 outcome = await writer.finish()
                 self._keep_hash(upload_id, writer.running_hash())
+            except StaleWrite as exc:
+                await writer.drain_quietly()
+                raise GatewayError(
+                    ERR.UPLOAD_INTERRUPTED, "a newer request took this upload over"
+                ) from exc
             except StoreUnavailable as exc:
                 await writer.drain_quietly()
                 raise GatewayError(

@@ -279,6 +279,7 @@ class SegmentWriter:
             part_offset(len(header), self._segment_size, index),
             chunks,
             part_sha,
+            fence=self._control.lease.token,
         )
         metrics.BYTES_STORED.inc(size)
         return RecordRow(index, length, final, size, digest, etag)

@@ -40,6 +40,8 @@ class MemoryStore:
         offset: int,
         chunks: Sequence[Buffer],
         sha256: bytes,
+        *,
+        fence: int = 0,
     ) -> str:
         self._write()
         data = b"".join(bytes(c) for c in chunks)

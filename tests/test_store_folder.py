@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.base import ObjectNotFound, PartRef, StoreUnavailable
+from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.store.folder import FolderStore
 
 
@@ -63,14 +63,32 @@ def test_multipart_assembles_in_place(store: FolderStore) -> None:
     store.complete_multipart("U/data", mid, refs)  # completing again is harmless
 
 
-def test_a_stale_part_fails_completion(store: FolderStore) -> None:
+def test_a_stale_writer_is_refused_at_write_time(store: FolderStore) -> None:
     parts = [os.urandom(1000), os.urandom(1000)]
     mid = store.start_multipart("U/data")
-    refs = write_parts(store, "U/data", mid, parts)
-    stale = os.urandom(1000)  # a writer that lost its lease overwrites part 2
-    store.put_part("U/data", mid, 2, 1000, [stale], sha(stale))
-    with pytest.raises(StoreUnavailable):
-        store.complete_multipart("U/data", mid, refs)
+    # The writer holding lease token 7 writes both parts ...
+    refs = []
+    for number, data in enumerate(parts, 1):
+        offset = (number - 1) * 1000
+        etag = store.put_part("U/data", mid, number, offset, [data], sha(data), fence=7)
+        refs.append(PartRef(number, offset, 1000, etag))
+    # ... and one that lost its lease (token 6) wakes up and tries to overwrite part 2.
+    stale = os.urandom(1000)
+    with pytest.raises(StaleWrite):
+        store.put_part("U/data", mid, 2, 1000, [stale], sha(stale), fence=6)
+    store.complete_multipart("U/data", mid, refs)
+    assert store.get("U/data") == b"".join(parts)
+    assert not list((store.root / "U" / ".multipart").iterdir())  # no fence file left
+
+
+def test_completion_drops_unrecorded_parts_beyond_the_end(store: FolderStore) -> None:
+    data = os.urandom(1000)
+    mid = store.start_multipart("U/data")
+    ref = PartRef(1, 0, 1000, store.put_part("U/data", mid, 1, 0, [data], sha(data)))
+    orphan = os.urandom(500)  # written by a writer that never recorded it
+    store.put_part("U/data", mid, 2, 1000, [orphan], sha(orphan))
+    store.complete_multipart("U/data", mid, [ref])
+    assert store.get("U/data") == data
 
 
 def test_abort_and_delete_prefix(store: FolderStore) -> None:

@@ -340,7 +340,9 @@ class SQLiteCatalog:
     # leases
 
     def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:
-        with self._tx(durable=False) as cur:
+        # Durable: the fencing token counter must never go back, even after a power
+        # cut, or a new holder could be refused by a store that saw a higher token.
+        with self._tx() as cur:
             row = cur.execute(
                 "SELECT holder, expires_at FROM leases WHERE upload_id = ?", (upload_id,)
             ).fetchone()

@@ -22,6 +22,10 @@ class StoreUnavailable(Exception):
     """The store could not be reached or refused a write; nothing was recorded."""
 
 
+class StaleWrite(StoreUnavailable):
+    """A part write carried an older fence than one the store has already seen."""
+
+
 class ObjectNotFound(Exception):
     """The key does not exist."""
 
@@ -48,13 +52,18 @@ class ObjectStore(Protocol):
         offset: int,
         chunks: Sequence[Buffer],
         sha256: bytes,
+        *,
+        fence: int = 0,
     ) -> str:
         """Durably store part `number` (1-based), the concatenation of `chunks`.
 
         `offset` is where the part starts in the completed object (stores that write
         in place use it); `sha256` is the digest of the part, which the store may
-        check. Returns the part's ETag, recorded in the catalog for completion.
-        Writing the same part again replaces it.
+        check. `fence` is the writer's lease token, which only grows: a store that
+        writes in place refuses (StaleWrite) a write older than one it has seen, so
+        a writer that lost its lease cannot overwrite a newer writer's part.
+        Returns the part's ETag, recorded in the catalog for completion. Writing the
+        same part again replaces it.
         """
 
     def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:

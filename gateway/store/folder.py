@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
+import fcntl
 import os
 import secrets
 import shutil
 from collections.abc import Iterator, Sequence
-from io import BufferedReader
 from pathlib import Path
 
-from gateway.store.base import ObjectNotFound, PartRef, StoreUnavailable
+from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.types import Buffer
-
-_READ_CHUNK = 4 << 20
 
 
 class FolderStore:
     """Objects are files under `root`; a multipart upload is one file written in place.
 
-    Parts land at their final offsets in `U/.multipart/<id>` (pwritev + fdatasync), and
-    completion checks every part's SHA-256 against what the catalog recorded before
-    renaming the file to its key, so bytes left by a stale writer fail completion.
+    Parts land at their final offsets in `U/.multipart/<id>` (pwritev + fdatasync).
+    Every part write is fenced by the writer's lease token (a `.fence` file next to
+    it, checked under flock): a writer that lost its lease is refused (StaleWrite)
+    once a newer one has written, so a recorded part is never overwritten and
+    completion only checks the layout before renaming the file to its key.
     """
 
     def __init__(self, root: Path) -> None:
@@ -60,6 +59,8 @@ class FolderStore:
         offset: int,
         chunks: Sequence[Buffer],
         sha256: bytes,
+        *,
+        fence: int = 0,
     ) -> str:
         path = self._multipart_path(key, multipart_id)
         with _storage_errors():
@@ -68,7 +69,10 @@ class FolderStore:
             except FileNotFoundError as exc:
                 raise StoreUnavailable(f"multipart upload {multipart_id} is gone") from exc
             try:
-                _pwrite_all(fd, chunks, offset)
+                with _fenced(path, fence):
+                    _pwrite_all(fd, chunks, offset)
+                # Outside the fence: a newer writer may overwrite this part now, and
+                # then its bytes are what gets flushed, which is what it will record.
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
@@ -79,19 +83,20 @@ class FolderStore:
         final = self._path(key)
         if not path.exists() and final.exists():
             path = final  # completed before, but not yet recorded: check it again
+        # Fenced writes keep a stale writer from overwriting a recorded part, so the
+        # parts are not read back here: only their layout is checked.
+        expected_end = 0
+        for part in parts:
+            if part.offset != expected_end:
+                raise StoreUnavailable(f"part {part.number} does not follow its neighbour")
+            expected_end = part.offset + part.size
         with _storage_errors():
-            with open(path, "rb") as f:
-                expected_end = 0
-                for part in parts:
-                    if part.offset != expected_end:
-                        raise StoreUnavailable(f"part {part.number} does not follow its neighbour")
-                    if _sha256_range(f, part.offset, part.size).hex() != part.etag:
-                        raise StoreUnavailable(f"part {part.number} differs from the recorded one")
-                    expected_end = part.offset + part.size
-                f.seek(0, os.SEEK_END)
-                if f.tell() != expected_end:
-                    # A stale writer extended the file; keep only what was recorded.
-                    os.truncate(path, expected_end)
+            size = path.stat().st_size
+            if size < expected_end:
+                raise StoreUnavailable("the object is shorter than its recorded parts")
+            if size > expected_end:
+                # Parts written beyond the end by a writer that never recorded them.
+                os.truncate(path, expected_end)
             fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -99,11 +104,13 @@ class FolderStore:
                 os.close(fd)
             os.replace(path, final)
             _fsync_dir(final.parent)
+            _fence_path(path).unlink(missing_ok=True)
 
     def abort_multipart(self, key: str, multipart_id: str) -> None:
         path = self._multipart_path(key, multipart_id)
         with _storage_errors():
             path.unlink(missing_ok=True)
+            _fence_path(path).unlink(missing_ok=True)
 
     def put(self, key: str, data: Buffer) -> None:
         path = self._path(key)
@@ -163,19 +170,30 @@ def _pwrite_all(fd: int, chunks: Sequence[Buffer], offset: int) -> None:
             views[0] = views[0][written:]
 
 
-def _sha256_range(f: BufferedReader, start: int, size: int) -> bytes:
-    digest = hashlib.sha256()
-    buf = bytearray(min(_READ_CHUNK, max(size, 1)))
-    view = memoryview(buf)
-    f.seek(start)
-    remaining = size
-    while remaining:
-        n = f.readinto(view[: min(len(buf), remaining)])
-        if not n:
-            raise StoreUnavailable("object is shorter than its recorded parts")
-        digest.update(view[:n])
-        remaining -= n
-    return digest.digest()
+def _fence_path(path: Path) -> Path:
+    return path.with_name(path.name + ".fence")
+
+
+@contextlib.contextmanager
+def _fenced(path: Path, fence: int) -> Iterator[None]:
+    """Hold the multipart file's fence: refuse writers older than the newest seen.
+
+    The fence file keeps the highest lease token that wrote a part; it is checked and
+    raised under an exclusive flock, which is held for the write itself, so an older
+    writer's pwrite can never land after a newer writer's.
+    """
+    fd = os.open(_fence_path(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.pread(fd, 8, 0)
+        seen = int.from_bytes(raw, "big") if len(raw) == 8 else 0
+        if fence < seen:
+            raise StaleWrite(f"a newer writer (fence {seen}) owns this object; {fence} is stale")
+        if fence > seen:
+            os.pwrite(fd, fence.to_bytes(8, "big"), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def _fsync_dir(path: Path) -> None:
