@@ -26,7 +26,7 @@ from gateway.errors import ERR, GatewayError
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
 from gateway.keys.keyring import LocalKeyring
-from gateway.middleware import AccessMiddleware, TusMiddleware, problem_body, problem_headers
+from gateway.middleware import AccessMiddleware, TusMiddleware, problem_body
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store, parse_store_url
@@ -237,9 +237,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 def _problem(err: GatewayError) -> Response:
-    response = Response(problem_body(err), status_code=err.status)
-    response.raw_headers = [
-        *problem_headers(err),
-        *[h for h in response.raw_headers if h[0] != b"content-type"],
-    ]
-    return response
+    return Response(
+        problem_body(err),
+        status_code=err.status,
+        headers=err.headers,
+        media_type="application/problem+json",
+    )

@@ -143,7 +143,5 @@ def _read_config_file(path: Path) -> dict[str, object]:
     for name, value in document.items():
         if name not in _ENV_FIELDS:
             raise ConfigError(f"{path}: unknown setting {name!r}")
-        values[name] = (
-            _coerce(name, str(value)) if not isinstance(value, str) else _coerce(name, value)
-        )
+        values[name] = _coerce(name, str(value))
     return values

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 
 from starlette.requests import Request
@@ -122,6 +121,4 @@ class DownloadHandler:
 
     async def jwks(self, request: Request) -> Response:
         document = manifest.jwks(self.uploads.keys.public_signing_keys())
-        return JSONResponse(
-            json.loads(json.dumps(document)), headers={"Cache-Control": "public, max-age=300"}
-        )
+        return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})

@@ -33,10 +33,18 @@ def problem_body(err: GatewayError) -> bytes:
     return json.dumps(document).encode()
 
 
-def problem_headers(err: GatewayError) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", b"application/problem+json")]
-    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    return headers
+async def send_problem(send: Send, err: GatewayError) -> None:
+    """Answer `err` straight on the ASGI channel, for errors met outside starlette's
+    handlers (so Tus-Resumable is added here too)."""
+    body = problem_body(err)
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        *((k.lower().encode(), v.encode()) for k, v in err.headers.items()),
+        (b"tus-resumable", TUS_VERSION.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -117,16 +125,7 @@ class AccessMiddleware:
             log.exception("unexpected error")
             err = GatewayError(ERR.INTERNAL, "the server failed; the upload state is intact")
             state["error_code"] = err.code
-            body = problem_body(err)
-            headers = [
-                *problem_headers(err),
-                (b"tus-resumable", TUS_VERSION.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ]
-            await observing_send(
-                {"type": "http.response.start", "status": err.status, "headers": headers}
-            )
-            await observing_send({"type": "http.response.body", "body": body})
+            await send_problem(observing_send, err)
         finally:
             seconds = time.perf_counter() - start
             metrics.REQUESTS.labels(method).inc()
@@ -165,7 +164,7 @@ class TusMiddleware:
         if overrides:
             method = overrides[0].decode("latin-1").strip().upper()
             if len(overrides) != 1 or method not in _METHODS:
-                await self._reject(
+                await send_problem(
                     send,
                     GatewayError(ERR.INVALID_HEADER, "X-HTTP-Method-Override names no tus method"),
                 )
@@ -182,13 +181,3 @@ class TusMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_version)
-
-    async def _reject(self, send: Send, err: GatewayError) -> None:
-        body = problem_body(err)
-        headers = [
-            *problem_headers(err),
-            (b"tus-resumable", TUS_VERSION.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": err.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
