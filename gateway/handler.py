@@ -14,7 +14,7 @@ from gateway.catalog.base import ACTIVE, Principal, Upload
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.tus import headers as tus
-from gateway.uploads import EXTENSIONS, Uploads, empty_body
+from gateway.uploads import EXTENSIONS, Uploads
 from gateway.writer import BodyInterrupted
 
 OFFSET_STREAM = "application/offset+octet-stream"
@@ -135,13 +135,13 @@ class TusHandler:
         )
         request.state.upload_id = upload.id
         headers = self._created_headers(request, upload)
-        if with_body or length == 0:
+        if with_body:
             try:
                 upload, _ = await self.uploads.write(
                     principal,
                     upload.id,
                     offset=0,
-                    body=_body(request) if with_body else empty_body(),
+                    body=_body(request),
                     checksum=checksum,
                     content_length=content_length,
                 )

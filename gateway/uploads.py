@@ -218,6 +218,9 @@ class Uploads:
         await self.runner.db(self.catalog.create_upload, upload, wrapped)
         metrics.UPLOADS_CREATED.inc()
         log.info("upload created", extra={"upload_id": upload_id, "principal": principal.id})
+        if length == 0:
+            # Nothing to wait for: seal the empty final record and sign it now.
+            upload, _ = await self.write(principal, upload_id, offset=0, body=empty_body())
         return upload
 
     async def create_final(
@@ -342,6 +345,15 @@ class Uploads:
                     f"the body would take the upload past its length of {limit} bytes",
                 )
             if upload.state == COMPLETE:
+                # A finished upload takes no byte more, announced or not (chunked).
+                with contextlib.suppress(BodyInterrupted):
+                    async for chunk in body:
+                        if chunk:
+                            raise GatewayError(
+                                ERR.UPLOAD_SIZE_EXCEEDED,
+                                f"the upload is complete at {upload.offset} bytes",
+                                headers={"Upload-Offset": str(upload.offset)},
+                            )
                 return upload, Outcome(upload.offset, True, None)
             writer = SegmentWriter(
                 upload=upload,

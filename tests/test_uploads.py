@@ -311,3 +311,19 @@ async def test_terminate_shreds_the_key(service: Uploads, store: MemoryStore) ->
     with pytest.raises(GatewayError) as caught:
         await service.get(ME, upload.id)
     assert caught.value.err is ERR.UPLOAD_NOT_FOUND
+
+
+async def test_a_finished_upload_refuses_unannounced_bytes(service: Uploads) -> None:
+    """A chunked body (no Content-Length) to a complete upload is read and refused."""
+    upload = await upload_in_patches(service, b"hello", [5])
+    with pytest.raises(GatewayError) as caught:
+        await service.write(ME, upload.id, offset=5, body=body(b"x"))
+    assert caught.value.err is ERR.UPLOAD_SIZE_EXCEEDED
+    same, _ = await service.write(ME, upload.id, offset=5, body=body())
+    assert same.offset == 5 and read(service, same) == b"hello"
+
+
+async def test_an_empty_upload_is_complete_when_created(service: Uploads) -> None:
+    upload = await service.create(ME, length=0, metadata=None)
+    assert upload.state == COMPLETE
+    assert read(service, upload) == b""
