@@ -47,6 +47,7 @@ def open_catalog(settings: Settings) -> Catalog:
 _STORE_OPS = (
     "start_multipart",
     "put_part",
+    "write_span",
     "complete_multipart",
     "abort_multipart",
     "put",

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import (
+    AEADEncryptionContext,
+    Cipher,
+    CipherContext,
+    algorithms,
+    modes,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -249,7 +256,8 @@ class Sealer:
         self.header = header
         self._digest = header.digest
         self._segment_size = header.segment_size
-        self._aead = AESGCM(derive_content_key(dek, header))
+        self._content_key = derive_content_key(dek, header)
+        self._aead = AESGCM(self._content_key)
         self._nonce = nonce
 
     def _fresh_nonce(self) -> bytes:
@@ -285,6 +293,33 @@ class Sealer:
         nonce = self._fresh_nonce()
         dst[:NONCE_LEN] = nonce
         self._aead.encrypt_into(nonce, src, aad, dst[NONCE_LEN:])
+
+    def record_encryptor(
+        self, index: int, final: bool, length: int
+    ) -> tuple[bytes, AEADEncryptionContext]:
+        """Seal REC_index as its plaintext arrives: (nonce, encryptor with the AAD set).
+
+        The record is nonce || ciphertext (the encryptor's output, `length` bytes in
+        all) || tag (`encryptor.tag` after `finalize()`): the same bytes
+        `seal_record_into` writes, with a fresh nonce of its own.
+        """
+        if length > self._segment_size or (not final and length != self._segment_size):
+            raise ValueError(f"record {index}: {length} bytes is not a valid record length")
+        aad = self._record_aad(index, final, length)
+        nonce = self._fresh_nonce()
+        encryptor = Cipher(algorithms.AES(self._content_key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        return nonce, encryptor
+
+    def record_keystream(self, nonce: bytes) -> CipherContext:
+        """Decrypt a record's ciphertext from its first byte without its tag.
+
+        GCM encrypts with AES-CTR from counter block nonce || 2; this is that
+        keystream. Only for bytes this process sealed and checked by its own digest
+        (an unfinished record cut short), never for data read from elsewhere.
+        """
+        counter = nonce + (2).to_bytes(4, "big")
+        return Cipher(algorithms.AES(self._content_key), modes.CTR(counter)).decryptor()
 
     def seal_record(self, index: int, final: bool, plaintext: Buffer) -> bytes:
         out = bytearray(record_size(_view(plaintext).nbytes))

@@ -1,12 +1,21 @@
-"""One PATCH body -> sealed records and tail pieces, sealed while the next bytes arrive.
+"""One PATCH body -> sealed records and tail pieces, sealed while the bytes arrive.
 
-Bytes fill a segment buffer. A full segment is handed to a task that hashes and seals
-it in a worker thread (in order, under `_seal_lock`) and then stores it as one part,
-while the event loop fills the next buffer; at most `depth` segments are in flight.
+Each record is sealed as its plaintext comes in: the event loop hands the received
+chunks over in slices of about 1 MiB, and a worker thread hashes them, encrypts them
+with a streaming AES-GCM encryptor and hashes the ciphertext, one record after the
+other (in order, under `_seal_lock`). A store that writes in place (the folder) gets
+each slice of ciphertext at once; for the others the record builds up in a buffer.
+When a record's last byte arrives only its last slice and the tag remain, then the
+part is made durable (`put_part`) while the next record is already being sealed; at
+most `depth` records wait for that.
+
 Records are recorded in the catalog in order, after their part is durable: at once
 (progressive) or, when the PATCH carries Upload-Checksum, only after the digest of
 the whole body verifies. A body that ends mid-segment leaves its new bytes as one
-sealed tail piece, a new object; nothing is ever rewritten in place.
+sealed tail piece, a new object; nothing is ever rewritten in place. The plaintext of
+such an unfinished record is not kept: it is decrypted again from the ciphertext this
+request wrote, after checking that ciphertext against the digest taken as it was
+written.
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key, tail_key, tail_prefix
 from gateway.leases import Control
 from gateway.runner import Runner
-from gateway.sealed import RECORD_OVERHEAD, InvalidSealedData, Sealer
-from gateway.store.base import ObjectStore, PartRef
+from gateway.sealed import NONCE_LEN, RECORD_OVERHEAD, TAG_LEN, InvalidSealedData, Sealer
+from gateway.store.base import ObjectStore, PartRef, StaleWrite, writes_in_place
 from gateway.tus.headers import ChecksumHeader
+
+SLICE = 1 << 20  # plaintext handed to the sealing thread at once
+QUEUED_LIMIT = 4 << 20  # plaintext one upload may have waiting for it before reading pauses
 
 
 class BodyInterrupted(Exception):
@@ -66,6 +78,41 @@ class Outcome:
     stop_reason: str | None  # why reading stopped early, if it did
 
 
+Slice = list[tuple[memoryview, bool]]  # plaintext views, each marked new (this body) or not
+_CLOSE = "close"  # the record has all its bytes: seal its tag and store it
+_CUT = "cut"  # the body ended first: stop after the bytes queued
+
+
+@dataclass(eq=False)
+class _Record:
+    """One record being sealed as its plaintext arrives.
+
+    The event loop fills `queue`; the record's task (`SegmentWriter._seal_record`)
+    empties it, and only that task, running one worker call at a time, touches the
+    sealing state below the line.
+    """
+
+    index: int
+    final: bool
+    length: int  # plaintext bytes the record holds when finished
+    queue: asyncio.Queue[Slice | str] = field(default_factory=asyncio.Queue)
+    queued: int = 0  # plaintext bytes in `queue`
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[RecordRow | None] | None = None
+    error: BaseException | None = None
+    discard: bool = False  # cut by a failure: skip what is still queued
+    # -- sealing state --
+    nonce: bytes = b""
+    encryptor: Any = None
+    done: int = 0  # plaintext bytes sealed so far
+    record_hash: Any = None  # SHA-256 of the record's bytes so far (nonce || ciphertext)
+    part_hash: Any = None  # the same with HEADER in front, for part 1
+    plain_hash: Any = None  # the running plaintext hash carried on through this record
+    buffer: bytearray | None = None  # the whole record, for stores that take parts whole
+    tag: bytes = b""
+    busy: float = 0.0  # seconds spent sealing
+
+
 class SegmentWriter:
     def __init__(
         self,
@@ -97,6 +144,7 @@ class SegmentWriter:
         self._content_length = content_length  # what the body announced, if it did
         self._sealer = sealer
         self._store = store
+        self._in_place = store if writes_in_place(store) else None
         self._catalog = catalog
         self._runner = runner
         self._control = control
@@ -109,16 +157,21 @@ class SegmentWriter:
         self._expires_at = expires_at
         self._clock = clock
         self._seal_lock = asyncio.Lock()
-        self._inflight: deque[asyncio.Task[RecordRow]] = deque()
+        self._inflight: deque[asyncio.Task[RecordRow | None]] = deque()
         self._pending: list[RecordRow] = []
         self._segment_size = upload.segment_size
+        self._key = data_key(upload.id)
         self._segment = upload.offset // self._segment_size
         self._fill = upload.offset % self._segment_size
         self._new_from = self._fill  # bytes before this came from earlier requests
+        self._preload: bytearray | None = None  # those bytes, read back from tail pieces
+        self._open: _Record | None = None  # the record the next bytes go to
+        self._cut: _Record | None = None  # the unfinished record, once the body ended
+        self._batch: Slice = []
+        self._batch_bytes = 0
         pools = pools if pools is not None else Pools(keep=0)
-        self._plain_pool = pools.for_size(self._segment_size)
         self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
-        self._buf = self._plain_pool.take()
+        self._scratch = bytearray(0)  # ciphertext on its way to an in-place store
         self._next_piece = 0
         self._old_pieces: list[TailPiece] = []
         self._last_sealed_final = False
@@ -130,7 +183,7 @@ class SegmentWriter:
     # -- before the body ----------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Bring the unfinished segment's tail pieces back into the buffer."""
+        """Read the unfinished segment's tail pieces back, to go in front of the new bytes."""
         upload = self.upload
         if upload.length is not None and upload.offset == upload.length:
             rows = await self._runner.db(self._catalog.records, upload.id)
@@ -140,24 +193,24 @@ class SegmentWriter:
         pieces = await self._runner.db(self._catalog.tail_pieces, self.upload.id)
         pieces = sorted((p for p in pieces if p.segment == self._segment), key=lambda p: p.piece)
         if pieces or self._fill:
-            await self._runner.io(self._load_pieces, pieces)
+            self._preload = await self._runner.io(self._load_pieces, pieces)
         self._old_pieces = pieces
         self._next_piece = pieces[-1].piece + 1 if pieces else 0
 
-    def _load_pieces(self, pieces: list[TailPiece]) -> None:
-        position = 0
+    def _load_pieces(self, pieces: list[TailPiece]) -> bytearray:
+        plain = bytearray()
         for piece in pieces:
             blob = self._store.get(tail_key(self.upload.id, piece.segment, piece.piece))
             try:
-                plain = self._sealer.open_tail(piece.segment, piece.piece, piece.start, blob)
+                opened = self._sealer.open_tail(piece.segment, piece.piece, piece.start, blob)
             except InvalidSealedData as exc:
                 raise _corrupt(f"tail piece {piece.segment}/{piece.piece}") from exc
-            if piece.start != position or len(plain) != piece.length:
+            if piece.start != len(plain) or len(opened) != piece.length:
                 raise _corrupt(f"tail piece {piece.segment}/{piece.piece} is out of place")
-            self._buf[position : position + len(plain)] = plain
-            position += len(plain)
-        if position != self._fill:
+            plain += opened
+        if len(plain) != self._fill:
             raise _corrupt("tail pieces do not cover the recorded offset")
+        return plain
 
     # -- the body -----------------------------------------------------------------------
 
@@ -198,91 +251,275 @@ class SegmentWriter:
         if self.upload.offset + self.received + len(chunk) > self._limit:
             raise Overflow
         view = memoryview(chunk)
-        size = self._segment_size
         while view:
-            n = min(size - self._fill, len(view))
-            self._buf[self._fill : self._fill + n] = view[:n]
+            record = self._open if self._open is not None else self._start_record()
+            n = min(record.length - self._fill, len(view))
+            self._batch.append((view[:n], True))
+            self._batch_bytes += n
             self._fill += n
             self.received += n
             view = view[n:]
-            if self._fill == size:
-                await self._seal_full_segment()
+            if self._fill == record.length:
+                await self._close_record()
+            elif self._batch_bytes >= SLICE:
+                await self._feed(record)
         metrics.BYTES_IN_FLIGHT.inc(len(chunk))
 
-    async def _seal_full_segment(self) -> None:
+    def _start_record(self) -> _Record:
+        """Open the current segment's record; what it holds follows from the length."""
         index = self._segment
-        end = (index + 1) * self._segment_size
-        final = self.upload.length is not None and end == self.upload.length
-        task = asyncio.create_task(
-            self._write_record(index, final, self._buf, self._segment_size, self._new_from)
-        )
-        self._inflight.append(task)
+        start = index * self._segment_size
+        length, final = self._segment_size, False
+        if self.upload.length is not None:
+            length = min(self._segment_size, self.upload.length - start)
+            final = start + length == self.upload.length
+        record = _Record(index, final, length)
+        record.task = asyncio.create_task(self._seal_record(record))
+        self._open = record
+        if self._preload:
+            self._batch.append((memoryview(self._preload), False))
+            self._batch_bytes += len(self._preload)
+        self._preload = None
+        return record
+
+    async def _feed(self, record: _Record) -> None:
+        """Hand the batch to the record's task; wait while too much is queued."""
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if batch:
+            record.queued += sum(len(view) for view, _ in batch)
+            record.queue.put_nowait(batch)
+        while record.queued > QUEUED_LIMIT and record.error is None:
+            record.room.clear()
+            await record.room.wait()
+        if record.error is not None:
+            raise record.error
+
+    async def _close_record(self) -> None:
+        record = self._open
+        assert record is not None
+        await self._feed(record)
+        record.queue.put_nowait(_CLOSE)
+        assert record.task is not None
+        self._inflight.append(record.task)
+        self._open = None
         self._segment += 1
-        self._buf = self._plain_pool.take()
         self._fill = 0
         self._new_from = 0
         self._next_piece = 0
-        self._last_sealed_final = final
-        while len(self._inflight) > self._depth:
+        self._last_sealed_final = record.final
+        # No byte can follow a final record: the body's end need not wait for storage.
+        while len(self._inflight) > self._depth and not record.final:
             await self._settle_oldest()
 
-    async def _write_record(
-        self, index: int, final: bool, buf: bytearray, length: int, new_from: int
-    ) -> RecordRow:
-        async with self._seal_lock:  # the plaintext hashes must see the bytes in order
-            record = await self._runner.io(self._seal, index, final, buf, length, new_from)
-        if length == self._segment_size:
-            self._plain_pool.give(buf)  # a full segment's buffer is no one else's now
+    def _cut_open_record(self, *, discard: bool) -> None:
+        """The body ended before the open record filled: stop its task."""
+        record = self._open
+        if record is None:
+            return
+        self._open = None
+        if discard:
+            record.discard = True
+            self._batch, self._batch_bytes = [], 0
+        elif self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            record.queued += sum(len(view) for view, _ in batch)
+            record.queue.put_nowait(batch)
+        record.queue.put_nowait(_CUT)
+        self._cut = record
+
+    # -- sealing, in worker threads -----------------------------------------------------
+
+    async def _seal_record(self, record: _Record) -> RecordRow | None:
+        runner = self._runner
         try:
-            # Hashing and storing the record overlap with sealing the next one.
-            return await self._runner.io(self._put_record, index, final, length, record)
+            async with self._seal_lock:  # the plaintext hashes must see the bytes in order
+                await runner.io(self._begin, record)
+                while True:
+                    item = await record.queue.get()
+                    slices: Slice = []
+                    while not isinstance(item, str):
+                        slices.extend(item)
+                        if record.queue.empty():
+                            item = ""
+                            break
+                        item = record.queue.get_nowait()
+                    if slices:
+                        record.queued -= sum(len(view) for view, _ in slices)
+                        if not record.discard:
+                            await runner.io(self._absorb, record, slices)
+                        record.room.set()
+                    if item == _CUT:
+                        return None
+                    if item == _CLOSE:
+                        break
+                await runner.io(self._end, record)
+        except BaseException as exc:
+            record.error = exc
+            record.room.set()
+            self._release(record)
+            raise
+        try:
+            # Storing the record overlaps with sealing the next one.
+            return await runner.io(self._put_record, record)
         finally:
-            self._record_pool.give(record)
+            self._release(record)
 
-    def _seal(
-        self, index: int, final: bool, buf: bytearray, length: int, new_from: int
-    ) -> bytearray:
+    def _release(self, record: _Record) -> None:
+        if record.buffer is not None:
+            self._record_pool.give(record.buffer)
+            record.buffer = None
+
+    def _begin(self, record: _Record) -> None:
         started = time.perf_counter()
-        view = memoryview(buf)[:length]
-        if self._client_hash is not None:
-            self._client_hash.update(view[new_from:])
-        running = self._running
-        if running is not None and running.next_index == index:
-            running.digest.update(view)
-            running.next_index += 1
-        else:
-            self._running = None  # a gap: the hash is rebuilt from the records at the end
-        if length == self._segment_size:
-            record = self._record_pool.take()
-        else:
-            record = bytearray(length + RECORD_OVERHEAD)
-        self._sealer.seal_record_into(index, final, view, record)
-        metrics.SEAL_DURATION.observe(time.perf_counter() - started)
-        metrics.BYTES_SEALED.inc(length)
-        return record
-
-    def _put_record(self, index: int, final: bool, length: int, record: bytearray) -> RecordRow:
-        digest = hashlib.sha256(record).digest()
+        index = record.index
+        record.nonce, record.encryptor = self._sealer.record_encryptor(
+            index, record.final, record.length
+        )
+        record.record_hash = hashlib.sha256(record.nonce)
         header = self.upload.header
         if index == 0:
-            chunks: tuple[bytes | bytearray, ...] = (header, record)
-            part_digest = hashlib.sha256(header)
-            part_digest.update(record)
-            part_sha, size = part_digest.digest(), len(header) + len(record)
+            record.part_hash = hashlib.sha256(header)
+            record.part_hash.update(record.nonce)
+        running = self._running
+        if running is not None and running.next_index == index:
+            record.plain_hash = running.digest.copy()
         else:
-            chunks, part_sha, size = (record,), digest, len(record)
+            self._running = None  # a gap: the hash is rebuilt from the records at the end
+        if self._in_place is not None:
+            lead = (header, record.nonce) if index == 0 else (record.nonce,)
+            self._write_span(self._part_offset(index), lead)
+        else:
+            size = record.length + RECORD_OVERHEAD
+            full = record.length == self._segment_size
+            record.buffer = self._record_pool.take() if full else bytearray(size)
+            record.buffer[:NONCE_LEN] = record.nonce
+        record.busy += time.perf_counter() - started
+
+    def _absorb(self, record: _Record, slices: Slice) -> None:
+        started = time.perf_counter()
+        client_hash = self._client_hash
+        for view, new in slices:
+            if new and client_hash is not None:
+                client_hash.update(view)
+            if record.plain_hash is not None:
+                record.plain_hash.update(view)
+        if record.buffer is not None:
+            out = memoryview(record.buffer)
+            for view, _ in slices:
+                at = NONCE_LEN + record.done
+                self._encrypt(record, view, out[at : at + len(view) + TAG_LEN])
+        else:
+            self._absorb_in_place(record, slices)
+        metrics.BYTES_SEALED.inc(sum(len(view) for view, _ in slices))
+        record.busy += time.perf_counter() - started
+
+    def _absorb_in_place(self, record: _Record, slices: Slice) -> None:
+        """Encrypt into scratch space, SLICE bytes at a time, and write each slice out."""
+        if len(self._scratch) < SLICE + TAG_LEN:
+            self._scratch = bytearray(SLICE + TAG_LEN)
+        out = memoryview(self._scratch)
+        lead = self._part_offset(record.index) + NONCE_LEN
+        if record.index == 0:
+            lead += len(self.upload.header)
+        filled, start = 0, record.done
+        for whole, _ in slices:
+            view = whole
+            while view:
+                n = min(SLICE - filled, len(view))
+                self._encrypt(record, view[:n], out[filled : filled + n + TAG_LEN])
+                filled += n
+                view = view[n:]
+                if filled == SLICE:
+                    self._write_span(lead + start, (out[:filled],))
+                    start, filled = start + filled, 0
+        if filled:
+            self._write_span(lead + start, (out[:filled],))
+
+    def _encrypt(self, record: _Record, plain: memoryview, out: memoryview) -> None:
+        n = record.encryptor.update_into(plain, out)
+        if n != len(plain):
+            raise RuntimeError("AES-GCM held back ciphertext")  # a stream mode never does
+        cipher = out[:n]
+        record.record_hash.update(cipher)
+        if record.part_hash is not None:
+            record.part_hash.update(cipher)
+        record.done += n
+
+    def _end(self, record: _Record) -> None:
+        started = time.perf_counter()
+        if record.done != record.length:
+            raise RuntimeError(f"record {record.index}: {record.done} of {record.length} bytes")
+        record.encryptor.finalize()
+        record.tag = record.encryptor.tag
+        record.record_hash.update(record.tag)
+        if record.part_hash is not None:
+            record.part_hash.update(record.tag)
+        if record.buffer is not None:
+            at = NONCE_LEN + record.length
+            record.buffer[at : at + TAG_LEN] = record.tag
+        if record.plain_hash is not None and self._running is not None:
+            self._running.digest = record.plain_hash
+            self._running.next_index += 1
+        record.busy += time.perf_counter() - started
+        metrics.SEAL_DURATION.observe(record.busy)
+
+    def _put_record(self, record: _Record) -> RecordRow:
+        index, length = record.index, record.length
+        header = self.upload.header
+        size = length + RECORD_OVERHEAD + (len(header) if index == 0 else 0)
+        digest = record.record_hash.digest()
+        part_sha = record.part_hash.digest() if record.part_hash is not None else digest
+        if record.buffer is not None:
+            sealed = memoryview(record.buffer)[: length + RECORD_OVERHEAD]
+            chunks: tuple[bytes | memoryview, ...] = (header, sealed) if index == 0 else (sealed,)
+            written = 0
+        else:
+            chunks, written = (record.tag,), size - TAG_LEN
         assert self.upload.multipart_id is not None
         etag = self._store.put_part(
-            data_key(self.upload.id),
+            self._key,
             self.upload.multipart_id,
             index + 1,
-            part_offset(len(header), self._segment_size, index),
+            self._part_offset(index),
             chunks,
             part_sha,
             fence=self._control.lease.token,
+            written=written,
         )
         metrics.BYTES_STORED.inc(size)
-        return RecordRow(index, length, final, size, digest, etag)
+        return RecordRow(index, length, record.final, size, digest, etag)
+
+    def _part_offset(self, index: int) -> int:
+        return part_offset(len(self.upload.header), self._segment_size, index)
+
+    def _write_span(self, offset: int, chunks: tuple[Any, ...]) -> None:
+        assert self.upload.multipart_id is not None
+        assert self._in_place is not None
+        self._in_place.write_span(
+            self._key, self.upload.multipart_id, offset, chunks, fence=self._control.lease.token
+        )
+
+    def _recover(self, record: _Record) -> bytes:
+        """The plaintext an unfinished record has sealed, from the ciphertext written."""
+        if record.buffer is not None:
+            cipher = memoryview(record.buffer)[NONCE_LEN : NONCE_LEN + record.done]
+        else:
+            assert self.upload.multipart_id is not None
+            start = self._part_offset(record.index)
+            if record.index == 0:
+                start += len(self.upload.header)
+            size = NONCE_LEN + record.done
+            assert self._in_place is not None
+            written = self._in_place.read_span(self._key, self.upload.multipart_id, start, size)
+            if len(written) != size or hashlib.sha256(written).digest() != (
+                record.record_hash.digest()
+            ):
+                # Only a newer writer can have written there since: this request lost.
+                raise StaleWrite(f"record {record.index} was overwritten before it was finished")
+            cipher = memoryview(written)[NONCE_LEN:]
+        return self._sealer.record_keystream(record.nonce).update(cipher)
+
+    # -- recording ----------------------------------------------------------------------
 
     async def _settle_oldest(self) -> None:
         try:
@@ -290,9 +527,10 @@ class SegmentWriter:
         except Exception:
             metrics.SEAL_FAILURES.inc()
             raise
+        assert row is not None
         self._pending.append(row)
         if self._progressive:
-            await self._commit(offset=(row.index + 1) * self._segment_size)
+            await self._commit(offset=row.index * self._segment_size + row.plaintext_len)
 
     async def _commit(
         self, *, offset: int, piece: TailPiece | None = None, complete: bool = False
@@ -324,33 +562,46 @@ class SegmentWriter:
     # -- after the body -----------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Settle every segment in flight, in order; on failure wait for the rest."""
+        """Settle every record in flight, in order; on failure wait for the rest.
+
+        An unfinished record is cut: its task seals what it was given and stops.
+        """
+        self._cut_open_record(discard=False)
         try:
             while self._inflight:
                 await self._settle_oldest()
+            if self._cut is not None and self._cut.task is not None:
+                await self._cut.task
         except BaseException:
+            self._cut_open_record(discard=True)
+            if self._cut is not None:
+                self._cut.discard = True
             for task in self._inflight:
                 with contextlib.suppress(BaseException):
                     await task
             self._inflight.clear()
+            if self._cut is not None and self._cut.task is not None:
+                with contextlib.suppress(BaseException):
+                    await self._cut.task
             raise
 
     async def drain_quietly(self) -> None:
         """After a failure: let no part write outlive this request's lease."""
+        self._cut_open_record(discard=True)
+        if self._cut is not None:
+            self._cut.discard = True
         with contextlib.suppress(Exception):
             await self.drain()
 
     async def finish(self) -> Outcome:
         await self.drain()
         # A stop only matters if it cut the body short: one that arrives after the body
-        # ended (while its last segments are stored) finds every byte already here.
+        # ended (while its last records are stored) finds every byte already here.
         stop = self._control.stop_reason if self.interrupted else None
         total = self.upload.offset + self.received
         if self._checksum is not None:
             if self.interrupted:
                 return Outcome(self.committed, False, stop or "disconnected")
-            async with self._seal_lock:
-                await self._runner.io(self._hash_tail)
             assert self._client_hash is not None
             if self._client_hash.digest() != self._checksum.digest:
                 metrics.CHECKSUM_MISMATCHES.inc()
@@ -373,27 +624,24 @@ class SegmentWriter:
             await self._commit(offset=total, piece=piece)
         return Outcome(total, False, stop)
 
-    def _hash_tail(self) -> None:
-        assert self._client_hash is not None
-        self._client_hash.update(memoryview(self._buf)[self._new_from : self._fill])
-
     def _put_piece(self, piece: TailPiece) -> None:
-        plain = memoryview(self._buf)[piece.start : piece.start + piece.length]
+        record = self._cut
+        assert record is not None and record.done == self._fill
+        plain = self._recover(record)[piece.start : piece.start + piece.length]
         sealed = self._sealer.seal_tail(piece.segment, piece.piece, piece.start, plain)
         metrics.BYTES_SEALED.inc(piece.length)
         self._store.put(tail_key(self.upload.id, piece.segment, piece.piece), sealed)
         metrics.BYTES_STORED.inc(len(sealed))
 
     async def _complete(self, total: int) -> None:
-        if self._final_recorded:
-            pass  # a completion cut short by a crash: only the object is left to finish
-        elif not (self._fill == 0 and self._last_sealed_final):
-            # The final record: the last partial segment, or an empty record when the
-            # upload ends on a boundary whose record was sealed before the end was known.
-            row = await self._write_record(
-                self._segment, True, self._buf, self._fill, self._new_from
-            )
-            self._pending.append(row)
+        if not self._final_recorded and not (self._fill == 0 and self._last_sealed_final):
+            # The final record: the segment's bytes from earlier requests, or an empty
+            # record when the upload ends on a boundary whose record was sealed before
+            # the end was known.
+            if self._open is None:
+                self._start_record()
+            await self._close_record()
+            await self.drain()
         await self._commit(offset=total)
         rows = sorted(
             await self._runner.db(self._catalog.records, self.upload.id), key=lambda r: r.index
@@ -419,6 +667,7 @@ class SegmentWriter:
 
     def close(self) -> None:
         """Account for received bytes that will never be recorded (refused or cut off)."""
+        self._cut_open_record(discard=True)
         metrics.BYTES_IN_FLIGHT.dec(self.upload.offset + self.received - self.committed)
         self.received = self.committed - self.upload.offset
 
@@ -433,7 +682,7 @@ class SegmentWriter:
 
     def _finish_object(self, parts: list[PartRef]) -> None:
         assert self.upload.multipart_id is not None
-        self._store.complete_multipart(data_key(self.upload.id), self.upload.multipart_id, parts)
+        self._store.complete_multipart(self._key, self.upload.multipart_id, parts)
         self._store.delete_prefix(tail_prefix(self.upload.id))
 
 

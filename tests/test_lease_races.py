@@ -54,10 +54,13 @@ class SlowStore(MemoryStore):
         sha256: bytes,
         *,
         fence: int = 0,
+        written: int = 0,
     ) -> str:
         if self.part_gate is not None:
             self.part_gate.wait(30)
-        return super().put_part(key, multipart_id, number, offset, chunks, sha256, fence=fence)
+        return super().put_part(
+            key, multipart_id, number, offset, chunks, sha256, fence=fence, written=written
+        )
 
     def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
         self.completing.set()

@@ -171,6 +171,37 @@ def test_seal_record_into_matches_open_record() -> None:
     assert sealer.open_record(7, False, bytes(window)) == plaintext
 
 
+@pytest.mark.parametrize(("length", "final"), [(S, False), (S, True), (1000, True), (0, True)])
+def test_a_record_sealed_as_it_arrives_is_a_record(length: int, final: bool) -> None:
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    sealer = Sealer(DEK, header)
+    plaintext = data(length)
+    nonce, encryptor = sealer.record_encryptor(3, final, length)
+    out = bytearray(nonce)
+    for at in range(0, length, 4099):  # odd slices, as the bytes arrive
+        out += encryptor.update(plaintext[at : at + 4099])
+    encryptor.finalize()
+    out += encryptor.tag
+    assert len(out) == record_size(length)
+    assert sealer.open_record(3, final, out) == plaintext
+    with pytest.raises(InvalidSealedData):  # the AAD binds index, final flag and length
+        sealer.open_record(4, final, out)
+    # The keystream gives back the plaintext of any prefix of the ciphertext.
+    cut = out[12 : 12 + length * 2 // 3]
+    assert sealer.record_keystream(nonce).update(bytes(cut)) == plaintext[: len(cut)]
+
+
+def test_a_record_sealed_as_it_arrives_checks_its_length() -> None:
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    sealer = Sealer(DEK, header)
+    with pytest.raises(ValueError):
+        sealer.record_encryptor(0, False, S - 1)  # non-final records are whole segments
+    with pytest.raises(ValueError):
+        sealer.record_encryptor(0, True, S + 1)
+    nonces = {sealer.record_encryptor(0, True, 5)[0] for _ in range(1000)}
+    assert len(nonces) == 1000
+
+
 def test_seal_record_into_checks_sizes() -> None:
     header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
     sealer = Sealer(DEK, header)

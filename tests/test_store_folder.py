@@ -81,6 +81,32 @@ def test_a_stale_writer_is_refused_at_write_time(store: FolderStore) -> None:
     assert not list((store.root / "U" / ".multipart").iterdir())  # no fence file left
 
 
+def test_a_part_written_in_spans(store: FolderStore) -> None:
+    first, second = os.urandom(1000), os.urandom(3000)
+    mid = store.start_multipart("U/data")
+    ref1 = PartRef(1, 0, 1000, store.put_part("U/data", mid, 1, 0, [first], sha(first)))
+    # Part 2 arrives in spans as it is sealed; put_part adds its last bytes.
+    store.write_span("U/data", mid, 1000, [second[:100], second[100:1700]], fence=3)
+    assert store.read_span("U/data", mid, 1000, 1700) == second[:1700]
+    assert store.read_span("U/data", mid, 2000, 5000) == second[1000:1700]  # short at the end
+    etag = store.put_part(
+        "U/data", mid, 2, 1000, [second[1700:]], sha(second), fence=3, written=1700
+    )
+    store.complete_multipart("U/data", mid, [ref1, PartRef(2, 1000, 3000, etag)])
+    assert store.get("U/data") == first + second
+
+
+def test_a_stale_writer_is_refused_a_span(store: FolderStore) -> None:
+    mid = store.start_multipart("U/data")
+    store.write_span("U/data", mid, 0, [b"new"], fence=8)
+    with pytest.raises(StaleWrite):
+        store.write_span("U/data", mid, 0, [b"old"], fence=7)
+    assert store.read_span("U/data", mid, 0, 3) == b"new"
+    store.abort_multipart("U/data", mid)
+    with pytest.raises(StoreUnavailable):
+        store.write_span("U/data", mid, 0, [b"late"], fence=9)
+
+
 def test_completion_drops_unrecorded_parts_beyond_the_end(store: FolderStore) -> None:
     data = os.urandom(1000)
     mid = store.start_multipart("U/data")

@@ -21,7 +21,7 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
 from gateway.tus.headers import ChecksumHeader
 from gateway.uploads import Uploads
-from tests.fakes import MemoryStore
+from tests.fakes import InPlaceMemoryStore, MemoryStore
 
 S = 64 * 1024
 ME = Principal("alice", "t1")
@@ -35,9 +35,11 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+@pytest.fixture(params=["whole parts", "in place"])
+def store(request: pytest.FixtureRequest) -> MemoryStore:
+    # Records reach the store whole (as S3 takes them) or in spans as they are sealed
+    # (as the folder store takes them).
+    return MemoryStore() if request.param == "whole parts" else InPlaceMemoryStore()
 
 
 @pytest.fixture
@@ -327,3 +329,37 @@ async def test_an_empty_upload_is_complete_when_created(service: Uploads) -> Non
     upload = await service.create(ME, length=0, metadata=None)
     assert upload.state == COMPLETE
     assert read(service, upload) == b""
+
+
+class OverwritingStore(InPlaceMemoryStore):
+    """Reads back an unfinished part as if another writer had overwritten it since."""
+
+    def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
+        data = bytearray(super().read_span(key, multipart_id, offset, length))
+        data[-1] ^= 1
+        return bytes(data)
+
+
+async def test_an_overwritten_unfinished_record_is_not_trusted(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # A body that ends mid-segment leaves a tail piece, whose plaintext is decrypted
+    # again from the ciphertext written in place. If that ciphertext is not what this
+    # request wrote, nothing is sealed from it.
+    store = OverwritingStore()
+    settings = Settings(data_dir=tmp_path, segment_size=S)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = Uploads(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
+    )
+    try:
+        data = os.urandom(S + 5000)
+        upload = await service.create(ME, length=2 * S, metadata=None)
+        with pytest.raises(GatewayError) as caught:
+            await service.write(ME, upload.id, offset=0, body=body(data))
+        assert caught.value.err is ERR.UPLOAD_INTERRUPTED
+        assert (await service.get(ME, upload.id)).offset == S  # the whole record stands
+        assert not [k for k in store.objects if "/tail/" in k]
+    finally:
+        await service.close()
+        catalog.close()

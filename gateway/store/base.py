@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from gateway.types import Buffer
 
@@ -54,8 +54,13 @@ class ObjectStore(Protocol):
         sha256: bytes,
         *,
         fence: int = 0,
+        written: int = 0,
     ) -> str:
         """Durably store part `number` (1-based), the concatenation of `chunks`.
+
+        `written` is for stores that write in place (`InPlaceStore`): its first
+        `written` bytes were written before with `write_span`, and `chunks` is the
+        rest. Other stores are always given the whole part (`written` 0).
 
         `offset` is where the part starts in the completed object (stores that write
         in place use it); `sha256` is the digest of the part, which the store may
@@ -92,3 +97,30 @@ class ObjectStore(Protocol):
 
     def check(self) -> None:
         """Raise StoreUnavailable unless the store is usable now (for /readyz)."""
+
+
+class InPlaceStore(ObjectStore, Protocol):
+    """A store that writes a multipart object in place, so a part can arrive in spans.
+
+    The writer then streams each record's ciphertext out as it is sealed instead of
+    holding the whole record, and `put_part(..., written=n)` adds the last bytes and
+    makes the part durable.
+    """
+
+    def write_span(
+        self,
+        key: str,
+        multipart_id: str,
+        offset: int,
+        chunks: Sequence[Buffer],
+        *,
+        fence: int = 0,
+    ) -> None:
+        """Write bytes of an unfinished part at `offset`, fenced like put_part, not durable."""
+
+    def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
+        """Read back bytes written to the unfinished multipart object (may be short)."""
+
+
+def writes_in_place(store: ObjectStore) -> TypeGuard[InPlaceStore]:
+    return callable(getattr(store, "write_span", None))

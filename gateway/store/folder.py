@@ -18,7 +18,8 @@ from gateway.types import Buffer
 class FolderStore:
     """Objects are files under `root`; a multipart upload is one file written in place.
 
-    Parts land at their final offsets in `U/.multipart/<id>` (pwritev + fdatasync).
+    Parts land at their final offsets in `U/.multipart/<id>` (pwritev + fdatasync),
+    whole or in spans as they are sealed (`write_span`, then `put_part` with the rest).
     Every part write is fenced by the writer's lease token (a `.fence` file next to
     it, checked under flock): a writer that lost its lease is refused (StaleWrite)
     once a newer one has written, so a recorded part is never overwritten and
@@ -61,22 +62,54 @@ class FolderStore:
         sha256: bytes,
         *,
         fence: int = 0,
+        written: int = 0,
     ) -> str:
         path = self._multipart_path(key, multipart_id)
         with _storage_errors():
-            try:
-                fd = os.open(path, os.O_WRONLY)
-            except FileNotFoundError as exc:
-                raise StoreUnavailable(f"multipart upload {multipart_id} is gone") from exc
+            fd = _open_multipart(path, multipart_id)
             try:
                 with _fenced(path, fence):
-                    _pwrite_all(fd, chunks, offset)
+                    _pwrite_all(fd, chunks, offset + written)
                 # Outside the fence: a newer writer may overwrite this part now, and
                 # then its bytes are what gets flushed, which is what it will record.
+                # fdatasync flushes the spans written before, through any descriptor.
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
         return sha256.hex()
+
+    def write_span(
+        self,
+        key: str,
+        multipart_id: str,
+        offset: int,
+        chunks: Sequence[Buffer],
+        *,
+        fence: int = 0,
+    ) -> None:
+        path = self._multipart_path(key, multipart_id)
+        with _storage_errors():
+            fd = _open_multipart(path, multipart_id)
+            try:
+                with _fenced(path, fence):
+                    _pwrite_all(fd, chunks, offset)
+            finally:
+                os.close(fd)
+
+    def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
+        path = self._multipart_path(key, multipart_id)
+        with _storage_errors():
+            fd = _open_multipart(path, multipart_id, os.O_RDONLY)
+            try:
+                data = bytearray()
+                while len(data) < length:
+                    got = os.pread(fd, length - len(data), offset + len(data))
+                    if not got:
+                        break
+                    data += got
+                return bytes(data)
+            finally:
+                os.close(fd)
 
     def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
         path = self._multipart_path(key, multipart_id)
@@ -156,6 +189,13 @@ class FolderStore:
     def check(self) -> None:
         if not (self.root.is_dir() and os.access(self.root, os.W_OK)):
             raise StoreUnavailable("object folder is not writable")
+
+
+def _open_multipart(path: Path, multipart_id: str, flags: int = os.O_WRONLY) -> int:
+    try:
+        return os.open(path, flags)
+    except FileNotFoundError as exc:
+        raise StoreUnavailable(f"multipart upload {multipart_id} is gone") from exc
 
 
 def _pwrite_all(fd: int, chunks: Sequence[Buffer], offset: int) -> None:

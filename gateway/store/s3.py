@@ -470,8 +470,11 @@ class S3Store:
         sha256: bytes,
         *,
         fence: int = 0,  # S3 needs none: completion names each part by its recorded ETag
+        written: int = 0,
     ) -> str:
         name = self._key(key)
+        if written:
+            raise ValueError("S3 takes a part whole; it does not write in place")
         if not 1 <= number <= 10_000:
             raise ValueError(f"part number {number} is outside 1..10000")
         body = _one_buffer(chunks)
