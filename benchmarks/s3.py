@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchlib import MB, WORK, Gateway, MiB, curl_single, log, random_file
+from benchlib import MB, WORK, Gateway, MiB, curl_single, log, random_file, tree_cpu
 
 from tests.s3server import SeaweedS3
 
@@ -55,17 +55,26 @@ def main() -> None:
         warm = random_file(64 * MiB)
         curl_single(gateway, warm)
         direct_put(s3, bucket, warm.path)
-        through, direct = [], []
+        through, direct, cpus, weed = [], [], [], []
         order = ["gw", "direct", "direct", "gw"] * ((args.runs + 1) // 2)
         for side in order[: 2 * args.runs]:
             if side == "gw":
+                cpu = tree_cpu(gateway.pid)
+                weed0 = tree_cpu(s3.proc.pid)
                 result = curl_single(gateway, f)
+                cpus.append(tree_cpu(gateway.pid) - cpu)
+                weed.append(tree_cpu(s3.proc.pid) - weed0)
                 size, digest = gateway.stored_sha256(result.urls[0])
                 assert (size, digest) == (f.size, f.sha256), "gateway stored other bytes"
                 through.append(result.mb_s)
-                log(f"  gateway -> S3   {result.mb_s:7.1f} MB/s")
+                log(
+                    f"  gateway -> S3   {result.mb_s:7.1f} MB/s   gateway CPU {cpus[-1]:.2f} s, "
+                    f"S3 server CPU {weed[-1]:.2f} s"
+                )
             else:
+                weed0 = tree_cpu(s3.proc.pid)
                 seconds = direct_put(s3, bucket, f.path)
+                log(f"  (S3 server CPU {tree_cpu(s3.proc.pid) - weed0:.2f} s)")
                 direct.append(f.size / seconds / MB)
                 log(f"  direct put      {direct[-1]:7.1f} MB/s")
         gw, dp = statistics.median(through), statistics.median(direct)
@@ -73,6 +82,7 @@ def main() -> None:
         print(f"  gateway -> SeaweedFS (encrypting): {gw:8.1f}")
         print(f"  direct multipart put (minio):      {dp:8.1f}")
         print(f"  ratio gateway / direct:            {gw / dp:8.2f}   (target >= 0.90)")
+        print(f"  gateway CPU s per upload (median): {statistics.median(cpus):8.2f}")
     finally:
         if gateway is not None:
             gateway.stop()

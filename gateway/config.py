@@ -32,6 +32,7 @@ class Settings:
     io_threads: int = 8  # sealing + storage workers shared by all uploads
     pipeline_depth: int = 2  # sealed segments in flight per upload beyond the one filling
     max_writers: int = 64  # PATCH bodies received at once; more wait, then get 503
+    receive_budget: int = 64 * MiB  # received plaintext all uploads hold, waiting to be sealed
     reap_interval: float = 300.0
     log_level: str = "info"
     log_format: str = "json"  # "json" (one object per line) or "text"
@@ -73,6 +74,8 @@ class Settings:
             raise ConfigError("max_size must be >= 0")
         if self.pipeline_depth < 1 or self.io_threads < 1 or self.max_writers < 1:
             raise ConfigError("pipeline_depth, io_threads and max_writers must be >= 1")
+        if self.receive_budget < MiB:
+            raise ConfigError("receive_budget must be at least 1 MiB")
         if self.store not in ("", "folder"):
             if not self.store.startswith("s3://"):
                 raise ConfigError("store must be 'folder' or s3://BUCKET[/PREFIX]")

@@ -36,6 +36,7 @@ from gateway.signer import plaintext_digest, write_concat_manifest, write_manife
 from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader, new_upload_id
 from gateway.writer import (
+    SLICE,
     BodyInterrupted,
     Outcome,
     Overflow,
@@ -98,6 +99,8 @@ class Uploads:
         self._reaper: asyncio.Task[None] | None = None
         self._hashes: dict[str, RunningHash] = {}
         self._pools = Pools(keep=2 * settings.pipeline_depth + 2)
+        # Received plaintext waiting to be sealed, in slices, across all uploads.
+        self._slices = asyncio.Semaphore(max(1, settings.receive_budget // SLICE))
         # Each writer holds a few segment buffers: bounding the writers bounds memory,
         # however many clients connect at once.
         self._writers = asyncio.Semaphore(settings.max_writers)
@@ -371,6 +374,7 @@ class Uploads:
                 running_hash=self._hashes.pop(upload_id, None),
                 on_complete=self._finalize,
                 pools=self._pools,
+                slices=self._slices,
             )
             try:
                 await writer.prepare()

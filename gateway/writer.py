@@ -42,7 +42,7 @@ from gateway.store.base import ObjectStore, PartRef, StaleWrite, writes_in_place
 from gateway.tus.headers import ChecksumHeader
 
 SLICE = 1 << 20  # plaintext handed to the sealing thread at once
-QUEUED_LIMIT = 4 << 20  # plaintext one upload may have waiting for it before reading pauses
+QUEUED_LIMIT = 12 << 20  # plaintext one upload may have waiting before its reading pauses
 
 
 class BodyInterrupted(Exception):
@@ -78,7 +78,10 @@ class Outcome:
     stop_reason: str | None  # why reading stopped early, if it did
 
 
-Slice = list[tuple[memoryview, bool]]  # plaintext views, each marked new (this body) or not
+# Plaintext on its way to the sealing threads: a view, whether it is new (from this
+# body, not read back from tail pieces) and the pooled slice buffer it lives in.
+Piece = tuple[memoryview, bool, bytearray | None]
+Slice = list[Piece]
 _CLOSE = "close"  # the record has all its bytes: seal its tag and store it
 _CUT = "cut"  # the body ended first: stop after the bytes queued
 
@@ -132,6 +135,7 @@ class SegmentWriter:
         running_hash: RunningHash | None = None,
         on_complete: OnComplete | None = None,
         pools: Pools | None = None,
+        slices: asyncio.Semaphore | None = None,
     ) -> None:
         self.upload = upload
         # The plaintext hash goes on only from where the last request left it.
@@ -167,9 +171,14 @@ class SegmentWriter:
         self._preload: bytearray | None = None  # those bytes, read back from tail pieces
         self._open: _Record | None = None  # the record the next bytes go to
         self._cut: _Record | None = None  # the unfinished record, once the body ended
-        self._batch: Slice = []
-        self._batch_bytes = 0
         pools = pools if pools is not None else Pools(keep=0)
+        self._slice_pool = pools.for_size(SLICE)
+        # One unit per slice in existence, shared by all uploads: bounds memory.
+        if slices is None:
+            slices = asyncio.Semaphore(QUEUED_LIMIT // SLICE + 2)
+        self._budget = slices
+        self._slice: bytearray | None = None  # received bytes are gathered here
+        self._slice_fill = 0
         self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
         self._scratch = bytearray(0)  # ciphertext on its way to an in-place store
         self._next_piece = 0
@@ -253,15 +262,20 @@ class SegmentWriter:
         view = memoryview(chunk)
         while view:
             record = self._open if self._open is not None else self._start_record()
-            n = min(record.length - self._fill, len(view))
-            self._batch.append((view[:n], True))
-            self._batch_bytes += n
+            if self._slice is None:
+                await self._budget.acquire()
+                self._slice, self._slice_fill = self._slice_pool.take(), 0
+            # Gathered into 1 MiB slices, the bytes cost the sealing threads a few large
+            # calls instead of many small ones that would each contend for the GIL.
+            n = min(record.length - self._fill, len(view), SLICE - self._slice_fill)
+            self._slice[self._slice_fill : self._slice_fill + n] = view[:n]
+            self._slice_fill += n
             self._fill += n
             self.received += n
             view = view[n:]
             if self._fill == record.length:
                 await self._close_record()
-            elif self._batch_bytes >= SLICE:
+            elif self._slice_fill == SLICE:
                 await self._feed(record)
         metrics.BYTES_IN_FLIGHT.inc(len(chunk))
 
@@ -277,17 +291,30 @@ class SegmentWriter:
         record.task = asyncio.create_task(self._seal_record(record))
         self._open = record
         if self._preload:
-            self._batch.append((memoryview(self._preload), False))
-            self._batch_bytes += len(self._preload)
+            self._hand(record, (memoryview(self._preload), False, None))
         self._preload = None
         return record
 
+    def _hand(self, record: _Record, piece: Piece) -> None:
+        record.queued += len(piece[0])
+        record.queue.put_nowait([piece])
+
+    def _hand_slice(self, record: _Record) -> None:
+        if self._slice is not None:
+            if self._slice_fill:
+                view = memoryview(self._slice)[: self._slice_fill]
+                self._hand(record, (view, True, self._slice))
+            else:
+                self._give_slice(self._slice)
+            self._slice = None
+
+    def _give_slice(self, buffer: bytearray) -> None:
+        self._slice_pool.give(buffer)
+        self._budget.release()
+
     async def _feed(self, record: _Record) -> None:
-        """Hand the batch to the record's task; wait while too much is queued."""
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
-        if batch:
-            record.queued += sum(len(view) for view, _ in batch)
-            record.queue.put_nowait(batch)
+        """Hand the slice to the record's task; wait while too much is queued."""
+        self._hand_slice(record)
         while record.queued > QUEUED_LIMIT and record.error is None:
             record.room.clear()
             await record.room.wait()
@@ -319,11 +346,7 @@ class SegmentWriter:
         self._open = None
         if discard:
             record.discard = True
-            self._batch, self._batch_bytes = [], 0
-        elif self._batch:
-            batch, self._batch, self._batch_bytes = self._batch, [], 0
-            record.queued += sum(len(view) for view, _ in batch)
-            record.queue.put_nowait(batch)
+        self._hand_slice(record)
         record.queue.put_nowait(_CUT)
         self._cut = record
 
@@ -344,9 +367,18 @@ class SegmentWriter:
                             break
                         item = record.queue.get_nowait()
                     if slices:
-                        record.queued -= sum(len(view) for view, _ in slices)
-                        if not record.discard:
-                            await runner.io(self._absorb, record, slices)
+                        try:
+                            if not record.discard:
+                                # Hashing the plaintext and sealing run side by side.
+                                await asyncio.gather(
+                                    runner.io(self._hash_plain, record, slices),
+                                    runner.io(self._absorb, record, slices),
+                                )
+                        finally:
+                            record.queued -= sum(len(view) for view, _, _ in slices)
+                            for _, _, buffer in slices:
+                                if buffer is not None:
+                                    self._give_slice(buffer)
                         record.room.set()
                     if item == _CUT:
                         return None
@@ -395,22 +427,25 @@ class SegmentWriter:
             record.buffer[:NONCE_LEN] = record.nonce
         record.busy += time.perf_counter() - started
 
-    def _absorb(self, record: _Record, slices: Slice) -> None:
-        started = time.perf_counter()
+    def _hash_plain(self, record: _Record, slices: Slice) -> None:
         client_hash = self._client_hash
-        for view, new in slices:
+        for view, new, _ in slices:
             if new and client_hash is not None:
                 client_hash.update(view)
             if record.plain_hash is not None:
                 record.plain_hash.update(view)
+
+    def _absorb(self, record: _Record, slices: Slice) -> None:
+        """Encrypt, hash the ciphertext and store it (beside `_hash_plain`)."""
+        started = time.perf_counter()
         if record.buffer is not None:
             out = memoryview(record.buffer)
-            for view, _ in slices:
+            for view, _, _ in slices:
                 at = NONCE_LEN + record.done
                 self._encrypt(record, view, out[at : at + len(view) + TAG_LEN])
         else:
             self._absorb_in_place(record, slices)
-        metrics.BYTES_SEALED.inc(sum(len(view) for view, _ in slices))
+        metrics.BYTES_SEALED.inc(sum(len(view) for view, _, _ in slices))
         record.busy += time.perf_counter() - started
 
     def _absorb_in_place(self, record: _Record, slices: Slice) -> None:
@@ -422,7 +457,7 @@ class SegmentWriter:
         if record.index == 0:
             lead += len(self.upload.header)
         filled, start = 0, record.done
-        for whole, _ in slices:
+        for whole, _, _ in slices:
             view = whole
             while view:
                 n = min(SLICE - filled, len(view))

@@ -363,3 +363,34 @@ async def test_an_overwritten_unfinished_record_is_not_trusted(
     finally:
         await service.close()
         catalog.close()
+
+
+async def test_uploads_share_the_receive_budget(tmp_path: Path, clock: Clock) -> None:
+    # With room for a single 1 MiB slice of received plaintext in the whole service,
+    # concurrent uploads in odd chunks still all finish, each with its own bytes.
+    store = MemoryStore()
+    settings = Settings(data_dir=tmp_path, segment_size=S, receive_budget=1024 * 1024)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = Uploads(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
+    )
+
+    async def trickle(data: bytes) -> AsyncIterator[bytes]:
+        for piece in split(data, [7000, 50_000, 100_000, 1, 3 * S] * 4):
+            await asyncio.sleep(0)  # let the others in between
+            yield piece
+
+    async def one(data: bytes) -> Upload:
+        upload = await service.create(ME, length=len(data), metadata=None)
+        done, _ = await service.write(ME, upload.id, offset=0, body=trickle(data))
+        return done
+
+    try:
+        blobs = [os.urandom(5 * S + n) for n in (0, 1, 12345)]
+        uploads = await asyncio.wait_for(asyncio.gather(*(one(b) for b in blobs)), 30)
+        for upload, data in zip(uploads, blobs, strict=True):
+            assert upload.state == COMPLETE
+            assert read(service, upload) == data
+    finally:
+        await service.close()
+        catalog.close()
