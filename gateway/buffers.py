@@ -41,9 +41,10 @@ class Pools:
         self._pools: dict[int, BufferPool] = {}
         self._lock = threading.Lock()
 
-    def for_size(self, size: int) -> BufferPool:
+    def for_size(self, size: int, keep: int | None = None) -> BufferPool:
+        """The pool for `size`; `keep` (default: the pools' own) applies when it is made."""
         with self._lock:
             pool = self._pools.get(size)
             if pool is None:
-                pool = self._pools[size] = BufferPool(size, self._keep)
+                pool = self._pools[size] = BufferPool(size, self._keep if keep is None else keep)
             return pool

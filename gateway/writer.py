@@ -172,7 +172,8 @@ class SegmentWriter:
         self._open: _Record | None = None  # the record the next bytes go to
         self._cut: _Record | None = None  # the unfinished record, once the body ended
         pools = pools if pools is not None else Pools(keep=0)
-        self._slice_pool = pools.for_size(SLICE)
+        # Enough idle slices for one upload's whole queue, so a steady upload reuses them.
+        self._slice_pool = pools.for_size(SLICE, keep=QUEUED_LIMIT // SLICE + 4)
         # One unit per slice in existence, shared by all uploads: bounds memory.
         if slices is None:
             slices = asyncio.Semaphore(QUEUED_LIMIT // SLICE + 2)
