@@ -103,6 +103,7 @@ class _Record:
     room: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[RecordRow | None] | None = None
     error: BaseException | None = None
+    finished: bool = False  # the task takes no more slices
     discard: bool = False  # cut by a failure: skip what is still queued
     # -- sealing state --
     nonce: bytes = b""
@@ -297,8 +298,18 @@ class SegmentWriter:
         return record
 
     def _hand(self, record: _Record, piece: Piece) -> None:
+        if record.finished:  # it failed: nothing more will be sealed
+            self._return_slices(record, [piece], queued=False)
+            return
         record.queued += len(piece[0])
         record.queue.put_nowait([piece])
+
+    def _return_slices(self, record: _Record, slices: Slice, *, queued: bool = True) -> None:
+        if queued:
+            record.queued -= sum(len(view) for view, _, _ in slices)
+        for _, _, buffer in slices:
+            if buffer is not None:
+                self._give_slice(buffer)
 
     def _hand_slice(self, record: _Record) -> None:
         if self._slice is not None:
@@ -357,7 +368,8 @@ class SegmentWriter:
         runner = self._runner
         try:
             async with self._seal_lock:  # the plaintext hashes must see the bytes in order
-                await runner.io(self._begin, record)
+                if not record.discard:
+                    await runner.io(self._begin, record)
                 while True:
                     item = await record.queue.get()
                     slices: Slice = []
@@ -376,10 +388,7 @@ class SegmentWriter:
                                     runner.io(self._absorb, record, slices),
                                 )
                         finally:
-                            record.queued -= sum(len(view) for view, _, _ in slices)
-                            for _, _, buffer in slices:
-                                if buffer is not None:
-                                    self._give_slice(buffer)
+                            self._return_slices(record, slices)
                         record.room.set()
                     if item == _CUT:
                         return None
@@ -388,9 +397,19 @@ class SegmentWriter:
                 await runner.io(self._end, record)
         except BaseException as exc:
             record.error = exc
-            record.room.set()
             self._release(record)
+            if record.discard and isinstance(exc, Exception):
+                return None  # no one waits for a discarded record
             raise
+        finally:
+            # Whatever is still queued, or handed over from now on, goes straight back
+            # to the pool: the shared budget must get every slice back.
+            record.finished = True
+            record.room.set()
+            while not record.queue.empty():
+                left = record.queue.get_nowait()
+                if not isinstance(left, str):
+                    self._return_slices(record, left)
         try:
             # Storing the record overlaps with sealing the next one.
             return await runner.io(self._put_record, record)

@@ -92,6 +92,11 @@ class MemoryStore:
 class InPlaceMemoryStore(MemoryStore):
     """A MemoryStore that also takes parts in spans, like the folder store."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.span_writes = 0
+        self.spans_fail_after: int | None = None
+
     def write_span(
         self,
         key: str,
@@ -101,7 +106,11 @@ class InPlaceMemoryStore(MemoryStore):
         *,
         fence: int = 0,
     ) -> None:
-        if self.down:  # `fail_after` counts parts, not the spans before them
+        # `fail_after` counts parts, not the spans before them; `spans_fail_after` these.
+        self.span_writes += 1
+        if self.down or (
+            self.spans_fail_after is not None and self.span_writes > self.spans_fail_after
+        ):
             raise StoreUnavailable("injected failure")
         data = b"".join(bytes(c) for c in chunks)
         span = self.spans.setdefault(multipart_id, bytearray())

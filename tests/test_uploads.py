@@ -394,3 +394,37 @@ async def test_uploads_share_the_receive_budget(tmp_path: Path, clock: Clock) ->
     finally:
         await service.close()
         catalog.close()
+
+
+async def test_a_failed_seal_gives_back_its_share_of_the_receive_budget(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # Regression: slices still queued when sealing failed were never given back, so
+    # each failure shrank the shared budget until every upload waited forever.
+    store = InPlaceMemoryStore()
+    settings = Settings(data_dir=tmp_path, segment_size=S, receive_budget=2 * 1024 * 1024)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = Uploads(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
+    )
+    try:
+        for _ in range(4):  # more failures than the budget has slices
+            upload = await service.create(ME, length=40 * S, metadata=None)
+            store.spans_fail_after = store.span_writes + 3
+            with pytest.raises(GatewayError) as caught:
+                data = os.urandom(40 * S)
+                await asyncio.wait_for(
+                    service.write(ME, upload.id, offset=0, body=body(*split(data, [S // 3] * 120))),
+                    10,
+                )
+            assert caught.value.err is ERR.STORE_UNAVAILABLE
+        store.spans_fail_after = None
+        data = os.urandom(40 * S)
+        upload = await service.create(ME, length=len(data), metadata=None)
+        done, _ = await asyncio.wait_for(
+            service.write(ME, upload.id, offset=0, body=body(*split(data, [S // 3] * 120))), 10
+        )
+        assert done.state == COMPLETE and read(service, done) == data
+    finally:
+        await service.close()
+        catalog.close()
