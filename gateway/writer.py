@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -182,7 +183,6 @@ class SegmentWriter:
         self._slice: bytearray | None = None  # received bytes are gathered here
         self._slice_fill = 0
         self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
-        self._scratch = bytearray(0)  # ciphertext on its way to an in-place store
         self._next_piece = 0
         self._old_pieces: list[TailPiece] = []
         self._last_sealed_final = False
@@ -470,9 +470,7 @@ class SegmentWriter:
 
     def _absorb_in_place(self, record: _Record, slices: Slice) -> None:
         """Encrypt into scratch space, SLICE bytes at a time, and write each slice out."""
-        if len(self._scratch) < SLICE + TAG_LEN:
-            self._scratch = bytearray(SLICE + TAG_LEN)
-        out = memoryview(self._scratch)
+        out = memoryview(_scratch())
         lead = self._part_offset(record.index) + NONCE_LEN
         if record.index == 0:
             lead += len(self.upload.header)
@@ -739,6 +737,20 @@ class SegmentWriter:
         assert self.upload.multipart_id is not None
         self._store.complete_multipart(self._key, self.upload.multipart_id, parts)
         self._store.delete_prefix(tail_prefix(self.upload.id))
+
+
+_thread_scratch = threading.local()
+
+
+def _scratch() -> bytearray:
+    """This worker thread's space for ciphertext on its way to an in-place store.
+
+    Used only within one call, so one per thread (not per upload) is enough.
+    """
+    buffer: bytearray | None = getattr(_thread_scratch, "buffer", None)
+    if buffer is None:
+        buffer = _thread_scratch.buffer = bytearray(SLICE + TAG_LEN)
+    return buffer
 
 
 def _corrupt(what: str) -> GatewayError:
