@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +64,21 @@ async def service(tmp_path: Path, store: MemoryStore, clock: Clock) -> AsyncIter
     yield uploads
     await uploads.close()
     catalog.close()
+
+
+@contextlib.asynccontextmanager
+async def own_service(tmp_path: Path, store: MemoryStore, **options: Any) -> AsyncIterator[Uploads]:
+    """A service with settings of its own for one test (not started: no reaper)."""
+    settings = Settings(data_dir=tmp_path, segment_size=S, **options)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = Uploads(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
+    )
+    try:
+        yield service
+    finally:
+        await service.close()
+        catalog.close()
 
 
 async def body(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -228,20 +245,15 @@ async def test_a_new_request_stops_a_stalled_writer(service: Uploads) -> None:
 async def test_writers_beyond_the_limit_wait_then_get_503(
     tmp_path: Path, store: MemoryStore, clock: Clock
 ) -> None:
-    settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=0.3, max_writers=1)
-    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
-    service = Uploads(
-        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
-    )
-    stalled = asyncio.Event()
-    release = asyncio.Event()
+    async with own_service(tmp_path, store, acquire_timeout=0.3, max_writers=1) as service:
+        stalled = asyncio.Event()
+        release = asyncio.Event()
 
-    async def slow() -> AsyncIterator[bytes]:
-        yield b"a" * 10
-        stalled.set()
-        await release.wait()
+        async def slow() -> AsyncIterator[bytes]:
+            yield b"a" * 10
+            stalled.set()
+            await release.wait()
 
-    try:
         first = await service.create(ME, length=100, metadata=None)
         second = await service.create(ME, length=100, metadata=None)
         running = asyncio.create_task(service.write(ME, first.id, offset=0, body=slow()))
@@ -255,9 +267,6 @@ async def test_writers_beyond_the_limit_wait_then_get_503(
         # The slot is free again.
         done, _ = await service.write(ME, second.id, offset=0, body=body(b"b" * 10))
         assert done.offset == 10
-    finally:
-        await service.close()
-        catalog.close()
 
 
 async def test_final_concatenation_is_virtual(service: Uploads, store: MemoryStore) -> None:
@@ -340,19 +349,12 @@ class OverwritingStore(InPlaceMemoryStore):
         return bytes(data)
 
 
-async def test_an_overwritten_unfinished_record_is_not_trusted(
-    tmp_path: Path, clock: Clock
-) -> None:
+async def test_an_overwritten_unfinished_record_is_not_trusted(tmp_path: Path) -> None:
     # A body that ends mid-segment leaves a tail piece, whose plaintext is decrypted
     # again from the ciphertext written in place. If that ciphertext is not what this
     # request wrote, nothing is sealed from it.
     store = OverwritingStore()
-    settings = Settings(data_dir=tmp_path, segment_size=S)
-    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
-    service = Uploads(
-        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
-    )
-    try:
+    async with own_service(tmp_path, store) as service:
         data = os.urandom(S + 5000)
         upload = await service.create(ME, length=2 * S, metadata=None)
         with pytest.raises(GatewayError) as caught:
@@ -360,54 +362,38 @@ async def test_an_overwritten_unfinished_record_is_not_trusted(
         assert caught.value.err is ERR.UPLOAD_INTERRUPTED
         assert (await service.get(ME, upload.id)).offset == S  # the whole record stands
         assert not [k for k in store.objects if "/tail/" in k]
-    finally:
-        await service.close()
-        catalog.close()
 
 
-async def test_uploads_share_the_receive_budget(tmp_path: Path, clock: Clock) -> None:
+async def test_uploads_share_the_receive_budget(tmp_path: Path) -> None:
     # With room for a single 1 MiB slice of received plaintext in the whole service,
     # concurrent uploads in odd chunks still all finish, each with its own bytes.
     store = MemoryStore()
-    settings = Settings(data_dir=tmp_path, segment_size=S, receive_budget=1024 * 1024)
-    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
-    service = Uploads(
-        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
-    )
+    async with own_service(tmp_path, store, receive_budget=1024 * 1024) as service:
 
-    async def trickle(data: bytes) -> AsyncIterator[bytes]:
-        for piece in split(data, [7000, 50_000, 100_000, 1, 3 * S] * 4):
-            await asyncio.sleep(0)  # let the others in between
-            yield piece
+        async def trickle(data: bytes) -> AsyncIterator[bytes]:
+            for piece in split(data, [7000, 50_000, 100_000, 1, 3 * S] * 4):
+                await asyncio.sleep(0)  # let the others in between
+                yield piece
 
-    async def one(data: bytes) -> Upload:
-        upload = await service.create(ME, length=len(data), metadata=None)
-        done, _ = await service.write(ME, upload.id, offset=0, body=trickle(data))
-        return done
+        async def one(data: bytes) -> Upload:
+            upload = await service.create(ME, length=len(data), metadata=None)
+            done, _ = await service.write(ME, upload.id, offset=0, body=trickle(data))
+            return done
 
-    try:
         blobs = [os.urandom(5 * S + n) for n in (0, 1, 12345)]
         uploads = await asyncio.wait_for(asyncio.gather(*(one(b) for b in blobs)), 30)
         for upload, data in zip(uploads, blobs, strict=True):
             assert upload.state == COMPLETE
             assert read(service, upload) == data
-    finally:
-        await service.close()
-        catalog.close()
 
 
 async def test_a_failed_seal_gives_back_its_share_of_the_receive_budget(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path,
 ) -> None:
     # Regression: slices still queued when sealing failed were never given back, so
     # each failure shrank the shared budget until every upload waited forever.
     store = InPlaceMemoryStore()
-    settings = Settings(data_dir=tmp_path, segment_size=S, receive_budget=2 * 1024 * 1024)
-    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
-    service = Uploads(
-        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
-    )
-    try:
+    async with own_service(tmp_path, store, receive_budget=2 * 1024 * 1024) as service:
         for _ in range(4):  # more failures than the budget has slices
             upload = await service.create(ME, length=40 * S, metadata=None)
             store.spans_fail_after = store.span_writes + 3
@@ -425,6 +411,3 @@ async def test_a_failed_seal_gives_back_its_share_of_the_receive_budget(
             service.write(ME, upload.id, offset=0, body=body(*split(data, [S // 3] * 120))), 10
         )
         assert done.state == COMPLETE and read(service, done) == data
-    finally:
-        await service.close()
-        catalog.close()

@@ -64,18 +64,7 @@ class FolderStore:
         fence: int = 0,
         written: int = 0,
     ) -> str:
-        path = self._multipart_path(key, multipart_id)
-        with _storage_errors():
-            fd = _open_multipart(path, multipart_id)
-            try:
-                with _fenced(path, fence):
-                    _pwrite_all(fd, chunks, offset + written)
-                # Outside the fence: a newer writer may overwrite this part now, and
-                # then its bytes are what gets flushed, which is what it will record.
-                # fdatasync flushes the spans written before, through any descriptor.
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+        self._write(key, multipart_id, offset + written, chunks, fence, durable=True)
         return sha256.hex()
 
     def write_span(
@@ -87,12 +76,29 @@ class FolderStore:
         *,
         fence: int = 0,
     ) -> None:
+        self._write(key, multipart_id, offset, chunks, fence, durable=False)
+
+    def _write(
+        self,
+        key: str,
+        multipart_id: str,
+        offset: int,
+        chunks: Sequence[Buffer],
+        fence: int,
+        *,
+        durable: bool,
+    ) -> None:
         path = self._multipart_path(key, multipart_id)
         with _storage_errors():
             fd = _open_multipart(path, multipart_id)
             try:
                 with _fenced(path, fence):
                     _pwrite_all(fd, chunks, offset)
+                if durable:
+                    # Outside the fence: a newer writer may overwrite this part now, and
+                    # then its bytes are what gets flushed, which is what it will record.
+                    # fdatasync also flushes the spans written before, by any descriptor.
+                    os.fdatasync(fd)
             finally:
                 os.close(fd)
 
