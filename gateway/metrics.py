@@ -56,7 +56,9 @@ REQUEST_DURATION = Histogram(
 BYTES_SEALED = Counter("gateway_bytes_sealed", "Plaintext bytes sealed into records and pieces.")
 BYTES_STORED = Counter("gateway_bytes_stored", "Sealed bytes written to the object store.")
 SEAL_DURATION = Histogram(
-    "gateway_seal_duration_seconds", "Time to hash and seal one segment.", buckets=_FAST
+    "gateway_seal_duration_seconds",
+    "Worker time to hash and seal one record (both sealing threads, summed).",
+    buckets=_FAST,
 )
 STORE_DURATION = Histogram(
     "gateway_store_operation_duration_seconds",
