@@ -80,6 +80,9 @@ def cases(sizes: list[int]) -> list[Case]:
 
 
 def one_run(server: Server, case: Case) -> dict[str, object]:
+    # Start each run with no dirty pages left over from the one before (either server's),
+    # so that no run pays for an earlier run's writeback.
+    os.sync()
     with Meter(server.pid) as meter:
         result = case.upload(server, case.file)
     for url in result.urls:  # outside the measurement: bytes checked, then removed
