@@ -384,10 +384,16 @@ class SegmentWriter:
                         try:
                             if not record.discard:
                                 # Hashing the plaintext and sealing run side by side.
-                                await asyncio.gather(
+                                # Both finish before the slices go back to the pool,
+                                # even when one fails.
+                                done = await asyncio.gather(
                                     runner.io(self._hash_plain, record, slices),
                                     runner.io(self._absorb, record, slices),
+                                    return_exceptions=True,
                                 )
+                                for outcome in done:
+                                    if isinstance(outcome, BaseException):
+                                        raise outcome
                         finally:
                             self._return_slices(record, slices)
                         record.room.set()

@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
 from gateway.tus.headers import ChecksumHeader
 from gateway.uploads import Uploads
+from gateway.writer import SegmentWriter
 from tests.fakes import InPlaceMemoryStore, MemoryStore
 
 S = 64 * 1024
@@ -411,3 +414,34 @@ async def test_a_failed_seal_gives_back_its_share_of_the_receive_budget(
             service.write(ME, upload.id, offset=0, body=body(*split(data, [S // 3] * 120))), 10
         )
         assert done.state == COMPLETE and read(service, done) == data
+
+
+async def test_a_failed_seal_waits_for_the_plaintext_hash_before_reusing_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: when sealing a slice failed, the slice went back to the shared pool
+    # (for another upload to fill) while the thread hashing its plaintext still read it.
+    hashing = threading.Event()
+    reused_while_hashing: list[bool] = []
+    hash_plain, give_slice = SegmentWriter._hash_plain, SegmentWriter._give_slice
+
+    def slow_hash_plain(self: SegmentWriter, record: Any, slices: Any) -> None:
+        hashing.set()
+        time.sleep(0.3)
+        hash_plain(self, record, slices)
+        hashing.clear()
+
+    def give(self: SegmentWriter, buffer: bytearray) -> None:
+        reused_while_hashing.append(hashing.is_set())
+        give_slice(self, buffer)
+
+    monkeypatch.setattr(SegmentWriter, "_hash_plain", slow_hash_plain)
+    monkeypatch.setattr(SegmentWriter, "_give_slice", give)
+    store = InPlaceMemoryStore()
+    async with own_service(tmp_path, store) as service:
+        upload = await service.create(ME, length=4 * S, metadata=None)
+        store.spans_fail_after = 1  # the record's nonce is written, its first slice fails
+        with pytest.raises(GatewayError) as caught:
+            await service.write(ME, upload.id, offset=0, body=body(os.urandom(4 * S)))
+        assert caught.value.err is ERR.STORE_UNAVAILABLE
+    assert reused_while_hashing and not any(reused_while_hashing)
