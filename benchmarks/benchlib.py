@@ -352,6 +352,9 @@ class Server:
             self.proc.wait(10)
 
     def __enter__(self) -> Server:
+        # `with server.start() as s:` must not start a second process and lose the first.
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -13,6 +13,7 @@ the target is gateway / direct >= 0.9.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +37,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per side (ABBA order)")
     args = parser.parse_args()
     f = random_file(args.size_mib * MiB)
-    s3 = SeaweedS3(WORK / "seaweed-bench")
+    # A fresh SeaweedFS data dir each time, removed at the end: deleted objects stay in
+    # its volumes, and runs would otherwise pile up gigabytes there.
+    seaweed_dir = WORK / "seaweed-bench"
+    shutil.rmtree(seaweed_dir, ignore_errors=True)
+    s3 = SeaweedS3(seaweed_dir)
     s3.start()
     gateway = None
     try:
@@ -87,6 +92,7 @@ def main() -> None:
         if gateway is not None:
             gateway.stop()
         s3.close()
+        shutil.rmtree(seaweed_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
