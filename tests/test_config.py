@@ -1,0 +1,87 @@
+"""Settings: defaults, a TOML file, GATEWAY_* variables and options, in that order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, Settings, export_environment, load_settings
+
+MiB = 1024 * 1024
+
+
+def test_the_defaults_are_valid() -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert settings.store == "" and not settings.uses_s3
+    assert settings.receive_budget == 64 * MiB
+
+
+def test_later_sources_win(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('port = 9001\nmax_writers = 7\nlog_format = "text"\n')
+    env = {"GATEWAY_PORT": "9002", "GATEWAY_MAX_WRITERS": ""}  # empty: not set
+    settings = load_settings({"port": 9003, "log_level": None}, env, config_file=config)
+    assert settings.port == 9003  # the option over the variable over the file
+    assert settings.max_writers == 7  # an empty variable does not override
+    assert settings.log_format == "text"
+    assert settings.log_level == "info"  # an option left out (None) keeps the default
+
+
+def test_variables_are_read_as_their_setting_s_type() -> None:
+    settings = load_settings(
+        environ={
+            "GATEWAY_RECEIVE_BUDGET": str(2 * MiB),
+            "GATEWAY_NETWORK_TIMEOUT": "2.5",
+            "GATEWAY_S3_CREATE_BUCKET": "no",
+            "GATEWAY_DATA_DIR": "/srv/gateway",
+        }
+    )
+    assert settings.receive_budget == 2 * MiB
+    assert settings.network_timeout == 2.5
+    assert settings.s3_create_bucket is False
+    assert settings.data_dir == Path("/srv/gateway")
+
+
+def test_a_bad_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_MAX_WRITERS"):
+        load_settings(environ={"GATEWAY_MAX_WRITERS": "many"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("colour = 'blue'\n", "unknown setting 'colour'"), ("port = \n", "cannot read")],
+)
+def test_a_bad_config_file_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ={}, config_file=config)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"port": 0}, "port"),
+        ({"base_path": "/files"}, "base_path"),
+        ({"segment_size": 1000}, "segment_size"),
+        ({"max_writers": 0}, "max_writers"),
+        ({"receive_budget": MiB - 1}, "receive_budget"),
+        ({"store": "ftp://x"}, "store must be"),
+        ({"store": "s3://bucket"}, "GATEWAY_S3_ENDPOINT"),
+        ({"store": "s3://b", "s3_endpoint": "127.0.0.1:9000", "segment_size": MiB}, "5 MiB"),
+    ],
+)
+def test_invalid_settings_are_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(values, environ={})
+
+
+def test_worker_processes_rebuild_the_same_settings() -> None:
+    settings = load_settings(
+        {"store": "s3://b/p", "s3_endpoint": "127.0.0.1:9000", "receive_budget": 8 * MiB},
+        environ={},
+    )
+    assert load_settings(environ=export_environment(settings)) == settings
