@@ -22,10 +22,6 @@ from tests.server import GatewayProcess, store_for
 OCTET = "application/offset+octet-stream"
 
 
-def upload_id(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[1]
-
-
 def create(server: GatewayProcess, length: int | None, **headers: str) -> str:
     """A new upload's absolute URL; `length` None defers the length."""
     h = {**server.auth, **headers}

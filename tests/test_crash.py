@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.blackbox import StreamingPatch, create, error_code, head_offset, patch, upload_id
+from tests.blackbox import StreamingPatch, create, error_code, head_offset, patch
 from tests.conftest import read_stored, sha256
 from tests.server import GatewayProcess
+from tests.tushttp import upload_id
 
 MiB = 1 << 20
 # A killed holder's lease is taken over once it has not been renewed for

@@ -29,10 +29,10 @@ from tests.blackbox import (
     head_offset,
     patch,
     patch_headers,
-    upload_id,
 )
 from tests.conftest import read_stored
 from tests.server import GatewayProcess
+from tests.tushttp import upload_id
 
 MiB = 1 << 20
 SMALL_SEGMENTS = {"GATEWAY_SEGMENT_SIZE": "65536"}

@@ -36,11 +36,10 @@ from tests.blackbox import (
     segment_size,
     send,
     upload,
-    upload_id,
 )
 from tests.conftest import sha256
 from tests.server import GatewayProcess, store_for
-from tests.tushttp import OCTET, UNKNOWN_ID, assert_problem, start_server, tus_client
+from tests.tushttp import OCTET, UNKNOWN_ID, assert_problem, start_server, tus_client, upload_id
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
 QUICK = {"GATEWAY_LEASE_TTL": "2"}  # a killed holder's lease is taken over quickly

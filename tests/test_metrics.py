@@ -30,9 +30,9 @@ from tests.blackbox import (
     patch,
     patch_headers,
     upload,
-    upload_id,
 )
 from tests.server import GatewayProcess
+from tests.tushttp import upload_id
 
 
 @dataclass

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.blackbox import upload_id
 from tests.conftest import read_stored, sha256
 from tests.server import GatewayProcess
+from tests.tushttp import upload_id
 
 MiB = 1 << 20
 TUS_JS_CLIENT = "4.3.1"

@@ -32,10 +32,9 @@ from tests.blackbox import (
     segment_size,
     send,
     upload,
-    upload_id,
 )
 from tests.server import GatewayProcess, free_port, store_for
-from tests.tushttp import UNKNOWN_ID, start_server
+from tests.tushttp import UNKNOWN_ID, start_server, upload_id
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
 RECORD_OVERHEAD = 28
