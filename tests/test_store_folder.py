@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store import folder
 from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.store.folder import FolderStore
 
@@ -94,6 +95,21 @@ def test_a_part_written_in_spans(store: FolderStore) -> None:
     )
     store.complete_multipart("U/data", mid, [ref1, PartRef(2, 1000, 3000, etag)])
     assert store.get("U/data") == first + second
+
+
+def test_spans_start_their_writeback_and_parts_are_made_durable(
+    store: FolderStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[int, int]] = []
+    synced: list[int] = []
+    monkeypatch.setattr(folder.writeback, "start", lambda fd, at, n: started.append((at, n)))
+    monkeypatch.setattr(folder.os, "fdatasync", synced.append)
+    mid = store.start_multipart("U/data")
+    store.write_span("U/data", mid, 5000, [b"a" * 100, memoryview(b"b" * 300)])
+    store.write_span("U/data", mid, 5400, [b"c" * 50])
+    assert started == [(5000, 400), (5400, 50)] and not synced
+    store.put_part("U/data", mid, 1, 5000, [b"tag"], sha(b"whole"), written=450)
+    assert started == [(5000, 400), (5400, 50)] and len(synced) == 1
 
 
 def test_a_stale_writer_is_refused_a_span(store: FolderStore) -> None:

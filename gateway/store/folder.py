@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from gateway.store import writeback
 from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.types import Buffer
 
@@ -93,12 +94,15 @@ class FolderStore:
             fd = _open_multipart(path, multipart_id)
             try:
                 with _fenced(path, fence):
-                    _pwrite_all(fd, chunks, offset)
+                    written = _pwrite_all(fd, chunks, offset)
+                # Outside the fence: a newer writer may overwrite this part now, and
+                # then its bytes are what gets flushed, which is what it will record.
                 if durable:
-                    # Outside the fence: a newer writer may overwrite this part now, and
-                    # then its bytes are what gets flushed, which is what it will record.
-                    # fdatasync also flushes the spans written before, by any descriptor.
+                    # This also flushes the spans written before, by any descriptor.
                     os.fdatasync(fd)
+                else:
+                    # So that the fdatasync at the record's end finds little left to do.
+                    writeback.start(fd, offset, written)
             finally:
                 os.close(fd)
 
@@ -204,8 +208,10 @@ def _open_multipart(path: Path, multipart_id: str, flags: int = os.O_WRONLY) -> 
         raise StoreUnavailable(f"multipart upload {multipart_id} is gone") from exc
 
 
-def _pwrite_all(fd: int, chunks: Sequence[Buffer], offset: int) -> None:
+def _pwrite_all(fd: int, chunks: Sequence[Buffer], offset: int) -> int:
+    """Write all of `chunks` at `offset`; returns how many bytes that was."""
     views = [memoryview(c).cast("B") for c in chunks]
+    total = sum(len(v) for v in views)
     while views:
         written = os.pwritev(fd, views, offset)
         offset += written
@@ -214,6 +220,7 @@ def _pwrite_all(fd: int, chunks: Sequence[Buffer], offset: int) -> None:
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
+    return total
 
 
 def _fence_path(path: Path) -> Path:
