@@ -1,6 +1,6 @@
 """Profile the gateway with py-spy during one large upload, and summarize by function.
 
-    python benchmarks/profile_gateway.py [--size-mib 512] [--client curl|tus-js-8mib] [--lines]
+    python benchmarks/profile_gateway.py [--size-mib 512] [--client curl|tus-js-8mib|tus-js-inf] [--lines]
                                          [--native]
 
 Three identical uploads on one fresh gateway, each under `py-spy record --pid`:
@@ -119,6 +119,7 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
 CLIENTS: dict[str, Callable[[Gateway, TestFile], UploadResult]] = {
     "curl": curl_single,
     "tus-js-8mib": lambda s, f: tus_js(s, f, str(8 * MiB)),
+    "tus-js-inf": lambda s, f: tus_js(s, f, "Infinity"),
 }
 
 
