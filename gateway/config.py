@@ -29,7 +29,8 @@ class Settings:
     lease_ttl: float = 30.0  # a crashed holder's lease dies after this
     acquire_timeout: float = 10.0  # how long a request waits for a busy upload
     network_timeout: float = 60.0  # a PATCH body that stalls this long is cut and saved
-    io_threads: int = 8  # sealing + storage workers shared by all uploads
+    io_threads: int = 8  # storage calls (fdatasync, S3 requests) at once, all uploads
+    seal_threads: int = 0  # hashing + encrypting threads; 0: one per CPU core (at least 2)
     pipeline_depth: int = 2  # sealed segments in flight per upload beyond the one filling
     max_writers: int = 64  # PATCH bodies received at once; more wait, then get 503
     receive_budget: int = 64 * MiB  # received plaintext all uploads hold, waiting to be sealed
@@ -74,6 +75,8 @@ class Settings:
             raise ConfigError("max_size must be >= 0")
         if self.pipeline_depth < 1 or self.io_threads < 1 or self.max_writers < 1:
             raise ConfigError("pipeline_depth, io_threads and max_writers must be >= 1")
+        if self.seal_threads < 0:
+            raise ConfigError("seal_threads must be >= 0 (0: one per CPU core)")
         if self.receive_budget < MiB:
             raise ConfigError("receive_budget must be at least 1 MiB")
         if self.store not in ("", "folder"):
@@ -89,6 +92,20 @@ class Settings:
     @property
     def uses_s3(self) -> bool:
         return self.store.startswith("s3://")
+
+    @property
+    def sealing_threads(self) -> int:
+        """seal_threads, or one per core this process may run on, at least 2.
+
+        Two, so that one upload's plaintext hash and its encryption run side by side.
+        """
+        if self.seal_threads:
+            return self.seal_threads
+        if hasattr(os, "sched_getaffinity"):
+            cores = len(os.sched_getaffinity(0))
+        else:
+            cores = os.cpu_count() or 2
+        return max(2, cores)
 
 
 # Settings that can come from the environment, as GATEWAY_<NAME>.

@@ -87,7 +87,7 @@ class Uploads:
         self.catalog = catalog
         self.keys = keys
         self.clock = clock
-        self.runner = Runner(settings.io_threads)
+        self.runner = Runner(settings.io_threads, settings.sealing_threads)
         self.leases = Leases(
             catalog,
             self.runner,

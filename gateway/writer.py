@@ -370,7 +370,7 @@ class SegmentWriter:
         try:
             async with self._seal_lock:  # the plaintext hashes must see the bytes in order
                 if not record.discard:
-                    await runner.io(self._begin, record)
+                    await runner.seal(self._begin, record)
                 while True:
                     item = await record.queue.get()
                     slices: Slice = []
@@ -387,8 +387,8 @@ class SegmentWriter:
                                 # Both finish before the slices go back to the pool,
                                 # even when one fails.
                                 done = await asyncio.gather(
-                                    runner.io(self._hash_plain, record, slices),
-                                    runner.io(self._absorb, record, slices),
+                                    runner.seal(self._hash_plain, record, slices),
+                                    runner.seal(self._absorb, record, slices),
                                     return_exceptions=True,
                                 )
                                 for outcome in done:
@@ -401,7 +401,7 @@ class SegmentWriter:
                         return None
                     if item == _CLOSE:
                         break
-                await runner.io(self._end, record)
+                await runner.seal(self._end, record)
         except BaseException as exc:
             record.error = exc
             self._release(record)

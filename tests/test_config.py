@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ def test_a_bad_config_file_is_refused(tmp_path: Path, text: str, message: str) -
         ({"segment_size": 1000}, "segment_size"),
         ({"max_writers": 0}, "max_writers"),
         ({"receive_budget": MiB - 1}, "receive_budget"),
+        ({"seal_threads": -1}, "seal_threads"),
         ({"store": "ftp://x"}, "store must be"),
         ({"store": "s3://bucket"}, "GATEWAY_S3_ENDPOINT"),
         ({"store": "s3://b", "s3_endpoint": "127.0.0.1:9000", "segment_size": MiB}, "5 MiB"),
@@ -77,6 +79,14 @@ def test_a_bad_config_file_is_refused(tmp_path: Path, text: str, message: str) -
 def test_invalid_settings_are_refused(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(values, environ={})
+
+
+def test_sealing_gets_a_thread_per_core_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert load_settings(environ={}).sealing_threads == 6
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert load_settings(environ={}).sealing_threads == 2  # hash and encrypt side by side
+    assert load_settings(environ={"GATEWAY_SEAL_THREADS": "3"}).sealing_threads == 3
 
 
 def test_worker_processes_rebuild_the_same_settings() -> None:
