@@ -44,6 +44,9 @@ from gateway.tus.headers import ChecksumHeader
 
 SLICE = 1 << 20  # plaintext handed to the sealing thread at once
 QUEUED_LIMIT = 12 << 20  # plaintext one upload may have waiting before its reading pauses
+# A body announced this short that ends inside its segment is kept whole and sealed as
+# one tail piece at its end, instead of re-sealing the segment's earlier bytes with it.
+TAIL_DIRECT = 2 << 20
 
 
 class BodyInterrupted(Exception):
@@ -172,6 +175,10 @@ class SegmentWriter:
         self._fill = upload.offset % self._segment_size
         self._new_from = self._fill  # bytes before this came from earlier requests
         self._preload: bytearray | None = None  # those bytes, read back from tail pieces
+        # A body that ends inside its segment (its length says so): its bytes, kept
+        # for one tail piece, and the units of the shared budget they are counted in.
+        self._tail: bytearray | None = None
+        self._tail_units = 0
         self._open: _Record | None = None  # the record the next bytes go to
         self._cut: _Record | None = None  # the unfinished record, once the body ended
         pools = pools if pools is not None else Pools(keep=0)
@@ -204,10 +211,38 @@ class SegmentWriter:
                 return
         pieces = await self._runner.db(self._catalog.tail_pieces, self.upload.id)
         pieces = sorted((p for p in pieces if p.segment == self._segment), key=lambda p: p.piece)
-        if pieces or self._fill:
-            self._preload = await self._runner.io(self._load_pieces, pieces)
         self._old_pieces = pieces
         self._next_piece = pieces[-1].piece + 1 if pieces else 0
+        if await self._keep_as_tail():
+            return  # the segment's earlier bytes are not needed: it does not fill now
+        if pieces or self._fill:
+            self._preload = await self._runner.io(self._load_pieces, pieces)
+
+    async def _keep_as_tail(self) -> bool:
+        """Whether this body becomes one tail piece, sealed when it ends.
+
+        So it is when its announced length ends it inside the segment it starts in, it
+        is short (TAIL_DIRECT) and the shared budget has room for it right now (never
+        waited for: a body kept whole holds its share until it ends). Each of a mobile
+        client's small chunks then costs sealing its own bytes, not the segment's.
+        """
+        size = self._content_length
+        if size is None or not 0 < size <= TAIL_DIRECT:
+            return False
+        end = (self._segment + 1) * self._segment_size
+        if self.upload.length is not None:
+            end = min(end, self.upload.length)
+        if self.upload.offset + size >= end:
+            return False
+        units = -(-size // SLICE)
+        for taken in range(units):
+            if self._budget.locked():
+                for _ in range(taken):
+                    self._budget.release()
+                return False
+            await self._budget.acquire()  # free now: returns without waiting
+        self._tail, self._tail_units = bytearray(), units
+        return True
 
     def _load_pieces(self, pieces: list[TailPiece]) -> bytearray:
         plain = bytearray()
@@ -262,6 +297,16 @@ class SegmentWriter:
     async def _take(self, chunk: bytes) -> None:
         if self.upload.offset + self.received + len(chunk) > self._limit:
             raise Overflow
+        if self._tail is not None:
+            if self._content_length is not None and len(self._tail) + len(chunk) > (
+                self._content_length
+            ):
+                raise Overflow  # never past its Content-Length (HTTP framing sees to it)
+            self._tail += chunk
+            self._fill += len(chunk)
+            self.received += len(chunk)
+            metrics.BYTES_IN_FLIGHT.inc(len(chunk))
+            return
         view = memoryview(chunk)
         while view:
             record = self._open if self._open is not None else self._start_record()
@@ -665,6 +710,8 @@ class SegmentWriter:
             if self.interrupted:
                 return Outcome(self.committed, False, stop or "disconnected")
             assert self._client_hash is not None
+            if self._tail is not None:
+                await self._runner.seal(self._client_hash.update, self._tail)
             if self._client_hash.digest() != self._checksum.digest:
                 metrics.CHECKSUM_MISMATCHES.inc()
                 raise GatewayError(
@@ -687,9 +734,15 @@ class SegmentWriter:
         return Outcome(total, False, stop)
 
     def _put_piece(self, piece: TailPiece) -> None:
-        record = self._cut
-        assert record is not None and record.done == self._fill
-        plain = self._recover(record)[piece.start : piece.start + piece.length]
+        plain: Any
+        if self._tail is not None:
+            plain = self._tail
+        else:
+            record = self._cut
+            assert record is not None and record.done == self._fill
+            plain = self._recover(record)[piece.start : piece.start + piece.length]
+        if len(plain) != piece.length:
+            raise RuntimeError(f"tail piece of {piece.length} bytes has {len(plain)}")
         sealed = self._sealer.seal_tail(piece.segment, piece.piece, piece.start, plain)
         metrics.BYTES_SEALED.inc(piece.length)
         self._store.put(tail_key(self.upload.id, piece.segment, piece.piece), sealed)
@@ -730,6 +783,10 @@ class SegmentWriter:
     def close(self) -> None:
         """Account for received bytes that will never be recorded (refused or cut off)."""
         self._cut_open_record(discard=True)
+        self._tail = None
+        for _ in range(self._tail_units):
+            self._budget.release()
+        self._tail_units = 0
         metrics.BYTES_IN_FLIGHT.dec(self.upload.offset + self.received - self.committed)
         self.received = self.committed - self.upload.offset
 
