@@ -178,6 +178,7 @@ class SegmentWriter:
         # A body that ends inside its segment (its length says so): its bytes, kept
         # for one tail piece, and the units of the shared budget they are counted in.
         self._tail: bytearray | None = None
+        self._tail_fill = 0
         self._tail_units = 0
         self._open: _Record | None = None  # the record the next bytes go to
         self._cut: _Record | None = None  # the unfinished record, once the body ended
@@ -241,7 +242,7 @@ class SegmentWriter:
                     self._budget.release()
                 return False
             await self._budget.acquire()  # free now: returns without waiting
-        self._tail, self._tail_units = bytearray(), units
+        self._tail, self._tail_units = bytearray(size), units  # one allocation, filled
         return True
 
     def _load_pieces(self, pieces: list[TailPiece]) -> bytearray:
@@ -298,11 +299,11 @@ class SegmentWriter:
         if self.upload.offset + self.received + len(chunk) > self._limit:
             raise Overflow
         if self._tail is not None:
-            if self._content_length is not None and len(self._tail) + len(chunk) > (
-                self._content_length
-            ):
+            at = self._tail_fill
+            if at + len(chunk) > len(self._tail):
                 raise Overflow  # never past its Content-Length (HTTP framing sees to it)
-            self._tail += chunk
+            self._tail[at : at + len(chunk)] = chunk
+            self._tail_fill += len(chunk)
             self._fill += len(chunk)
             self.received += len(chunk)
             metrics.BYTES_IN_FLIGHT.inc(len(chunk))
@@ -711,7 +712,8 @@ class SegmentWriter:
                 return Outcome(self.committed, False, stop or "disconnected")
             assert self._client_hash is not None
             if self._tail is not None:
-                await self._runner.seal(self._client_hash.update, self._tail)
+                kept = memoryview(self._tail)[: self._tail_fill]
+                await self._runner.seal(self._client_hash.update, kept)
             if self._client_hash.digest() != self._checksum.digest:
                 metrics.CHECKSUM_MISMATCHES.inc()
                 raise GatewayError(
@@ -736,7 +738,7 @@ class SegmentWriter:
     def _put_piece(self, piece: TailPiece) -> None:
         plain: Any
         if self._tail is not None:
-            plain = self._tail
+            plain = memoryview(self._tail)[: self._tail_fill]
         else:
             record = self._cut
             assert record is not None and record.done == self._fill

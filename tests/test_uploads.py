@@ -25,7 +25,7 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
 from gateway.tus.headers import ChecksumHeader
 from gateway.uploads import Uploads
-from gateway.writer import SegmentWriter
+from gateway.writer import BodyInterrupted, SegmentWriter
 from tests.fakes import InPlaceMemoryStore, MemoryStore
 
 S = 64 * 1024
@@ -228,6 +228,23 @@ async def test_a_short_body_kept_whole_is_checked_against_its_checksum(
     rest = os.urandom(S - len(data))
     done, _ = await service.write(ME, upload.id, offset=len(data), body=body(rest))
     assert read(service, done) == data + rest
+
+
+async def test_a_short_body_kept_whole_saves_what_came_when_the_client_goes(
+    service: Uploads,
+) -> None:
+    data = os.urandom(S)
+
+    async def gone_halfway() -> AsyncIterator[bytes]:
+        yield data[:1000]
+        yield data[1000 : S // 4]
+        raise BodyInterrupted
+
+    upload = await service.create(ME, length=len(data), metadata=None)
+    await service.write(ME, upload.id, offset=0, body=gone_halfway(), content_length=S // 2)
+    assert (await service.get(ME, upload.id)).offset == S // 4
+    done, _ = await service.write(ME, upload.id, offset=S // 4, body=body(data[S // 4 :]))
+    assert read(service, done) == data
 
 
 async def test_a_body_is_kept_whole_only_with_room_in_the_budget_and_gives_it_back(
