@@ -22,11 +22,12 @@ from gateway.catalog.base import (
     OffsetConflict,
     Principal,
     RecordRow,
+    TailPiece,
     Upload,
 )
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
-from gateway.keys.base import KeyError_, KeyProvider
+from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
 from gateway.layout import data_key, upload_prefix
 from gateway.leases import Leases
 from gateway.reader import Reader
@@ -148,6 +149,9 @@ class Uploads:
 
     async def _owned(self, principal: Principal, upload_id: str) -> Upload:
         upload = await self.runner.db(self.catalog.get_upload, upload_id)
+        return self._check_owned(principal, upload)
+
+    def _check_owned(self, principal: Principal, upload: Upload | None) -> Upload:
         # Someone else's upload is indistinguishable from a missing one.
         if (
             upload is None
@@ -162,7 +166,9 @@ class Uploads:
         return upload
 
     async def sealer_for(self, upload: Upload) -> Sealer:
-        wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
+        return self._sealer(upload, await self.runner.db(self.catalog.wrapped_key, upload.dek_id))
+
+    def _sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
         if wrapped is None:
             raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
         try:
@@ -333,7 +339,9 @@ class Uploads:
         acquire_wait: float | None,
     ) -> tuple[Upload, Outcome]:
         async with self.leases.held(upload_id, watch=True, wait=acquire_wait) as control:
-            upload = await self._owned(principal, upload_id)  # as of now, under the lease
+            # As of now, under the lease; with its key and tail pieces, in one catalog call.
+            found, wrapped, pieces = await self.runner.db(self._writing_state, upload_id)
+            upload = self._check_owned(principal, found)
             if offset != upload.offset:
                 raise GatewayError(
                     ERR.MISMATCHED_OFFSET,
@@ -360,7 +368,7 @@ class Uploads:
                 return upload, Outcome(upload.offset, True, None)
             writer = SegmentWriter(
                 upload=upload,
-                sealer=await self.sealer_for(upload),
+                sealer=self._sealer(upload, wrapped),
                 store=self.store,
                 catalog=self.catalog,
                 runner=self.runner,
@@ -377,7 +385,7 @@ class Uploads:
                 slices=self._slices,
             )
             try:
-                await writer.prepare()
+                await writer.prepare(pieces)
                 try:
                     await writer.receive(body)
                 except Overflow:
@@ -449,6 +457,15 @@ class Uploads:
         )
         metrics.UPLOADS_FINISHED.inc()
         log.info("upload finished", extra={"upload_id": upload.id, "length": upload.length})
+
+    def _writing_state(
+        self, upload_id: str
+    ) -> tuple[Upload | None, WrappedKey | None, list[TailPiece]]:
+        """The upload, its wrapped key and its tail pieces (catalog thread)."""
+        upload = self.catalog.get_upload(upload_id)
+        if upload is None:
+            return None, None, []
+        return upload, self.catalog.wrapped_key(upload.dek_id), self.catalog.tail_pieces(upload_id)
 
     async def _settle_length(self, upload: Upload, length: int | None) -> Upload:
         if length is None:

@@ -202,15 +202,19 @@ class SegmentWriter:
 
     # -- before the body ----------------------------------------------------------------
 
-    async def prepare(self) -> None:
-        """Read the unfinished segment's tail pieces back, to go in front of the new bytes."""
+    async def prepare(self, pieces: list[TailPiece] | None = None) -> None:
+        """Read the unfinished segment's tail pieces back, to go in front of the new bytes.
+
+        `pieces`: the upload's tail pieces as the catalog has them, if already read.
+        """
         upload = self.upload
         if upload.length is not None and upload.offset == upload.length:
             rows = await self._runner.db(self._catalog.records, upload.id)
             if any(r.final for r in rows):
                 self._final_recorded = True
                 return
-        pieces = await self._runner.db(self._catalog.tail_pieces, self.upload.id)
+        if pieces is None:
+            pieces = await self._runner.db(self._catalog.tail_pieces, self.upload.id)
         pieces = sorted((p for p in pieces if p.segment == self._segment), key=lambda p: p.piece)
         self._old_pieces = pieces
         self._next_piece = pieces[-1].piece + 1 if pieces else 0
