@@ -1,9 +1,10 @@
 """One PATCH body -> sealed records and tail pieces, sealed while the bytes arrive.
 
 Each record is sealed as its plaintext comes in: the event loop hands the received
-chunks over in slices of about 1 MiB, and a worker thread hashes them, encrypts them
-with a streaming AES-GCM encryptor and hashes the ciphertext, one record after the
-other (in order, under `_seal_lock`). A store that writes in place (the folder) gets
+chunks over in slices of about 1 MiB, and two sealing threads take each batch side by
+side, one hashing the plaintext, the other encrypting it with a streaming AES-GCM
+encryptor and hashing the ciphertext; one record after the other (in order, under
+`_seal_lock`). A store that writes in place (the folder) gets
 each slice of ciphertext at once; for the others the record builds up in a buffer.
 When a record's last byte arrives only its last slice and the tag remain, then the
 part is made durable (`put_part`) while the next record is already being sealed; at
@@ -15,7 +16,9 @@ the whole body verifies. A body that ends mid-segment leaves its new bytes as on
 sealed tail piece, a new object; nothing is ever rewritten in place. The plaintext of
 such an unfinished record is not kept: it is decrypted again from the ciphertext this
 request wrote, after checking that ciphertext against the digest taken as it was
-written.
+written. A short body whose Content-Length ends it inside its segment skips the record
+altogether: its bytes are kept whole and sealed as the tail piece when it ends, so the
+segment's earlier pieces are not read back until the PATCH that fills it.
 """
 
 from __future__ import annotations
@@ -740,7 +743,7 @@ class SegmentWriter:
         return Outcome(total, False, stop)
 
     def _put_piece(self, piece: TailPiece) -> None:
-        plain: Any
+        plain: bytes | memoryview
         if self._tail is not None:
             plain = memoryview(self._tail)[: self._tail_fill]
         else:
