@@ -112,6 +112,29 @@ def test_spans_start_their_writeback_and_parts_are_made_durable(
     assert started == [(5000, 400), (5400, 50)] and len(synced) == 1
 
 
+def test_directories_made_for_an_object_are_made_durable(
+    store: FolderStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    fsync_dir = folder._fsync_dir
+
+    def record(path: Path) -> None:
+        synced.append(path)
+        fsync_dir(path)
+
+    monkeypatch.setattr(folder, "_fsync_dir", record)
+    store.put("U/tail/0/0", b"piece")
+    root = store.root
+    # Each new directory in its parent, then the object in its own.
+    assert synced == [root, root / "U", root / "U/tail", root / "U/tail/0"]
+    synced.clear()
+    store.put("U/tail/0/1", b"piece")
+    assert synced == [root / "U/tail/0"]  # nothing new to make durable but the entry
+    synced.clear()
+    store.start_multipart("V/data")
+    assert synced == [root, root / "V", root / "V/.multipart"]
+
+
 def test_a_stale_writer_is_refused_a_span(store: FolderStore) -> None:
     mid = store.start_multipart("U/data")
     store.write_span("U/data", mid, 0, [b"new"], fence=8)

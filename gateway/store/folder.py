@@ -47,7 +47,7 @@ class FolderStore:
         multipart_id = secrets.token_hex(8)
         path = self._multipart_path(key, multipart_id)
         with _storage_errors():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
             _fsync_dir(path.parent)
@@ -159,7 +159,7 @@ class FolderStore:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         with _storage_errors():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 _pwrite_all(fd, [data], 0)
@@ -247,6 +247,22 @@ def _fenced(path: Path, fence: int) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _make_dirs(path: Path) -> None:
+    """`mkdir -p`, making each directory it had to create durable in its parent.
+
+    fsync of a file and of its directory does not make a directory created for it
+    durable in turn: after a power cut the whole new branch could be gone.
+    """
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another writer was quicker
+            directory.mkdir()
+        _fsync_dir(directory.parent)
 
 
 def _fsync_dir(path: Path) -> None:
