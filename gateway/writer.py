@@ -50,6 +50,7 @@ QUEUED_LIMIT = 12 << 20  # plaintext one upload may have waiting before its read
 # A body announced this short that ends inside its segment is kept whole and sealed as
 # one tail piece at its end, instead of re-sealing the segment's earlier bytes with it.
 TAIL_DIRECT = 2 << 20
+_PIECE_NUMBERS = 1 << 32  # a tail piece's number is a u32 in its associated data
 
 
 class BodyInterrupted(Exception):
@@ -218,13 +219,28 @@ class SegmentWriter:
                 return
         if pieces is None:
             pieces = await self._runner.db(self._catalog.tail_pieces, self.upload.id)
-        pieces = sorted((p for p in pieces if p.segment == self._segment), key=lambda p: p.piece)
+        pieces = sorted((p for p in pieces if p.segment == self._segment), key=lambda p: p.start)
         self._old_pieces = pieces
-        self._next_piece = pieces[-1].piece + 1 if pieces else 0
+        self._next_piece = self._piece_number(pieces)
         if await self._keep_as_tail():
             return  # the segment's earlier bytes are not needed: it does not fill now
         if pieces or self._fill:
             self._preload = await self._runner.io(self._load_pieces, pieces)
+
+    def _piece_number(self, recorded: list[TailPiece]) -> int:
+        """The number of the tail piece this request may write: its lease's token.
+
+        Tokens are unique, so two requests never write the same piece object: a writer
+        that lost its lease while paused (a process stopped longer than the takeover
+        time, say) and stores its piece late puts it beside the new holder's, never
+        over a recorded one. It is never recorded (its commit fails) and goes with
+        the upload's other leftovers. Pieces are ordered by where they start.
+        """
+        number = self._control.lease.token % _PIECE_NUMBERS
+        taken = {p.piece for p in recorded}
+        while number in taken:  # only after 2**32 leases, or pieces numbered 0, 1, 2...
+            number = (number + 1) % _PIECE_NUMBERS
+        return number
 
     async def _keep_as_tail(self) -> bool:
         """Whether this body becomes one tail piece, sealed when it ends.
@@ -398,7 +414,7 @@ class SegmentWriter:
         self._segment += 1
         self._fill = 0
         self._new_from = 0
-        self._next_piece = 0
+        self._next_piece = self._piece_number([])
         self._last_sealed_final = record.final
         # No byte can follow a final record: the body's end need not wait for storage.
         while len(self._inflight) > self._depth and not record.final:

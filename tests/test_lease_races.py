@@ -43,6 +43,8 @@ class SlowStore(MemoryStore):
         self.complete_gate: threading.Event | None = None
         self.fail_complete_once = False
         self.completing = threading.Event()
+        self.put_gate: threading.Event | None = None  # holds the next object write
+        self.putting = threading.Event()
 
     def put_part(
         self,
@@ -61,6 +63,13 @@ class SlowStore(MemoryStore):
         return super().put_part(
             key, multipart_id, number, offset, chunks, sha256, fence=fence, written=written
         )
+
+    def put(self, key: str, data: Buffer) -> None:
+        gate, self.put_gate = self.put_gate, None
+        if gate is not None:
+            self.putting.set()
+            gate.wait(30)
+        super().put(key, data)
 
     def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
         self.completing.set()
@@ -126,6 +135,41 @@ async def test_a_release_after_the_whole_body_arrived_does_not_fail_the_request(
     assert caught.value.err is ERR.MISMATCHED_OFFSET
     done, outcome = await first
     assert outcome.complete and done.state == COMPLETE
+    assert read(service, upload.id) == data
+
+
+async def test_a_writer_that_lost_its_lease_cannot_replace_a_recorded_tail_piece(
+    service: Uploads, store: SlowStore
+) -> None:
+    """Regression: tail pieces were numbered from the catalog (last + 1), so a writer
+    whose lease was taken over while it was paused, and which stored its piece late,
+    wrote the very object the new holder had recorded: the next PATCH found that piece
+    failing authentication and the upload could never finish."""
+    data = os.urandom(2 * S)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    gate = threading.Event()
+    store.put_gate = gate
+    stale = asyncio.create_task(
+        service.write(ME, upload.id, offset=0, body=body(data[:1000]), content_length=1000)
+    )
+    try:
+        await asyncio.to_thread(store.putting.wait, 10)  # its piece is on its way
+        # Its process stops for longer than the takeover time: the lease goes to another
+        # holder, which here lets go again at once.
+        lease = service.catalog.acquire_lease(upload.id, "elsewhere", 30.0, time.time() + 3600)
+        assert lease is not None
+        service.catalog.release_lease(lease)
+        _, outcome = await service.write(
+            ME, upload.id, offset=0, body=body(data[:3000]), content_length=3000
+        )
+        assert outcome.offset == 3000
+    finally:
+        gate.set()  # the paused writer wakes up: its piece is stored late
+    with pytest.raises(GatewayError) as caught:
+        await stale
+    assert caught.value.err in (ERR.UPLOAD_INTERRUPTED, ERR.MISMATCHED_OFFSET)
+    done, _ = await service.write(ME, upload.id, offset=3000, body=body(data[3000:]))
+    assert done.state == COMPLETE
     assert read(service, upload.id) == data
 
 
