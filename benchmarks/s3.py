@@ -7,12 +7,15 @@ with GATEWAY_STORE=s3://..., both on loopback. Each run alternates (ABBA) one
 single-PATCH curl upload through the gateway (sealing, hashing, fsync of the
 catalog) and a direct multipart put of the same file with the minio client, 8 MiB
 parts, the same part size the gateway uses. Prints both throughputs and the ratio;
-the target is gateway / direct >= 0.9.
+the target is gateway / direct >= 0.9. Also the CPU seconds each side used (the
+gateway or the minio client, and the S3 server) and how many of the machine's cores
+were busy during the upload (/proc/stat), to show where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import time
@@ -21,6 +24,26 @@ from pathlib import Path
 from benchlib import MB, WORK, Gateway, MiB, curl_single, log, random_file, tree_cpu
 
 from tests.s3server import SeaweedS3
+
+
+class MachineBusy:
+    """Cores busy (not idle, not waiting for I/O) between enter and exit, from /proc/stat."""
+
+    def __enter__(self) -> MachineBusy:
+        self._start = _cpu_ticks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        idle0, total0 = self._start
+        idle1, total1 = _cpu_ticks()
+        cores = os.cpu_count() or 1
+        self.cores = cores * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return values[3] + values[4], sum(values)
 
 
 def direct_put(s3: SeaweedS3, bucket: str, path: Path) -> float:
@@ -61,12 +84,16 @@ def main() -> None:
         curl_single(gateway, warm)
         direct_put(s3, bucket, warm.path)
         through, direct, cpus, weed = [], [], [], []
+        busy: dict[str, list[float]] = {"gw": [], "direct": []}
+        client_cpu: list[float] = []
         order = ["gw", "direct", "direct", "gw"] * ((args.runs + 1) // 2)
         for side in order[: 2 * args.runs]:
             if side == "gw":
                 cpu = tree_cpu(gateway.pid)
                 weed0 = tree_cpu(s3.proc.pid)
-                result = curl_single(gateway, f)
+                with MachineBusy() as machine:
+                    result = curl_single(gateway, f)
+                busy["gw"].append(machine.cores)
                 cpus.append(tree_cpu(gateway.pid) - cpu)
                 weed.append(tree_cpu(s3.proc.pid) - weed0)
                 size, digest = gateway.stored_sha256(result.urls[0])
@@ -74,20 +101,33 @@ def main() -> None:
                 through.append(result.mb_s)
                 log(
                     f"  gateway -> S3   {result.mb_s:7.1f} MB/s   gateway CPU {cpus[-1]:.2f} s, "
-                    f"S3 server CPU {weed[-1]:.2f} s"
+                    f"S3 server CPU {weed[-1]:.2f} s, {machine.cores:.2f} cores busy"
                 )
             else:
                 weed0 = tree_cpu(s3.proc.pid)
-                seconds = direct_put(s3, bucket, f.path)
-                log(f"  (S3 server CPU {tree_cpu(s3.proc.pid) - weed0:.2f} s)")
+                mine = time.process_time()  # the minio client runs in this process
+                with MachineBusy() as machine:
+                    seconds = direct_put(s3, bucket, f.path)
+                busy["direct"].append(machine.cores)
+                client_cpu.append(time.process_time() - mine)
                 direct.append(f.size / seconds / MB)
-                log(f"  direct put      {direct[-1]:7.1f} MB/s")
+                log(
+                    f"  direct put      {direct[-1]:7.1f} MB/s   minio client CPU "
+                    f"{client_cpu[-1]:.2f} s, S3 server CPU {tree_cpu(s3.proc.pid) - weed0:.2f} s, "
+                    f"{machine.cores:.2f} cores busy"
+                )
         gw, dp = statistics.median(through), statistics.median(direct)
         print(f"file {args.size_mib} MiB, {len(through)} runs each, median MB/s (10^6 B/s)")
         print(f"  gateway -> SeaweedFS (encrypting): {gw:8.1f}")
         print(f"  direct multipart put (minio):      {dp:8.1f}")
         print(f"  ratio gateway / direct:            {gw / dp:8.2f}   (target >= 0.90)")
         print(f"  gateway CPU s per upload (median): {statistics.median(cpus):8.2f}")
+        print(f"  minio client CPU s per put:        {statistics.median(client_cpu):8.2f}")
+        print(f"  S3 server CPU s per gateway upload:{statistics.median(weed):8.2f}")
+        print(
+            f"  cores busy (of {os.cpu_count()}), gateway / direct: "
+            f"{statistics.median(busy['gw']):.2f} / {statistics.median(busy['direct']):.2f}"
+        )
     finally:
         if gateway is not None:
             gateway.stop()
