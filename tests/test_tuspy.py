@@ -124,6 +124,25 @@ def test_odd_chunks_small_segments(
     assert sha256(read_stored(server.data_dir, _upload_id(url))) == digest
 
 
+@pytest.mark.parametrize("upload_checksum", [False, True], ids=["plain", "sha1"])
+def test_mobile_sized_chunks(
+    gateway: GatewayProcess, tmp_path: Path, upload_checksum: bool
+) -> None:
+    """512 KiB chunks of 8 MiB segments, as mobile clients send them: all but one PATCH
+    per segment are kept whole and sealed as tail pieces, the last one fills the record."""
+    path = tmp_path / "mobile.bin"
+    size = 18 * MiB + 777
+    digest = _random_file(path, size)
+
+    url = _upload(
+        gateway, path, chunk_size=512 * 1024, metadata={"filename": "mobile.bin"},
+        upload_checksum=upload_checksum,
+    )  # fmt: skip
+
+    assert _head(gateway, url).headers["Upload-Offset"] == str(size)
+    assert sha256(read_stored(gateway.data_dir, _upload_id(url))) == digest
+
+
 @pytest.mark.parametrize("segment_size", [None, "65536"])
 def test_upload_checksum_sha1(
     gateway_factory: Callable[..., GatewayProcess], tmp_path: Path, segment_size: str | None
