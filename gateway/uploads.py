@@ -165,9 +165,6 @@ class Uploads:
             raise GatewayError(ERR.UPLOAD_GONE, "this upload expired and is being removed")
         return upload
 
-    async def sealer_for(self, upload: Upload) -> Sealer:
-        return self._sealer(upload, await self.runner.db(self.catalog.wrapped_key, upload.dek_id))
-
     def _sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
         if wrapped is None:
             raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")

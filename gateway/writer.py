@@ -179,10 +179,10 @@ class SegmentWriter:
         self._fill = upload.offset % self._segment_size
         self._new_from = self._fill  # bytes before this came from earlier requests
         self._preload: bytearray | None = None  # those bytes, read back from tail pieces
-        # A body that ends inside its segment (its length says so): its bytes, kept
-        # for one tail piece, and the units of the shared budget they are counted in.
+        # A body that ends inside its segment (its length says so): its bytes (the
+        # first `received` of them), kept for one tail piece, and the units of the
+        # shared budget they are counted in.
         self._tail: bytearray | None = None
-        self._tail_fill = 0
         self._tail_units = 0
         self._open: _Record | None = None  # the record the next bytes go to
         self._cut: _Record | None = None  # the unfinished record, once the body ended
@@ -322,11 +322,10 @@ class SegmentWriter:
         if self.upload.offset + self.received + len(chunk) > self._limit:
             raise Overflow
         if self._tail is not None:
-            at = self._tail_fill
+            at = self.received
             if at + len(chunk) > len(self._tail):
                 raise Overflow  # never past its Content-Length (HTTP framing sees to it)
             self._tail[at : at + len(chunk)] = chunk
-            self._tail_fill += len(chunk)
             self._fill += len(chunk)
             self.received += len(chunk)
             metrics.BYTES_IN_FLIGHT.inc(len(chunk))
@@ -735,7 +734,7 @@ class SegmentWriter:
                 return Outcome(self.committed, False, stop or "disconnected")
             assert self._client_hash is not None
             if self._tail is not None:
-                kept = memoryview(self._tail)[: self._tail_fill]
+                kept = memoryview(self._tail)[: self.received]
                 await self._runner.seal(self._client_hash.update, kept)
             if self._client_hash.digest() != self._checksum.digest:
                 metrics.CHECKSUM_MISMATCHES.inc()
@@ -761,13 +760,11 @@ class SegmentWriter:
     def _put_piece(self, piece: TailPiece) -> None:
         plain: bytes | memoryview
         if self._tail is not None:
-            plain = memoryview(self._tail)[: self._tail_fill]
+            plain = memoryview(self._tail)[: self.received]
         else:
             record = self._cut
             assert record is not None and record.done == self._fill
             plain = self._recover(record)[piece.start : piece.start + piece.length]
-        if len(plain) != piece.length:
-            raise RuntimeError(f"tail piece of {piece.length} bytes has {len(plain)}")
         sealed = self._sealer.seal_tail(piece.segment, piece.piece, piece.start, plain)
         metrics.BYTES_SEALED.inc(piece.length)
         self._store.put(tail_key(self.upload.id, piece.segment, piece.piece), sealed)
