@@ -10,6 +10,10 @@ parts, the same part size the gateway uses. Prints both throughputs and the rati
 the target is gateway / direct >= 0.9. Also the CPU seconds each side used (the
 gateway or the minio client, and the S3 server) and how many of the machine's cores
 were busy during the upload (/proc/stat), to show where the time goes.
+
+With --pin the S3 server runs on the first CPU and everything else (the gateway,
+curl, the minio client) on the others, as if the store had a host of its own: both
+sides then get the same CPU for the S3 server, and none of it goes to the sender.
 """
 
 from __future__ import annotations
@@ -54,10 +58,30 @@ def direct_put(s3: SeaweedS3, bucket: str, path: Path) -> float:
     return time.perf_counter() - started
 
 
+def pin(server_pid: int) -> None:
+    """Put every thread of the S3 server on the first CPU, this process on the others.
+
+    Threads the server starts later inherit its CPU; the gateway and curl are started
+    by this process after this call and inherit the others.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least two CPUs")
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpus[0]})
+    os.sched_setaffinity(0, set(cpus[1:]))
+    log(f"S3 server pinned to CPU {cpus[0]}, gateway, curl and minio client to {cpus[1:]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3, help="runs per side (ABBA order)")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the S3 server on the first CPU, the gateway, curl and the minio client on the rest",
+    )
     args = parser.parse_args()
     f = random_file(args.size_mib * MiB)
     # A fresh SeaweedFS data dir each time, removed at the end: deleted objects stay in
@@ -68,6 +92,8 @@ def main() -> None:
     s3.start()
     gateway = None
     try:
+        if args.pin:
+            pin(s3.proc.pid)
         bucket = s3.fresh_bucket("bench")
         s3.client().make_bucket(bucket)
         gateway = Gateway(
