@@ -8,11 +8,14 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gateway import metrics
 from gateway.catalog.base import Catalog, Lease
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -24,6 +27,9 @@ class Control:
     last_activity: float = field(default_factory=time.monotonic)
     in_receive: bool = False
     task: asyncio.Task[object] | None = None
+    loaded: object = None  # what `held(load=...)` read as the lease was taken
+    released: bool = False
+    watcher: asyncio.Task[None] | None = None
 
     def stop(self, reason: str) -> None:
         """Ask the writer to stop reading; a read blocked on the network is cut.
@@ -90,6 +96,14 @@ class Leases:
     async def acquire(self, upload_id: str, *, wait: float | None = None) -> Lease:
         """Take the upload's lease, asking its holder to let go; give up after `wait`
         seconds (default acquire_timeout; 0 makes a single attempt)."""
+        lease, _ = await self._acquire(upload_id, wait, None)
+        return lease
+
+    async def _acquire(
+        self, upload_id: str, wait: float | None, load: Callable[[], object] | None
+    ) -> tuple[Lease, object]:
+        """`acquire`; `load` runs on the catalog thread right after the lease is taken,
+        in the same call (one hop fewer for each request), and its result comes back."""
         holder = f"{self._instance}:{secrets.token_hex(6)}"
         started = time.monotonic()
         deadline = started + (self._acquire_timeout if wait is None else wait)
@@ -99,12 +113,12 @@ class Leases:
             # renew to now + ttl, so asking "as of now + ttl - stale_after" takes over a
             # holder silent for stale_after; the new lease still expires at now + ttl.
             horizon = self._clock() + self._ttl - self._stale_after
-            lease = await self._runner.db(
-                self._catalog.acquire_lease, upload_id, holder, self._stale_after, horizon
+            lease, loaded = await self._runner.db(
+                self._take, upload_id, holder, self._stale_after, horizon, load
             )
             if lease is not None:
                 metrics.LOCK_WAIT.observe(time.monotonic() - started)
-                return lease
+                return lease, loaded
             if not asked:
                 asked = True
                 metrics.RELEASE_REQUESTS.inc()
@@ -117,33 +131,80 @@ class Leases:
                 )
             await asyncio.sleep(0.02 if local is not None else self._poll / 2)
 
+    def _take(
+        self,
+        upload_id: str,
+        holder: str,
+        ttl: float,
+        now: float,
+        load: Callable[[], object] | None,
+    ) -> tuple[Lease | None, object]:
+        """One attempt at the lease, then `load` if it was taken (catalog thread)."""
+        lease = self._catalog.acquire_lease(upload_id, holder, ttl, now)
+        if lease is None or load is None:
+            return lease, None
+        try:
+            return lease, load()
+        except BaseException:
+            self._catalog.release_lease(lease)
+            raise
+
     async def release(self, lease: Lease) -> None:
         await self._runner.db(self._catalog.release_lease, lease)
 
+    async def release_reading(self, control: Control, read: Callable[[], T]) -> T:
+        """Hand the lease back early, and run `read` in the same catalog call, before
+        the release (so it sees the upload as this holder left it)."""
+        await self._stop_watching(control)
+        control.released = True
+        return await self._runner.db(self._release_after, control.lease, read)
+
+    def _release_after(self, lease: Lease, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        finally:
+            self._catalog.release_lease(lease)
+
     @contextlib.asynccontextmanager
     async def held(
-        self, upload_id: str, *, watch: bool = False, wait: float | None = None
+        self,
+        upload_id: str,
+        *,
+        watch: bool = False,
+        wait: float | None = None,
+        load: Callable[[], object] | None = None,
     ) -> AsyncIterator[Control]:
-        """Hold the upload's lease for the block, renewing it; with `watch`, poll for stops."""
-        lease = await self.acquire(upload_id, wait=wait)
-        control = Control(lease, task=asyncio.current_task())
+        """Hold the upload's lease for the block, renewing it; with `watch`, poll for stops.
+
+        With `load`, `control.loaded` is what it read as the lease was taken. The block
+        may hand the lease back early with `release_reading`.
+        """
+        lease, loaded = await self._acquire(upload_id, wait, load)
+        control = Control(lease, task=asyncio.current_task(), loaded=loaded)
         if watch:
             self._active[upload_id] = control
             metrics.ACTIVE_UPLOADS.inc()
         # Renewal goes on until the lease is handed back, also while a stopped writer
         # seals and records what it has: a silent holder counts as a dead one.
-        watcher = asyncio.create_task(self._watch(control, stoppable=watch))
+        control.watcher = asyncio.create_task(self._watch(control, stoppable=watch))
         try:
             yield control
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await self._stop_watching(control)
             if watch:
                 metrics.ACTIVE_UPLOADS.dec()
                 if self._active.get(upload_id) is control:
                     del self._active[upload_id]
-            await self.release(control.lease)
+            if not control.released:
+                control.released = True
+                await self.release(control.lease)
+
+    async def _stop_watching(self, control: Control) -> None:
+        watcher, control.watcher = control.watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     async def _watch(self, control: Control, *, stoppable: bool) -> None:
         timeout = self._network_timeout

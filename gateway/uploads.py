@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import TypeAlias, TypeVar, cast
 
 from gateway import metrics
 from gateway.buffers import Pools
@@ -47,6 +48,8 @@ from gateway.writer import (
 
 log = logging.getLogger("gateway.uploads")
 T = TypeVar("T")
+# What a write reads as it takes the lease: the upload, its wrapped key, its tail pieces.
+_WritingState: TypeAlias = tuple[Upload | None, WrappedKey | None, list[TailPiece]]
 _MAX_RUNNING_HASHES = 10_000  # one small object per upload between its requests
 
 # What this service supports, in the order tus clients expect to read it.
@@ -335,9 +338,13 @@ class Uploads:
         content_length: int | None,
         acquire_wait: float | None,
     ) -> tuple[Upload, Outcome]:
-        async with self.leases.held(upload_id, watch=True, wait=acquire_wait) as control:
-            # As of now, under the lease; with its key and tail pieces, in one catalog call.
-            found, wrapped, pieces = await self.runner.db(self._writing_state, upload_id)
+        # The upload as of now, under the lease, with its key and tail pieces: read in
+        # the catalog call that takes the lease.
+        state = functools.partial(self._writing_state, upload_id)
+        async with self.leases.held(
+            upload_id, watch=True, wait=acquire_wait, load=state
+        ) as control:
+            found, wrapped, pieces = cast(_WritingState, control.loaded)
             upload = self._check_owned(principal, found)
             if offset != upload.offset:
                 raise GatewayError(
@@ -417,7 +424,11 @@ class Uploads:
                 raise GatewayError(ERR.MISMATCHED_OFFSET, "the upload moved on") from exc
             finally:
                 writer.close()
-        upload = await self._owned(principal, upload_id)
+            # The upload as recorded, read in the catalog call that hands the lease back.
+            found = await self.leases.release_reading(
+                control, functools.partial(self.catalog.get_upload, upload_id)
+            )
+        upload = self._check_owned(principal, found)
         if outcome.stop_reason in _STOPPED:
             err, sentence = _STOPPED[outcome.stop_reason]
             raise GatewayError(err, sentence, headers={"Upload-Offset": str(upload.offset)})
@@ -455,9 +466,7 @@ class Uploads:
         metrics.UPLOADS_FINISHED.inc()
         log.info("upload finished", extra={"upload_id": upload.id, "length": upload.length})
 
-    def _writing_state(
-        self, upload_id: str
-    ) -> tuple[Upload | None, WrappedKey | None, list[TailPiece]]:
+    def _writing_state(self, upload_id: str) -> _WritingState:
         """The upload, its wrapped key and its tail pieces (catalog thread)."""
         upload = self.catalog.get_upload(upload_id)
         if upload is None:

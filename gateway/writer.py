@@ -767,7 +767,8 @@ class SegmentWriter:
             plain = self._recover(record)[piece.start : piece.start + piece.length]
         sealed = self._sealer.seal_tail(piece.segment, piece.piece, piece.start, plain)
         metrics.BYTES_SEALED.inc(piece.length)
-        self._store.put(tail_key(self.upload.id, piece.segment, piece.piece), sealed)
+        # Fresh: a piece's number is its request's own (see _piece_number).
+        self._store.put(tail_key(self.upload.id, piece.segment, piece.piece), sealed, fresh=True)
         metrics.BYTES_STORED.inc(len(sealed))
 
     async def _complete(self, total: int) -> None:

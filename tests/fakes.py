@@ -63,7 +63,7 @@ class MemoryStore:
     def abort_multipart(self, key: str, multipart_id: str) -> None:
         self.multipart.pop(multipart_id, None)
 
-    def put(self, key: str, data: Buffer) -> None:
+    def put(self, key: str, data: Buffer, *, fresh: bool = False) -> None:
         self._write()
         self.objects[key] = bytes(data)
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,12 +65,12 @@ class SlowStore(MemoryStore):
             key, multipart_id, number, offset, chunks, sha256, fence=fence, written=written
         )
 
-    def put(self, key: str, data: Buffer) -> None:
+    def put(self, key: str, data: Buffer, *, fresh: bool = False) -> None:
         gate, self.put_gate = self.put_gate, None
         if gate is not None:
             self.putting.set()
             gate.wait(30)
-        super().put(key, data)
+        super().put(key, data, fresh=fresh)
 
     def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
         self.completing.set()
@@ -311,6 +312,61 @@ async def test_a_stopped_writer_keeps_its_lease_until_it_lets_go(
         assert state.valid
     lease = await waiting
     assert lease.token > control.lease.token
+
+
+async def test_held_reads_under_the_lease_in_the_call_that_takes_it(
+    catalog: SQLiteCatalog, runner: Runner
+) -> None:
+    leases = _leases(catalog, runner)
+    calls = 0
+    db = runner.db
+
+    async def counting(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await db(fn, *args, **kwargs)
+
+    runner.db = counting  # type: ignore[method-assign]
+
+    def load() -> str:
+        # Under the lease already: anyone else is refused it.
+        assert catalog.acquire_lease("u5", "someone else", 30.0, time.time()) is None
+        return "state"
+
+    async with leases.held("u5", load=load) as control:
+        assert control.loaded == "state"
+        assert calls == 1
+
+
+async def test_a_failing_load_hands_the_lease_back(catalog: SQLiteCatalog, runner: Runner) -> None:
+    leases = _leases(catalog, runner)
+
+    def load() -> None:
+        raise RuntimeError("catalog read failed")
+
+    with pytest.raises(RuntimeError):
+        async with leases.held("u6", load=load):
+            pass  # pragma: no cover
+    await _leases(catalog, runner).acquire("u6", wait=0)  # free at once
+
+
+async def test_release_reading_reads_before_the_lease_goes_back(
+    catalog: SQLiteCatalog, runner: Runner
+) -> None:
+    leases, other = _leases(catalog, runner), _leases(catalog, runner)
+
+    def read() -> str:
+        assert catalog.acquire_lease("u7", "someone else", 30.0, time.time()) is None
+        return "as left"
+
+    async with leases.held("u7", watch=True) as control:
+        assert await leases.release_reading(control, read) == "as left"
+        taken = await other.acquire("u7", wait=0)  # handed back already
+        await asyncio.sleep(0.2)  # the renewal stopped: it would fail, and stop us
+        assert control.stop_reason is None
+    # Leaving the block does not hand back someone else's lease.
+    state = await runner.db(catalog.renew_lease, taken, 30.0, time.time())
+    assert state.valid
 
 
 async def test_a_writer_stopped_twice_in_a_row_still_saves_and_answers(

@@ -112,6 +112,28 @@ def test_spans_start_their_writeback_and_parts_are_made_durable(
     assert started == [(5000, 400), (5400, 50)] and len(synced) == 1
 
 
+def test_a_fresh_object_is_written_in_place_and_made_durable(
+    store: FolderStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tail piece's file and its directory entry: one journal commit, not a temporary
+    file and a rename (a second one)."""
+    store.put("U/tail/0/7", b"seed")  # makes the directories
+    synced: list[int | Path] = []
+    monkeypatch.setattr(folder.os, "fdatasync", synced.append)
+    monkeypatch.setattr(folder, "_fsync_dir", synced.append)
+
+    def no_rename(*args: object) -> None:
+        raise AssertionError("a fresh object is not renamed into place")
+
+    monkeypatch.setattr(folder.os, "replace", no_rename)
+    junk = store.root / "U/tail/0/5"
+    junk.write_bytes(b"x" * 1000)  # left half written by a writer that crashed
+    store.put("U/tail/0/5", b"piece", fresh=True)
+    assert store.get("U/tail/0/5") == b"piece"  # started over, not written over
+    assert len(synced) == 2 and synced[1] == store.root / "U/tail/0"
+    assert sorted(p.name for p in junk.parent.iterdir()) == ["5", "7"]
+
+
 def test_directories_made_for_an_object_are_made_durable(
     store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

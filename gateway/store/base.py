@@ -80,8 +80,12 @@ class ObjectStore(Protocol):
     def abort_multipart(self, key: str, multipart_id: str) -> None:
         """Drop an unfinished multipart upload and its parts."""
 
-    def put(self, key: str, data: Buffer) -> None:
-        """Durably store a small object in one call (tail pieces, manifests)."""
+    def put(self, key: str, data: Buffer, *, fresh: bool = False) -> None:
+        """Durably store a small object in one call (tail pieces, manifests).
+
+        `fresh`: nothing else ever writes `key`, and no one reads it before the catalog
+        names it (a tail piece), so a half-written object needs no hiding.
+        """
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         """Read an object, or a byte range of it. Raises ObjectNotFound."""

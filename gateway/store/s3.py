@@ -553,7 +553,8 @@ class S3Store:
 
     # -- small objects
 
-    def put(self, key: str, data: Buffer) -> None:
+    def put(self, key: str, data: Buffer, *, fresh: bool = False) -> None:
+        """PutObject: S3 shows an object whole or not at all, fresh or not."""
         name = self._key(key)
         body = _as_bytes_like(data)
         digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
