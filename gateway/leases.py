@@ -96,14 +96,20 @@ class Leases:
     async def acquire(self, upload_id: str, *, wait: float | None = None) -> Lease:
         """Take the upload's lease, asking its holder to let go; give up after `wait`
         seconds (default acquire_timeout; 0 makes a single attempt)."""
-        lease, _ = await self._acquire(upload_id, wait, None)
+        lease, _ = await self._acquire(upload_id, wait, None, None)
         return lease
 
     async def _acquire(
-        self, upload_id: str, wait: float | None, load: Callable[[], object] | None
+        self,
+        upload_id: str,
+        wait: float | None,
+        check: Callable[[], None] | None,
+        load: Callable[[], object] | None,
     ) -> tuple[Lease, object]:
-        """`acquire`; `load` runs on the catalog thread right after the lease is taken,
-        in the same call (one hop fewer for each request), and its result comes back."""
+        """`acquire`, with `check` and `load` run on the catalog thread in the same call
+        as each attempt (a hop fewer for each): `check` before it, raising to refuse
+        the request before a holder is asked to let go; `load` right after the lease
+        is taken, its result coming back with the lease."""
         holder = f"{self._instance}:{secrets.token_hex(6)}"
         started = time.monotonic()
         deadline = started + (self._acquire_timeout if wait is None else wait)
@@ -114,7 +120,7 @@ class Leases:
             # holder silent for stale_after; the new lease still expires at now + ttl.
             horizon = self._clock() + self._ttl - self._stale_after
             lease, loaded = await self._runner.db(
-                self._take, upload_id, holder, self._stale_after, horizon, load
+                self._take, upload_id, holder, self._stale_after, horizon, check, load
             )
             if lease is not None:
                 metrics.LOCK_WAIT.observe(time.monotonic() - started)
@@ -137,9 +143,12 @@ class Leases:
         holder: str,
         ttl: float,
         now: float,
+        check: Callable[[], None] | None,
         load: Callable[[], object] | None,
     ) -> tuple[Lease | None, object]:
-        """One attempt at the lease, then `load` if it was taken (catalog thread)."""
+        """`check`, one attempt at the lease, then `load` if it was taken (catalog thread)."""
+        if check is not None:
+            check()
         lease = self._catalog.acquire_lease(upload_id, holder, ttl, now)
         if lease is None or load is None:
             return lease, None
@@ -172,14 +181,16 @@ class Leases:
         *,
         watch: bool = False,
         wait: float | None = None,
+        check: Callable[[], None] | None = None,
         load: Callable[[], object] | None = None,
     ) -> AsyncIterator[Control]:
         """Hold the upload's lease for the block, renewing it; with `watch`, poll for stops.
 
-        With `load`, `control.loaded` is what it read as the lease was taken. The block
-        may hand the lease back early with `release_reading`.
+        `check` runs before every attempt at the lease and may raise to refuse it. With
+        `load`, `control.loaded` is what it read as the lease was taken. The block may
+        hand the lease back early with `release_reading`.
         """
-        lease, loaded = await self._acquire(upload_id, wait, load)
+        lease, loaded = await self._acquire(upload_id, wait, check, load)
         control = Control(lease, task=asyncio.current_task(), loaded=loaded)
         if watch:
             self._active[upload_id] = control

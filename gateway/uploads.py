@@ -304,9 +304,6 @@ class Uploads:
 
         `acquire_wait` bounds the wait for a busy upload (default: acquire_timeout).
         """
-        upload = await self._owned(principal, upload_id)
-        if upload.concat is not None and upload.concat.startswith("final"):
-            raise GatewayError(ERR.MODIFY_FINAL, "a final concatenated upload cannot be patched")
         async with self._writer_slot():
             return await self._write_held(
                 principal, upload_id, offset, body, length, checksum, content_length, acquire_wait
@@ -338,11 +335,13 @@ class Uploads:
         content_length: int | None,
         acquire_wait: float | None,
     ) -> tuple[Upload, Outcome]:
-        # The upload as of now, under the lease, with its key and tail pieces: read in
-        # the catalog call that takes the lease.
+        # Whether the request may write, checked before the holder (if any) is asked to
+        # let go; then the upload as of now, under the lease, with its key and tail
+        # pieces. Both in the catalog call that takes the lease.
+        writable = functools.partial(self._writable, principal, upload_id)
         state = functools.partial(self._writing_state, upload_id)
         async with self.leases.held(
-            upload_id, watch=True, wait=acquire_wait, load=state
+            upload_id, watch=True, wait=acquire_wait, check=writable, load=state
         ) as control:
             found, wrapped, pieces = cast(_WritingState, control.loaded)
             upload = self._check_owned(principal, found)
@@ -465,6 +464,12 @@ class Uploads:
         )
         metrics.UPLOADS_FINISHED.inc()
         log.info("upload finished", extra={"upload_id": upload.id, "length": upload.length})
+
+    def _writable(self, principal: Principal, upload_id: str) -> None:
+        """Refuse a PATCH of someone else's upload, or of a final one (catalog thread)."""
+        upload = self._check_owned(principal, self.catalog.get_upload(upload_id))
+        if upload.concat is not None and upload.concat.startswith("final"):
+            raise GatewayError(ERR.MODIFY_FINAL, "a final concatenated upload cannot be patched")
 
     def _writing_state(self, upload_id: str) -> _WritingState:
         """The upload, its wrapped key and its tail pieces (catalog thread)."""

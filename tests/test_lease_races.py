@@ -338,6 +338,24 @@ async def test_held_reads_under_the_lease_in_the_call_that_takes_it(
         assert calls == 1
 
 
+async def test_a_failing_check_refuses_without_disturbing_the_holder(
+    catalog: SQLiteCatalog, runner: Runner
+) -> None:
+    holder, other = _leases(catalog, runner), _leases(catalog, runner)
+
+    def refuse() -> None:
+        raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
+
+    async with holder.held("u8", watch=True) as control:
+        with pytest.raises(GatewayError) as caught:
+            async with other.held("u8", check=refuse):
+                pass  # pragma: no cover
+        assert caught.value.err is ERR.UPLOAD_NOT_FOUND
+        state = await runner.db(catalog.renew_lease, control.lease, 30.0, time.time())
+        assert state.valid and not state.release_requested
+        assert control.stop_reason is None
+
+
 async def test_a_failing_load_hands_the_lease_back(catalog: SQLiteCatalog, runner: Runner) -> None:
     leases = _leases(catalog, runner)
 
