@@ -109,7 +109,7 @@ def main() -> None:
         warm = random_file(64 * MiB)
         curl_single(gateway, warm)
         direct_put(s3, bucket, warm.path)
-        through, direct, cpus, weed = [], [], [], []
+        through, direct, cpus, weed, weed_direct = [], [], [], [], []
         busy: dict[str, list[float]] = {"gw": [], "direct": []}
         client_cpu: list[float] = []
         order = ["gw", "direct", "direct", "gw"] * ((args.runs + 1) // 2)
@@ -136,10 +136,11 @@ def main() -> None:
                     seconds = direct_put(s3, bucket, f.path)
                 busy["direct"].append(machine.cores)
                 client_cpu.append(time.process_time() - mine)
+                weed_direct.append(tree_cpu(s3.proc.pid) - weed0)
                 direct.append(f.size / seconds / MB)
                 log(
                     f"  direct put      {direct[-1]:7.1f} MB/s   minio client CPU "
-                    f"{client_cpu[-1]:.2f} s, S3 server CPU {tree_cpu(s3.proc.pid) - weed0:.2f} s, "
+                    f"{client_cpu[-1]:.2f} s, S3 server CPU {weed_direct[-1]:.2f} s, "
                     f"{machine.cores:.2f} cores busy"
                 )
         gw, dp = statistics.median(through), statistics.median(direct)
@@ -150,6 +151,7 @@ def main() -> None:
         print(f"  gateway CPU s per upload (median): {statistics.median(cpus):8.2f}")
         print(f"  minio client CPU s per put:        {statistics.median(client_cpu):8.2f}")
         print(f"  S3 server CPU s per gateway upload:{statistics.median(weed):8.2f}")
+        print(f"  S3 server CPU s per direct put:    {statistics.median(weed_direct):8.2f}")
         print(
             f"  cores busy (of {os.cpu_count()}), gateway / direct: "
             f"{statistics.median(busy['gw']):.2f} / {statistics.median(busy['direct']):.2f}"
