@@ -206,10 +206,10 @@ class SegmentWriter:
 
     # -- before the body ----------------------------------------------------------------
 
-    async def prepare(self, pieces: list[TailPiece] | None = None) -> None:
+    async def prepare(self, pieces: list[TailPiece]) -> None:
         """Read the unfinished segment's tail pieces back, to go in front of the new bytes.
 
-        `pieces`: the upload's tail pieces as the catalog has them, if already read.
+        `pieces`: the upload's tail pieces as the catalog has them, read with the lease.
         """
         upload = self.upload
         if upload.length is not None and upload.offset == upload.length:
@@ -217,8 +217,6 @@ class SegmentWriter:
             if any(r.final for r in rows):
                 self._final_recorded = True
                 return
-        if pieces is None:
-            pieces = await self._runner.db(self._catalog.tail_pieces, self.upload.id)
         pieces = sorted((p for p in pieces if p.segment == self._segment), key=lambda p: p.start)
         self._old_pieces = pieces
         self._next_piece = self._piece_number(pieces)
