@@ -55,6 +55,7 @@ _U32_LIMIT = 1 << 32
 _U64_LIMIT = 1 << 64
 _UPLOAD_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
 
+_VALUE_NAME = re.compile(rb"[a-z0-9_.-]{1,64}")
 _SEG_AAD = struct.Struct(">QBI")  # index | final | plaintext_len
 _TAIL_AAD = struct.Struct(">QIII")  # segment | piece | start | length
 
@@ -211,6 +212,13 @@ def derive_content_key(dek: bytes, header: Header) -> bytes:
     return _hkdf(dek, header.salt, info)
 
 
+def derive_value_key(dek: bytes, header: Header) -> bytes:
+    """The AES-256-GCM key for sealed values (metadata, digests) that describe the object."""
+    _check_dek(dek)
+    info = FORMAT_LABEL + b"/value" + bytes([header.suite]) + header.upload_id.encode("ascii")
+    return _hkdf(dek, header.salt, info)
+
+
 def new_header(
     dek: bytes,
     *,
@@ -258,6 +266,7 @@ class Sealer:
         self._segment_size = header.segment_size
         self._content_key = derive_content_key(dek, header)
         self._aead = AESGCM(self._content_key)
+        self._values = AESGCM(derive_value_key(dek, header))
         self._nonce = nonce
 
     def _fresh_nonce(self) -> bytes:
@@ -365,6 +374,27 @@ class Sealer:
             return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], aad)
         except InvalidTag:
             raise InvalidSealedData(f"tail piece {segment}/{piece} failed authentication") from None
+
+    def seal_value(self, name: str, plaintext: Buffer) -> bytes:
+        """Seal a small value that describes the object (metadata, a digest) under `name`."""
+        nonce = self._fresh_nonce()
+        return nonce + self._values.encrypt(nonce, _view(plaintext), self._value_aad(name))
+
+    def open_value(self, name: str, data: Buffer) -> bytes:
+        """Authenticate and decrypt a value sealed under `name` for this object."""
+        view = _view(data)
+        if view.nbytes < RECORD_OVERHEAD:
+            raise SealedFormatError(f"sealed value {name!r}: only {view.nbytes} bytes")
+        try:
+            return self._values.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], self._value_aad(name))
+        except InvalidTag:
+            raise InvalidSealedData(f"sealed value {name!r} failed authentication") from None
+
+    def _value_aad(self, name: str) -> bytes:
+        raw = name.encode("ascii")
+        if not _VALUE_NAME.fullmatch(raw):
+            raise ValueError(f"value name {name!r} must match [a-z0-9_.-]{{1,64}}")
+        return FORMAT_LABEL + b"/value" + self._digest + bytes([len(raw)]) + raw
 
 
 def record_size(plaintext_len: int) -> int:

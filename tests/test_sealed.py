@@ -279,6 +279,39 @@ def test_tail_round_trip() -> None:
         sealer.seal_tail(0, 0, S - 2, b"abc")  # runs past the segment
 
 
+def test_value_round_trip_and_bindings() -> None:
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    sealer = Sealer(DEK, header)
+    sealed_value = sealer.seal_value("metadata", b"filename ZG9l")
+    assert b"ZG9l" not in sealed_value
+    assert len(sealed_value) == len(b"filename ZG9l") + RECORD_OVERHEAD
+    assert Sealer(DEK, header).open_value("metadata", sealed_value) == b"filename ZG9l"
+    assert sealer.seal_value("metadata", b"x") != sealer.seal_value("metadata", b"x")
+    with pytest.raises(InvalidSealedData):
+        sealer.open_value("digest", sealed_value)  # another name
+    with pytest.raises(InvalidSealedData):
+        sealer.open_value("metadata", flip(sealed_value, 20))
+    other = new_header(DEK, upload_id="v", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    with pytest.raises(InvalidSealedData):
+        Sealer(DEK, other).open_value("metadata", sealed_value)  # another object
+    with pytest.raises(SealedFormatError):
+        sealer.open_value("metadata", sealed_value[:27])
+    with pytest.raises(ValueError):
+        sealer.seal_value("Bad Name", b"x")
+
+
+def test_a_value_is_never_a_record_or_a_tail_piece() -> None:
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    sealer = Sealer(DEK, header)
+    value = sealer.seal_value("metadata", b"abc")
+    with pytest.raises(InvalidSealedData):
+        sealer.open_record(0, True, value)
+    with pytest.raises(InvalidSealedData):
+        sealer.open_tail(0, 0, 0, value)
+    with pytest.raises(InvalidSealedData):
+        sealer.open_value("metadata", sealer.seal_record(0, True, b"abc"))
+
+
 # --- attacks -----------------------------------------------------------------
 
 
