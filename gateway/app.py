@@ -48,6 +48,7 @@ _STORE_OPS = (
     "start_multipart",
     "put_part",
     "write_span",
+    "discard_from",
     "complete_multipart",
     "abort_multipart",
     "put",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 from starlette.requests import Request
@@ -20,6 +21,8 @@ from gateway.sealed import InvalidSealedData
 from gateway.store.base import ObjectNotFound
 from gateway.tus.headers import is_valid_upload_id
 from gateway.uploads import Uploads
+
+log = logging.getLogger("gateway.downloads")
 
 
 class DownloadHandler:
@@ -83,7 +86,9 @@ class DownloadHandler:
         if span is not None:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        return StreamingResponse(self._rest(first, chunks), status_code=status, headers=headers)
+        return StreamingResponse(
+            self._rest(request, first, chunks), status_code=status, headers=headers
+        )
 
     async def _next(self, chunks: Iterator[bytes]) -> bytes | None:
         try:
@@ -95,11 +100,26 @@ class DownloadHandler:
         except NotReadable as exc:
             raise GatewayError(ERR.UPLOAD_GONE, str(exc)) from exc
 
-    async def _rest(self, first: bytes | None, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    async def _rest(
+        self, request: Request, first: bytes | None, chunks: Iterator[bytes]
+    ) -> AsyncIterator[bytes]:
         chunk = first
         while chunk is not None:
             yield chunk
-            chunk = await self._next(chunks)
+            try:
+                chunk = await self._next(chunks)
+            except GatewayError as exc:
+                # The status line is out: the error escapes to the server, which drops
+                # the connection, so the client gets fewer bytes than Content-Length
+                # and knows the body is incomplete. The reader holds the last byte
+                # back until every check has passed, so this never ends as complete.
+                request.state.error_code = exc.code
+                log.error(
+                    "download cut short: %s",
+                    exc.code,
+                    extra={"upload_id": request.path_params["upload_id"]},
+                )
+                raise
 
     async def manifest(self, request: Request) -> Response:
         upload = await self._finished(request)

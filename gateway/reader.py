@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import hmac
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from gateway.catalog.base import COMPLETE, Catalog, Upload
+from gateway.catalog.base import COMPLETE, Catalog, RecordRow, Upload
 from gateway.keys.base import KeyProvider
 from gateway.layout import data_key
 from gateway.sealed import (
     HEADER_PREFIX_LEN,
+    MAX_HEADER_LEN,
+    RECORD_OVERHEAD,
     Header,
     InvalidSealedData,
+    SealedFormatError,
     Sealer,
     header_length,
-    iter_records,
+    object_layout,
 )
 from gateway.store.base import ObjectStore
 
@@ -23,17 +28,82 @@ class NotReadable(Exception):
     """The upload is unfinished, unknown, or its key is gone."""
 
 
+class NotAsRecorded(InvalidSealedData):
+    """The stored object is not the one the catalog recorded: its layout, its length,
+    or a record that is not the sealing the catalog names (an earlier one, say)."""
+
+
 @dataclass(frozen=True)
 class _Piece:
     upload: Upload
     start: int  # plaintext offset of this piece within the whole (concatenated) upload
 
 
+@dataclass(frozen=True)
+class _Record:
+    index: int
+    offset: int  # in the object
+    size: int  # nonce || ciphertext || tag
+    final: bool
+    sha256: bytes  # of those bytes, as the catalog recorded them
+
+    @property
+    def plaintext_len(self) -> int:
+        return self.size - RECORD_OVERHEAD
+
+
+@dataclass(frozen=True)
+class _Object:
+    """One sealed object, opened: its checked header's sealer and its records."""
+
+    key: str
+    sealer: Sealer
+    length: int
+    records: list[_Record]
+
+
+def recorded_records(
+    layout: Sequence[tuple[int, int, int, bool]],
+    rows: Sequence[RecordRow],
+    header_len: int,
+    length: int | None,
+) -> list[_Record]:
+    """Join an object's layout (from its size) with the records the catalog recorded.
+
+    The two must agree record for record (index, size, final flag) and add up to the
+    catalog's length; anything else raises NotAsRecorded.
+    """
+    rows = sorted(rows, key=lambda r: r.index)
+    if len(rows) != len(layout):
+        raise NotAsRecorded(f"{len(layout)} records are stored, {len(rows)} recorded")
+    records = []
+    for (index, offset, size, final), row in zip(layout, rows, strict=True):
+        part = size + (header_len if index == 0 else 0)
+        if (row.index, row.final, row.plaintext_len + RECORD_OVERHEAD, row.size) != (
+            index,
+            final,
+            size,
+            part,
+        ):
+            raise NotAsRecorded(f"record {index} is not stored as it was recorded")
+        records.append(_Record(index, offset, size, final, row.sha256))
+    total = sum(r.plaintext_len for r in records)
+    if length is not None and total != length:
+        raise NotAsRecorded(f"the records hold {total} bytes, the catalog says {length}")
+    return records
+
+
 class Reader:
     """Reads what the gateway stored, without the gateway running: store + catalog + keys.
 
-    Every record is authenticated before any of its bytes are returned; a range read
-    decrypts only the records it touches. All calls block (use a worker thread).
+    Everything a read returns is checked against what the catalog recorded: before the
+    first byte, each object's key commitment, header, layout and length (catalog length
+    == records == the header's declared size); each record, before any of its bytes, by
+    the SHA-256 the catalog recorded for it and then by its tag. A read that reaches an
+    object's end authenticates its final record, even an empty one, and `read` returns
+    its last byte only after every check has passed, so a read that fails never ends
+    as if complete. A range read opens only the records it touches. All calls block (use
+    a worker thread).
     """
 
     def __init__(self, store: ObjectStore, catalog: Catalog, keys: KeyProvider) -> None:
@@ -54,43 +124,109 @@ class Reader:
                 raise NotReadable(f"partial upload {part_id} is gone")
             pieces.append(_Piece(part, start))
             start += part.length
+        if start != upload.length:
+            raise NotAsRecorded(
+                f"the partials hold {start} bytes, the catalog says {upload.length}"
+            )
         return pieces
 
     def read(self, upload: Upload, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Plaintext bytes [start, end) of a finished upload (a final one spans its partials)."""
         length = upload.length or 0
         end = length if end is None else min(end, length)
+        return _last_byte_last(self._read(upload, start, end), max(end - start, 0))
+
+    def _read(self, upload: Upload, start: int, end: int) -> Iterator[bytes]:
+        opened = []
+        # Every object is checked before the first byte: those the read touches are
+        # opened, the layout of the others is checked (their lengths place the rest).
         for piece in self._pieces(upload):
             piece_len = piece.upload.length or 0
             lo, hi = max(start - piece.start, 0), min(end - piece.start, piece_len)
-            if lo < hi:
-                yield from self.read_object(piece.upload, lo, hi)
+            if lo < hi or (piece_len == 0 and start <= piece.start <= end):
+                opened.append((self._open(piece.upload), lo, hi))
+            else:
+                self._layout(piece.upload)
+        for obj, lo, hi in opened:
+            yield from self._plaintext(obj, lo, hi)
 
     def read_object(
         self, upload: Upload, start: int = 0, end: int | None = None
     ) -> Iterator[bytes]:
         """Plaintext [start, end) of one sealed object, whatever the upload's recorded state."""
-        end = (upload.length or 0) if end is None else end
+        obj = self._open(upload)
+        end = obj.length if end is None else min(end, obj.length)
+        yield from self._plaintext(obj, start, end)
+
+    def _open(self, upload: Upload) -> _Object:
         wrapped = self._catalog.wrapped_key(upload.dek_id)
         if wrapped is None:
             raise NotReadable(f"the key of upload {upload.id} was destroyed")
         dek = self._keys.unwrap(wrapped, upload_id=upload.id, dek_id=upload.dek_id)
+        header, records = self._layout(upload)
+        sealer = Sealer(dek, header)  # checks the key commitment
+        length = sum(r.plaintext_len for r in records)
+        return _Object(data_key(upload.id), sealer, length, records)
+
+    def _layout(self, upload: Upload) -> tuple[Header, list[_Record]]:
+        """The stored header and records, checked against the catalog (no key needed)."""
         key = data_key(upload.id)
-        prefix = self._store.get(key, 0, HEADER_PREFIX_LEN)
-        hlen = header_length(prefix)
-        stored_header = self._store.get(key, 0, hlen)
+        first = self._store.get(key, 0, MAX_HEADER_LEN)
+        hlen = header_length(first[:HEADER_PREFIX_LEN])
+        if len(first) < hlen:
+            raise SealedFormatError(f"the object is shorter than its {hlen}-byte header")
+        stored_header = first[:hlen]
         if stored_header != upload.header:
-            raise InvalidSealedData("the stored header is not the recorded one")
+            raise NotAsRecorded("the stored header is not the recorded one")
         header = Header.decode(stored_header)
-        sealer = Sealer(dek, header)
-        size = header.segment_size
-        for index, offset, rsize, final in iter_records(hlen, size, self._store.size(key)):
-            seg_start = index * size
-            if seg_start >= end:
-                break
-            if seg_start + size <= start and not final:
-                continue
-            plain = sealer.open_record(index, final, self._store.get(key, offset, rsize))
+        layout = object_layout(header, hlen, self._store.size(key))
+        records = recorded_records(layout, self._catalog.records(upload.id), hlen, upload.length)
+        return header, records
+
+    def _plaintext(self, obj: _Object, start: int, end: int) -> Iterator[bytes]:
+        size = obj.sealer.header.segment_size
+        through_end = end >= obj.length
+        for record in obj.records:
+            seg_start = record.index * size
+            # The final record is read whenever the read reaches the end, even when it
+            # holds no byte of it (an empty final record): it proves nothing was cut.
+            if not (record.final and through_end):
+                if seg_start >= end:
+                    break
+                if seg_start + record.plaintext_len <= start:
+                    continue
+            plain = self._open_record(obj, record)
             lo, hi = max(start - seg_start, 0), min(end - seg_start, len(plain))
             if lo < hi:
                 yield plain[lo:hi]
+
+    def _open_record(self, obj: _Object, record: _Record) -> bytes:
+        data = self._store.get(obj.key, record.offset, record.size)
+        # The tag alone would accept any sealing of this record under the upload's key,
+        # such as one from a body refused with 460: only the recorded one is served.
+        if len(data) != record.size or not hmac.compare_digest(
+            hashlib.sha256(data).digest(), record.sha256
+        ):
+            raise NotAsRecorded(f"record {record.index} is not the sealing that was recorded")
+        return obj.sealer.open_record(record.index, record.final, data)
+
+
+def _last_byte_last(chunks: Iterator[bytes], expected: int) -> Iterator[bytes]:
+    """Pass `chunks` on, holding the very last byte back until they ended without error.
+
+    The checks that come after the last plaintext byte (an empty final record, a later
+    empty partial) then still decide whether the read ends complete or cut short.
+    """
+    sent, held = 0, b""
+    for chunk in chunks:
+        sent += len(chunk)
+        if sent > expected:
+            raise NotAsRecorded(f"the read returned more than the {expected} bytes asked for")
+        if sent == expected:
+            chunk, held = chunk[:-1], chunk[-1:]
+        if chunk:
+            yield chunk
+    if sent != expected:
+        raise NotAsRecorded(f"the read returned {sent} of the {expected} bytes asked for")
+    if held:
+        yield held

@@ -431,6 +431,21 @@ def iter_records(
         yield index, header_len + index * stride, size, final
 
 
+def object_layout(
+    header: Header, header_len: int, object_size: int
+) -> list[tuple[int, int, int, bool]]:
+    """(index, offset, size, final) of each record of an object of object_size bytes,
+    checked against the header's declared plaintext size (FORMAT.md, "Reading", steps
+    6 and 7). The layout alone fixes the plaintext size: no need to decrypt anything."""
+    layout = list(iter_records(header_len, header.segment_size, object_size))
+    total = sum(size - RECORD_OVERHEAD for _, _, size, _ in layout)
+    if not header.length_deferred and total != header.plaintext_size:
+        raise SealedFormatError(
+            f"header says {header.plaintext_size} plaintext bytes, records hold {total}"
+        )
+    return layout
+
+
 def open_object(dek: bytes, data: Buffer) -> bytes:
     """Authenticate and decrypt a whole sealed object held in memory."""
     view = _view(data)
@@ -439,13 +454,7 @@ def open_object(dek: bytes, data: Buffer) -> bytes:
         raise SealedFormatError(f"object of {view.nbytes} bytes is shorter than its header")
     header = Header.decode(view[:hlen])
     sealer = Sealer(dek, header)
-    layout = list(iter_records(hlen, header.segment_size, view.nbytes))
-    total = sum(size - RECORD_OVERHEAD for _, _, size, _ in layout)
-    # The layout alone fixes the plaintext size, so check it before decrypting anything.
-    if not header.length_deferred and total != header.plaintext_size:
-        raise InvalidSealedData(
-            f"header says {header.plaintext_size} plaintext bytes, records hold {total}"
-        )
+    layout = object_layout(header, hlen, view.nbytes)
     return b"".join(
         sealer.open_record(index, final, view[offset : offset + size])
         for index, offset, size, final in layout

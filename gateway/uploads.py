@@ -393,6 +393,7 @@ class Uploads:
                     await writer.receive(body)
                 except Overflow:
                     await writer.drain()  # nothing beyond what is recorded is kept
+                    await writer.scrub()
                     raise GatewayError(
                         ERR.UPLOAD_SIZE_EXCEEDED,
                         f"the body takes the upload past its length of {limit} bytes",

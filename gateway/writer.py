@@ -42,7 +42,13 @@ from gateway.layout import data_key, tail_key, tail_prefix
 from gateway.leases import Control
 from gateway.runner import Runner
 from gateway.sealed import NONCE_LEN, RECORD_OVERHEAD, TAG_LEN, InvalidSealedData, Sealer
-from gateway.store.base import ObjectStore, PartRef, StaleWrite, writes_in_place
+from gateway.store.base import (
+    ObjectStore,
+    PartRef,
+    StaleWrite,
+    StoreUnavailable,
+    writes_in_place,
+)
 from gateway.tus.headers import ChecksumHeader
 
 SLICE = 1 << 20  # plaintext handed to the sealing thread at once
@@ -729,6 +735,7 @@ class SegmentWriter:
         total = self.upload.offset + self.received
         if self._checksum is not None:
             if self.interrupted:
+                await self.scrub()
                 return Outcome(self.committed, False, stop or "disconnected")
             assert self._client_hash is not None
             if self._tail is not None:
@@ -736,6 +743,7 @@ class SegmentWriter:
                 await self._runner.seal(self._client_hash.update, kept)
             if self._client_hash.digest() != self._checksum.digest:
                 metrics.CHECKSUM_MISMATCHES.inc()
+                await self.scrub()
                 raise GatewayError(
                     ERR.CHECKSUM_MISMATCH,
                     f"the {self._checksum.algorithm} digest of the body does not match "
@@ -754,6 +762,28 @@ class SegmentWriter:
         if piece is not None or self._pending or total != self.committed:
             await self._commit(offset=total, piece=piece)
         return Outcome(total, False, stop)
+
+    async def scrub(self) -> None:
+        """Drop the records this request stored but will never record (a refused body).
+
+        They are valid sealings under the upload's key. A store that writes in place
+        keeps them in the unfinished object, past what the catalog records: cut it
+        there (fenced: a newer writer's bytes are never touched). S3 never assembles
+        a part the catalog did not record, and drops the rest at completion.
+        """
+        store, length = self._in_place, self.upload.length
+        if store is None or (length is not None and self.committed >= length):
+            return
+        assert self.upload.multipart_id is not None
+        end = self._part_offset(self.committed // self._segment_size)
+        with contextlib.suppress(StoreUnavailable):
+            await self._runner.io(
+                store.discard_from,
+                self._key,
+                self.upload.multipart_id,
+                end,
+                fence=self._control.lease.token,
+            )
 
     def _put_piece(self, piece: TailPiece) -> None:
         plain: bytes | memoryview

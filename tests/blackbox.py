@@ -141,11 +141,18 @@ class RawPatch:
     whatever the server answers meanwhile.
     """
 
-    def __init__(self, server: GatewayProcess, url: str, offset: int, length: int) -> None:
+    def __init__(
+        self,
+        server: GatewayProcess,
+        url: str,
+        offset: int,
+        length: int,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         path = "/" + url.split("/", 3)[3]
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         headers = {
-            **patch_headers(server, offset),
+            **patch_headers(server, offset, **(extra or {})),
             "Host": f"127.0.0.1:{server.port}",
             "Content-Length": str(length),
         }

@@ -120,3 +120,6 @@ class InPlaceMemoryStore(MemoryStore):
 
     def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
         return bytes(self.spans.get(multipart_id, b"")[offset : offset + length])
+
+    def discard_from(self, key: str, multipart_id: str, offset: int, *, fence: int = 0) -> None:
+        del self.spans.setdefault(multipart_id, bytearray())[offset:]

@@ -9,20 +9,33 @@ problem+json with their stable code.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
 from gateway.layout import data_key
 from gateway.store.base import ObjectNotFound
-from tests.blackbox import flip_stored_byte, segment_size, upload
-from tests.server import GatewayProcess, mint_token, store_for
+from tests.blackbox import (
+    RawPatch,
+    create,
+    flip_stored_byte,
+    patch,
+    patch_headers,
+    segment_size,
+    send,
+    upload,
+)
+from tests.server import TEST_STORE, GatewayProcess, mint_token, store_for
 from tests.tushttp import (
     OCTET,
     UNKNOWN_ID,
     assert_problem,
+    checksum_header,
     start_server,
     tus_client,
     upload_id,
@@ -368,12 +381,7 @@ def test_damaged_last_record_never_yields_a_whole_body(
     data = os.urandom(2 * seg + 10)
     url = upload(server, data)
     flip_stored_byte(server.data_dir, data_key(upload_id(url)), -1)  # the last tag
-    try:
-        response = get(client, server, url)
-    except httpx.RemoteProtocolError:
-        pass  # cut short: the client knows the body is incomplete
-    else:
-        assert response.status_code == 500, response.status_code
+    assert_cut_short(client, server, url)
     head = get(client, server, url, Range=f"bytes=0-{seg - 1}")
     assert head.status_code == 206
     assert head.content == data[:seg]
@@ -408,3 +416,230 @@ def test_final_concatenation_outlives_a_deleted_partial(
     with pytest.raises(ObjectNotFound):
         store.size(data_key(upload_id(urls[1])))
     assert get(client, server, urls[0]).content == pieces[0]  # never deleted
+
+
+# -- tampered objects: a read checks what it returns against what the catalog recorded ------
+
+RECORD_OVERHEAD = 28
+folder_only = pytest.mark.skipif(
+    TEST_STORE == "s3", reason="reaches into the folder store's unfinished multipart file"
+)
+
+
+def header_len(uid: str) -> int:
+    return 104 + len(uid)
+
+
+def set_catalog_length(data_dir: Path, uid: str, length: int) -> None:
+    """Change the upload's `length` in the SQLite catalog behind the gateway's back."""
+    db = sqlite3.connect(data_dir / "catalog.sqlite3", timeout=30)
+    try:
+        with db:
+            changed = db.execute("UPDATE uploads SET length = ? WHERE id = ?", (length, uid))
+            assert changed.rowcount == 1
+    finally:
+        db.close()
+
+
+def rewrite_object(data_dir: Path, uid: str, change: Callable[[bytes], bytes]) -> None:
+    store = store_for(data_dir)
+    store.put(data_key(uid), change(store.get(data_key(uid))))
+
+
+def assert_corrupt(response: httpx.Response) -> None:
+    """A clean 500 ERR_STORED_DATA_CORRUPT, before any byte of the body."""
+    assert response.status_code == 500, (response.status_code, len(response.content))
+    assert_problem(response, 500, "ERR_STORED_DATA_CORRUPT")
+
+
+def assert_cut_short(client: httpx.Client, server: GatewayProcess, url: str, **h: str) -> None:
+    """The status line went out, but the body ends before its Content-Length: the client
+    knows the transfer failed (never a clean end of a wrong or partial file)."""
+    with client.stream("GET", url, headers={**server.auth, **h}) as response:
+        assert response.status_code in (200, 206), response.status_code
+        with pytest.raises(httpx.RemoteProtocolError):
+            response.read()
+
+
+@pytest.mark.parametrize(
+    "lower",
+    [lambda n, s: n - 1, lambda n, s: s, lambda n, s: 10],
+    ids=["one-byte-less", "one-record", "ten-bytes"],
+)
+def test_a_lowered_catalog_length_is_refused(
+    server: GatewayProcess, client: httpx.Client, lower: Callable[[int, int], int]
+) -> None:
+    """The catalog's length must match the stored records and the header's declared
+    size before a byte is sent: a lowered one is not a shorter study."""
+    seg = segment_size(server)
+    data = os.urandom(2 * seg + 10)
+    url = upload(server, data)
+    set_catalog_length(server.data_dir, upload_id(url), lower(len(data), seg))
+    for headers in ({}, {"Range": "bytes=0-9"}, {"Range": "bytes=-1"}):
+        assert_corrupt(get(client, server, url, **headers))
+
+
+@pytest.fixture
+def on_boundary(server: GatewayProcess) -> Finished:
+    """A deferred-length upload of exactly two segments: its object ends with an empty
+    final record (the second record was sealed before the length was known)."""
+    seg = segment_size(server)
+    data = os.urandom(2 * seg)
+    url = create(server, None)
+    assert send(server, url, data, 0) == len(data)
+    done = httpx.patch(
+        url,
+        content=b"",
+        headers=patch_headers(server, len(data), **{"Upload-Length": str(len(data))}),
+        timeout=30,
+    )
+    assert done.status_code == 204, done.text
+    uid = upload_id(url)
+    size = store_for(server.data_dir).size(data_key(uid))
+    assert size == header_len(uid) + 2 * (seg + RECORD_OVERHEAD) + RECORD_OVERHEAD
+    return Finished(url, data)
+
+
+@pytest.mark.parametrize("junk", [1, RECORD_OVERHEAD, 1000])
+def test_junk_after_the_empty_final_record_is_refused(
+    server: GatewayProcess, client: httpx.Client, on_boundary: Finished, junk: int
+) -> None:
+    rewrite_object(server.data_dir, on_boundary.id, lambda blob: blob + os.urandom(junk))
+    for headers in ({}, {"Range": "bytes=0-9"}, {"Range": "bytes=-1"}):
+        assert_corrupt(get(client, server, on_boundary.url, **headers))
+
+
+def test_a_replaced_empty_final_record_is_refused(
+    server: GatewayProcess, client: httpx.Client, on_boundary: Finished
+) -> None:
+    """All the plaintext lies in the records before it, so the empty final record must
+    be authenticated before the last byte goes out."""
+    rewrite_object(
+        server.data_dir,
+        on_boundary.id,
+        lambda blob: blob[:-RECORD_OVERHEAD] + os.urandom(RECORD_OVERHEAD),
+    )
+    assert_cut_short(client, server, on_boundary.url)
+    # A range that reaches the end checks the final record too; one that does not
+    # still reads.
+    assert_corrupt(get(client, server, on_boundary.url, Range="bytes=-1"))
+    head = get(client, server, on_boundary.url, Range="bytes=0-9")
+    assert head.status_code == 206
+    assert head.content == on_boundary.data[:10]
+
+
+def test_a_dropped_empty_final_record_is_refused(
+    server: GatewayProcess, client: httpx.Client, on_boundary: Finished
+) -> None:
+    rewrite_object(server.data_dir, on_boundary.id, lambda blob: blob[:-RECORD_OVERHEAD])
+    for headers in ({}, {"Range": "bytes=0-9"}):
+        assert_corrupt(get(client, server, on_boundary.url, **headers))
+
+
+def multipart_file(data_dir: Path, uid: str) -> Path:
+    folder = data_dir / "objects" / uid / ".multipart"
+    found = [p for p in folder.glob("data.*") if not p.name.endswith(".fence")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def wait_for_size(path: Path, size: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while path.stat().st_size < size:
+        assert time.monotonic() < deadline, f"{path.name} stays at {path.stat().st_size} bytes"
+        time.sleep(0.01)
+
+
+@folder_only
+def test_a_rejected_sealing_spliced_into_the_object_is_refused(
+    server: GatewayProcess, client: httpx.Client
+) -> None:
+    """A PATCH answered 460 sealed record 0 under the upload's key, with the right index
+    and final flag: a valid sealing, but not the one the catalog recorded. Copied while
+    that body was arriving and spliced into the completed object, it must not be served."""
+    seg = segment_size(server)
+    data, rejected = os.urandom(seg + 500), os.urandom(seg + 500)
+    url = create(server, len(data))
+    uid = upload_id(url)
+    stride = seg + RECORD_OVERHEAD
+    body = RawPatch(
+        server,
+        url,
+        0,
+        len(rejected),
+        extra={"Upload-Checksum": checksum_header("sha256", b"not the body")},
+    )
+    try:
+        body.send(rejected[:seg])  # exactly record 0: nothing of record 1 is written yet
+        area = multipart_file(server.data_dir, uid)
+        wait_for_size(area, header_len(uid) + stride)
+        copied = area.read_bytes()[header_len(uid) : header_len(uid) + stride]
+        body.send(rejected[seg:])
+        assert body.read_response(30).status == 460
+    finally:
+        body.close()
+    response = patch(server, url, data, 0)
+    assert response.status_code == 204, response.text
+    assert get(client, server, url).content == data
+
+    def splice(blob: bytes) -> bytes:
+        return blob[: header_len(uid)] + copied + blob[header_len(uid) + stride :]
+
+    rewrite_object(server.data_dir, uid, splice)
+    for headers in ({}, {"Range": "bytes=0-9"}):
+        response = get(client, server, url, **headers)
+        assert_corrupt(response)
+    tail = get(client, server, url, Range=f"bytes={seg}-")
+    assert tail.status_code == 206, "records that were not touched still read"
+    assert tail.content == data[seg:]
+
+
+@folder_only
+def test_a_rejected_body_leaves_no_sealed_records_behind(
+    server: GatewayProcess, client: httpx.Client
+) -> None:
+    """After a 460, the records its body sealed are gone from the unfinished object:
+    only what the catalog recorded remains."""
+    seg = segment_size(server)
+    data = os.urandom(3 * seg + 10)
+    url = create(server, len(data))
+    uid = upload_id(url)
+    area_end = header_len(uid) + seg + RECORD_OVERHEAD
+    assert send(server, url, data, 0, [seg]) == seg
+    area = multipart_file(server.data_dir, uid)
+    assert area.stat().st_size == area_end
+    wrong = os.urandom(2 * seg + 7)
+    response = httpx.patch(
+        url,
+        content=wrong,
+        headers=patch_headers(
+            server, seg, **{"Upload-Checksum": checksum_header("sha256", b"something else")}
+        ),
+        timeout=30,
+    )
+    assert response.status_code == 460, response.text
+    assert area.stat().st_size == area_end, "the rejected body's records are still stored"
+    assert send(server, url, data, seg) == len(data)
+    assert get(client, server, url).content == data
+
+
+def test_final_concatenation_checks_each_partial(
+    server: GatewayProcess, client: httpx.Client
+) -> None:
+    seg = segment_size(server)
+    pieces = [os.urandom(seg + 100), os.urandom(500)]
+    urls = [upload(server, p, None, **{"Upload-Concat": "partial"}) for p in pieces]
+    final = client.post(
+        server.files_url, headers={**server.auth, "Upload-Concat": "final;" + " ".join(urls)}
+    )
+    assert final.status_code == 201, final.text
+    url = final.headers["Location"]
+    whole = b"".join(pieces)
+    assert get(client, server, url).content == whole
+    # The final's own length no longer adds up to its partials'.
+    set_catalog_length(server.data_dir, upload_id(url), len(whole) - 1)
+    assert_corrupt(get(client, server, url))
+    # It does again, but a partial's no longer matches its records.
+    set_catalog_length(server.data_dir, upload_id(urls[0]), len(pieces[0]) - 1)
+    for headers in ({}, {"Range": "bytes=0-9"}, {"Range": "bytes=-1"}):
+        assert_corrupt(get(client, server, url, **headers))

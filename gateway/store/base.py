@@ -125,6 +125,13 @@ class InPlaceStore(ObjectStore, Protocol):
     def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
         """Read back bytes written to the unfinished multipart object (may be short)."""
 
+    def discard_from(self, key: str, multipart_id: str, offset: int, *, fence: int = 0) -> None:
+        """Drop the unfinished object's bytes from `offset` on, fenced like a write.
+
+        For parts written but never recorded (a body refused with 460): they are valid
+        sealings under the upload's key, so they are not left lying about.
+        """
+
 
 def writes_in_place(store: ObjectStore) -> TypeGuard[InPlaceStore]:
     return callable(getattr(store, "write_span", None))

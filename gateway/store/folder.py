@@ -121,6 +121,19 @@ class FolderStore:
             finally:
                 os.close(fd)
 
+    def discard_from(self, key: str, multipart_id: str, offset: int, *, fence: int = 0) -> None:
+        path = self._multipart_path(key, multipart_id)
+        with _storage_errors():
+            fd = _open_multipart(path, multipart_id)
+            try:
+                with _fenced(path, fence):
+                    if os.fstat(fd).st_size <= offset:
+                        return
+                    os.ftruncate(fd, offset)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
     def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
         path = self._multipart_path(key, multipart_id)
         final = self._path(key)
