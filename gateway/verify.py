@@ -16,8 +16,15 @@ from gateway import manifest
 from gateway.catalog.base import Catalog
 from gateway.keys.base import KeyError_, KeyProvider
 from gateway.layout import data_key, manifest_keys
-from gateway.sealed import HEADER_PREFIX_LEN, Header, InvalidSealedData, Sealer, header_length
-from gateway.sealed import iter_records as record_layout
+from gateway.sealed import (
+    HEADER_PREFIX_LEN,
+    RECORD_OVERHEAD,
+    Header,
+    InvalidSealedData,
+    Sealer,
+    header_length,
+    object_layout,
+)
 from gateway.store.base import ObjectNotFound, ObjectStore
 
 
@@ -160,7 +167,17 @@ def _check_object(
             sealer = Sealer(unwrap(upload_id, header.dek_id), header)
         except (KeyError_, InvalidSealedData) as exc:
             report.fail(f"key: the data key cannot be used ({type(exc).__name__})")
-    layout = list(record_layout(len(raw_header), header.segment_size, size))
+    try:
+        layout = object_layout(header, len(raw_header), size)
+    except InvalidSealedData as exc:
+        report.fail(f"layout: {exc}")
+        return
+    stored = sum(rsize - RECORD_OVERHEAD for _, _, rsize, _ in layout)
+    if stored != doc["plaintext"]["size"]:
+        report.fail(
+            f"layout: the records hold {stored} bytes, the manifest says {doc['plaintext']['size']}"
+        )
+        return
     hashes, plain, plain_size = [], hashlib.sha256(), 0
     for index, offset, rsize, final in layout:
         record = store.get(key, offset, rsize)
