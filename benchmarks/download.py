@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import MB, MiB, WORK, Gateway, curl_single, log, random_file, tree_cpu  # noqa: E402
+from benchlib import MB, WORK, Gateway, MiB, curl_single, log, random_file, tree_cpu
 
 
 def curl_get(gateway: Gateway, url: str) -> float:

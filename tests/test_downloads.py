@@ -18,7 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.keys.keyring import LocalKeyring
 from gateway.layout import data_key
+from gateway.sealed import Header, Sealer
 from gateway.store.base import ObjectNotFound
 from tests.blackbox import (
     RawPatch,
@@ -621,6 +624,71 @@ def test_a_rejected_body_leaves_no_sealed_records_behind(
     assert area.stat().st_size == area_end, "the rejected body's records are still stored"
     assert send(server, url, data, seg) == len(data)
     assert get(client, server, url).content == data
+
+
+@folder_only
+def test_a_body_cut_off_with_a_checksum_leaves_no_sealed_records_behind(
+    server: GatewayProcess,
+) -> None:
+    """Nothing of a body with Upload-Checksum is recorded unless all of it arrives and
+    verifies: when the client goes away, the records it sealed go too."""
+    seg = segment_size(server)
+    data = os.urandom(3 * seg)
+    url = create(server, len(data))
+    uid = upload_id(url)
+    body = RawPatch(
+        server, url, 0, len(data), extra={"Upload-Checksum": checksum_header("sha256", data)}
+    )
+    try:
+        body.send(data[:seg])
+        area = multipart_file(server.data_dir, uid)
+        wait_for_size(area, header_len(uid) + seg + RECORD_OVERHEAD)
+    finally:
+        body.close()
+    deadline = time.monotonic() + 30
+    while area.stat().st_size != 0:
+        assert time.monotonic() < deadline, "the cut-off body's records are still stored"
+        time.sleep(0.05)
+    assert send(server, url, data, 0) == len(data)
+    assert httpx.get(url, headers=server.auth, timeout=30).content == data
+
+
+def seal_again(data_dir: Path, uid: str, index: int, final: bool, plaintext: bytes) -> bytes:
+    """Another sealing of record `index` under the upload's own key: it authenticates
+    exactly like the recorded one, as a record sealed for a refused body would."""
+    catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
+    try:
+        upload = catalog.get_upload(uid)
+        assert upload is not None
+        wrapped = catalog.wrapped_key(upload.dek_id)
+        assert wrapped is not None
+        keys = LocalKeyring.open(data_dir / "keyring.json")
+        dek = keys.unwrap(wrapped, upload_id=uid, dek_id=upload.dek_id)
+        return Sealer(dek, Header.decode(upload.header)).seal_record(index, final, plaintext)
+    finally:
+        catalog.close()
+
+
+@pytest.mark.parametrize("same_bytes", [False, True], ids=["other-bytes", "same-bytes"])
+def test_another_sealing_of_a_record_is_refused(
+    server: GatewayProcess, client: httpx.Client, same_bytes: bool
+) -> None:
+    """On any store: a record that authenticates but is not the recorded sealing (even
+    of the same plaintext, under a fresh nonce) is never served."""
+    seg = segment_size(server)
+    data = os.urandom(2 * seg + 10)
+    url = upload(server, data)
+    uid = upload_id(url)
+    plain = data[seg : 2 * seg] if same_bytes else os.urandom(seg)
+    other = seal_again(server.data_dir, uid, 1, False, plain)
+    at = header_len(uid) + seg + RECORD_OVERHEAD
+
+    rewrite_object(server.data_dir, uid, lambda blob: blob[:at] + other + blob[at + len(other) :])
+    assert_corrupt(get(client, server, url, Range=f"bytes={seg}-{seg + 9}"))
+    assert_cut_short(client, server, url)  # record 0 is out before record 1 is read
+    head = get(client, server, url, Range=f"bytes=0-{seg - 1}")
+    assert head.status_code == 206
+    assert head.content == data[:seg]
 
 
 def test_final_concatenation_checks_each_partial(
