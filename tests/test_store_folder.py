@@ -178,6 +178,24 @@ def test_completion_drops_unrecorded_parts_beyond_the_end(store: FolderStore) ->
     assert store.get("U/data") == data
 
 
+def test_discard_from_drops_unrecorded_parts_fenced(store: FolderStore) -> None:
+    """A refused body's parts are cut off the unfinished object; a writer that lost
+    its lease cannot cut a newer writer's parts."""
+    recorded, refused = os.urandom(1000), os.urandom(700)
+    mid = store.start_multipart("U/data")
+    ref = PartRef(1, 0, 1000, store.put_part("U/data", mid, 1, 0, [recorded], sha(recorded)))
+    store.put_part("U/data", mid, 2, 1000, [refused], sha(refused), fence=5)
+    with pytest.raises(StaleWrite):
+        store.discard_from("U/data", mid, 1000, fence=4)
+    assert store.read_span("U/data", mid, 1000, 700) == refused
+    store.discard_from("U/data", mid, 1000, fence=5)
+    assert store.read_span("U/data", mid, 1000, 700) == b""
+    store.discard_from("U/data", mid, 5000, fence=5)  # nothing there: nothing to do
+    assert store.read_span("U/data", mid, 0, 2000) == recorded
+    store.complete_multipart("U/data", mid, [ref])
+    assert store.get("U/data") == recorded
+
+
 def test_abort_and_delete_prefix(store: FolderStore) -> None:
     mid = store.start_multipart("U/data")
     store.put_part("U/data", mid, 1, 0, [b"abc"], sha(b"abc"))
