@@ -764,12 +764,12 @@ class SegmentWriter:
         return Outcome(total, False, stop)
 
     async def scrub(self) -> None:
-        """Drop the records this request stored but will never record (a refused body).
+        """Drop the records a refused body stored but that will never be recorded.
 
         They are valid sealings under the upload's key. A store that writes in place
         keeps them in the unfinished object, past what the catalog records: cut it
-        there (fenced: a newer writer's bytes are never touched). S3 never assembles
-        a part the catalog did not record, and drops the rest at completion.
+        there (fenced: a newer writer's bytes are never touched). S3 needs nothing:
+        completion assembles only the parts the catalog recorded.
         """
         store, length = self._in_place, self.upload.length
         if store is None or (length is not None and self.committed >= length):
