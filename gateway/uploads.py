@@ -178,18 +178,14 @@ class Uploads:
             return upload.legacy_metadata  # a row from before sealing; sealed at next start
         if upload.metadata is None:
             return None
-        sealed = upload.metadata
         wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
-
-        def open_() -> str:
-            try:
-                return open_metadata(self._sealer(upload, wrapped), sealed)
-            except InvalidSealedData as exc:
-                raise GatewayError(
-                    ERR.STORED_DATA_CORRUPT, "the upload's metadata failed authentication"
-                ) from exc
-
-        return await self.runner.io(open_)
+        # On the event loop, as a write's unwrap is: ~0.1 ms, less than a thread hop.
+        try:
+            return open_metadata(self._sealer(upload, wrapped), upload.metadata)
+        except InvalidSealedData as exc:
+            raise GatewayError(
+                ERR.STORED_DATA_CORRUPT, "the upload's metadata failed authentication"
+            ) from exc
 
     def _sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
         if wrapped is None:
