@@ -177,6 +177,8 @@ def test_metadata_is_sealed_in_every_creation_flavour(server: GatewayProcess) ->
     for flavour, body in (("with-upload", data), ("with-upload-part", data[:5000])):
         url = _post(server, {"Upload-Length": str(len(data)), **meta(flavour)}, body)
         sent[url] = metadata_for(flavour)
+    url = _post(server, {"Upload-Defer-Length": "1", **meta("with-upload-deferred")}, data)
+    sent[url] = metadata_for("with-upload-deferred")
     url = _post(server, {"Upload-Length": "0", **meta("empty")})
     sent[url] = metadata_for("empty")
 
