@@ -158,8 +158,9 @@ class TusHandler:
             headers["Upload-Defer-Length"] = "1"
         else:
             headers["Upload-Length"] = str(upload.length)
-        if upload.metadata is not None:
-            headers["Upload-Metadata"] = upload.metadata
+        metadata = await self.uploads.open_metadata(upload)
+        if metadata is not None:
+            headers["Upload-Metadata"] = metadata
         if upload.concat is not None:
             headers["Upload-Concat"] = upload.concat
         headers.update(_expires_header(upload))

@@ -36,7 +36,7 @@ def _upload(upload_id: str = "u1", **kw: object) -> Upload:
         tenant="t1",
         length=None,
         offset=0,
-        metadata="filename Zm9vLmRjbQ==",
+        metadata=b"\x01sealed metadata\xff",
         state=ACTIVE,
         created_at=1000.0,
         expires_at=5000.0,
@@ -280,6 +280,87 @@ def test_forget_removes_everything(cat: SQLiteCatalog) -> None:
     with pytest.raises(LeaseLost):
         cat.commit(lease, Progress(10, 20))
     assert cat.get_upload("u2") is not None  # others untouched
+
+
+LEGACY = "filename RE9FXkpPSE5fTVJOMTIzNDUuZGNt"  # as a version 1 catalog held it
+
+
+def _version_1_catalog(path: Path) -> None:
+    """A catalog as version 1 left it: plain-text metadata (TEXT values)."""
+    cat = SQLiteCatalog(path)
+    cat.create_upload(_upload("u1"), _wrapped(b"1"))
+    cat.create_upload(_upload("u2", metadata=None), _wrapped(b"2"))
+    cat.create_upload(_upload("f1", header=b"", dek_id=b"", concat="final;x"), None)
+    cat.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE uploads SET metadata = ? WHERE id IN ('u1', 'f1')", (LEGACY,))
+        conn.execute("UPDATE schema_version SET version = 1")
+    conn.close()
+
+
+def test_a_version_1_catalog_shows_its_plain_metadata_as_legacy(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    _version_1_catalog(path)
+    cat = SQLiteCatalog(path)
+    try:
+        got = cat.get_upload("u1")
+        assert got is not None and (got.metadata, got.legacy_metadata) == (None, LEGACY)
+        assert LEGACY not in repr(got)
+        plain = cat.get_upload("u2")
+        assert plain is not None and (plain.metadata, plain.legacy_metadata) == (None, None)
+        assert [u.id for u in cat.legacy_metadata()] == ["f1", "u1"]
+        assert [u.id for u in cat.legacy_metadata(after="f1")] == ["u1"]
+        assert [u.id for u in cat.legacy_metadata(limit=1)] == ["f1"]
+        # Never written back as it is.
+        with pytest.raises(ValueError):
+            cat.create_upload(replace(got, id="u3"), None)
+        with pytest.raises(ValueError):
+            cat.seal_legacy_metadata([(got, None)])
+    finally:
+        cat.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    conn.close()
+
+
+def test_sealing_legacy_metadata_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    _version_1_catalog(path)
+    cat = SQLiteCatalog(path)
+    try:
+        u1, f1 = cat.get_upload("u1"), cat.get_upload("f1")
+        assert u1 is not None and f1 is not None
+        sealed_u1 = replace(u1, legacy_metadata=None, metadata=b"sealed-u1")
+        sealed_f1 = replace(
+            f1, legacy_metadata=None, metadata=b"sealed-f1", header=b"hdr", dek_id=b"dek-f1"
+        )
+        changes = [(sealed_u1, None), (sealed_f1, _wrapped(b"f1"))]
+        assert cat.seal_legacy_metadata(changes) == 2
+        assert cat.get_upload("u1") == sealed_u1
+        assert cat.get_upload("f1") == sealed_f1
+        assert cat.wrapped_key(b"dek-f1") == _wrapped(b"f1")
+        assert cat.wrapped_key(u1.dek_id) == _wrapped(b"1")
+        assert cat.legacy_metadata() == []
+        # Done already (another process got there first): nothing changes.
+        assert cat.seal_legacy_metadata(changes) == 0
+        # The plain text is gone from the files, not only from query results.
+        leftovers = [p.name for p in tmp_path.iterdir() if LEGACY.encode() in p.read_bytes()]
+        assert not leftovers
+    finally:
+        cat.close()
+    assert not [p.name for p in tmp_path.iterdir() if LEGACY.encode() in p.read_bytes()]
+
+
+def test_a_newer_catalog_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    SQLiteCatalog(path).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        SQLiteCatalog(path)
 
 
 def test_expired(cat: SQLiteCatalog) -> None:

@@ -26,18 +26,25 @@ class Upload:
     tenant: str
     length: int | None  # None while the length is deferred (or for a final not yet known)
     offset: int
-    metadata: str | None  # the Upload-Metadata header exactly as received
+    # The Upload-Metadata header as received, sealed under the upload's key (the sealed
+    # value "metadata", see docs/FORMAT.md); only the service can open it.
+    metadata: bytes | None
     state: str  # ACTIVE | COMPLETE | TERMINATED
     created_at: float
     expires_at: float | None
     segment_size: int
-    header: bytes  # the sealed object's encoded header (empty for a final concatenation)
+    # The sealed object's encoded header. A final concatenation has one too, for an
+    # object never written: it keys the final's sealed values (empty in old catalogs).
+    header: bytes
     dek_id: bytes
     multipart_id: str | None = None
     concat: str | None = None  # None | "partial" | "final"
     parts: tuple[str, ...] = ()  # for a final upload: the partial upload ids, in order
     checksum: str | None = None  # "algo base64" of the whole upload, when a client gave one
     completed_at: float | None = None
+    # Only in rows written before metadata was sealed: the header in plain text, until
+    # the service seals it in place (`Catalog.seal_legacy_metadata`). Never stored.
+    legacy_metadata: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,17 @@ class Catalog(Protocol):
         """
 
     def set_length(self, upload_id: str, length: int) -> None: ...
+
+    # metadata written in plain text by older versions
+    def legacy_metadata(self, after: str = "", limit: int = 100) -> list[Upload]:
+        """Uploads (ids > `after`, in id order) whose metadata is still plain text."""
+
+    def seal_legacy_metadata(self, sealed: Sequence[tuple[Upload, WrappedKey | None]]) -> int:
+        """Replace plain-text metadata by each upload's `metadata` (sealed, or None), with
+        its `header` and `dek_id` and a new wrapped key where one is given (a final from
+        before finals had a key); rows no longer plain are left alone. Returns how many
+        rows changed; the plain text is then gone from the catalog's files."""
+
     def terminate(self, upload_id: str) -> None:
         """Mark the upload terminated and shred its wrapped key."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
@@ -27,7 +27,10 @@ from gateway.catalog.base import (
 )
 from gateway.keys.base import WrappedKey
 
-SCHEMA_VERSION = 1
+# 2: metadata is sealed (a BLOB). A version 1 catalog is taken as it is: its rows'
+# plain-text metadata (TEXT values) is read as legacy until the service seals it.
+SCHEMA_VERSION = 2
+_UPGRADABLE = (1,)
 
 # Kept to types and syntax PostgreSQL also accepts (BIGINT, DOUBLE PRECISION, BOOLEAN,
 # ON CONFLICT), except BLOB, which becomes BYTEA there. "offset" is a reserved word in
@@ -40,7 +43,7 @@ _SCHEMA = (
         tenant TEXT NOT NULL,
         length BIGINT,
         upload_offset BIGINT NOT NULL,
-        metadata TEXT,
+        metadata BLOB,
         state TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         expires_at DOUBLE PRECISION,
@@ -105,8 +108,9 @@ _SCHEMA = (
     )""",
 )
 
-# Column order follows the Upload dataclass; only "offset" is renamed.
-_UPLOAD_FIELDS = tuple(f.name for f in fields(Upload))
+# Column order follows the Upload dataclass; only "offset" is renamed. Legacy metadata
+# is a TEXT value of the metadata column, never a column of its own.
+_UPLOAD_FIELDS = tuple(f.name for f in fields(Upload) if f.name != "legacy_metadata")
 _UPLOAD_COLUMNS = ", ".join("upload_offset" if n == "offset" else n for n in _UPLOAD_FIELDS)
 
 
@@ -145,6 +149,8 @@ class SQLiteCatalog:
             row = cur.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] in _UPGRADABLE:
+                cur.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"catalog schema version {row[0]} is not supported (want {SCHEMA_VERSION})"
@@ -188,6 +194,8 @@ class SQLiteCatalog:
     # uploads
 
     def create_upload(self, upload: Upload, wrapped: WrappedKey | None) -> None:
+        if upload.legacy_metadata is not None:
+            raise ValueError("plain-text metadata is never written to the catalog")
         values = [getattr(upload, name) for name in _UPLOAD_FIELDS]
         values[_UPLOAD_FIELDS.index("parts")] = json.dumps(list(upload.parts))
         with self._tx() as cur:
@@ -206,9 +214,7 @@ class SQLiteCatalog:
         rows = self._query(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
         if not rows:
             return None
-        row = dict(zip(_UPLOAD_FIELDS, rows[0], strict=True))
-        row["parts"] = tuple(json.loads(row["parts"]))
-        return Upload(**row)
+        return _upload_from(rows[0])
 
     def records(self, upload_id: str) -> list[RecordRow]:
         rows = self._query(
@@ -292,6 +298,47 @@ class SQLiteCatalog:
                 "UPDATE uploads SET length = ? WHERE id = ? AND length IS NULL",
                 (length, upload_id),
             )
+
+    def legacy_metadata(self, after: str = "", limit: int = 100) -> list[Upload]:
+        # A sealed value is a BLOB; a TEXT value was written in plain text by version 1.
+        rows = self._query(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE typeof(metadata) = 'text' "
+            "AND id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        )
+        return [_upload_from(row) for row in rows]
+
+    def seal_legacy_metadata(self, sealed: Sequence[tuple[Upload, WrappedKey | None]]) -> int:
+        changed = 0
+        with self._tx() as cur:
+            for upload, wrapped in sealed:
+                if upload.legacy_metadata is not None:
+                    raise ValueError("plain-text metadata is never written to the catalog")
+                cur.execute(
+                    "UPDATE uploads SET metadata = ?, header = ?, dek_id = ? "
+                    "WHERE id = ? AND typeof(metadata) = 'text'",
+                    (upload.metadata, upload.header, upload.dek_id, upload.id),
+                )
+                if cur.rowcount != 1:
+                    continue
+                changed += 1
+                if wrapped is not None:
+                    cur.execute(
+                        "INSERT INTO wrapped_keys (dek_id, upload_id, kek_id, kek_version, blob) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (
+                            upload.dek_id,
+                            upload.id,
+                            wrapped.kek_id,
+                            wrapped.kek_version,
+                            wrapped.blob,
+                        ),
+                    )
+        if changed:
+            # secure_delete zeroed the old values in the database file; the WAL may
+            # still hold page images with them until a checkpoint truncates it.
+            self._truncate_wal()
+        return changed
 
     def terminate(self, upload_id: str) -> None:
         with self._tx() as cur:
@@ -425,3 +472,11 @@ class SQLiteCatalog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _upload_from(values: Sequence[Any]) -> Upload:
+    row = dict(zip(_UPLOAD_FIELDS, values, strict=True))
+    row["parts"] = tuple(json.loads(row["parts"]))
+    if isinstance(row["metadata"], str):
+        row["legacy_metadata"], row["metadata"] = row["metadata"], None
+    return Upload(**row)
