@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -264,6 +266,21 @@ def test_terminate_shreds_key(cat: SQLiteCatalog, tmp_path: Path) -> None:
     with pytest.raises(LeaseLost):
         cat.commit(lease, Progress(0, 10, complete_at=1.0))
     assert cat.expired(now=1e9) == []
+
+
+def test_the_database_and_its_wal_and_shm_are_owner_only(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        cat = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+        cat.create_upload(_upload(), _wrapped())
+    finally:
+        os.umask(old_umask)
+    try:
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == ["catalog.sqlite3", "catalog.sqlite3-shm", "catalog.sqlite3-wal"]
+        assert {stat.S_IMODE((tmp_path / n).stat().st_mode) for n in names} == {0o600}
+    finally:
+        cat.close()
 
 
 def test_forget_removes_everything(cat: SQLiteCatalog) -> None:

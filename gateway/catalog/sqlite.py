@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -117,6 +119,7 @@ class SQLiteCatalog:
         # Autocommit mode (isolation_level=None): transactions are begun explicitly so
         # that every write takes the database write lock up front (BEGIN IMMEDIATE).
         # `timeout` is SQLite's busy_timeout: how long to wait for another writer.
+        _owner_only(Path(path))
         self._conn = sqlite3.connect(
             str(path),
             timeout=busy_timeout_ms / 1000,
@@ -425,3 +428,13 @@ class SQLiteCatalog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _owner_only(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives its -wal and
+    -shm files the database file's mode. Files left by older versions are tightened."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        with suppress(FileNotFoundError):
+            if stat.S_IMODE((path.parent / name).stat().st_mode) & 0o077:
+                os.chmod(path.parent / name, 0o600)
