@@ -73,6 +73,7 @@ def test_the_first_token_goes_to_an_owner_only_file_not_to_the_log(tmp_path: Pat
     try:
         token_file = data_dir / "first-token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert _loose(data_dir) == []
         token = token_file.read_text().strip()
         assert token.startswith("gwt_")
         log = server.log()
