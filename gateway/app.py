@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import os
 import signal
+import stat
 import threading
 from collections.abc import AsyncIterator
 
@@ -35,8 +37,22 @@ from gateway.uploads import Uploads
 log = logging.getLogger("gateway.app")
 
 
+class UnsafeDataDir(Exception):
+    """The data dir cannot be made owner-only; the message names it and the fix."""
+
+
 def prepare_data_dir(settings: Settings) -> None:
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create the data dir owner-only (0700), and make an existing one so."""
+    path = settings.data_dir
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if stat.S_IMODE(path.stat().st_mode) != 0o700:
+            os.chmod(path, 0o700)
+    except OSError as exc:
+        raise UnsafeDataDir(
+            f"cannot make the data dir {path} owner-only ({exc.strerror}); "
+            f"give it to the user the gateway runs as, then run: chmod 700 {path}"
+        ) from None
 
 
 def open_catalog(settings: Settings) -> Catalog:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -11,15 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from gateway import logs
-from gateway.app import create_app, open_catalog, open_store
+from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
 from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.connections import CountingHttpToolsProtocol
+from gateway.keys.base import KeyError_
 from gateway.keys.keyring import LocalKeyring
 from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = "admin"
+FIRST_TOKEN_FILE = "first-token"
+log = logging.getLogger("gateway.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(len(argv) - 1, "--")
     args = _parser().parse_args(argv)
     options: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
+    # Every file and folder the gateway creates is owner-only; modes are also given
+    # explicitly where files are made, this covers what libraries create.
+    os.umask(0o077)
     try:
         if args.command == "verify":
             settings = load_settings({"data_dir": options["data_dir"], "store": options["store"]})
@@ -80,10 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(settings, Principal(args.principal, args.tenant))
         config_file = options.pop("config")
         settings = load_settings(options, config_file=config_file)
-    except ConfigError as exc:
+        return _serve(settings)
+    except (ConfigError, UnsafeDataDir, KeyError_) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    return _serve(settings)
 
 
 def _token(settings: Settings, principal: Principal) -> int:
@@ -144,18 +152,11 @@ def _serve(settings: Settings) -> int:
 
     logs.setup(settings.log_level, json_lines=settings.log_format == "json")
     catalog = open_catalog(settings)
+    # Refuse a keyring others can read before anything listens (workers open it again).
+    keys = LocalKeyring.open(settings.keyring_path)
     if catalog.token_count() == 0:
         # First start: never run open. Mint a token and show how to use it, once.
-        token = mint_token(catalog, Principal(DEFAULT_PRINCIPAL, "default"))
-        url = f"http://{settings.host}:{settings.port}{settings.base_path}"
-        print(
-            "\nFirst start: created a bearer token (stored hashed; it is shown only now).\n"
-            f"Try it:\n  curl -i -X POST {url} -H 'Tus-Resumable: 1.0.0' "
-            f"-H 'Upload-Length: 5' -H 'Authorization: Bearer {token}'\n"
-            "Mint more with: gateway token --data-dir "
-            f"{settings.data_dir}\n",
-            flush=True,
-        )
+        _first_token(settings, mint_token(catalog, Principal(DEFAULT_PRINCIPAL, "default")))
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -179,8 +180,38 @@ def _serve(settings: Settings) -> int:
             "gateway.app:app_from_environment", factory=True, workers=settings.workers, **common
         )
         return 0
-    uvicorn.Server(uvicorn.Config(create_app(settings, catalog=catalog), **common)).run()
+    app = create_app(settings, catalog=catalog, keys=keys)
+    uvicorn.Server(uvicorn.Config(app, **common)).run()
     return 0
+
+
+def _first_token(settings: Settings, token: str) -> None:
+    """Show the first token on an interactive terminal, as Jupyter does; elsewhere
+    stdout is a log stream (a container's), so it goes to an owner-only file."""
+    if sys.stdout.isatty():
+        url = f"http://{settings.host}:{settings.port}{settings.base_path}"
+        print(
+            "\nFirst start: created a bearer token (stored hashed; it is shown only now).\n"
+            f"Try it:\n  curl -i -X POST {url} -H 'Tus-Resumable: 1.0.0' "
+            f"-H 'Upload-Length: 5' -H 'Authorization: Bearer {token}'\n"
+            "Mint more with: gateway token --data-dir "
+            f"{settings.data_dir}\n",
+            flush=True,
+        )
+        return
+    path = (settings.data_dir / FIRST_TOKEN_FILE).absolute()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by an earlier first start whose catalog was removed
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.warning(
+        "first start: created a bearer token for principal %r; it is in %s (owner-only). "
+        "Read it, then delete the file; mint more with `gateway token`",
+        DEFAULT_PRINCIPAL,
+        path,
+        extra={"token_file": str(path)},
+    )
 
 
 if __name__ == "__main__":

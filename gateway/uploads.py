@@ -52,6 +52,8 @@ T = TypeVar("T")
 # What a write reads as it takes the lease: the upload, its wrapped key, its tail pieces.
 _WritingState: TypeAlias = tuple[Upload | None, WrappedKey | None, list[TailPiece]]
 _MAX_RUNNING_HASHES = 10_000  # one small object per upload between its requests
+# How long a DELETE waits for readers of the catalog to let a deleted key be erased.
+SHRED_WAIT = 2.0
 
 # What this service supports, in the order tus clients expect to read it.
 EXTENSIONS = (
@@ -522,21 +524,27 @@ class Uploads:
     # -- removing -----------------------------------------------------------------------
 
     async def terminate(self, principal: Principal, upload_id: str) -> None:
-        upload = await self._owned(principal, upload_id)
-        async with self.leases.held(upload_id):  # stops a writer that is still running
-            users = await self.runner.db(self.catalog.finals_using, upload_id)
-            if upload.concat == "partial" and users:
-                # A final concatenation reads this partial's bytes: hide it from the
-                # client now, remove it when the last final using it goes.
-                await self.runner.db(self.catalog.retire, upload_id)
-            else:
-                await self._remove(upload)
+        found = await self.runner.db(self.catalog.get_upload, upload_id)
+        if found is not None and await self._removal_pending(principal, found):
+            # An earlier DELETE could not shred the key yet (503): finish it now.
+            upload = found
+            await self._finish_removal(upload_id)
+        else:
+            upload = self._check_owned(principal, found)
+            async with self.leases.held(upload_id):  # stops a writer that is still running
+                users = await self.runner.db(self.catalog.finals_using, upload_id)
+                if upload.concat == "partial" and users:
+                    # A final concatenation reads this partial's bytes: hide it from the
+                    # client now, remove it when the last final using it goes.
+                    await self.runner.db(self.catalog.retire, upload_id)
+                else:
+                    await self._remove(upload)
         for part_id in upload.parts:
             await self._remove_if_retired(part_id)
         metrics.UPLOADS_TERMINATED.inc()
         log.info("upload terminated", extra={"upload_id": upload_id, "principal": principal.id})
 
-    async def _remove(self, upload: Upload) -> None:
+    async def _remove(self, upload: Upload, shred_wait: float = SHRED_WAIT) -> None:
         """Objects first, then the key (crypto-shredding), then the rows."""
         if upload.header and upload.multipart_id is not None and upload.state != COMPLETE:
             await self._store_call(
@@ -545,7 +553,45 @@ class Uploads:
         # Everything under U/: data, tails, manifests (a final has only its manifest).
         await self._store_call(self.store.delete_prefix, upload_prefix(upload.id))
         await self.runner.db(self.catalog.terminate, upload.id)
-        await self.runner.db(self.catalog.forget, upload.id)
+        await self._finish_removal(upload.id, shred_wait)
+
+    async def _finish_removal(self, upload_id: str, wait: float = SHRED_WAIT) -> None:
+        """Shred the deleted key's bytes, then forget the rows.
+
+        A reader holding an old snapshot of the catalog keeps the key's bytes needed;
+        after `wait` this answers 503. The upload stays terminated without a key (never
+        readable again), which marks the removal unfinished: a DELETE again or the
+        reaper finishes it.
+        """
+        deadline = time.monotonic() + wait
+        pause = 0.01
+        # In the storage pool: searching a large catalog file takes a while, and the
+        # catalog thread must not wait for it.
+        while not await self.runner.io(self.catalog.shred, upload_id):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "key shredding postponed: the catalog is being read",
+                    extra={"upload_id": upload_id},
+                )
+                raise GatewayError(
+                    ERR.KEY_SHRED_PENDING,
+                    "the upload is deleted, but erasing its key must wait for a reader of "
+                    "the catalog; repeat the DELETE later",
+                    headers={"Retry-After": "5"},
+                )
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.25)
+        await self.runner.db(self.catalog.forget, upload_id)
+
+    async def _removal_pending(self, principal: Principal, upload: Upload) -> bool:
+        """Whether `upload` is principal's and terminated with its key already deleted
+        (a retired partial keeps its key and stays hidden)."""
+        return (
+            upload.state == TERMINATED
+            and upload.owner == principal.id
+            and upload.tenant == principal.tenant
+            and await self.runner.db(self.catalog.wrapped_key, upload.dek_id) is None
+        )
 
     async def _remove_if_retired(self, part_id: str) -> None:
         part = await self.runner.db(self.catalog.get_upload, part_id)
@@ -557,13 +603,16 @@ class Uploads:
     async def reap_once(self) -> int:
         """Remove unfinished uploads whose expiry has passed. Returns how many."""
         removed = 0
+        for upload_id in await self.runner.db(self.catalog.removals_pending):
+            with contextlib.suppress(GatewayError):  # the catalog is still being read
+                await self._finish_removal(upload_id, wait=0)
         for upload_id in await self.runner.db(self.catalog.expired, self.clock()):
             upload = await self.runner.db(self.catalog.get_upload, upload_id)
             if upload is None:
                 continue
             try:
                 async with self.leases.held(upload_id):
-                    await self._remove(upload)
+                    await self._remove(upload, shred_wait=0)
                 removed += 1
                 metrics.REAPED.labels("expired").inc()
                 log.info("expired upload removed", extra={"upload_id": upload_id})

@@ -8,6 +8,7 @@ request) while a body is in the middle of arriving.
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -251,3 +252,20 @@ def flip_stored_byte(data_dir: Path, key: str, offset: int) -> None:
     blob = bytearray(store.get(key))
     blob[offset] ^= 0x01
     store.put(key, bytes(blob))
+
+
+# -- the catalog's files ---------------------------------------------------------------
+
+CATALOG_FILES = ("catalog.sqlite3", "catalog.sqlite3-wal", "catalog.sqlite3-shm")
+
+
+def catalog_files_holding(data_dir: Path, secret: bytes) -> list[str]:
+    """Which of the catalog's files contain `secret`. Read by another process: closing
+    a descriptor of the database here would drop this process's SQLite locks on it."""
+    found = []
+    for name in CATALOG_FILES:
+        if (data_dir / name).exists():
+            raw = subprocess.run(["cat", str(data_dir / name)], capture_output=True, check=True)
+            if secret in raw.stdout:
+                found.append(name)
+    return found

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -25,6 +28,7 @@ from gateway.catalog.base import (
 )
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.base import WrappedKey
+from tests.blackbox import catalog_files_holding
 
 TTL = 30.0
 
@@ -66,7 +70,7 @@ def _record(i: int, final: bool = False) -> RecordRow:
 
 @pytest.fixture
 def cat(tmp_path: Path) -> Iterator[SQLiteCatalog]:
-    c = SQLiteCatalog(tmp_path / "catalog.db")
+    c = SQLiteCatalog(tmp_path / "catalog.sqlite3")
     yield c
     c.close()
 
@@ -258,12 +262,102 @@ def test_terminate_shreds_key(cat: SQLiteCatalog, tmp_path: Path) -> None:
     got = cat.get_upload("u1")
     assert got is not None and got.state == TERMINATED
     assert cat.wrapped_key(up.dek_id) is None
+    assert cat.shred("u1")
     # Gone from the files too (database and WAL), not just unreachable by queries.
-    assert not [p.name for p in tmp_path.iterdir() if secret in p.read_bytes()]
+    assert catalog_files_holding(tmp_path, secret) == []
     # A writer still in flight can record nothing, let alone complete the upload.
     with pytest.raises(LeaseLost):
         cat.commit(lease, Progress(0, 10, complete_at=1.0))
     assert cat.expired(now=1e9) == []
+
+
+def test_the_database_and_its_wal_and_shm_are_owner_only(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        cat = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+        cat.create_upload(_upload(), _wrapped())
+    finally:
+        os.umask(old_umask)
+    try:
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == ["catalog.sqlite3", "catalog.sqlite3-shm", "catalog.sqlite3-wal"]
+        assert {stat.S_IMODE((tmp_path / n).stat().st_mode) for n in names} == {0o600}
+    finally:
+        cat.close()
+
+
+def test_a_reader_of_an_old_snapshot_postpones_shredding(tmp_path: Path) -> None:
+    cat = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    secret = os.urandom(60)
+    cat.create_upload(_upload(), WrappedKey(kek_id="local-1", kek_version=1, blob=secret))
+    cat.create_upload(_upload("u2"), _wrapped(b"2"))
+    reader = sqlite3.connect(tmp_path / "catalog.sqlite3", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM wrapped_keys").fetchone() == (2,)
+        cat.terminate("u1")
+        assert cat.wrapped_key(_upload().dek_id) is None
+        # The reader may still read the key: its bytes cannot be erased yet, and
+        # shredding says so rather than pretend.
+        assert not cat.shred("u1")
+        assert catalog_files_holding(tmp_path, secret) != []
+        assert cat.removals_pending() == ["u1"]
+        reader.execute("COMMIT")
+        assert cat.shred("u1")
+        assert catalog_files_holding(tmp_path, secret) == []
+        cat.forget("u1")
+        assert cat.removals_pending() == []
+    finally:
+        reader.close()
+        cat.close()
+
+
+def test_a_stale_copy_of_a_key_in_a_table_page_is_erased(tmp_path: Path) -> None:
+    """secure_delete zeroes deleted cells and freed pages, not every stale copy: a page
+    rebalance leaves copies of moved cells in the page's unused space. A copy left by
+    a connection without secure_delete stands in for one here."""
+    path = tmp_path / "catalog.sqlite3"
+    cat = SQLiteCatalog(path)
+    secret = os.urandom(60)
+    cat.create_upload(_upload(), WrappedKey(kek_id="local-1", kek_version=1, blob=secret))
+    cat.create_upload(_upload("u2"), _wrapped(b"2"))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA secure_delete = OFF")
+    other.execute("INSERT INTO wrapped_keys VALUES (x'00', 'u2', 'local-1', 1, ?)", (secret,))
+    other.execute("DELETE FROM wrapped_keys WHERE dek_id = x'00'")
+    other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    other.close()
+    raw = subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout
+    assert raw.count(secret) == 2  # the live row, and the stale copy
+    cat.terminate("u1")
+    assert cat.shred("u1")
+    assert catalog_files_holding(tmp_path, secret) == []
+    assert cat.wrapped_key(b"dek-u2") == _wrapped(b"2")  # the others are kept
+    cat.close()
+    reopened = SQLiteCatalog(path)  # and the rebuilt table is the same table
+    assert reopened.wrapped_key(b"dek-u2") == _wrapped(b"2")
+    reopened.create_upload(_upload("u3"), _wrapped(b"3"))
+    reopened.close()
+
+
+def test_shredding_after_a_restart_rebuilds_the_key_table(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    cat = SQLiteCatalog(path)
+    secret = os.urandom(60)
+    cat.create_upload(_upload(), WrappedKey(kek_id="local-1", kek_version=1, blob=secret))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM uploads").fetchall()
+    cat.terminate("u1")
+    assert not cat.shred("u1")
+    cat.close()
+    reader.close()
+    # Another process (or this one restarted) no longer knows the key's bytes.
+    cat = SQLiteCatalog(path)
+    assert cat.removals_pending() == ["u1"]
+    assert cat.shred("u1")
+    assert catalog_files_holding(tmp_path, secret) == []
+    cat.close()
 
 
 def test_forget_removes_everything(cat: SQLiteCatalog) -> None:

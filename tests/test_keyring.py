@@ -72,6 +72,18 @@ def test_file_mode_and_format(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["keyring.json"]  # no temp files left
 
 
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602])
+def test_a_keyring_others_may_reach_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "keyring.json"
+    LocalKeyring.open(path)
+    path.chmod(mode)
+    with pytest.raises(KeyError_, match=f"chmod 600 {path}$") as info:
+        LocalKeyring.open(path)
+    assert str(path) in str(info.value)
+    path.chmod(0o600)
+    LocalKeyring.open(path)
+
+
 def test_reopen_loads_same_keys(tmp_path: Path) -> None:
     path = tmp_path / "keyring.json"
     r1 = LocalKeyring.open(path)

@@ -212,3 +212,25 @@ def test_check_reports_a_missing_root(tmp_path: Path) -> None:
     store.root.rmdir()
     with pytest.raises(StoreUnavailable):
         store.check()
+
+
+def test_every_folder_and_file_is_owner_only(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)  # left by an older version
+    old_umask = os.umask(0o022)
+    try:
+        store = FolderStore(root)
+        mid = store.start_multipart("U/data")
+        store.put_part("U/data", mid, 1, 0, [b"abc"], sha(b"abc"), fence=1)
+        store.put("U/tail/0/1", b"piece", fresh=True)
+        store.put("U/manifest.json", b"{}")
+        store.complete_multipart("U/data", mid, [PartRef(1, 0, 3, sha(b"abc").hex())])
+    finally:
+        os.umask(old_umask)
+    loose = [
+        f"{p.relative_to(tmp_path)} {p.stat().st_mode & 0o777:o}"
+        for p in [root, *root.rglob("*")]
+        if p.stat().st_mode & 0o077
+    ]
+    assert loose == []

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -26,6 +27,7 @@ from gateway.reader import Reader
 from gateway.tus.headers import ChecksumHeader
 from gateway.uploads import Uploads
 from gateway.writer import BodyInterrupted, SegmentWriter
+from tests.blackbox import catalog_files_holding
 from tests.fakes import InPlaceMemoryStore, MemoryStore
 
 S = 64 * 1024
@@ -485,6 +487,59 @@ async def test_terminate_shreds_the_key(service: Uploads, store: MemoryStore) ->
     with pytest.raises(GatewayError) as caught:
         await service.get(ME, upload.id)
     assert caught.value.err is ERR.UPLOAD_NOT_FOUND
+
+
+@contextlib.contextmanager
+def catalog_reader(directory: Path) -> Iterator[None]:
+    """Another connection holding a read transaction open (a backup tool, a shell)."""
+    reader = sqlite3.connect(directory / "catalog.sqlite3", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM wrapped_keys").fetchall()
+        yield
+    finally:
+        reader.close()
+
+
+async def test_delete_answers_503_until_the_key_can_be_erased(
+    service: Uploads, tmp_path: Path
+) -> None:
+    upload = await upload_in_patches(service, os.urandom(100), [100])
+    wrapped = service.catalog.wrapped_key(upload.dek_id)
+    assert wrapped is not None
+    with catalog_reader(tmp_path):
+        with pytest.raises(GatewayError) as caught:
+            await service.terminate(ME, upload.id)
+        assert caught.value.err is ERR.KEY_SHRED_PENDING
+        assert caught.value.headers["Retry-After"]
+        # Deleted all the same: never readable again, by anyone.
+        assert service.catalog.wrapped_key(upload.dek_id) is None
+        for principal in (ME, Principal("mallory", "t1")):
+            with pytest.raises(GatewayError) as gone:
+                await service.get(principal, upload.id)
+            assert gone.value.err is ERR.UPLOAD_NOT_FOUND
+        with pytest.raises(GatewayError) as other:
+            await service.terminate(Principal("mallory", "t1"), upload.id)
+        assert other.value.err is ERR.UPLOAD_NOT_FOUND
+    await service.terminate(ME, upload.id)  # the client repeats its DELETE
+    assert catalog_files_holding(tmp_path, wrapped.blob) == []
+    assert service.catalog.get_upload(upload.id) is None
+
+
+async def test_the_reaper_finishes_a_postponed_shredding(
+    service: Uploads, tmp_path: Path, clock: Clock
+) -> None:
+    upload = await service.create(ME, length=S * 2, metadata=None)
+    await service.write(ME, upload.id, offset=0, body=body(os.urandom(S + 5)))
+    wrapped = service.catalog.wrapped_key(upload.dek_id)
+    assert wrapped is not None
+    clock.now += 101
+    with catalog_reader(tmp_path):
+        assert await service.reap_once() == 0
+        assert service.catalog.wrapped_key(upload.dek_id) is None
+    await service.reap_once()
+    assert catalog_files_holding(tmp_path, wrapped.blob) == []
+    assert service.catalog.get_upload(upload.id) is None
 
 
 async def test_a_finished_upload_refuses_unannounced_bytes(service: Uploads) -> None:

@@ -138,7 +138,16 @@ class Catalog(Protocol):
         rows changed; the plain text is then gone from the catalog's files."""
 
     def terminate(self, upload_id: str) -> None:
-        """Mark the upload terminated and shred its wrapped key."""
+        """Mark the upload terminated and delete its wrapped key; `shred` comes next."""
+
+    def shred(self, upload_id: str) -> bool:
+        """Make the wrapped key `terminate` deleted unrecoverable from the catalog's own
+        storage (logs, free space). False while that is not possible yet (a reader holds
+        an old snapshot): call again later, before `forget`."""
+
+    def removals_pending(self, limit: int = 100) -> list[str]:
+        """Ids of terminated uploads whose key is deleted but whose rows remain: their
+        key may still need shredding, then the rows forgetting."""
 
     def retire(self, upload_id: str) -> None:
         """Hide a finished partial (state terminated) but keep its data and key: a final

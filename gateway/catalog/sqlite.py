@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,22 @@ from gateway.catalog.base import (
     TailPiece,
     Upload,
 )
+from gateway.catalog.sqlite_files import DatabaseFile
 from gateway.keys.base import WrappedKey
 
 # 2: metadata is sealed (a BLOB). A version 1 catalog is taken as it is: its rows'
 # plain-text metadata (TEXT values) is read as legacy until the service seals it.
 SCHEMA_VERSION = 2
 _UPGRADABLE = (1,)
+
+_WRAPPED_KEYS = """CREATE TABLE IF NOT EXISTS {table} (
+        dek_id BLOB PRIMARY KEY,
+        upload_id TEXT NOT NULL REFERENCES uploads (id),
+        kek_id TEXT NOT NULL,
+        kek_version INTEGER NOT NULL,
+        blob BLOB NOT NULL
+    )"""
+_WRAPPED_KEYS_INDEX = "CREATE INDEX IF NOT EXISTS wrapped_keys_upload ON wrapped_keys (upload_id)"
 
 # Kept to types and syntax PostgreSQL also accepts (BIGINT, DOUBLE PRECISION, BOOLEAN,
 # ON CONFLICT), except BLOB, which becomes BYTEA there. "offset" is a reserved word in
@@ -75,14 +85,8 @@ _SCHEMA = (
         length BIGINT NOT NULL,
         PRIMARY KEY (upload_id, segment, piece)
     )""",
-    """CREATE TABLE IF NOT EXISTS wrapped_keys (
-        dek_id BLOB PRIMARY KEY,
-        upload_id TEXT NOT NULL REFERENCES uploads (id),
-        kek_id TEXT NOT NULL,
-        kek_version INTEGER NOT NULL,
-        blob BLOB NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS wrapped_keys_upload ON wrapped_keys (upload_id)",
+    _WRAPPED_KEYS.format(table="wrapped_keys"),
+    _WRAPPED_KEYS_INDEX,
     # No foreign key to uploads: a lease is only a claim on an id, and acquiring one
     # must not fail with an integrity error if the upload row is gone.
     """CREATE TABLE IF NOT EXISTS leases (
@@ -121,17 +125,28 @@ class SQLiteCatalog:
         # Autocommit mode (isolation_level=None): transactions are begun explicitly so
         # that every write takes the database write lock up front (BEGIN IMMEDIATE).
         # `timeout` is SQLite's busy_timeout: how long to wait for another writer.
-        self._conn = sqlite3.connect(
-            str(path),
-            timeout=busy_timeout_ms / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
+        self._file = DatabaseFile.hold(Path(path))
+        try:
+            self._conn = sqlite3.connect(
+                str(path),
+                timeout=busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except BaseException:
+            self._file.release()
+            raise
+        self._busy_timeout_ms = busy_timeout_ms
+        self._closed = False
         self._lock = threading.Lock()
+        # Wrapped keys deleted by `terminate` whose bytes `shred` has not yet verified
+        # gone from the files, by upload id.
+        self._shredding: dict[str, list[bytes]] = {}
         try:
             self._setup()
         except BaseException:
             self._conn.close()
+            self._file.release()
             raise
 
     def _setup(self) -> None:
@@ -140,9 +155,11 @@ class SQLiteCatalog:
         # The catalog is what makes an offset durable: fsync the WAL on every commit.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
-        # Deleted rows are zeroed on disk, so a shredded wrapped key does not linger in
-        # free pages of the file.
+        # Deleted cells and freed pages are zeroed on disk (not all that a page
+        # rebalance leaves behind: `shred` sees to that for wrapped keys).
         conn.execute("PRAGMA secure_delete = ON")
+        # Statement journals hold old page images (keys among them): never in temp files.
+        conn.execute("PRAGMA temp_store = MEMORY")
         with self._tx() as cur:
             for ddl in _SCHEMA:
                 cur.execute(ddl)
@@ -336,17 +353,89 @@ class SQLiteCatalog:
                     )
         if changed:
             # secure_delete zeroed the old values in the database file; the WAL may
-            # still hold page images with them until a checkpoint truncates it.
-            self._truncate_wal()
+            # still hold page images with them until a checkpoint truncates it (best
+            # effort: a busy checkpoint only delays that to a later one).
+            with self._lock:
+                self._checkpoint()
         return changed
 
     def terminate(self, upload_id: str) -> None:
         with self._tx() as cur:
+            rows = cur.execute("SELECT blob FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
+            blobs = [bytes(row[0]) for row in rows.fetchall()]
             cur.execute("UPDATE uploads SET state = ? WHERE id = ?", (TERMINATED, upload_id))
             cur.execute("DELETE FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
             # Dropping the lease makes any in-flight writer's next commit fail at once.
             cur.execute("DELETE FROM leases WHERE upload_id = ?", (upload_id,))
-        self._truncate_wal()
+            if blobs or upload_id not in self._shredding:  # a second call finds no row
+                self._shredding[upload_id] = blobs
+
+    def shred(self, upload_id: str) -> bool:
+        """Make the key `terminate` deleted unrecoverable from the catalog's files.
+
+        The row is gone, but its bytes may still be in WAL frames (written by every
+        commit that touched its page since the last checkpoint) and in the database
+        file, in unused space of a page: secure_delete zeroes deleted cells and freed
+        pages, not what a page rebalance left behind. So: checkpoint and truncate the
+        WAL, then look for the bytes; if found (or unknown, after a restart or when
+        another process terminated the upload), rebuild the key table, which frees and
+        so zeroes every page it had. False while a reader (in any process) still uses
+        the WAL: it may need the old pages, so nothing can be erased yet.
+        """
+        with self._lock:
+            blobs = self._shredding.get(upload_id)
+            if blobs is None:
+                row = self._conn.execute(
+                    "SELECT dek_id FROM uploads WHERE id = ?", (upload_id,)
+                ).fetchone()
+                if row is None or not row[0]:
+                    return True  # never had a key (a final upload), or already forgotten
+            elif not blobs:
+                return True
+            if not self._checkpoint():
+                return False
+        # The search reads the whole file: others may use the catalog meanwhile. Their
+        # writes cannot bring the key back, nor move a stale copy out of its page.
+        if blobs is None or self._file.contains(blobs):
+            with self._lock:
+                self._rebuild_wrapped_keys()
+                if not self._checkpoint():
+                    return False
+            if blobs is not None and self._file.contains(blobs):
+                raise RuntimeError("a deleted wrapped key is still in the catalog's files")
+        self._shredding.pop(upload_id, None)
+        return True
+
+    def removals_pending(self, limit: int = 100) -> list[str]:
+        # Terminated without a key: a retired partial keeps its key until it is removed.
+        rows = self._query(
+            "SELECT id FROM uploads WHERE state = ? AND NOT EXISTS "
+            "(SELECT 1 FROM wrapped_keys WHERE wrapped_keys.upload_id = uploads.id) LIMIT ?",
+            (TERMINATED, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate it, without waiting (the
+        caller retries): False if a reader or writer elsewhere is in the way."""
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        return int(busy) == 0
+
+    def _rebuild_wrapped_keys(self) -> None:
+        """Copy the key table into a new one and drop the old: every page the old one
+        had is freed, and secure_delete zeroes freed pages, stale leftovers included."""
+        with self._locked_tx() as cur:
+            cur.execute(_WRAPPED_KEYS.format(table="wrapped_keys_rebuilt"))
+            cur.execute("INSERT INTO wrapped_keys_rebuilt SELECT * FROM wrapped_keys")
+            cur.execute("DROP TABLE wrapped_keys")
+            cur.execute("ALTER TABLE wrapped_keys_rebuilt RENAME TO wrapped_keys")
+            cur.execute(_WRAPPED_KEYS_INDEX)
 
     def retire(self, upload_id: str) -> None:
         with self._tx() as cur:
@@ -367,14 +456,7 @@ class SQLiteCatalog:
             for table in ("records", "tail_pieces", "wrapped_keys", "leases"):
                 cur.execute(f"DELETE FROM {table} WHERE upload_id = ?", (upload_id,))
             cur.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-        self._truncate_wal()
-
-    def _truncate_wal(self) -> None:
-        # The WAL still holds page images with the shredded key until a checkpoint
-        # rewrites the database file and truncates the log. Best effort: a busy
-        # checkpoint only delays that to a later one.
-        with self._lock, suppress(sqlite3.OperationalError):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        self._shredding.pop(upload_id, None)
 
     def expired(self, now: float, limit: int = 100) -> list[str]:
         rows = self._query(
@@ -471,7 +553,11 @@ class SQLiteCatalog:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self._conn.close()
+            self._file.release()
 
 
 def _upload_from(values: Sequence[Any]) -> Upload:

@@ -7,6 +7,7 @@ import binascii
 import json
 import os
 import secrets
+import stat
 import struct
 import threading
 from contextlib import suppress
@@ -61,6 +62,7 @@ class LocalKeyring:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # If another process created it meanwhile, its file wins and is loaded below.
             _write(path, _new_document(), exclusive=True)
+        _check_owner_only(path)
         doc = _load(path)
         if not doc.get("signing_keys"):
             # Files written before signing keys existed get one on first use.
@@ -194,6 +196,19 @@ def _new_document() -> dict[str, Any]:
         "keks": [_new_kek_entry(1)],
         "signing_keys": [_new_signing_entry()],
     }
+
+
+def _check_owner_only(path: Path) -> None:
+    """Refuse a keyring that anyone but its owner may read or change."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as e:
+        raise KeyError_(f"cannot read keyring {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise KeyError_(
+            f"keyring {path} has mode {mode:04o}, so other users can reach its keys; "
+            f"run: chmod 600 {path}"
+        )
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,7 +30,10 @@ class FolderStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        # Owner-only, like every file and folder below it (0600 / 0700).
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(root.stat().st_mode) & 0o077:
+            os.chmod(root, 0o700)
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -282,7 +286,7 @@ def _make_dirs(path: Path) -> None:
         path = path.parent
     for directory in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another writer was quicker
-            directory.mkdir()
+            directory.mkdir(mode=0o700)
         _fsync_dir(directory.parent)
 
 
