@@ -440,7 +440,18 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
         part, _ = await service.write(ME, part.id, offset=0, body=body(data))
         parts.append(part.id)
     before = set(store.objects)
+    read_keys: list[str] = []
+    get = store.get
+
+    def recording_get(key: str, *args: Any, **kwargs: Any) -> bytes:
+        read_keys.append(key)
+        return get(key, *args, **kwargs)
+
+    store.get = recording_get  # type: ignore[method-assign]
     final = await service.create_final(ME, concat="final;x", part_ids=parts, metadata=None)
+    store.get = get  # type: ignore[method-assign]
+    # Built from the partials' signed manifests: no partial's ciphertext is read.
+    assert read_keys == [f"{p}/manifest.jws" for p in parts]
     # No byte copied: the only new objects are the final's signed manifest.
     assert set(store.objects) - before == {f"{final.id}/manifest.json", f"{final.id}/manifest.jws"}
     assert final.length == len(a) + len(b)
@@ -448,7 +459,11 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
     document = json.loads(store.objects[f"{final.id}/manifest.json"])
     assert document["kind"] == "concatenation"
     assert [p["id"] for p in document["parts"]] == parts
-    assert document["plaintext"]["sha256"] == hashlib.sha256(a + b).hexdigest()
+    # SHA-256 does not compose: each partial is pinned by its own signed manifest instead.
+    assert document["plaintext"] == {"size": len(a) + len(b)}
+    assert [p["manifest_jws_sha256"] for p in document["parts"]] == [
+        hashlib.sha256(store.objects[f"{p}/manifest.jws"]).hexdigest() for p in parts
+    ]
     jws = store.objects[f"{final.id}/manifest.jws"].decode()
     keys = {kid: key for kid, key, _ in service.keys.public_signing_keys()}
     assert manifest.verify(jws, keys) == document

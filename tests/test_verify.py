@@ -545,3 +545,45 @@ def test_a_final_is_built_from_recorded_digests_not_by_reading_its_partials(
     result = verify(server, upload_id(response.headers["Location"]))
     assert result.code == 1, result
     assert any(part_ids[0] in f for f in result.failed), result
+
+
+# -- the two views of a manifest ------------------------------------------------------------
+
+
+def test_the_reader_manifest_is_checked_with_keys(server: GatewayProcess) -> None:
+    uid = finished(server, 70_000)
+    result = verify(server, uid)
+    assert_all_ok(result)
+    assert any(c.startswith("ok") and "reader manifest" in c for c in result.checks), result
+    skipped = verify(server, uid, "--no-decrypt")
+    assert any(c.startswith("skip") and "reader manifest" in c for c in skipped.checks), skipped
+
+
+def test_a_reader_manifest_of_another_upload_fails(server: GatewayProcess) -> None:
+    """Sealed under each upload's own data key: moved to another upload, it fails."""
+    uid, other = finished(server, 1000), finished(server, 1000)
+    store = store_for(server.data_dir)
+    store.put(f"{uid}/manifest.sealed", store.get(f"{other}/manifest.sealed"))
+    assert_fails(verify(server, uid), "reader")
+    assert_all_ok(verify(server, uid, "--no-decrypt"), decrypted=False)
+
+
+def test_a_version_1_manifest_still_verifies(server: GatewayProcess) -> None:
+    """Manifests signed before version 2 carry the plaintext SHA-256 in the stored copy
+    and have no reader's manifest: verify and GET /files/{id}/manifest still take them."""
+    from gateway import manifest
+    from gateway.keys.keyring import LocalKeyring
+
+    data = os.urandom(70_000)
+    uid = upload_id(upload(server, data))
+    doc = manifest_json(server, uid)
+    doc["manifest_version"] = 1
+    del doc["view"], doc["plaintext"]["sha256_hmac"]
+    kid, key = LocalKeyring.open(server.data_dir / "keyring.json").signing_key()
+    store = store_for(server.data_dir)
+    json_key, jws_key = manifest_keys(uid)
+    store.delete(f"{uid}/manifest.sealed")
+    store.put(json_key, manifest.canonical_json(doc))
+    store.put(jws_key, manifest.sign(doc, kid, key).encode())
+    assert_all_ok(verify(server, uid))
+    assert manifest_json(server, uid) == doc
