@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import zlib
 from typing import Protocol
@@ -15,6 +16,10 @@ from gateway.types import Buffer
 # we advertise in Tus-Checksum-Algorithm; sha1 first because the spec says servers
 # SHOULD support it and most clients pick the first algorithm they know.
 SUPPORTED: tuple[str, ...] = ("sha1", "sha256", "sha512", "md5", "crc32", "crc32c")
+
+# The name under which the data key seals a client's checksum of a whole upload: like
+# the plaintext SHA-256, it would tell anyone who can read it whether a known file was sent.
+SEALED_NAME = "client_checksum"
 
 _DIGEST_SIZES: dict[str, int] = {
     "sha1": 20,
@@ -80,3 +85,8 @@ def new_hasher(algorithm: str) -> Hasher:
 def digest_size(algorithm: str) -> int:
     """Return the raw digest length in bytes; KeyError for an unknown algorithm."""
     return _DIGEST_SIZES[algorithm]
+
+
+def header_value(algorithm: str, digest: bytes) -> str:
+    """The Upload-Checksum form "<algorithm> <base64>" of a digest (MANIFEST.md)."""
+    return f"{algorithm} {base64.b64encode(digest).decode('ascii')}"

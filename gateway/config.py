@@ -26,6 +26,7 @@ class Settings:
     segment_size: int = 8 * MiB  # plaintext bytes per sealed record
     upload_ttl: float = 7 * 24 * 3600.0  # unfinished uploads expire after this idle time
     metadata_max_bytes: int = 4096
+    max_concat_parts: int = 100  # partial uploads one final concatenation may list
     lease_ttl: float = 30.0  # a crashed holder's lease dies after this
     acquire_timeout: float = 10.0  # how long a request waits for a busy upload
     network_timeout: float = 60.0  # a PATCH body that stalls this long is cut and saved
@@ -75,6 +76,8 @@ class Settings:
             raise ConfigError("max_size must be >= 0")
         if self.pipeline_depth < 1 or self.io_threads < 1 or self.max_writers < 1:
             raise ConfigError("pipeline_depth, io_threads and max_writers must be >= 1")
+        if not 1 <= self.max_concat_parts <= 1000:  # 1000: what Upload-Concat may list
+            raise ConfigError("max_concat_parts must be between 1 and 1000")
         if self.seal_threads < 0:
             raise ConfigError("seal_threads must be >= 0 (0: one per CPU core)")
         if self.receive_budget < MiB:

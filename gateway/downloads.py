@@ -14,7 +14,6 @@ from gateway.auth import Authenticator
 from gateway.catalog.base import COMPLETE, Upload
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
-from gateway.layout import manifest_keys
 from gateway.ranges import Unsatisfiable, parse_range
 from gateway.reader import NotReadable, Reader
 from gateway.sealed import InvalidSealedData
@@ -123,12 +122,10 @@ class DownloadHandler:
 
     async def manifest(self, request: Request) -> Response:
         upload = await self._finished(request)
-        json_key, jws_key = manifest_keys(upload.id)
         want_json = "application/json" in request.headers.get("accept", "")
         try:
-            body = await self.uploads.runner.io(
-                self.uploads.store.get, json_key if want_json else jws_key
-            )
+            # The reader's view: it discloses the plaintext SHA-256 (MANIFEST.md).
+            token = await self.uploads.signed_manifest(upload)
         except ObjectNotFound as exc:
             if upload.parts:
                 raise GatewayError(
@@ -137,6 +134,7 @@ class DownloadHandler:
                 ) from exc
             raise GatewayError(ERR.UPLOAD_NOT_FINISHED, "the manifest is not written yet") from exc
         media = "application/json" if want_json else "application/jose"
+        body = manifest.payload(token) if want_json else token.encode("ascii")
         return Response(body, media_type=media, headers={"Cache-Control": "private, no-store"})
 
     async def jwks(self, request: Request) -> Response:

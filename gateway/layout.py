@@ -22,5 +22,10 @@ def manifest_keys(upload_id: str) -> tuple[str, str]:
     return f"{upload_id}/manifest.json", f"{upload_id}/manifest.jws"
 
 
+def reader_manifest_key(upload_id: str) -> str:
+    """U/manifest.sealed: the reader's signed manifest, sealed under the upload's data key."""
+    return f"{upload_id}/manifest.sealed"
+
+
 def upload_prefix(upload_id: str) -> str:
     return f"{upload_id}/"

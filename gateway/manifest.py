@@ -15,7 +15,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# Version 1 manifests (plaintext SHA-256 in the stored copy) are still read and verified.
+READABLE_VERSIONS = frozenset({1, 2})
+# The two views of an object's manifest (MANIFEST.md): the reader's, served to the owner,
+# and the stored one, which leaves out what a digest of the plaintext would disclose.
+VIEW_READER = "reader"
+VIEW_STORED = "stored"
 JWS_TYP = "imgw-manifest+jws"
 # RFC 9864: the fully-specified name; it deprecates the polymorphic "EdDSA" of RFC 8037.
 JWS_ALG = "Ed25519"
@@ -158,12 +164,14 @@ def build_manifest(
     encryption: dict[str, object],
     plaintext_size: int,
     plaintext_sha256: bytes,
+    plaintext_sha256_hmac: bytes,
     record_sha256: Sequence[bytes],
     retention: dict[str, object] | None,
     signer_kid: str,
     suite: int = 1,
 ) -> dict[str, object]:
-    """Assemble the manifest of a completed upload; ValueError on missing or forbidden fields."""
+    """Assemble the reader's manifest of a completed upload (stored_view() gives the one for
+    the bucket); ValueError on missing or forbidden fields."""
     sections: dict[str, object] = {
         "upload": upload,
         "storage": storage,
@@ -193,6 +201,7 @@ def build_manifest(
     if upload["length"] != plaintext_size:
         raise ValueError("upload.length differs from plaintext_size")
     _check_digest(plaintext_sha256, "plaintext_sha256")
+    _check_digest(plaintext_sha256_hmac, "plaintext_sha256_hmac")
     if not record_sha256:
         # docs/FORMAT.md: a sealed object always has at least one record.
         raise ValueError("record_sha256 is empty; an object has at least one record")
@@ -206,12 +215,17 @@ def build_manifest(
     leaves = [bytes(d) for d in record_sha256]
     manifest: dict[str, object] = {
         "manifest_version": MANIFEST_VERSION,
+        "view": VIEW_READER,
         "suite": suite,
         # Deep copies: the signed manifest must not change if the caller's dicts do.
         "upload": copy.deepcopy(upload),
         "storage": copy.deepcopy(storage),
         "encryption": copy.deepcopy(encryption),
-        "plaintext": {"size": plaintext_size, "sha256": bytes(plaintext_sha256).hex()},
+        "plaintext": {
+            "size": plaintext_size,
+            "sha256": bytes(plaintext_sha256).hex(),
+            "sha256_hmac": bytes(plaintext_sha256_hmac).hex(),
+        },
         "records": {
             "count": len(leaves),
             "sha256": [d.hex() for d in leaves],
@@ -225,33 +239,57 @@ def build_manifest(
     return manifest
 
 
+def stored_view(manifest: Mapping[str, object]) -> dict[str, object]:
+    """The bucket's copy of a reader's manifest: the same document without the plaintext
+    SHA-256 and the client's checksum, which would let anyone who can read the bucket test
+    whether a known file was uploaded. Only the keyed `plaintext.sha256_hmac` stays."""
+    if manifest.get("view") != VIEW_READER:
+        raise ValueError("stored_view() takes a reader's manifest")
+    stored = copy.deepcopy(dict(manifest))
+    stored["view"] = VIEW_STORED
+    del stored["plaintext"]["sha256"]  # type: ignore[attr-defined]
+    del stored["upload"]["client_checksum"]  # type: ignore[attr-defined]
+    return stored
+
+
+def check_views(reader: Mapping[str, object], stored: Mapping[str, object]) -> None:
+    """ManifestError unless `stored` is exactly the stored view of `reader`."""
+    try:
+        expected = stored_view(reader)
+    except (ValueError, KeyError, TypeError):
+        raise ManifestError("the reader's manifest is not a reader's manifest") from None
+    if canonical_json(expected) != canonical_json(dict(stored)):
+        raise ManifestError("the reader's manifest and the stored manifest differ")
+
+
 def build_concat_manifest(
     *,
     upload: dict[str, object],
     parts: Sequence[dict[str, object]],
     plaintext_size: int,
-    plaintext_sha256: bytes,
     signer_kid: str,
 ) -> dict[str, object]:
     """The manifest of a final concatenation: its partials in order, each pinned by the
-    SHA-256 of its own signed manifest, and the plaintext SHA-256 of the whole."""
+    SHA-256 of its own signed (stored) manifest. No digest of the whole plaintext: SHA-256
+    does not compose, and computing it would mean reading every partial again."""
     _reject_forbidden(upload, "upload")
     _require(upload, ("id", "created", "completed", "uploader", "length"), "upload")
     if not parts:
         raise ValueError("a concatenation has at least one partial")
     for i, part in enumerate(parts):
         _reject_forbidden(part, f"parts[{i}]")
-        _require(part, ("id", "length", "plaintext_sha256", "manifest_jws_sha256"), "part")
+        _require(part, ("id", "length", "manifest_jws_sha256"), "part")
+        if "plaintext_sha256" in part:
+            raise ValueError("a part's plaintext SHA-256 is not stored readable")
     lengths = [p["length"] for p in parts]
     if upload["length"] != plaintext_size or sum(lengths) != plaintext_size:  # type: ignore[arg-type]
         raise ValueError("the partials' lengths do not add up to the upload's length")
-    _check_digest(plaintext_sha256, "plaintext_sha256")
     manifest: dict[str, object] = {
         "manifest_version": MANIFEST_VERSION,
         "kind": "concatenation",
         "upload": copy.deepcopy(upload),
         "parts": copy.deepcopy(list(parts)),
-        "plaintext": {"size": plaintext_size, "sha256": bytes(plaintext_sha256).hex()},
+        "plaintext": {"size": plaintext_size},
         "signer": {"kid": signer_kid, "alg": JWS_ALG},
     }
     canonical_json(manifest)
@@ -365,12 +403,21 @@ def verify(jws: str, keys: Mapping[str, Ed25519PublicKey]) -> dict[str, object]:
         raise ManifestError(f"payload is not canonical JSON (RFC 8785): {e}") from None
     if canonical != payload:
         raise ManifestError("payload is not canonical JSON (RFC 8785)")
-    if manifest.get("manifest_version") != MANIFEST_VERSION:
+    version = manifest.get("manifest_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:  # not True, not 1.0
         raise ManifestError(f"unsupported manifest_version {manifest.get('manifest_version')!r}")
     signer = manifest.get("signer")
     if not isinstance(signer, dict) or signer.get("kid") != kid or signer.get("alg") != JWS_ALG:
         raise ManifestError("manifest signer does not match the JWS header")
     return manifest
+
+
+def payload(jws: str) -> bytes:
+    """The payload bytes of a compact JWS made by sign() (the canonical manifest JSON)."""
+    parts = jws.split(".")
+    if len(parts) != 3:
+        raise ManifestError(f"malformed JWS: {len(parts)} parts, compact serialization has 3")
+    return _b64url_decode(parts[1], "payload")
 
 
 def _b64url(data: bytes) -> str:

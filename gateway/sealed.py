@@ -219,6 +219,13 @@ def derive_value_key(dek: bytes, header: Header) -> bytes:
     return _hkdf(dek, header.salt, info)
 
 
+def derive_digest_key(dek: bytes, header: Header) -> bytes:
+    """The HMAC-SHA-256 key for keyed digests of the plaintext (stored manifests)."""
+    _check_dek(dek)
+    info = FORMAT_LABEL + b"/digest" + bytes([header.suite]) + header.upload_id.encode("ascii")
+    return _hkdf(dek, header.salt, info)
+
+
 def new_header(
     dek: bytes,
     *,
@@ -267,6 +274,7 @@ class Sealer:
         self._content_key = derive_content_key(dek, header)
         self._aead = AESGCM(self._content_key)
         self._values = AESGCM(derive_value_key(dek, header))
+        self._digest_key = derive_digest_key(dek, header)
         self._nonce = nonce
 
     def _fresh_nonce(self) -> bytes:
@@ -389,6 +397,15 @@ class Sealer:
             return self._values.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], self._value_aad(name))
         except InvalidTag:
             raise InvalidSealedData(f"sealed value {name!r} failed authentication") from None
+
+    def keyed_digest(self, name: str, data: Buffer) -> bytes:
+        """HMAC-SHA-256 of `data` under this object's digest key, bound to `name` and the
+        header: a digest that only a holder of the data key can recompute or test."""
+        raw = self._value_aad(name)[len(FORMAT_LABEL) + len(b"/value") :]
+        prefix = FORMAT_LABEL + b"/digest" + raw  # header_digest || u8(len(name)) || name
+        mac = hmac.new(self._digest_key, prefix, hashlib.sha256)
+        mac.update(_view(data))
+        return mac.digest()
 
     def _value_aad(self, name: str) -> bytes:
         raw = name.encode("ascii")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -12,10 +11,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway import manifest
 from gateway.catalog.base import RecordRow, Upload
 from gateway.keys.base import WrappedKey
-from gateway.layout import data_key, manifest_keys
+from gateway.layout import data_key, manifest_keys, reader_manifest_key
 from gateway.reader import Reader
-from gateway.sealed import RECORD_OVERHEAD
+from gateway.sealed import RECORD_OVERHEAD, Sealer
 from gateway.store.base import ObjectStore
+
+# Names under which the data key seals the reader's manifest and keys the plaintext digest.
+READER_MANIFEST = "manifest"
+PLAINTEXT_DIGEST = "plaintext.sha256"
 
 
 def rfc3339(ts: float) -> str:
@@ -42,9 +45,16 @@ def write_manifest(
     upload: Upload,
     records: Sequence[RecordRow],
     wrapped: WrappedKey,
+    sealer: Sealer,
     plaintext_sha256: bytes,
+    client_checksum: str | None,
     completed_at: float,
 ) -> None:
+    """Sign the reader's manifest and its stored view (MANIFEST.md, "Two views").
+
+    The reader's one, which discloses the plaintext SHA-256 and the client's checksum, is
+    stored sealed under the upload's data key; the bucket's readable copy has neither.
+    """
     kid, private_key = signing
     records = sorted(records, key=lambda r: r.index)
     document = manifest.build_manifest(
@@ -54,7 +64,7 @@ def write_manifest(
             "completed": rfc3339(completed_at),
             "uploader": {"principal": upload.owner, "tenant": upload.tenant},
             "length": upload.length,
-            "client_checksum": upload.checksum,
+            "client_checksum": client_checksum,
         },
         storage={
             "store": store_name,
@@ -73,41 +83,47 @@ def write_manifest(
         },
         plaintext_size=upload.length or 0,
         plaintext_sha256=plaintext_sha256,
+        plaintext_sha256_hmac=sealer.keyed_digest(PLAINTEXT_DIGEST, plaintext_sha256),
         record_sha256=[r.sha256 for r in records],
         retention=None,
         signer_kid=kid,
     )
+    stored = manifest.stored_view(document)
+    reader_jws = manifest.sign(document, kid, private_key).encode("ascii")
+    store.put(reader_manifest_key(upload.id), sealer.seal_value(READER_MANIFEST, reader_jws))
+    # The stored JWS last: its presence means the manifest is written.
     json_key, jws_key = manifest_keys(upload.id)
-    store.put(json_key, manifest.canonical_json(document))
-    store.put(jws_key, manifest.sign(document, kid, private_key).encode("ascii"))
+    store.put(json_key, manifest.canonical_json(stored))
+    store.put(jws_key, manifest.sign(stored, kid, private_key).encode("ascii"))
+
+
+def open_reader_manifest(store: ObjectStore, upload_id: str, sealer: Sealer) -> str:
+    """The reader's signed manifest (compact JWS) of an upload; ObjectNotFound for one
+    signed before version 2, whose stored manifest is the reader's as well."""
+    sealed = store.get(reader_manifest_key(upload_id))
+    return sealer.open_value(READER_MANIFEST, sealed).decode("ascii")
 
 
 def write_concat_manifest(
     *,
     store: ObjectStore,
     signing: tuple[str, Ed25519PrivateKey],
-    reader: Reader,
     final: Upload,
     parts: Sequence[Upload],
 ) -> None:
-    """Sign the manifest of a final concatenation. Its plaintext SHA-256 is computed by
-    reading the partials once; each partial is pinned by its own signed manifest."""
+    """Sign the manifest of a final concatenation from what its partials recorded: each is
+    pinned by the SHA-256 of its own signed manifest. No partial's bytes are read."""
     kid, private_key = signing
-    described = []
+    described: list[dict[str, object]] = []
     for part in parts:
-        json_key, jws_key = manifest_keys(part.id)
-        part_manifest = json.loads(store.get(json_key))
+        _, jws_key = manifest_keys(part.id)
         described.append(
             {
                 "id": part.id,
                 "length": part.length,
-                "plaintext_sha256": part_manifest["plaintext"]["sha256"],
                 "manifest_jws_sha256": hashlib.sha256(store.get(jws_key)).hexdigest(),
             }
         )
-    digest = hashlib.sha256()
-    for chunk in reader.read(final):
-        digest.update(chunk)
     document = manifest.build_concat_manifest(
         upload={
             "id": final.id,
@@ -118,7 +134,6 @@ def write_concat_manifest(
         },
         parts=described,
         plaintext_size=final.length or 0,
-        plaintext_sha256=digest.digest(),
         signer_kid=kid,
     )
     json_key, jws_key = manifest_keys(final.id)

@@ -26,17 +26,23 @@ from gateway.catalog.base import (
     TailPiece,
     Upload,
 )
+from gateway.checksums import SEALED_NAME
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
-from gateway.layout import data_key, upload_prefix
+from gateway.layout import data_key, manifest_keys, upload_prefix
 from gateway.leases import Leases
 from gateway.metadata import ValueKey, open_metadata, seal_legacy_metadata, seal_metadata
 from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.sealed import Header, InvalidSealedData, Sealer, new_header
-from gateway.signer import plaintext_digest, write_concat_manifest, write_manifest
-from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
+from gateway.signer import (
+    open_reader_manifest,
+    plaintext_digest,
+    write_concat_manifest,
+    write_manifest,
+)
+from gateway.store.base import ObjectNotFound, ObjectStore, StaleWrite, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader, new_upload_id
 from gateway.writer import (
     SLICE,
@@ -198,6 +204,24 @@ class Uploads:
         except KeyError_ as exc:
             raise GatewayError(ERR.STORED_DATA_CORRUPT, "the upload's key cannot be used") from exc
 
+    async def signed_manifest(self, upload: Upload) -> str:
+        """The signed manifest an authorised reader is served: the reader's view, which
+        discloses the plaintext SHA-256 (MANIFEST.md); the stored one where there is no
+        other (a final concatenation, or a manifest of version 1). ObjectNotFound if none."""
+        if upload.header and not upload.parts:
+            wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
+            sealer = self._sealer(upload, wrapped)
+            try:
+                return await self.runner.io(open_reader_manifest, self.store, upload.id, sealer)
+            except ObjectNotFound:
+                pass
+            except InvalidSealedData as exc:
+                raise GatewayError(
+                    ERR.STORED_DATA_CORRUPT, "the stored manifest failed verification"
+                ) from exc
+        _, jws_key = manifest_keys(upload.id)
+        return (await self.runner.io(self.store.get, jws_key)).decode("ascii")
+
     # -- creating -----------------------------------------------------------------------
 
     def _expiry(self) -> float:
@@ -258,6 +282,19 @@ class Uploads:
         self, principal: Principal, *, concat: str, part_ids: list[str], metadata: str | None
     ) -> Upload:
         """A final upload: an ordered list of finished partials, no byte copied."""
+        seen: set[str] = set()
+        for part_id in part_ids:
+            if part_id in seen:
+                raise GatewayError(
+                    ERR.INVALID_CONCAT, f"partial upload {part_id} is listed more than once"
+                )
+            seen.add(part_id)
+        limit = self.settings.max_concat_parts
+        if len(part_ids) > limit:
+            raise GatewayError(
+                ERR.INVALID_CONCAT,
+                f"a final upload may list at most {limit} partials, not {len(part_ids)}",
+            )
         parts = []
         for part_id in part_ids:
             try:
@@ -305,7 +342,6 @@ class Uploads:
             write_concat_manifest,
             store=self.store,
             signing=self.keys.signing_key(),
-            reader=self.reader,
             final=final,
             parts=parts,
         )
@@ -476,6 +512,17 @@ class Uploads:
         wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
         if wrapped is None:
             raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
+        sealer = self._sealer(upload, wrapped)
+        # The client's checksum was recorded by this request or, before a crash, an earlier one.
+        recorded = await self.runner.db(self.catalog.get_upload, upload.id)
+        client_checksum = None
+        if recorded is not None and recorded.checksum is not None:
+            try:
+                client_checksum = sealer.open_value(SEALED_NAME, recorded.checksum).decode()
+            except InvalidSealedData as exc:
+                raise GatewayError(
+                    ERR.STORED_DATA_CORRUPT, "the recorded client checksum failed verification"
+                ) from exc
         if plaintext_sha256 is None:
             # The running hash was lost (a restart, or the upload moved to another
             # process between requests): read the sealed records back once.
@@ -488,7 +535,9 @@ class Uploads:
             upload=upload,
             records=records,
             wrapped=wrapped,
+            sealer=sealer,
             plaintext_sha256=plaintext_sha256,
+            client_checksum=client_checksum,
             completed_at=self.clock(),
         )
         metrics.UPLOADS_FINISHED.inc()

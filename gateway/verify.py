@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway import manifest
 from gateway.catalog.base import Catalog
 from gateway.keys.base import KeyError_, KeyProvider
-from gateway.layout import data_key, manifest_keys
+from gateway.layout import data_key, manifest_keys, reader_manifest_key
 from gateway.sealed import (
     HEADER_PREFIX_LEN,
     RECORD_OVERHEAD,
@@ -25,6 +25,7 @@ from gateway.sealed import (
     header_length,
     object_layout,
 )
+from gateway.signer import PLAINTEXT_DIGEST, open_reader_manifest
 from gateway.store.base import ObjectNotFound, ObjectStore
 
 
@@ -89,7 +90,7 @@ def verify_upload(
     if doc.get("kind") == "concatenation":
         _check_concatenation(doc, store, public_keys, unwrap, report)
     else:
-        _check_object(upload_id, doc, store, unwrap, report, whole)
+        _check_object(upload_id, doc, store, public_keys, unwrap, report, whole)
     return report
 
 
@@ -100,19 +101,27 @@ def _check_concatenation(
     unwrap: Callable[[str, bytes], bytes] | None,
     report: Report,
 ) -> None:
-    """A final upload: each partial as pinned, then (with keys) the whole plaintext."""
+    """A final upload: each partial as pinned, and as its own manifest says (MANIFEST.md)."""
     whole = hashlib.sha256()
     size = 0
     for part in doc["parts"]:
         part_id = part["id"]
         _, jws_key = manifest_keys(part_id)
         try:
-            pinned = hashlib.sha256(store.get(jws_key)).hexdigest() == part["manifest_jws_sha256"]
+            pinned_jws = store.get(jws_key)
+            pinned = hashlib.sha256(pinned_jws).hexdigest() == part["manifest_jws_sha256"]
         except ObjectNotFound:
             pinned = False
         if not pinned:
             report.fail(f"part {part_id}: its manifest is missing or not the one pinned")
             continue
+        try:
+            part_doc = json.loads(manifest.payload(pinned_jws.decode("ascii")))
+            part_length = part_doc["upload"]["length"]
+        except (ValueError, KeyError, TypeError, manifest.ManifestError):
+            part_length = None  # its own check below names what is wrong with it
+        if part_length != part["length"]:
+            report.fail(f"part {part_id}: its manifest gives another length")
         sub = verify_upload(
             part_id,
             store=store,
@@ -125,10 +134,19 @@ def _check_concatenation(
             report.lines.append(f"{line[:6]}part {part_id}: {line[6:]}")
         report.failures.extend(f"part {part_id}: {f}" for f in sub.failures)
         size += int(part["length"])
-    if unwrap is None or report.failures:
+    if size != doc["plaintext"]["size"]:
+        report.fail(f"plaintext: the partials hold {size} bytes, the manifest says otherwise")
+    if unwrap is None:
+        report.lines.append("skip  plaintext: no keys given, not decrypted")
         return
-    expected = doc["plaintext"]
-    if size != expected["size"] or whole.hexdigest() != expected["sha256"]:
+    if report.failures:
+        return
+    expected = doc["plaintext"].get("sha256")
+    if expected is None:
+        # Version 2: no digest of the whole (SHA-256 does not compose); each partial's
+        # plaintext was checked against its own manifest above.
+        report.ok(f"plaintext: {size} bytes of {len(doc['parts'])} partials, each as signed")
+    elif whole.hexdigest() != expected:
         report.fail("plaintext: the partials joined differ from the manifest's SHA-256")
     else:
         report.ok(f"plaintext: {size} bytes of {len(doc['parts'])} partials, SHA-256 matches")
@@ -138,6 +156,7 @@ def _check_object(
     upload_id: str,
     doc: dict[str, Any],
     store: ObjectStore,
+    public_keys: Mapping[str, Ed25519PublicKey],
     unwrap: Callable[[str, bytes], bytes] | None,
     report: Report,
     whole: Any = None,
@@ -200,12 +219,52 @@ def _check_object(
         report.fail(f"records: {exc}")
     if sealer is not None:
         expected = doc["plaintext"]
-        if plain_size != expected["size"] or plain.hexdigest() != expected["sha256"]:
+        digest = plain.digest()
+        if "sha256" in expected:  # version 1: the stored manifest carries the digest itself
+            same = digest.hex() == expected["sha256"]
+        else:  # version 2: a keyed digest only the data key can recompute
+            same = sealer.keyed_digest(PLAINTEXT_DIGEST, digest).hex() == expected.get(
+                "sha256_hmac"
+            )
+        if plain_size != expected["size"] or not same:
             report.fail("plaintext: decrypted size or SHA-256 differs from the manifest")
         else:
             report.ok(f"plaintext: {plain_size} bytes decrypted, SHA-256 matches")
+        if doc["manifest_version"] >= 2:
+            _check_reader_manifest(upload_id, doc, store, public_keys, sealer, digest, report)
     elif unwrap is None:
         report.lines.append("skip  plaintext: no keys given, not decrypted")
+        if doc["manifest_version"] >= 2:
+            report.lines.append("skip  reader manifest: sealed, needs the keys")
+
+
+def _check_reader_manifest(
+    upload_id: str,
+    doc: dict[str, Any],
+    store: ObjectStore,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    sealer: Sealer,
+    plaintext_sha256: bytes,
+    report: Report,
+) -> None:
+    """The reader's manifest: signed, the stored one plus the disclosed digests, and its
+    plaintext SHA-256 that of the bytes just decrypted."""
+    try:
+        reader = manifest.verify(open_reader_manifest(store, upload_id, sealer), public_keys)
+        manifest.check_views(reader, doc)
+    except ObjectNotFound:
+        report.fail(f"reader manifest: {reader_manifest_key(upload_id)} does not exist")
+        return
+    except InvalidSealedData:
+        report.fail("reader manifest: it fails authentication under the data key")
+        return
+    except (manifest.ManifestError, UnicodeDecodeError) as exc:
+        report.fail(f"reader manifest: {exc}")
+        return
+    if reader["plaintext"]["sha256"] != plaintext_sha256.hex():  # type: ignore[index]
+        report.fail("reader manifest: its plaintext SHA-256 differs from the decrypted bytes")
+        return
+    report.ok("reader manifest: signed, matches the stored one and the plaintext SHA-256")
 
 
 def catalog_unwrapper(catalog: Catalog, keys: KeyProvider) -> Callable[[str, bytes], bytes]:

@@ -36,7 +36,7 @@ from typing import Any
 from gateway import metrics
 from gateway.buffers import Pools
 from gateway.catalog.base import Catalog, Progress, RecordRow, TailPiece, Upload
-from gateway.checksums import Hasher, new_hasher
+from gateway.checksums import SEALED_NAME, Hasher, header_value, new_hasher
 from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key, tail_key, tail_prefix
 from gateway.leases import Control
@@ -172,6 +172,7 @@ class SegmentWriter:
         self._client_hash: Hasher | None = new_hasher(checksum.algorithm) if checksum else None
         # With a checksum nothing may be recorded before the whole body verifies.
         self._progressive = checksum is None
+        self._whole_checksum: bytes | None = None  # sealed, once verified over the whole upload
         self._limit = limit  # the upload's length, or the max size while it is deferred
         self._depth = depth
         self._expires_at = expires_at
@@ -681,6 +682,7 @@ class SegmentWriter:
             drop_pieces_below=drop,
             complete_at=self._clock() if complete else None,
             expires_at=None if complete else self._expires_at(),
+            checksum=self._whole_checksum,
         )
         await self._runner.db(self._catalog.commit, self._control.lease, progress)
         metrics.BYTES_IN_FLIGHT.dec(offset - self.committed)
@@ -749,6 +751,10 @@ class SegmentWriter:
                     f"the {self._checksum.algorithm} digest of the body does not match "
                     "Upload-Checksum; nothing was recorded",
                 )
+            if self.upload.offset == 0 and total == self.upload.length:
+                # This body is the whole upload: its checksum is the upload's (MANIFEST.md).
+                value = header_value(self._checksum.algorithm, self._checksum.digest)
+                self._whole_checksum = self._sealer.seal_value(SEALED_NAME, value.encode())
         length = self.upload.length
         if length is not None and total == length and not self.interrupted:
             await self._complete(total)

@@ -48,7 +48,7 @@ def _upload(upload_id: str = "u1", **kw: object) -> Upload:
         header=b"\x00hdr\xff",
         dek_id=b"dek-" + upload_id.encode(),
         parts=("p1", "p2"),
-        checksum="sha1 Zm9v",
+        checksum=b"\x01sealed checksum",
     )
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -132,6 +132,16 @@ def test_commit_happy_path(cat: SQLiteCatalog) -> None:
     assert cat.records("u1") == [_record(0), _record(1, final=True)]
     assert cat.records("u1")[1].final is True
     assert cat.tail_pieces("u1") == [TailPiece(segment=1, piece=0, start=0, length=40)]
+
+
+def test_commit_records_the_client_checksum_once_given(cat: SQLiteCatalog) -> None:
+    cat.create_upload(_upload(checksum=None), None)
+    lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
+    assert lease is not None
+    cat.commit(lease, Progress(expected_offset=0, offset=10, checksum=b"\x00sealed"))
+    cat.commit(lease, Progress(expected_offset=10, offset=10, complete_at=5.0))
+    got = cat.get_upload("u1")
+    assert got is not None and got.checksum == b"\x00sealed"
 
 
 def test_commit_replaces_record_on_conflict(cat: SQLiteCatalog) -> None:

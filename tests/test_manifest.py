@@ -81,6 +81,7 @@ def make(**over: Any) -> dict[str, object]:
         "encryption": dict(ENCRYPTION),
         "plaintext_size": 200_000,
         "plaintext_sha256": sha(b"plaintext"),
+        "plaintext_sha256_hmac": sha(b"keyed"),
         "record_sha256": records(4),
         "retention": {"policy": "default", "delete_after": "2036-03-01T00:00:00Z"},
         "signer_kid": KID,
@@ -279,6 +280,7 @@ def test_build_manifest_shape() -> None:
     man = make(record_sha256=recs)
     assert list(man) == [
         "manifest_version",
+        "view",
         "suite",
         "upload",
         "storage",
@@ -288,12 +290,17 @@ def test_build_manifest_shape() -> None:
         "retention",
         "signer",
     ]
-    assert man["manifest_version"] == 1
+    assert man["manifest_version"] == 2
+    assert man["view"] == "reader"
     assert man["suite"] == 1
     assert man["upload"] == upload()
     assert man["storage"] == STORAGE
     assert man["encryption"] == ENCRYPTION
-    assert man["plaintext"] == {"size": 200_000, "sha256": sha(b"plaintext").hex()}
+    assert man["plaintext"] == {
+        "size": 200_000,
+        "sha256": sha(b"plaintext").hex(),
+        "sha256_hmac": sha(b"keyed").hex(),
+    }
     assert man["records"] == {
         "count": 4,
         "sha256": [r.hex() for r in recs],
@@ -342,6 +349,7 @@ def test_build_manifest_rejects_patient_data_keys(over: dict[str, Any]) -> None:
         {"upload": upload(length=1)},
         {"plaintext_size": -1, "upload": upload(length=-1)},
         {"plaintext_sha256": b"short"},
+        {"plaintext_sha256_hmac": b"short"},
         {"record_sha256": []},
         {"record_sha256": [*records(2), b"x" * 31]},
         {"signer_kid": ""},
@@ -496,10 +504,79 @@ def test_signer_in_payload_must_match_the_header() -> None:
     man["signer"] = {"kid": "someone-else", "alg": "Ed25519"}
     with pytest.raises(ManifestError, match="signer"):
         m.verify(raw_jws(GOOD_HEADER, m.canonical_json(man)), {KID: PUB})
+    for version in (3, 0, True, "2"):
+        man = make()
+        man["manifest_version"] = version
+        with pytest.raises(ManifestError, match="manifest_version"):
+            m.verify(raw_jws(GOOD_HEADER, m.canonical_json(man)), {KID: PUB})
+
+
+def test_version_1_manifests_still_verify() -> None:
+    """Signed before the stored view existed: plaintext.sha256 in the stored copy."""
     man = make()
-    man["manifest_version"] = 2
-    with pytest.raises(ManifestError, match="manifest_version"):
-        m.verify(raw_jws(GOOD_HEADER, m.canonical_json(man)), {KID: PUB})
+    man["manifest_version"] = 1
+    del man["view"], man["plaintext"]["sha256_hmac"]  # type: ignore[attr-defined]
+    assert m.verify(m.sign(man, KID, KEY), {KID: PUB}) == man
+
+
+# --- the two views ----------------------------------------------------------------------------
+
+
+def test_stored_view_leaves_out_what_discloses_the_plaintext() -> None:
+    reader = make()
+    stored = m.stored_view(reader)
+    assert stored["view"] == "stored"
+    assert stored["plaintext"] == {"size": 200_000, "sha256_hmac": sha(b"keyed").hex()}
+    assert "client_checksum" not in stored["upload"]  # type: ignore[operator]
+    text = m.canonical_json(stored)
+    for secret in (sha(b"plaintext").hex().encode(), b"Kq5sNclPz7QV2"):
+        assert secret not in text
+    # Everything else is the reader's manifest, and the reader's is untouched.
+    assert {k: v for k, v in stored.items() if k not in ("view", "plaintext", "upload")} == {
+        k: v for k, v in reader.items() if k not in ("view", "plaintext", "upload")
+    }
+    assert reader["view"] == "reader" and "sha256" in reader["plaintext"]  # type: ignore[operator]
+    assert m.verify(m.sign(stored, KID, KEY), {KID: PUB}) == stored
+    m.check_views(reader, stored)
+
+
+def test_check_views_refuses_views_of_different_manifests() -> None:
+    reader = make()
+    other = m.stored_view(make(plaintext_sha256_hmac=sha(b"other")))
+    with pytest.raises(ManifestError, match="differ"):
+        m.check_views(reader, other)
+    with pytest.raises(ManifestError):
+        m.check_views(m.stored_view(reader), m.stored_view(reader))
+    with pytest.raises(ValueError):
+        m.stored_view(m.stored_view(reader))
+
+
+def test_concat_manifest_pins_parts_without_plaintext_digests() -> None:
+    parts = [
+        {"id": "p1", "length": 5, "manifest_jws_sha256": "aa" * 32},
+        {"id": "p2", "length": 7, "manifest_jws_sha256": "bb" * 32},
+    ]
+    up = {k: v for k, v in upload(length=12).items() if k != "client_checksum"}
+    man = m.build_concat_manifest(upload=up, parts=parts, plaintext_size=12, signer_kid=KID)
+    assert man["kind"] == "concatenation" and man["manifest_version"] == 2
+    assert man["plaintext"] == {"size": 12}
+    assert man["parts"] == parts
+    with pytest.raises(ValueError, match="plaintext SHA-256"):
+        m.build_concat_manifest(
+            upload=up,
+            parts=[{**parts[0], "plaintext_sha256": "cc" * 32}, parts[1]],
+            plaintext_size=12,
+            signer_kid=KID,
+        )
+    with pytest.raises(ValueError, match="add up"):
+        m.build_concat_manifest(upload=up, parts=parts[:1], plaintext_size=12, signer_kid=KID)
+
+
+def test_payload_of_a_jws() -> None:
+    man = make()
+    assert m.payload(m.sign(man, KID, KEY)) == m.canonical_json(man)
+    with pytest.raises(ManifestError):
+        m.payload("a.b")
 
 
 def test_malformed_compact_serializations() -> None:

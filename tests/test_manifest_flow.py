@@ -10,6 +10,7 @@ the records), across a kill -9, with a deferred length, and around a checksum fa
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -98,7 +99,7 @@ def keys_named(value: object) -> set[str]:
 def assert_plaintext(server: GatewayProcess, url: str, data: bytes) -> dict[str, Any]:
     """The manifest's plaintext size and SHA-256 are those of `data`; so is the download."""
     doc = manifest_json(server, upload_id(url))
-    assert doc["plaintext"] == {"size": len(data), "sha256": sha256(data)}, (
+    assert (doc["plaintext"]["size"], doc["plaintext"]["sha256"]) == (len(data), sha256(data)), (
         "the manifest's plaintext digest is not the SHA-256 of the uploaded bytes"
     )
     assert doc["upload"]["length"] == len(data)
@@ -130,28 +131,38 @@ def test_manifest_describes_the_upload_and_the_stored_object(
     assert as_json.headers["Content-Type"].startswith("application/json")
     assert "no-store" in as_json.headers["Cache-Control"]
 
-    # The JSON is the JWS payload byte for byte, and both are what is stored.
+    # The JSON is the JWS payload byte for byte. What is stored readable is the stored
+    # view: the same document without the plaintext SHA-256 and the client checksum.
     token = signed.content.decode("ascii")
     header_b64, payload_b64, _ = token.split(".")
     assert b64url_decode(payload_b64) == as_json.content
     store = store_for(server.data_dir)
     json_key, jws_key = manifest_keys(uid)
-    assert store.get(json_key) == as_json.content
-    assert store.get(jws_key) == signed.content
-    assert json.loads(b64url_decode(header_b64)) == {
-        "alg": "Ed25519",
-        "kid": json.loads(as_json.content)["signer"]["kid"],
-        "typ": JWS_TYP,
-    }
+    stored_token = store.get(jws_key).decode("ascii")
+    assert b64url_decode(stored_token.split(".")[1]) == store.get(json_key)
+    stored = json.loads(store.get(json_key))
+    expected = json.loads(as_json.content)
+    expected["view"] = "stored"
+    del expected["plaintext"]["sha256"], expected["upload"]["client_checksum"]
+    assert stored == expected
+    for part in (header_b64, stored_token.split(".")[0]):
+        assert json.loads(b64url_decode(part)) == {
+            "alg": "Ed25519",
+            "kid": json.loads(as_json.content)["signer"]["kid"],
+            "typ": JWS_TYP,
+        }
 
     doc = as_json.json()
-    assert doc["manifest_version"] == 1
+    assert doc["manifest_version"] == 2
+    assert doc["view"] == "reader"
     assert doc["upload"]["id"] == uid
     assert doc["upload"]["length"] == len(data)
     assert doc["upload"]["uploader"] == {"principal": "admin", "tenant": "default"}
     assert doc["upload"]["client_checksum"] is None
     assert doc["upload"]["created"] <= doc["upload"]["completed"]
-    assert doc["plaintext"] == {"size": len(data), "sha256": sha256(data)}
+    assert doc["plaintext"]["size"] == len(data)
+    assert doc["plaintext"]["sha256"] == sha256(data)
+    assert len(doc["plaintext"]["sha256_hmac"]) == 64
 
     # The records: count, each hash from the stored bytes, and the Merkle root.
     blob = store.get(data_key(uid))
@@ -250,7 +261,8 @@ def test_client_checksum_of_the_creation_is_not_in_the_way(server: GatewayProces
     )
     assert response.status_code == 201, response.text
     assert response.headers["Upload-Offset"] == str(len(data))
-    assert_plaintext(server, response.headers["Location"], data)
+    doc = assert_plaintext(server, response.headers["Location"], data)
+    assert doc["upload"]["client_checksum"] == f"sha1 {digest}"
 
 
 # -- unfinished, unknown, not yours ---------------------------------------------------------
@@ -433,3 +445,81 @@ def test_sha256_after_kill_9_mid_patch(gateway_factory: Callable[..., GatewayPro
     response = patch(server, url, data[offset:], offset)
     assert response.status_code == 204, response.text
     assert_plaintext(server, url, data)
+
+
+# -- no plaintext digest readable at rest; the reader's manifest discloses it ---------------
+
+
+def digest_forms(digest: bytes) -> dict[str, bytes]:
+    """The ways a digest could be written down: raw, hex, base64, base64url."""
+    return {
+        "raw": digest,
+        "hex": digest.hex().encode(),
+        "HEX": digest.hex().upper().encode(),
+        "base64": base64.b64encode(digest),
+        "base64url": base64.urlsafe_b64encode(digest).rstrip(b"="),
+    }
+
+
+def stored_blobs(server: GatewayProcess, uid: str) -> dict[str, bytes]:
+    """Every file of the data dir (catalog, objects, log) and the upload's stored objects."""
+    blobs = {str(p): p.read_bytes() for p in server.data_dir.rglob("*") if p.is_file()}
+    if server.log_path is not None and server.log_path.exists():
+        blobs["log"] = server.log_path.read_bytes()
+    store = store_for(server.data_dir)
+    for key in (data_key(uid), *manifest_keys(uid), f"{uid}/manifest.sealed"):
+        with contextlib.suppress(Exception):
+            blobs[f"store:{key}"] = store.get(key)
+    return blobs
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha1"])
+def test_no_plaintext_digest_at_rest_but_the_reader_gets_it(
+    server: GatewayProcess, client: httpx.Client, algorithm: str
+) -> None:
+    """Whoever can read the bucket (or the data dir) must not be able to test whether a
+    known file was uploaded: neither its SHA-256 nor the client's checksum of it may be
+    stored readable. The owner still gets both, in the signed manifest it is served."""
+    data = os.urandom(70_000)
+    client_digest = hashlib.new(algorithm, data).digest()
+    checksum = f"{algorithm} {base64.b64encode(client_digest).decode()}"
+    url = create(server, len(data))
+    response = patch_with(server, url, data, 0, checksum)
+    assert response.status_code == 204, response.text
+    uid = upload_id(url)
+
+    served = manifest_json(server, uid)
+    assert served["plaintext"]["sha256"] == sha256(data)
+    assert served["upload"]["client_checksum"] == checksum
+    token = client.get(f"{url}/manifest", headers=server.auth).text
+    assert json.loads(b64url_decode(token.split(".")[1])) == served
+
+    needles = {f"sha256 {k}": v for k, v in digest_forms(hashlib.sha256(data).digest()).items()}
+    needles |= {f"{algorithm} {k}": v for k, v in digest_forms(client_digest).items()}
+    blobs = stored_blobs(server, uid)
+    assert f"store:{manifest_keys(uid)[1]}" in blobs
+    found = [
+        f"{where}: {name}"
+        for where, blob in blobs.items()
+        for name, n in needles.items()
+        if n in blob
+    ]
+    assert not found, "a plaintext digest is readable at rest:\n" + "\n".join(found)
+
+
+def test_client_checksum_is_that_of_a_patch_carrying_the_whole_upload(
+    server: GatewayProcess,
+) -> None:
+    """MANIFEST.md: `client_checksum` is a whole-upload checksum. tus checksums cover one
+    request body, so it is recorded when one body carried the whole upload, and only then."""
+    data = os.urandom(100_000)
+    url = create(server, len(data))
+    assert patch_with(server, url, data, 0, _checksum(data)).status_code == 204
+    assert manifest_json(server, upload_id(url))["upload"]["client_checksum"] == _checksum(data)
+
+    url = create(server, len(data))
+    for lo, hi in ((0, 40_000), (40_000, len(data))):
+        assert patch_with(server, url, data[lo:hi], lo, _checksum(data[lo:hi])).status_code == 204
+    doc = manifest_json(server, upload_id(url))
+    assert doc["upload"]["client_checksum"] is None
+    assert doc["plaintext"]["sha256"] == sha256(data)

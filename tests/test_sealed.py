@@ -300,6 +300,27 @@ def test_value_round_trip_and_bindings() -> None:
         sealer.seal_value("Bad Name", b"x")
 
 
+def test_keyed_digest_from_the_spec_alone() -> None:
+    """HMAC-SHA-256 under HKDF(DEK, salt, label "/digest" || suite || id), over
+    label "/digest" || header digest || u8(len(name)) || name || data (FORMAT.md)."""
+    import hmac
+
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=5)
+    info = b"imgw-seal/v1/digest" + bytes([1]) + b"u"
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=header.salt, info=info).derive(DEK)
+    name = b"plaintext.sha256"
+    message = b"imgw-seal/v1/digest" + header.digest + bytes([len(name)]) + name + b"data"
+    want = hmac.new(key, message, hashlib.sha256).digest()
+    sealer = Sealer(DEK, header)
+    assert sealer.keyed_digest("plaintext.sha256", b"data") == want
+    assert sealer.keyed_digest("plaintext.sha256", memoryview(b"data")) == want
+    assert sealer.keyed_digest("other", b"data") != want
+    other = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=5)
+    assert Sealer(DEK, other).keyed_digest("plaintext.sha256", b"data") != want  # new salt
+    with pytest.raises(ValueError):
+        sealer.keyed_digest("Bad Name", b"x")
+
+
 def test_a_value_is_never_a_record_or_a_tail_piece() -> None:
     header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
     sealer = Sealer(DEK, header)

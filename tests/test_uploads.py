@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -24,6 +25,7 @@ from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
+from gateway.store.base import StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
 from gateway.uploads import Uploads
 from gateway.writer import BodyInterrupted, SegmentWriter
@@ -442,7 +444,18 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
         part, _ = await service.write(ME, part.id, offset=0, body=body(data))
         parts.append(part.id)
     before = set(store.objects)
+    read_keys: list[str] = []
+    get = store.get
+
+    def recording_get(key: str, *args: Any, **kwargs: Any) -> bytes:
+        read_keys.append(key)
+        return get(key, *args, **kwargs)
+
+    store.get = recording_get  # type: ignore[method-assign]
     final = await service.create_final(ME, concat="final;x", part_ids=parts, metadata=None)
+    store.get = get  # type: ignore[method-assign]
+    # Built from the partials' signed manifests: no partial's ciphertext is read.
+    assert read_keys == [f"{p}/manifest.jws" for p in parts]
     # No byte copied: the only new objects are the final's signed manifest.
     assert set(store.objects) - before == {f"{final.id}/manifest.json", f"{final.id}/manifest.jws"}
     assert final.length == len(a) + len(b)
@@ -450,7 +463,11 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
     document = json.loads(store.objects[f"{final.id}/manifest.json"])
     assert document["kind"] == "concatenation"
     assert [p["id"] for p in document["parts"]] == parts
-    assert document["plaintext"]["sha256"] == hashlib.sha256(a + b).hexdigest()
+    # SHA-256 does not compose: each partial is pinned by its own signed manifest instead.
+    assert document["plaintext"] == {"size": len(a) + len(b)}
+    assert [p["manifest_jws_sha256"] for p in document["parts"]] == [
+        hashlib.sha256(store.objects[f"{p}/manifest.jws"]).hexdigest() for p in parts
+    ]
     jws = store.objects[f"{final.id}/manifest.jws"].decode()
     keys = {kid: key for kid, key, _ in service.keys.public_signing_keys()}
     assert manifest.verify(jws, keys) == document
@@ -660,3 +677,36 @@ async def test_a_failed_seal_waits_for_the_plaintext_hash_before_reusing_slices(
             await service.write(ME, upload.id, offset=0, body=body(os.urandom(4 * S)))
         assert caught.value.err is ERR.STORE_UNAVAILABLE
     assert reused_while_hashing and not any(reused_while_hashing)
+
+
+async def test_the_client_checksum_survives_a_completion_cut_short(
+    service: Uploads, store: MemoryStore
+) -> None:
+    """The checksum of a body that carried the whole upload is recorded (sealed) with the
+    body, so a completion redone later (here: the manifest write failed) still has it."""
+    data = os.urandom(S + 5)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    checksum = ChecksumHeader("sha1", hashlib.sha1(data).digest())
+    put = store.put
+
+    def failing_put(key: str, value: Any, *, fresh: bool = False) -> None:
+        if key.endswith("/manifest.jws"):
+            raise StoreUnavailable("injected failure")
+        put(key, value, fresh=fresh)
+
+    store.put = failing_put  # type: ignore[method-assign]
+    with pytest.raises(GatewayError):
+        await service.write(ME, upload.id, offset=0, body=body(data), checksum=checksum)
+    store.put = put  # type: ignore[method-assign]
+    recorded = service.catalog.get_upload(upload.id)
+    assert recorded is not None and recorded.state != COMPLETE and recorded.checksum
+    assert b"sha1" not in recorded.checksum  # sealed, not readable
+    done = await service.get(ME, upload.id)  # finishes the completion
+    assert done.state == COMPLETE
+    reader = json.loads(manifest.payload(await service.signed_manifest(done)))
+    assert reader["upload"]["client_checksum"] == "sha1 " + base64.b64encode(
+        hashlib.sha1(data).digest()
+    ).decode("ascii")
+    assert reader["plaintext"]["sha256"] == hashlib.sha256(data).hexdigest()
+    stored = json.loads(store.objects[f"{upload.id}/manifest.json"])
+    assert stored == manifest.stored_view(reader)

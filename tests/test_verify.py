@@ -488,3 +488,102 @@ def test_a_swapped_partial_manifest_fails_its_final(server: GatewayProcess) -> N
     result = verify(server, final_id)
     assert result.code == 1, result
     assert any("not the one pinned" in f for f in result.failed), result
+
+
+def _final(server: GatewayProcess, part_ids: list[str]) -> httpx.Response:
+    concat = "final;" + " ".join(f"/files/{p}" for p in part_ids)
+    return httpx.post(
+        server.files_url, headers={**server.auth, "Upload-Concat": concat}, timeout=60
+    )
+
+
+def _partial(server: GatewayProcess, size: int) -> str:
+    return upload_id(upload(server, os.urandom(size), **{"Upload-Concat": "partial"}))
+
+
+def test_a_final_verifies_without_keys_too(server: GatewayProcess) -> None:
+    final_id, part_ids, _ = _final_of_two(server)
+    result = verify(server, final_id, "--no-decrypt")
+    assert result.code == 0, result
+    assert all(any(p in c and "records" in c for c in result.checks) for p in part_ids), result
+    assert not any(c.startswith("ok") and "plaintext" in c for c in result.checks), result
+
+
+@pytest.mark.parametrize("times", [2, 1000])
+def test_a_final_listing_a_partial_more_than_once_is_400(
+    server: GatewayProcess, times: int
+) -> None:
+    """Answering such a final once cost a decryption of the whole concatenation on the
+    shared pool: 1,000 times one partial is 1,000 times its bytes."""
+    part, other = _partial(server, 70_000), _partial(server, 10)
+    listed = [part, other, part] if times == 2 else [part] * times
+    response = _final(server, listed)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "ERR_INVALID_CONCAT"
+    assert "more than once" in response.json()["detail"]
+
+
+def test_the_number_of_partials_is_capped(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    server = gateway_factory(**SEG_ENV, GATEWAY_MAX_CONCAT_PARTS="3")
+    parts = [_partial(server, 10) for _ in range(4)]
+    assert _final(server, parts[:3]).status_code == 201
+    response = _final(server, parts)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "ERR_INVALID_CONCAT"
+    assert "at most 3" in response.json()["detail"]
+
+
+def test_a_final_is_built_from_recorded_digests_not_by_reading_its_partials(
+    server: GatewayProcess,
+) -> None:
+    """Creating a final reads no partial's ciphertext: it pins their signed manifests. So a
+    partial damaged after it finished does not fail (or slow) the creation; verify finds it."""
+    part_ids = [_partial(server, 70_000), _partial(server, 1234)]
+    flip_stored_byte(server.data_dir, data_key(part_ids[0]), -1)
+    response = _final(server, part_ids)
+    assert response.status_code == 201, response.text
+    result = verify(server, upload_id(response.headers["Location"]))
+    assert result.code == 1, result
+    assert any(part_ids[0] in f for f in result.failed), result
+
+
+# -- the two views of a manifest ------------------------------------------------------------
+
+
+def test_the_reader_manifest_is_checked_with_keys(server: GatewayProcess) -> None:
+    uid = finished(server, 70_000)
+    result = verify(server, uid)
+    assert_all_ok(result)
+    assert any(c.startswith("ok") and "reader manifest" in c for c in result.checks), result
+    skipped = verify(server, uid, "--no-decrypt")
+    assert any(c.startswith("skip") and "reader manifest" in c for c in skipped.checks), skipped
+
+
+def test_a_reader_manifest_of_another_upload_fails(server: GatewayProcess) -> None:
+    """Sealed under each upload's own data key: moved to another upload, it fails."""
+    uid, other = finished(server, 1000), finished(server, 1000)
+    store = store_for(server.data_dir)
+    store.put(f"{uid}/manifest.sealed", store.get(f"{other}/manifest.sealed"))
+    assert_fails(verify(server, uid), "reader")
+    assert_all_ok(verify(server, uid, "--no-decrypt"), decrypted=False)
+
+
+def test_a_version_1_manifest_still_verifies(server: GatewayProcess) -> None:
+    """Manifests signed before version 2 carry the plaintext SHA-256 in the stored copy
+    and have no reader's manifest: verify and GET /files/{id}/manifest still take them."""
+    from gateway import manifest
+    from gateway.keys.keyring import LocalKeyring
+
+    data = os.urandom(70_000)
+    uid = upload_id(upload(server, data))
+    doc = manifest_json(server, uid)
+    doc["manifest_version"] = 1
+    del doc["view"], doc["plaintext"]["sha256_hmac"]
+    kid, key = LocalKeyring.open(server.data_dir / "keyring.json").signing_key()
+    store = store_for(server.data_dir)
+    json_key, jws_key = manifest_keys(uid)
+    store.delete(f"{uid}/manifest.sealed")
+    store.put(json_key, manifest.canonical_json(doc))
+    store.put(jws_key, manifest.sign(doc, kid, key).encode())
+    assert_all_ok(verify(server, uid))
+    assert manifest_json(server, uid) == doc

@@ -40,7 +40,9 @@ class Upload:
     multipart_id: str | None = None
     concat: str | None = None  # None | "partial" | "final"
     parts: tuple[str, ...] = ()  # for a final upload: the partial upload ids, in order
-    checksum: str | None = None  # "algo base64" of the whole upload, when a client gave one
+    # The client's checksum of the whole upload ("algo base64", given when one request
+    # body carried all of it), sealed under the data key: it is a digest of the plaintext.
+    checksum: bytes | None = None
     completed_at: float | None = None
     # Only in rows written before metadata was sealed: the header in plain text, until
     # the service seals it in place (`Catalog.seal_legacy_metadata`). Never stored.
@@ -110,6 +112,7 @@ class Progress:
     multipart_id: str | None = None
     complete_at: float | None = None  # mark the upload complete
     expires_at: float | None = field(default=None)
+    checksum: bytes | None = None  # record the (sealed) client checksum of the whole upload
 
 
 class Catalog(Protocol):

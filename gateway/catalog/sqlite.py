@@ -63,7 +63,7 @@ _SCHEMA = (
         multipart_id TEXT,
         concat TEXT,
         parts TEXT NOT NULL,
-        checksum TEXT,
+        checksum BLOB,
         completed_at DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (state, expires_at)",
@@ -299,9 +299,16 @@ class SQLiteCatalog:
                 )
             cur.execute(
                 "UPDATE uploads SET upload_offset = ?, length = COALESCE(?, length), "
-                "multipart_id = COALESCE(?, multipart_id), expires_at = COALESCE(?, expires_at) "
-                "WHERE id = ?",
-                (progress.offset, progress.length, progress.multipart_id, progress.expires_at, uid),
+                "multipart_id = COALESCE(?, multipart_id), expires_at = COALESCE(?, expires_at), "
+                "checksum = COALESCE(?, checksum) WHERE id = ?",
+                (
+                    progress.offset,
+                    progress.length,
+                    progress.multipart_id,
+                    progress.expires_at,
+                    progress.checksum,
+                    uid,
+                ),
             )
             if progress.complete_at is not None:
                 cur.execute(
