@@ -9,7 +9,8 @@
   trailers (bytes of framing beyond the body itself).
 - Lingering close (as nginx): a response sent before the request body has arrived
   (a refused PATCH) closes the connection only after reading and dropping the rest
-  of the body, for at most `linger_timeout` seconds and `linger_max_bytes` bytes.
+  of the body, for at most `linger_timeout` seconds and `linger_max_bytes` bytes, and
+  only while the client keeps sending (2 s of silence end it).
   Closing with unread bytes in the socket makes the kernel answer with a reset, and
   a client still writing its body (Node's http module) then reports ECONNRESET or
   EPIPE instead of the status. Dropped bytes are never buffered; the request's task
@@ -48,6 +49,7 @@ from gateway.tus.headers import TUS_VERSION
 access_log = logging.getLogger("gateway.access")
 
 MAX_HEADER_LINES = 256  # header (and trailer) lines per request
+LINGER_IDLE = 2.0  # a lingering connection silent this long is closed (nothing is unread)
 # llhttp's message for a Transfer-Encoding whose final coding is not chunked.
 _UNKNOWN_CODING = "Request has invalid `Transfer-Encoding`"
 
@@ -91,6 +93,8 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         # and drops everything (the request was refused before its headers ended).
         self._linger: Literal["body", "drop"] | None = None
         self._linger_left = 0
+        self._linger_deadline = 0.0
+        self._linger_last_read = 0.0
         self._linger_timer: TimerHandle | None = None
 
     # -- connection ---------------------------------------------------------------------
@@ -110,6 +114,7 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._linger is not None:
             self._linger_left -= len(data)
+            self._linger_last_read = self.loop.time()
             metrics.LINGER_DROPPED_BYTES.inc(len(data))
             if self._linger_left < 0:
                 self._end_linger("byte_limit")
@@ -315,12 +320,27 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
     def _start_linger(self, mode: Literal["body", "drop"]) -> None:
         self._linger = mode
         self._linger_left = self.limits.linger_max_bytes
-        self._linger_timer = self.loop.call_later(
-            self.limits.linger_timeout, self._end_linger, "timeout"
-        )
+        self._linger_last_read = now = self.loop.time()
+        self._linger_deadline = now + self.limits.linger_timeout
+        self._linger_timer = self.loop.call_at(self._linger_next_check(), self._linger_check)
         self._unset_keepalive_if_required()
         self.flow.resume_reading()
         metrics.LINGERING.inc()
+
+    def _linger_next_check(self) -> float:
+        return min(self._linger_deadline, self._linger_last_read + LINGER_IDLE)
+
+    def _linger_check(self) -> None:
+        """Closes at the deadline, or once the client has sent nothing for LINGER_IDLE
+        (nothing unread then: the close is orderly)."""
+        self._linger_timer = None
+        now = self.loop.time()
+        if now >= self._linger_deadline:
+            self._end_linger("timeout")
+        elif now >= self._linger_last_read + LINGER_IDLE:
+            self._end_linger("idle")
+        else:
+            self._linger_timer = self.loop.call_at(self._linger_next_check(), self._linger_check)
 
     def _end_linger(self, outcome: str, *, close: bool = True) -> None:
         if self._linger is None:

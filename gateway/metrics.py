@@ -109,7 +109,8 @@ LINGERING = Gauge(
 )
 LINGER_CLOSES = Counter(
     "gateway_lingering_closes",
-    "Lingering closes by how they ended: drained, client_closed, timeout, byte_limit, malformed.",
+    "Lingering closes by how they ended: "
+    "drained, client_closed, idle, timeout, byte_limit, malformed.",
     ["outcome"],
 )
 LINGER_DROPPED_BYTES = Counter(
