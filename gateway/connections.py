@@ -291,7 +291,12 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         metrics.ERRORS.labels(str(err.status), err.code).inc()
         access_log.info(
             "request",
-            extra={"request_id": request_id, "status": err.status, "error_code": err.code},
+            extra={
+                "request_id": request_id,
+                "status": err.status,
+                "error_code": err.code,
+                "client": self.client[0] if self.client else None,
+            },
         )
         if linger and self._can_linger():
             self._start_linger("drop")

@@ -141,6 +141,7 @@ class AccessMiddleware:
                     "request_id": request_id,
                     "method": method,
                     "wire_method": wire_method if wire_method != method else None,
+                    "client": (scope.get("client") or ("",))[0] or None,
                     "route": route_of(scope["path"], self.base_path),
                     "status": status,
                     "bytes_in": received,

@@ -13,13 +13,14 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.server import GatewayProcess
+from tests.test_observability import wait_for_access
 from tests.tushttp import (
     OCTET,
     PROBLEM,
@@ -216,8 +217,10 @@ def test_location_is_relative_whatever_host_says(tus: Tus) -> None:
     assert tus.offset(tus.url(location)) == 0
 
 
-def test_location_is_built_on_the_public_url(gateway_factory: object) -> None:
-    server: GatewayProcess = gateway_factory(GATEWAY_PUBLIC_URL="https://uploads.example.org")  # type: ignore[operator]
+def test_location_is_built_on_the_public_url(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    server = gateway_factory(GATEWAY_PUBLIC_URL="https://uploads.example.org")
     response = httpx.post(
         server.files_url,
         headers={**server.auth, "Upload-Length": "5", "Host": "evil.example"},
@@ -394,8 +397,8 @@ def test_lingering_ends_when_the_client_goes_silent(server: GatewayProcess) -> N
         assert time.monotonic() - start < LINGER_TIMEOUT
 
 
-def test_lingering_is_bounded_in_bytes(gateway_factory: object) -> None:
-    server: GatewayProcess = gateway_factory(GATEWAY_LINGER_MAX_BYTES=str(MiB))  # type: ignore[operator]
+def test_lingering_is_bounded_in_bytes(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    server = gateway_factory(GATEWAY_LINGER_MAX_BYTES=str(MiB))
     sent = 0
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(_refused_patch_head(server, 1 << 30))
@@ -420,3 +423,25 @@ def test_a_keep_alive_connection_survives_a_fully_read_error(tus: Tus) -> None:
         assert_problem(first, 409, "ERR_MISMATCHED_OFFSET")
         assert first.headers.get("connection") != "close"
         assert client.head(url, headers=tus.server.auth).status_code == 200
+
+
+# -- proxies and the access log ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"], ids=["no-proxy", "local-proxy"])
+def test_forwarded_headers_count_only_from_trusted_proxies(
+    gateway_factory: Callable[..., GatewayProcess], trusted: str
+) -> None:
+    server = gateway_factory(GATEWAY_TRUSTED_PROXIES=trusted)
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "proxy-test"}
+    assert httpx.get(f"{server.url}/healthz", headers=headers).status_code == 200
+    line = wait_for_access(server, {"proxy-test"})["proxy-test"][0]
+    assert line["client"] == ("203.0.113.7" if trusted else "127.0.0.1")
+
+
+def test_the_access_log_names_the_effective_method(tus: Tus) -> None:
+    url = _create(tus, 10)
+    headers = {**tus.server.auth, "X-HTTP-Method-Override": "HEAD", "X-Request-ID": "ovr-test"}
+    assert tus.client.post(url, headers=headers).status_code == 200
+    line = wait_for_access(tus.server, {"ovr-test"})["ovr-test"][0]
+    assert (line["method"], line["wire_method"]) == ("HEAD", "POST")
