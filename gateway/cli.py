@@ -161,6 +161,7 @@ def _serve(settings: Settings) -> int:
         "port": settings.port,
         "loop": "uvloop",
         "http": protocol_factory(settings),
+        "ws": "none",  # no WebSocket routes: an Upgrade request stays plain HTTP
         "lifespan": "on",
         # X-Forwarded-For/-Proto only from the configured proxies (uvicorn would trust
         # 127.0.0.1 by default, i.e. anything forwarded by a local process).

@@ -445,3 +445,14 @@ def test_the_access_log_names_the_effective_method(tus: Tus) -> None:
     assert tus.client.post(url, headers=headers).status_code == 200
     line = wait_for_access(tus.server, {"ovr-test"})["ovr-test"][0]
     assert (line["method"], line["wire_method"]) == ("HEAD", "POST")
+
+
+def test_a_websocket_upgrade_is_not_taken(server: GatewayProcess) -> None:
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    response = raw_request(server.port, request_head("GET", "/healthz", server.port, headers))
+    assert response.status == 200  # answered as plain HTTP, never switched
