@@ -456,3 +456,27 @@ def test_a_websocket_upgrade_is_not_taken(server: GatewayProcess) -> None:
     }
     response = raw_request(server.port, request_head("GET", "/healthz", server.port, headers))
     assert response.status == 200  # answered as plain HTTP, never switched
+
+
+def test_a_lingering_refusal_holds_no_writer_slot(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """With one writer slot, a refused PATCH whose client keeps sending its body must
+    not keep another upload waiting."""
+    server = gateway_factory(GATEWAY_MAX_WRITERS="1", GATEWAY_ACQUIRE_TIMEOUT="2")
+    with tus_client() as client:
+        tus = Tus(server, client)
+        refused, other = tus.create(1 << 30), tus.create(3)
+        headers = {
+            **server.auth,
+            "Content-Type": OCTET,
+            "Upload-Offset": "5",  # wrong: 409 before the body is read
+            "Content-Length": str(1 << 30),
+        }
+        head = request_head("PATCH", "/files/" + upload_id(refused), server.port, headers)
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(head + b"x" * 65536)
+            assert _read_response(sock).status == 409
+            sock.sendall(b"x" * 65536)  # still lingering: the server reads on
+            response = tus.patch(other, b"abc", 0)
+            assert response.status_code == 204, response.text
