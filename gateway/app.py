@@ -28,7 +28,12 @@ from gateway.errors import ERR, GatewayError
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
 from gateway.keys.keyring import LocalKeyring
-from gateway.middleware import AccessMiddleware, TusMiddleware, problem_body
+from gateway.middleware import (
+    AccessMiddleware,
+    HttpRulesMiddleware,
+    TusMiddleware,
+    problem_body,
+)
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store, parse_store_url
@@ -179,6 +184,7 @@ def create_app(
         ],
         middleware=[
             Middleware(AccessMiddleware, base_path=settings.base_path),
+            Middleware(HttpRulesMiddleware),
             Middleware(TusMiddleware),
         ],
         exception_handlers={
@@ -223,18 +229,9 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     request.state.error_code = exc.code
     if exc.status >= 500:
         log.error("request failed: %s", exc.code, exc_info=exc.__cause__ or exc)
-    response = _problem(exc)
-    if _has_body(request):
-        # The rest of a refused body may be gigabytes the client is still sending:
-        # close the connection rather than read and drop it (tus clients reconnect).
-        response.headers["Connection"] = "close"
-    return response
-
-
-def _has_body(request: Request) -> bool:
-    if request.headers.get("transfer-encoding"):
-        return True
-    return request.headers.get("content-length", "0").strip() not in ("", "0")
+    # A refused body still arriving gets `Connection: close` (HttpRulesMiddleware) and
+    # a bounded lingering close (gateway.connections).
+    return _problem(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -17,7 +17,7 @@ from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
 from gateway.config import ConfigError, Settings, export_environment, load_settings
-from gateway.connections import CountingHttpToolsProtocol
+from gateway.connections import protocol_factory
 from gateway.keys.base import KeyError_
 from gateway.keys.keyring import LocalKeyring
 from gateway.tus.headers import is_valid_upload_id
@@ -161,8 +161,13 @@ def _serve(settings: Settings) -> int:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": CountingHttpToolsProtocol,
+        "http": protocol_factory(settings),
+        "ws": "none",  # no WebSocket routes: an Upgrade request stays plain HTTP
         "lifespan": "on",
+        # X-Forwarded-For/-Proto only from the configured proxies (uvicorn would trust
+        # 127.0.0.1 by default, i.e. anything forwarded by a local process).
+        "proxy_headers": bool(settings.trusted_proxy_list),
+        "forwarded_allow_ips": settings.trusted_proxy_list,
         "log_config": None,  # keep the JSON logging set up above
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,6 +43,15 @@ class Settings:
     workers: int = 1  # worker processes sharing the catalog and store
     metrics_token: str = ""  # a bearer token just for Prometheus scrapes of /metrics
     shutdown_timeout: float = 30.0  # SIGTERM: running PATCHes save, then this long to finish
+    # The HTTP edge: request line + header bytes, and how long they may take to arrive.
+    max_header_bytes: int = 64 * 1024  # more is answered 431 and the connection closed
+    header_timeout: float = 30.0  # from a request's first byte (or the connection) to its headers
+    # An error answered before the body arrived: read and drop the rest of the body for at
+    # most this long and this many bytes before closing, so the client sees the answer.
+    linger_timeout: float = 10.0
+    linger_max_bytes: int = 64 * MiB
+    public_url: str = ""  # e.g. https://uploads.example.org: Location is built on it; "" relative
+    trusted_proxies: str = ""  # comma list of proxy IPs/CIDRs whose X-Forwarded-For/Proto count
     # Object storage: "" or "folder" for the local folder, or s3://BUCKET[/PREFIX].
     store: str = ""
     s3_endpoint: str = ""
@@ -82,6 +93,14 @@ class Settings:
             raise ConfigError("seal_threads must be >= 0 (0: one per CPU core)")
         if self.receive_budget < MiB:
             raise ConfigError("receive_budget must be at least 1 MiB")
+        if not 1024 <= self.max_header_bytes <= 1024 * 1024:
+            raise ConfigError("max_header_bytes must be between 1 KiB and 1 MiB")
+        if not self.header_timeout > 0:
+            raise ConfigError("header_timeout must be > 0 seconds")
+        if self.linger_timeout < 0 or self.linger_max_bytes < 0:
+            raise ConfigError("linger_timeout and linger_max_bytes must be >= 0")
+        _check_public_url(self.public_url)
+        _ = self.trusted_proxy_list
         if self.store not in ("", "folder"):
             if not self.store.startswith("s3://"):
                 raise ConfigError("store must be 'folder' or s3://BUCKET[/PREFIX]")
@@ -91,6 +110,19 @@ class Settings:
                 # S3 wants every part but the last to be at least 5 MiB.
                 raise ConfigError("with an S3 store, segment_size must be at least 5 MiB")
         return self
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        """trusted_proxies as a list of IP addresses and networks; ConfigError if malformed."""
+        entries = [e.strip() for e in self.trusted_proxies.split(",") if e.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"trusted_proxies: {entry!r} is not an IP address or network"
+                ) from None
+        return entries
 
     @property
     def uses_s3(self) -> bool:
@@ -109,6 +141,33 @@ class Settings:
         else:
             cores = os.cpu_count() or 2
         return max(2, cores)
+
+
+def _check_public_url(url: str) -> None:
+    """'' or scheme://host[:port], nothing more: Location is this + base_path + id."""
+    if not url:
+        return
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"public_url {url!r} is not a URL") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "?" in url
+        or "#" in url
+        or (port is not None and not 0 < port < 65536)
+        or not url.isascii()
+        or any(c.isspace() for c in url)
+    ):
+        raise ConfigError(
+            f"public_url {url!r} must be http(s)://host[:port] with no path, query or fragment"
+        )
 
 
 # Settings that can come from the environment, as GATEWAY_<NAME>.

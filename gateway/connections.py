@@ -1,33 +1,212 @@
-"""uvicorn's httptools protocol, counting open connections and passing bodies on uncopied.
+"""uvicorn's httptools protocol with the gateway's connection rules.
 
-Connections are counted for tusd_connections_open. Request bodies: uvicorn (0.54)
-appends every chunk the parser hands over to a bytearray and copies that into a new
-bytes object for each ASGI message: two copies of every uploaded byte on the event
-loop thread, on top of the socket read and the parser's own. Here a chunk that
-arrives while nothing is buffered is kept as the very bytes object the parser made;
-`bytes()` of a bytes object is that object, so it reaches the app as it is.
+- Open connections are counted for tusd_connections_open.
+- Bounded header section: the request line and headers together may take at most
+  `max_header_bytes` (431, then close) and must arrive within `header_timeout` of the
+  request's first byte or of the connection (408, then close). llhttp itself has no
+  size limit, and httptools joins an unfinished header line by concatenation, so an
+  endless line would otherwise grow without bound. The same bound covers chunked
+  trailers (bytes of framing beyond the body itself).
+- Lingering close (as nginx): a response sent before the request body has arrived
+  (a refused PATCH) closes the connection only after reading and dropping the rest
+  of the body, for at most `linger_timeout` seconds and `linger_max_bytes` bytes, and
+  only while the client keeps sending (2 s of silence end it).
+  Closing with unread bytes in the socket makes the kernel answer with a reset, and
+  a client still writing its body (Node's http module) then reports ECONNRESET or
+  EPIPE instead of the status. Dropped bytes are never buffered; the request's task
+  and its writer slot are already gone.
+- Request bodies reach the app uncopied: uvicorn (0.55) appends every chunk the
+  parser hands over to a bytearray and copies that into a new bytes object for each
+  ASGI message. Here a chunk that arrives while nothing is buffered is kept as the
+  very bytes object the parser made; `bytes()` of a bytes object is that object.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import secrets
+from asyncio import TimerHandle
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from gateway import metrics
+from gateway.config import Settings
+from gateway.errors import ERR, GatewayError
+from gateway.middleware import problem_body
+from gateway.tus.headers import TUS_VERSION
+
+access_log = logging.getLogger("gateway.access")
+
+MAX_HEADER_LINES = 256  # header (and trailer) lines per request
+LINGER_IDLE = 2.0  # a lingering connection silent this long is closed (nothing is unread)
+# llhttp's message for a Transfer-Encoding whose final coding is not chunked.
+_UNKNOWN_CODING = "Request has invalid `Transfer-Encoding`"
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 30.0
+    linger_timeout: float = 10.0
+    linger_max_bytes: int = 64 << 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EdgeLimits:
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            linger_timeout=settings.linger_timeout,
+            linger_max_bytes=settings.linger_max_bytes,
+        )
+
+
+def protocol_factory(settings: Settings) -> Callable[..., CountingHttpToolsProtocol]:
+    """What uvicorn's `http` option takes: the protocol class with the limits bound."""
+    return functools.partial(CountingHttpToolsProtocol, limits=EdgeLimits.from_settings(settings))
 
 
 class CountingHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, limits: EdgeLimits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits or EdgeLimits()
+        # The header section of the request being received.
+        self._headers_pending = True
+        self._header_bytes = 0
+        self._header_lines = 0
+        self._too_many_lines = False
+        self._header_timer: TimerHandle | None = None
+        # Since the headers: bytes fed and body bytes, whose difference is framing.
+        self._message_bytes = 0
+        self._body_bytes = 0
+        # Lingering close: "body" parses on to the end of the refused body, "drop" reads
+        # and drops everything (the request was refused before its headers ended).
+        self._linger: Literal["body", "drop"] | None = None
+        self._linger_left = 0
+        self._linger_deadline = 0.0
+        self._linger_last_read = 0.0
+        self._linger_timer: TimerHandle | None = None
+
+    # -- connection ---------------------------------------------------------------------
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         metrics.CONNECTIONS_OPEN.inc()
         super().connection_made(transport)
+        self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         metrics.CONNECTIONS_OPEN.dec()
+        self._cancel_header_timer()
+        if self._linger is not None:
+            self._end_linger("client_closed", close=False)
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            self._linger_left -= len(data)
+            self._linger_last_read = self.loop.time()
+            metrics.LINGER_DROPPED_BYTES.inc(len(data))
+            if self._linger_left < 0:
+                self._end_linger("byte_limit")
+            elif self._linger == "body":
+                self._feed(data)  # only to find where the body ends; on_body drops it
+            return
+        if not self._headers_pending:
+            self._message_bytes += len(data)
+            self._feed(data)
+            framing = self._message_bytes - self._body_bytes
+            still_this_body = not (
+                self._headers_pending or self._linger is not None or self.transport.is_closing()
+            )
+            if still_this_body and framing > self.limits.max_header_bytes + self._body_bytes:
+                # Chunked trailers (or chunk framing) without end: a hostile client.
+                self._reject(GatewayError(ERR.HEADERS_TOO_LARGE, "the trailers are too large"))
+            return
+        self._arm_header_timer()
+        room = self.limits.max_header_bytes - self._header_bytes
+        if len(data) <= room:
+            self._header_bytes += len(data)
+            self._feed(data)
+            return
+        # Feed only up to the limit: if the headers have not ended by then, refuse.
+        self._header_bytes += room
+        self._feed(data[:room])
+        if self._headers_pending and self._linger is None and not self.transport.is_closing():
+            self._reject(
+                GatewayError(
+                    ERR.HEADERS_TOO_LARGE,
+                    f"the request line and headers exceed {self.limits.max_header_bytes} bytes",
+                )
+            )
+        elif not self.transport.is_closing():
+            self.data_received(data[room:])
+
+    def _feed(self, data: bytes) -> None:
+        # As uvicorn's data_received, with our own answers to what the parser refuses.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+
+    def _parse_failed(self, exc: Exception) -> None:
+        if self._linger is not None:
+            self._end_linger("malformed")
+            return
+        if self._too_many_lines:
+            err = GatewayError(ERR.HEADERS_TOO_LARGE, f"more than {MAX_HEADER_LINES} header lines")
+        elif str(exc) == _UNKNOWN_CODING:
+            err = GatewayError(
+                ERR.UNSUPPORTED_TRANSFER_CODING, "the only transfer coding accepted is chunked"
+            )
+        else:
+            err = GatewayError(ERR.MALFORMED_REQUEST, "the request is not valid HTTP/1.1")
+        self._reject(err)
+
+    # -- parser callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers_pending = True
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_lines += 1
+        if self._header_lines > MAX_HEADER_LINES:
+            self._too_many_lines = True
+            raise httptools.HttpParserError("too many header lines")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._headers_pending = False
+        self._header_bytes = 0
+        self._header_lines = 0
+        self._message_bytes = self._body_bytes = 0
+        self._cancel_header_timer()
+        if self._linger is not None or self.transport.is_closing():
+            return  # bytes after a refused body: not a request we serve
+        previous = self.cycle
+        super().on_headers_complete()
+        if self.cycle is not previous:
+            # Its close after a response goes through us, to linger when the body is unread.
+            self.cycle.transport = _LingerOnClose(self, self.cycle)  # type: ignore[assignment]
+
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         cycle = self.cycle
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
@@ -35,6 +214,165 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         if len(cycle.body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
         cycle.message_event.set()
+
+    def on_message_complete(self) -> None:
+        self._headers_pending = True
+        if self._linger == "body":
+            self._end_linger("drained")  # the whole refused body has been read: a clean close
+            return
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._linger is not None:
+            self._unset_keepalive_if_required()  # the linger has its own deadline
+
+    # -- header deadline ----------------------------------------------------------------
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(
+                self.limits.header_timeout, self._header_timeout
+            )
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self._headers_pending or self._linger is not None or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # a response is still running: close after it
+            return
+        if self._header_bytes == 0:
+            metrics.HEADER_TIMEOUTS.labels("idle").inc()
+            self.transport.close()  # nothing of a request arrived: nobody to answer
+            return
+        metrics.HEADER_TIMEOUTS.labels("partial").inc()
+        seconds = self.limits.header_timeout
+        self._reject(
+            GatewayError(
+                ERR.HEADER_TIMEOUT, f"the request headers did not arrive in {seconds:g} s"
+            ),
+            linger=False,
+        )
+
+    # -- answers from here --------------------------------------------------------------
+
+    def _reject(self, err: GatewayError, *, linger: bool = True) -> None:
+        """Answer `err` with problem+json and close (after lingering, if asked)."""
+        self._headers_pending = False
+        self._cancel_header_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A response is under way (a pipelined request or the body of this one):
+            # no second answer can be written into it.
+            if self.cycle.response_started:
+                self.transport.close()
+                return
+            self.cycle.disconnected = True  # the app's own answer goes nowhere
+            self.cycle.message_event.set()
+        request_id = secrets.token_hex(8)
+        body = problem_body(err)
+        head = [STATUS_LINE[err.status]]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        ]
+        head += [
+            b"content-type: application/problem+json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"tus-resumable: " + TUS_VERSION.encode() + b"\r\n",
+            b"x-request-id: " + request_id.encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        metrics.ERRORS.labels(str(err.status), err.code).inc()
+        access_log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "status": err.status,
+                "error_code": err.code,
+                "client": self.client[0] if self.client else None,
+            },
+        )
+        if linger and self._can_linger():
+            self._start_linger("drop")
+        else:
+            self.transport.close()
+
+    # -- lingering close ----------------------------------------------------------------
+
+    def close_after_response(self, cycle: RequestResponseCycle) -> None:
+        """A response cycle wants the connection closed after its response."""
+        unread_body = cycle is self.cycle and cycle.more_body and not cycle.disconnected
+        if unread_body and self._linger is None and self._can_linger():
+            cycle.body = bytearray()  # what the app never read
+            self._start_linger("body")
+        else:
+            self.transport.close()
+
+    def _can_linger(self) -> bool:
+        limits = self.limits
+        return (
+            limits.linger_timeout > 0
+            and limits.linger_max_bytes > 0
+            and not (self.transport.is_closing())
+        )
+
+    def _start_linger(self, mode: Literal["body", "drop"]) -> None:
+        self._linger = mode
+        self._linger_left = self.limits.linger_max_bytes
+        self._linger_last_read = now = self.loop.time()
+        self._linger_deadline = now + self.limits.linger_timeout
+        self._linger_timer = self.loop.call_at(self._linger_next_check(), self._linger_check)
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        metrics.LINGERING.inc()
+
+    def _linger_next_check(self) -> float:
+        return min(self._linger_deadline, self._linger_last_read + LINGER_IDLE)
+
+    def _linger_check(self) -> None:
+        """Closes at the deadline, or once the client has sent nothing for LINGER_IDLE
+        (nothing unread then: the close is orderly)."""
+        self._linger_timer = None
+        now = self.loop.time()
+        if now >= self._linger_deadline:
+            self._end_linger("timeout")
+        elif now >= self._linger_last_read + LINGER_IDLE:
+            self._end_linger("idle")
+        else:
+            self._linger_timer = self.loop.call_at(self._linger_next_check(), self._linger_check)
+
+    def _end_linger(self, outcome: str, *, close: bool = True) -> None:
+        if self._linger is None:
+            return
+        self._linger = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        metrics.LINGERING.dec()
+        metrics.LINGER_CLOSES.labels(outcome).inc()
+        if close:
+            self.transport.close()
+
+
+class _LingerOnClose:
+    """The transport as one response cycle sees it: its close goes through the protocol."""
+
+    def __init__(self, protocol: CountingHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._cycle = cycle
+
+    def close(self) -> None:
+        self._protocol.close_after_response(self._cycle)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _append(buffered: bytes | bytearray, chunk: bytes) -> bytes | bytearray:

@@ -201,7 +201,9 @@ class TusHandler:
         )
 
     def _created_headers(self, request: Request, upload: Upload) -> dict[str, str]:
-        location = str(request.base_url).rstrip("/") + self.base + upload.id
+        # Never from Host or X-Forwarded-Host: a client could point other clients'
+        # uploads anywhere. The configured public URL, else relative (RFC 9110 10.2.2).
+        location = self.settings.public_url.rstrip("/") + self.base + upload.id
         return {"Location": location, **_expires_header(upload)}
 
 

@@ -92,6 +92,30 @@ BYTES_IN_FLIGHT = Gauge(
 )
 REAPED = Counter("gateway_reaper_actions", "Uploads removed by the reaper, by reason.", ["reason"])
 SEAL_FAILURES = Counter("gateway_seal_failures", "Segments that failed to seal or store.")
+METHOD_OVERRIDES = Counter(
+    "gateway_method_overrides",
+    "Requests carrying X-HTTP-Method-Override: honoured (on POST) or ignored.",
+    ["outcome"],
+)
+HEADER_TIMEOUTS = Counter(
+    "gateway_header_timeouts",
+    "Connections closed for headers not arriving in time: idle (no byte) or partial (408).",
+    ["kind"],
+)
+LINGERING = Gauge(
+    "gateway_lingering_connections",
+    "Connections reading and dropping a refused body before closing.",
+    multiprocess_mode="livesum",
+)
+LINGER_CLOSES = Counter(
+    "gateway_lingering_closes",
+    "Lingering closes by how they ended: "
+    "drained, client_closed, idle, timeout, byte_limit, malformed.",
+    ["outcome"],
+)
+LINGER_DROPPED_BYTES = Counter(
+    "gateway_lingering_dropped_bytes", "Bytes of refused requests read and dropped."
+)
 
 
 @contextmanager

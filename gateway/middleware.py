@@ -128,6 +128,8 @@ class AccessMiddleware:
             await send_problem(observing_send, err)
         finally:
             seconds = time.perf_counter() - start
+            wire_method = method
+            method = state.get("method", method)  # after X-HTTP-Method-Override
             metrics.REQUESTS.labels(method).inc()
             metrics.REQUEST_DURATION.labels(method, str(status)).observe(seconds)
             code = state.get("error_code")
@@ -138,6 +140,8 @@ class AccessMiddleware:
                 extra={
                     "request_id": request_id,
                     "method": method,
+                    "wire_method": wire_method if wire_method != method else None,
+                    "client": (scope.get("client") or ("",))[0] or None,
                     "route": route_of(scope["path"], self.base_path),
                     "status": status,
                     "bytes_in": received,
@@ -151,7 +155,8 @@ class AccessMiddleware:
 
 
 class TusMiddleware:
-    """Honours X-HTTP-Method-Override and adds Tus-Resumable to every non-OPTIONS response."""
+    """Honours X-HTTP-Method-Override on POST and adds Tus-Resumable to every non-OPTIONS
+    response."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -161,7 +166,11 @@ class TusMiddleware:
             await self.app(scope, receive, send)
             return
         overrides = [v for k, v in scope["headers"] if k == b"x-http-method-override"]
-        if overrides:
+        if overrides and scope["method"] != "POST":
+            # Honoured on POST only: a GET (a link, an <img>, a prefetch) must never
+            # become a DELETE or a PATCH.
+            metrics.METHOD_OVERRIDES.labels("ignored").inc()
+        elif overrides:
             method = overrides[0].decode("latin-1").strip().upper()
             if len(overrides) != 1 or method not in _METHODS:
                 await send_problem(
@@ -169,6 +178,8 @@ class TusMiddleware:
                     GatewayError(ERR.INVALID_HEADER, "X-HTTP-Method-Override names no tus method"),
                 )
                 return
+            metrics.METHOD_OVERRIDES.labels("honoured").inc()
+            scope.setdefault("state", {})["method"] = method
             scope = dict(scope, method=method)
         is_options = scope["method"] == "OPTIONS"
 
@@ -181,3 +192,83 @@ class TusMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_version)
+
+
+# RFC 9110 section 7.2: uri-host [ ":" port ]; uri-host an IP-literal, IPv4 or reg-name.
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(:[0-9]{0,5})?")
+
+
+class HttpRulesMiddleware:
+    """HTTP/1.1 message rules the parser leaves to us.
+
+    - One valid Host line (RFC 9112 section 3.2: otherwise 400). The gateway never
+      builds a URL from Host, but a request a proxy and we could read differently
+      is refused.
+    - Transfer-Encoding: chunked only (501 for any other coding: gzip, chunked would
+      otherwise be stored still compressed).
+    - A response sent before the request body was read says `Connection: close`; the
+      protocol then reads and drops the rest for a bounded time before closing.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        err = _host_error(scope) or _transfer_coding_error(headers)
+        has_body = any(k == b"transfer-encoding" for k, _ in headers) or any(
+            k == b"content-length" and v.strip() not in (b"", b"0") for k, v in headers
+        )
+        body_done = not has_body
+
+        async def tracking_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                message["headers"] = [
+                    *(h for h in message.get("headers", []) if h[0].lower() != b"connection"),
+                    (b"connection", b"close"),
+                ]
+            await send(message)
+
+        if err is not None:
+            scope.setdefault("state", {})["error_code"] = err.code
+            await send_problem(closing_send, err)
+            return
+        await self.app(scope, tracking_receive, closing_send)
+
+
+def _host_error(scope: Scope) -> GatewayError | None:
+    hosts = [v for k, v in scope["headers"] if k == b"host"]
+    if len(hosts) > 1:
+        return GatewayError(ERR.INVALID_HOST, "send one Host header, not several")
+    if not hosts:
+        if scope.get("http_version") == "1.0":
+            return None
+        return GatewayError(ERR.INVALID_HOST, "an HTTP/1.1 request needs a Host header")
+    if not _HOST.fullmatch(hosts[0]):
+        return GatewayError(ERR.INVALID_HOST, "the Host header is not a host[:port]")
+    return None
+
+
+def _transfer_coding_error(headers: list[tuple[bytes, bytes]]) -> GatewayError | None:
+    codings = [
+        c.strip().lower()
+        for k, v in headers
+        if k == b"transfer-encoding"
+        for c in v.split(b",")
+        if c.strip()
+    ]
+    if codings and codings != [b"chunked"]:
+        return GatewayError(
+            ERR.UNSUPPORTED_TRANSFER_CODING, "the only transfer coding accepted is chunked"
+        )
+    return None

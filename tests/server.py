@@ -104,6 +104,9 @@ class GatewayProcess:
     s3: S3Target | None = None
 
     def __post_init__(self) -> None:
+        # Absolute Location headers, as most tests use them as URLs; GATEWAY_PUBLIC_URL=""
+        # gives the default, relative ones (tests/test_http_edge.py).
+        self.env = {"GATEWAY_PUBLIC_URL": self.url, **self.env}
         if self.s3 is None and TEST_STORE == "s3" and s3_target_factory is not None:
             # Processes sharing a data dir share its bucket too.
             self.s3 = S3_TARGETS.get(self.data_dir) or s3_target_factory()

@@ -95,3 +95,51 @@ def test_worker_processes_rebuild_the_same_settings() -> None:
         environ={},
     )
     assert load_settings(environ=export_environment(settings)) == settings
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "uploads.example.org",
+        "ftp://uploads.example.org",
+        "https://",
+        "https://uploads.example.org/files",
+        "https://uploads.example.org?x=1",
+        "https://uploads.example.org#top",
+        "https://user@uploads.example.org",
+        "https://uploads.example.org:99999",
+        "https://uploads.example.org\r\nX: y",
+    ],
+)
+def test_a_public_url_is_scheme_host_and_port_only(url: str) -> None:
+    with pytest.raises(ConfigError, match="public_url"):
+        load_settings({"public_url": url}, environ={})
+
+
+@pytest.mark.parametrize("url", ["https://uploads.example.org", "http://10.0.0.5:8080/"])
+def test_good_public_urls(url: str) -> None:
+    assert load_settings({"public_url": url}, environ={}).public_url == url
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    settings = load_settings(environ={"GATEWAY_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1"})
+    assert settings.trusted_proxy_list == ["10.0.0.1", "192.168.0.0/16", "::1"]
+    assert load_settings(environ={}).trusted_proxy_list == []  # none by default
+    for bad in ("*", "proxy.local", "10.0.0.0/33"):
+        with pytest.raises(ConfigError, match="trusted_proxies"):
+            load_settings(environ={"GATEWAY_TRUSTED_PROXIES": bad})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_header_bytes": 100}, "max_header_bytes"),
+        ({"max_header_bytes": 4 << 20}, "max_header_bytes"),
+        ({"header_timeout": 0.0}, "header_timeout"),
+        ({"linger_timeout": -1.0}, "linger"),
+        ({"linger_max_bytes": -1}, "linger"),
+    ],
+)
+def test_edge_limits_are_checked(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(values, environ={})

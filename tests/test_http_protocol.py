@@ -1090,12 +1090,27 @@ def test_override_options(tus: Tus) -> None:
     assert "Tus-Resumable" not in response.headers
 
 
-def test_override_wins_over_the_real_method(tus: Tus) -> None:
+@pytest.mark.parametrize(
+    ("method", "override", "status"),
+    [
+        ("GET", "DELETE", 400),
+        ("GET", "PATCH", 400),
+        ("HEAD", "DELETE", 200),
+        ("PATCH", "HEAD", 415),
+    ],
+)
+def test_override_is_honoured_on_post_only(
+    tus: Tus, method: str, override: str, status: int
+) -> None:
+    """A GET (a link, an image, a prefetch) must never delete or write an upload."""
     url = tus.create(10)
-    headers = {**tus.server.auth, "X-HTTP-Method-Override": "HEAD"}
-    response = tus.client.request("PATCH", url, headers=headers)
-    assert response.status_code == 200
-    assert response.headers["Upload-Offset"] == "0"
+    tus.send(url, b"abc", 0, None)
+    headers = {**tus.server.auth, "X-HTTP-Method-Override": override, "Upload-Offset": "3"}
+    response = tus.client.request(method, url, headers=headers)
+    assert response.status_code == status, response.text  # GET: 400, the upload is unfinished
+    assert tus.offset(url) == 3
+    metrics = tus.client.get(tus.url("/metrics"), headers=tus.server.auth).text
+    assert 'gateway_method_overrides_total{outcome="ignored"}' in metrics
 
 
 def test_override_on_the_collection_needs_a_resource_method(tus: Tus) -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -209,3 +210,21 @@ def test_tus_js_client_parallel_uploads_concatenate(
     assert head.headers["Upload-Concat"].startswith("final;"), head.headers
     assert head.headers["Upload-Length"] == str(size)
     assert sha256(read_stored(gateway.data_dir, upload_id(url))) == digest
+
+
+@pytest.mark.parametrize("mode", ["plain", "parallel"])
+def test_tus_js_client_follows_a_relative_location(
+    tus_js: Path, gateway_factory: Callable[..., GatewayProcess], tmp_path: Path, mode: str
+) -> None:
+    """Without GATEWAY_PUBLIC_URL, Location is relative: the client resolves it against
+    the endpoint (also in the URLs of a final concatenation)."""
+    server = gateway_factory(GATEWAY_PUBLIC_URL="")
+    path = tmp_path / "relative.bin"
+    size = 6 * MiB + 3
+    digest = _random_file(path, size)
+
+    result = _node_upload(tus_js, server, path, str(2 * MiB), mode)
+
+    url = str(result["url"])
+    assert url.startswith(server.files_url), url
+    assert sha256(read_stored(server.data_dir, upload_id(url))) == digest

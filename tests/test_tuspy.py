@@ -190,3 +190,16 @@ def test_wrong_sha1_is_refused_and_nothing_recorded(gateway: GatewayProcess) -> 
         )
         assert rest.status_code == 204, rest.text
     assert read_stored(gateway.data_dir, _upload_id(url)) == data
+
+
+def test_tuspy_follows_a_relative_location(
+    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """Without GATEWAY_PUBLIC_URL, Location is relative: tuspy resolves it against the endpoint."""
+    server = gateway_factory(GATEWAY_PUBLIC_URL="")
+    data = os.urandom(3 * MiB + 5)
+    path = tmp_path / "relative.bin"
+    path.write_bytes(data)
+    url = _upload(server, path, chunk_size=MiB)
+    assert url.startswith(server.files_url), url
+    assert read_stored(server.data_dir, _upload_id(url)) == data
