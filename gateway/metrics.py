@@ -92,6 +92,13 @@ BYTES_IN_FLIGHT = Gauge(
 )
 REAPED = Counter("gateway_reaper_actions", "Uploads removed by the reaper, by reason.", ["reason"])
 SEAL_FAILURES = Counter("gateway_seal_failures", "Segments that failed to seal or store.")
+REFUSED = Counter(
+    "gateway_fairness_refusals",
+    "Requests refused or bodies cut to keep principals' shares fair, by reason "
+    "(writers, busy, rate, open-uploads, open-bytes, too-slow).",
+    ["reason"],
+)
+TAIL_MERGES = Counter("gateway_tail_merges", "Times a segment's tail pieces were merged into one.")
 
 
 @contextmanager

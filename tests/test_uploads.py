@@ -285,26 +285,23 @@ async def test_a_body_is_kept_whole_only_with_room_in_the_budget_and_gives_it_ba
         budget = service._slices
         data = os.urandom(3 * mib)
         upload = await service.create(ME, length=len(data), metadata=None)
-        await budget.acquire()  # another upload holds one of the two units
+        await budget.take(mib // 2)  # another upload holds a quarter of the budget
         try:
-            # 1.5 MiB would need both units at once: sealed as it arrives instead.
+            # 1.5 MiB would leave less than half the budget free: sealed as it arrives.
             await service.write(
                 ME, upload.id, offset=0, body=body(data[: 3 * mib // 2]),
                 content_length=3 * mib // 2,
             )  # fmt: skip
             assert store.spans  # streamed into the record
         finally:
-            budget.release()
+            budget.give(mib // 2)
         store.spans.clear()
         await service.write(
             ME, upload.id, offset=3 * mib // 2, body=body(data[3 * mib // 2 : 2 * mib]),
             content_length=mib // 2,
         )  # fmt: skip
         assert not store.spans  # kept whole: nothing written in place
-        for _ in range(2):  # every unit came back
-            await asyncio.wait_for(budget.acquire(), 1)
-        budget.release()
-        budget.release()
+        assert budget.free == budget.total  # every byte came back
         done, _ = await service.write(
             ME, upload.id, offset=2 * mib, body=body(data[2 * mib :]), content_length=mib
         )
