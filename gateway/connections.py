@@ -11,19 +11,38 @@ arrives while nothing is buffered is kept as the very bytes object the parser ma
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import metrics
 
+# With this many connections open, a new one gets a small kernel receive buffer: a
+# slow client's bytes then wait in its own socket buffer (and TCP window) rather than
+# arriving in reads of up to 256 KiB that sit in this process while its upload waits
+# for the receive budget. Few connections keep the kernel's autotuning (fast streams).
+MANY_CONNECTIONS = 32
+SMALL_RCVBUF = 64 << 10
+_open = 0
+
 
 class CountingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        global _open
+        _open += 1
         metrics.CONNECTIONS_OPEN.inc()
+        if _open > MANY_CONNECTIONS:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF)
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        global _open
+        _open -= 1
         metrics.CONNECTIONS_OPEN.dec()
         super().connection_lost(exc)
 

@@ -48,8 +48,8 @@ from gateway.tus.headers import ChecksumHeader
 
 SLICE = 1 << 20  # plaintext handed to the sealing thread at once, from a fast body
 # A body starts with small slices and takes 1 MiB ones once it shows it is fast (a
-# small slice filled within FAST_FILL); a large slice that takes SLOW_FILL to fill
-# sends it back to small ones. A partly filled slice whose next read waits IDLE_FLUSH
+# small slice filled within FAST_FILL of the one before); a large slice that takes
+# SLOW_FILL sends it back to small ones. A partly filled slice whose next read waits IDLE_FLUSH
 # is handed to sealing as it is (the lease's watcher asks, see Control.on_idle), so a
 # stalled body holds no slice (nor budget).
 SMALL_SLICE = 64 << 10
@@ -208,7 +208,7 @@ class SegmentWriter:
         self._slice: bytearray | None = None  # received bytes are gathered here
         self._slice_fill = 0
         self._slice_size = SMALL_SLICE  # the size of the next slice taken
-        self._slice_started = 0.0  # when the slice being filled got its first byte
+        self._slice_started = time.monotonic()  # when the slice before was filled
         self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
         self._next_piece = 0
         self._old_pieces: list[TailPiece] = []
@@ -334,6 +334,7 @@ class SegmentWriter:
         Called on the event loop only while `receive` waits for the next chunk."""
         if self._slice is not None and self._slice_fill and self._open is not None:
             self._slice_size = SMALL_SLICE
+            self._slice_started = time.monotonic()
             self._hand_slice(self._open)
 
     def _body_complete(self) -> bool:
@@ -381,11 +382,14 @@ class SegmentWriter:
         size = self._slice_size
         await self._budget.take(size)
         self._slice, self._slice_fill = self._pools.for_size(size).take(), 0
-        self._slice_started = time.monotonic()
 
     def _pace(self, size: int) -> None:
-        """A slice filled: choose the size of the next from how fast this one did."""
-        took = time.monotonic() - self._slice_started
+        """A slice filled: choose the size of the next from how fast this one did.
+
+        Timed from when the slice before it filled, not from its own first byte: one
+        chunk of a slow client can fill a small slice at once."""
+        now = time.monotonic()
+        took, self._slice_started = now - self._slice_started, now
         if size == SMALL_SLICE and took <= FAST_FILL:
             self._slice_size = SLICE
         elif size == SLICE and took >= SLOW_FILL:
