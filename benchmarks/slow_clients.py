@@ -59,6 +59,7 @@ class Client:
     ) -> tuple[str, float, str]:
         """(outcome, seconds, upload path): outcome "ok" or "STATUS CODE"."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        answer: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
         try:
             writer.write(
                 f"POST /files/ HTTP/1.1\r\nHost: x\r\n{self.auth}Upload-Length: {len(data)}\r\n"
@@ -95,6 +96,8 @@ class Client:
         except (OSError, asyncio.IncompleteReadError) as exc:
             return f"connection {type(exc).__name__}", 0.0, ""
         finally:
+            if answer is not None and not answer.done():
+                answer.cancel()
             writer.close()
 
 

@@ -35,6 +35,7 @@ class Settings:
     max_writers: int = 2048  # PATCH bodies received at once; more wait, then get 503
     reserved_writers: int = 64  # of those, kept for principals holding none (< max_writers)
     max_writers_per_principal: int = 0  # 0: max_writers - reserved_writers
+    s3_max_writers: int = 64  # with S3 (records built whole in memory): writers at most
     receive_budget: int = 64 * MiB  # received plaintext all uploads hold, waiting to be sealed
     min_receive_rate: int = 1024  # bytes/s a body must average over the window; 0: off
     receive_rate_window: float = 30.0  # seconds of waiting for the client the rate is taken over
@@ -88,6 +89,8 @@ class Settings:
             raise ConfigError("seal_threads must be >= 0 (0: one per CPU core)")
         if self.receive_budget < MiB:
             raise ConfigError("receive_budget must be at least 1 MiB")
+        if self.s3_max_writers < 1:
+            raise ConfigError("s3_max_writers must be >= 1")
         if self.reserved_writers < 0:
             raise ConfigError("reserved_writers must be >= 0 (at most max_writers - 1 apply)")
         if self.max_writers_per_principal < 0:

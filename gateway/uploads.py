@@ -114,9 +114,16 @@ class Uploads:
         # not the number of writers, bounds memory (a stalled body holds next to none).
         self._slices = ReceiveBudget(settings.receive_budget)
         # Writers per principal, with a share kept for principals holding none.
+        # On S3 each writer also holds whole records (segment-sized buffers) while
+        # they are sealed and sent: there the writer count bounds that memory.
+        writers, reserved = settings.max_writers, settings.reserved_writers
+        if settings.uses_s3 and settings.s3_max_writers < writers:
+            # The reserve keeps its share of the slots.
+            reserved = -(-reserved * settings.s3_max_writers // writers)
+            writers = settings.s3_max_writers
         self._writers = WriterSlots(
-            settings.max_writers,
-            reserved=settings.reserved_writers,
+            writers,
+            reserved=reserved,
             per_principal=settings.max_writers_per_principal,
             wait=settings.acquire_timeout,
         )

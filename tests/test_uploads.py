@@ -602,3 +602,32 @@ async def test_a_failed_seal_waits_for_the_plaintext_hash_before_reusing_slices(
             await service.write(ME, upload.id, offset=0, body=body(os.urandom(4 * S)))
         assert caught.value.err is ERR.STORE_UNAVAILABLE
     assert reused_while_hashing and not any(reused_while_hashing)
+
+
+async def test_a_stalled_body_gives_its_partly_filled_slice_back_to_the_budget(
+    tmp_path: Path,
+) -> None:
+    store = InPlaceMemoryStore()
+    async with own_service(tmp_path, store, segment_size=4 * 1024 * 1024) as service:
+        budget = service._slices
+        stalled, release = asyncio.Event(), asyncio.Event()
+        data = os.urandom(3 * 1024 * 1024)
+
+        async def stalls() -> AsyncIterator[bytes]:
+            yield data[:40_000]  # part of a slice
+            stalled.set()
+            await release.wait()
+            yield data[40_000:]
+
+        upload = await service.create(ME, length=len(data), metadata=None)
+        writing = asyncio.create_task(service.write(ME, upload.id, offset=0, body=stalls()))
+        await stalled.wait()
+        assert budget.free < budget.total  # the slice being filled
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if budget.free == budget.total:
+                break
+        assert budget.free == budget.total  # handed to sealing while the read waits
+        release.set()
+        done, _ = await writing
+        assert read(service, done) == data
