@@ -19,12 +19,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import metrics
 
-# With this many connections open, a new one gets a small kernel receive buffer: a
-# slow client's bytes then wait in its own socket buffer (and TCP window) rather than
-# arriving in reads of up to 256 KiB that sit in this process while its upload waits
-# for the receive budget. Few connections keep the kernel's autotuning (fast streams).
+# With this many connections open, a new one gets a small kernel receive buffer and
+# stops reading sooner when its upload does not take the bytes (waiting for the
+# receive budget): a slow client's bytes then wait in its own socket buffer and TCP
+# window rather than in this process. Few connections keep the kernel's autotuning
+# and uvicorn's 64 KiB mark (fast streams).
 MANY_CONNECTIONS = 32
-SMALL_RCVBUF = 64 << 10
+SMALL_RCVBUF = 16 << 10
+SMALL_HIGH_WATER = 8 << 10
 _open = 0
 
 
@@ -33,7 +35,9 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         global _open
         _open += 1
         metrics.CONNECTIONS_OPEN.inc()
+        self._high_water = HIGH_WATER_LIMIT
         if _open > MANY_CONNECTIONS:
+            self._high_water = SMALL_HIGH_WATER
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -51,7 +55,7 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
         cycle.body = _append(cycle.body, body)  # type: ignore[assignment]
-        if len(cycle.body) > HIGH_WATER_LIMIT:
+        if len(cycle.body) > self._high_water:
             self.flow.pause_reading()
         cycle.message_event.set()
 

@@ -52,7 +52,7 @@ SLICE = 1 << 20  # plaintext handed to the sealing thread at once, from a fast b
 # SLOW_FILL sends it back to small ones. A partly filled slice whose next read waits IDLE_FLUSH
 # is handed to sealing as it is (the lease's watcher asks, see Control.on_idle), so a
 # stalled body holds no slice (nor budget).
-SMALL_SLICE = 64 << 10
+SMALL_SLICE = 32 << 10
 FAST_FILL = 0.01
 SLOW_FILL = 0.1
 QUEUED_LIMIT = 12 << 20  # plaintext one upload may have waiting before its reading pauses
