@@ -49,9 +49,9 @@ from gateway.tus.headers import ChecksumHeader
 SLICE = 1 << 20  # plaintext handed to the sealing thread at once, from a fast body
 # A body starts with small slices and takes 1 MiB ones once it shows it is fast (a
 # small slice filled within FAST_FILL of the one before); a large slice that takes
-# SLOW_FILL sends it back to small ones. A partly filled slice whose next read waits IDLE_FLUSH
-# is handed to sealing as it is (the lease's watcher asks, see Control.on_idle), so a
-# stalled body holds no slice (nor budget).
+# SLOW_FILL sends it back to small ones. A partly filled slice whose client has been
+# quiet for a poll of the lease's watcher is handed to sealing as it is (see
+# Control.on_idle), so a stalled body holds no slice (nor budget).
 SMALL_SLICE = 32 << 10
 FAST_FILL = 0.01
 SLOW_FILL = 0.1
@@ -361,8 +361,9 @@ class SegmentWriter:
             if self._slice is None:
                 await self._take_slice()
                 assert self._slice is not None
-            # Gathered into 1 MiB slices, the bytes cost the sealing threads a few large
-            # calls instead of many small ones that would each contend for the GIL.
+            # Gathered into slices (1 MiB ones when fast), the bytes cost the sealing
+            # threads a few large calls instead of many small ones that would each
+            # contend for the GIL.
             size = len(self._slice)
             n = min(record.length - self._fill, len(view), size - self._slice_fill)
             self._slice[self._slice_fill : self._slice_fill + n] = view[:n]
