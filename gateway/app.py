@@ -28,6 +28,7 @@ from gateway.errors import ERR, GatewayError
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
 from gateway.keys.keyring import LocalKeyring
+from gateway.limits import RequestRate
 from gateway.middleware import (
     AccessMiddleware,
     HttpRulesMiddleware,
@@ -79,6 +80,7 @@ _STORE_OPS = (
 )
 _CATALOG_OPS = (
     "create_upload",
+    "open_uploads",
     "get_upload",
     "records",
     "tail_pieces",
@@ -130,7 +132,9 @@ def create_app(
     )
     keys = keys if keys is not None else LocalKeyring.open(settings.keyring_path)
     uploads = Uploads(settings, store=store, catalog=catalog, keys=keys)
-    auth = Authenticator(catalog, uploads.runner)
+    auth = Authenticator(
+        catalog, uploads.runner, RequestRate(settings.request_rate, settings.request_burst)
+    )
     handler = TusHandler(settings, uploads, auth)
     downloads = DownloadHandler(settings, uploads, auth)
 

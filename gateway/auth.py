@@ -9,6 +9,7 @@ import time
 from gateway import metrics
 from gateway.catalog.base import Catalog, Principal
 from gateway.errors import ERR, GatewayError
+from gateway.limits import RequestRate
 from gateway.runner import Runner
 
 TOKEN_PREFIX = "gwt_"
@@ -28,9 +29,10 @@ def mint_token(catalog: Catalog, principal: Principal) -> str:
 
 
 class Authenticator:
-    def __init__(self, catalog: Catalog, runner: Runner) -> None:
+    def __init__(self, catalog: Catalog, runner: Runner, rate: RequestRate | None = None) -> None:
         self._catalog = catalog
         self._runner = runner
+        self._rate = rate  # each principal's requests, counted once it is known
         self._cache: dict[bytes, tuple[float, Principal]] = {}
 
     async def principal(self, authorization: list[str]) -> Principal:
@@ -44,14 +46,23 @@ class Authenticator:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
-            return cached[1]
-        found = await self._runner.db(self._catalog.principal_for, digest)
-        if found is None:
-            raise _unauthorized("the token is not valid")
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + _CACHE_SECONDS, found)
+            found = cached[1]
+        else:
+            looked_up = await self._runner.db(self._catalog.principal_for, digest)
+            if looked_up is None:
+                raise _unauthorized("the token is not valid")
+            found = looked_up
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + _CACHE_SECONDS, found)
+        if self._rate is not None:
+            self._rate.take(principal_key(found))
         return found
+
+
+def principal_key(principal: Principal) -> str:
+    """One string per principal, for the per-principal limits."""
+    return f"{principal.tenant}\x00{principal.id}"
 
 
 def _unauthorized(sentence: str) -> GatewayError:

@@ -35,8 +35,18 @@ class Settings:
     io_threads: int = 8  # storage calls (fdatasync, S3 requests) at once, all uploads
     seal_threads: int = 0  # hashing + encrypting threads; 0: one per CPU core (at least 2)
     pipeline_depth: int = 2  # sealed segments in flight per upload beyond the one filling
-    max_writers: int = 64  # PATCH bodies received at once; more wait, then get 503
+    max_writers: int = 2048  # PATCH bodies received at once; more wait, then get 503
+    reserved_writers: int = 64  # of those, kept for principals holding none (< max_writers)
+    max_writers_per_principal: int = 0  # 0: max_writers - reserved_writers
+    s3_max_writers: int = 64  # with S3 (records built whole in memory): writers at most
     receive_budget: int = 64 * MiB  # received plaintext all uploads hold, waiting to be sealed
+    min_receive_rate: int = 1024  # bytes/s a body must average over the window; 0: off
+    receive_rate_window: float = 30.0  # seconds of waiting for the client the rate is taken over
+    request_rate: float = 200.0  # requests/s per principal (token bucket); 0: off
+    request_burst: int = 4000  # requests a principal may send at once
+    max_open_uploads: int = 2000  # unfinished uploads per principal; 0: no limit
+    max_open_bytes: int = 2048 * GiB  # declared bytes of unfinished uploads per principal
+    tail_merge_after: int = 64  # a segment's tail pieces are merged into one beyond this
     reap_interval: float = 300.0
     log_level: str = "info"
     log_format: str = "json"  # "json" (one object per line) or "text"
@@ -101,6 +111,20 @@ class Settings:
             raise ConfigError("linger_timeout and linger_max_bytes must be >= 0")
         _check_public_url(self.public_url)
         _ = self.trusted_proxy_list
+        if self.s3_max_writers < 1:
+            raise ConfigError("s3_max_writers must be >= 1")
+        if self.reserved_writers < 0:
+            raise ConfigError("reserved_writers must be >= 0 (at most max_writers - 1 apply)")
+        if self.max_writers_per_principal < 0:
+            raise ConfigError("max_writers_per_principal must be >= 0 (0: no own limit)")
+        if self.min_receive_rate < 0 or self.receive_rate_window <= 0:
+            raise ConfigError("min_receive_rate must be >= 0 and receive_rate_window > 0")
+        if self.request_rate < 0 or self.request_burst < 1:
+            raise ConfigError("request_rate must be >= 0 and request_burst >= 1")
+        if self.max_open_uploads < 0 or self.max_open_bytes < 0:
+            raise ConfigError("max_open_uploads and max_open_bytes must be >= 0 (0: no limit)")
+        if self.tail_merge_after < 2:
+            raise ConfigError("tail_merge_after must be at least 2")
         if self.store not in ("", "folder"):
             if not self.store.startswith("s3://"):
                 raise ConfigError("store must be 'folder' or s3://BUCKET[/PREFIX]")

@@ -24,9 +24,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
+import socket
 from asyncio import TimerHandle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +78,17 @@ def protocol_factory(settings: Settings) -> Callable[..., CountingHttpToolsProto
     return functools.partial(CountingHttpToolsProtocol, limits=EdgeLimits.from_settings(settings))
 
 
+# With this many connections open, a new one gets a small kernel receive buffer and
+# stops reading sooner when its upload does not take the bytes (waiting for the
+# receive budget): a slow client's bytes then wait in its own socket buffer and TCP
+# window rather than in this process. Few connections keep the kernel's autotuning
+# and uvicorn's 64 KiB mark (fast streams).
+MANY_CONNECTIONS = 32
+SMALL_RCVBUF = 16 << 10
+SMALL_HIGH_WATER = 8 << 10
+_open = 0
+
+
 class CountingHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: EdgeLimits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -100,11 +113,22 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
     # -- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        global _open
+        _open += 1
         metrics.CONNECTIONS_OPEN.inc()
+        self._high_water = HIGH_WATER_LIMIT
+        if _open > MANY_CONNECTIONS:
+            self._high_water = SMALL_HIGH_WATER
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF)
         super().connection_made(transport)
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        global _open
+        _open -= 1
         metrics.CONNECTIONS_OPEN.dec()
         self._cancel_header_timer()
         if self._linger is not None:
@@ -211,7 +235,7 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
         cycle.body = _append(cycle.body, body)  # type: ignore[assignment]
-        if len(cycle.body) > HIGH_WATER_LIMIT:
+        if len(cycle.body) > self._high_water:
             self.flow.pause_reading()
         cycle.message_event.set()
 

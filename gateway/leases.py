@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
 import time
@@ -23,13 +24,28 @@ class Control:
     """What a running writer watches: why it should stop, and when it last got bytes."""
 
     lease: Lease
-    stop_reason: str | None = None  # "released" | "shutdown" | "timeout" | "lease-lost"
+    # "released" | "shutdown" | "timeout" | "too-slow" | "lease-lost"
+    stop_reason: str | None = None
     last_activity: float = field(default_factory=time.monotonic)
     in_receive: bool = False
+    received: int = 0  # body bytes read so far
+    waited: float = 0.0  # seconds spent waiting for the client, reads done
+    read_started: float = 0.0  # when the read in progress began
+    # Called by the watcher while a read has waited a poll or more: the writer hands
+    # what it gathered to sealing, so a stalled body holds no received bytes.
+    on_idle: Callable[[], None] | None = None
     task: asyncio.Task[object] | None = None
     loaded: object = None  # what `held(load=...)` read as the lease was taken
     released: bool = False
     watcher: asyncio.Task[None] | None = None
+
+    def client_wait(self, now: float) -> float:
+        """Seconds this body has spent waiting for the client, the read in progress too.
+
+        Time the writer spends elsewhere (its reading paused for the budget or the
+        sealing threads) is the server's, not the client's, and is not counted.
+        """
+        return self.waited + (now - self.read_started if self.in_receive else 0.0)
 
     def stop(self, reason: str) -> None:
         """Ask the writer to stop reading; a read blocked on the network is cut.
@@ -67,6 +83,8 @@ class Leases:
         ttl: float,
         acquire_timeout: float,
         network_timeout: float,
+        min_rate: float = 0.0,
+        rate_window: float = 30.0,
         poll_interval: float = 0.5,
         stale_after: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -79,6 +97,8 @@ class Leases:
         # Never shorter than a few renewals, never longer than the lease itself.
         self._stale_after = min(ttl, max(stale_after, 4 * poll_interval))
         self._network_timeout = network_timeout
+        self._min_rate = min_rate
+        self._rate_window = rate_window
         self._clock = clock
         self._instance = secrets.token_hex(6)
         self._active: dict[str, Control] = {}
@@ -219,13 +239,24 @@ class Leases:
 
     async def _watch(self, control: Control, *, stoppable: bool) -> None:
         timeout = self._network_timeout
+        samples: collections.deque[tuple[float, int]] = collections.deque()
         while True:
             await asyncio.sleep(self._poll)
             if stoppable and control.stop_reason is None:
+                now = time.monotonic()
                 if self.shutting_down:
                     control.stop("shutdown")
-                elif time.monotonic() - control.last_activity > timeout and control.in_receive:
+                elif now - control.last_activity > timeout and control.in_receive:
                     control.stop("timeout")
+                elif self._too_slow(control, samples, now):
+                    metrics.REFUSED.labels("too-slow").inc()
+                    control.stop("too-slow")
+                elif (
+                    control.in_receive
+                    and control.on_idle is not None
+                    and now - control.read_started >= self._poll
+                ):
+                    control.on_idle()
             state = await self._runner.db(
                 self._catalog.renew_lease, control.lease, self._ttl, self._clock()
             )
@@ -235,6 +266,23 @@ class Leases:
                 return
             if stoppable and state.release_requested and control.stop_reason is None:
                 control.stop("released")
+
+    def _too_slow(
+        self, control: Control, samples: collections.deque[tuple[float, int]], now: float
+    ) -> bool:
+        """Whether the body brought less than min_rate bytes/s over the last window of
+        time spent waiting for the client (a trickle that never goes silent)."""
+        if self._min_rate <= 0:
+            return False
+        waited = control.client_wait(now)
+        samples.append((waited, control.received))
+        window = self._rate_window
+        # Keep the newest sample that is at least a window old, and those after it.
+        while len(samples) > 1 and waited - samples[1][0] >= window:
+            samples.popleft()
+        first_wait, first_received = samples[0]
+        span = waited - first_wait
+        return span >= window and control.received - first_received < self._min_rate * span
 
     def stop_all(self) -> None:
         """Shutdown: every writer in this process stops reading and saves what it has."""

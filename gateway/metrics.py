@@ -116,6 +116,13 @@ LINGER_CLOSES = Counter(
 LINGER_DROPPED_BYTES = Counter(
     "gateway_lingering_dropped_bytes", "Bytes of refused requests read and dropped."
 )
+REFUSED = Counter(
+    "gateway_fairness_refusals",
+    "Requests refused or bodies cut to keep principals' shares fair, by reason "
+    "(writers, busy, rate, open-uploads, open-bytes, too-slow).",
+    ["reason"],
+)
+TAIL_MERGES = Counter("gateway_tail_merges", "Times a segment's tail pieces were merged into one.")
 
 
 @contextmanager

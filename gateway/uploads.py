@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TypeAlias, TypeVar, cast
 
 from gateway import metrics
+from gateway.auth import principal_key
 from gateway.buffers import Pools
 from gateway.catalog.base import (
     ACTIVE,
@@ -32,6 +33,7 @@ from gateway.errors import ERR, GatewayError
 from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
 from gateway.layout import data_key, manifest_keys, upload_prefix
 from gateway.leases import Leases
+from gateway.limits import ReceiveBudget, WriterSlots
 from gateway.metadata import ValueKey, open_metadata, seal_legacy_metadata, seal_metadata
 from gateway.reader import Reader
 from gateway.runner import Runner
@@ -45,7 +47,6 @@ from gateway.signer import (
 from gateway.store.base import ObjectNotFound, ObjectStore, StaleWrite, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader, new_upload_id
 from gateway.writer import (
-    SLICE,
     BodyInterrupted,
     Outcome,
     Overflow,
@@ -75,6 +76,10 @@ EXTENSIONS = (
 _STOPPED = {
     "released": (ERR.UPLOAD_INTERRUPTED, "a newer request for this upload took it over"),
     "timeout": (ERR.UPLOAD_INTERRUPTED, "no bytes arrived for too long; what came is saved"),
+    "too-slow": (
+        ERR.UPLOAD_INTERRUPTED,
+        "the body arrived too slowly; what came is saved, resume from Upload-Offset",
+    ),
     "lease-lost": (ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"),
     "shutdown": (ERR.SERVER_SHUTDOWN, "the server is restarting; resume from Upload-Offset"),
 }
@@ -107,16 +112,30 @@ class Uploads:
             ttl=settings.lease_ttl,
             acquire_timeout=settings.acquire_timeout,
             network_timeout=settings.network_timeout,
+            min_rate=settings.min_receive_rate,
+            rate_window=settings.receive_rate_window,
             clock=clock,
         )
         self._reaper: asyncio.Task[None] | None = None
         self._hashes: dict[str, RunningHash] = {}
         self._pools = Pools(keep=2 * settings.pipeline_depth + 2)
-        # Received plaintext waiting to be sealed, in slices, across all uploads.
-        self._slices = asyncio.Semaphore(max(1, settings.receive_budget // SLICE))
-        # Each writer holds a few segment buffers: bounding the writers bounds memory,
-        # however many clients connect at once.
-        self._writers = asyncio.Semaphore(settings.max_writers)
+        # Received plaintext waiting to be sealed, in bytes, across all uploads: this,
+        # not the number of writers, bounds memory (a stalled body holds next to none).
+        self._slices = ReceiveBudget(settings.receive_budget)
+        # Writers per principal, with a share kept for principals holding none.
+        # On S3 each writer also holds whole records (segment-sized buffers) while
+        # they are sealed and sent: there the writer count bounds that memory.
+        writers, reserved = settings.max_writers, settings.reserved_writers
+        if settings.uses_s3 and settings.s3_max_writers < writers:
+            # The reserve keeps its share of the slots.
+            reserved = -(-reserved * settings.s3_max_writers // writers)
+            writers = settings.s3_max_writers
+        self._writers = WriterSlots(
+            writers,
+            reserved=reserved,
+            per_principal=settings.max_writers_per_principal,
+            wait=settings.acquire_timeout,
+        )
         self.reader = Reader(store, catalog, keys)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -241,6 +260,7 @@ class Uploads:
                 ERR.MAX_SIZE_EXCEEDED,
                 f"Upload-Length exceeds this server's Tus-Max-Size of {self.settings.max_size}",
             )
+        await self._check_quota(principal, length or 0)
         upload_id = new_upload_id()
         dek, dek_id = os.urandom(32), os.urandom(16)
         header = new_header(
@@ -277,6 +297,35 @@ class Uploads:
             # Nothing to wait for: seal the empty final record and sign it now.
             upload, _ = await self.write(principal, upload_id, offset=0, body=empty_body())
         return upload
+
+    async def _check_quota(self, principal: Principal, length: int) -> None:
+        """Refuse a new upload beyond the principal's open uploads or open bytes.
+
+        Checked before the upload is inserted: creations racing each other may pass
+        the limit by as many as run at once, never by more.
+        """
+        most, most_bytes = self.settings.max_open_uploads, self.settings.max_open_bytes
+        if not most and not most_bytes:
+            return
+        count, size = await self.runner.db(
+            self.catalog.open_uploads, principal.id, principal.tenant
+        )
+        if most and count >= most:
+            metrics.REFUSED.labels("open-uploads").inc()
+            raise GatewayError(
+                ERR.QUOTA_EXCEEDED,
+                f"this principal has {count} unfinished uploads, the most it may have; "
+                "finish or delete some first",
+                headers={"Retry-After": "60"},
+            )
+        if most_bytes and size + length > most_bytes:
+            metrics.REFUSED.labels("open-bytes").inc()
+            raise GatewayError(
+                ERR.QUOTA_EXCEEDED,
+                f"this principal's unfinished uploads would pass {most_bytes} bytes; "
+                "finish or delete some first",
+                headers={"Retry-After": "60"},
+            )
 
     async def create_final(
         self, principal: Principal, *, concat: str, part_ids: list[str], metadata: str | None
@@ -368,25 +417,10 @@ class Uploads:
 
         `acquire_wait` bounds the wait for a busy upload (default: acquire_timeout).
         """
-        async with self._writer_slot():
+        async with self._writers.slot(principal_key(principal)):
             return await self._write_held(
                 principal, upload_id, offset, body, length, checksum, content_length, acquire_wait
             )
-
-    @contextlib.asynccontextmanager
-    async def _writer_slot(self) -> AsyncIterator[None]:
-        try:
-            await asyncio.wait_for(self._writers.acquire(), self.settings.acquire_timeout)
-        except TimeoutError:
-            raise GatewayError(
-                ERR.SERVER_BUSY,
-                "too many uploads are being written right now; retry shortly",
-                headers={"Retry-After": "2"},
-            ) from None
-        try:
-            yield
-        finally:
-            self._writers.release()
 
     async def _write_held(
         self,
@@ -450,6 +484,7 @@ class Uploads:
                 on_complete=self._finalize,
                 pools=self._pools,
                 slices=self._slices,
+                merge_after=self.settings.tail_merge_after,
             )
             try:
                 await writer.prepare(pieces)

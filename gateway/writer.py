@@ -40,6 +40,7 @@ from gateway.checksums import SEALED_NAME, Hasher, header_value, new_hasher
 from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key, tail_key, tail_prefix
 from gateway.leases import Control
+from gateway.limits import ReceiveBudget
 from gateway.runner import Runner
 from gateway.sealed import NONCE_LEN, RECORD_OVERHEAD, TAG_LEN, InvalidSealedData, Sealer
 from gateway.store.base import (
@@ -51,7 +52,15 @@ from gateway.store.base import (
 )
 from gateway.tus.headers import ChecksumHeader
 
-SLICE = 1 << 20  # plaintext handed to the sealing thread at once
+SLICE = 1 << 20  # plaintext handed to the sealing thread at once, from a fast body
+# A body starts with small slices and takes 1 MiB ones once it shows it is fast (a
+# small slice filled within FAST_FILL of the one before); a large slice that takes
+# SLOW_FILL sends it back to small ones. A partly filled slice whose client has been
+# quiet for a poll of the lease's watcher is handed to sealing as it is (see
+# Control.on_idle), so a stalled body holds no slice (nor budget).
+SMALL_SLICE = 32 << 10
+FAST_FILL = 0.01
+SLOW_FILL = 0.1
 QUEUED_LIMIT = 12 << 20  # plaintext one upload may have waiting before its reading pauses
 # A body announced this short that ends inside its segment is kept whole and sealed as
 # one tail piece at its end, instead of re-sealing the segment's earlier bytes with it.
@@ -151,7 +160,8 @@ class SegmentWriter:
         running_hash: RunningHash | None = None,
         on_complete: OnComplete | None = None,
         pools: Pools | None = None,
-        slices: asyncio.Semaphore | None = None,
+        slices: ReceiveBudget | None = None,
+        merge_after: int = 64,
     ) -> None:
         self.upload = upload
         # The plaintext hash goes on only from where the last request left it.
@@ -195,16 +205,21 @@ class SegmentWriter:
         self._cut: _Record | None = None  # the unfinished record, once the body ended
         pools = pools if pools is not None else Pools(keep=0)
         # Enough idle slices for one upload's whole queue, so a steady upload reuses them.
-        self._slice_pool = pools.for_size(SLICE, keep=QUEUED_LIMIT // SLICE + 4)
-        # One unit per slice in existence, shared by all uploads: bounds memory.
+        self._pools = pools
+        self._pools.for_size(SLICE, keep=QUEUED_LIMIT // SLICE + 4)
+        self._pools.for_size(SMALL_SLICE, keep=256)
+        # Bytes of slices in existence, shared by all uploads: bounds memory.
         if slices is None:
-            slices = asyncio.Semaphore(QUEUED_LIMIT // SLICE + 2)
+            slices = ReceiveBudget(QUEUED_LIMIT + 2 * SLICE)
         self._budget = slices
         self._slice: bytearray | None = None  # received bytes are gathered here
         self._slice_fill = 0
+        self._slice_size = SMALL_SLICE  # the size of the next slice taken
+        self._slice_started = time.monotonic()  # when the slice before was filled
         self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
         self._next_piece = 0
         self._old_pieces: list[TailPiece] = []
+        self._merge_after = merge_after  # tail pieces a segment may have; beyond, merge
         self._last_sealed_final = False
         self._final_recorded = False
         self.received = 0
@@ -263,17 +278,15 @@ class SegmentWriter:
             end = min(end, self.upload.length)
         if self.upload.offset + size >= end:
             return False
-        units = -(-size // SLICE)
-        for taken in range(units):
-            if self._budget.locked():
-                for _ in range(taken):
-                    self._budget.release()
-                return False
-            await self._budget.acquire()  # free now: returns without waiting
-        self._tail, self._tail_units = bytearray(size), units  # one allocation, filled
+        # Held until the body ends, however slowly it comes: never more than half
+        # of the budget for such bodies together.
+        budget = self._budget
+        if budget.free - size < budget.total // 2 or not budget.try_take(size):
+            return False
+        self._tail, self._tail_units = bytearray(size), size  # one allocation, filled
         return True
 
-    def _load_pieces(self, pieces: list[TailPiece]) -> bytearray:
+    def _load_pieces(self, pieces: list[TailPiece], covers: int | None = None) -> bytearray:
         plain = bytearray()
         for piece in pieces:
             blob = self._store.get(tail_key(self.upload.id, piece.segment, piece.piece))
@@ -284,7 +297,7 @@ class SegmentWriter:
             if piece.start != len(plain) or len(opened) != piece.length:
                 raise _corrupt(f"tail piece {piece.segment}/{piece.piece} is out of place")
             plain += opened
-        if len(plain) != self._fill:
+        if len(plain) != (self._fill if covers is None else covers):
             raise _corrupt("tail pieces do not cover the recorded offset")
         return plain
 
@@ -292,9 +305,11 @@ class SegmentWriter:
 
     async def receive(self, body: AsyncIterator[bytes]) -> None:
         control = self._control
+        control.on_idle = self._flush_idle
         task = asyncio.current_task()
         iterator = aiter(body)
         while control.stop_reason is None:
+            control.read_started = time.monotonic()
             control.in_receive = True
             try:
                 chunk = await anext(iterator)
@@ -311,11 +326,23 @@ class SegmentWriter:
                 raise
             finally:
                 control.in_receive = False
-            control.last_activity = time.monotonic()
+                control.last_activity = time.monotonic()
+                control.waited += control.last_activity - control.read_started
+            control.received += len(chunk)
             await self._take(chunk)
         # Stopped. A body that already brought every byte it announced, or every byte
         # the upload can still take, was not cut short: only its end was not yet read.
         self.interrupted = not self._body_complete()
+
+    def _flush_idle(self) -> None:
+        """The client is slow to send more: hand the partly filled slice to sealing, so
+        it (and its share of the budget) comes back while the read waits.
+
+        Called on the event loop only while `receive` waits for the next chunk."""
+        if self._slice is not None and self._slice_fill and self._open is not None:
+            self._slice_size = SMALL_SLICE
+            self._slice_started = time.monotonic()
+            self._hand_slice(self._open)
 
     def _body_complete(self) -> bool:
         if self._content_length is not None and self.received == self._content_length:
@@ -339,21 +366,42 @@ class SegmentWriter:
         while view:
             record = self._open if self._open is not None else self._start_record()
             if self._slice is None:
-                await self._budget.acquire()
-                self._slice, self._slice_fill = self._slice_pool.take(), 0
-            # Gathered into 1 MiB slices, the bytes cost the sealing threads a few large
-            # calls instead of many small ones that would each contend for the GIL.
-            n = min(record.length - self._fill, len(view), SLICE - self._slice_fill)
+                await self._take_slice()
+                assert self._slice is not None
+            # Gathered into slices (1 MiB ones when fast), the bytes cost the sealing
+            # threads a few large calls instead of many small ones that would each
+            # contend for the GIL.
+            size = len(self._slice)
+            n = min(record.length - self._fill, len(view), size - self._slice_fill)
             self._slice[self._slice_fill : self._slice_fill + n] = view[:n]
             self._slice_fill += n
             self._fill += n
             self.received += n
             view = view[n:]
+            if self._slice_fill == size:
+                self._pace(size)
             if self._fill == record.length:
                 await self._close_record()
-            elif self._slice_fill == SLICE:
+            elif self._slice_fill == size:
                 await self._feed(record)
         metrics.BYTES_IN_FLIGHT.inc(len(chunk))
+
+    async def _take_slice(self) -> None:
+        size = self._slice_size
+        await self._budget.take(size)
+        self._slice, self._slice_fill = self._pools.for_size(size).take(), 0
+
+    def _pace(self, size: int) -> None:
+        """A slice filled: choose the size of the next from how fast this one did.
+
+        Timed from when the slice before it filled, not from its own first byte: one
+        chunk of a slow client can fill a small slice at once."""
+        now = time.monotonic()
+        took, self._slice_started = now - self._slice_started, now
+        if size == SMALL_SLICE and took <= FAST_FILL:
+            self._slice_size = SLICE
+        elif size == SLICE and took >= SLOW_FILL:
+            self._slice_size = SMALL_SLICE
 
     def _start_record(self) -> _Record:
         """Open the current segment's record; what it holds follows from the length."""
@@ -395,8 +443,8 @@ class SegmentWriter:
             self._slice = None
 
     def _give_slice(self, buffer: bytearray) -> None:
-        self._slice_pool.give(buffer)
-        self._budget.release()
+        self._pools.for_size(len(buffer)).give(buffer)
+        self._budget.give(len(buffer))
 
     async def _feed(self, record: _Record) -> None:
         """Hand the slice to the record's task; wait while too much is queued."""
@@ -668,7 +716,12 @@ class SegmentWriter:
             await self._commit(offset=row.index * self._segment_size + row.plaintext_len)
 
     async def _commit(
-        self, *, offset: int, piece: TailPiece | None = None, complete: bool = False
+        self,
+        *,
+        offset: int,
+        piece: TailPiece | None = None,
+        complete: bool = False,
+        replaces: list[TailPiece] | None = None,
     ) -> None:
         rows, self._pending = self._pending, []
         drop = rows[-1].index + 1 if rows else None
@@ -679,6 +732,7 @@ class SegmentWriter:
             offset=offset,
             records=rows,
             add_piece=piece,
+            drop_pieces=replaces or (),
             drop_pieces_below=drop,
             complete_at=self._clock() if complete else None,
             expires_at=None if complete else self._expires_at(),
@@ -687,7 +741,9 @@ class SegmentWriter:
         await self._runner.db(self._catalog.commit, self._control.lease, progress)
         metrics.BYTES_IN_FLIGHT.dec(offset - self.committed)
         self.committed = offset
-        if drop is not None and self._old_pieces and self._old_pieces[0].segment < drop:
+        if replaces or (
+            drop is not None and self._old_pieces and self._old_pieces[0].segment < drop
+        ):
             old, self._old_pieces = self._old_pieces, []
             await self._runner.io(self._delete_pieces, old)
 
@@ -759,14 +815,18 @@ class SegmentWriter:
         if length is not None and total == length and not self.interrupted:
             await self._complete(total)
             return Outcome(total, True, stop)
-        piece = None
+        piece, merged = None, []
         if self._fill > self._new_from:
-            piece = TailPiece(
-                self._segment, self._next_piece, self._new_from, self._fill - self._new_from
-            )
+            start = self._new_from
+            if self._new_from and len(self._old_pieces) >= self._merge_after:
+                # One piece more would pass the count: this one covers the segment's
+                # earlier pieces too, and replaces them in the same catalog commit.
+                start, merged = 0, self._old_pieces
+                metrics.TAIL_MERGES.inc()
+            piece = TailPiece(self._segment, self._next_piece, start, self._fill - start)
             await self._runner.io(self._put_piece, piece)
         if piece is not None or self._pending or total != self.committed:
-            await self._commit(offset=total, piece=piece)
+            await self._commit(offset=total, piece=piece, replaces=merged)
         return Outcome(total, False, stop)
 
     async def scrub(self) -> None:
@@ -795,6 +855,9 @@ class SegmentWriter:
         plain: bytes | memoryview
         if self._tail is not None:
             plain = memoryview(self._tail)[: self.received]
+            if piece.start < self._new_from:  # merged: the earlier pieces' bytes in front
+                earlier = self._load_pieces(self._old_pieces, covers=self._new_from)
+                plain = bytes(earlier + plain)
         else:
             record = self._cut
             assert record is not None and record.done == self._fill
@@ -841,8 +904,7 @@ class SegmentWriter:
         """Account for received bytes that will never be recorded (refused or cut off)."""
         self._cut_open_record(discard=True)
         self._tail = None
-        for _ in range(self._tail_units):
-            self._budget.release()
+        self._budget.give(self._tail_units)
         self._tail_units = 0
         metrics.BYTES_IN_FLIGHT.dec(self.upload.offset + self.received - self.committed)
         self.received = self.committed - self.upload.offset

@@ -289,26 +289,23 @@ async def test_a_body_is_kept_whole_only_with_room_in_the_budget_and_gives_it_ba
         budget = service._slices
         data = os.urandom(3 * mib)
         upload = await service.create(ME, length=len(data), metadata=None)
-        await budget.acquire()  # another upload holds one of the two units
+        await budget.take(mib // 2)  # another upload holds a quarter of the budget
         try:
-            # 1.5 MiB would need both units at once: sealed as it arrives instead.
+            # 1.5 MiB would leave less than half the budget free: sealed as it arrives.
             await service.write(
                 ME, upload.id, offset=0, body=body(data[: 3 * mib // 2]),
                 content_length=3 * mib // 2,
             )  # fmt: skip
             assert store.spans  # streamed into the record
         finally:
-            budget.release()
+            budget.give(mib // 2)
         store.spans.clear()
         await service.write(
             ME, upload.id, offset=3 * mib // 2, body=body(data[3 * mib // 2 : 2 * mib]),
             content_length=mib // 2,
         )  # fmt: skip
         assert not store.spans  # kept whole: nothing written in place
-        for _ in range(2):  # every unit came back
-            await asyncio.wait_for(budget.acquire(), 1)
-        budget.release()
-        budget.release()
+        assert budget.free == budget.total  # every byte came back
         done, _ = await service.write(
             ME, upload.id, offset=2 * mib, body=body(data[2 * mib :]), content_length=mib
         )
@@ -710,3 +707,32 @@ async def test_the_client_checksum_survives_a_completion_cut_short(
     assert reader["plaintext"]["sha256"] == hashlib.sha256(data).hexdigest()
     stored = json.loads(store.objects[f"{upload.id}/manifest.json"])
     assert stored == manifest.stored_view(reader)
+
+
+async def test_a_stalled_body_gives_its_partly_filled_slice_back_to_the_budget(
+    tmp_path: Path,
+) -> None:
+    store = InPlaceMemoryStore()
+    async with own_service(tmp_path, store, segment_size=4 * 1024 * 1024) as service:
+        budget = service._slices
+        stalled, release = asyncio.Event(), asyncio.Event()
+        data = os.urandom(3 * 1024 * 1024)
+
+        async def stalls() -> AsyncIterator[bytes]:
+            yield data[:40_000]  # part of a slice
+            stalled.set()
+            await release.wait()
+            yield data[40_000:]
+
+        upload = await service.create(ME, length=len(data), metadata=None)
+        writing = asyncio.create_task(service.write(ME, upload.id, offset=0, body=stalls()))
+        await stalled.wait()
+        assert budget.free < budget.total  # the slice being filled
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if budget.free == budget.total:
+                break
+        assert budget.free == budget.total  # handed to sealing while the read waits
+        release.set()
+        done, _ = await writing
+        assert read(service, done) == data

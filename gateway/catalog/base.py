@@ -108,6 +108,7 @@ class Progress:
     records: Sequence[RecordRow] = ()
     add_piece: TailPiece | None = None
     drop_pieces_below: int | None = None  # delete piece rows of segments < this
+    drop_pieces: Sequence[TailPiece] = ()  # delete these piece rows (merged into add_piece)
     length: int | None = None  # set a deferred length
     multipart_id: str | None = None
     complete_at: float | None = None  # mark the upload complete
@@ -164,6 +165,10 @@ class Catalog(Protocol):
 
     def expired(self, now: float, limit: int = 100) -> list[str]:
         """Ids of active uploads whose expiry has passed."""
+
+    def open_uploads(self, owner: str, tenant: str) -> tuple[int, int]:
+        """How many of the principal's uploads are unfinished, and their bytes (each
+        one's length, or its offset while the length is deferred)."""
 
     # leases
     def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:

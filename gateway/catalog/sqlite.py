@@ -67,6 +67,7 @@ _SCHEMA = (
         completed_at DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (state, expires_at)",
+    "CREATE INDEX IF NOT EXISTS uploads_owner ON uploads (tenant, owner, state)",
     """CREATE TABLE IF NOT EXISTS records (
         upload_id TEXT NOT NULL REFERENCES uploads (id),
         idx BIGINT NOT NULL,
@@ -292,6 +293,10 @@ class SQLiteCatalog:
                     "SET start = excluded.start, length = excluded.length",
                     (uid, p.segment, p.piece, p.start, p.length),
                 )
+            cur.executemany(
+                "DELETE FROM tail_pieces WHERE upload_id = ? AND segment = ? AND piece = ?",
+                [(uid, d.segment, d.piece) for d in progress.drop_pieces],
+            )
             if progress.drop_pieces_below is not None:
                 cur.execute(
                     "DELETE FROM tail_pieces WHERE upload_id = ? AND segment < ?",
@@ -472,6 +477,14 @@ class SQLiteCatalog:
             (ACTIVE, now, limit),
         )
         return [str(r[0]) for r in rows]
+
+    def open_uploads(self, owner: str, tenant: str) -> tuple[int, int]:
+        rows = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(COALESCE(length, upload_offset)), 0) FROM uploads "
+            "WHERE tenant = ? AND owner = ? AND state = ?",
+            (tenant, owner, ACTIVE),
+        )
+        return int(rows[0][0]), int(rows[0][1])
 
     # leases
 
