@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from gateway import metrics
 from gateway.catalog.base import Catalog, Lease
@@ -16,6 +16,11 @@ from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 
 T = TypeVar("T")
+
+# A PATCH body silent this long while its request waits for bytes has most likely lost
+# its client (a phone that switched networks): a HEAD then asks its holder to let go.
+# Shorter gaps are a live client between writes, which a HEAD leaves alone.
+HEAD_TAKES_OVER_AFTER = 1.0
 
 
 @dataclass
@@ -25,11 +30,27 @@ class Control:
     lease: Lease
     stop_reason: str | None = None  # "released" | "shutdown" | "timeout" | "lease-lost"
     last_activity: float = field(default_factory=time.monotonic)
-    in_receive: bool = False
+    reading_since: float = 0.0  # when the writer last started to wait for body bytes
+    _in_receive: bool = False
     task: asyncio.Task[object] | None = None
     loaded: object = None  # what `held(load=...)` read as the lease was taken
     released: bool = False
     watcher: asyncio.Task[None] | None = None
+
+    @property
+    def in_receive(self) -> bool:
+        """Whether the writer is waiting for body bytes right now."""
+        return self._in_receive
+
+    @in_receive.setter
+    def in_receive(self, value: bool) -> None:
+        if value and not self._in_receive:
+            self.reading_since = time.monotonic()
+        self._in_receive = value
+
+    def silent_for(self) -> float:
+        """How long the writer has been waiting for body bytes (0 if it is not)."""
+        return time.monotonic() - self.reading_since if self._in_receive else 0.0
 
     def stop(self, reason: str) -> None:
         """Ask the writer to stop reading; a read blocked on the network is cut.
@@ -99,17 +120,51 @@ class Leases:
         lease, _ = await self._acquire(upload_id, wait, None, None)
         return lease
 
+    async def read_between_writers(self, upload_id: str, read: Callable[[], T]) -> T | None:
+        """`read` (on the catalog thread) at a moment no request writes the upload; for
+        a tus HEAD, whose client resumes from the offset it answers.
+
+        A writer in this process whose body has been silent for HEAD_TAKES_OVER_AFTER
+        (now or within that time from now) is asked to let go, as a PATCH would ask
+        it: its client is gone, and the offset read then includes what it saved, so
+        the client's next PATCH fits. A writer still getting bytes is left alone
+        (None: answer what is recorded). A holder in another process cannot be seen
+        from here: it is asked through the catalog, as by a PATCH (tusd does the
+        same). The lease is taken and handed back in the catalog call that reads.
+        None too if the holder kept the upload past acquire_timeout.
+        """
+        arrived = time.monotonic()
+        deadline = arrived + self._acquire_timeout
+        while (local := self._active.get(upload_id)) is not None and local.stop_reason is None:
+            if local.last_activity > arrived or time.monotonic() >= deadline:
+                return None  # bytes came after the HEAD did: its client is there
+            if local.silent_for() >= HEAD_TAKES_OVER_AFTER:
+                local.stop("released")
+                break
+            await asyncio.sleep(0.02)
+        wait = max(0.0, deadline - time.monotonic())
+        try:
+            _, loaded = await self._acquire(upload_id, wait, None, read, hand_back=True)
+        except GatewayError as exc:
+            if exc.err is ERR.UPLOAD_LOCKED:
+                return None
+            raise
+        return cast(T, loaded)
+
     async def _acquire(
         self,
         upload_id: str,
         wait: float | None,
         check: Callable[[], None] | None,
         load: Callable[[], object] | None,
+        *,
+        hand_back: bool = False,
     ) -> tuple[Lease, object]:
         """`acquire`, with `check` and `load` run on the catalog thread in the same call
         as each attempt (a hop fewer for each): `check` before it, raising to refuse
         the request before a holder is asked to let go; `load` right after the lease
-        is taken, its result coming back with the lease."""
+        is taken, its result coming back with the lease. With `hand_back` the lease is
+        released again in that same call, right after `load`."""
         holder = f"{self._instance}:{secrets.token_hex(6)}"
         started = time.monotonic()
         deadline = started + (self._acquire_timeout if wait is None else wait)
@@ -120,7 +175,7 @@ class Leases:
             # holder silent for stale_after; the new lease still expires at now + ttl.
             horizon = self._clock() + self._ttl - self._stale_after
             lease, loaded = await self._runner.db(
-                self._take, upload_id, holder, self._stale_after, horizon, check, load
+                self._take, upload_id, holder, self._stale_after, horizon, check, load, hand_back
             )
             if lease is not None:
                 metrics.LOCK_WAIT.observe(time.monotonic() - started)
@@ -145,18 +200,23 @@ class Leases:
         now: float,
         check: Callable[[], None] | None,
         load: Callable[[], object] | None,
+        hand_back: bool = False,
     ) -> tuple[Lease | None, object]:
-        """`check`, one attempt at the lease, then `load` if it was taken (catalog thread)."""
+        """`check`, one attempt at the lease, then `load` if it was taken (catalog thread);
+        with `hand_back`, the lease is released again after `load`."""
         if check is not None:
             check()
         lease = self._catalog.acquire_lease(upload_id, holder, ttl, now)
-        if lease is None or load is None:
+        if lease is None or (load is None and not hand_back):
             return lease, None
         try:
-            return lease, load()
+            loaded = load() if load is not None else None
         except BaseException:
             self._catalog.release_lease(lease)
             raise
+        if hand_back:
+            self._catalog.release_lease(lease)
+        return lease, loaded
 
     async def release(self, lease: Lease) -> None:
         await self._runner.db(self._catalog.release_lease, lease)
