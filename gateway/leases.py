@@ -103,6 +103,7 @@ class Leases:
         self._clock = clock
         self._instance = secrets.token_hex(6)
         self._active: dict[str, Control] = {}
+        self._starting: dict[str, int] = {}  # writers here on their way to a lease
         self.shutting_down = False
 
     @property
@@ -135,12 +136,22 @@ class Leases:
         """
         arrived = time.monotonic()
         deadline = arrived + self._acquire_timeout
-        while (local := self._active.get(upload_id)) is not None and local.stop_reason is None:
-            if local.last_activity > arrived or time.monotonic() >= deadline:
-                return None  # bytes came after the HEAD did: its client is there
-            if local.silent_for() >= HEAD_TAKES_OVER_AFTER:
-                local.stop("released")
+        while True:
+            # An attempt at the lease would ask any holder to let go: first watch a
+            # writer here (one still taking its lease shows up in a moment).
+            local = self._active.get(upload_id)
+            if local is None and upload_id not in self._starting:
                 break
+            if local is not None and local.stop_reason is not None:
+                break
+            if time.monotonic() >= deadline:
+                return None
+            if local is not None:
+                if local.last_activity > arrived:
+                    return None  # bytes came after the HEAD did: its client is there
+                if local.silent_for() >= HEAD_TAKES_OVER_AFTER:
+                    local.stop("released")
+                    break
             await asyncio.sleep(0.02)
         wait = max(0.0, deadline - time.monotonic())
         try:
@@ -250,11 +261,19 @@ class Leases:
         `load`, `control.loaded` is what it read as the lease was taken. The block may
         hand the lease back early with `release_reading`.
         """
-        lease, loaded = await self._acquire(upload_id, wait, check, load)
-        control = Control(lease, task=asyncio.current_task(), loaded=loaded)
         if watch:
-            self._active[upload_id] = control
-            metrics.ACTIVE_UPLOADS.inc()
+            self._starting[upload_id] = self._starting.get(upload_id, 0) + 1
+        try:
+            lease, loaded = await self._acquire(upload_id, wait, check, load)
+            control = Control(lease, task=asyncio.current_task(), loaded=loaded)
+            if watch:
+                self._active[upload_id] = control
+                metrics.ACTIVE_UPLOADS.inc()
+        finally:
+            if watch:
+                left = self._starting.pop(upload_id) - 1
+                if left:
+                    self._starting[upload_id] = left
         # Renewal goes on until the lease is handed back, also while a stopped writer
         # seals and records what it has: a silent holder counts as a dead one.
         control.watcher = asyncio.create_task(self._watch(control, stoppable=watch))

@@ -138,8 +138,9 @@ class Uploads:
         if upload.state == ACTIVE and upload.offset != upload.length:
             read = functools.partial(self.catalog.get_upload, upload_id)
             found = await self.leases.read_between_writers(upload_id, read)
-            if found is not None:
-                upload = self._check_owned(principal, found)
+            if found is None:  # a live writer, or one that kept it: what is recorded now
+                found = await self.runner.db(read)
+            upload = self._check_owned(principal, found)
         return await self._finish_cut(principal, upload)
 
     async def _finish_cut(self, principal: Principal, upload: Upload) -> Upload:
