@@ -131,8 +131,9 @@ class Leases:
         the client's next PATCH fits. A writer still getting bytes is left alone
         (None: answer what is recorded). A holder in another process cannot be seen
         from here: it is asked through the catalog, as by a PATCH (tusd does the
-        same). The lease is taken and handed back in the catalog call that reads.
-        None too if the holder kept the upload past acquire_timeout.
+        same), and the lease is taken and handed back in the catalog call that reads.
+        None too if the holder kept the upload past acquire_timeout. With no holder at
+        all, `read` runs at once, and nothing is written.
         """
         arrived = time.monotonic()
         deadline = arrived + self._acquire_timeout
@@ -141,6 +142,10 @@ class Leases:
             # writer here (one still taking its lease shows up in a moment).
             local = self._active.get(upload_id)
             if local is None and upload_id not in self._starting:
+                # Nobody writes here: read at once unless a holder elsewhere has it.
+                free, value = await self._runner.db(self._read_if_free, upload_id, read)
+                if free:
+                    return value
                 break
             if local is not None and local.stop_reason is not None:
                 break
@@ -161,6 +166,13 @@ class Leases:
                 return None
             raise
         return cast(T, loaded)
+
+    def _read_if_free(self, upload_id: str, read: Callable[[], T]) -> tuple[bool, T | None]:
+        """`read`, if no one holds the upload's lease (catalog thread). Checked first:
+        a holder that let go since committed all it had, so `read` sees it."""
+        if self._catalog.lease_held(upload_id, self._clock()):
+            return False, None
+        return True, read()
 
     async def _acquire(
         self,
