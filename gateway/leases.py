@@ -126,8 +126,8 @@ class Leases:
         a tus HEAD, whose client resumes from the offset it answers.
 
         A writer in this process whose body has been silent for HEAD_TAKES_OVER_AFTER
-        (now or within that time from now) is asked to let go, as a PATCH would ask
-        it: its client is gone, and the offset read then includes what it saved, so
+        (already, or once it has been while the HEAD waits) is asked to let go, as a
+        PATCH would ask it: its client is gone, and the offset read then includes what it saved, so
         the client's next PATCH fits. A writer still getting bytes is left alone
         (None: answer what is recorded). A holder in another process cannot be seen
         from here: it is asked through the catalog, as by a PATCH (tusd does the
