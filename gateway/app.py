@@ -88,6 +88,7 @@ _CATALOG_OPS = (
     "acquire_lease",
     "renew_lease",
     "release_lease",
+    "lease_held",
     "principal_for",
 )
 

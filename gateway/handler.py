@@ -152,7 +152,7 @@ class TusHandler:
         return Response(status_code=201, headers=headers)
 
     async def head(self, principal: Principal, upload_id: str) -> Response:
-        upload = await self.uploads.get(principal, upload_id)
+        upload = await self.uploads.head(principal, upload_id)
         headers = {"Cache-Control": "no-store", "Upload-Offset": str(upload.offset)}
         if upload.length is None:
             headers["Upload-Defer-Length"] = "1"

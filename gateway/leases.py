@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from gateway import metrics
 from gateway.catalog.base import Catalog, Lease
@@ -17,6 +17,11 @@ from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 
 T = TypeVar("T")
+
+# A PATCH body silent this long while its request waits for bytes has most likely lost
+# its client (a phone that switched networks): a HEAD then asks its holder to let go.
+# Shorter gaps are a live client between writes, which a HEAD leaves alone.
+HEAD_TAKES_OVER_AFTER = 1.0
 
 
 @dataclass
@@ -27,17 +32,28 @@ class Control:
     # "released" | "shutdown" | "timeout" | "too-slow" | "lease-lost"
     stop_reason: str | None = None
     last_activity: float = field(default_factory=time.monotonic)
-    in_receive: bool = False
     received: int = 0  # body bytes read so far
     waited: float = 0.0  # seconds spent waiting for the client, reads done
     read_started: float = 0.0  # when the read in progress began
     # Called by the watcher while a read has waited a poll or more: the writer hands
     # what it gathered to sealing, so a stalled body holds no received bytes.
     on_idle: Callable[[], None] | None = None
+    _in_receive: bool = False
     task: asyncio.Task[object] | None = None
     loaded: object = None  # what `held(load=...)` read as the lease was taken
     released: bool = False
     watcher: asyncio.Task[None] | None = None
+
+    @property
+    def in_receive(self) -> bool:
+        """Whether the writer is waiting for body bytes right now."""
+        return self._in_receive
+
+    @in_receive.setter
+    def in_receive(self, value: bool) -> None:
+        if value and not self._in_receive:
+            self.read_started = time.monotonic()
+        self._in_receive = value
 
     def client_wait(self, now: float) -> float:
         """Seconds this body has spent waiting for the client, the read in progress too.
@@ -45,7 +61,11 @@ class Control:
         Time the writer spends elsewhere (its reading paused for the budget or the
         sealing threads) is the server's, not the client's, and is not counted.
         """
-        return self.waited + (now - self.read_started if self.in_receive else 0.0)
+        return self.waited + (now - self.read_started if self._in_receive else 0.0)
+
+    def silent_for(self) -> float:
+        """How long the writer has been waiting for body bytes (0 if it is not)."""
+        return time.monotonic() - self.read_started if self._in_receive else 0.0
 
     def stop(self, reason: str) -> None:
         """Ask the writer to stop reading; a read blocked on the network is cut.
@@ -102,6 +122,7 @@ class Leases:
         self._clock = clock
         self._instance = secrets.token_hex(6)
         self._active: dict[str, Control] = {}
+        self._starting: dict[str, int] = {}  # writers here on their way to a lease
         self.shutting_down = False
 
     @property
@@ -119,17 +140,73 @@ class Leases:
         lease, _ = await self._acquire(upload_id, wait, None, None)
         return lease
 
+    async def read_between_writers(self, upload_id: str, read: Callable[[], T]) -> T | None:
+        """`read` (on the catalog thread) at a moment no request writes the upload; for
+        a tus HEAD, whose client resumes from the offset it answers.
+
+        A writer in this process whose body has been silent for HEAD_TAKES_OVER_AFTER
+        (already, or once it has been while the HEAD waits) is asked to let go, as a
+        PATCH would ask it: its client is gone, and the offset read then includes what it saved, so
+        the client's next PATCH fits. A writer still getting bytes is left alone
+        (None: answer what is recorded). A holder in another process cannot be seen
+        from here: it is asked through the catalog, as by a PATCH (tusd does the
+        same), and the lease is taken and handed back in the catalog call that reads.
+        None too if the holder kept the upload past acquire_timeout. With no holder at
+        all, `read` runs at once, and nothing is written.
+        """
+        arrived = time.monotonic()
+        deadline = arrived + self._acquire_timeout
+        while True:
+            # An attempt at the lease would ask any holder to let go: first watch a
+            # writer here (one still taking its lease shows up in a moment).
+            local = self._active.get(upload_id)
+            if local is None and upload_id not in self._starting:
+                # Nobody writes here: read at once unless a holder elsewhere has it.
+                free, value = await self._runner.db(self._read_if_free, upload_id, read)
+                if free:
+                    return value
+                break
+            if local is not None and local.stop_reason is not None:
+                break
+            if time.monotonic() >= deadline:
+                return None
+            if local is not None:
+                if local.last_activity > arrived:
+                    return None  # bytes came after the HEAD did: its client is there
+                if local.silent_for() >= HEAD_TAKES_OVER_AFTER:
+                    local.stop("released")
+                    break
+            await asyncio.sleep(0.02)
+        wait = max(0.0, deadline - time.monotonic())
+        try:
+            _, loaded = await self._acquire(upload_id, wait, None, read, hand_back=True)
+        except GatewayError as exc:
+            if exc.err is ERR.UPLOAD_LOCKED:
+                return None
+            raise
+        return cast(T, loaded)
+
+    def _read_if_free(self, upload_id: str, read: Callable[[], T]) -> tuple[bool, T | None]:
+        """`read`, if no one holds the upload's lease (catalog thread). Checked first:
+        a holder that let go since committed all it had, so `read` sees it."""
+        if self._catalog.lease_held(upload_id, self._clock()):
+            return False, None
+        return True, read()
+
     async def _acquire(
         self,
         upload_id: str,
         wait: float | None,
         check: Callable[[], None] | None,
         load: Callable[[], object] | None,
+        *,
+        hand_back: bool = False,
     ) -> tuple[Lease, object]:
         """`acquire`, with `check` and `load` run on the catalog thread in the same call
         as each attempt (a hop fewer for each): `check` before it, raising to refuse
         the request before a holder is asked to let go; `load` right after the lease
-        is taken, its result coming back with the lease."""
+        is taken, its result coming back with the lease. With `hand_back` the lease is
+        released again in that same call, right after `load`."""
         holder = f"{self._instance}:{secrets.token_hex(6)}"
         started = time.monotonic()
         deadline = started + (self._acquire_timeout if wait is None else wait)
@@ -140,7 +217,7 @@ class Leases:
             # holder silent for stale_after; the new lease still expires at now + ttl.
             horizon = self._clock() + self._ttl - self._stale_after
             lease, loaded = await self._runner.db(
-                self._take, upload_id, holder, self._stale_after, horizon, check, load
+                self._take, upload_id, holder, self._stale_after, horizon, check, load, hand_back
             )
             if lease is not None:
                 metrics.LOCK_WAIT.observe(time.monotonic() - started)
@@ -165,18 +242,23 @@ class Leases:
         now: float,
         check: Callable[[], None] | None,
         load: Callable[[], object] | None,
+        hand_back: bool = False,
     ) -> tuple[Lease | None, object]:
-        """`check`, one attempt at the lease, then `load` if it was taken (catalog thread)."""
+        """`check`, one attempt at the lease, then `load` if it was taken (catalog thread);
+        with `hand_back`, the lease is released again after `load`."""
         if check is not None:
             check()
         lease = self._catalog.acquire_lease(upload_id, holder, ttl, now)
-        if lease is None or load is None:
+        if lease is None or (load is None and not hand_back):
             return lease, None
         try:
-            return lease, load()
+            loaded = load() if load is not None else None
         except BaseException:
             self._catalog.release_lease(lease)
             raise
+        if hand_back:
+            self._catalog.release_lease(lease)
+        return lease, loaded
 
     async def release(self, lease: Lease) -> None:
         await self._runner.db(self._catalog.release_lease, lease)
@@ -210,11 +292,19 @@ class Leases:
         `load`, `control.loaded` is what it read as the lease was taken. The block may
         hand the lease back early with `release_reading`.
         """
-        lease, loaded = await self._acquire(upload_id, wait, check, load)
-        control = Control(lease, task=asyncio.current_task(), loaded=loaded)
         if watch:
-            self._active[upload_id] = control
-            metrics.ACTIVE_UPLOADS.inc()
+            self._starting[upload_id] = self._starting.get(upload_id, 0) + 1
+        try:
+            lease, loaded = await self._acquire(upload_id, wait, check, load)
+            control = Control(lease, task=asyncio.current_task(), loaded=loaded)
+            if watch:
+                self._active[upload_id] = control
+                metrics.ACTIVE_UPLOADS.inc()
+        finally:
+            if watch:
+                left = self._starting.pop(upload_id) - 1
+                if left:
+                    self._starting[upload_id] = left
         # Renewal goes on until the lease is handed back, also while a stopped writer
         # seals and records what it has: a silent holder counts as a dead one.
         control.watcher = asyncio.create_task(self._watch(control, stoppable=watch))

@@ -158,7 +158,24 @@ class Uploads:
 
     async def get(self, principal: Principal, upload_id: str) -> Upload:
         """The upload as recorded, if `principal` owns it; a crash-cut completion is finished."""
+        return await self._finish_cut(principal, await self._owned(principal, upload_id))
+
+    async def head(self, principal: Principal, upload_id: str) -> Upload:
+        """The upload for a tus HEAD: as `get`, but a PATCH whose body went silent (a
+        client that lost its connection) is asked to let go first, and the upload is
+        read once it saved what it received: the client resumes from that offset, and
+        its next PATCH is not refused because the offset moved after the HEAD."""
         upload = await self._owned(principal, upload_id)
+        if upload.state == ACTIVE and upload.offset != upload.length:
+            read = functools.partial(self.catalog.get_upload, upload_id)
+            found = await self.leases.read_between_writers(upload_id, read)
+            if found is None:  # a live writer, or one that kept it: what is recorded now
+                found = await self.runner.db(read)
+            upload = self._check_owned(principal, found)
+        return await self._finish_cut(principal, upload)
+
+    async def _finish_cut(self, principal: Principal, upload: Upload) -> Upload:
+        upload_id = upload.id
         if upload.state == ACTIVE and upload.length is not None and upload.offset == upload.length:
             # The end is recorded. The writer that recorded it may still be completing
             # the object, which takes long for a large one: then answer at once with

@@ -190,6 +190,12 @@ class SegmentWriter:
         self._seal_lock = asyncio.Lock()
         self._inflight: deque[asyncio.Task[RecordRow | None]] = deque()
         self._pending: list[RecordRow] = []
+        # Records are settled (recorded) in order by one coroutine at a time: the body's
+        # path when the pipeline is full or at the end, or `_recorder` as soon as the
+        # oldest record is stored. After a failure nothing more is settled.
+        self._settling = asyncio.Lock()
+        self._recorder: asyncio.Task[None] | None = None
+        self._settle_failed: BaseException | None = None
         self._segment_size = upload.segment_size
         self._key = data_key(upload.id)
         self._segment = upload.offset // self._segment_size
@@ -309,7 +315,6 @@ class SegmentWriter:
         task = asyncio.current_task()
         iterator = aiter(body)
         while control.stop_reason is None:
-            control.read_started = time.monotonic()
             control.in_receive = True
             try:
                 chunk = await anext(iterator)
@@ -462,6 +467,8 @@ class SegmentWriter:
         record.queue.put_nowait(_CLOSE)
         assert record.task is not None
         self._inflight.append(record.task)
+        if self._progressive:
+            record.task.add_done_callback(self._stored)
         self._open = None
         self._segment += 1
         self._fill = 0
@@ -469,8 +476,8 @@ class SegmentWriter:
         self._next_piece = self._piece_number([])
         self._last_sealed_final = record.final
         # No byte can follow a final record: the body's end need not wait for storage.
-        while len(self._inflight) > self._depth and not record.final:
-            await self._settle_oldest()
+        if not record.final:
+            await self._settle(keep=self._depth)
 
     def _cut_open_record(self, *, discard: bool) -> None:
         """The body ended before the open record filled: stop its task."""
@@ -704,6 +711,39 @@ class SegmentWriter:
 
     # -- recording ----------------------------------------------------------------------
 
+    def _stored(self, task: asyncio.Task[RecordRow | None]) -> None:
+        """A record's task ended: record it now if every earlier one is (progressive)."""
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_stored())
+
+    async def _record_stored(self) -> None:
+        """Record the stored records at the front of the pipeline, in order, at once.
+
+        So HEAD follows what is durable record by record while the body goes on, not
+        only once the pipeline is full. A record that failed is left for the body's
+        path to find; a failure here is kept for it too.
+        """
+        async with self._settling:
+            try:
+                while (
+                    self._settle_failed is None and self._inflight and _stored_ok(self._inflight[0])
+                ):
+                    await self._settle_oldest()
+            except Exception as exc:
+                self._settle_failed = exc
+
+    async def _settle(self, keep: int = 0) -> None:
+        """Settle records in order until at most `keep` are in flight."""
+        async with self._settling:
+            if self._settle_failed is not None:
+                raise self._settle_failed
+            try:
+                while len(self._inflight) > keep:
+                    await self._settle_oldest()
+            except BaseException as exc:
+                self._settle_failed = exc
+                raise
+
     async def _settle_oldest(self) -> None:
         try:
             row = await self._inflight.popleft()
@@ -760,11 +800,15 @@ class SegmentWriter:
         """
         self._cut_open_record(discard=False)
         try:
-            while self._inflight:
-                await self._settle_oldest()
+            await self._settle()
+            await self._recorder_done()
             if self._cut is not None and self._cut.task is not None:
                 await self._cut.task
-        except BaseException:
+        except BaseException as exc:
+            if self._settle_failed is None:
+                self._settle_failed = exc  # record nothing more
+            with contextlib.suppress(BaseException):
+                await self._recorder_done()
             self._cut_open_record(discard=True)
             if self._cut is not None:
                 self._cut.discard = True
@@ -776,6 +820,10 @@ class SegmentWriter:
                 with contextlib.suppress(BaseException):
                     await self._cut.task
             raise
+
+    async def _recorder_done(self) -> None:
+        if self._recorder is not None:
+            await self._recorder
 
     async def drain_quietly(self) -> None:
         """After a failure: let no part write outlive this request's lease."""
@@ -936,6 +984,10 @@ def _scratch() -> bytearray:
     if buffer is None:
         buffer = _thread_scratch.buffer = bytearray(SLICE + TAG_LEN)
     return buffer
+
+
+def _stored_ok(task: asyncio.Task[RecordRow | None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
 
 
 def _corrupt(what: str) -> GatewayError:

@@ -201,6 +201,19 @@ def test_failure_midway_rolls_back(cat: SQLiteCatalog) -> None:
     assert _snapshot(cat, "u1") == before
 
 
+def test_lease_held_only_reads(cat: SQLiteCatalog) -> None:
+    cat.create_upload(_upload(), None)
+    assert not cat.lease_held("u1", now=0.0)
+    a = cat.acquire_lease("u1", "A", TTL, now=0.0)
+    assert a is not None
+    assert cat.lease_held("u1", now=1.0)
+    assert not cat.lease_held("u1", now=TTL)  # expired: whoever held it is gone
+    st = cat.renew_lease(a, TTL, now=2.0)
+    assert st.valid and not st.release_requested  # looking asked no one to let go
+    cat.release_lease(a)
+    assert not cat.lease_held("u1", now=3.0)
+
+
 def test_release_requested_then_handover(cat: SQLiteCatalog) -> None:
     cat.create_upload(_upload(), None)
     a = cat.acquire_lease("u1", "A", TTL, now=0.0)

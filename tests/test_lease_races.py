@@ -23,7 +23,7 @@ from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.keys.keyring import LocalKeyring
-from gateway.leases import Leases
+from gateway.leases import HEAD_TAKES_OVER_AFTER, Control, Leases
 from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.store.base import PartRef, StoreUnavailable
@@ -184,7 +184,7 @@ async def _head_while_completing(
     try:
         await asyncio.to_thread(store.completing.wait, 10)
         started = time.monotonic()
-        seen = await head_side.get(ME, upload.id)
+        seen = await head_side.head(ME, upload.id)
         assert time.monotonic() - started < within
         assert seen.offset == len(data)
         # Still completing: the second look must not have stopped the writer either.
@@ -193,7 +193,7 @@ async def _head_while_completing(
         store.complete_gate.set()
     done, _ = await first
     assert done.state == COMPLETE
-    assert (await head_side.get(ME, upload.id)).state == COMPLETE
+    assert (await head_side.head(ME, upload.id)).state == COMPLETE
     assert read(head_side, upload.id) == data
 
 
@@ -447,3 +447,76 @@ async def test_a_stop_after_the_last_byte_but_before_the_bodys_end(
     if final:
         assert done.state == COMPLETE
         assert read(service, upload.id) == data
+
+
+# -- a tus HEAD during a PATCH ---------------------------------------------------------------
+
+
+async def test_head_takes_over_a_silent_writer_and_answers_what_it_saved(
+    service: Uploads,
+) -> None:
+    """A client that lost its connection resumes with HEAD, then PATCH: the HEAD waits
+    for the stalled writer to save and let go, so its offset does not move after."""
+    data = os.urandom(S + 500)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    stalled = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield data[:1000]
+        stalled.set()
+        await asyncio.sleep(3600)
+        yield b""  # pragma: no cover
+
+    first = asyncio.create_task(service.write(ME, upload.id, offset=0, body=stalling()))
+    await stalled.wait()
+    seen = await service.head(ME, upload.id)
+    assert seen.offset == 1000
+    with pytest.raises(GatewayError) as caught:
+        await first
+    assert caught.value.err is ERR.UPLOAD_INTERRUPTED
+    assert caught.value.headers["Upload-Offset"] == "1000"
+    done, _ = await service.write(ME, upload.id, offset=1000, body=body(data[1000:]))
+    assert done.state == COMPLETE
+    assert read(service, upload.id) == data
+
+
+async def test_head_leaves_a_writer_whose_bytes_arrive_alone(service: Uploads) -> None:
+    """Polling HEAD during a live (if slow) PATCH answers what is recorded and does not
+    interrupt it; each full segment shows up as soon as it is stored."""
+    data = os.urandom(3 * S)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    sent = 0
+
+    async def slow() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for at in range(0, len(data), S // 4):
+            yield data[at : at + S // 4]
+            sent = at + S // 4
+            await asyncio.sleep(HEAD_TAKES_OVER_AFTER / 4)
+
+    writing = asyncio.create_task(service.write(ME, upload.id, offset=0, body=slow()))
+    seen = []
+    while not writing.done():
+        started = time.monotonic()
+        offset = (await service.head(ME, upload.id)).offset
+        assert time.monotonic() - started < HEAD_TAKES_OVER_AFTER
+        seen.append((sent, offset))
+        await asyncio.sleep(0.1)
+    done, outcome = await writing
+    assert outcome.complete and done.state == COMPLETE
+    assert read(service, upload.id) == data
+    # Once a segment and a quarter had arrived, the first one was recorded.
+    assert all(offset >= S for sent, offset in seen if sent >= S + S // 4 and sent < 2 * S)
+    assert any(S <= sent < 2 * S for sent, _ in seen)
+
+
+def test_a_writer_back_from_other_work_is_not_silent() -> None:
+    """Silence is counted from when the writer last started to wait for bytes, not
+    from its last bytes: time spent sealing or waiting for memory does not count."""
+    control = Control(lease=None)  # type: ignore[arg-type]
+    control.last_activity -= 10  # its last bytes came long ago
+    assert control.silent_for() == 0.0
+    control.in_receive = True
+    assert control.silent_for() < 1.0
+    control.read_started -= 2
+    assert control.silent_for() >= 2.0

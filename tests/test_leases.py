@@ -2,12 +2,13 @@
 
 A phone switches networks in the middle of a PATCH: its old connection (A) stalls
 with some body bytes sent, and the server still holds the upload for A. The client
-gives up on A and resumes: HEAD, then PATCH from that offset, and on 409 PATCH again
-from the Upload-Offset the 409 carries. The new request asks A's holder to let go;
-A's reading stops at once, what A brought is sealed and recorded, and A is answered
-(400 ERR_UPLOAD_INTERRUPTED) — so HEAD's offset can grow between the HEAD and the
-PATCH, which is what the 409 is for. All of that must take seconds, not a timeout,
-and the stored bytes must be exact.
+gives up on A and resumes: HEAD, then PATCH from that offset. The HEAD asks A's
+holder to let go (as tusd does); A's reading stops, what A brought is sealed and
+recorded, A is answered (400 ERR_UPLOAD_INTERRUPTED), and only then does the HEAD
+answer: with the offset A saved, so the PATCH that follows gets through on its first
+try. A client that PATCHes blindly asks A's holder the same way and learns the
+offset from a 409. All of that must take seconds, not a timeout, and the stored
+bytes must be exact.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tusclient import client as tus_client
 
 from tests.blackbox import (
     RawPatch,
@@ -91,14 +93,41 @@ def test_stalled_patch_is_taken_over_by_head_then_patch(
 
     started = time.monotonic()
     seen = head_offset(server, url)
-    # Only what is recorded counts: A's bytes still in its segment buffer do not.
-    assert 0 <= seen <= a_sent
+    # HEAD waited for A's holder to let go: nothing A sent was lost, and the offset
+    # does not move after the HEAD, so the PATCH gets through on its first try.
+    assert seen == a_sent
     resumed_from, statuses = _resume(server, url, data, seen)
     elapsed = time.monotonic() - started
 
-    # Nothing A sent was lost: A's holder saved all of it when it let go.
+    assert statuses == [204], statuses
     assert resumed_from == a_sent, (resumed_from, statuses)
     assert elapsed < 5.0, f"taking the upload over from a stalled PATCH took {elapsed:.1f} s"
+    _assert_a_answered(a, a_sent)
+    assert read_stored(server.data_dir, upload_id(url)) == data
+
+
+@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")  # tuspy's own leak
+def test_tuspy_resumes_after_a_network_switch_on_its_first_try(
+    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """tuspy (no retries by default) resumes with HEAD, then PATCH: that PATCH must
+    not meet a 409 because the stalled connection's bytes were saved after the HEAD."""
+    server = gateway_factory()
+    data = os.urandom(3 * MiB + 5)
+    path = tmp_path / "scan.bin"
+    path.write_bytes(data)
+    url = create(server, len(data))
+    a_sent = 1_000_003
+    a = _stall_a(server, url, data, a_sent)
+
+    client = tus_client.TusClient(
+        server.files_url, headers={"Authorization": server.auth["Authorization"]}
+    )
+    uploader = client.uploader(file_path=str(path), url=url, chunk_size=MiB)
+    assert uploader.retries == 0
+    assert uploader.offset == a_sent  # its HEAD, answered once A's bytes were saved
+    uploader.upload()
+    assert uploader.offset == len(data)
     _assert_a_answered(a, a_sent)
     assert read_stored(server.data_dir, upload_id(url)) == data
 
@@ -140,9 +169,12 @@ def test_stalled_patch_on_another_instance_is_released_through_the_catalog(
 
         other_url = second.files_url + upload_id(url)
         started = time.monotonic()
-        resumed_from, statuses = _resume(second, other_url, data, head_offset(second, other_url))
+        seen = head_offset(second, other_url)
+        resumed_from, statuses = _resume(second, other_url, data, seen)
         elapsed = time.monotonic() - started
 
+        assert seen == a_sent
+        assert statuses == [204], statuses
         assert resumed_from == a_sent, statuses
         assert elapsed < 5.0, f"a cross-instance takeover took {elapsed:.1f} s"
         _assert_a_answered(a, a_sent)

@@ -176,6 +176,9 @@ class Catalog(Protocol):
 
     def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState: ...
     def release_lease(self, lease: Lease) -> None: ...
+    def lease_held(self, upload_id: str, now: float) -> bool:
+        """Whether someone holds the upload's lease (expiring after `now`); only reads,
+        so unlike a failed `acquire_lease` it asks no one to let go."""
 
     # bearer tokens (stored as SHA-256 hashes only)
     def add_token(self, token_hash: bytes, principal: Principal, now: float) -> None: ...

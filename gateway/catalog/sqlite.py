@@ -535,6 +535,12 @@ class SQLiteCatalog:
             )
             return LeaseState(valid=True, release_requested=bool(row[2]))
 
+    def lease_held(self, upload_id: str, now: float) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM leases WHERE upload_id = ? AND expires_at > ?", (upload_id, now)
+        )
+        return bool(rows)
+
     def release_lease(self, lease: Lease) -> None:
         # Deleting the row is safe for fencing: tokens come from the global counter.
         with self._tx(durable=False) as cur:
