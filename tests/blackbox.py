@@ -7,6 +7,7 @@ request) while a body is in the middle of arriving.
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import threading
@@ -186,6 +187,11 @@ class RawPatch:
                 break
             body += piece
         return RawResponse(status, headers, body)
+
+    def answered(self, timeout: float) -> bool:
+        """True once the server has sent something (a response, or its close)."""
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(readable)
 
     def closed_by_server(self, timeout: float) -> bool:
         """True once the server has closed its side (recv returns EOF or a reset)."""

@@ -7,6 +7,7 @@ same one afterwards, must still get through with exact bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -102,10 +103,13 @@ def test_a_body_slower_than_the_minimum_rate_is_cut_and_what_came_is_saved(
             except OSError:
                 break  # the server answered and closed
             sent += 1
-            if raw.closed_by_server(0.3):
+            if raw.answered(0.3):
                 break
         answered = time.monotonic() - started
         assert answered < 6, "the trickle was never cut"
+        response = raw.read_response(5)
+        assert response.status == 400
+        assert json.loads(response.body)["code"] == "ERR_UPLOAD_INTERRUPTED"
     finally:
         raw.close()
     offset = head_offset(server, url)
