@@ -29,6 +29,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -68,7 +69,7 @@ class Client:
             status, headers, body = await self._response(reader)
             if status != 201:
                 return f"{status} {_code(body)} (POST)", 0.0, ""
-            path = "/" + headers["location"].split("/", 3)[3]
+            path = urlsplit(urljoin(f"http://127.0.0.1:{self.port}/", headers["location"])).path
             started = time.monotonic()
             writer.write(
                 f"PATCH {path} HTTP/1.1\r\nHost: x\r\n{self.auth}Content-Type: {OCTET}\r\n"
