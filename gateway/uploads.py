@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -348,18 +349,16 @@ class Uploads:
         self, principal: Principal, *, concat: str, part_ids: list[str], metadata: str | None
     ) -> Upload:
         """A final upload: an ordered list of finished partials, no byte copied."""
-        seen: set[str] = set()
-        for part_id in part_ids:
-            if part_id in seen:
-                raise GatewayError(
-                    ERR.INVALID_CONCAT, f"partial upload {part_id} is listed more than once"
-                )
-            seen.add(part_id)
         limit = self.settings.max_concat_parts
         if len(part_ids) > limit:
             raise GatewayError(
                 ERR.INVALID_CONCAT,
                 f"a final upload may list at most {limit} partials, not {len(part_ids)}",
+            )
+        repeated = [p for p, n in collections.Counter(part_ids).items() if n > 1]
+        if repeated:
+            raise GatewayError(
+                ERR.INVALID_CONCAT, f"partial upload {repeated[0]} is listed more than once"
             )
         parts = []
         for part_id in part_ids:

@@ -396,14 +396,9 @@ async def test_a_writer_stopped_twice_in_a_row_still_saves_and_answers(
     data = os.urandom(S + 500)
     upload = await service.create(ME, length=len(data), metadata=None)
     stalled = asyncio.Event()
-
-    async def stalling() -> AsyncIterator[bytes]:
-        yield data[:1000]
-        stalled.set()
-        await asyncio.sleep(3600)
-        yield b""  # pragma: no cover
-
-    first = asyncio.create_task(service.write(ME, upload.id, offset=0, body=stalling()))
+    first = asyncio.create_task(
+        service.write(ME, upload.id, offset=0, body=_stalls_after(data[:1000], stalled))
+    )
     await stalled.wait()
     await asyncio.sleep(0.05)
     control = service.leases._active[upload.id]
@@ -460,14 +455,9 @@ async def test_head_takes_over_a_silent_writer_and_answers_what_it_saved(
     data = os.urandom(S + 500)
     upload = await service.create(ME, length=len(data), metadata=None)
     stalled = asyncio.Event()
-
-    async def stalling() -> AsyncIterator[bytes]:
-        yield data[:1000]
-        stalled.set()
-        await asyncio.sleep(3600)
-        yield b""  # pragma: no cover
-
-    first = asyncio.create_task(service.write(ME, upload.id, offset=0, body=stalling()))
+    first = asyncio.create_task(
+        service.write(ME, upload.id, offset=0, body=_stalls_after(data[:1000], stalled))
+    )
     await stalled.wait()
     seen = await service.head(ME, upload.id)
     assert seen.offset == 1000
@@ -520,3 +510,11 @@ def test_a_writer_back_from_other_work_is_not_silent() -> None:
     assert control.silent_for() < 1.0
     control.read_started -= 2
     assert control.silent_for() >= 2.0
+
+
+async def _stalls_after(first: bytes, stalled: asyncio.Event) -> AsyncIterator[bytes]:
+    """A body that sends `first`, then goes silent (a client that lost its network)."""
+    yield first
+    stalled.set()
+    await asyncio.sleep(3600)
+    yield b""  # pragma: no cover
