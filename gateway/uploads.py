@@ -349,16 +349,16 @@ class Uploads:
         self, principal: Principal, *, concat: str, part_ids: list[str], metadata: str | None
     ) -> Upload:
         """A final upload: an ordered list of finished partials, no byte copied."""
+        repeated = [p for p, n in collections.Counter(part_ids).items() if n > 1]
+        if repeated:
+            raise GatewayError(
+                ERR.INVALID_CONCAT, f"partial upload {repeated[0]} is listed more than once"
+            )
         limit = self.settings.max_concat_parts
         if len(part_ids) > limit:
             raise GatewayError(
                 ERR.INVALID_CONCAT,
                 f"a final upload may list at most {limit} partials, not {len(part_ids)}",
-            )
-        repeated = [p for p, n in collections.Counter(part_ids).items() if n > 1]
-        if repeated:
-            raise GatewayError(
-                ERR.INVALID_CONCAT, f"partial upload {repeated[0]} is listed more than once"
             )
         parts = []
         for part_id in part_ids:
