@@ -69,6 +69,7 @@ def open_catalog(settings: Settings) -> Catalog:
 _STORE_OPS = (
     "start_multipart",
     "put_part",
+    "finish_part",
     "write_span",
     "discard_from",
     "complete_multipart",

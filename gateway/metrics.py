@@ -136,6 +136,10 @@ def timed(histogram: Histogram, operation: str) -> Iterator[None]:
         histogram.labels(operation, outcome).observe(time.perf_counter() - start)
 
 
+# A part write is timed as put_part however it arrives: whole, or finished after spans.
+_OPERATION_LABELS = {"finish_part": "put_part"}
+
+
 def instrument(target: T, histogram: Histogram, operations: tuple[str, ...]) -> T:
     """Wrap `target` so each call to one of `operations` is timed by outcome."""
     return _Instrumented(target, histogram, operations)  # type: ignore[return-value]
@@ -153,8 +157,10 @@ class _Instrumented:
             return attribute
         histogram = self._histogram
 
+        label = _OPERATION_LABELS.get(name, name)
+
         def call(*args: Any, **kwargs: Any) -> Any:
-            with timed(histogram, name):
+            with timed(histogram, label):
                 return attribute(*args, **kwargs)
 
         return call

@@ -666,16 +666,14 @@ class SegmentWriter:
         else:
             chunks, written = (record.tag,), size - TAG_LEN
         assert self.upload.multipart_id is not None
-        etag = self._store.put_part(
-            self._key,
-            self.upload.multipart_id,
-            index + 1,
-            self._part_offset(index),
-            chunks,
-            part_sha,
-            fence=self._control.lease.token,
-            written=written,
-        )
+        where = (self._key, self.upload.multipart_id, index + 1, self._part_offset(index))
+        if self._in_place is not None:
+            fence = self._control.lease.token
+            etag = self._in_place.finish_part(
+                *where, chunks, part_sha, fence=fence, written=written
+            )
+        else:
+            etag = self._store.put_part(*where, chunks, part_sha)
         metrics.BYTES_STORED.inc(size)
         return RecordRow(index, length, record.final, size, digest, etag)
 

@@ -41,14 +41,11 @@ class MemoryStore:
         offset: int,
         chunks: Sequence[Buffer],
         sha256: bytes,
-        *,
-        fence: int = 0,
-        written: int = 0,
     ) -> str:
         self._write()
-        data = b"".join(bytes(c) for c in chunks)
-        if written:
-            data = bytes(self.spans[multipart_id][offset : offset + written]) + data
+        return self._keep_part(multipart_id, number, b"".join(bytes(c) for c in chunks), sha256)
+
+    def _keep_part(self, multipart_id: str, number: int, data: bytes, sha256: bytes) -> str:
         assert hashlib.sha256(data).digest() == sha256
         self.multipart[multipart_id][number] = data
         return sha256.hex()
@@ -117,6 +114,24 @@ class InPlaceMemoryStore(MemoryStore):
         if len(span) < offset + len(data):
             span.extend(bytes(offset + len(data) - len(span)))
         span[offset : offset + len(data)] = data
+
+    def finish_part(
+        self,
+        key: str,
+        multipart_id: str,
+        number: int,
+        offset: int,
+        chunks: Sequence[Buffer],
+        sha256: bytes,
+        *,
+        fence: int,
+        written: int,
+    ) -> str:
+        self._write()
+        data = b"".join(bytes(c) for c in chunks)
+        if written:
+            data = bytes(self.spans[multipart_id][offset : offset + written]) + data
+        return self._keep_part(multipart_id, number, data, sha256)
 
     def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
         return bytes(self.spans.get(multipart_id, b"")[offset : offset + length])

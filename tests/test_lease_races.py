@@ -55,15 +55,10 @@ class SlowStore(MemoryStore):
         offset: int,
         chunks: Sequence[Buffer],
         sha256: bytes,
-        *,
-        fence: int = 0,
-        written: int = 0,
     ) -> str:
         if self.part_gate is not None:
             self.part_gate.wait(30)
-        return super().put_part(
-            key, multipart_id, number, offset, chunks, sha256, fence=fence, written=written
-        )
+        return super().put_part(key, multipart_id, number, offset, chunks, sha256)
 
     def put(self, key: str, data: Buffer, *, fresh: bool = False) -> None:
         gate, self.put_gate = self.put_gate, None

@@ -71,12 +71,14 @@ def test_a_stale_writer_is_refused_at_write_time(store: FolderStore) -> None:
     refs = []
     for number, data in enumerate(parts, 1):
         offset = (number - 1) * 1000
-        etag = store.put_part("U/data", mid, number, offset, [data], sha(data), fence=7)
+        etag = store.finish_part(
+            "U/data", mid, number, offset, [data], sha(data), fence=7, written=0
+        )
         refs.append(PartRef(number, offset, 1000, etag))
     # ... and one that lost its lease (token 6) wakes up and tries to overwrite part 2.
     stale = os.urandom(1000)
     with pytest.raises(StaleWrite):
-        store.put_part("U/data", mid, 2, 1000, [stale], sha(stale), fence=6)
+        store.finish_part("U/data", mid, 2, 1000, [stale], sha(stale), fence=6, written=0)
     store.complete_multipart("U/data", mid, refs)
     assert store.get("U/data") == b"".join(parts)
     assert not list((store.root / "U" / ".multipart").iterdir())  # no fence file left
@@ -86,11 +88,11 @@ def test_a_part_written_in_spans(store: FolderStore) -> None:
     first, second = os.urandom(1000), os.urandom(3000)
     mid = store.start_multipart("U/data")
     ref1 = PartRef(1, 0, 1000, store.put_part("U/data", mid, 1, 0, [first], sha(first)))
-    # Part 2 arrives in spans as it is sealed; put_part adds its last bytes.
+    # Part 2 arrives in spans as it is sealed; finish_part adds its last bytes.
     store.write_span("U/data", mid, 1000, [second[:100], second[100:1700]], fence=3)
     assert store.read_span("U/data", mid, 1000, 1700) == second[:1700]
     assert store.read_span("U/data", mid, 2000, 5000) == second[1000:1700]  # short at the end
-    etag = store.put_part(
+    etag = store.finish_part(
         "U/data", mid, 2, 1000, [second[1700:]], sha(second), fence=3, written=1700
     )
     store.complete_multipart("U/data", mid, [ref1, PartRef(2, 1000, 3000, etag)])
@@ -108,7 +110,7 @@ def test_spans_start_their_writeback_and_parts_are_made_durable(
     store.write_span("U/data", mid, 5000, [b"a" * 100, memoryview(b"b" * 300)])
     store.write_span("U/data", mid, 5400, [b"c" * 50])
     assert started == [(5000, 400), (5400, 50)] and not synced
-    store.put_part("U/data", mid, 1, 5000, [b"tag"], sha(b"whole"), written=450)
+    store.finish_part("U/data", mid, 1, 5000, [b"tag"], sha(b"whole"), fence=0, written=450)
     assert started == [(5000, 400), (5400, 50)] and len(synced) == 1
 
 
@@ -184,7 +186,7 @@ def test_discard_from_drops_unrecorded_parts_fenced(store: FolderStore) -> None:
     recorded, refused = os.urandom(1000), os.urandom(700)
     mid = store.start_multipart("U/data")
     ref = PartRef(1, 0, 1000, store.put_part("U/data", mid, 1, 0, [recorded], sha(recorded)))
-    store.put_part("U/data", mid, 2, 1000, [refused], sha(refused), fence=5)
+    store.finish_part("U/data", mid, 2, 1000, [refused], sha(refused), fence=5, written=0)
     with pytest.raises(StaleWrite):
         store.discard_from("U/data", mid, 1000, fence=4)
     assert store.read_span("U/data", mid, 1000, 700) == refused
@@ -222,7 +224,7 @@ def test_every_folder_and_file_is_owner_only(tmp_path: Path) -> None:
     try:
         store = FolderStore(root)
         mid = store.start_multipart("U/data")
-        store.put_part("U/data", mid, 1, 0, [b"abc"], sha(b"abc"), fence=1)
+        store.finish_part("U/data", mid, 1, 0, [b"abc"], sha(b"abc"), fence=1, written=0)
         store.put("U/tail/0/1", b"piece", fresh=True)
         store.put("U/manifest.json", b"{}")
         store.complete_multipart("U/data", mid, [PartRef(1, 0, 3, sha(b"abc").hex())])

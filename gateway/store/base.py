@@ -52,23 +52,13 @@ class ObjectStore(Protocol):
         offset: int,
         chunks: Sequence[Buffer],
         sha256: bytes,
-        *,
-        fence: int = 0,
-        written: int = 0,
     ) -> str:
         """Durably store part `number` (1-based), the concatenation of `chunks`.
 
-        `written` is for stores that write in place (`InPlaceStore`): its first
-        `written` bytes were written before with `write_span`, and `chunks` is the
-        rest. Other stores are always given the whole part (`written` 0).
-
         `offset` is where the part starts in the completed object (stores that write
         in place use it); `sha256` is the digest of the part, which the store may
-        check. `fence` is the writer's lease token, which only grows: a store that
-        writes in place refuses (StaleWrite) a write older than one it has seen, so
-        a writer that lost its lease cannot overwrite a newer writer's part.
-        Returns the part's ETag, recorded in the catalog for completion. Writing the
-        same part again replaces it.
+        check. Returns the part's ETag, recorded in the catalog for completion.
+        Writing the same part again replaces it.
         """
 
     def complete_multipart(self, key: str, multipart_id: str, parts: Sequence[PartRef]) -> None:
@@ -107,9 +97,29 @@ class InPlaceStore(ObjectStore, Protocol):
     """A store that writes a multipart object in place, so a part can arrive in spans.
 
     The writer then streams each record's ciphertext out as it is sealed instead of
-    holding the whole record, and `put_part(..., written=n)` adds the last bytes and
-    makes the part durable.
+    holding the whole record, and `finish_part` adds the last bytes and makes the part
+    durable. Every write here is fenced: `fence` is the writer's lease token, which
+    only grows, and a write older than one the store has seen is refused (StaleWrite),
+    so a writer that lost its lease cannot overwrite a newer writer's part.
     """
+
+    def finish_part(
+        self,
+        key: str,
+        multipart_id: str,
+        number: int,
+        offset: int,
+        chunks: Sequence[Buffer],
+        sha256: bytes,
+        *,
+        fence: int,
+        written: int,
+    ) -> str:
+        """Durably store part `number`, like put_part, fenced.
+
+        Its first `written` bytes were written before with `write_span` (none when
+        `written` is 0: `chunks` is then the whole part) and `chunks` is the rest.
+        """
 
     def write_span(
         self,
@@ -120,7 +130,7 @@ class InPlaceStore(ObjectStore, Protocol):
         *,
         fence: int = 0,
     ) -> None:
-        """Write bytes of an unfinished part at `offset`, fenced like put_part, not durable."""
+        """Write bytes of an unfinished part at `offset`, fenced, not yet durable."""
 
     def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
         """Read back bytes written to the unfinished multipart object (may be short)."""
@@ -134,4 +144,6 @@ class InPlaceStore(ObjectStore, Protocol):
 
 
 def writes_in_place(store: ObjectStore) -> TypeGuard[InPlaceStore]:
-    return callable(getattr(store, "write_span", None))
+    return callable(getattr(store, "write_span", None)) and callable(
+        getattr(store, "finish_part", None)
+    )

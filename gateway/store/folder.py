@@ -21,10 +21,10 @@ class FolderStore:
     """Objects are files under `root`; a multipart upload is one file written in place.
 
     Parts land at their final offsets in `U/.multipart/<id>` (pwritev + fdatasync),
-    whole or in spans as they are sealed (`write_span`, then `put_part` with the rest).
-    Every part write is fenced by the writer's lease token (a `.fence` file next to
-    it, checked under flock): a writer that lost its lease is refused (StaleWrite)
-    once a newer one has written, so a recorded part is never overwritten and
+    whole or in spans as they are sealed (`write_span`, then `finish_part` with the
+    rest). Every write of the writer's is fenced by its lease token (a `.fence` file
+    next to it, checked under flock): a writer that lost its lease is refused
+    (StaleWrite) once a newer one has written, so a recorded part is never overwritten and
     completion only checks the layout before renaming the file to its key.
     """
 
@@ -65,9 +65,22 @@ class FolderStore:
         offset: int,
         chunks: Sequence[Buffer],
         sha256: bytes,
+    ) -> str:
+        """A whole part, unfenced (the writer uses `finish_part`, which is fenced)."""
+        self._write(key, multipart_id, offset, chunks, None, durable=True)
+        return sha256.hex()
+
+    def finish_part(
+        self,
+        key: str,
+        multipart_id: str,
+        number: int,
+        offset: int,
+        chunks: Sequence[Buffer],
+        sha256: bytes,
         *,
-        fence: int = 0,
-        written: int = 0,
+        fence: int,
+        written: int,
     ) -> str:
         self._write(key, multipart_id, offset + written, chunks, fence, durable=True)
         return sha256.hex()
@@ -89,7 +102,7 @@ class FolderStore:
         multipart_id: str,
         offset: int,
         chunks: Sequence[Buffer],
-        fence: int,
+        fence: int | None,
         *,
         durable: bool,
     ) -> None:
@@ -97,8 +110,11 @@ class FolderStore:
         with _storage_errors():
             fd = _open_multipart(path, multipart_id)
             try:
-                with _fenced(path, fence):
+                if fence is None:
                     written = _pwrite_all(fd, chunks, offset)
+                else:
+                    with _fenced(path, fence):
+                        written = _pwrite_all(fd, chunks, offset)
                 # Outside the fence: a newer writer may overwrite this part now, and
                 # then its bytes are what gets flushed, which is what it will record.
                 if durable:

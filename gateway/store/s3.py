@@ -468,13 +468,9 @@ class S3Store:
         offset: int,
         chunks: Sequence[Buffer],
         sha256: bytes,
-        *,
-        fence: int = 0,  # S3 needs none: completion names each part by its recorded ETag
-        written: int = 0,
     ) -> str:
+        # No fence: completion names each part by its recorded ETag.
         name = self._key(key)
-        if written:
-            raise ValueError("S3 takes a part whole; it does not write in place")
         if not 1 <= number <= 10_000:
             raise ValueError(f"part number {number} is outside 1..10000")
         body = _one_buffer(chunks)
