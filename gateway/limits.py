@@ -141,8 +141,9 @@ class ReceiveBudget:
         self.free = total
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
-    def try_take(self, n: int) -> bool:
-        if self._waiters or n > self.free:
+    def try_take(self, n: int, *, keep: int = 0) -> bool:
+        """Take n bytes now if no one waits and `keep` bytes stay free after; never waits."""
+        if self._waiters or n + keep > self.free:
             return False
         self.free -= n
         return True

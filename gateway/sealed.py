@@ -13,13 +13,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import (
-    AEADEncryptionContext,
-    Cipher,
-    CipherContext,
-    algorithms,
-    modes,
-)
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -258,6 +252,59 @@ def _check_range(name: str, value: int, limit: int) -> None:
         raise ValueError(f"{name} {value} out of range")
 
 
+class RecordStream:
+    """One record sealed as its plaintext arrives: nonce || ciphertext || tag.
+
+    The bytes are those `Sealer.seal_record_into` writes for the same plaintext and
+    nonce. Made by `Sealer.record_stream`, which draws the nonce: a stream is never
+    started twice under one nonce, and `recover` only decrypts (CTR), never seals.
+    """
+
+    def __init__(self, content_key: bytes, nonce: bytes, aad: bytes, length: int) -> None:
+        self.nonce = nonce
+        self.length = length  # plaintext bytes the record holds when finished
+        self.done = 0  # plaintext bytes sealed so far
+        self.tag = b""
+        self._key = content_key
+        self._encryptor = Cipher(algorithms.AES(content_key), modes.GCM(nonce)).encryptor()
+        self._encryptor.authenticate_additional_data(aad)
+
+    def update(self, plain: Buffer, out: Buffer) -> memoryview:
+        """Encrypt `plain` into the front of `out`, which has TAG_LEN bytes to spare.
+
+        Returns the ciphertext written (a view of `out`, as long as `plain`).
+        """
+        src, dst = _view(plain), _view(out)
+        if self.done + src.nbytes > self.length:
+            raise ValueError(f"a record of {self.length} bytes cannot take more")
+        n = self._encryptor.update_into(src, dst)
+        if n != src.nbytes:
+            raise RuntimeError("AES-GCM held back ciphertext")  # a stream mode never does
+        self.done += n
+        return dst[:n]
+
+    def finish(self) -> bytes:
+        """The tag, once every byte of the record went through `update`."""
+        if self.done != self.length:
+            raise ValueError(f"record of {self.length} bytes finished after {self.done}")
+        self._encryptor.finalize()
+        self.tag = self._encryptor.tag
+        return self.tag
+
+    def recover(self, ciphertext: Buffer) -> bytes:
+        """The plaintext of this record's first ciphertext bytes, without the tag.
+
+        GCM encrypts with AES-CTR from counter block nonce || 2; this is that
+        keystream. Only for bytes this stream sealed and the caller checked by its own
+        digest (an unfinished record cut short), never for data read from elsewhere.
+        """
+        if _view(ciphertext).nbytes > self.done:
+            raise ValueError("more ciphertext than this record has sealed")
+        counter = self.nonce + (2).to_bytes(4, "big")
+        decryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).decryptor()
+        return decryptor.update(ciphertext)
+
+
 class Sealer:
     """Seals and opens the records and tail pieces of one object."""
 
@@ -311,32 +358,12 @@ class Sealer:
         dst[:NONCE_LEN] = nonce
         self._aead.encrypt_into(nonce, src, aad, dst[NONCE_LEN:])
 
-    def record_encryptor(
-        self, index: int, final: bool, length: int
-    ) -> tuple[bytes, AEADEncryptionContext]:
-        """Seal REC_index as its plaintext arrives: (nonce, encryptor with the AAD set).
-
-        The record is nonce || ciphertext (the encryptor's output, `length` bytes in
-        all) || tag (`encryptor.tag` after `finalize()`): the same bytes
-        `seal_record_into` writes, with a fresh nonce of its own.
-        """
+    def record_stream(self, index: int, final: bool, length: int) -> RecordStream:
+        """Seal REC_index as its plaintext arrives, under a fresh nonce of its own."""
         if length > self._segment_size or (not final and length != self._segment_size):
             raise ValueError(f"record {index}: {length} bytes is not a valid record length")
         aad = self._record_aad(index, final, length)
-        nonce = self._fresh_nonce()
-        encryptor = Cipher(algorithms.AES(self._content_key), modes.GCM(nonce)).encryptor()
-        encryptor.authenticate_additional_data(aad)
-        return nonce, encryptor
-
-    def record_keystream(self, nonce: bytes) -> CipherContext:
-        """Decrypt a record's ciphertext from its first byte without its tag.
-
-        GCM encrypts with AES-CTR from counter block nonce || 2; this is that
-        keystream. Only for bytes this process sealed and checked by its own digest
-        (an unfinished record cut short), never for data read from elsewhere.
-        """
-        counter = nonce + (2).to_bytes(4, "big")
-        return Cipher(algorithms.AES(self._content_key), modes.CTR(counter)).decryptor()
+        return RecordStream(self._content_key, self._fresh_nonce(), aad, length)
 
     def seal_record(self, index: int, final: bool, plaintext: Buffer) -> bytes:
         out = bytearray(record_size(_view(plaintext).nbytes))

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gateway import sealed
 from gateway.sealed import (
     RECORD_OVERHEAD,
+    TAG_LEN,
     Header,
     InvalidSealedData,
     SealedFormatError,
@@ -176,29 +177,61 @@ def test_a_record_sealed_as_it_arrives_is_a_record(length: int, final: bool) -> 
     header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
     sealer = Sealer(DEK, header)
     plaintext = data(length)
-    nonce, encryptor = sealer.record_encryptor(3, final, length)
-    out = bytearray(nonce)
+    stream = sealer.record_stream(3, final, length)
+    out = bytearray(stream.nonce)
+    scratch = bytearray(4099 + TAG_LEN)
     for at in range(0, length, 4099):  # odd slices, as the bytes arrive
-        out += encryptor.update(plaintext[at : at + 4099])
-    encryptor.finalize()
-    out += encryptor.tag
+        out += stream.update(plaintext[at : at + 4099], scratch)
+    out += stream.finish()
     assert len(out) == record_size(length)
     assert sealer.open_record(3, final, out) == plaintext
     with pytest.raises(InvalidSealedData):  # the AAD binds index, final flag and length
         sealer.open_record(4, final, out)
     # The keystream gives back the plaintext of any prefix of the ciphertext.
     cut = out[12 : 12 + length * 2 // 3]
-    assert sealer.record_keystream(nonce).update(bytes(cut)) == plaintext[: len(cut)]
+    assert stream.recover(bytes(cut)) == plaintext[: len(cut)]
+
+
+def test_a_record_stream_is_the_record_sealed_whole() -> None:
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    nonce = bytes(range(12))
+    sealer = Sealer(DEK, header, nonce=lambda: nonce)
+    plaintext = data(S)
+    stream = sealer.record_stream(2, False, S)
+    out = bytearray(record_size(S))
+    out[:12] = stream.nonce
+    for at in range(0, S, 1000):
+        piece = plaintext[at : at + 1000]
+        stream.update(piece, memoryview(out)[12 + at : 12 + at + len(piece) + TAG_LEN])
+    out[-TAG_LEN:] = stream.finish()
+    whole = bytearray(record_size(S))
+    sealer.seal_record_into(2, False, plaintext, whole)
+    assert out == whole
+
+
+def test_a_record_stream_takes_no_more_than_its_length() -> None:
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    stream = Sealer(DEK, header).record_stream(0, True, 5)
+    out = bytearray(64)
+    with pytest.raises(ValueError):
+        stream.finish()  # not all of its bytes yet
+    stream.update(b"abc", out)
+    with pytest.raises(ValueError):
+        stream.update(b"def", out)
+    with pytest.raises(ValueError):
+        stream.recover(bytes(4))  # only what it sealed
+    stream.update(b"de", out)
+    assert len(stream.finish()) == TAG_LEN
 
 
 def test_a_record_sealed_as_it_arrives_checks_its_length() -> None:
     header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
     sealer = Sealer(DEK, header)
     with pytest.raises(ValueError):
-        sealer.record_encryptor(0, False, S - 1)  # non-final records are whole segments
+        sealer.record_stream(0, False, S - 1)  # non-final records are whole segments
     with pytest.raises(ValueError):
-        sealer.record_encryptor(0, True, S + 1)
-    nonces = {sealer.record_encryptor(0, True, 5)[0] for _ in range(1000)}
+        sealer.record_stream(0, True, S + 1)
+    nonces = {sealer.record_stream(0, True, 5).nonce for _ in range(1000)}
     assert len(nonces) == 1000
 
 

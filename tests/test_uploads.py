@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ from gateway.checksums import new_hasher
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.keys.keyring import LocalKeyring
+from gateway.limits import ReceiveBudget
 from gateway.reader import Reader
 from gateway.store.base import StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
 from gateway.uploads import Uploads
-from gateway.writer import BodyInterrupted, SegmentWriter
+from gateway.writer import BodyInterrupted
+from gateway.writer.pipeline import SealingPipeline
 from tests.blackbox import catalog_files_holding
 from tests.fakes import InPlaceMemoryStore, MemoryStore
 
@@ -652,22 +654,30 @@ async def test_a_failed_seal_waits_for_the_plaintext_hash_before_reusing_slices(
     # (for another upload to fill) while the thread hashing its plaintext still read it.
     hashing = threading.Event()
     reused_while_hashing: list[bool] = []
-    hash_plain, give_slice = SegmentWriter._hash_plain, SegmentWriter._give_slice
+    give = ReceiveBudget.give
 
-    def slow_hash_plain(self: SegmentWriter, record: Any, slices: Any) -> None:
-        hashing.set()
-        time.sleep(0.3)
-        hash_plain(self, record, slices)
-        hashing.clear()
-
-    def give(self: SegmentWriter, buffer: bytearray) -> None:
+    def watched_give(budget: ReceiveBudget, n: int) -> None:  # slices go back through it
         reused_while_hashing.append(hashing.is_set())
-        give_slice(self, buffer)
+        give(budget, n)
 
-    monkeypatch.setattr(SegmentWriter, "_hash_plain", slow_hash_plain)
-    monkeypatch.setattr(SegmentWriter, "_give_slice", give)
+    monkeypatch.setattr(ReceiveBudget, "give", watched_give)
     store = InPlaceMemoryStore()
     async with own_service(tmp_path, store) as service:
+        seal = service.runner.seal
+
+        async def slow_plain_hash(fn: Callable[..., Any], /, *args: Any) -> Any:
+            if getattr(fn, "__func__", None) is not SealingPipeline.hash_plain:
+                return await seal(fn, *args)
+
+            def slowly(*args: Any) -> None:
+                hashing.set()
+                time.sleep(0.3)
+                fn(*args)
+                hashing.clear()
+
+            return await seal(slowly, *args)
+
+        service.runner.seal = slow_plain_hash  # type: ignore[method-assign]
         upload = await service.create(ME, length=4 * S, metadata=None)
         store.spans_fail_after = 1  # the record's nonce is written, its first slice fails
         with pytest.raises(GatewayError) as caught:

@@ -1,0 +1,55 @@
+"""What the writer's parts share: its errors, its outcome, the running hash, fragments."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.catalog.base import RecordRow, Upload
+from gateway.errors import ERR, GatewayError
+from gateway.sealed import RECORD_OVERHEAD
+
+
+class BodyInterrupted(Exception):
+    """The client went away before the body ended."""
+
+
+class Overflow(Exception):
+    """The body carries more bytes than the upload may hold."""
+
+
+def part_offset(header_len: int, segment_size: int, index: int) -> int:
+    """Where REC_index starts in the object (part index+1; part 1 starts with HEADER)."""
+    return 0 if index == 0 else header_len + index * (segment_size + RECORD_OVERHEAD)
+
+
+@dataclass
+class RunningHash:
+    """SHA-256 over the plaintext of records 0 .. next_index-1, carried between requests."""
+
+    next_index: int
+    digest: Any = field(default_factory=hashlib.sha256)
+
+
+# Called once the object is complete and before the upload is marked complete: the
+# records as recorded and the plaintext SHA-256 if the running hash covered it all.
+OnComplete = Callable[[Upload, list[RecordRow], bytes | None], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    offset: int  # what the catalog now records
+    complete: bool
+    stop_reason: str | None  # why reading stopped early, if it did
+
+
+# Plaintext on its way to the sealing threads: a view, whether it is new (from this
+# body, not read back from tail pieces) and the pooled slice it lives in, if any.
+Fragment = tuple[memoryview, bool, bytearray | None]
+Batch = list[Fragment]
+
+
+def corrupt(what: str) -> GatewayError:
+    return GatewayError(ERR.STORED_DATA_CORRUPT, f"stored data failed verification: {what}")

@@ -1,0 +1,295 @@
+"""The sealing pipeline: each record's task seals its plaintext as it arrives, then stores it.
+
+Two sealing threads take each batch side by side, one hashing the plaintext, the
+other encrypting it (`RecordStream`) and hashing the ciphertext; one record after the
+other, in order. A store that writes in place gets each slice of ciphertext at once;
+for the others the record builds up in a buffer. Storing a record overlaps with
+sealing the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway import metrics
+from gateway.buffers import Pools
+from gateway.catalog.base import RecordRow, Upload
+from gateway.checksums import Hasher
+from gateway.layout import data_key
+from gateway.runner import Runner
+from gateway.sealed import NONCE_LEN, RECORD_OVERHEAD, TAG_LEN, Sealer
+from gateway.store.base import ObjectStore, StaleWrite, writes_in_place
+from gateway.writer.base import Batch, Fragment, RunningHash, part_offset
+from gateway.writer.receive import QUEUED_LIMIT, SLICE
+from gateway.writer.record import Record, Signal
+
+
+class SealingPipeline:
+    """Seals and stores the records of one request, in order."""
+
+    def __init__(
+        self,
+        *,
+        upload: Upload,
+        sealer: Sealer,
+        store: ObjectStore,
+        runner: Runner,
+        fence: Callable[[], int],
+        pools: Pools,
+        give_back: Callable[[Batch], None],
+        client_hash: Hasher | None,
+        running: RunningHash | None,
+    ) -> None:
+        self._upload = upload
+        self._header = upload.header
+        self._sealer = sealer
+        self._store = store
+        self._in_place = store if writes_in_place(store) else None
+        self._runner = runner
+        self._fence = fence  # the request's lease token, for every part write
+        self._give_back = give_back  # slices the task is done with
+        self._client_hash = client_hash
+        # The plaintext hash carried on from earlier requests; None after a gap.
+        self.running = running
+        self._key = data_key(upload.id)
+        self._segment_size = upload.segment_size
+        self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
+        self._lock = asyncio.Lock()  # the plaintext hashes must see the bytes in order
+
+    # -- on the event loop --------------------------------------------------------------
+
+    def start(self, index: int, final: bool, length: int) -> Record:
+        record = Record(index, final, length)
+        record.task = asyncio.create_task(self.seal(record))
+        return record
+
+    def hand(self, record: Record, fragment: Fragment) -> None:
+        if record.finished:  # it failed: nothing more will be sealed
+            self._give_back([fragment])
+            return
+        record.queued += len(fragment[0])
+        record.queue.put_nowait([fragment])
+
+    async def wait_for_room(self, record: Record) -> None:
+        """Wait while too much of the record is queued; raise its failure, if any."""
+        while record.queued > QUEUED_LIMIT and record.error is None:
+            record.room.clear()
+            await record.room.wait()
+        if record.error is not None:
+            raise record.error
+
+    def signal(self, record: Record, signal: Signal) -> None:
+        record.queue.put_nowait(signal)
+
+    def _return(self, record: Record, batch: Batch) -> None:
+        record.queued -= sum(len(view) for view, _, _ in batch)
+        self._give_back(batch)
+
+    async def seal(self, record: Record) -> RecordRow | None:
+        """The record's task: seal what is queued until CLOSE (then store it) or CUT."""
+        runner = self._runner
+        try:
+            async with self._lock:
+                if not record.discard:
+                    await runner.seal(self.begin, record)
+                while True:
+                    item = await record.queue.get()
+                    batch: Batch = []
+                    while not isinstance(item, Signal):
+                        batch.extend(item)
+                        if record.queue.empty():
+                            break
+                        item = record.queue.get_nowait()
+                    if batch:
+                        try:
+                            if not record.discard:
+                                # Hashing the plaintext and sealing run side by side.
+                                # Both finish before the slices go back to the pool,
+                                # even when one fails.
+                                done = await asyncio.gather(
+                                    runner.seal(self.hash_plain, record, batch),
+                                    runner.seal(self.absorb, record, batch),
+                                    return_exceptions=True,
+                                )
+                                for outcome in done:
+                                    if isinstance(outcome, BaseException):
+                                        raise outcome
+                        finally:
+                            self._return(record, batch)
+                        record.room.set()
+                    if item is Signal.CUT:
+                        return None
+                    if item is Signal.CLOSE:
+                        break
+                await runner.seal(self.end, record)
+        except BaseException as exc:
+            record.error = exc
+            self._release(record)
+            if record.discard and isinstance(exc, Exception):
+                return None  # no one waits for a discarded record
+            raise
+        finally:
+            # Whatever is still queued, or handed over from now on, goes straight back
+            # to the pool: the shared budget must get every slice back.
+            record.finished = True
+            record.room.set()
+            while not record.queue.empty():
+                left = record.queue.get_nowait()
+                if not isinstance(left, Signal):
+                    self._return(record, left)
+        try:
+            return await runner.io(self.put_record, record)
+        finally:
+            self._release(record)
+
+    def _release(self, record: Record) -> None:
+        if record.buffer is not None:
+            self._record_pool.give(record.buffer)
+            record.buffer = None
+
+    # -- in worker threads --------------------------------------------------------------
+
+    def begin(self, record: Record) -> None:
+        started = time.perf_counter()
+        index = record.index
+        stream = self._sealer.record_stream(index, record.final, record.length)
+        record.begin(stream, self._header if index == 0 else None)
+        running = self.running
+        if running is not None and running.next_index == index:
+            record.plain_hash = running.digest.copy()
+        else:
+            self.running = None  # a gap: the hash is rebuilt from the records at the end
+        if self._in_place is not None:
+            lead = (self._header, stream.nonce) if index == 0 else (stream.nonce,)
+            self._write_span(self.part_offset(index), lead)
+        else:
+            full = record.length == self._segment_size
+            size = record.length + RECORD_OVERHEAD
+            record.buffer = self._record_pool.take() if full else bytearray(size)
+            record.buffer[:NONCE_LEN] = stream.nonce
+        record.busy += time.perf_counter() - started
+
+    def hash_plain(self, record: Record, batch: Batch) -> None:
+        """The plaintext hashes: the client's checksum (new bytes) and the running one."""
+        started = time.perf_counter()
+        client_hash = self._client_hash
+        for view, new, _ in batch:
+            if new and client_hash is not None:
+                client_hash.update(view)
+            if record.plain_hash is not None:
+                record.plain_hash.update(view)
+        record.hashing += time.perf_counter() - started
+
+    def absorb(self, record: Record, batch: Batch) -> None:
+        """Encrypt, hash the ciphertext and store it (beside `hash_plain`)."""
+        started = time.perf_counter()
+        if record.buffer is not None:
+            out = memoryview(record.buffer)
+            for view, _, _ in batch:
+                at = NONCE_LEN + record.done
+                record.encrypt(view, out[at : at + len(view) + TAG_LEN])
+        else:
+            self._absorb_in_place(record, batch)
+        metrics.BYTES_SEALED.inc(sum(len(view) for view, _, _ in batch))
+        record.busy += time.perf_counter() - started
+
+    def _absorb_in_place(self, record: Record, batch: Batch) -> None:
+        """Encrypt into scratch space, SLICE bytes at a time, and write each slice out."""
+        out = memoryview(_scratch())
+        lead = self._cipher_offset(record.index)
+        filled, start = 0, record.done
+        for whole, _, _ in batch:
+            view = whole
+            while view:
+                n = min(SLICE - filled, len(view))
+                record.encrypt(view[:n], out[filled : filled + n + TAG_LEN])
+                filled += n
+                view = view[n:]
+                if filled == SLICE:
+                    self._write_span(lead + start, (out[:filled],))
+                    start, filled = start + filled, 0
+        if filled:
+            self._write_span(lead + start, (out[:filled],))
+
+    def end(self, record: Record) -> None:
+        started = time.perf_counter()
+        tag = record.end()
+        if record.buffer is not None:
+            at = NONCE_LEN + record.length
+            record.buffer[at : at + TAG_LEN] = tag
+        if record.plain_hash is not None and self.running is not None:
+            self.running.digest = record.plain_hash
+            self.running.next_index += 1
+        record.busy += time.perf_counter() - started
+        metrics.SEAL_DURATION.observe(record.busy + record.hashing)
+
+    def put_record(self, record: Record) -> RecordRow:
+        index, length = record.index, record.length
+        size = length + RECORD_OVERHEAD + (len(self._header) if index == 0 else 0)
+        digest, part_sha = record.digests()
+        multipart_id = self._upload.multipart_id
+        assert multipart_id is not None
+        where = (self._key, multipart_id, index + 1, self.part_offset(index))
+        if self._in_place is not None:
+            assert record.stream is not None and record.buffer is None
+            etag = self._in_place.finish_part(
+                *where, (record.stream.tag,), part_sha, fence=self._fence(), written=size - TAG_LEN
+            )
+        else:
+            assert record.buffer is not None
+            sealed = memoryview(record.buffer)[: length + RECORD_OVERHEAD]
+            chunks: tuple[Any, ...] = (self._header, sealed) if index == 0 else (sealed,)
+            etag = self._store.put_part(*where, chunks, part_sha)
+        metrics.BYTES_STORED.inc(size)
+        return RecordRow(index, length, record.final, size, digest, etag)
+
+    def recover(self, record: Record) -> bytes:
+        """The plaintext an unfinished record has sealed, from the ciphertext written."""
+        assert record.stream is not None
+        if record.buffer is not None:
+            cipher = memoryview(record.buffer)[NONCE_LEN : NONCE_LEN + record.done]
+        else:
+            assert self._in_place is not None and self._upload.multipart_id is not None
+            size = NONCE_LEN + record.done
+            start = self._cipher_offset(record.index) - NONCE_LEN
+            written = self._in_place.read_span(self._key, self._upload.multipart_id, start, size)
+            if len(written) != size or hashlib.sha256(written).digest() != (
+                record.record_hash.digest()
+            ):
+                # Only a newer writer can have written there since: this request lost.
+                raise StaleWrite(f"record {record.index} was overwritten before it was finished")
+            cipher = memoryview(written)[NONCE_LEN:]
+        return record.stream.recover(cipher)
+
+    def part_offset(self, index: int) -> int:
+        return part_offset(len(self._header), self._segment_size, index)
+
+    def _cipher_offset(self, index: int) -> int:
+        """Where record `index`'s ciphertext starts in the object, past its nonce."""
+        start = self.part_offset(index) + NONCE_LEN
+        return start + len(self._header) if index == 0 else start
+
+    def _write_span(self, offset: int, chunks: tuple[Any, ...]) -> None:
+        assert self._in_place is not None and self._upload.multipart_id is not None
+        self._in_place.write_span(
+            self._key, self._upload.multipart_id, offset, chunks, fence=self._fence()
+        )
+
+
+_thread_scratch = threading.local()
+
+
+def _scratch() -> bytearray:
+    """This worker thread's space for ciphertext on its way to an in-place store.
+
+    Used only within one call, so one per thread (not per upload) is enough.
+    """
+    buffer: bytearray | None = getattr(_thread_scratch, "buffer", None)
+    if buffer is None:
+        buffer = _thread_scratch.buffer = bytearray(SLICE + TAG_LEN)
+    return buffer

@@ -1,0 +1,115 @@
+"""Tail pieces: the unfinished segment's bytes, stored as sealed objects of their own.
+
+A body that ends mid-segment leaves its new bytes as one sealed tail piece, a new
+object; nothing is ever rewritten in place. The next request reads the segment's
+pieces back to go in front of its bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from gateway import metrics
+from gateway.catalog.base import TailPiece
+from gateway.layout import tail_key
+from gateway.sealed import InvalidSealedData, Sealer
+from gateway.store.base import ObjectStore
+from gateway.types import Buffer
+from gateway.writer.base import corrupt
+
+# A body announced this short that ends inside its segment is kept whole and sealed as
+# one tail piece at its end, instead of re-sealing the segment's earlier bytes with it.
+TAIL_DIRECT = 2 << 20
+_PIECE_NUMBERS = 1 << 32  # a tail piece's number is a u32 in its associated data
+
+
+def piece_number(token: int, recorded: Sequence[TailPiece]) -> int:
+    """The number of the tail piece a request may write: its lease's token.
+
+    Tokens are unique, so two requests never write the same piece object: a writer
+    that lost its lease while paused (a process stopped longer than the takeover
+    time, say) and stores its piece late puts it beside the new holder's, never
+    over a recorded one. It is never recorded (its commit fails) and goes with
+    the upload's other leftovers. Pieces are ordered by where they start.
+    """
+    number = token % _PIECE_NUMBERS
+    taken = {p.piece for p in recorded}
+    while number in taken:  # only after 2**32 leases, or pieces numbered 0, 1, 2...
+        number = (number + 1) % _PIECE_NUMBERS
+    return number
+
+
+class TailPieces:
+    """The tail pieces of one upload's unfinished segment, as one request sees them."""
+
+    def __init__(
+        self,
+        *,
+        upload_id: str,
+        sealer: Sealer,
+        store: ObjectStore,
+        token: Callable[[], int],
+        merge_after: int,
+    ) -> None:
+        self._upload_id = upload_id
+        self._sealer = sealer
+        self._store = store
+        self._token = token
+        self._merge_after = merge_after  # tail pieces a segment may have; beyond, merge
+        self.old: list[TailPiece] = []  # the segment's recorded pieces, by start
+        self.number = piece_number(token(), [])  # the number of the piece this request writes
+
+    def adopt(self, pieces: Sequence[TailPiece], segment: int) -> None:
+        """Take the recorded pieces of `segment` (the catalog's, read with the lease)."""
+        self.old = sorted((p for p in pieces if p.segment == segment), key=lambda p: p.start)
+        self.number = piece_number(self._token(), self.old)
+
+    def next_segment(self) -> None:
+        """The segment was sealed: the next one has no pieces yet."""
+        self.number = piece_number(self._token(), [])
+
+    def load(self, pieces: Sequence[TailPiece], covers: int) -> bytearray:
+        """The plaintext of `pieces`, checked to be the segment's first `covers` bytes."""
+        plain = bytearray()
+        for piece in pieces:
+            blob = self._store.get(tail_key(self._upload_id, piece.segment, piece.piece))
+            try:
+                opened = self._sealer.open_tail(piece.segment, piece.piece, piece.start, blob)
+            except InvalidSealedData as exc:
+                raise corrupt(f"tail piece {piece.segment}/{piece.piece}") from exc
+            if piece.start != len(plain) or len(opened) != piece.length:
+                raise corrupt(f"tail piece {piece.segment}/{piece.piece} is out of place")
+            plain += opened
+        if len(plain) != covers:
+            raise corrupt("tail pieces do not cover the recorded offset")
+        return plain
+
+    def plan(self, segment: int, new_from: int, fill: int) -> tuple[TailPiece, list[TailPiece]]:
+        """The piece for a body that ended at `fill` in `segment`, its bytes from `new_from`
+        on, and the earlier pieces it replaces (merged, when one more would be too many)."""
+        start, merged = new_from, []
+        if new_from and len(self.old) >= self._merge_after:
+            # One piece more would pass the count: this one covers the segment's
+            # earlier pieces too, and replaces them in the same catalog commit.
+            start, merged = 0, self.old
+            metrics.TAIL_MERGES.inc()
+        return TailPiece(segment, self.number, start, fill - start), merged
+
+    def put(self, piece: TailPiece, plain: Buffer) -> None:
+        """Seal `plain` as `piece` and store it (blocking)."""
+        sealed = self._sealer.seal_tail(piece.segment, piece.piece, piece.start, plain)
+        metrics.BYTES_SEALED.inc(piece.length)
+        # Fresh: a piece's number is its request's own (see piece_number).
+        self._store.put(tail_key(self._upload_id, piece.segment, piece.piece), sealed, fresh=True)
+        metrics.BYTES_STORED.inc(len(sealed))
+
+    def forget(self, drop_below: int | None, replaced: bool) -> list[TailPiece]:
+        """After a commit: the old pieces it made unneeded (to delete), if it did."""
+        if replaced or (drop_below is not None and self.old and self.old[0].segment < drop_below):
+            old, self.old = self.old, []
+            return old
+        return []
+
+    def delete(self, pieces: Sequence[TailPiece]) -> None:
+        for p in pieces:
+            self._store.delete(tail_key(self._upload_id, p.segment, p.piece))
