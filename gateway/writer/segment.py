@@ -19,11 +19,11 @@ from gateway.runner import Runner
 from gateway.sealed import Sealer
 from gateway.store.base import ObjectStore, StoreUnavailable, writes_in_place
 from gateway.tus.headers import ChecksumHeader
-from gateway.writer.base import BodyInterrupted, OnComplete, Outcome, Overflow, RunningHash
+from gateway.writer.base import BodyInterrupted, OnComplete, Outcome, RunningHash
 from gateway.writer.complete import finish_object, part_refs, plaintext_sha256
+from gateway.writer.intake import Intake
 from gateway.writer.pipeline import SealingPipeline
 from gateway.writer.receive import QUEUED_LIMIT, SLICE, Slices
-from gateway.writer.record import Record, Signal
 from gateway.writer.settle import Ledger
 from gateway.writer.tail import TAIL_DIRECT, TailPieces
 
@@ -70,20 +70,9 @@ class SegmentWriter:
         self._control = control
         self._checksum = checksum
         self._client_hash = new_hasher(checksum.algorithm) if checksum else None
-        self._limit = limit  # the upload's length, or the max size while it is deferred
-        self._depth = depth
         self._segment_size = segment_size
-        self._segment = upload.offset // segment_size
-        self._fill = upload.offset % segment_size
-        self._new_from = self._fill  # bytes before this came from earlier requests
-        self._preload: bytearray | None = None  # those bytes, read back from tail pieces
-        # A body that ends inside its segment (its length says so): its bytes (the
-        # first `received` of them), kept for one tail piece, and the bytes of the
-        # shared budget they are counted in.
-        self._tail: bytearray | None = None
+        # A body kept whole for one tail piece holds this much of the shared budget.
         self._tail_units = 0
-        self._open: Record | None = None  # the record the next bytes go to
-        self._cut: Record | None = None  # the unfinished record, once the body ended
         pools = pools if pools is not None else Pools(keep=0)
         # Bytes of slices in existence, shared by all uploads: bounds memory.
         budget = slices if slices is not None else ReceiveBudget(QUEUED_LIMIT + 2 * SLICE)
@@ -118,9 +107,16 @@ class SegmentWriter:
             expires_at=expires_at,
             clock=clock,
         )
-        self._last_sealed_final = False
+        self._intake = Intake(
+            upload=upload,
+            limit=limit,
+            depth=depth,
+            slices=self._slices,
+            pipeline=self._pipeline,
+            ledger=self._ledger,
+            tails=self._tails,
+        )
         self._final_recorded = False
-        self.received = 0
         self.interrupted = False  # the body ended early (client gone, stopped)
 
     def _fence(self) -> int:
@@ -130,6 +126,11 @@ class SegmentWriter:
     def committed(self) -> int:
         """The offset the catalog records now."""
         return self._ledger.committed
+
+    @property
+    def received(self) -> int:
+        """Bytes of this body taken in so far."""
+        return self._intake.received
 
     # -- before the body ----------------------------------------------------------------
 
@@ -144,11 +145,12 @@ class SegmentWriter:
             if any(r.final for r in rows):
                 self._final_recorded = True
                 return
-        self._tails.adopt(pieces, self._segment)
+        intake = self._intake
+        self._tails.adopt(pieces, intake.segment)
         if self._keep_as_tail():
             return  # the segment's earlier bytes are not needed: it does not fill now
-        if self._tails.old or self._fill:
-            self._preload = await self._runner.io(self._tails.load, self._tails.old, self._fill)
+        if self._tails.old or intake.fill:
+            intake.preload = await self._runner.io(self._tails.load, self._tails.old, intake.fill)
 
     def _keep_as_tail(self) -> bool:
         """Whether this body becomes one tail piece, sealed when it ends.
@@ -161,19 +163,19 @@ class SegmentWriter:
         size = self._content_length
         if size is None or not 0 < size <= TAIL_DIRECT:
             return False
-        end = (self._segment + 1) * self._segment_size
+        end = (self._intake.segment + 1) * self._segment_size
         if self.upload.length is not None:
             end = min(end, self.upload.length)
         if self.upload.offset + size >= end or not self._slices.hold_whole(size):
             return False
-        self._tail, self._tail_units = bytearray(size), size  # one allocation, filled
+        self._intake.tail, self._tail_units = bytearray(size), size  # one allocation, filled
         return True
 
     # -- the body -----------------------------------------------------------------------
 
     async def receive(self, body: AsyncIterator[bytes]) -> None:
         control = self._control
-        control.on_idle = self._flush_idle
+        control.on_idle = self._intake.flush_idle
         task = asyncio.current_task()
         iterator = aiter(body)
         while control.stop_reason is None:
@@ -196,105 +198,16 @@ class SegmentWriter:
                 control.last_activity = time.monotonic()
                 control.waited += control.last_activity - control.read_started
             control.received += len(chunk)
-            await self._take(chunk)
+            await self._intake.take(chunk)
         # Stopped. A body that already brought every byte it announced, or every byte
         # the upload can still take, was not cut short: only its end was not yet read.
         self.interrupted = not self._body_complete()
-
-    def _flush_idle(self) -> None:
-        """The client is slow to send more: hand the partly filled slice to sealing, so
-        it (and its share of the budget) comes back while the read waits.
-
-        Called on the event loop only while `receive` waits for the next chunk."""
-        if self._slices.partial and self._open is not None:
-            self._slices.slow_down()
-            self._hand_slice(self._open)
 
     def _body_complete(self) -> bool:
         if self._content_length is not None and self.received == self._content_length:
             return True
         length = self.upload.length
         return length is not None and self.upload.offset + self.received == length
-
-    async def _take(self, chunk: bytes) -> None:
-        if self.upload.offset + self.received + len(chunk) > self._limit:
-            raise Overflow
-        if self._tail is not None:
-            at = self.received
-            if at + len(chunk) > len(self._tail):
-                raise Overflow  # never past its Content-Length (HTTP framing sees to it)
-            self._tail[at : at + len(chunk)] = chunk
-            self._fill += len(chunk)
-            self.received += len(chunk)
-            metrics.BYTES_IN_FLIGHT.inc(len(chunk))
-            return
-        view = memoryview(chunk)
-        slices = self._slices
-        while view:
-            record = self._open if self._open is not None else self._start_record()
-            await slices.ready()
-            n = slices.gather(view, record.length - self._fill)
-            self._fill += n
-            self.received += n
-            view = view[n:]
-            if self._fill == record.length:
-                await self._close_record()
-            elif slices.full:
-                await self._feed(record)
-        metrics.BYTES_IN_FLIGHT.inc(len(chunk))
-
-    def _start_record(self) -> Record:
-        """Open the current segment's record; what it holds follows from the length."""
-        index = self._segment
-        start = index * self._segment_size
-        length, final = self._segment_size, False
-        if self.upload.length is not None:
-            length = min(self._segment_size, self.upload.length - start)
-            final = start + length == self.upload.length
-        record = self._pipeline.start(index, final, length)
-        self._open = record
-        if self._preload:
-            self._pipeline.hand(record, (memoryview(self._preload), False, None))
-        self._preload = None
-        return record
-
-    def _hand_slice(self, record: Record) -> None:
-        fragment = self._slices.hand_over()
-        if fragment is not None:
-            self._pipeline.hand(record, fragment)
-
-    async def _feed(self, record: Record) -> None:
-        """Hand the slice to the record's task; wait while too much is queued."""
-        self._hand_slice(record)
-        await self._pipeline.wait_for_room(record)
-
-    async def _close_record(self) -> None:
-        record = self._open
-        assert record is not None and record.task is not None
-        await self._feed(record)
-        self._pipeline.signal(record, Signal.CLOSE)
-        self._ledger.add(record.task)
-        self._open = None
-        self._segment += 1
-        self._fill = 0
-        self._new_from = 0
-        self._tails.next_segment()
-        self._last_sealed_final = record.final
-        # No byte can follow a final record: the body's end need not wait for storage.
-        if not record.final:
-            await self._ledger.settle(keep=self._depth)
-
-    def _cut_open_record(self, *, discard: bool) -> None:
-        """The body ended before the open record filled: stop its task."""
-        record = self._open
-        if record is None:
-            return
-        self._open = None
-        if discard:
-            record.discard = True
-        self._hand_slice(record)
-        self._pipeline.signal(record, Signal.CUT)
-        self._cut = record
 
     # -- after the body -----------------------------------------------------------------
 
@@ -303,35 +216,31 @@ class SegmentWriter:
 
         An unfinished record is cut: its task seals what it was given and stops.
         """
-        ledger = self._ledger
-        self._cut_open_record(discard=False)
+        ledger, intake = self._ledger, self._intake
+        intake.cut_open_record(discard=False)
         try:
             await ledger.settle()
             await ledger.recorder_done()
-            if self._cut is not None and self._cut.task is not None:
-                await self._cut.task
+            if intake.cut is not None and intake.cut.task is not None:
+                await intake.cut.task
         except BaseException as exc:
             if ledger.failed is None:
                 ledger.failed = exc  # record nothing more
             with contextlib.suppress(BaseException):
                 await ledger.recorder_done()
-            self._cut_open_record(discard=True)
-            if self._cut is not None:
-                self._cut.discard = True
+            intake.discard_cut()
             for task in ledger.inflight:
                 with contextlib.suppress(BaseException):
                     await task
             ledger.inflight.clear()
-            if self._cut is not None and self._cut.task is not None:
+            if intake.cut is not None and intake.cut.task is not None:
                 with contextlib.suppress(BaseException):
-                    await self._cut.task
+                    await intake.cut.task
             raise
 
     async def drain_quietly(self) -> None:
         """After a failure: let no part write outlive this request's lease."""
-        self._cut_open_record(discard=True)
-        if self._cut is not None:
-            self._cut.discard = True
+        self._intake.discard_cut()
         with contextlib.suppress(Exception):
             await self.drain()
 
@@ -353,8 +262,9 @@ class SegmentWriter:
             return Outcome(total, True, stop)
         piece: TailPiece | None = None
         merged: list[TailPiece] = []
-        if self._fill > self._new_from:
-            piece, merged = self._tails.plan(self._segment, self._new_from, self._fill)
+        intake = self._intake
+        if intake.fill > intake.new_from:
+            piece, merged = self._tails.plan(intake.segment, intake.new_from, intake.fill)
             await self._runner.io(self._put_piece, piece)
         if piece is not None or ledger.pending or total != ledger.committed:
             await ledger.commit(offset=total, piece=piece, replaces=merged)
@@ -362,8 +272,8 @@ class SegmentWriter:
 
     async def _verify_checksum(self, checksum: ChecksumHeader, total: int) -> None:
         assert self._client_hash is not None
-        if self._tail is not None:
-            kept = memoryview(self._tail)[: self.received]
+        if self._intake.tail is not None:
+            kept = memoryview(self._intake.tail)[: self.received]
             await self._runner.seal(self._client_hash.update, kept)
         if self._client_hash.digest() != checksum.digest:
             metrics.CHECKSUM_MISMATCHES.inc()
@@ -402,25 +312,27 @@ class SegmentWriter:
 
     def _put_piece(self, piece: TailPiece) -> None:
         plain: bytes | memoryview
-        if self._tail is not None:
-            plain = memoryview(self._tail)[: self.received]
-            if piece.start < self._new_from:  # merged: the earlier pieces' bytes in front
-                earlier = self._tails.load(self._tails.old, self._new_from)
+        intake = self._intake
+        if intake.tail is not None:
+            plain = memoryview(intake.tail)[: intake.received]
+            if piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
+                earlier = self._tails.load(self._tails.old, intake.new_from)
                 plain = bytes(earlier + plain)
         else:
-            record = self._cut
-            assert record is not None and record.done == self._fill
+            record = intake.cut
+            assert record is not None and record.done == intake.fill
             plain = self._pipeline.recover(record)[piece.start : piece.start + piece.length]
         self._tails.put(piece, plain)
 
     async def _complete(self, total: int) -> None:
-        if not self._final_recorded and not (self._fill == 0 and self._last_sealed_final):
+        intake = self._intake
+        if not self._final_recorded and not (intake.fill == 0 and intake.last_sealed_final):
             # The final record: the segment's bytes from earlier requests, or an empty
             # record when the upload ends on a boundary whose record was sealed before
             # the end was known.
-            if self._open is None:
-                self._start_record()
-            await self._close_record()
+            if intake.open is None:
+                intake.start_record()
+            await intake.close_record()
             await self.drain()
         ledger = self._ledger
         await ledger.commit(offset=total)
@@ -440,17 +352,18 @@ class SegmentWriter:
         if self._on_complete is not None:
             plain_sha = plaintext_sha256(self._pipeline.running, len(rows))
             await self._on_complete(self.upload, rows, plain_sha)
-        await ledger.commit(offset=total, complete_segment=self._segment + 1)
+        await ledger.commit(offset=total, complete_segment=intake.segment + 1)
         self.completed = True
 
     def close(self) -> None:
         """Account for received bytes that will never be recorded (refused or cut off)."""
-        self._cut_open_record(discard=True)
-        self._tail = None
+        intake = self._intake
+        intake.cut_open_record(discard=True)
+        intake.tail = None
         self._slices.budget.give(self._tail_units)
         self._tail_units = 0
-        metrics.BYTES_IN_FLIGHT.dec(self.upload.offset + self.received - self.committed)
-        self.received = self.committed - self.upload.offset
+        metrics.BYTES_IN_FLIGHT.dec(self.upload.offset + intake.received - self.committed)
+        intake.received = self.committed - self.upload.offset
 
     def running_hash(self) -> RunningHash | None:
         """The plaintext hash to carry to the next request, if it covers what is recorded."""

@@ -1,0 +1,146 @@
+"""The body's bytes into records: where the body stands in its segment, and the open record."""
+
+from __future__ import annotations
+
+from gateway import metrics
+from gateway.catalog.base import Upload
+from gateway.writer.base import Overflow
+from gateway.writer.pipeline import SealingPipeline
+from gateway.writer.receive import Slices
+from gateway.writer.record import Record, Signal
+from gateway.writer.settle import Ledger
+from gateway.writer.tail import TailPieces
+
+
+class Intake:
+    """Takes the body's chunks in: into slices, handed to each segment's record in turn.
+
+    A body kept whole (`tail`, see SegmentWriter.prepare) bypasses the records: its
+    bytes wait in one buffer for the tail piece sealed when it ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        upload: Upload,
+        limit: int,
+        depth: int,
+        slices: Slices,
+        pipeline: SealingPipeline,
+        ledger: Ledger,
+        tails: TailPieces,
+    ) -> None:
+        self._upload = upload
+        self._limit = limit  # the upload's length, or the max size while it is deferred
+        self._depth = depth
+        self._slices = slices
+        self._pipeline = pipeline
+        self._ledger = ledger
+        self._tails = tails
+        self._segment_size = upload.segment_size
+        self.segment = upload.offset // self._segment_size
+        self.fill = upload.offset % self._segment_size
+        self.new_from = self.fill  # bytes before this came from earlier requests
+        self.preload: bytearray | None = None  # those bytes, read back from tail pieces
+        # A body that ends inside its segment (its length says so): its bytes (the
+        # first `received` of them), kept for one tail piece.
+        self.tail: bytearray | None = None
+        self.open: Record | None = None  # the record the next bytes go to
+        self.cut: Record | None = None  # the unfinished record, once the body ended
+        self.last_sealed_final = False
+        self.received = 0
+
+    async def take(self, chunk: bytes) -> None:
+        if self._upload.offset + self.received + len(chunk) > self._limit:
+            raise Overflow
+        if self.tail is not None:
+            at = self.received
+            if at + len(chunk) > len(self.tail):
+                raise Overflow  # never past its Content-Length (HTTP framing sees to it)
+            self.tail[at : at + len(chunk)] = chunk
+            self.fill += len(chunk)
+            self.received += len(chunk)
+            metrics.BYTES_IN_FLIGHT.inc(len(chunk))
+            return
+        view = memoryview(chunk)
+        slices = self._slices
+        while view:
+            record = self.open if self.open is not None else self.start_record()
+            await slices.ready()
+            n = slices.gather(view, record.length - self.fill)
+            self.fill += n
+            self.received += n
+            view = view[n:]
+            if self.fill == record.length:
+                await self.close_record()
+            elif slices.full:
+                await self._feed(record)
+        metrics.BYTES_IN_FLIGHT.inc(len(chunk))
+
+    def flush_idle(self) -> None:
+        """The client is slow to send more: hand the partly filled slice to sealing, so
+        it (and its share of the budget) comes back while the read waits.
+
+        Called on the event loop only while the body's read waits for the next chunk."""
+        if self._slices.partial and self.open is not None:
+            self._slices.slow_down()
+            self._hand_slice(self.open)
+
+    def start_record(self) -> Record:
+        """Open the current segment's record; what it holds follows from the length."""
+        index = self.segment
+        start = index * self._segment_size
+        length, final = self._segment_size, False
+        if self._upload.length is not None:
+            length = min(self._segment_size, self._upload.length - start)
+            final = start + length == self._upload.length
+        record = self._pipeline.start(index, final, length)
+        self.open = record
+        if self.preload:
+            self._pipeline.hand(record, (memoryview(self.preload), False, None))
+        self.preload = None
+        return record
+
+    def _hand_slice(self, record: Record) -> None:
+        fragment = self._slices.hand_over()
+        if fragment is not None:
+            self._pipeline.hand(record, fragment)
+
+    async def _feed(self, record: Record) -> None:
+        """Hand the slice to the record's task; wait while too much is queued."""
+        self._hand_slice(record)
+        await self._pipeline.wait_for_room(record)
+
+    async def close_record(self) -> None:
+        record = self.open
+        assert record is not None and record.task is not None
+        await self._feed(record)
+        self._pipeline.signal(record, Signal.CLOSE)
+        self._ledger.add(record.task)
+        self.open = None
+        self.segment += 1
+        self.fill = 0
+        self.new_from = 0
+        self._tails.next_segment()
+        self.last_sealed_final = record.final
+        # No byte can follow a final record: the body's end need not wait for storage.
+        if not record.final:
+            await self._ledger.settle(keep=self._depth)
+
+    def cut_open_record(self, *, discard: bool) -> None:
+        """The body ended before the open record filled: stop its task."""
+        record = self.open
+        if record is None:
+            return
+        self.open = None
+        if discard:
+            record.discard = True
+        self._hand_slice(record)
+        self._pipeline.signal(record, Signal.CUT)
+        self.cut = record
+
+    def discard_cut(self) -> None:
+        """After a failure: the unfinished record's task skips what is still queued."""
+        self.cut_open_record(discard=True)
+        if self.cut is not None:
+            self.cut.discard = True
