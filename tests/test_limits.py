@@ -113,3 +113,11 @@ async def test_a_cancelled_waiter_takes_nothing_from_the_budget() -> None:
         await waiter
     budget.give(100)
     assert budget.free == 100 and budget.try_take(100)
+
+
+def test_try_take_can_leave_bytes_free() -> None:
+    budget = ReceiveBudget(100)
+    assert not budget.try_take(51, keep=50)
+    assert budget.try_take(50, keep=50) and budget.free == 50
+    assert not budget.try_take(1, keep=50)
+    assert budget.try_take(50) and budget.free == 0

@@ -1,0 +1,176 @@
+"""The sealing pipeline: records sealed as their bytes are handed over, then stored."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from gateway.buffers import Pools
+from gateway.catalog.base import Upload
+from gateway.runner import Runner
+from gateway.sealed import MIN_SEGMENT_SIZE, Sealer, new_header, open_object
+from gateway.store.base import ObjectStore, PartRef, StoreUnavailable
+from gateway.writer import RunningHash
+from gateway.writer.base import Batch, Fragment
+from gateway.writer.pipeline import SealingPipeline
+from gateway.writer.record import Record, Signal
+from tests.fakes import InPlaceMemoryStore, MemoryStore
+
+S = MIN_SEGMENT_SIZE
+DEK = bytes(range(32))
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[Runner]:
+    runner = Runner(2, 2)
+    yield runner
+    runner.close()
+
+
+def upload_in(store: ObjectStore, length: int) -> tuple[Upload, Sealer]:
+    header = new_header(
+        DEK, upload_id="U", dek_id=b"\1" * 16, segment_size=S, plaintext_size=length
+    )
+    upload = Upload(
+        id="U",
+        owner="me",
+        tenant="t",
+        length=length,
+        offset=0,
+        metadata=None,
+        state="active",
+        created_at=0.0,
+        expires_at=None,
+        segment_size=S,
+        header=header.encode(),
+        dek_id=header.dek_id,
+        multipart_id=store.start_multipart("U/data"),
+    )
+    return upload, Sealer(DEK, header)
+
+
+def pipeline(
+    store: ObjectStore,
+    runner: Runner,
+    length: int,
+    given: list[bytearray] | None = None,
+    running: RunningHash | None = None,
+) -> tuple[SealingPipeline, Upload]:
+    upload, sealer = upload_in(store, length)
+
+    def give_back(batch: Batch) -> None:
+        for _, _, buffer in batch:
+            if buffer is not None and given is not None:
+                given.append(buffer)
+
+    return SealingPipeline(
+        upload=upload,
+        sealer=sealer,
+        store=store,
+        runner=runner,
+        fence=lambda: 1,
+        pools=Pools(keep=0),
+        give_back=give_back,
+        client_hash=None,
+        running=running,
+    ), upload
+
+
+def fragments(data: bytes, size: int) -> list[Fragment]:
+    return [
+        (memoryview(bytearray(data[at : at + size])), True, None)
+        for at in range(0, len(data), size)
+    ]
+
+
+@pytest.mark.parametrize("make_store", [MemoryStore, InPlaceMemoryStore])
+async def test_records_handed_in_fragments_make_the_sealed_object(
+    runner: Runner, make_store: Callable[[], MemoryStore]
+) -> None:
+    store = make_store()
+    data = bytes(range(256)) * (S // 256) + b"the end"
+    running = RunningHash(0)
+    sealing, upload = pipeline(store, runner, len(data), running=running)
+    rows = []
+    for index, start in enumerate((0, S)):
+        part = data[start : start + S]
+        record = sealing.start(index, index == 1, len(part))
+        for fragment in fragments(part, 5000):
+            sealing.hand(record, fragment)
+        sealing.signal(record, Signal.CLOSE)
+        assert record.task is not None
+        rows.append(await record.task)
+    assert [r.index for r in rows if r is not None] == [0, 1]
+    assert sealing.running is running and running.next_index == 2
+    assert running.digest.digest() == hashlib.sha256(data).digest()
+    refs = [
+        PartRef(r.index + 1, sealing.part_offset(r.index), r.size, r.etag)
+        for r in rows
+        if r is not None
+    ]
+    assert upload.multipart_id is not None
+    store.complete_multipart("U/data", upload.multipart_id, refs)
+    assert open_object(DEK, store.objects["U/data"]) == data
+
+
+@pytest.mark.parametrize("make_store", [MemoryStore, InPlaceMemoryStore])
+async def test_a_record_cut_short_gives_back_its_plaintext(
+    runner: Runner, make_store: Callable[[], MemoryStore]
+) -> None:
+    store = make_store()
+    sealing, _ = pipeline(store, runner, 2 * S)
+    record = sealing.start(0, False, S)
+    for fragment in fragments(b"partial bytes" * 100, 999):
+        sealing.hand(record, fragment)
+    sealing.signal(record, Signal.CUT)
+    assert record.task is not None
+    assert await record.task is None  # nothing stored
+    assert record.done == 1300
+    assert sealing.recover(record) == b"partial bytes" * 100
+
+
+async def test_a_failed_seal_waits_for_the_plaintext_hash_before_giving_slices_back(
+    runner: Runner,
+) -> None:
+    """Regression: when sealing a batch failed, its slices went back to the shared pool
+    (for another upload to fill) while the thread hashing its plaintext still read it."""
+    hashing = threading.Event()
+    given_while_hashing: list[bool] = []
+
+    class Watched(SealingPipeline):
+        def hash_plain(self, record: Record, batch: Batch) -> None:
+            hashing.set()
+            time.sleep(0.3)
+            super().hash_plain(record, batch)
+            hashing.clear()
+
+    store = InPlaceMemoryStore()
+    upload, sealer = upload_in(store, 4 * S)
+
+    def give_back(batch: Batch) -> None:
+        given_while_hashing.extend(hashing.is_set() for _ in batch)
+
+    sealing = Watched(
+        upload=upload,
+        sealer=sealer,
+        store=store,
+        runner=runner,
+        fence=lambda: 1,
+        pools=Pools(keep=0),
+        give_back=give_back,
+        client_hash=None,
+        running=RunningHash(0),
+    )
+    store.spans_fail_after = 1  # the record's nonce is written, its first batch fails
+    record = sealing.start(0, False, S)
+    slice_ = bytearray(S)
+    sealing.hand(record, (memoryview(slice_), True, slice_))
+    sealing.signal(record, Signal.CLOSE)
+    assert record.task is not None
+    with pytest.raises(StoreUnavailable):
+        await record.task
+    assert given_while_hashing == [False]

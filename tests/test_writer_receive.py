@@ -1,0 +1,74 @@
+"""The writer's intake side: slices gathered under the shared receive budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.buffers import Pools
+from gateway.limits import ReceiveBudget
+from gateway.writer.receive import SLICE, SMALL_SLICE, Slices
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slices(total: int = 8 * SLICE) -> tuple[Slices, ReceiveBudget, Clock]:
+    budget, clock = ReceiveBudget(total), Clock()
+    return Slices(Pools(keep=4), budget, clock=clock), budget, clock
+
+
+async def test_a_slice_is_taken_from_the_budget_and_given_back() -> None:
+    gatherer, budget, _ = slices()
+    await gatherer.ready()
+    assert budget.free == budget.total - SMALL_SLICE
+    assert gatherer.gather(memoryview(b"abcdef"), most=4) == 4  # no further than asked
+    assert gatherer.partial and not gatherer.full
+    fragment = gatherer.hand_over()
+    assert fragment is not None
+    view, new, buffer = fragment
+    assert bytes(view) == b"abcd" and new and buffer is not None
+    assert budget.free == budget.total - SMALL_SLICE  # the fragment holds it until given
+    gatherer.give_all([fragment])
+    assert budget.free == budget.total
+
+
+async def test_an_empty_slice_goes_straight_back() -> None:
+    gatherer, budget, _ = slices()
+    await gatherer.ready()
+    assert gatherer.hand_over() is None and budget.free == budget.total
+    assert gatherer.hand_over() is None  # holding none: nothing to hand
+
+
+async def test_a_fast_body_gets_large_slices_and_a_slow_one_small_ones() -> None:
+    gatherer, budget, clock = slices()
+    data = memoryview(bytes(SLICE))
+    await gatherer.ready()
+    clock.now = 0.001  # filled quickly
+    assert gatherer.gather(data, SLICE) == SMALL_SLICE and gatherer.full
+    fragment = gatherer.hand_over()
+    assert fragment is not None
+    gatherer.give_all([fragment])
+    await gatherer.ready()
+    clock.now = 1.0  # the large one took long
+    assert gatherer.gather(data, SLICE) == SLICE
+    fragment = gatherer.hand_over()
+    assert fragment is not None
+    gatherer.give_all([fragment])
+    await gatherer.ready()
+    assert gatherer.gather(data, SLICE) == SMALL_SLICE
+    gatherer.slow_down()
+    assert budget.free == budget.total - SMALL_SLICE
+
+
+@pytest.mark.parametrize(("free", "size", "kept"), [(100, 50, True), (100, 51, False)])
+async def test_a_body_kept_whole_leaves_half_of_the_budget(
+    free: int, size: int, kept: bool
+) -> None:
+    gatherer, budget, _ = slices(total=free)
+    assert gatherer.hold_whole(size) is kept
+    assert budget.free == (free - size if kept else free)
