@@ -258,6 +258,7 @@ class SealingPipeline:
             size = NONCE_LEN + record.done
             start = self._cipher_offset(record.index) - NONCE_LEN
             written = self._in_place.read_span(self._key, self._upload.multipart_id, start, size)
+            assert record.record_hash is not None
             if len(written) != size or hashlib.sha256(written).digest() != (
                 record.record_hash.digest()
             ):

@@ -6,7 +6,10 @@ import asyncio
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 from gateway.catalog.base import RecordRow
 from gateway.sealed import RecordStream
@@ -41,9 +44,9 @@ class Record:
     discard: bool = False  # cut by a failure: skip what is still queued
     # -- sealing state --
     stream: RecordStream | None = None
-    record_hash: Any = None  # SHA-256 of the record's bytes so far (nonce || ciphertext)
-    part_hash: Any = None  # the same with HEADER in front, for part 1
-    plain_hash: Any = None  # the running plaintext hash carried on through this record
+    record_hash: _Hash | None = None  # SHA-256 of the record's bytes so far (nonce || ct)
+    part_hash: _Hash | None = None  # the same with HEADER in front, for part 1
+    plain_hash: _Hash | None = None  # the running plaintext hash carried on through this record
     buffer: bytearray | None = None  # the whole record, for stores that take parts whole
     busy: float = 0.0  # worker seconds spent sealing
     hashing: float = 0.0  # worker seconds spent on the plaintext hashes, beside that
@@ -63,7 +66,7 @@ class Record:
 
     def encrypt(self, plain: memoryview, out: memoryview) -> None:
         """Seal the next plaintext into `out` (TAG_LEN to spare) and hash the ciphertext."""
-        assert self.stream is not None
+        assert self.stream is not None and self.record_hash is not None
         cipher = self.stream.update(plain, out)
         self.record_hash.update(cipher)
         if self.part_hash is not None:
@@ -71,7 +74,7 @@ class Record:
 
     def end(self) -> bytes:
         """The tag, once every byte is sealed; the digests then cover the whole part."""
-        assert self.stream is not None
+        assert self.stream is not None and self.record_hash is not None
         if self.stream.done != self.length:
             raise RuntimeError(f"record {self.index}: {self.stream.done} of {self.length} bytes")
         tag = self.stream.finish()
@@ -82,5 +85,6 @@ class Record:
 
     def digests(self) -> tuple[bytes, bytes]:
         """(record digest, part digest): the part's has HEADER in front for part 1."""
+        assert self.record_hash is not None
         digest = self.record_hash.digest()
         return digest, self.part_hash.digest() if self.part_hash is not None else digest

@@ -96,7 +96,6 @@ class SegmentWriter:
             merge_after=merge_after,
         )
         self._ledger = Ledger(
-            upload_id=upload.id,
             offset=upload.offset,
             segment_size=segment_size,
             catalog=catalog,

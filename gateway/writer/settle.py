@@ -24,7 +24,6 @@ class Ledger:
     def __init__(
         self,
         *,
-        upload_id: str,
         offset: int,
         segment_size: int,
         catalog: Catalog,
@@ -35,7 +34,6 @@ class Ledger:
         expires_at: Callable[[], float | None],
         clock: Callable[[], float],
     ) -> None:
-        self._upload_id = upload_id
         self._segment_size = segment_size
         self._catalog = catalog
         self._runner = runner
