@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import folder
+from gateway.store import folder, writeback
 from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.store.folder import FolderStore
 
@@ -104,8 +104,8 @@ def test_spans_start_their_writeback_and_parts_are_made_durable(
 ) -> None:
     started: list[tuple[int, int]] = []
     synced: list[int] = []
-    monkeypatch.setattr(folder.writeback, "start", lambda fd, at, n: started.append((at, n)))
-    monkeypatch.setattr(folder.os, "fdatasync", synced.append)
+    monkeypatch.setattr(writeback, "start", lambda fd, at, n: started.append((at, n)))
+    monkeypatch.setattr(os, "fdatasync", synced.append)
     mid = store.start_multipart("U/data")
     store.write_span("U/data", mid, 5000, [b"a" * 100, memoryview(b"b" * 300)])
     store.write_span("U/data", mid, 5400, [b"c" * 50])
@@ -121,13 +121,13 @@ def test_a_fresh_object_is_written_in_place_and_made_durable(
     file and a rename (a second one)."""
     store.put("U/tail/0/7", b"seed")  # makes the directories
     synced: list[int | Path] = []
-    monkeypatch.setattr(folder.os, "fdatasync", synced.append)
+    monkeypatch.setattr(os, "fdatasync", synced.append)
     monkeypatch.setattr(folder, "_fsync_dir", synced.append)
 
     def no_rename(*args: object) -> None:
         raise AssertionError("a fresh object is not renamed into place")
 
-    monkeypatch.setattr(folder.os, "replace", no_rename)
+    monkeypatch.setattr(os, "replace", no_rename)
     junk = store.root / "U/tail/0/5"
     junk.write_bytes(b"x" * 1000)  # left half written by a writer that crashed
     store.put("U/tail/0/5", b"piece", fresh=True)
