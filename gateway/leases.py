@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Lease
+from gateway.catalog.base import Lease, LeaseCatalog
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 
@@ -97,7 +97,7 @@ class Leases:
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: LeaseCatalog,
         runner: Runner,
         *,
         ttl: float,

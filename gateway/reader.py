@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from gateway.catalog.base import COMPLETE, Catalog, RecordRow, Upload
+from gateway.catalog.base import COMPLETE, RecordRow, Upload, UploadCatalog
 from gateway.keys.base import KeyProvider
 from gateway.layout import data_key
 from gateway.sealed import (
@@ -106,7 +106,7 @@ class Reader:
     a worker thread).
     """
 
-    def __init__(self, store: ObjectStore, catalog: Catalog, keys: KeyProvider) -> None:
+    def __init__(self, store: ObjectStore, catalog: UploadCatalog, keys: KeyProvider) -> None:
         self._store = store
         self._catalog = catalog
         self._keys = keys

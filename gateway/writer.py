@@ -35,7 +35,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.buffers import Pools
-from gateway.catalog.base import Catalog, Progress, RecordRow, TailPiece, Upload
+from gateway.catalog.base import Progress, RecordRow, TailPiece, Upload, UploadCatalog
 from gateway.checksums import SEALED_NAME, Hasher, header_value, new_hasher
 from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key, tail_key, tail_prefix
@@ -148,7 +148,7 @@ class SegmentWriter:
         upload: Upload,
         sealer: Sealer,
         store: ObjectStore,
-        catalog: Catalog,
+        catalog: UploadCatalog,
         runner: Runner,
         control: Control,
         checksum: ChecksumHeader | None,

@@ -2,26 +2,38 @@
 
 from gateway.catalog.base import (
     Catalog,
+    KeyCatalog,
     Lease,
+    LeaseCatalog,
     LeaseLost,
     LeaseState,
+    LegacyMetadataCatalog,
     OffsetConflict,
     Principal,
     Progress,
     RecordRow,
+    RemovalCatalog,
     TailPiece,
+    TokenStore,
     Upload,
+    UploadCatalog,
 )
 
 __all__ = [
     "Catalog",
+    "KeyCatalog",
     "Lease",
+    "LeaseCatalog",
     "LeaseLost",
     "LeaseState",
+    "LegacyMetadataCatalog",
     "OffsetConflict",
     "Principal",
     "Progress",
     "RecordRow",
+    "RemovalCatalog",
     "TailPiece",
+    "TokenStore",
     "Upload",
+    "UploadCatalog",
 ]
