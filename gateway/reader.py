@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from gateway.catalog.base import COMPLETE, RecordRow, Upload, UploadCatalog
+from gateway.catalog.base import RecordRow, Upload, UploadCatalog, UploadState
 from gateway.keys.base import KeyProvider
 from gateway.layout import data_key
 from gateway.sealed import (
@@ -112,7 +112,7 @@ class Reader:
         self._keys = keys
 
     def _pieces(self, upload: Upload) -> list[_Piece]:
-        if upload.state != COMPLETE:
+        if upload.state != UploadState.COMPLETE:
             raise NotReadable(f"upload {upload.id} is not finished")
         if not upload.parts:
             return [_Piece(upload, 0)]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gateway.catalog.base import COMPLETE, Principal
+from gateway.catalog.base import Principal, UploadState
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
@@ -33,6 +33,7 @@ from tests.fakes import MemoryStore
 
 S = 64 * 1024
 ME = Principal("alice", "t1")
+COMPLETE = UploadState.COMPLETE
 
 
 class SlowStore(MemoryStore):

@@ -17,6 +17,7 @@ from gateway.catalog.base import (
     TokenStore,
     Upload,
     UploadCatalog,
+    UploadState,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "TokenStore",
     "Upload",
     "UploadCatalog",
+    "UploadState",
 ]

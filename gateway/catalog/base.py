@@ -15,13 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from gateway.keys.base import WrappedKey
 
-ACTIVE = "active"
-COMPLETE = "complete"
-TERMINATED = "terminated"
+
+class UploadState(StrEnum):
+    """An upload's state; the values are what the catalog stores."""
+
+    ACTIVE = "active"  # receiving bytes (or waiting for them)
+    COMPLETE = "complete"
+    TERMINATED = "terminated"  # deleted by its client or retired; its rows go soon
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Upload:
     # The Upload-Metadata header as received, sealed under the upload's key (the sealed
     # value "metadata", see docs/FORMAT.md); only the service can open it.
     metadata: bytes | None
-    state: str  # ACTIVE | COMPLETE | TERMINATED
+    state: UploadState
     created_at: float
     expires_at: float | None
     segment_size: int
