@@ -31,7 +31,7 @@ from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
 from gateway.layout import data_key, manifest_keys, upload_prefix
-from gateway.leases import Leases
+from gateway.leases import Leases, StopReason
 from gateway.limits import ReceiveBudget, WriterSlots
 from gateway.metadata import ValueKey, open_metadata, seal_legacy_metadata, seal_metadata
 from gateway.reader import Reader
@@ -73,14 +73,20 @@ EXTENSIONS = (
 )
 
 _STOPPED = {
-    "released": (ERR.UPLOAD_INTERRUPTED, "a newer request for this upload took it over"),
-    "timeout": (ERR.UPLOAD_INTERRUPTED, "no bytes arrived for too long; what came is saved"),
-    "too-slow": (
+    StopReason.RELEASED: (ERR.UPLOAD_INTERRUPTED, "a newer request for this upload took it over"),
+    StopReason.TIMEOUT: (
+        ERR.UPLOAD_INTERRUPTED,
+        "no bytes arrived for too long; what came is saved",
+    ),
+    StopReason.TOO_SLOW: (
         ERR.UPLOAD_INTERRUPTED,
         "the body arrived too slowly; what came is saved, resume from Upload-Offset",
     ),
-    "lease-lost": (ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"),
-    "shutdown": (ERR.SERVER_SHUTDOWN, "the server is restarting; resume from Upload-Offset"),
+    StopReason.LEASE_LOST: (ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"),
+    StopReason.SHUTDOWN: (
+        ERR.SERVER_SHUTDOWN,
+        "the server is restarting; resume from Upload-Offset",
+    ),
 }
 
 

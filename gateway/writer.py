@@ -39,7 +39,7 @@ from gateway.catalog.base import Progress, RecordRow, TailPiece, Upload, UploadC
 from gateway.checksums import SEALED_NAME, Hasher, header_value, new_hasher
 from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key, tail_key, tail_prefix
-from gateway.leases import Control
+from gateway.leases import Control, StopReason
 from gateway.limits import ReceiveBudget
 from gateway.runner import Runner
 from gateway.sealed import NONCE_LEN, RECORD_OVERHEAD, TAG_LEN, InvalidSealedData, Sealer
@@ -98,7 +98,7 @@ OnComplete = Callable[[Upload, list[RecordRow], bytes | None], Awaitable[None]]
 class Outcome:
     offset: int  # what the catalog now records
     complete: bool
-    stop_reason: str | None  # why reading stopped early, if it did
+    stop_reason: StopReason | None  # why reading stopped early, if it did
 
 
 # Plaintext on its way to the sealing threads: a view, whether it is new (from this
@@ -842,7 +842,7 @@ class SegmentWriter:
         if self._checksum is not None:
             if self.interrupted:
                 await self.scrub()
-                return Outcome(self.committed, False, stop or "disconnected")
+                return Outcome(self.committed, False, stop or StopReason.DISCONNECTED)
             assert self._client_hash is not None
             if self._tail is not None:
                 kept = memoryview(self._tail)[: self.received]
