@@ -118,7 +118,8 @@ def test_states_are_stored_as_text_and_read_as_the_enum(cat: SQLiteCatalog, tmp_
 
 
 def test_commit_happy_path(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), _wrapped())
+    # Length and multipart id are set at creation; commits must leave them be.
+    cat.create_upload(_upload(length=120, multipart_id="mp1"), _wrapped())
     lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
     assert lease is not None
     cat.commit(
@@ -127,7 +128,6 @@ def test_commit_happy_path(cat: SQLiteCatalog) -> None:
             expected_offset=0,
             offset=50,
             add_piece=TailPiece(segment=0, piece=0, start=0, length=50),
-            multipart_id="mp1",
         ),
     )
     cat.commit(lease, Progress(expected_offset=50, offset=80, add_piece=TailPiece(0, 1, 50, 30)))
@@ -142,7 +142,6 @@ def test_commit_happy_path(cat: SQLiteCatalog) -> None:
             records=[_record(0), _record(1, final=True)],
             add_piece=TailPiece(segment=1, piece=0, start=0, length=40),
             drop_pieces_below=1,
-            length=120,
             expires_at=9000.0,
             complete_at=777.0,
         ),
@@ -204,7 +203,6 @@ def test_wrong_offset_changes_nothing(cat: SQLiteCatalog) -> None:
                 records=[_record(0)],
                 add_piece=TailPiece(0, 1, 10, 10),
                 drop_pieces_below=1,
-                length=20,
                 complete_at=1.0,
             ),
         )

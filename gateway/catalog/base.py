@@ -119,8 +119,6 @@ class Progress:
     add_piece: TailPiece | None = None
     drop_pieces_below: int | None = None  # delete piece rows of segments < this
     drop_pieces: Sequence[TailPiece] = ()  # delete these piece rows (merged into add_piece)
-    length: int | None = None  # set a deferred length
-    multipart_id: str | None = None
     complete_at: float | None = None  # mark the upload complete
     expires_at: float | None = field(default=None)
     checksum: bytes | None = None  # record the (sealed) client checksum of the whole upload

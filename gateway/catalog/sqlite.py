@@ -301,17 +301,9 @@ class SQLiteCatalog:
                     (uid, progress.drop_pieces_below),
                 )
             cur.execute(
-                "UPDATE uploads SET upload_offset = ?, length = COALESCE(?, length), "
-                "multipart_id = COALESCE(?, multipart_id), expires_at = COALESCE(?, expires_at), "
+                "UPDATE uploads SET upload_offset = ?, expires_at = COALESCE(?, expires_at), "
                 "checksum = COALESCE(?, checksum) WHERE id = ?",
-                (
-                    progress.offset,
-                    progress.length,
-                    progress.multipart_id,
-                    progress.expires_at,
-                    progress.checksum,
-                    uid,
-                ),
+                (progress.offset, progress.expires_at, progress.checksum, uid),
             )
             if progress.complete_at is not None:
                 cur.execute(
