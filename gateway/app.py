@@ -35,7 +35,7 @@ from gateway.middleware import (
     TusMiddleware,
     problem_body,
 )
-from gateway.store.base import ObjectStore
+from gateway.store.base import InPlaceStore, ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store, parse_store_url
 from gateway.uploads import Uploads
@@ -64,34 +64,6 @@ def prepare_data_dir(settings: Settings) -> None:
 def open_catalog(settings: Settings) -> Catalog:
     prepare_data_dir(settings)
     return SQLiteCatalog(settings.catalog_path)
-
-
-_STORE_OPS = (
-    "start_multipart",
-    "put_part",
-    "finish_part",
-    "write_span",
-    "discard_from",
-    "complete_multipart",
-    "abort_multipart",
-    "put",
-    "get",
-    "delete",
-    "delete_prefix",
-)
-_CATALOG_OPS = (
-    "create_upload",
-    "open_uploads",
-    "get_upload",
-    "records",
-    "tail_pieces",
-    "commit",
-    "acquire_lease",
-    "renew_lease",
-    "release_lease",
-    "lease_held",
-    "principal_for",
-)
 
 
 def open_store(settings: Settings) -> ObjectStore:
@@ -125,12 +97,14 @@ def create_app(
 ) -> Starlette:
     prepare_data_dir(settings)
     store = metrics.instrument(
-        store if store is not None else open_store(settings), metrics.STORE_DURATION, _STORE_OPS
+        store if store is not None else open_store(settings),
+        metrics.STORE_DURATION,
+        metrics.operations(ObjectStore, InPlaceStore),
     )
     catalog = metrics.instrument(
         catalog if catalog is not None else open_catalog(settings),
         metrics.CATALOG_DURATION,
-        _CATALOG_OPS,
+        metrics.operations(Catalog),
     )
     keys = keys if keys is not None else LocalKeyring.open(settings.keyring_path)
     uploads = Uploads(settings, store=store, catalog=catalog, keys=keys)

@@ -7,7 +7,7 @@ import secrets
 import time
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Principal
+from gateway.catalog.base import Principal, TokenStore
 from gateway.errors import ERR, GatewayError
 from gateway.limits import RequestRate
 from gateway.runner import Runner
@@ -21,7 +21,7 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-def mint_token(catalog: Catalog, principal: Principal) -> str:
+def mint_token(catalog: TokenStore, principal: Principal) -> str:
     """Create a token for `principal`; only its hash is stored, the caller shows it once."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     catalog.add_token(token_hash(token), principal, time.time())
@@ -29,7 +29,9 @@ def mint_token(catalog: Catalog, principal: Principal) -> str:
 
 
 class Authenticator:
-    def __init__(self, catalog: Catalog, runner: Runner, rate: RequestRate | None = None) -> None:
+    def __init__(
+        self, catalog: TokenStore, runner: Runner, rate: RequestRate | None = None
+    ) -> None:
         self._catalog = catalog
         self._runner = runner
         self._rate = rate  # each principal's requests, counted once it is known

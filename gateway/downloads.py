@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from gateway import manifest
 from gateway.auth import Authenticator
-from gateway.catalog.base import COMPLETE, Upload
+from gateway.catalog.base import Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.ranges import Unsatisfiable, parse_range
@@ -47,7 +47,7 @@ class DownloadHandler:
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
         request.state.upload_id = upload_id
         upload = await self.uploads.get(principal, upload_id)
-        if upload.state != COMPLETE or upload.length is None:
+        if upload.state != UploadState.COMPLETE or upload.length is None:
             raise GatewayError(
                 ERR.UPLOAD_NOT_FINISHED, "the upload is not finished; nothing can be read yet"
             )

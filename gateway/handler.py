@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from gateway import checksums
 from gateway.auth import Authenticator
-from gateway.catalog.base import ACTIVE, Principal, Upload
+from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.tus import headers as tus
@@ -212,7 +212,7 @@ def _progress_headers(upload: Upload) -> dict[str, str]:
 
 
 def _expires_header(upload: Upload) -> dict[str, str]:
-    if upload.state == ACTIVE and upload.expires_at is not None:
+    if upload.state == UploadState.ACTIVE and upload.expires_at is not None:
         return {"Upload-Expires": tus.format_http_date(upload.expires_at)}
     return {}
 

@@ -9,10 +9,11 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TypeVar, cast
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Lease
+from gateway.catalog.base import Lease, LeaseCatalog
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 
@@ -24,13 +25,25 @@ T = TypeVar("T")
 HEAD_TAKES_OVER_AFTER = 1.0
 
 
+class StopReason(StrEnum):
+    """Why a writer stopped reading its body early (`too-slow` is a fairness label too)."""
+
+    RELEASED = "released"  # another request asked for the upload
+    TIMEOUT = "timeout"  # no body bytes for network_timeout
+    TOO_SLOW = "too-slow"  # the body came slower than min_rate over the window
+    LEASE_LOST = "lease-lost"  # the lease was taken over, or the upload terminated
+    SHUTDOWN = "shutdown"  # the server is stopping
+    # The body ended early with no stop asked for (the client went away): the writer
+    # reports it, `Control.stop` is never given it.
+    DISCONNECTED = "disconnected"
+
+
 @dataclass
 class Control:
     """What a running writer watches: why it should stop, and when it last got bytes."""
 
     lease: Lease
-    # "released" | "shutdown" | "timeout" | "too-slow" | "lease-lost"
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     last_activity: float = field(default_factory=time.monotonic)
     received: int = 0  # body bytes read so far
     waited: float = 0.0  # seconds spent waiting for the client, reads done
@@ -67,7 +80,7 @@ class Control:
         """How long the writer has been waiting for body bytes (0 if it is not)."""
         return time.monotonic() - self.read_started if self._in_receive else 0.0
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Ask the writer to stop reading; a read blocked on the network is cut.
 
         Only the first stop counts. Cancelling again before the writer ran would leave
@@ -97,7 +110,7 @@ class Leases:
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: LeaseCatalog,
         runner: Runner,
         *,
         ttl: float,
@@ -174,7 +187,7 @@ class Leases:
                 if local.last_activity > arrived:
                     return None  # bytes came after the HEAD did: its client is there
                 if local.silent_for() >= HEAD_TAKES_OVER_AFTER:
-                    local.stop("released")
+                    local.stop(StopReason.RELEASED)
                     break
             await asyncio.sleep(0.02)
         wait = max(0.0, deadline - time.monotonic())
@@ -227,7 +240,7 @@ class Leases:
                 metrics.RELEASE_REQUESTS.inc()
             local = self._active.get(upload_id)
             if local is not None:
-                local.stop("released")
+                local.stop(StopReason.RELEASED)
             if time.monotonic() >= deadline:
                 raise GatewayError(
                     ERR.UPLOAD_LOCKED, "another request is writing this upload; try again"
@@ -335,12 +348,12 @@ class Leases:
             if stoppable and control.stop_reason is None:
                 now = time.monotonic()
                 if self.shutting_down:
-                    control.stop("shutdown")
+                    control.stop(StopReason.SHUTDOWN)
                 elif now - control.last_activity > timeout and control.in_receive:
-                    control.stop("timeout")
+                    control.stop(StopReason.TIMEOUT)
                 elif self._too_slow(control, samples, now):
-                    metrics.REFUSED.labels("too-slow").inc()
-                    control.stop("too-slow")
+                    metrics.REFUSED.labels(StopReason.TOO_SLOW).inc()
+                    control.stop(StopReason.TOO_SLOW)
                 elif (
                     control.in_receive
                     and control.on_idle is not None
@@ -352,10 +365,10 @@ class Leases:
             )
             if not state.valid:
                 if stoppable:
-                    control.stop("lease-lost")
+                    control.stop(StopReason.LEASE_LOST)
                 return
             if stoppable and state.release_requested and control.stop_reason is None:
-                control.stop("released")
+                control.stop(StopReason.RELEASED)
 
     def _too_slow(
         self, control: Control, samples: collections.deque[tuple[float, int]], now: float
@@ -378,4 +391,4 @@ class Leases:
         """Shutdown: every writer in this process stops reading and saves what it has."""
         self.shutting_down = True
         for control in list(self._active.values()):
-            control.stop("shutdown")
+            control.stop(StopReason.SHUTDOWN)

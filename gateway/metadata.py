@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
-from gateway.catalog.base import Catalog, Upload
+from gateway.catalog.base import LegacyMetadataCatalog, Upload
 from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
 from gateway.runner import Runner
 from gateway.sealed import Header, InvalidSealedData, Sealer, new_header
@@ -58,7 +58,12 @@ class ValueKey:
 
 
 async def seal_legacy_metadata(
-    catalog: Catalog, keys: KeyProvider, runner: Runner, *, segment_size: int, batch: int = 500
+    catalog: LegacyMetadataCatalog,
+    keys: KeyProvider,
+    runner: Runner,
+    *,
+    segment_size: int,
+    batch: int = 500,
 ) -> int:
     """Seal in place the plain-text metadata an older version left in the catalog.
 

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -139,14 +139,39 @@ def timed(histogram: Histogram, operation: str) -> Iterator[None]:
 # A part write is timed as put_part however it arrives: whole, or finished after spans.
 _OPERATION_LABELS = {"finish_part": "put_part"}
 
+# Not operations: the readiness probe (/readyz is timed as a request) and shutting down.
+_UNTIMED = frozenset({"check", "close"})
 
-def instrument(target: T, histogram: Histogram, operations: tuple[str, ...]) -> T:
+
+def operations(*protocols: type) -> frozenset[str]:
+    """The methods `protocols` declare, their protocol bases' too, but check and close:
+    what `instrument` should time, so that a method added to a protocol is timed.
+
+    Optional capabilities (like `InPlaceStore`'s) may be listed: a target without
+    one of their methods still has none once instrumented.
+    """
+    names: set[str] = set()
+    for protocol in protocols:
+        if not getattr(protocol, "_is_protocol", False):
+            raise TypeError(f"{protocol.__name__} is not a Protocol")
+        for cls in protocol.__mro__:
+            if cls is Protocol or not getattr(cls, "_is_protocol", False):
+                continue
+            names.update(
+                name
+                for name, value in vars(cls).items()
+                if callable(value) and not name.startswith("_") and name not in _UNTIMED
+            )
+    return frozenset(names)
+
+
+def instrument(target: T, histogram: Histogram, operations: frozenset[str]) -> T:
     """Wrap `target` so each call to one of `operations` is timed by outcome."""
     return _Instrumented(target, histogram, operations)  # type: ignore[return-value]
 
 
 class _Instrumented:
-    def __init__(self, target: Any, histogram: Histogram, operations: tuple[str, ...]) -> None:
+    def __init__(self, target: Any, histogram: Histogram, operations: frozenset[str]) -> None:
         self._target = target
         self._histogram = histogram
         self._operations = operations

@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from gateway.catalog.base import COMPLETE, Catalog, RecordRow, Upload
+from gateway.catalog.base import RecordRow, Upload, UploadCatalog, UploadState
 from gateway.keys.base import KeyProvider
 from gateway.layout import data_key
 from gateway.sealed import (
@@ -106,13 +106,13 @@ class Reader:
     a worker thread).
     """
 
-    def __init__(self, store: ObjectStore, catalog: Catalog, keys: KeyProvider) -> None:
+    def __init__(self, store: ObjectStore, catalog: UploadCatalog, keys: KeyProvider) -> None:
         self._store = store
         self._catalog = catalog
         self._keys = keys
 
     def _pieces(self, upload: Upload) -> list[_Piece]:
-        if upload.state != COMPLETE:
+        if upload.state != UploadState.COMPLETE:
             raise NotReadable(f"upload {upload.id} is not finished")
         if not upload.parts:
             return [_Piece(upload, 0)]

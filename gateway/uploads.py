@@ -17,9 +17,6 @@ from gateway import metrics
 from gateway.auth import principal_key
 from gateway.buffers import Pools
 from gateway.catalog.base import (
-    ACTIVE,
-    COMPLETE,
-    TERMINATED,
     Catalog,
     LeaseLost,
     OffsetConflict,
@@ -27,13 +24,14 @@ from gateway.catalog.base import (
     RecordRow,
     TailPiece,
     Upload,
+    UploadState,
 )
 from gateway.checksums import SEALED_NAME
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
 from gateway.layout import data_key, manifest_keys, upload_prefix
-from gateway.leases import Leases
+from gateway.leases import Leases, StopReason
 from gateway.limits import ReceiveBudget, WriterSlots
 from gateway.metadata import ValueKey, open_metadata, seal_legacy_metadata, seal_metadata
 from gateway.reader import Reader
@@ -75,14 +73,20 @@ EXTENSIONS = (
 )
 
 _STOPPED = {
-    "released": (ERR.UPLOAD_INTERRUPTED, "a newer request for this upload took it over"),
-    "timeout": (ERR.UPLOAD_INTERRUPTED, "no bytes arrived for too long; what came is saved"),
-    "too-slow": (
+    StopReason.RELEASED: (ERR.UPLOAD_INTERRUPTED, "a newer request for this upload took it over"),
+    StopReason.TIMEOUT: (
+        ERR.UPLOAD_INTERRUPTED,
+        "no bytes arrived for too long; what came is saved",
+    ),
+    StopReason.TOO_SLOW: (
         ERR.UPLOAD_INTERRUPTED,
         "the body arrived too slowly; what came is saved, resume from Upload-Offset",
     ),
-    "lease-lost": (ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"),
-    "shutdown": (ERR.SERVER_SHUTDOWN, "the server is restarting; resume from Upload-Offset"),
+    StopReason.LEASE_LOST: (ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"),
+    StopReason.SHUTDOWN: (
+        ERR.SERVER_SHUTDOWN,
+        "the server is restarting; resume from Upload-Offset",
+    ),
 }
 
 
@@ -167,7 +171,7 @@ class Uploads:
         read once it saved what it received: the client resumes from that offset, and
         its next PATCH is not refused because the offset moved after the HEAD."""
         upload = await self._owned(principal, upload_id)
-        if upload.state == ACTIVE and upload.offset != upload.length:
+        if upload.state == UploadState.ACTIVE and upload.offset != upload.length:
             read = functools.partial(self.catalog.get_upload, upload_id)
             found = await self.leases.read_between_writers(upload_id, read)
             if found is None:  # a live writer, or one that kept it: what is recorded now
@@ -177,7 +181,11 @@ class Uploads:
 
     async def _finish_cut(self, principal: Principal, upload: Upload) -> Upload:
         upload_id = upload.id
-        if upload.state == ACTIVE and upload.length is not None and upload.offset == upload.length:
+        if (
+            upload.state == UploadState.ACTIVE
+            and upload.length is not None
+            and upload.offset == upload.length
+        ):
             # The end is recorded. The writer that recorded it may still be completing
             # the object, which takes long for a large one: then answer at once with
             # what is recorded rather than wait for its lease (and answer 423). If the
@@ -207,13 +215,17 @@ class Uploads:
         # Someone else's upload is indistinguishable from a missing one.
         if (
             upload is None
-            or upload.state == TERMINATED
+            or upload.state == UploadState.TERMINATED
             or upload.owner != principal.id
             or upload.tenant != principal.tenant
         ):
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
         expires_at = upload.expires_at
-        if upload.state == ACTIVE and expires_at is not None and expires_at <= self.clock():
+        if (
+            upload.state == UploadState.ACTIVE
+            and expires_at is not None
+            and expires_at <= self.clock()
+        ):
             raise GatewayError(ERR.UPLOAD_GONE, "this upload expired and is being removed")
         return upload
 
@@ -299,7 +311,7 @@ class Uploads:
             length=length,
             offset=0,
             metadata=sealed_metadata,
-            state=ACTIVE,
+            state=UploadState.ACTIVE,
             created_at=now,
             expires_at=now + self.settings.upload_ttl,
             segment_size=self.settings.segment_size,
@@ -370,7 +382,7 @@ class Uploads:
                 ) from exc
             if part.concat != "partial":
                 raise GatewayError(ERR.INVALID_CONCAT, f"upload {part_id} is not a partial upload")
-            if part.state != COMPLETE:
+            if part.state != UploadState.COMPLETE:
                 raise GatewayError(
                     ERR.UPLOAD_NOT_FINISHED, f"partial upload {part_id} is not finished"
                 )
@@ -392,7 +404,7 @@ class Uploads:
             length=length,
             offset=length,
             metadata=seal_metadata(key.sealer, metadata),
-            state=COMPLETE,
+            state=UploadState.COMPLETE,
             created_at=now,
             expires_at=None,
             segment_size=self.settings.segment_size,
@@ -472,7 +484,7 @@ class Uploads:
                     ERR.UPLOAD_SIZE_EXCEEDED,
                     f"the body would take the upload past its length of {limit} bytes",
                 )
-            if upload.state == COMPLETE:
+            if upload.state == UploadState.COMPLETE:
                 # A finished upload takes no byte more, announced or not (chunked).
                 with contextlib.suppress(BodyInterrupted):
                     async for chunk in body:
@@ -646,7 +658,11 @@ class Uploads:
 
     async def _remove(self, upload: Upload, shred_wait: float = SHRED_WAIT) -> None:
         """Objects first, then the key (crypto-shredding), then the rows."""
-        if upload.header and upload.multipart_id is not None and upload.state != COMPLETE:
+        if (
+            upload.header
+            and upload.multipart_id is not None
+            and upload.state != UploadState.COMPLETE
+        ):
             await self._store_call(
                 self.store.abort_multipart, data_key(upload.id), upload.multipart_id
             )
@@ -687,7 +703,7 @@ class Uploads:
         """Whether `upload` is principal's and terminated with its key already deleted
         (a retired partial keeps its key and stays hidden)."""
         return (
-            upload.state == TERMINATED
+            upload.state == UploadState.TERMINATED
             and upload.owner == principal.id
             and upload.tenant == principal.tenant
             and await self.runner.db(self.catalog.wrapped_key, upload.dek_id) is None
@@ -695,7 +711,7 @@ class Uploads:
 
     async def _remove_if_retired(self, part_id: str) -> None:
         part = await self.runner.db(self.catalog.get_upload, part_id)
-        if part is None or part.state != TERMINATED:
+        if part is None or part.state != UploadState.TERMINATED:
             return
         if not await self.runner.db(self.catalog.finals_using, part_id):
             await self._remove(part)

@@ -13,7 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import manifest
-from gateway.catalog.base import Catalog
+from gateway.catalog.base import KeyCatalog
 from gateway.keys.base import KeyError_, KeyProvider
 from gateway.layout import data_key, manifest_keys, reader_manifest_key
 from gateway.sealed import (
@@ -267,7 +267,7 @@ def _check_reader_manifest(
     report.ok("reader manifest: signed, matches the stored one and the plaintext SHA-256")
 
 
-def catalog_unwrapper(catalog: Catalog, keys: KeyProvider) -> Callable[[str, bytes], bytes]:
+def catalog_unwrapper(catalog: KeyCatalog, keys: KeyProvider) -> Callable[[str, bytes], bytes]:
     def unwrap(upload_id: str, dek_id: bytes) -> bytes:
         wrapped = catalog.wrapped_key(dek_id)
         if wrapped is None:

@@ -14,9 +14,6 @@ from pathlib import Path
 import pytest
 
 from gateway.catalog.base import (
-    ACTIVE,
-    COMPLETE,
-    TERMINATED,
     Lease,
     LeaseLost,
     OffsetConflict,
@@ -25,6 +22,7 @@ from gateway.catalog.base import (
     RecordRow,
     TailPiece,
     Upload,
+    UploadState,
 )
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.base import WrappedKey
@@ -41,7 +39,7 @@ def _upload(upload_id: str = "u1", **kw: object) -> Upload:
         length=None,
         offset=0,
         metadata=b"\x01sealed metadata\xff",
-        state=ACTIVE,
+        state=UploadState.ACTIVE,
         created_at=1000.0,
         expires_at=5000.0,
         segment_size=1 << 20,
@@ -95,8 +93,33 @@ def test_create_get_round_trip(cat: SQLiteCatalog) -> None:
     assert cat.wrapped_key(empty.dek_id) is None
 
 
+def test_states_are_stored_as_text_and_read_as_the_enum(cat: SQLiteCatalog, tmp_path: Path) -> None:
+    cat.create_upload(_upload("a"), None)
+    cat.create_upload(_upload("c", state=UploadState.COMPLETE), None)
+    cat.create_upload(_upload("t"), None)
+    cat.terminate("t")
+    raw = sqlite3.connect(tmp_path / "catalog.sqlite3")
+    try:
+        stored = raw.execute("SELECT id, state, typeof(state) FROM uploads ORDER BY id").fetchall()
+    finally:
+        raw.close()
+    assert stored == [
+        ("a", "active", "text"),
+        ("c", "complete", "text"),
+        ("t", "terminated", "text"),
+    ]
+    read = {u: cat.get_upload(u) for u in "act"}
+    assert {u: up.state if up else None for u, up in read.items()} == {
+        "a": UploadState.ACTIVE,
+        "c": UploadState.COMPLETE,
+        "t": UploadState.TERMINATED,
+    }
+    assert all(up is not None and type(up.state) is UploadState for up in read.values())
+
+
 def test_commit_happy_path(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), _wrapped())
+    # Length and multipart id are set at creation; commits must leave them be.
+    cat.create_upload(_upload(length=120, multipart_id="mp1"), _wrapped())
     lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
     assert lease is not None
     cat.commit(
@@ -105,7 +128,6 @@ def test_commit_happy_path(cat: SQLiteCatalog) -> None:
             expected_offset=0,
             offset=50,
             add_piece=TailPiece(segment=0, piece=0, start=0, length=50),
-            multipart_id="mp1",
         ),
     )
     cat.commit(lease, Progress(expected_offset=50, offset=80, add_piece=TailPiece(0, 1, 50, 30)))
@@ -120,7 +142,6 @@ def test_commit_happy_path(cat: SQLiteCatalog) -> None:
             records=[_record(0), _record(1, final=True)],
             add_piece=TailPiece(segment=1, piece=0, start=0, length=40),
             drop_pieces_below=1,
-            length=120,
             expires_at=9000.0,
             complete_at=777.0,
         ),
@@ -128,7 +149,7 @@ def test_commit_happy_path(cat: SQLiteCatalog) -> None:
     got = cat.get_upload("u1")
     assert got is not None
     assert (got.offset, got.length, got.multipart_id, got.expires_at) == (120, 120, "mp1", 9000.0)
-    assert (got.state, got.completed_at) == (COMPLETE, 777.0)
+    assert (got.state, got.completed_at) == (UploadState.COMPLETE, 777.0)
     assert cat.records("u1") == [_record(0), _record(1, final=True)]
     assert cat.records("u1")[1].final is True
     assert cat.tail_pieces("u1") == [TailPiece(segment=1, piece=0, start=0, length=40)]
@@ -182,7 +203,6 @@ def test_wrong_offset_changes_nothing(cat: SQLiteCatalog) -> None:
                 records=[_record(0)],
                 add_piece=TailPiece(0, 1, 10, 10),
                 drop_pieces_below=1,
-                length=20,
                 complete_at=1.0,
             ),
         )
@@ -283,7 +303,7 @@ def test_terminate_shreds_key(cat: SQLiteCatalog, tmp_path: Path) -> None:
     assert lease is not None
     cat.terminate("u1")
     got = cat.get_upload("u1")
-    assert got is not None and got.state == TERMINATED
+    assert got is not None and got.state == UploadState.TERMINATED
     assert cat.wrapped_key(up.dek_id) is None
     assert cat.shred("u1")
     # Gone from the files too (database and WAL), not just unreachable by queries.
@@ -484,7 +504,7 @@ def test_expired(cat: SQLiteCatalog) -> None:
     cat.create_upload(_upload("a", expires_at=100.0), None)
     cat.create_upload(_upload("b", expires_at=200.0), None)
     cat.create_upload(_upload("c", expires_at=None), None)
-    cat.create_upload(_upload("d", expires_at=50.0, state=COMPLETE), None)
+    cat.create_upload(_upload("d", expires_at=50.0, state=UploadState.COMPLETE), None)
     assert cat.expired(now=99.0) == []
     assert cat.expired(now=100.0) == ["a"]
     assert cat.expired(now=1000.0) == ["a", "b"]

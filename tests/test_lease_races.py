@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from gateway.catalog.base import COMPLETE, Principal
+from gateway.catalog.base import Principal, UploadState
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.keys.keyring import LocalKeyring
-from gateway.leases import HEAD_TAKES_OVER_AFTER, Control, Leases
+from gateway.leases import HEAD_TAKES_OVER_AFTER, Control, Leases, StopReason
 from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.store.base import PartRef, StoreUnavailable
@@ -33,6 +33,7 @@ from tests.fakes import MemoryStore
 
 S = 64 * 1024
 ME = Principal("alice", "t1")
+COMPLETE = UploadState.COMPLETE
 
 
 class SlowStore(MemoryStore):
@@ -397,8 +398,8 @@ async def test_a_writer_stopped_twice_in_a_row_still_saves_and_answers(
     await stalled.wait()
     await asyncio.sleep(0.05)
     control = service.leases._active[upload.id]
-    control.stop("released")
-    control.stop("lease-lost")
+    control.stop(StopReason.RELEASED)
+    control.stop(StopReason.LEASE_LOST)
     with pytest.raises(GatewayError) as caught:
         await first
     assert caught.value.err is ERR.UPLOAD_INTERRUPTED

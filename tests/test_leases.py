@@ -21,8 +21,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from tusclient import client as tus_client
 
+from gateway import metrics
+from gateway.leases import StopReason
 from tests.blackbox import (
     RawPatch,
     StreamingPatch,
@@ -301,3 +304,19 @@ def test_streaming_patch_released_by_a_second_streaming_patch(
         _assert_refused_cleanly(first.response)
         assert first.response.headers["Upload-Offset"] == str(resumed_from)
     assert read_stored(server.data_dir, upload_id(url)) == data
+
+
+def test_stop_reasons_keep_their_strings() -> None:
+    """They were plain strings before the Enum; "too-slow" is a metric label too."""
+    assert [str(reason) for reason in StopReason] == [
+        "released",
+        "timeout",
+        "too-slow",
+        "lease-lost",
+        "shutdown",
+        "disconnected",
+    ]
+    series = ("gateway_fairness_refusals_total", {"reason": "too-slow"})
+    before = REGISTRY.get_sample_value(*series) or 0.0
+    metrics.REFUSED.labels(StopReason.TOO_SLOW).inc()
+    assert REGISTRY.get_sample_value(*series) == before + 1

@@ -1,5 +1,7 @@
 """/metrics, black-box: the exposition a real gateway serves, parsed as Prometheus would.
 
+(And, in-process, which store and catalog calls `metrics.instrument` times.)
+
 Counters and histograms are compared before and after the requests under test, so
 the requests the tests themselves make (startup probes, earlier scrapes) do not
 matter. tusd's names are kept: tusd_bytes_received and tusd_uploads_* are gauges
@@ -9,18 +11,25 @@ that only go up (no _total), counters carry _total, histograms _bucket/_sum/_cou
 from __future__ import annotations
 
 import base64
+import inspect
 import os
 import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from gateway import metrics
+from gateway.catalog.base import Catalog, LeaseCatalog, TokenStore
 from gateway.layout import data_key
+from gateway.store.base import InPlaceStore, ObjectStore
 from tests.blackbox import (
     OCTET,
     create,
@@ -263,6 +272,78 @@ def test_counters_start_from_zero_after_a_restart(gateway: GatewayProcess) -> No
     assert not fresh.has("tusd_requests_total", method="POST")
     assert not fresh.has("gateway_request_duration_seconds_count", method="PATCH")
     assert head_offset(gateway, url) == len(data), "the upload itself survived the restart"
+
+
+# -- what is timed ---------------------------------------------------------------------------
+
+
+class _AnswersEverything:
+    """A backend with every method: each call returns its own name."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: name
+
+
+def _declared(*protocols: type) -> set[str]:
+    """The public methods of `protocols`, inherited ones too, as Python lists them."""
+    return {
+        name
+        for protocol in protocols
+        for name, _ in inspect.getmembers(protocol, inspect.isfunction)
+        if not name.startswith("_")
+    }
+
+
+@pytest.mark.parametrize(
+    ("protocols", "untimed"),
+    [((ObjectStore, InPlaceStore), {"check"}), ((Catalog,), {"check", "close"})],
+    ids=["store", "catalog"],
+)
+def test_every_protocol_method_is_timed(protocols: tuple[type, ...], untimed: set[str]) -> None:
+    registry = CollectorRegistry()
+    histogram = Histogram("ops_seconds", "Calls.", ["operation", "outcome"], registry=registry)
+    timed = metrics.instrument(_AnswersEverything(), histogram, metrics.operations(*protocols))
+    declared = _declared(*protocols)
+    assert untimed <= declared
+    for name in sorted(declared):
+        assert getattr(timed, name)() == name
+        count = registry.get_sample_value("ops_seconds_count", {"operation": name, "outcome": "ok"})
+        assert count == (None if name in untimed else 1.0), name
+
+
+def test_operations_of_one_concern() -> None:
+    assert metrics.operations(TokenStore) == {"add_token", "principal_for", "token_count"}
+    assert metrics.operations(LeaseCatalog) == _declared(LeaseCatalog)
+    store = metrics.operations(ObjectStore, InPlaceStore)
+    assert metrics.operations(ObjectStore) < store
+    # What the hand-written lists had missed.
+    assert {"size", "write_span", "read_span", "discard_from"} <= store
+    assert "wrapped_key" in metrics.operations(Catalog)
+    with pytest.raises(TypeError):
+        metrics.operations(_AnswersEverything)
+
+
+def test_a_missing_capability_stays_missing() -> None:
+    class Plain:
+        def get(self) -> bytes:
+            return b""
+
+    registry = CollectorRegistry()
+    histogram = Histogram("ops_seconds", "Calls.", ["operation", "outcome"], registry=registry)
+    timed = metrics.instrument(Plain(), histogram, metrics.operations(ObjectStore, InPlaceStore))
+    assert getattr(timed, "write_span", None) is None  # so writes_in_place() sees no capability
+    assert timed.get() == b""
+
+
+def test_reads_are_timed_by_the_running_gateway(gateway: GatewayProcess) -> None:
+    before = scrape(gateway)
+    data = os.urandom(10_000)
+    url = upload(gateway, data)
+    assert httpx.get(url, headers=gateway.auth, timeout=30).content == data
+    d = delta(before, scrape(gateway))
+    # Neither was timed while the operation lists were written by hand.
+    assert d("gateway_store_operation_duration_seconds_count", operation="size") >= 1
+    assert d("gateway_catalog_operation_duration_seconds_count", operation="wrapped_key") >= 1
 
 
 # -- who may scrape ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gateway import manifest
-from gateway.catalog.base import COMPLETE, Principal, Upload
+from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.checksums import new_hasher
 from gateway.config import Settings
@@ -36,6 +36,7 @@ from tests.fakes import InPlaceMemoryStore, MemoryStore
 
 S = 64 * 1024
 ME = Principal("alice", "t1")
+COMPLETE = UploadState.COMPLETE
 
 
 class Clock:

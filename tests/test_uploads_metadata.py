@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog.base import COMPLETE, Principal, Upload
+from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
@@ -25,6 +25,7 @@ from tests.fakes import MemoryStore
 
 S = 64 * 1024
 ME = Principal("alice", "t1")
+COMPLETE = UploadState.COMPLETE
 FILENAME = b"DOE^JOHN_MRN12345.dcm"
 RAW = f"filename {base64.b64encode(FILENAME).decode()},is_confidential,n MQ=="
 

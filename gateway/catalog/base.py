@@ -1,4 +1,9 @@
-"""The catalog protocol and its rows: uploads, records, tail pieces, keys, leases, tokens.
+"""The catalog protocols and their rows: uploads, records, tail pieces, keys, leases, tokens.
+
+`Catalog` is the union of one small protocol per concern (`UploadCatalog`,
+`RemovalCatalog`, `LegacyMetadataCatalog`, `LeaseCatalog`, `TokenStore`), so each
+consumer is typed by what it uses and a new backend (PostgreSQL, an external token
+store) can come one concern at a time.
 
 Calls are blocking and short; the service runs them on one dedicated thread. Every
 write that moves an upload forward is a single transaction guarded by the writer's
@@ -10,13 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from gateway.keys.base import WrappedKey
 
-ACTIVE = "active"
-COMPLETE = "complete"
-TERMINATED = "terminated"
+
+class UploadState(StrEnum):
+    """An upload's state; the values are what the catalog stores."""
+
+    ACTIVE = "active"  # receiving bytes (or waiting for them)
+    COMPLETE = "complete"
+    TERMINATED = "terminated"  # deleted by its client or retired; its rows go soon
 
 
 @dataclass
@@ -29,7 +39,7 @@ class Upload:
     # The Upload-Metadata header as received, sealed under the upload's key (the sealed
     # value "metadata", see docs/FORMAT.md); only the service can open it.
     metadata: bytes | None
-    state: str  # ACTIVE | COMPLETE | TERMINATED
+    state: UploadState
     created_at: float
     expires_at: float | None
     segment_size: int
@@ -45,7 +55,7 @@ class Upload:
     checksum: bytes | None = None
     completed_at: float | None = None
     # Only in rows written before metadata was sealed: the header in plain text, until
-    # the service seals it in place (`Catalog.seal_legacy_metadata`). Never stored.
+    # the service seals it in place (`LegacyMetadataCatalog.seal_legacy_metadata`). Never stored.
     legacy_metadata: str | None = field(default=None, repr=False)
 
 
@@ -101,7 +111,7 @@ class Principal:
 
 @dataclass
 class Progress:
-    """One atomic step forward for an upload, recorded by `Catalog.commit`."""
+    """One atomic step forward for an upload, recorded by `UploadCatalog.commit`."""
 
     expected_offset: int
     offset: int
@@ -109,20 +119,25 @@ class Progress:
     add_piece: TailPiece | None = None
     drop_pieces_below: int | None = None  # delete piece rows of segments < this
     drop_pieces: Sequence[TailPiece] = ()  # delete these piece rows (merged into add_piece)
-    length: int | None = None  # set a deferred length
-    multipart_id: str | None = None
     complete_at: float | None = None  # mark the upload complete
     expires_at: float | None = field(default=None)
     checksum: bytes | None = None  # record the (sealed) client checksum of the whole upload
 
 
-class Catalog(Protocol):
-    # uploads
+class KeyCatalog(Protocol):
+    """Wrapped data keys, by key id. `UploadCatalog.create_upload` stores them and
+    `RemovalCatalog.terminate` deletes them, in the same transactions as the rows."""
+
+    def wrapped_key(self, dek_id: bytes) -> WrappedKey | None: ...
+
+
+class UploadCatalog(KeyCatalog, Protocol):
+    """Uploads, their records and tail pieces, and the fenced commits that move them on."""
+
     def create_upload(self, upload: Upload, wrapped: WrappedKey | None) -> None: ...
     def get_upload(self, upload_id: str) -> Upload | None: ...
     def records(self, upload_id: str) -> list[RecordRow]: ...
     def tail_pieces(self, upload_id: str) -> list[TailPiece]: ...
-    def wrapped_key(self, dek_id: bytes) -> WrappedKey | None: ...
     def commit(self, lease: Lease, progress: Progress) -> None:
         """Apply `progress` atomically iff `lease` is current and the offset matches.
 
@@ -131,15 +146,16 @@ class Catalog(Protocol):
 
     def set_length(self, upload_id: str, length: int) -> None: ...
 
-    # metadata written in plain text by older versions
-    def legacy_metadata(self, after: str = "", limit: int = 100) -> list[Upload]:
-        """Uploads (ids > `after`, in id order) whose metadata is still plain text."""
+    def open_uploads(self, owner: str, tenant: str) -> tuple[int, int]:
+        """How many of the principal's uploads are unfinished, and their bytes (each
+        one's length, or its offset while the length is deferred)."""
 
-    def seal_legacy_metadata(self, sealed: Sequence[tuple[Upload, WrappedKey | None]]) -> int:
-        """Replace plain-text metadata by each upload's `metadata` (sealed, or None), with
-        its `header` and `dek_id` and a new wrapped key where one is given (a final from
-        before finals had a key); rows no longer plain are left alone. Returns how many
-        rows changed; the plain text is then gone from the catalog's files."""
+    def expired(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of active uploads whose expiry has passed."""
+
+
+class RemovalCatalog(Protocol):
+    """Removing uploads: terminate, shred the key, then forget the rows."""
 
     def terminate(self, upload_id: str) -> None:
         """Mark the upload terminated and delete its wrapped key; `shred` comes next."""
@@ -163,14 +179,25 @@ class Catalog(Protocol):
     def forget(self, upload_id: str) -> None:
         """Delete every row of a terminated or expired upload (after its objects)."""
 
-    def expired(self, now: float, limit: int = 100) -> list[str]:
-        """Ids of active uploads whose expiry has passed."""
 
-    def open_uploads(self, owner: str, tenant: str) -> tuple[int, int]:
-        """How many of the principal's uploads are unfinished, and their bytes (each
-        one's length, or its offset while the length is deferred)."""
+class LegacyMetadataCatalog(KeyCatalog, Protocol):
+    """Metadata written in plain text by older versions, and sealing it in place (under
+    each upload's key, hence the wrapped keys)."""
 
-    # leases
+    def legacy_metadata(self, after: str = "", limit: int = 100) -> list[Upload]:
+        """Uploads (ids > `after`, in id order) whose metadata is still plain text."""
+
+    def seal_legacy_metadata(self, sealed: Sequence[tuple[Upload, WrappedKey | None]]) -> int:
+        """Replace plain-text metadata by each upload's `metadata` (sealed, or None), with
+        its `header` and `dek_id` and a new wrapped key where one is given (a final from
+        before finals had a key); rows no longer plain are left alone. Returns how many
+        rows changed; the plain text is then gone from the catalog's files."""
+
+
+class LeaseCatalog(Protocol):
+    """Per-upload leases with fencing tokens; `UploadCatalog.commit` checks them, so
+    they live in the same database as the uploads."""
+
     def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:
         """Take the lease if free or expired; otherwise flag a release request, return None."""
 
@@ -180,10 +207,19 @@ class Catalog(Protocol):
         """Whether someone holds the upload's lease (expiring after `now`); only reads,
         so unlike a failed `acquire_lease` it asks no one to let go."""
 
-    # bearer tokens (stored as SHA-256 hashes only)
+
+class TokenStore(Protocol):
+    """Bearer tokens, stored as SHA-256 hashes only; shares nothing with the uploads."""
+
     def add_token(self, token_hash: bytes, principal: Principal, now: float) -> None: ...
     def principal_for(self, token_hash: bytes) -> Principal | None: ...
     def token_count(self) -> int: ...
+
+
+class Catalog(
+    UploadCatalog, RemovalCatalog, LegacyMetadataCatalog, LeaseCatalog, TokenStore, Protocol
+):
+    """Everything the service keeps durably, in one backend (`SQLiteCatalog`)."""
 
     def check(self) -> None:
         """Raise unless the catalog is usable now (for /readyz)."""

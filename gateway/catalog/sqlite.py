@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from gateway.catalog.base import (
-    ACTIVE,
-    COMPLETE,
-    TERMINATED,
     Lease,
     LeaseLost,
     LeaseState,
@@ -24,6 +21,7 @@ from gateway.catalog.base import (
     RecordRow,
     TailPiece,
     Upload,
+    UploadState,
 )
 from gateway.catalog.sqlite_files import DatabaseFile
 from gateway.keys.base import WrappedKey
@@ -274,7 +272,7 @@ class SQLiteCatalog:
             ).fetchone()
             # A terminated (or vanished) upload must never move forward again, least of
             # all back to "complete"; for the writer that is a lost lease.
-            if up is None or up[1] != ACTIVE:
+            if up is None or up[1] != UploadState.ACTIVE:
                 raise LeaseLost(uid)
             if up[0] != progress.expected_offset:
                 raise OffsetConflict(f"{uid}: offset is {up[0]}, not {progress.expected_offset}")
@@ -303,22 +301,14 @@ class SQLiteCatalog:
                     (uid, progress.drop_pieces_below),
                 )
             cur.execute(
-                "UPDATE uploads SET upload_offset = ?, length = COALESCE(?, length), "
-                "multipart_id = COALESCE(?, multipart_id), expires_at = COALESCE(?, expires_at), "
+                "UPDATE uploads SET upload_offset = ?, expires_at = COALESCE(?, expires_at), "
                 "checksum = COALESCE(?, checksum) WHERE id = ?",
-                (
-                    progress.offset,
-                    progress.length,
-                    progress.multipart_id,
-                    progress.expires_at,
-                    progress.checksum,
-                    uid,
-                ),
+                (progress.offset, progress.expires_at, progress.checksum, uid),
             )
             if progress.complete_at is not None:
                 cur.execute(
                     "UPDATE uploads SET state = ?, completed_at = ? WHERE id = ?",
-                    (COMPLETE, progress.complete_at, uid),
+                    (UploadState.COMPLETE, progress.complete_at, uid),
                 )
 
     def set_length(self, upload_id: str, length: int) -> None:
@@ -375,7 +365,9 @@ class SQLiteCatalog:
         with self._tx() as cur:
             rows = cur.execute("SELECT blob FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
             blobs = [bytes(row[0]) for row in rows.fetchall()]
-            cur.execute("UPDATE uploads SET state = ? WHERE id = ?", (TERMINATED, upload_id))
+            cur.execute(
+                "UPDATE uploads SET state = ? WHERE id = ?", (UploadState.TERMINATED, upload_id)
+            )
             cur.execute("DELETE FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
             # Dropping the lease makes any in-flight writer's next commit fail at once.
             cur.execute("DELETE FROM leases WHERE upload_id = ?", (upload_id,))
@@ -423,7 +415,7 @@ class SQLiteCatalog:
         rows = self._query(
             "SELECT id FROM uploads WHERE state = ? AND NOT EXISTS "
             "(SELECT 1 FROM wrapped_keys WHERE wrapped_keys.upload_id = uploads.id) LIMIT ?",
-            (TERMINATED, limit),
+            (UploadState.TERMINATED, limit),
         )
         return [str(r[0]) for r in rows]
 
@@ -451,7 +443,9 @@ class SQLiteCatalog:
 
     def retire(self, upload_id: str) -> None:
         with self._tx() as cur:
-            cur.execute("UPDATE uploads SET state = ? WHERE id = ?", (TERMINATED, upload_id))
+            cur.execute(
+                "UPDATE uploads SET state = ? WHERE id = ?", (UploadState.TERMINATED, upload_id)
+            )
 
     def finals_using(self, upload_id: str) -> list[str]:
         # Ids are [A-Za-z0-9_-], so the quoted id matches exactly one JSON array element.
@@ -459,7 +453,7 @@ class SQLiteCatalog:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT id FROM uploads WHERE concat LIKE 'final%' AND state <> ? AND parts LIKE ?",
-                (TERMINATED, pattern),
+                (UploadState.TERMINATED, pattern),
             ).fetchall()
         return [row[0] for row in rows]
 
@@ -474,7 +468,7 @@ class SQLiteCatalog:
         rows = self._query(
             "SELECT id FROM uploads WHERE state = ? AND expires_at IS NOT NULL "
             "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
-            (ACTIVE, now, limit),
+            (UploadState.ACTIVE, now, limit),
         )
         return [str(r[0]) for r in rows]
 
@@ -482,7 +476,7 @@ class SQLiteCatalog:
         rows = self._query(
             "SELECT COUNT(*), COALESCE(SUM(COALESCE(length, upload_offset)), 0) FROM uploads "
             "WHERE tenant = ? AND owner = ? AND state = ?",
-            (tenant, owner, ACTIVE),
+            (tenant, owner, UploadState.ACTIVE),
         )
         return int(rows[0][0]), int(rows[0][1])
 
@@ -589,6 +583,7 @@ class SQLiteCatalog:
 def _upload_from(values: Sequence[Any]) -> Upload:
     row = dict(zip(_UPLOAD_FIELDS, values, strict=True))
     row["parts"] = tuple(json.loads(row["parts"]))
+    row["state"] = UploadState(row["state"])
     if isinstance(row["metadata"], str):
         row["legacy_metadata"], row["metadata"] = row["metadata"], None
     return Upload(**row)

@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.catalog.base import RecordRow, Upload
 from gateway.errors import ERR, GatewayError
+from gateway.leases import StopReason
 from gateway.sealed import RECORD_OVERHEAD
 
 
@@ -42,7 +43,7 @@ OnComplete = Callable[[Upload, list[RecordRow], bytes | None], Awaitable[None]]
 class Outcome:
     offset: int  # what the catalog now records
     complete: bool
-    stop_reason: str | None  # why reading stopped early, if it did
+    stop_reason: StopReason | None  # why reading stopped early, if it did
 
 
 # Plaintext on its way to the sealing threads: a view, whether it is new (from this

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Callable
 
 from gateway import metrics
 from gateway.buffers import Pools
-from gateway.catalog.base import Catalog, TailPiece, Upload
+from gateway.catalog.base import TailPiece, Upload, UploadCatalog
 from gateway.checksums import SEALED_NAME, header_value, new_hasher
 from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key
-from gateway.leases import Control
+from gateway.leases import Control, StopReason
 from gateway.limits import ReceiveBudget
 from gateway.runner import Runner
 from gateway.sealed import Sealer
@@ -37,7 +37,7 @@ class SegmentWriter:
         upload: Upload,
         sealer: Sealer,
         store: ObjectStore,
-        catalog: Catalog,
+        catalog: UploadCatalog,
         runner: Runner,
         control: Control,
         checksum: ChecksumHeader | None,
@@ -253,7 +253,7 @@ class SegmentWriter:
         if self._checksum is not None:
             if self.interrupted:
                 await self.scrub()
-                return Outcome(ledger.committed, False, stop or "disconnected")
+                return Outcome(ledger.committed, False, stop or StopReason.DISCONNECTED)
             await self._verify_checksum(self._checksum, total)
         length = self.upload.length
         if length is not None and total == length and not self.interrupted:

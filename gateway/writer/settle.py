@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Progress, RecordRow, TailPiece
+from gateway.catalog.base import Progress, RecordRow, TailPiece, UploadCatalog
 from gateway.leases import Control
 from gateway.runner import Runner
 from gateway.writer.tail import TailPieces
@@ -26,7 +26,7 @@ class Ledger:
         *,
         offset: int,
         segment_size: int,
-        catalog: Catalog,
+        catalog: UploadCatalog,
         runner: Runner,
         control: Control,
         tails: TailPieces,
