@@ -137,7 +137,7 @@ def timed(histogram: Histogram, operation: str) -> Iterator[None]:
 
 
 # A part write is timed as put_part however it arrives: whole, or finished after spans.
-_OPERATION_LABELS = {"finish_part": "put_part"}
+OPERATION_LABELS = {"finish_part": "put_part"}
 
 # Not operations: the readiness probe (/readyz is timed as a request) and shutting down.
 _UNTIMED = frozenset({"check", "close"})
@@ -182,7 +182,7 @@ class _Instrumented:
             return attribute
         histogram = self._histogram
 
-        label = _OPERATION_LABELS.get(name, name)
+        label = OPERATION_LABELS.get(name, name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             with timed(histogram, label):
