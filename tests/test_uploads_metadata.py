@@ -21,6 +21,7 @@ from gateway.metadata import METADATA, seal_legacy_metadata
 from gateway.reader import Reader
 from gateway.sealed import Header
 from gateway.uploads import Uploads
+from gateway.wiring import build_services
 from tests.fakes import MemoryStore
 
 S = 64 * 1024
@@ -31,12 +32,12 @@ RAW = f"filename {base64.b64encode(FILENAME).decode()},is_confidential,n MQ=="
 
 def _service(tmp_path: Path, store: MemoryStore) -> Uploads:
     settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=3.0)
-    return Uploads(
+    return build_services(
         settings,
         store=store,
         catalog=SQLiteCatalog(tmp_path / "catalog.sqlite3"),
         keys=LocalKeyring.open(tmp_path / "keyring.json"),
-    )
+    ).uploads
 
 
 @pytest.fixture
@@ -106,8 +107,8 @@ async def test_a_final_gets_a_key_of_its_own_for_its_metadata(service: Uploads) 
         part = await service.create(ME, length=len(data), metadata=RAW, partial_concat="partial")
         await service.write(ME, part.id, offset=0, body=body(data))
         parts.append(part.id)
-    final = await service.create_final(ME, concat="final;x", part_ids=parts, metadata=RAW)
-    bare = await service.create_final(ME, concat="final;y", part_ids=parts, metadata=None)
+    final = await service.create_final(ME, concat="final;x", partial_ids=parts, metadata=RAW)
+    bare = await service.create_final(ME, concat="final;y", partial_ids=parts, metadata=None)
     for upload, sent in ((final, RAW), (bare, None)):
         row = stored(service, upload.id)
         header = Header.decode(row.header)
@@ -162,7 +163,7 @@ async def test_legacy_plain_metadata_is_sealed_in_place_at_start(
     service = _service(tmp_path, store)
     part = await service.create(ME, length=3, metadata=None, partial_concat="partial")
     await service.write(ME, part.id, offset=0, body=body(b"xyz"))
-    final = await service.create_final(ME, concat="final;x", part_ids=[part.id], metadata=None)
+    final = await service.create_final(ME, concat="final;x", partial_ids=[part.id], metadata=None)
     active = await service.create(ME, length=10, metadata=None)
     gone = await service.create(ME, length=10, metadata=None)
     await service.runner.db(service.catalog.terminate, gone.id)  # key shredded, rows left
