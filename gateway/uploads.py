@@ -21,26 +21,23 @@ from gateway.catalog.base import (
     LeaseLost,
     OffsetConflict,
     Principal,
-    RecordRow,
     TailPiece,
     Upload,
 )
-from gateway.checksums import SEALED_NAME
 from gateway.errors import ERR, GatewayError
 from gateway.finals import Finals
-from gateway.keys.base import KeyProvider, KeyUnusable, WrappedKey
-from gateway.layout import data_key, manifest_keys
+from gateway.keys.base import KeyProvider, WrappedKey
+from gateway.layout import data_key
 from gateway.leases import Leases
 from gateway.limits import ReceiveBudget, WriterSlots
-from gateway.metadata import open_metadata, seal_legacy_metadata, seal_metadata
-from gateway.reader import Reader
+from gateway.metadata import seal_legacy_metadata, seal_metadata
 from gateway.removal import Removal
 from gateway.rules import UploadRules, check_owned, store_call
 from gateway.runner import Runner
-from gateway.sealed import Header, InvalidSealedData, Sealer, new_header
-from gateway.signer import open_reader_manifest, plaintext_digest, write_manifest
-from gateway.store.base import ObjectNotFound, ObjectStore, StaleWrite, StoreUnavailable
+from gateway.sealed import Sealer, new_header
+from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader, new_upload_id
+from gateway.upload_keys import UploadKeys
 from gateway.writer import (
     BodyInterrupted,
     Outcome,
@@ -99,7 +96,7 @@ class Uploads:
         keys: KeyProvider,
         runner: Runner,
         leases: Leases,
-        reader: Reader,
+        upload_keys: UploadKeys,
         writers: WriterSlots,
         budget: ReceiveBudget,
         pools: Pools,
@@ -113,7 +110,7 @@ class Uploads:
         self.keys = keys
         self.runner = runner
         self.leases = leases
-        self.reader = reader
+        self.upload_keys = upload_keys
         # Writers per principal, with a share kept for principals holding none.
         self._writers = writers
         # Received plaintext waiting to be sealed, in bytes, across all uploads: this,
@@ -190,45 +187,11 @@ class Uploads:
 
     async def open_metadata(self, upload: Upload) -> str | None:
         """The Upload-Metadata header exactly as the client sent it, or None."""
-        if upload.legacy_metadata is not None:
-            return upload.legacy_metadata  # a row from before sealing; sealed at next start
-        if upload.metadata is None:
-            return None
-        wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
-        # On the event loop, as a write's unwrap is: ~0.1 ms, less than a thread hop.
-        try:
-            return open_metadata(self._sealer(upload, wrapped), upload.metadata)
-        except InvalidSealedData as exc:
-            raise GatewayError(
-                ERR.STORED_DATA_CORRUPT, "the upload's metadata failed authentication"
-            ) from exc
-
-    def _sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
-        if wrapped is None:
-            raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
-        try:
-            dek = self.keys.unwrap(wrapped, upload_id=upload.id, dek_id=upload.dek_id)
-            return Sealer(dek, Header.decode(upload.header))
-        except KeyUnusable as exc:
-            raise GatewayError(ERR.STORED_DATA_CORRUPT, "the upload's key cannot be used") from exc
+        return await self.upload_keys.open_metadata(upload)
 
     async def signed_manifest(self, upload: Upload) -> str:
-        """The signed manifest an authorised reader is served: the reader's view, which
-        discloses the plaintext SHA-256 (MANIFEST.md); the stored one where there is no
-        other (a final concatenation, or a manifest of version 1). ObjectNotFound if none."""
-        if upload.header and not upload.partials:
-            wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
-            sealer = self._sealer(upload, wrapped)
-            try:
-                return await self.runner.io(open_reader_manifest, self.store, upload.id, sealer)
-            except ObjectNotFound:
-                pass
-            except InvalidSealedData as exc:
-                raise GatewayError(
-                    ERR.STORED_DATA_CORRUPT, "the stored manifest failed verification"
-                ) from exc
-        _, jws_key = manifest_keys(upload.id)
-        return (await self.runner.io(self.store.get, jws_key)).decode("ascii")
+        """The signed manifest an authorised reader is served (see UploadKeys)."""
+        return await self.upload_keys.signed_manifest(upload)
 
     # -- creating -----------------------------------------------------------------------
 
@@ -388,7 +351,7 @@ class Uploads:
                 return upload, Outcome(upload.offset, True, None)
             writer = SegmentWriter(
                 upload=upload,
-                sealer=self._sealer(upload, wrapped),
+                sealer=self.upload_keys.sealer(upload, wrapped),
                 store=self.store,
                 catalog=self.catalog,
                 runner=self.runner,
@@ -400,7 +363,7 @@ class Uploads:
                 clock=self.clock,
                 content_length=content_length,
                 running_hash=self._hashes.pop(upload_id, None),
-                on_complete=self._finalize,
+                on_complete=self.upload_keys.sign_manifest,
                 pools=self._pools,
                 slices=self.budget,
                 merge_after=self.rules.tail_merge_after,
@@ -456,44 +419,6 @@ class Uploads:
         if len(self._hashes) >= _MAX_RUNNING_HASHES:
             self._hashes.pop(next(iter(self._hashes)))  # the oldest: it is rebuilt if needed
         self._hashes[upload_id] = running
-
-    async def _finalize(
-        self, upload: Upload, records: list[RecordRow], plaintext_sha256: bytes | None
-    ) -> None:
-        """Sign and store the manifest, between object completion and the catalog's 'complete'."""
-        wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
-        if wrapped is None:
-            raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
-        sealer = self._sealer(upload, wrapped)
-        # The client's checksum was recorded by this request or, before a crash, an earlier one.
-        recorded = await self.runner.db(self.catalog.get_upload, upload.id)
-        client_checksum = None
-        if recorded is not None and recorded.checksum is not None:
-            try:
-                client_checksum = sealer.open_value(SEALED_NAME, recorded.checksum).decode()
-            except InvalidSealedData as exc:
-                raise GatewayError(
-                    ERR.STORED_DATA_CORRUPT, "the recorded client checksum failed verification"
-                ) from exc
-        if plaintext_sha256 is None:
-            # The running hash was lost (a restart, or the upload moved to another
-            # process between requests): read the sealed records back once.
-            plaintext_sha256 = await self.runner.io(plaintext_digest, self.reader, upload)
-        await self.runner.io(
-            write_manifest,
-            store=self.store,
-            store_name=self.rules.store_name,
-            signing=self.keys.signing_key(),
-            upload=upload,
-            records=records,
-            wrapped=wrapped,
-            sealer=sealer,
-            plaintext_sha256=plaintext_sha256,
-            client_checksum=client_checksum,
-            completed_at=self.clock(),
-        )
-        metrics.UPLOADS_FINISHED.inc()
-        log.info("upload finished", extra={"upload_id": upload.id, "length": upload.length})
 
     def _writable(self, principal: Principal, upload_id: str) -> None:
         """Refuse a PATCH of someone else's upload, or of a final one (catalog thread)."""

@@ -1,8 +1,11 @@
 """The app factory's helper: the services built from `Settings`, once, and wired together.
 
-    Runner ── Leases ─┬─ Uploads ── (Removal, Finals)
-      │       Reader ─┘     │
-      └──── Authenticator   └─ WriterSlots, ReceiveBudget, Pools
+    Uploads ─┬─ Removal, Finals        (the services take UploadRules, never Settings)
+             ├─ UploadKeys ── Reader
+             ├─ Leases
+             └─ WriterSlots, ReceiveBudget, Pools
+    Authenticator ── RequestRate
+    one Runner (the thread pools) under all of them
 
 Nothing here picks an implementation: the store, catalog and keys come in ready.
 """
@@ -26,6 +29,7 @@ from gateway.removal import Removal
 from gateway.rules import UploadRules
 from gateway.runner import Runner
 from gateway.store.base import ObjectStore
+from gateway.upload_keys import UploadKeys
 from gateway.uploads import Uploads
 
 
@@ -117,7 +121,15 @@ def build_services(
         keys=keys,
         runner=runner,
         leases=leases,
-        reader=reader,
+        upload_keys=UploadKeys(
+            store=store,
+            catalog=catalog,
+            keys=keys,
+            runner=runner,
+            reader=reader,
+            store_name=rules.store_name,
+            clock=clock,
+        ),
         writers=writer_slots(settings),
         budget=ReceiveBudget(settings.receive_budget),
         pools=Pools(keep=2 * settings.pipeline_depth + 2),

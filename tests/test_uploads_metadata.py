@@ -93,7 +93,7 @@ async def test_metadata_is_sealed_and_opened_exactly(service: Uploads, tmp_path:
         else:
             assert isinstance(row.metadata, bytes) and RAW.encode() not in row.metadata
             # Sealed under the upload's own key, by name, bound to its header.
-            sealer = service._sealer(row, service.catalog.wrapped_key(row.dek_id))
+            sealer = service.upload_keys.sealer(row, service.catalog.wrapped_key(row.dek_id))
             assert sealer.open_value(METADATA, row.metadata) == sent.encode()
         assert await service.open_metadata(row) == sent
         assert await service.open_metadata(upload) == sent
@@ -138,7 +138,7 @@ async def test_sealed_metadata_moved_to_another_upload_does_not_open(service: Up
     assert caught.value.err == ERR.STORED_DATA_CORRUPT
     # Nor a value sealed under another name of the same upload.
     row = stored(service, a.id)
-    sealer = service._sealer(row, service.catalog.wrapped_key(row.dek_id))
+    sealer = service.upload_keys.sealer(row, service.catalog.wrapped_key(row.dek_id))
     with pytest.raises(GatewayError):
         await service.open_metadata(replace(row, metadata=sealer.seal_value("digest", b"x")))
 
