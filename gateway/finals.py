@@ -48,7 +48,7 @@ class Finals:
             raise GatewayError(
                 ERR.INVALID_CONCAT, f"partial upload {repeated[0]} is listed more than once"
             )
-        limit = self._rules.max_concat_parts
+        limit = self._rules.max_partials
         if len(partial_ids) > limit:
             raise GatewayError(
                 ERR.INVALID_CONCAT,

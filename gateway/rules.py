@@ -27,7 +27,7 @@ class UploadRules:
     store_name: str  # "folder" or "s3", as the manifest names it
     max_open_uploads: int = 0  # per principal; 0: no limit
     max_open_bytes: int = 0  # declared bytes of unfinished uploads per principal; 0: no limit
-    max_concat_parts: int = 100  # partial uploads one final may list
+    max_partials: int = 100  # partial uploads one final may list
     pipeline_depth: int = 2  # sealed segments in flight per upload beyond the one filling
     tail_merge_after: int = 64  # a segment's tail pieces are merged into one beyond this
     reap_interval: float = 300.0  # seconds between passes of the reaper

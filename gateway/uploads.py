@@ -1,4 +1,4 @@
-"""The uploads service: create, inspect, write, finish and remove uploads. No HTTP here."""
+"""The uploads service: create, inspect, write and finish uploads. No HTTP here."""
 
 from __future__ import annotations
 

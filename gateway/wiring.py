@@ -63,7 +63,7 @@ def upload_rules(settings: Settings) -> UploadRules:
         store_name="s3" if settings.uses_s3 else "folder",
         max_open_uploads=settings.max_open_uploads,
         max_open_bytes=settings.max_open_bytes,
-        max_concat_parts=settings.max_concat_parts,
+        max_partials=settings.max_concat_parts,
         pipeline_depth=settings.pipeline_depth,
         tail_merge_after=settings.tail_merge_after,
         reap_interval=settings.reap_interval,
