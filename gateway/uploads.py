@@ -80,8 +80,9 @@ async def empty_body() -> AsyncIterator[bytes]:
 
 
 class Uploads:
-    """The service the tus handler calls. Removal and final concatenations are services
-    of their own (`gateway.removal`, `gateway.finals`); this hands their calls on.
+    """The service the tus handler calls. Removal, final concatenations and an upload's
+    key at work (metadata, manifests) are services of their own (`gateway.removal`,
+    `gateway.finals`, `gateway.upload_keys`); this hands their calls on.
 
     Every collaborator is built by the app factory and passed in: the pools and the
     leases are shared with the other services, and the limits are the process's own.
