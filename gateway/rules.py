@@ -1,4 +1,4 @@
-"""What the upload services share: their rules, who may see an upload, store outages."""
+"""The upload services' rules: who may see an upload, how many it may open, store outages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from gateway.catalog.base import ACTIVE, TERMINATED, Principal, Upload
+from gateway import metrics
+from gateway.catalog.base import ACTIVE, TERMINATED, Catalog, Principal, Upload
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 from gateway.store.base import StoreUnavailable
@@ -59,3 +60,33 @@ async def store_call(runner: Runner, fn: Callable[..., T], *args: object) -> T:
             "object storage is unavailable; try again later",
             headers={"Retry-After": "5"},
         ) from exc
+
+
+async def check_quota(
+    rules: UploadRules, runner: Runner, catalog: Catalog, principal: Principal, length: int
+) -> None:
+    """Refuse a new upload beyond the principal's open uploads or open bytes.
+
+    Checked before the upload is inserted: creations racing each other may pass
+    the limit by as many as run at once, never by more.
+    """
+    most, most_bytes = rules.max_open_uploads, rules.max_open_bytes
+    if not most and not most_bytes:
+        return
+    count, size = await runner.db(catalog.open_uploads, principal.id, principal.tenant)
+    if most and count >= most:
+        metrics.REFUSED.labels("open-uploads").inc()
+        raise GatewayError(
+            ERR.QUOTA_EXCEEDED,
+            f"this principal has {count} unfinished uploads, the most it may have; "
+            "finish or delete some first",
+            headers={"Retry-After": "60"},
+        )
+    if most_bytes and size + length > most_bytes:
+        metrics.REFUSED.labels("open-bytes").inc()
+        raise GatewayError(
+            ERR.QUOTA_EXCEEDED,
+            f"this principal's unfinished uploads would pass {most_bytes} bytes; "
+            "finish or delete some first",
+            headers={"Retry-After": "60"},
+        )

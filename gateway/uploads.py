@@ -32,7 +32,7 @@ from gateway.leases import Leases
 from gateway.limits import ReceiveBudget, WriterSlots
 from gateway.metadata import seal_legacy_metadata, seal_metadata
 from gateway.removal import Removal
-from gateway.rules import UploadRules, check_owned, store_call
+from gateway.rules import UploadRules, check_owned, check_quota, store_call
 from gateway.runner import Runner
 from gateway.sealed import Sealer, new_header
 from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
@@ -213,7 +213,7 @@ class Uploads:
                 ERR.MAX_SIZE_EXCEEDED,
                 f"Upload-Length exceeds this server's Tus-Max-Size of {self.rules.max_size}",
             )
-        await self._check_quota(principal, length or 0)
+        await check_quota(self.rules, self.runner, self.catalog, principal, length or 0)
         upload_id = new_upload_id()
         dek, dek_id = os.urandom(32), os.urandom(16)
         header = new_header(
@@ -252,35 +252,6 @@ class Uploads:
             # Nothing to wait for: seal the empty final record and sign it now.
             upload, _ = await self.write(principal, upload_id, offset=0, body=empty_body())
         return upload
-
-    async def _check_quota(self, principal: Principal, length: int) -> None:
-        """Refuse a new upload beyond the principal's open uploads or open bytes.
-
-        Checked before the upload is inserted: creations racing each other may pass
-        the limit by as many as run at once, never by more.
-        """
-        most, most_bytes = self.rules.max_open_uploads, self.rules.max_open_bytes
-        if not most and not most_bytes:
-            return
-        count, size = await self.runner.db(
-            self.catalog.open_uploads, principal.id, principal.tenant
-        )
-        if most and count >= most:
-            metrics.REFUSED.labels("open-uploads").inc()
-            raise GatewayError(
-                ERR.QUOTA_EXCEEDED,
-                f"this principal has {count} unfinished uploads, the most it may have; "
-                "finish or delete some first",
-                headers={"Retry-After": "60"},
-            )
-        if most_bytes and size + length > most_bytes:
-            metrics.REFUSED.labels("open-bytes").inc()
-            raise GatewayError(
-                ERR.QUOTA_EXCEEDED,
-                f"this principal's unfinished uploads would pass {most_bytes} bytes; "
-                "finish or delete some first",
-                headers={"Retry-After": "60"},
-            )
 
     # -- writing ------------------------------------------------------------------------
 
