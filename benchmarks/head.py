@@ -30,7 +30,7 @@ from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
 from gateway.keys.keyring import LocalKeyring
 from gateway.store.folder import FolderStore
-from gateway.uploads import Uploads
+from gateway.wiring import build_services
 
 METADATA = ",".join(
     f"{key} {base64.b64encode(value.encode()).decode()}"
@@ -76,12 +76,13 @@ async def _in_process(n: int) -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
-    service = Uploads(
+    services = build_services(
         Settings(data_dir=data_dir),
         store=FolderStore(data_dir / "objects"),
         catalog=catalog,
         keys=LocalKeyring.open(data_dir / "keyring.json"),
     )
+    service = services.uploads
     me = Principal("bench", "bench")
     try:
         upload = await service.create(me, length=0, metadata=METADATA)
@@ -95,7 +96,7 @@ async def _in_process(n: int) -> None:
             cpu = (time.process_time() - start) / n
             log(f"in process {label:>13}: {cpu * 1e6:5.0f} us CPU per call")
     finally:
-        await service.close()
+        await services.close()
         catalog.close()
 
 

@@ -19,7 +19,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import logs, metrics
-from gateway.auth import Authenticator
 from gateway.catalog.base import Catalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
@@ -28,7 +27,7 @@ from gateway.errors import ERR, GatewayError
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
 from gateway.keys.keyring import LocalKeyring
-from gateway.limits import RequestRate
+from gateway.leases import Leases
 from gateway.middleware import (
     AccessMiddleware,
     HttpRulesMiddleware,
@@ -38,7 +37,7 @@ from gateway.middleware import (
 from gateway.store.base import InPlaceStore, ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store, parse_store_url
-from gateway.uploads import Uploads
+from gateway.wiring import build_services
 
 log = logging.getLogger("gateway.app")
 
@@ -107,12 +106,12 @@ def create_app(
         metrics.operations(Catalog),
     )
     keys = keys if keys is not None else LocalKeyring.open(settings.keyring_path)
-    uploads = Uploads(settings, store=store, catalog=catalog, keys=keys)
-    auth = Authenticator(
-        catalog, uploads.runner, RequestRate(settings.request_rate, settings.request_burst)
-    )
+    services = build_services(settings, store=store, catalog=catalog, keys=keys)
+    uploads, auth, runner = services.uploads, services.auth, services.runner
     handler = TusHandler(settings, uploads, auth)
-    downloads = DownloadHandler(settings, uploads, auth)
+    downloads = DownloadHandler(
+        settings, uploads=uploads, reader=services.reader, keys=keys, runner=runner, auth=auth
+    )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -125,7 +124,7 @@ def create_app(
             ("keys", keys.check),
         ):
             try:
-                await uploads.runner.io(check)
+                await runner.io(check)
                 checks[name] = "ok"
             except Exception as exc:  # any failure means not ready; say which part
                 checks[name] = f"failed: {type(exc).__name__}"
@@ -146,12 +145,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        _stop_writers_on_signals(uploads)
-        await uploads.start()
+        _stop_writers_on_signals(services.leases)
+        await services.start()
         try:
             yield
         finally:
-            await uploads.close()
+            await services.close()
             catalog.close()
 
     app = Starlette(
@@ -188,7 +187,7 @@ def app_from_environment() -> Starlette:
     return create_app(settings)
 
 
-def _stop_writers_on_signals(uploads: Uploads) -> None:
+def _stop_writers_on_signals(leases: Leases) -> None:
     """On SIGTERM/SIGINT, running PATCHes stop reading at once, seal and record what
     they have, and answer 503; then the server's own handler drains as usual."""
     if threading.current_thread() is not threading.main_thread():
@@ -197,7 +196,7 @@ def _stop_writers_on_signals(uploads: Uploads) -> None:
         previous = signal.getsignal(sig)
 
         def handler(signum: int, frame: object, previous: object = previous) -> None:
-            uploads.leases.stop_all()
+            leases.stop_all()
             if callable(previous):
                 previous(signum, frame)
 

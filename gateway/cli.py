@@ -18,7 +18,7 @@ from gateway.auth import mint_token
 from gateway.catalog.base import Principal
 from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.connections import protocol_factory
-from gateway.keys.base import KeyError_
+from gateway.keys.base import KeyUnusable
 from gateway.keys.keyring import LocalKeyring
 from gateway.tus.headers import is_valid_upload_id
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_file = options.pop("config")
         settings = load_settings(options, config_file=config_file)
         return _serve(settings)
-    except (ConfigError, UnsafeDataDir, KeyError_) as exc:
+    except (ConfigError, UnsafeDataDir, KeyUnusable) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
 

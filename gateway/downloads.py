@@ -14,8 +14,10 @@ from gateway.auth import Authenticator
 from gateway.catalog.base import Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
+from gateway.keys.base import KeyProvider
 from gateway.ranges import Unsatisfiable, parse_range
 from gateway.reader import NotReadable, Reader
+from gateway.runner import Runner
 from gateway.sealed import InvalidSealedData
 from gateway.store.base import ObjectNotFound
 from gateway.tus.headers import is_valid_upload_id
@@ -25,11 +27,22 @@ log = logging.getLogger("gateway.downloads")
 
 
 class DownloadHandler:
-    def __init__(self, settings: Settings, uploads: Uploads, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        uploads: Uploads,
+        reader: Reader,
+        keys: KeyProvider,
+        runner: Runner,
+        auth: Authenticator,
+    ) -> None:
         self.settings = settings
         self.uploads = uploads
+        self.reader = reader
+        self.keys = keys
+        self.runner = runner
         self.auth = auth
-        self.reader = Reader(uploads.store, uploads.catalog, uploads.keys)
 
     def routes(self) -> list[Route]:
         base = self.settings.base_path
@@ -91,7 +104,7 @@ class DownloadHandler:
 
     async def _next(self, chunks: Iterator[bytes]) -> bytes | None:
         try:
-            return await self.uploads.runner.io(next, chunks, None)
+            return await self.runner.io(next, chunks, None)
         except (InvalidSealedData, ObjectNotFound) as exc:
             raise GatewayError(
                 ERR.STORED_DATA_CORRUPT, "the stored upload failed verification"
@@ -124,13 +137,14 @@ class DownloadHandler:
         upload = await self._finished(request)
         want_json = "application/json" in request.headers.get("accept", "")
         try:
-            # The reader's view: it discloses the plaintext SHA-256 (MANIFEST.md).
+            # The reader's view where there is one: it discloses the plaintext SHA-256
+            # (MANIFEST.md); a final concatenation's own signed manifest otherwise.
             token = await self.uploads.signed_manifest(upload)
         except ObjectNotFound as exc:
-            if upload.parts:
+            if upload.partials:
+                # Signed before the final existed: gone only if the store lost it.
                 raise GatewayError(
-                    ERR.NOT_FOUND,
-                    "a final concatenation has no manifest of its own; each partial has one",
+                    ERR.NOT_FOUND, "this final concatenation's manifest is missing from the store"
                 ) from exc
             raise GatewayError(ERR.UPLOAD_NOT_FINISHED, "the manifest is not written yet") from exc
         media = "application/json" if want_json else "application/jose"
@@ -138,5 +152,5 @@ class DownloadHandler:
         return Response(body, media_type=media, headers={"Cache-Control": "private, no-store"})
 
     async def jwks(self, request: Request) -> Response:
-        document = manifest.jwks(self.uploads.keys.public_signing_keys())
+        document = manifest.jwks(self.keys.public_signing_keys())
         return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})

@@ -96,14 +96,14 @@ class TusHandler:
                 raise GatewayError(
                     ERR.INVALID_UPLOAD_LENGTH, "a final upload takes its length from its partials"
                 )
-            part_ids = []
+            partial_ids = []
             for url in concat.urls:
-                part_id = tus.upload_id_from_url(url, self.base)
-                if part_id is None:
+                partial_id = tus.upload_id_from_url(url, self.base)
+                if partial_id is None:
                     raise GatewayError(ERR.INVALID_CONCAT, f"{url[:80]!r} is not an upload URL")
-                part_ids.append(part_id)
+                partial_ids.append(partial_id)
             upload = await self.uploads.create_final(
-                principal, concat=h["upload-concat"], part_ids=part_ids, metadata=raw_metadata
+                principal, concat=h["upload-concat"], partial_ids=partial_ids, metadata=raw_metadata
             )
             return Response(status_code=201, headers=self._created_headers(request, upload))
         if length is not None and deferred:

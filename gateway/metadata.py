@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, replace
 
 from gateway.catalog.base import LegacyMetadataCatalog, Upload
-from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
+from gateway.keys.base import KeyProvider, KeyUnusable, WrappedKey
 from gateway.runner import Runner
 from gateway.sealed import Header, InvalidSealedData, Sealer, new_header
 
@@ -114,7 +114,7 @@ def _sealed(
     try:
         dek = keys.unwrap(wrapped, upload_id=upload.id, dek_id=upload.dek_id)
         sealer = Sealer(dek, Header.decode(upload.header))
-    except (KeyError_, InvalidSealedData):
+    except (KeyUnusable, InvalidSealedData):
         log.warning(
             "cannot seal an upload's plain-text metadata: its key cannot be used",
             extra={"upload_id": upload.id},

@@ -114,16 +114,16 @@ class Reader:
     def _pieces(self, upload: Upload) -> list[_Piece]:
         if upload.state != UploadState.COMPLETE:
             raise NotReadable(f"upload {upload.id} is not finished")
-        if not upload.parts:
+        if not upload.partials:
             return [_Piece(upload, 0)]
         pieces, start = [], 0
-        for part_id in upload.parts:
-            part = self._catalog.get_upload(part_id)
+        for partial_id in upload.partials:
+            partial = self._catalog.get_upload(partial_id)
             # A partial the client deleted stays readable while finals use it.
-            if part is None or part.completed_at is None or part.length is None:
-                raise NotReadable(f"partial upload {part_id} is gone")
-            pieces.append(_Piece(part, start))
-            start += part.length
+            if partial is None or partial.completed_at is None or partial.length is None:
+                raise NotReadable(f"partial upload {partial_id} is gone")
+            pieces.append(_Piece(partial, start))
+            start += partial.length
         if start != upload.length:
             raise NotAsRecorded(
                 f"the partials hold {start} bytes, the catalog says {upload.length}"

@@ -109,18 +109,18 @@ def write_concat_manifest(
     store: ObjectStore,
     signing: tuple[str, Ed25519PrivateKey],
     final: Upload,
-    parts: Sequence[Upload],
+    partials: Sequence[Upload],
 ) -> None:
     """Sign the manifest of a final concatenation from what its partials recorded: each is
     pinned by the SHA-256 of its own signed manifest. No partial's bytes are read."""
     kid, private_key = signing
     described: list[dict[str, object]] = []
-    for part in parts:
-        _, jws_key = manifest_keys(part.id)
+    for partial in partials:
+        _, jws_key = manifest_keys(partial.id)
         described.append(
             {
-                "id": part.id,
-                "length": part.length,
+                "id": partial.id,
+                "length": partial.length,
                 "manifest_jws_sha256": hashlib.sha256(store.get(jws_key)).hexdigest(),
             }
         )

@@ -1,9 +1,7 @@
-"""The uploads service: create, inspect, write, finish and remove uploads. No HTTP here."""
+"""The uploads service: create, inspect, write and finish uploads. No HTTP here."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import functools
 import logging
@@ -11,7 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TypeAlias, TypeVar, cast
+from typing import TypeAlias, cast
 
 from gateway import metrics
 from gateway.auth import principal_key
@@ -21,30 +19,24 @@ from gateway.catalog.base import (
     LeaseLost,
     OffsetConflict,
     Principal,
-    RecordRow,
     TailPiece,
     Upload,
     UploadState,
 )
-from gateway.checksums import SEALED_NAME
-from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
-from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
-from gateway.layout import data_key, manifest_keys, upload_prefix
+from gateway.finals import Finals
+from gateway.keys.base import KeyProvider, WrappedKey
+from gateway.layout import data_key
 from gateway.leases import Leases, StopReason
 from gateway.limits import ReceiveBudget, WriterSlots
-from gateway.metadata import ValueKey, open_metadata, seal_legacy_metadata, seal_metadata
-from gateway.reader import Reader
+from gateway.metadata import seal_legacy_metadata, seal_metadata
+from gateway.removal import Removal
+from gateway.rules import UploadRules, check_owned, check_quota, store_call
 from gateway.runner import Runner
-from gateway.sealed import Header, InvalidSealedData, Sealer, new_header
-from gateway.signer import (
-    open_reader_manifest,
-    plaintext_digest,
-    write_concat_manifest,
-    write_manifest,
-)
-from gateway.store.base import ObjectNotFound, ObjectStore, StaleWrite, StoreUnavailable
+from gateway.sealed import Sealer, new_header
+from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader, new_upload_id
+from gateway.upload_keys import UploadKeys
 from gateway.writer import (
     BodyInterrupted,
     Outcome,
@@ -54,12 +46,9 @@ from gateway.writer import (
 )
 
 log = logging.getLogger("gateway.uploads")
-T = TypeVar("T")
 # What a write reads as it takes the lease: the upload, its wrapped key, its tail pieces.
 _WritingState: TypeAlias = tuple[Upload | None, WrappedKey | None, list[TailPiece]]
 _MAX_RUNNING_HASHES = 10_000  # one small object per upload between its requests
-# How long a DELETE waits for readers of the catalog to let a deleted key be erased.
-SHRED_WAIT = 2.0
 
 # What this service supports, in the order tus clients expect to read it.
 EXTENSIONS = (
@@ -96,68 +85,60 @@ async def empty_body() -> AsyncIterator[bytes]:
 
 
 class Uploads:
+    """The service the tus handler calls. Removal, final concatenations and an upload's
+    key at work (metadata, manifests) are services of their own (`gateway.removal`,
+    `gateway.finals`, `gateway.upload_keys`); this hands their calls on.
+
+    Every collaborator is built by the app factory and passed in: the pools and the
+    leases are shared with the other services, and the limits are the process's own.
+    """
+
     def __init__(
         self,
-        settings: Settings,
+        rules: UploadRules,
         *,
         store: ObjectStore,
         catalog: Catalog,
         keys: KeyProvider,
+        runner: Runner,
+        leases: Leases,
+        upload_keys: UploadKeys,
+        writers: WriterSlots,
+        budget: ReceiveBudget,
+        pools: Pools,
+        removal: Removal,
+        finals: Finals,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        self.rules = rules
         self.store = store
         self.catalog = catalog
         self.keys = keys
-        self.clock = clock
-        self.runner = Runner(settings.io_threads, settings.sealing_threads)
-        self.leases = Leases(
-            catalog,
-            self.runner,
-            ttl=settings.lease_ttl,
-            acquire_timeout=settings.acquire_timeout,
-            network_timeout=settings.network_timeout,
-            min_rate=settings.min_receive_rate,
-            rate_window=settings.receive_rate_window,
-            clock=clock,
-        )
-        self._reaper: asyncio.Task[None] | None = None
-        self._hashes: dict[str, RunningHash] = {}
-        self._pools = Pools(keep=2 * settings.pipeline_depth + 2)
+        self.runner = runner
+        self.leases = leases
+        self.upload_keys = upload_keys
+        # Writers per principal, with a share kept for principals holding none.
+        self._writers = writers
         # Received plaintext waiting to be sealed, in bytes, across all uploads: this,
         # not the number of writers, bounds memory (a stalled body holds next to none).
-        self._slices = ReceiveBudget(settings.receive_budget)
-        # Writers per principal, with a share kept for principals holding none.
-        # On S3 each writer also holds whole records (segment-sized buffers) while
-        # they are sealed and sent: there the writer count bounds that memory.
-        writers, reserved = settings.max_writers, settings.reserved_writers
-        if settings.uses_s3 and settings.s3_max_writers < writers:
-            # The reserve keeps its share of the slots.
-            reserved = -(-reserved * settings.s3_max_writers // writers)
-            writers = settings.s3_max_writers
-        self._writers = WriterSlots(
-            writers,
-            reserved=reserved,
-            per_principal=settings.max_writers_per_principal,
-            wait=settings.acquire_timeout,
-        )
-        self.reader = Reader(store, catalog, keys)
+        self.budget = budget
+        self._pools = pools
+        self.removal = removal
+        self.finals = finals
+        self.clock = clock
+        self._hashes: dict[str, RunningHash] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Seal the metadata of rows written before metadata was sealed."""
         await seal_legacy_metadata(
-            self.catalog, self.keys, self.runner, segment_size=self.settings.segment_size
+            self.catalog, self.keys, self.runner, segment_size=self.rules.segment_size
         )
-        self._reaper = asyncio.create_task(self._reap_forever())
 
     async def close(self) -> None:
+        """Stop running writes: each saves what it received and answers 503."""
         self.leases.stop_all()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-        self.runner.close()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -212,69 +193,20 @@ class Uploads:
         return self._check_owned(principal, upload)
 
     def _check_owned(self, principal: Principal, upload: Upload | None) -> Upload:
-        # Someone else's upload is indistinguishable from a missing one.
-        if (
-            upload is None
-            or upload.state == UploadState.TERMINATED
-            or upload.owner != principal.id
-            or upload.tenant != principal.tenant
-        ):
-            raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
-        expires_at = upload.expires_at
-        if (
-            upload.state == UploadState.ACTIVE
-            and expires_at is not None
-            and expires_at <= self.clock()
-        ):
-            raise GatewayError(ERR.UPLOAD_GONE, "this upload expired and is being removed")
-        return upload
+        return check_owned(principal, upload, self.clock())
 
     async def open_metadata(self, upload: Upload) -> str | None:
         """The Upload-Metadata header exactly as the client sent it, or None."""
-        if upload.legacy_metadata is not None:
-            return upload.legacy_metadata  # a row from before sealing; sealed at next start
-        if upload.metadata is None:
-            return None
-        wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
-        # On the event loop, as a write's unwrap is: ~0.1 ms, less than a thread hop.
-        try:
-            return open_metadata(self._sealer(upload, wrapped), upload.metadata)
-        except InvalidSealedData as exc:
-            raise GatewayError(
-                ERR.STORED_DATA_CORRUPT, "the upload's metadata failed authentication"
-            ) from exc
-
-    def _sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
-        if wrapped is None:
-            raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
-        try:
-            dek = self.keys.unwrap(wrapped, upload_id=upload.id, dek_id=upload.dek_id)
-            return Sealer(dek, Header.decode(upload.header))
-        except KeyError_ as exc:
-            raise GatewayError(ERR.STORED_DATA_CORRUPT, "the upload's key cannot be used") from exc
+        return await self.upload_keys.open_metadata(upload)
 
     async def signed_manifest(self, upload: Upload) -> str:
-        """The signed manifest an authorised reader is served: the reader's view, which
-        discloses the plaintext SHA-256 (MANIFEST.md); the stored one where there is no
-        other (a final concatenation, or a manifest of version 1). ObjectNotFound if none."""
-        if upload.header and not upload.parts:
-            wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
-            sealer = self._sealer(upload, wrapped)
-            try:
-                return await self.runner.io(open_reader_manifest, self.store, upload.id, sealer)
-            except ObjectNotFound:
-                pass
-            except InvalidSealedData as exc:
-                raise GatewayError(
-                    ERR.STORED_DATA_CORRUPT, "the stored manifest failed verification"
-                ) from exc
-        _, jws_key = manifest_keys(upload.id)
-        return (await self.runner.io(self.store.get, jws_key)).decode("ascii")
+        """The signed manifest an authorised reader is served (see UploadKeys)."""
+        return await self.upload_keys.signed_manifest(upload)
 
     # -- creating -----------------------------------------------------------------------
 
     def _expiry(self) -> float:
-        return self.clock() + self.settings.upload_ttl
+        return self.clock() + self.rules.upload_ttl
 
     async def create(
         self,
@@ -285,24 +217,26 @@ class Uploads:
         partial_concat: str | None = None,
     ) -> Upload:
         """A new upload; `length` None defers it. The data key is born and wrapped here."""
-        if length is not None and length > self.settings.max_size:
+        if length is not None and length > self.rules.max_size:
             raise GatewayError(
                 ERR.MAX_SIZE_EXCEEDED,
-                f"Upload-Length exceeds this server's Tus-Max-Size of {self.settings.max_size}",
+                f"Upload-Length exceeds this server's Tus-Max-Size of {self.rules.max_size}",
             )
-        await self._check_quota(principal, length or 0)
+        await check_quota(self.rules, self.runner, self.catalog, principal, length or 0)
         upload_id = new_upload_id()
         dek, dek_id = os.urandom(32), os.urandom(16)
         header = new_header(
             dek,
             upload_id=upload_id,
             dek_id=dek_id,
-            segment_size=self.settings.segment_size,
+            segment_size=self.rules.segment_size,
             plaintext_size=length,
         )
         wrapped = self.keys.wrap(dek, upload_id=upload_id, dek_id=dek_id)
         sealed_metadata = seal_metadata(Sealer(dek, header), metadata)
-        multipart_id = await self._store_call(self.store.start_multipart, data_key(upload_id))
+        multipart_id = await store_call(
+            self.runner, self.store.start_multipart, data_key(upload_id)
+        )
         now = self.clock()
         upload = Upload(
             id=upload_id,
@@ -313,8 +247,8 @@ class Uploads:
             metadata=sealed_metadata,
             state=UploadState.ACTIVE,
             created_at=now,
-            expires_at=now + self.settings.upload_ttl,
-            segment_size=self.settings.segment_size,
+            expires_at=now + self.rules.upload_ttl,
+            segment_size=self.rules.segment_size,
             header=header.encode(),
             dek_id=dek_id,
             multipart_id=multipart_id,
@@ -327,105 +261,6 @@ class Uploads:
             # Nothing to wait for: seal the empty final record and sign it now.
             upload, _ = await self.write(principal, upload_id, offset=0, body=empty_body())
         return upload
-
-    async def _check_quota(self, principal: Principal, length: int) -> None:
-        """Refuse a new upload beyond the principal's open uploads or open bytes.
-
-        Checked before the upload is inserted: creations racing each other may pass
-        the limit by as many as run at once, never by more.
-        """
-        most, most_bytes = self.settings.max_open_uploads, self.settings.max_open_bytes
-        if not most and not most_bytes:
-            return
-        count, size = await self.runner.db(
-            self.catalog.open_uploads, principal.id, principal.tenant
-        )
-        if most and count >= most:
-            metrics.REFUSED.labels("open-uploads").inc()
-            raise GatewayError(
-                ERR.QUOTA_EXCEEDED,
-                f"this principal has {count} unfinished uploads, the most it may have; "
-                "finish or delete some first",
-                headers={"Retry-After": "60"},
-            )
-        if most_bytes and size + length > most_bytes:
-            metrics.REFUSED.labels("open-bytes").inc()
-            raise GatewayError(
-                ERR.QUOTA_EXCEEDED,
-                f"this principal's unfinished uploads would pass {most_bytes} bytes; "
-                "finish or delete some first",
-                headers={"Retry-After": "60"},
-            )
-
-    async def create_final(
-        self, principal: Principal, *, concat: str, part_ids: list[str], metadata: str | None
-    ) -> Upload:
-        """A final upload: an ordered list of finished partials, no byte copied."""
-        repeated = [p for p, n in collections.Counter(part_ids).items() if n > 1]
-        if repeated:
-            raise GatewayError(
-                ERR.INVALID_CONCAT, f"partial upload {repeated[0]} is listed more than once"
-            )
-        limit = self.settings.max_concat_parts
-        if len(part_ids) > limit:
-            raise GatewayError(
-                ERR.INVALID_CONCAT,
-                f"a final upload may list at most {limit} partials, not {len(part_ids)}",
-            )
-        parts = []
-        for part_id in part_ids:
-            try:
-                part = await self._owned(principal, part_id)
-            except GatewayError as exc:
-                raise GatewayError(
-                    ERR.INVALID_CONCAT, f"partial upload {part_id} does not exist"
-                ) from exc
-            if part.concat != "partial":
-                raise GatewayError(ERR.INVALID_CONCAT, f"upload {part_id} is not a partial upload")
-            if part.state != UploadState.COMPLETE:
-                raise GatewayError(
-                    ERR.UPLOAD_NOT_FINISHED, f"partial upload {part_id} is not finished"
-                )
-            parts.append(part)
-        length = sum(p.length or 0 for p in parts)
-        if length > self.settings.max_size:
-            raise GatewayError(ERR.MAX_SIZE_EXCEEDED, "the concatenation exceeds Tus-Max-Size")
-        # A key and header of its own, for its sealed values only: no object is
-        # written under them (the bytes stay in the partials' objects).
-        final_id = new_upload_id()
-        key = ValueKey.new(
-            self.keys, upload_id=final_id, length=length, segment_size=self.settings.segment_size
-        )
-        now = self.clock()
-        final = Upload(
-            id=final_id,
-            owner=principal.id,
-            tenant=principal.tenant,
-            length=length,
-            offset=length,
-            metadata=seal_metadata(key.sealer, metadata),
-            state=UploadState.COMPLETE,
-            created_at=now,
-            expires_at=None,
-            segment_size=self.settings.segment_size,
-            header=key.header.encode(),
-            dek_id=key.header.dek_id,
-            concat=concat,
-            parts=tuple(p.id for p in parts),
-            completed_at=now,
-        )
-        # Signed before the final exists: a final is never visible without its proof.
-        await self.runner.io(
-            write_concat_manifest,
-            store=self.store,
-            signing=self.keys.signing_key(),
-            final=final,
-            parts=parts,
-        )
-        await self.runner.db(self.catalog.create_upload, final, key.wrapped)
-        metrics.UPLOADS_CREATED.inc()
-        metrics.UPLOADS_FINISHED.inc()
-        return final
 
     # -- writing ------------------------------------------------------------------------
 
@@ -478,7 +313,7 @@ class Uploads:
                     headers={"Upload-Offset": str(upload.offset)},
                 )
             upload = await self._settle_length(upload, length)
-            limit = self.settings.max_size if upload.length is None else upload.length
+            limit = self.rules.max_size if upload.length is None else upload.length
             if content_length is not None and offset + content_length > limit:
                 raise GatewayError(
                     ERR.UPLOAD_SIZE_EXCEEDED,
@@ -497,22 +332,22 @@ class Uploads:
                 return upload, Outcome(upload.offset, True, None)
             writer = SegmentWriter(
                 upload=upload,
-                sealer=self._sealer(upload, wrapped),
+                sealer=self.upload_keys.sealer(upload, wrapped),
                 store=self.store,
                 catalog=self.catalog,
                 runner=self.runner,
                 control=control,
                 checksum=checksum,
                 limit=limit,
-                depth=self.settings.pipeline_depth,
+                depth=self.rules.pipeline_depth,
                 expires_at=self._expiry,
                 clock=self.clock,
                 content_length=content_length,
                 running_hash=self._hashes.pop(upload_id, None),
-                on_complete=self._finalize,
+                on_complete=self.upload_keys.sign_manifest,
                 pools=self._pools,
-                slices=self._slices,
-                merge_after=self.settings.tail_merge_after,
+                slices=self.budget,
+                merge_after=self.rules.tail_merge_after,
             )
             try:
                 await writer.prepare(pieces)
@@ -526,8 +361,6 @@ class Uploads:
                         f"the body takes the upload past its length of {limit} bytes",
                         headers={"Upload-Offset": str(writer.committed)},
                     ) from None
-                except BodyInterrupted:
-                    writer.interrupted = True
                 outcome = await writer.finish()
                 self._keep_hash(upload_id, writer.running_hash())
             except StaleWrite as exc:
@@ -568,44 +401,6 @@ class Uploads:
             self._hashes.pop(next(iter(self._hashes)))  # the oldest: it is rebuilt if needed
         self._hashes[upload_id] = running
 
-    async def _finalize(
-        self, upload: Upload, records: list[RecordRow], plaintext_sha256: bytes | None
-    ) -> None:
-        """Sign and store the manifest, between object completion and the catalog's 'complete'."""
-        wrapped = await self.runner.db(self.catalog.wrapped_key, upload.dek_id)
-        if wrapped is None:
-            raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
-        sealer = self._sealer(upload, wrapped)
-        # The client's checksum was recorded by this request or, before a crash, an earlier one.
-        recorded = await self.runner.db(self.catalog.get_upload, upload.id)
-        client_checksum = None
-        if recorded is not None and recorded.checksum is not None:
-            try:
-                client_checksum = sealer.open_value(SEALED_NAME, recorded.checksum).decode()
-            except InvalidSealedData as exc:
-                raise GatewayError(
-                    ERR.STORED_DATA_CORRUPT, "the recorded client checksum failed verification"
-                ) from exc
-        if plaintext_sha256 is None:
-            # The running hash was lost (a restart, or the upload moved to another
-            # process between requests): read the sealed records back once.
-            plaintext_sha256 = await self.runner.io(plaintext_digest, self.reader, upload)
-        await self.runner.io(
-            write_manifest,
-            store=self.store,
-            store_name="s3" if self.settings.uses_s3 else "folder",
-            signing=self.keys.signing_key(),
-            upload=upload,
-            records=records,
-            wrapped=wrapped,
-            sealer=sealer,
-            plaintext_sha256=plaintext_sha256,
-            client_checksum=client_checksum,
-            completed_at=self.clock(),
-        )
-        metrics.UPLOADS_FINISHED.inc()
-        log.info("upload finished", extra={"upload_id": upload.id, "length": upload.length})
-
     def _writable(self, principal: Principal, upload_id: str) -> None:
         """Refuse a PATCH of someone else's upload, or of a final one (catalog thread)."""
         upload = self._check_owned(principal, self.catalog.get_upload(upload_id))
@@ -628,128 +423,25 @@ class Uploads:
             return upload
         if length < upload.offset:
             raise GatewayError(ERR.INVALID_UPLOAD_LENGTH, "Upload-Length is below Upload-Offset")
-        if length > self.settings.max_size:
+        if length > self.rules.max_size:
             raise GatewayError(ERR.MAX_SIZE_EXCEEDED, "Upload-Length exceeds Tus-Max-Size")
         await self.runner.db(self.catalog.set_length, upload.id, length)
         return replace(upload, length=length)
 
-    # -- removing -----------------------------------------------------------------------
+    # -- handed on ----------------------------------------------------------------------
 
-    async def terminate(self, principal: Principal, upload_id: str) -> None:
-        found = await self.runner.db(self.catalog.get_upload, upload_id)
-        if found is not None and await self._removal_pending(principal, found):
-            # An earlier DELETE could not shred the key yet (503): finish it now.
-            upload = found
-            await self._finish_removal(upload_id)
-        else:
-            upload = self._check_owned(principal, found)
-            async with self.leases.held(upload_id):  # stops a writer that is still running
-                users = await self.runner.db(self.catalog.finals_using, upload_id)
-                if upload.concat == "partial" and users:
-                    # A final concatenation reads this partial's bytes: hide it from the
-                    # client now, remove it when the last final using it goes.
-                    await self.runner.db(self.catalog.retire, upload_id)
-                else:
-                    await self._remove(upload)
-        for part_id in upload.parts:
-            await self._remove_if_retired(part_id)
-        metrics.UPLOADS_TERMINATED.inc()
-        log.info("upload terminated", extra={"upload_id": upload_id, "principal": principal.id})
-
-    async def _remove(self, upload: Upload, shred_wait: float = SHRED_WAIT) -> None:
-        """Objects first, then the key (crypto-shredding), then the rows."""
-        if (
-            upload.header
-            and upload.multipart_id is not None
-            and upload.state != UploadState.COMPLETE
-        ):
-            await self._store_call(
-                self.store.abort_multipart, data_key(upload.id), upload.multipart_id
-            )
-        # Everything under U/: data, tails, manifests (a final has only its manifest).
-        await self._store_call(self.store.delete_prefix, upload_prefix(upload.id))
-        await self.runner.db(self.catalog.terminate, upload.id)
-        await self._finish_removal(upload.id, shred_wait)
-
-    async def _finish_removal(self, upload_id: str, wait: float = SHRED_WAIT) -> None:
-        """Shred the deleted key's bytes, then forget the rows.
-
-        A reader holding an old snapshot of the catalog keeps the key's bytes needed;
-        after `wait` this answers 503. The upload stays terminated without a key (never
-        readable again), which marks the removal unfinished: a DELETE again or the
-        reaper finishes it.
-        """
-        deadline = time.monotonic() + wait
-        pause = 0.01
-        # In the storage pool: searching a large catalog file takes a while, and the
-        # catalog thread must not wait for it.
-        while not await self.runner.io(self.catalog.shred, upload_id):
-            if time.monotonic() >= deadline:
-                log.warning(
-                    "key shredding postponed: the catalog is being read",
-                    extra={"upload_id": upload_id},
-                )
-                raise GatewayError(
-                    ERR.KEY_SHRED_PENDING,
-                    "the upload is deleted, but erasing its key must wait for a reader of "
-                    "the catalog; repeat the DELETE later",
-                    headers={"Retry-After": "5"},
-                )
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, 0.25)
-        await self.runner.db(self.catalog.forget, upload_id)
-
-    async def _removal_pending(self, principal: Principal, upload: Upload) -> bool:
-        """Whether `upload` is principal's and terminated with its key already deleted
-        (a retired partial keeps its key and stays hidden)."""
-        return (
-            upload.state == UploadState.TERMINATED
-            and upload.owner == principal.id
-            and upload.tenant == principal.tenant
-            and await self.runner.db(self.catalog.wrapped_key, upload.dek_id) is None
+    async def create_final(
+        self, principal: Principal, *, concat: str, partial_ids: list[str], metadata: str | None
+    ) -> Upload:
+        """A final upload: an ordered list of finished partials, no byte copied."""
+        return await self.finals.create(
+            principal, concat=concat, partial_ids=partial_ids, metadata=metadata
         )
 
-    async def _remove_if_retired(self, part_id: str) -> None:
-        part = await self.runner.db(self.catalog.get_upload, part_id)
-        if part is None or part.state != UploadState.TERMINATED:
-            return
-        if not await self.runner.db(self.catalog.finals_using, part_id):
-            await self._remove(part)
+    async def terminate(self, principal: Principal, upload_id: str) -> None:
+        """Remove the upload (tus termination); a partial a final reads is retired."""
+        await self.removal.terminate(principal, upload_id)
 
     async def reap_once(self) -> int:
         """Remove unfinished uploads whose expiry has passed. Returns how many."""
-        removed = 0
-        for upload_id in await self.runner.db(self.catalog.removals_pending):
-            with contextlib.suppress(GatewayError):  # the catalog is still being read
-                await self._finish_removal(upload_id, wait=0)
-        for upload_id in await self.runner.db(self.catalog.expired, self.clock()):
-            upload = await self.runner.db(self.catalog.get_upload, upload_id)
-            if upload is None:
-                continue
-            try:
-                async with self.leases.held(upload_id):
-                    await self._remove(upload, shred_wait=0)
-                removed += 1
-                metrics.REAPED.labels("expired").inc()
-                log.info("expired upload removed", extra={"upload_id": upload_id})
-            except GatewayError:
-                continue  # busy: someone is writing it after all
-        return removed
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reap_interval)
-            try:
-                await self.reap_once()
-            except Exception:
-                log.exception("reaper pass failed")
-
-    async def _store_call(self, fn: Callable[..., T], *args: object) -> T:
-        try:
-            return await self.runner.io(fn, *args)
-        except StoreUnavailable as exc:
-            raise GatewayError(
-                ERR.STORE_UNAVAILABLE,
-                "object storage is unavailable; try again later",
-                headers={"Retry-After": "5"},
-            ) from exc
+        return await self.removal.reap_once()

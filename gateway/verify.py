@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import manifest
 from gateway.catalog.base import KeyCatalog
-from gateway.keys.base import KeyError_, KeyProvider
+from gateway.keys.base import KeyProvider, KeyUnusable
 from gateway.layout import data_key, manifest_keys, reader_manifest_key
 from gateway.sealed import (
     HEADER_PREFIX_LEN,
@@ -104,26 +104,26 @@ def _check_concatenation(
     """A final upload: each partial as pinned, and as its own manifest says (MANIFEST.md)."""
     whole = hashlib.sha256()
     size = 0
-    for part in doc["parts"]:
-        part_id = part["id"]
-        _, jws_key = manifest_keys(part_id)
+    for pinned_partial in doc["parts"]:
+        partial_id = pinned_partial["id"]
+        _, jws_key = manifest_keys(partial_id)
         try:
             pinned_jws = store.get(jws_key)
-            pinned = hashlib.sha256(pinned_jws).hexdigest() == part["manifest_jws_sha256"]
+            pinned = hashlib.sha256(pinned_jws).hexdigest() == pinned_partial["manifest_jws_sha256"]
         except ObjectNotFound:
             pinned = False
         if not pinned:
-            report.fail(f"part {part_id}: its manifest is missing or not the one pinned")
+            report.fail(f"partial {partial_id}: its manifest is missing or not the one pinned")
             continue
         try:
-            part_doc = json.loads(manifest.payload(pinned_jws.decode("ascii")))
-            part_length = part_doc["upload"]["length"]
+            partial_doc = json.loads(manifest.payload(pinned_jws.decode("ascii")))
+            partial_length = partial_doc["upload"]["length"]
         except (ValueError, KeyError, TypeError, manifest.ManifestError):
-            part_length = None  # its own check below names what is wrong with it
-        if part_length != part["length"]:
-            report.fail(f"part {part_id}: its manifest gives another length")
+            partial_length = None  # its own check below names what is wrong with it
+        if partial_length != pinned_partial["length"]:
+            report.fail(f"partial {partial_id}: its manifest gives another length")
         sub = verify_upload(
-            part_id,
+            partial_id,
             store=store,
             public_keys=public_keys,
             unwrap=unwrap,
@@ -131,9 +131,9 @@ def _check_concatenation(
             whole=whole,
         )
         for line in sub.lines:
-            report.lines.append(f"{line[:6]}part {part_id}: {line[6:]}")
-        report.failures.extend(f"part {part_id}: {f}" for f in sub.failures)
-        size += int(part["length"])
+            report.lines.append(f"{line[:6]}partial {partial_id}: {line[6:]}")
+        report.failures.extend(f"partial {partial_id}: {f}" for f in sub.failures)
+        size += int(pinned_partial["length"])
     if size != doc["plaintext"]["size"]:
         report.fail(f"plaintext: the partials hold {size} bytes, the manifest says otherwise")
     if unwrap is None:
@@ -184,7 +184,7 @@ def _check_object(
     if unwrap is not None:
         try:
             sealer = Sealer(unwrap(upload_id, header.dek_id), header)
-        except (KeyError_, InvalidSealedData) as exc:
+        except (KeyUnusable, InvalidSealedData) as exc:
             report.fail(f"key: the data key cannot be used ({type(exc).__name__})")
     try:
         layout = object_layout(header, len(raw_header), size)
@@ -271,7 +271,7 @@ def catalog_unwrapper(catalog: KeyCatalog, keys: KeyProvider) -> Callable[[str, 
     def unwrap(upload_id: str, dek_id: bytes) -> bytes:
         wrapped = catalog.wrapped_key(dek_id)
         if wrapped is None:
-            raise KeyError_("no wrapped key for this upload (shredded?)")
+            raise KeyUnusable("no wrapped key for this upload (shredded?)")
         return keys.unwrap(wrapped, upload_id=upload_id, dek_id=dek_id)
 
     return unwrap

@@ -45,7 +45,7 @@ def _upload(upload_id: str = "u1", **kw: object) -> Upload:
         segment_size=1 << 20,
         header=b"\x00hdr\xff",
         dek_id=b"dek-" + upload_id.encode(),
-        parts=("p1", "p2"),
+        partials=("p1", "p2"),
         checksum=b"\x01sealed checksum",
     )
     return replace(base, **kw)  # type: ignore[arg-type]
@@ -82,12 +82,12 @@ def test_create_get_round_trip(cat: SQLiteCatalog) -> None:
     cat.create_upload(up, _wrapped())
     got = cat.get_upload("u1")
     assert got == up
-    assert got is not None and got.parts == ("p1", "p2") and got.length is None
+    assert got is not None and got.partials == ("p1", "p2") and got.length is None
     assert cat.wrapped_key(up.dek_id) == _wrapped()
     assert cat.get_upload("nope") is None
     assert cat.wrapped_key(b"nope") is None
 
-    empty = _upload("u2", header=b"", parts=(), metadata=None, expires_at=None, length=7)
+    empty = _upload("u2", header=b"", partials=(), metadata=None, expires_at=None, length=7)
     cat.create_upload(empty, None)
     assert cat.get_upload("u2") == empty
     assert cat.wrapped_key(empty.dek_id) is None

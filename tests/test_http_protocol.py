@@ -882,9 +882,9 @@ def test_deleting_a_partial_keeps_the_finals_built_from_it(tus: Tus) -> None:
         stored = read_stored(tus.data_dir, upload_id(final))
     except NotReadable as exc:
         pytest.fail(
-            "BUG in gateway/uploads.py (Uploads.terminate/_remove): DELETE of a partial "
+            "BUG in gateway/removal.py (Removal.terminate/_remove): DELETE of a partial "
             "upload shreds its objects and key although a final upload still lists it in "
-            f"`parts`; the final is now unreadable ({exc}) while HEAD reports it complete"
+            f"`partials`; the final is now unreadable ({exc}) while HEAD reports it complete"
         )
     assert stored == a + b
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.keys.base import KeyError_, KeyProvider
+from gateway.keys.base import KeyProvider, KeyUnusable
 from gateway.keys.keyring import LocalKeyring
 
 DEK = bytes(range(32))
@@ -53,10 +53,10 @@ def test_unwrap_mismatches_fail(ring: LocalKeyring) -> None:
         (w, "u" * 300, DEK_ID),
     ]
     for wrapped, upload_id, dek_id in cases:
-        with pytest.raises(KeyError_):
+        with pytest.raises(KeyUnusable):
             ring.unwrap(wrapped, upload_id=upload_id, dek_id=dek_id)
     ring.rotate()
-    with pytest.raises(KeyError_):  # a real version, but not the one it was wrapped under
+    with pytest.raises(KeyUnusable):  # a real version, but not the one it was wrapped under
         ring.unwrap(replace(w, kek_version=2), upload_id="u1", dek_id=DEK_ID)
 
 
@@ -77,7 +77,7 @@ def test_a_keyring_others_may_reach_is_refused(tmp_path: Path, mode: int) -> Non
     path = tmp_path / "keyring.json"
     LocalKeyring.open(path)
     path.chmod(mode)
-    with pytest.raises(KeyError_, match=f"chmod 600 {path}$") as info:
+    with pytest.raises(KeyUnusable, match=f"chmod 600 {path}$") as info:
         LocalKeyring.open(path)
     assert str(path) in str(info.value)
     path.chmod(0o600)
@@ -103,7 +103,7 @@ def test_rotate_and_rewrap(tmp_path: Path) -> None:
     new = ring.rewrap(old, upload_id="u1", dek_id=DEK_ID)
     assert (new.kek_id, new.kek_version) == (old.kek_id, 2)
     assert ring.unwrap(new, upload_id="u1", dek_id=DEK_ID) == DEK
-    with pytest.raises(KeyError_):
+    with pytest.raises(KeyUnusable):
         ring.rewrap(old, upload_id="u2", dek_id=DEK_ID)
 
     reopened = LocalKeyring.open(path)
@@ -151,12 +151,12 @@ def test_signing_key_added_to_older_file(tmp_path: Path) -> None:
 def test_malformed_file_raises_key_error(tmp_path: Path) -> None:
     path = tmp_path / "keyring.json"
     path.write_text("{not json")
-    with pytest.raises(KeyError_):
+    with pytest.raises(KeyUnusable):
         LocalKeyring.open(path)
     path.write_text(
         json.dumps({"format": 1, "kek_id": "x", "keks": [{"version": 1, "key": "AA=="}]})
     )
-    with pytest.raises(KeyError_):
+    with pytest.raises(KeyUnusable):
         LocalKeyring.open(path)
 
 

@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from gateway.runner import Runner
 from gateway.store.base import PartRef, StoreUnavailable
 from gateway.types import Buffer
 from gateway.uploads import Uploads
+from gateway.wiring import build_services
 from tests.fakes import MemoryStore
 
 S = 64 * 1024
@@ -87,12 +87,12 @@ def store() -> SlowStore:
 async def service(tmp_path: Path, store: SlowStore) -> AsyncIterator[Uploads]:
     settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=2.0)
     catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
-    uploads = Uploads(
+    services = build_services(
         settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "keyring.json")
     )
-    await uploads.start()
-    yield uploads
-    await uploads.close()
+    await services.start()
+    yield services.uploads
+    await services.close()
     catalog.close()
 
 
@@ -209,12 +209,12 @@ async def test_head_on_another_instance_during_a_long_completion(
     cannot tell a live holder from a dead one at once, so it waits until a dead one's
     lease would be stale (lease_ttl 2 s here), and then answers, without 423."""
     catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
-    settings = replace(service.settings, lease_ttl=2.0)
-    other = Uploads(settings, store=store, catalog=catalog, keys=service.keys)
+    settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=2.0, lease_ttl=2.0)
+    others = build_services(settings, store=store, catalog=catalog, keys=service.keys)
     try:
-        await _head_while_completing(service, other, store, within=3.5)
+        await _head_while_completing(service, others.uploads, store, within=3.5)
     finally:
-        await other.close()
+        await others.close()
         catalog.close()
 
 

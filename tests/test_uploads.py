@@ -29,6 +29,7 @@ from gateway.reader import Reader
 from gateway.store.base import StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
 from gateway.uploads import Uploads
+from gateway.wiring import build_services
 from gateway.writer import BodyInterrupted
 from gateway.writer.pipeline import SealingPipeline
 from tests.blackbox import catalog_files_holding
@@ -63,16 +64,16 @@ def clock() -> Clock:
 async def service(tmp_path: Path, store: MemoryStore, clock: Clock) -> AsyncIterator[Uploads]:
     settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=3.0, upload_ttl=100)
     catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
-    uploads = Uploads(
+    services = build_services(
         settings,
         store=store,
         catalog=catalog,
         keys=LocalKeyring.open(tmp_path / "keyring.json"),
         clock=clock,
     )
-    await uploads.start()
-    yield uploads
-    await uploads.close()
+    await services.start()
+    yield services.uploads
+    await services.close()
     catalog.close()
 
 
@@ -81,13 +82,13 @@ async def own_service(tmp_path: Path, store: MemoryStore, **options: Any) -> Asy
     """A service with settings of its own for one test (not started: no reaper)."""
     settings = Settings(**{"data_dir": tmp_path, "segment_size": S, **options})
     catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
-    service = Uploads(
+    services = build_services(
         settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
     )
     try:
-        yield service
+        yield services.uploads
     finally:
-        await service.close()
+        await services.close()
         catalog.close()
 
 
@@ -289,7 +290,7 @@ async def test_a_body_is_kept_whole_only_with_room_in_the_budget_and_gives_it_ba
     async with own_service(
         tmp_path, store, segment_size=4 * mib, receive_budget=2 * mib
     ) as service:
-        budget = service._slices
+        budget = service.budget
         data = os.urandom(3 * mib)
         upload = await service.create(ME, length=len(data), metadata=None)
         await budget.take(mib // 2)  # another upload holds a quarter of the budget
@@ -452,7 +453,7 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
         return get(key, *args, **kwargs)
 
     store.get = recording_get  # type: ignore[method-assign]
-    final = await service.create_final(ME, concat="final;x", part_ids=parts, metadata=None)
+    final = await service.create_final(ME, concat="final;x", partial_ids=parts, metadata=None)
     store.get = get  # type: ignore[method-assign]
     # Built from the partials' signed manifests: no partial's ciphertext is read.
     assert read_keys == [f"{p}/manifest.jws" for p in parts]
@@ -476,7 +477,7 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
 async def test_unfinished_partial_cannot_be_concatenated(service: Uploads) -> None:
     part = await service.create(ME, length=10, metadata=None, partial_concat="partial")
     with pytest.raises(GatewayError) as caught:
-        await service.create_final(ME, concat="final;x", part_ids=[part.id], metadata=None)
+        await service.create_final(ME, concat="final;x", partial_ids=[part.id], metadata=None)
     assert caught.value.err is ERR.UPLOAD_NOT_FINISHED
 
 
@@ -725,7 +726,7 @@ async def test_a_stalled_body_gives_its_partly_filled_slice_back_to_the_budget(
 ) -> None:
     store = InPlaceMemoryStore()
     async with own_service(tmp_path, store, segment_size=4 * 1024 * 1024) as service:
-        budget = service._slices
+        budget = service.budget
         stalled, release = asyncio.Event(), asyncio.Event()
         data = os.urandom(3 * 1024 * 1024)
 

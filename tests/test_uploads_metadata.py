@@ -21,6 +21,7 @@ from gateway.metadata import METADATA, seal_legacy_metadata
 from gateway.reader import Reader
 from gateway.sealed import Header
 from gateway.uploads import Uploads
+from gateway.wiring import build_services
 from tests.fakes import MemoryStore
 
 S = 64 * 1024
@@ -32,12 +33,12 @@ RAW = f"filename {base64.b64encode(FILENAME).decode()},is_confidential,n MQ=="
 
 def _service(tmp_path: Path, store: MemoryStore) -> Uploads:
     settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=3.0)
-    return Uploads(
+    return build_services(
         settings,
         store=store,
         catalog=SQLiteCatalog(tmp_path / "catalog.sqlite3"),
         keys=LocalKeyring.open(tmp_path / "keyring.json"),
-    )
+    ).uploads
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ async def test_metadata_is_sealed_and_opened_exactly(service: Uploads, tmp_path:
         else:
             assert isinstance(row.metadata, bytes) and RAW.encode() not in row.metadata
             # Sealed under the upload's own key, by name, bound to its header.
-            sealer = service._sealer(row, service.catalog.wrapped_key(row.dek_id))
+            sealer = service.upload_keys.sealer(row, service.catalog.wrapped_key(row.dek_id))
             assert sealer.open_value(METADATA, row.metadata) == sent.encode()
         assert await service.open_metadata(row) == sent
         assert await service.open_metadata(upload) == sent
@@ -107,8 +108,8 @@ async def test_a_final_gets_a_key_of_its_own_for_its_metadata(service: Uploads) 
         part = await service.create(ME, length=len(data), metadata=RAW, partial_concat="partial")
         await service.write(ME, part.id, offset=0, body=body(data))
         parts.append(part.id)
-    final = await service.create_final(ME, concat="final;x", part_ids=parts, metadata=RAW)
-    bare = await service.create_final(ME, concat="final;y", part_ids=parts, metadata=None)
+    final = await service.create_final(ME, concat="final;x", partial_ids=parts, metadata=RAW)
+    bare = await service.create_final(ME, concat="final;y", partial_ids=parts, metadata=None)
     for upload, sent in ((final, RAW), (bare, None)):
         row = stored(service, upload.id)
         header = Header.decode(row.header)
@@ -138,7 +139,7 @@ async def test_sealed_metadata_moved_to_another_upload_does_not_open(service: Up
     assert caught.value.err == ERR.STORED_DATA_CORRUPT
     # Nor a value sealed under another name of the same upload.
     row = stored(service, a.id)
-    sealer = service._sealer(row, service.catalog.wrapped_key(row.dek_id))
+    sealer = service.upload_keys.sealer(row, service.catalog.wrapped_key(row.dek_id))
     with pytest.raises(GatewayError):
         await service.open_metadata(replace(row, metadata=sealer.seal_value("digest", b"x")))
 
@@ -163,7 +164,7 @@ async def test_legacy_plain_metadata_is_sealed_in_place_at_start(
     service = _service(tmp_path, store)
     part = await service.create(ME, length=3, metadata=None, partial_concat="partial")
     await service.write(ME, part.id, offset=0, body=body(b"xyz"))
-    final = await service.create_final(ME, concat="final;x", part_ids=[part.id], metadata=None)
+    final = await service.create_final(ME, concat="final;x", partial_ids=[part.id], metadata=None)
     active = await service.create(ME, length=10, metadata=None)
     gone = await service.create(ME, length=10, metadata=None)
     await service.runner.db(service.catalog.terminate, gone.id)  # key shredded, rows left

@@ -49,7 +49,7 @@ class Upload:
     dek_id: bytes
     multipart_id: str | None = None
     concat: str | None = None  # None | "partial" | "final"
-    parts: tuple[str, ...] = ()  # for a final upload: the partial upload ids, in order
+    partials: tuple[str, ...] = ()  # for a final upload: the partial upload ids, in order
     # The client's checksum of the whole upload ("algo base64", given when one request
     # body carried all of it), sealed under the data key: it is a digest of the plaintext.
     checksum: bytes | None = None

@@ -114,7 +114,10 @@ _SCHEMA = (
 # Column order follows the Upload dataclass; only "offset" is renamed. Legacy metadata
 # is a TEXT value of the metadata column, never a column of its own.
 _UPLOAD_FIELDS = tuple(f.name for f in fields(Upload) if f.name != "legacy_metadata")
-_UPLOAD_COLUMNS = ", ".join("upload_offset" if n == "offset" else n for n in _UPLOAD_FIELDS)
+# Two fields keep older column names: "offset" is an SQL word, and "parts" predates
+# the name "partials" (a store's multipart parts are another thing).
+_COLUMN_OF = {"offset": "upload_offset", "partials": "parts"}
+_UPLOAD_COLUMNS = ", ".join(_COLUMN_OF.get(n, n) for n in _UPLOAD_FIELDS)
 
 
 class SQLiteCatalog:
@@ -213,7 +216,7 @@ class SQLiteCatalog:
         if upload.legacy_metadata is not None:
             raise ValueError("plain-text metadata is never written to the catalog")
         values = [getattr(upload, name) for name in _UPLOAD_FIELDS]
-        values[_UPLOAD_FIELDS.index("parts")] = json.dumps(list(upload.parts))
+        values[_UPLOAD_FIELDS.index("partials")] = json.dumps(list(upload.partials))
         with self._tx() as cur:
             cur.execute(
                 f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
@@ -582,7 +585,7 @@ class SQLiteCatalog:
 
 def _upload_from(values: Sequence[Any]) -> Upload:
     row = dict(zip(_UPLOAD_FIELDS, values, strict=True))
-    row["parts"] = tuple(json.loads(row["parts"]))
+    row["partials"] = tuple(json.loads(row["partials"]))
     row["state"] = UploadState(row["state"])
     if isinstance(row["metadata"], str):
         row["legacy_metadata"], row["metadata"] = row["metadata"], None

@@ -1,5 +1,5 @@
 """Key providers: wrap and unwrap per-upload data keys under key-encryption keys."""
 
-from gateway.keys.base import KeyError_, KeyProvider, WrappedKey
+from gateway.keys.base import KeyProvider, KeyUnusable, WrappedKey
 
-__all__ = ["KeyError_", "KeyProvider", "WrappedKey"]
+__all__ = ["KeyProvider", "KeyUnusable", "WrappedKey"]

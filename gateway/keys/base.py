@@ -8,8 +8,9 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 
-class KeyError_(Exception):
-    """A key could not be unwrapped: wrong KEK, tampered blob, or unknown KEK version."""
+class KeyUnusable(Exception):
+    """A key cannot be used: a wrapped key that does not unwrap (wrong KEK, tampered
+    blob, unknown KEK version), or a keyring that cannot be read or has no usable key."""
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,13 @@ class KeyProvider(Protocol):
         """Wrap a 32-byte DEK under the current KEK version, bound to upload and dek id."""
 
     def unwrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> bytes:
-        """Return the DEK, or raise KeyError_ if anything does not match."""
+        """Return the DEK, or raise KeyUnusable if anything does not match."""
 
     def rewrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> WrappedKey:
         """Re-wrap under the current KEK version (rotation) without touching data."""
 
     def check(self) -> None:
-        """Raise KeyError_ unless keys are usable now (for /readyz)."""
+        """Raise KeyUnusable unless keys are usable now (for /readyz)."""
 
     def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
         """The current manifest-signing key and its key id."""

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.keys.base import KeyError_, WrappedKey
+from gateway.keys.base import KeyUnusable, WrappedKey
 
 _FORMAT = 1
 _WRAP_LABEL = b"imgw-keyring/v1/wrap"
@@ -97,21 +97,23 @@ class LocalKeyring:
     def unwrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> bytes:
         st = self._state
         if wrapped.kek_id != st.kek_id:
-            raise KeyError_(f"wrapped under KEK {wrapped.kek_id!r}, this keyring is {st.kek_id!r}")
+            raise KeyUnusable(
+                f"wrapped under KEK {wrapped.kek_id!r}, this keyring is {st.kek_id!r}"
+            )
         if wrapped.kek_version not in st.keks:
             # Another process may have rotated since we loaded the file.
             st = self._reload()
         aead = st.keks.get(wrapped.kek_version)
         if aead is None:
-            raise KeyError_(f"unknown KEK version {wrapped.kek_version}")
+            raise KeyUnusable(f"unknown KEK version {wrapped.kek_version}")
         blob = bytes(wrapped.blob)
         if len(blob) != _NONCE_LEN + _KEY_LEN + _TAG_LEN:
-            raise KeyError_("wrapped key has the wrong length")
+            raise KeyUnusable("wrapped key has the wrong length")
         try:
             aad = _aad(upload_id, dek_id, wrapped.kek_version)
             return aead.decrypt(blob[:_NONCE_LEN], blob[_NONCE_LEN:], aad)
         except (InvalidTag, ValueError, struct.error):
-            raise KeyError_("wrapped key does not verify for this upload and DEK id") from None
+            raise KeyUnusable("wrapped key does not verify for this upload and DEK id") from None
 
     def rewrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> WrappedKey:
         dek = self.unwrap(wrapped, upload_id=upload_id, dek_id=dek_id)
@@ -134,9 +136,9 @@ class LocalKeyring:
             probe = self.wrap(bytes(_KEY_LEN), upload_id="check", dek_id=b"check")
             ok = self.unwrap(probe, upload_id="check", dek_id=b"check") == bytes(_KEY_LEN)
         except Exception as e:
-            raise KeyError_(f"KEK {st.kek_id!r} v{st.current} is not usable") from e
+            raise KeyUnusable(f"KEK {st.kek_id!r} v{st.current} is not usable") from e
         if not ok:
-            raise KeyError_(f"KEK {st.kek_id!r} v{st.current} is not usable")
+            raise KeyUnusable(f"KEK {st.kek_id!r} v{st.current} is not usable")
 
     # manifest signing
 
@@ -145,7 +147,7 @@ class LocalKeyring:
         for s in reversed(self._state.signers):
             if not s.retired:
                 return s.kid, s.key
-        raise KeyError_("the keyring has no unretired signing key")
+        raise KeyUnusable("the keyring has no unretired signing key")
 
     def public_signing_keys(self) -> list[tuple[str, Ed25519PublicKey, bool]]:
         """Every signing key's id, public key and whether it is retired (for verifiers)."""
@@ -203,9 +205,9 @@ def _check_owner_only(path: Path) -> None:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError as e:
-        raise KeyError_(f"cannot read keyring {path}: {e.strerror}") from None
+        raise KeyUnusable(f"cannot read keyring {path}: {e.strerror}") from None
     if mode & 0o077:
-        raise KeyError_(
+        raise KeyUnusable(
             f"keyring {path} has mode {mode:04o}, so other users can reach its keys; "
             f"run: chmod 600 {path}"
         )
@@ -215,11 +217,11 @@ def _load(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_bytes())
     except OSError as e:
-        raise KeyError_(f"cannot read keyring {path.name}: {e.strerror}") from None
+        raise KeyUnusable(f"cannot read keyring {path.name}: {e.strerror}") from None
     except ValueError:
-        raise KeyError_(f"keyring {path.name} is not valid JSON") from None
+        raise KeyUnusable(f"keyring {path.name} is not valid JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-        raise KeyError_(f"keyring {path.name} has an unknown format")
+        raise KeyUnusable(f"keyring {path.name} has an unknown format")
     return doc
 
 
@@ -251,7 +253,7 @@ def _parse(doc: dict[str, Any]) -> _State:
                 )
             )
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
-        raise KeyError_("keyring file is malformed") from None
+        raise KeyUnusable("keyring file is malformed") from None
     return _State(kek_id=kek_id, keks=keks, current=max(keks), signers=tuple(signers))
 
 

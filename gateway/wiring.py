@@ -1,0 +1,142 @@
+"""The app factory's helper: the services built from `Settings`, once, and wired together.
+
+    Uploads ─┬─ Removal, Finals        (the services take UploadRules, never Settings)
+             ├─ UploadKeys ── Reader
+             ├─ Leases
+             └─ WriterSlots, ReceiveBudget, Pools
+    Authenticator ── RequestRate
+    one Runner (the thread pools) under all of them
+
+Nothing here picks an implementation: the store, catalog and keys come in ready.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.auth import Authenticator
+from gateway.buffers import Pools
+from gateway.catalog.base import Catalog
+from gateway.config import Settings
+from gateway.finals import Finals
+from gateway.keys.base import KeyProvider
+from gateway.leases import Leases
+from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
+from gateway.reader import Reader
+from gateway.removal import Removal
+from gateway.rules import UploadRules
+from gateway.runner import Runner
+from gateway.store.base import ObjectStore
+from gateway.upload_keys import UploadKeys
+from gateway.uploads import Uploads
+
+
+@dataclass(frozen=True)
+class Services:
+    """What one app shares between its requests; `close` in the reverse of `start`."""
+
+    runner: Runner
+    leases: Leases
+    reader: Reader
+    uploads: Uploads
+    removal: Removal
+    finals: Finals
+    auth: Authenticator
+
+    async def start(self) -> None:
+        await self.uploads.start()
+        self.removal.start()
+
+    async def close(self) -> None:
+        await self.uploads.close()
+        await self.removal.close()
+        self.runner.close()
+
+
+def upload_rules(settings: Settings) -> UploadRules:
+    return UploadRules(
+        segment_size=settings.segment_size,
+        max_size=settings.max_size,
+        upload_ttl=settings.upload_ttl,
+        store_name="s3" if settings.uses_s3 else "folder",
+        max_open_uploads=settings.max_open_uploads,
+        max_open_bytes=settings.max_open_bytes,
+        max_partials=settings.max_concat_parts,
+        pipeline_depth=settings.pipeline_depth,
+        tail_merge_after=settings.tail_merge_after,
+        reap_interval=settings.reap_interval,
+    )
+
+
+def writer_slots(settings: Settings) -> WriterSlots:
+    """Writers per principal, with a share kept for principals holding none.
+
+    On S3 each writer also holds whole records (segment-sized buffers) while they are
+    sealed and sent: there the writer count bounds that memory.
+    """
+    writers, reserved = settings.max_writers, settings.reserved_writers
+    if settings.uses_s3 and settings.s3_max_writers < writers:
+        # The reserve keeps its share of the slots.
+        reserved = -(-reserved * settings.s3_max_writers // writers)
+        writers = settings.s3_max_writers
+    return WriterSlots(
+        writers,
+        reserved=reserved,
+        per_principal=settings.max_writers_per_principal,
+        wait=settings.acquire_timeout,
+    )
+
+
+def build_services(
+    settings: Settings,
+    *,
+    store: ObjectStore,
+    catalog: Catalog,
+    keys: KeyProvider,
+    clock: Callable[[], float] = time.time,
+) -> Services:
+    rules = upload_rules(settings)
+    runner = Runner(settings.io_threads, settings.sealing_threads)
+    leases = Leases(
+        catalog,
+        runner,
+        ttl=settings.lease_ttl,
+        acquire_timeout=settings.acquire_timeout,
+        network_timeout=settings.network_timeout,
+        min_rate=settings.min_receive_rate,
+        rate_window=settings.receive_rate_window,
+        clock=clock,
+    )
+    reader = Reader(store, catalog, keys)
+    removal = Removal(
+        rules, store=store, catalog=catalog, runner=runner, leases=leases, clock=clock
+    )
+    finals = Finals(rules, store=store, catalog=catalog, keys=keys, runner=runner, clock=clock)
+    uploads = Uploads(
+        rules,
+        store=store,
+        catalog=catalog,
+        keys=keys,
+        runner=runner,
+        leases=leases,
+        upload_keys=UploadKeys(
+            store=store,
+            catalog=catalog,
+            keys=keys,
+            runner=runner,
+            reader=reader,
+            store_name=rules.store_name,
+            clock=clock,
+        ),
+        writers=writer_slots(settings),
+        budget=ReceiveBudget(settings.receive_budget),
+        pools=Pools(keep=2 * settings.pipeline_depth + 2),
+        removal=removal,
+        finals=finals,
+        clock=clock,
+    )
+    rate = RequestRate(settings.request_rate, settings.request_burst)
+    auth = Authenticator(catalog, runner, rate)
+    return Services(runner, leases, reader, uploads, removal, finals, auth)
