@@ -12,8 +12,23 @@ from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
 from tests import server as server_module
-from tests.s3server import s3_server  # noqa: F401 - the session's SeaweedFS fixture
+from tests.s3server import SeaweedS3
 from tests.server import GatewayProcess, S3Target, store_for
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 server for the whole session; use `fresh_bucket()` per test."""
+    server = SeaweedS3()
+    try:
+        server.start()
+    except Exception:
+        server.close()
+        raise
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
