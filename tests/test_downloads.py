@@ -23,24 +23,22 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.layout import data_key
 from gateway.sealed import Header, Sealer
 from gateway.store.base import ObjectNotFound
-from tests.blackbox import (
-    RawPatch,
-    create,
-    flip_stored_byte,
-    patch,
-    patch_headers,
-    segment_size,
-    send,
-    upload,
-)
+from tests.rawhttp import RawPatch
 from tests.server import GatewayProcess, mint_token, store_for
 from tests.tushttp import (
     OCTET,
     UNKNOWN_ID,
     assert_problem,
     checksum_header,
+    create,
+    flip_stored_byte,
+    patch,
+    patch_headers,
+    segment_size,
+    send,
     start_server,
     tus_client,
+    upload,
     upload_id,
 )
 

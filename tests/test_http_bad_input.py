@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import read_stored
+from tests.rawhttp import raw_request, request_head
 from tests.server import GatewayProcess
 from tests.tushttp import (
     OCTET,
@@ -30,8 +31,6 @@ from tests.tushttp import (
     b64,
     checksum_header,
     object_dirs,
-    raw_request,
-    request_head,
     start_server,
     tree,
     tus_client,

@@ -19,17 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.rawhttp import RawResponse, raw_request, request_head
 from tests.server import GatewayProcess
 from tests.test_observability import wait_for_access
 from tests.tushttp import (
     OCTET,
     PROBLEM,
     UNKNOWN_ID,
-    RawResponse,
     Tus,
     assert_problem,
-    raw_request,
-    request_head,
     start_server,
     tus_client,
     upload_id,

@@ -26,8 +26,13 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from gateway.layout import data_key, manifest_keys
-from tests.blackbox import (
-    StreamingPatch,
+from tests.conftest import sha256
+from tests.rawhttp import StreamingPatch
+from tests.server import GatewayProcess, store_for
+from tests.tushttp import (
+    OCTET,
+    UNKNOWN_ID,
+    assert_problem,
     create,
     error_code,
     head_offset,
@@ -36,11 +41,11 @@ from tests.blackbox import (
     patch_headers,
     segment_size,
     send,
+    start_server,
+    tus_client,
     upload,
+    upload_id,
 )
-from tests.conftest import sha256
-from tests.server import GatewayProcess, store_for
-from tests.tushttp import OCTET, UNKNOWN_ID, assert_problem, start_server, tus_client, upload_id
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
 QUICK = {"GATEWAY_LEASE_TTL": "2"}  # a killed holder's lease is taken over quickly

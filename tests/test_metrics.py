@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from gateway.layout import data_key
-from tests.blackbox import (
+from tests.server import GatewayProcess
+from tests.tushttp import (
     OCTET,
     create,
     error_code,
@@ -30,9 +31,8 @@ from tests.blackbox import (
     patch,
     patch_headers,
     upload,
+    upload_id,
 )
-from tests.server import GatewayProcess
-from tests.tushttp import upload_id
 
 
 @dataclass

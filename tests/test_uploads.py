@@ -29,8 +29,8 @@ from gateway.store.base import StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
 from gateway.uploads import Uploads
 from gateway.writer import BodyInterrupted, SegmentWriter
-from tests.blackbox import catalog_files_holding
 from tests.fakes import InPlaceMemoryStore, MemoryStore
+from tests.tushttp import catalog_files_holding
 
 S = 64 * 1024
 ME = Principal("alice", "t1")

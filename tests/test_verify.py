@@ -24,17 +24,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.layout import data_key, manifest_keys
-from tests.blackbox import (
+from tests.server import GatewayProcess, free_port, store_for
+from tests.tushttp import (
+    UNKNOWN_ID,
     create,
     flip_stored_byte,
     manifest_json,
     patch_headers,
     segment_size,
     send,
+    start_server,
     upload,
+    upload_id,
 )
-from tests.server import GatewayProcess, free_port, store_for
-from tests.tushttp import UNKNOWN_ID, start_server, upload_id
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
 RECORD_OVERHEAD = 28
