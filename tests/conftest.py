@@ -1,4 +1,4 @@
-"""Shared fixtures: a real gateway process, and the project's own decrypting reader."""
+"""Shared fixtures: gateway processes (per test or per module), SeaweedFS, a decrypting reader."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.catalog.sqlite import SQLiteCatalog
@@ -14,6 +15,7 @@ from gateway.reader import Reader
 from tests import server as server_module
 from tests.s3server import SeaweedS3
 from tests.server import GatewayProcess, S3Target, store_for
+from tests.tushttp import Tus, object_dirs, start_server, tree, tus_client
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +74,46 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """One gateway process for a test module, with the module's `SERVER_ENV` settings."""
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    proc = start_server(tmp_path_factory, name, getattr(request.module, "SERVER_ENV", None))
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    """An httpx client that checks Tus-Resumable on every response (tus_client)."""
+    with tus_client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tus(server: GatewayProcess, client: httpx.Client) -> Tus:
+    return Tus(server, client)
+
+
+@pytest.fixture
+def untouched(tus: Tus) -> Iterator[None]:
+    """The test must leave no new upload and no new file anywhere near the data dir."""
+    root = tus.data_dir.parent
+    objects, files = object_dirs(tus.data_dir), _files_outside_the_catalog(root)
+    yield
+    assert object_dirs(tus.data_dir) == objects, "a refused request created an upload"
+    assert _files_outside_the_catalog(root) == files, "a refused request created a file"
+
+
+def _files_outside_the_catalog(root: Path) -> set[str]:
+    # The catalog's WAL and journal files come and go with every query; they are not uploads.
+    return {p for p in tree(root) if "catalog.sqlite3" not in p}
 
 
 def read_stored(data_dir: Path, upload_id: str) -> bytes:

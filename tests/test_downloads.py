@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,28 +36,12 @@ from tests.tushttp import (
     patch_headers,
     segment_size,
     send,
-    start_server,
-    tus_client,
     upload,
     upload_id,
 )
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    proc = start_server(tmp_path_factory, "downloads", SEG_ENV)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with tus_client() as c:
-        yield c
+SERVER_ENV = SEG_ENV  # for the module's `server` (conftest.py)
 
 
 @dataclass(frozen=True)

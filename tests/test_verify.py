@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,24 +33,15 @@ from tests.tushttp import (
     patch_headers,
     segment_size,
     send,
-    start_server,
     upload,
     upload_id,
 )
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
+SERVER_ENV = SEG_ENV  # for the module's `server` (conftest.py)
 RECORD_OVERHEAD = 28
 TAG_LEN = 16
 NONCE_LEN = 12
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    proc = start_server(tmp_path_factory, "verify", SEG_ENV)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 @dataclass

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import crc32c
 import httpx
@@ -37,6 +37,23 @@ IMF_FIXDATE = re.compile(
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 # An id of the right shape that the server never minted.
 UNKNOWN_ID = "Zz" * 11
+
+
+class Gateway(Protocol):
+    """What a test talks to: a GatewayProcess, or an app in this process (inprocess.py)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def files_url(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def auth(self) -> dict[str, str]: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def port(self) -> int: ...
 
 
 def effective_method(request: httpx.Request) -> str:
@@ -143,7 +160,7 @@ def create(server: GatewayProcess, length: int | None, **headers: str) -> str:
     return response.headers["Location"]
 
 
-def patch_headers(server: GatewayProcess, offset: int, **extra: str) -> dict[str, str]:
+def patch_headers(server: Gateway, offset: int, **extra: str) -> dict[str, str]:
     return {**server.auth, "Content-Type": OCTET, "Upload-Offset": str(offset), **extra}
 
 
@@ -201,7 +218,7 @@ def manifest_json(server: GatewayProcess, uid: str) -> dict[str, Any]:
 class Tus:
     """A tus client for one server, over a checking httpx client."""
 
-    server: GatewayProcess
+    server: Gateway
     client: httpx.Client
 
     @property
