@@ -22,6 +22,8 @@ from tests.tushttp import (
     upload_id,
 )
 
+# -- bodies that do not match their Content-Length -------------------------------------
+
 
 def _patch_head(tus: Tus, url: str, offset: int, extra: dict[str, str]) -> bytes:
     path = url.removeprefix(tus.server.url)
