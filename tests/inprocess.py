@@ -1,10 +1,12 @@
 """A gateway app served inside the test process: the same requests, no server process.
 
-For protocol tests that need no socket. `create_app` gets the store, catalog and keys
-built here on a data dir; the app runs on an event loop in a background thread, its
-lifespan entered there (httpx.ASGITransport does not run it), and a plain synchronous
-httpx.Client reaches it through httpx.ASGITransport on that loop. A test module then
-starts in milliseconds instead of spawning `gateway serve`. What depends on uvicorn
+For protocol tests that need no socket. `build_app` calls `create_app` with the store,
+catalog and keys built here on a data dir (or a store the test gives). Async tests talk
+to it through httpx.ASGITransport (`async_app_client`, which enters the app's lifespan:
+the transport does not). Synchronous tests get a plain httpx.Client (`app_client`): the
+app runs on an event loop in a background thread, its lifespan entered there, and each
+request is handed to the ASGI transport on that loop. A test module then starts in
+milliseconds instead of spawning `gateway serve`. What depends on uvicorn
 (connection handling, header limits, timeouts, exact request bytes) stays with
 tests/server.py's GatewayProcess. (starlette's TestClient does the same, but warns
 with the httpx we use.)
@@ -15,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from gateway.app import create_app, prepare_data_dir
@@ -29,12 +32,12 @@ from gateway.catalog.base import Principal
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import load_settings
 from gateway.keys.keyring import LocalKeyring
+from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
 from tests.tushttp import Tus, check_tus_resumable
 
 BASE_URL = "http://testserver"  # no one listens there: requests go to the app directly
 T = TypeVar("T")
-Run = Callable[[Coroutine[Any, Any, T]], T]
 
 
 @dataclass
@@ -78,10 +81,48 @@ class _ThreadedASGI(httpx.BaseTransport):
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
 
 
+def build_app(
+    data_dir: Path,
+    *,
+    store: ObjectStore | None = None,
+    settings: Mapping[str, object] | None = None,
+) -> tuple[Starlette, str]:
+    """`create_app` over `data_dir`: the given store (default: the folder store), the
+    SQLite catalog and the local keyring; absolute Location URLs like the black-box
+    servers. `settings` override the defaults (GATEWAY_* variables are not read).
+    Returns the app and a bearer token."""
+    overrides = {"data_dir": data_dir, "public_url": BASE_URL, **(settings or {})}
+    config = load_settings(overrides, environ={})
+    prepare_data_dir(config)
+    catalog = SQLiteCatalog(config.catalog_path)  # the app's lifespan closes it
+    token = mint_token(catalog, Principal("admin", "default"))
+    app = create_app(
+        config,
+        store=store if store is not None else FolderStore(config.objects_dir),
+        catalog=catalog,
+        keys=LocalKeyring.open(config.keyring_path),
+    )
+    return app, token
+
+
+@contextlib.asynccontextmanager
+async def async_app_client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """For async tests: an httpx.AsyncClient on `app` on the test's loop, lifespan entered."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, timeout=30
+        ) as client,
+    ):
+        yield client
+
+
 @contextlib.contextmanager
-def app_client(app: ASGIApp, lifespan: Any) -> Iterator[httpx.Client]:
-    """An httpx.Client on `app`, served on a private event loop with `lifespan` entered
-    around it (the app's `router.lifespan_context(app)`)."""
+def app_client(app: Starlette) -> Iterator[httpx.Client]:
+    """For synchronous tests: an httpx.Client on `app`, which runs on a private event
+    loop in a thread, its lifespan entered there; every response is checked for
+    Tus-Resumable."""
+    lifespan = app.router.lifespan_context(app)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="asgi-app", daemon=True)
     thread.start()
@@ -109,18 +150,7 @@ def app_client(app: ASGIApp, lifespan: Any) -> Iterator[httpx.Client]:
 
 @contextlib.contextmanager
 def app_tus(data_dir: Path, **settings: object) -> Iterator[Tus]:
-    """A Tus client on a fresh app over `data_dir` (folder store, SQLite catalog, local
-    keyring), with absolute Location URLs like the black-box servers; `settings`
-    override the defaults (GATEWAY_* in the environment are not read)."""
-    config = load_settings({"data_dir": data_dir, "public_url": BASE_URL, **settings}, environ={})
-    prepare_data_dir(config)
-    catalog = SQLiteCatalog(config.catalog_path)  # the app's lifespan closes it
-    token = mint_token(catalog, Principal("admin", "default"))
-    app = create_app(
-        config,
-        store=FolderStore(config.objects_dir),
-        catalog=catalog,
-        keys=LocalKeyring.open(config.keyring_path),
-    )
-    with app_client(app, app.router.lifespan_context(app)) as client:
+    """A Tus client on a fresh app over `data_dir` (see build_app)."""
+    app, token = build_app(data_dir, settings=settings)
+    with app_client(app) as client:
         yield Tus(AppGateway(data_dir, token), client)
