@@ -1,4 +1,4 @@
-"""Shared fixtures: a real gateway process, and the project's own decrypting reader."""
+"""Shared fixtures: gateway processes (per test or per module), SeaweedFS, a decrypting reader."""
 
 from __future__ import annotations
 
@@ -6,14 +6,31 @@ import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
 from tests import server as server_module
-from tests.s3server import s3_server  # noqa: F401 - the session's SeaweedFS fixture
+from tests.s3server import SeaweedS3
 from tests.server import GatewayProcess, S3Target, store_for
+from tests.tushttp import Tus, object_dirs, start_server, tree, tus_client
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 server for the whole session; use `fresh_bucket()` per test."""
+    server = SeaweedS3()
+    try:
+        server.start()
+    except Exception:
+        server.close()
+        raise
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,6 +74,46 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """One gateway process for a test module, with the module's `SERVER_ENV` settings."""
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    proc = start_server(tmp_path_factory, name, getattr(request.module, "SERVER_ENV", None))
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    """An httpx client that checks Tus-Resumable on every response (tus_client)."""
+    with tus_client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tus(server: GatewayProcess, client: httpx.Client) -> Tus:
+    return Tus(server, client)
+
+
+@pytest.fixture
+def untouched(tus: Tus) -> Iterator[None]:
+    """The test must leave no new upload and no new file anywhere near the data dir."""
+    root = tus.data_dir.parent
+    objects, files = object_dirs(tus.data_dir), _files_outside_the_catalog(root)
+    yield
+    assert object_dirs(tus.data_dir) == objects, "a refused request created an upload"
+    assert _files_outside_the_catalog(root) == files, "a refused request created a file"
+
+
+def _files_outside_the_catalog(root: Path) -> set[str]:
+    # The catalog's WAL and journal files come and go with every query; they are not uploads.
+    return {p for p in tree(root) if "catalog.sqlite3" not in p}
 
 
 def read_stored(data_dir: Path, upload_id: str) -> bytes:

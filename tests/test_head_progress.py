@@ -11,10 +11,10 @@ import os
 import time
 from collections.abc import Callable
 
-from tests.blackbox import StreamingPatch, create, head_offset, segment_size
 from tests.conftest import read_stored
+from tests.rawhttp import StreamingPatch
 from tests.server import GatewayProcess
-from tests.tushttp import upload_id
+from tests.tushttp import create, head_offset, segment_size, upload_id
 
 KiB = 1 << 10
 

@@ -13,24 +13,21 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.rawhttp import RawResponse, raw_request, request_head
 from tests.server import GatewayProcess
 from tests.test_observability import wait_for_access
 from tests.tushttp import (
     OCTET,
     PROBLEM,
     UNKNOWN_ID,
-    RawResponse,
     Tus,
     assert_problem,
-    raw_request,
-    request_head,
-    start_server,
     tus_client,
     upload_id,
 )
@@ -40,24 +37,11 @@ HEADER_TIMEOUT = 2.0
 LINGER_TIMEOUT = 3.0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    env = {
-        "GATEWAY_PUBLIC_URL": "",  # the default: relative Location
-        "GATEWAY_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
-        "GATEWAY_LINGER_TIMEOUT": str(LINGER_TIMEOUT),
-    }
-    proc = start_server(tmp_path_factory, "edge", env)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def tus(server: GatewayProcess) -> Iterator[Tus]:
-    with tus_client() as client:
-        yield Tus(server, client)
+SERVER_ENV = {  # for the module's `server` (conftest.py)
+    "GATEWAY_PUBLIC_URL": "",  # the default: relative Location
+    "GATEWAY_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+    "GATEWAY_LINGER_TIMEOUT": str(LINGER_TIMEOUT),
+}
 
 
 def _create(tus: Tus, length: int) -> str:
@@ -439,11 +423,11 @@ def test_forwarded_headers_count_only_from_trusted_proxies(
     assert line["client"] == ("203.0.113.7" if trusted else "127.0.0.1")
 
 
-def test_the_access_log_names_the_effective_method(tus: Tus) -> None:
+def test_the_access_log_names_the_effective_method(tus: Tus, server: GatewayProcess) -> None:
     url = _create(tus, 10)
     headers = {**tus.server.auth, "X-HTTP-Method-Override": "HEAD", "X-Request-ID": "ovr-test"}
     assert tus.client.post(url, headers=headers).status_code == 200
-    line = wait_for_access(tus.server, {"ovr-test"})["ovr-test"][0]
+    line = wait_for_access(server, {"ovr-test"})["ovr-test"][0]
     assert (line["method"], line["wire_method"]) == ("HEAD", "POST")
 
 

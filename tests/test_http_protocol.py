@@ -32,7 +32,6 @@ from tests.tushttp import (
     chunked,
     object_dirs,
     start_server,
-    tus_client,
     upload_id,
 )
 
@@ -53,27 +52,6 @@ ALGORITHMS = ("sha1", "sha256", "sha512", "md5", "crc32", "crc32c")
 
 
 # -- servers and clients ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """One default server for every test that does not need special settings."""
-    proc = start_server(tmp_path_factory, "protocol")
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with tus_client() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def tus(server: GatewayProcess, client: httpx.Client) -> Tus:
-    return Tus(server, client)
 
 
 @pytest.fixture(scope="module")

@@ -26,18 +26,10 @@ from tusclient import client as tus_client
 
 from gateway import metrics
 from gateway.leases import StopReason
-from tests.blackbox import (
-    RawPatch,
-    StreamingPatch,
-    create,
-    error_code,
-    head_offset,
-    patch,
-    patch_headers,
-)
 from tests.conftest import read_stored
+from tests.rawhttp import RawPatch, StreamingPatch
 from tests.server import GatewayProcess
-from tests.tushttp import upload_id
+from tests.tushttp import create, error_code, head_offset, patch, patch_headers, upload_id
 
 MiB = 1 << 20
 SMALL_SEGMENTS = {"GATEWAY_SEGMENT_SIZE": "65536"}

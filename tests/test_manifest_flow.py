@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -26,8 +26,13 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from gateway.layout import data_key, manifest_keys
-from tests.blackbox import (
-    StreamingPatch,
+from tests.conftest import sha256
+from tests.rawhttp import StreamingPatch
+from tests.server import GatewayProcess, store_for
+from tests.tushttp import (
+    OCTET,
+    UNKNOWN_ID,
+    assert_problem,
     create,
     error_code,
     head_offset,
@@ -37,12 +42,11 @@ from tests.blackbox import (
     segment_size,
     send,
     upload,
+    upload_id,
 )
-from tests.conftest import sha256
-from tests.server import GatewayProcess, store_for
-from tests.tushttp import OCTET, UNKNOWN_ID, assert_problem, start_server, tus_client, upload_id
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
+SERVER_ENV = SEG_ENV  # for the module's `server` (conftest.py)
 QUICK = {"GATEWAY_LEASE_TTL": "2"}  # a killed holder's lease is taken over quickly
 RECORD_OVERHEAD = 28
 JWS_TYP = "imgw-manifest+jws"
@@ -50,21 +54,6 @@ JWS_TYP = "imgw-manifest+jws"
 # Distinctive values that must never reach a manifest.
 FILENAME = "Zyzzyva-Quokka-Scan-4711.dcm"
 PATIENT = "DOE^JOHNATHAN^QUIXOTE"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    proc = start_server(tmp_path_factory, "manifests", SEG_ENV)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with tus_client() as c:
-        yield c
 
 
 def b64(text: str) -> str:

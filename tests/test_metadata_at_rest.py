@@ -22,9 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.blackbox import OCTET, create, patch, patch_headers
 from tests.server import GatewayProcess
-from tests.tushttp import upload_id
+from tests.tushttp import OCTET, create, patch, patch_headers, upload_id
 
 FILENAME = "DOE^JOHN_MRN12345.dcm"
 PATIENT = "Doe, John Q. born 1961-04-12"

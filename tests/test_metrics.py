@@ -30,7 +30,8 @@ from gateway import metrics
 from gateway.catalog.base import Catalog, LeaseCatalog, TokenStore
 from gateway.layout import data_key
 from gateway.store.base import InPlaceStore, ObjectStore
-from tests.blackbox import (
+from tests.server import GatewayProcess
+from tests.tushttp import (
     OCTET,
     create,
     error_code,
@@ -39,9 +40,8 @@ from tests.blackbox import (
     patch,
     patch_headers,
     upload,
+    upload_id,
 )
-from tests.server import GatewayProcess
-from tests.tushttp import upload_id
 
 
 @dataclass

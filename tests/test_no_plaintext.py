@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.blackbox import RawPatch, create, head_offset, patch, patch_headers
 from tests.conftest import read_stored
+from tests.rawhttp import RawPatch
 from tests.server import GatewayProcess
-from tests.tushttp import upload_id
+from tests.tushttp import create, head_offset, patch, patch_headers, upload_id
 
 MiB = 1 << 20
 SIZES = [1, 1000, 65536 + 3, 300_001]  # then the rest

@@ -18,10 +18,9 @@ from typing import Any
 
 import httpx
 
-from tests.blackbox import OCTET, create, patch, patch_headers
 from tests.server import GatewayProcess
 from tests.test_metrics import delta, scrape
-from tests.tushttp import upload_id
+from tests.tushttp import OCTET, create, patch, patch_headers, upload_id
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ACCESS_FIELDS = {

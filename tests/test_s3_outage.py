@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.blackbox import StreamingPatch, create, error_code, head_offset, patch
 from tests.conftest import read_stored
+from tests.rawhttp import StreamingPatch
 from tests.s3server import SeaweedS3
 from tests.server import GatewayProcess, S3Target, store_for
-from tests.tushttp import upload_id
+from tests.tushttp import create, error_code, head_offset, patch, upload_id
 
 MiB = 1 << 20
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.blackbox import catalog_files_holding, error_code, upload
 from tests.server import GatewayProcess
-from tests.tushttp import upload_id
+from tests.tushttp import catalog_files_holding, error_code, upload, upload_id
 
 
 def _wrapped_key(data_dir: Path, uid: str) -> bytes:

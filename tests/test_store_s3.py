@@ -23,9 +23,6 @@ from tests.server import free_port
 if TYPE_CHECKING:
     from tests.s3server import SeaweedS3
 
-# The `s3_server` session fixture, registered as a plugin so that it is one server for
-# the whole session, whichever test files use it.
-
 MiB = 1 << 20
 
 

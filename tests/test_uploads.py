@@ -32,8 +32,8 @@ from gateway.uploads import Uploads
 from gateway.wiring import build_services
 from gateway.writer import BodyInterrupted
 from gateway.writer.pipeline import SealingPipeline
-from tests.blackbox import catalog_files_holding
 from tests.fakes import InPlaceMemoryStore, MemoryStore
+from tests.tushttp import catalog_files_holding
 
 S = 64 * 1024
 ME = Principal("alice", "t1")

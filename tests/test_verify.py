@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.layout import data_key, manifest_keys
-from tests.blackbox import (
+from tests.server import GatewayProcess, free_port, store_for
+from tests.tushttp import (
+    UNKNOWN_ID,
     create,
     flip_stored_byte,
     manifest_json,
@@ -32,23 +34,14 @@ from tests.blackbox import (
     segment_size,
     send,
     upload,
+    upload_id,
 )
-from tests.server import GatewayProcess, free_port, store_for
-from tests.tushttp import UNKNOWN_ID, start_server, upload_id
 
 SEG_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
+SERVER_ENV = SEG_ENV  # for the module's `server` (conftest.py)
 RECORD_OVERHEAD = 28
 TAG_LEN = 16
 NONCE_LEN = 12
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    proc = start_server(tmp_path_factory, "verify", SEG_ENV)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""Helpers for the black-box tus HTTP tests: a checking client, problem+json asserts, raw HTTP.
+"""Helpers for the tus HTTP tests: requests to a gateway and the checks on its answers.
 
-Every response that passes through `tus_client` is checked for the rule that holds
-on all of them: `Tus-Resumable: 1.0.0` on every response except OPTIONS.
+Free functions (`create`, `patch`, `head_offset`, `upload`) drive a server in a few
+calls; `Tus` is a client whose every response is checked for the rule that holds on all
+of them: `Tus-Resumable: 1.0.0` on every response except OPTIONS. What httpx would not
+send (exact request bytes, bodies paced or cut midway) is in rawhttp.py.
 """
 
 from __future__ import annotations
@@ -10,18 +12,18 @@ import base64
 import email.utils
 import hashlib
 import re
-import socket
-import time
+import subprocess
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import crc32c
 import httpx
 import pytest
 
-from tests.server import GatewayProcess
+from tests.server import GatewayProcess, store_for
 
 TUS_VERSION = "1.0.0"
 OCTET = "application/offset+octet-stream"
@@ -35,6 +37,23 @@ IMF_FIXDATE = re.compile(
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 # An id of the right shape that the server never minted.
 UNKNOWN_ID = "Zz" * 11
+
+
+class Gateway(Protocol):
+    """What a test talks to: a GatewayProcess, or an app in this process (inprocess.py)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def files_url(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def auth(self) -> dict[str, str]: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def port(self) -> int: ...
 
 
 def effective_method(request: httpx.Request) -> str:
@@ -93,6 +112,13 @@ def upload_id(url: str) -> str:
     return uid
 
 
+def error_code(response: httpx.Response) -> str | None:
+    if response.headers.get("content-type") != PROBLEM:
+        return None
+    code = response.json().get("code")
+    return str(code) if code is not None else None
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -115,22 +141,84 @@ def chunked(data: bytes, size: int = 4096) -> Iterator[bytes]:
         yield data[i : i + size]
 
 
-def object_dirs(data_dir: Path) -> set[str]:
-    """The upload folders in the object store (one per upload that holds objects)."""
-    objects = data_dir / "objects"
-    return {p.name for p in objects.iterdir()} if objects.is_dir() else set()
+# -- requests ----------------------------------------------------------------------------
 
 
-def tree(root: Path) -> set[str]:
-    """Every path under root, relative to it."""
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+def creation_headers(length: int | None, metadata: str | None = None) -> dict[str, str]:
+    """Upload-Length, or Upload-Defer-Length when `length` is None; Upload-Metadata."""
+    h = {"Upload-Defer-Length": "1"} if length is None else {"Upload-Length": str(length)}
+    if metadata is not None:
+        h["Upload-Metadata"] = metadata
+    return h
+
+
+def create(server: GatewayProcess, length: int | None, **headers: str) -> str:
+    """A new upload's absolute URL; `length` None defers the length."""
+    h = {**server.auth, **creation_headers(length), **headers}
+    response = httpx.post(server.files_url, headers=h, timeout=30)
+    assert response.status_code == 201, response.text
+    return response.headers["Location"]
+
+
+def patch_headers(server: Gateway, offset: int, **extra: str) -> dict[str, str]:
+    return {**server.auth, "Content-Type": OCTET, "Upload-Offset": str(offset), **extra}
+
+
+def patch(server: GatewayProcess, url: str, data: bytes, offset: int) -> httpx.Response:
+    return httpx.patch(url, content=data, headers=patch_headers(server, offset), timeout=60)
+
+
+def head_offset(server: GatewayProcess, url: str) -> int:
+    response = httpx.head(url, headers=server.auth, timeout=30)
+    assert response.status_code == 200, (response.status_code, response.headers)
+    return int(response.headers["Upload-Offset"])
+
+
+def send(
+    server: GatewayProcess, url: str, data: bytes, offset: int, sizes: list[int] | None = None
+) -> int:
+    """PATCH data[offset:] in pieces of `sizes` (default: one); return the new offset."""
+    for size in sizes if sizes is not None else [len(data) - offset]:
+        response = patch(server, url, data[offset : offset + size], offset)
+        assert response.status_code == 204, response.text
+        offset += size
+        assert response.headers["Upload-Offset"] == str(offset)
+    return offset
+
+
+def upload(
+    server: GatewayProcess, data: bytes, sizes: list[int] | None = None, **headers: str
+) -> str:
+    """Create an upload of len(data) bytes, send all of it; return its absolute URL."""
+    url = create(server, len(data), **headers)
+    if data:
+        assert send(server, url, data, 0, sizes) == len(data)
+    assert head_offset(server, url) == len(data)
+    return url
+
+
+def segment_size(server: GatewayProcess) -> int:
+    """The segment size the server seals with (set by the test, or raised for S3)."""
+    return int(server.env.get("GATEWAY_SEGMENT_SIZE", 8 << 20))
+
+
+def manifest_json(server: GatewayProcess, uid: str) -> dict[str, Any]:
+    """GET /files/{id}/manifest as JSON."""
+    response = httpx.get(
+        f"{server.files_url}{uid}/manifest",
+        headers={**server.auth, "Accept": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
 
 
 @dataclass
 class Tus:
     """A tus client for one server, over a checking httpx client."""
 
-    server: GatewayProcess
+    server: Gateway
     client: httpx.Client
 
     @property
@@ -155,14 +243,7 @@ class Tus:
         headers: dict[str, str] | None = None,
     ) -> str:
         """A new upload; length None defers it. Returns its absolute URL."""
-        h = dict(headers or {})
-        if length is None:
-            h["Upload-Defer-Length"] = "1"
-        else:
-            h["Upload-Length"] = str(length)
-        if metadata is not None:
-            h["Upload-Metadata"] = metadata
-        response = self.post(h)
+        response = self.post({**creation_headers(length, metadata), **(headers or {})})
         assert response.status_code == 201, response.text
         return response.headers["Location"]
 
@@ -181,8 +262,7 @@ class Tus:
         offset: int,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        h = {**self.server.auth, "Content-Type": OCTET, "Upload-Offset": str(offset)}
-        h.update(headers or {})
+        h = {**patch_headers(self.server, offset), **(headers or {})}
         return self.client.patch(url, content=data, headers=h)
 
     def delete(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -213,53 +293,38 @@ class Tus:
         assert pos == len(data), "chunk sizes must add up to the data"
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]  # lower-case names; the last line wins
-    body: bytes
-    elapsed: float
+# -- what the gateway left at rest ----------------------------------------------------
 
 
-def raw_request(
-    port: int,
-    head: bytes,
-    body: bytes = b"",
-    *,
-    timeout: float = 10.0,
-) -> RawResponse:
-    """Send exactly these request bytes (start line + headers + CRLF) and read one response.
-
-    For what httpx would normalise away: dot segments, percent escapes in the path,
-    a Content-Length that the body does not match.
-    """
-    start = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(head + body)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        top, _, rest = data.partition(b"\r\n\r\n")
-        lines = top.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        # A response to HEAD announces a Content-Length but carries no body.
-        size = 0 if head.startswith(b"HEAD ") else int(headers.get("content-length", "0"))
-        while len(rest) < size:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-    return RawResponse(status, headers, rest[:size], time.monotonic() - start)
+def object_dirs(data_dir: Path) -> set[str]:
+    """The upload folders in the object store (one per upload that holds objects)."""
+    objects = data_dir / "objects"
+    return {p.name for p in objects.iterdir()} if objects.is_dir() else set()
 
 
-def request_head(method: str, target: str, port: int, headers: dict[str, str]) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+def tree(root: Path) -> set[str]:
+    """Every path under root, relative to it."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def flip_stored_byte(data_dir: Path, key: str, offset: int) -> None:
+    """XOR one byte of a stored object with 0x01 (offset < 0 counts from the end)."""
+    store = store_for(data_dir)
+    blob = bytearray(store.get(key))
+    blob[offset] ^= 0x01
+    store.put(key, bytes(blob))
+
+
+CATALOG_FILES = ("catalog.sqlite3", "catalog.sqlite3-wal", "catalog.sqlite3-shm")
+
+
+def catalog_files_holding(data_dir: Path, secret: bytes) -> list[str]:
+    """Which of the catalog's files contain `secret`. Read by another process: closing
+    a descriptor of the database here would drop this process's SQLite locks on it."""
+    found = []
+    for name in CATALOG_FILES:
+        if (data_dir / name).exists():
+            raw = subprocess.run(["cat", str(data_dir / name)], capture_output=True, check=True)
+            if secret in raw.stdout:
+                found.append(name)
+    return found

@@ -321,7 +321,9 @@ def _code(exc: BaseException | None) -> str | None:
 class S3Store:
     """ObjectStore on an S3 bucket: multipart uploads for sealed objects, PUTs for the rest."""
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, *, http: urllib3.PoolManager | None = None) -> None:
+        """`http`: the connection pool to send requests through (tests inject faults
+        there); by default one built from the settings."""
         check_bucket_name(settings.bucket)
         if settings.checksums not in ("auto", "on", "off"):
             raise ValueError(f"checksums must be auto, on or off, not {settings.checksums!r}")
@@ -333,7 +335,7 @@ class S3Store:
         host, secure = _split_endpoint(settings.endpoint, settings.secure)
         self._send_checksums = settings.checksums != "off"
         self.checksums_verified: bool | None = None
-        self._http = urllib3.PoolManager(
+        self._http = http or urllib3.PoolManager(
             maxsize=settings.pool_size,
             block=False,
             timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout),

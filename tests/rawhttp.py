@@ -1,60 +1,26 @@
-"""Small helpers shared by the black-box tests that drive a gateway process over HTTP.
+"""What httpx would not send: exact request bytes, and PATCH bodies paced or cut midway.
 
 `StreamingPatch` sends a PATCH body from a background thread, counting the bytes it
 has handed to the socket, so a test can act (kill the server, send a competing
-request) while a body is in the middle of arriving.
+request) while a body is in the middle of arriving. `RawPatch` writes a PATCH on a bare
+socket, so a test controls when each body byte goes out; `raw_request` sends request
+bytes as they are (dot segments, percent escapes, a Content-Length the body does not
+match) and reads one response.
 """
 
 from __future__ import annotations
 
 import select
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import httpx
 
-from tests.server import GatewayProcess, store_for
-
-OCTET = "application/offset+octet-stream"
-
-
-def create(server: GatewayProcess, length: int | None, **headers: str) -> str:
-    """A new upload's absolute URL; `length` None defers the length."""
-    h = {**server.auth, **headers}
-    if length is None:
-        h["Upload-Defer-Length"] = "1"
-    else:
-        h["Upload-Length"] = str(length)
-    response = httpx.post(server.files_url, headers=h, timeout=30)
-    assert response.status_code == 201, response.text
-    return response.headers["Location"]
-
-
-def patch_headers(server: GatewayProcess, offset: int, **extra: str) -> dict[str, str]:
-    return {**server.auth, "Content-Type": OCTET, "Upload-Offset": str(offset), **extra}
-
-
-def patch(server: GatewayProcess, url: str, data: bytes, offset: int) -> httpx.Response:
-    return httpx.patch(url, content=data, headers=patch_headers(server, offset), timeout=60)
-
-
-def head_offset(server: GatewayProcess, url: str) -> int:
-    response = httpx.head(url, headers=server.auth, timeout=30)
-    assert response.status_code == 200, (response.status_code, response.headers)
-    return int(response.headers["Upload-Offset"])
-
-
-def error_code(response: httpx.Response) -> str | None:
-    if response.headers.get("content-type") != "application/problem+json":
-        return None
-    code = response.json().get("code")
-    return str(code) if code is not None else None
+from tests.server import GatewayProcess
+from tests.tushttp import patch_headers
 
 
 @dataclass
@@ -132,8 +98,53 @@ class StreamingPatch:
 @dataclass
 class RawResponse:
     status: int
-    headers: dict[str, str]  # lower-case names
+    headers: dict[str, str]  # lower-case names; the last line wins
     body: bytes
+    elapsed: float = 0.0  # from sending the request to the end of the answer
+
+
+def raw_request(
+    port: int,
+    head: bytes,
+    body: bytes = b"",
+    *,
+    timeout: float = 10.0,
+) -> RawResponse:
+    """Send exactly these request bytes (start line + headers + CRLF) and read one response.
+
+    For what httpx would normalise away: dot segments, percent escapes in the path,
+    a Content-Length that the body does not match.
+    """
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        top, _, rest = data.partition(b"\r\n\r\n")
+        lines = top.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        # A response to HEAD announces a Content-Length but carries no body.
+        size = 0 if head.startswith(b"HEAD ") else int(headers.get("content-length", "0"))
+        while len(rest) < size:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return RawResponse(status, headers, rest[:size], time.monotonic() - start)
+
+
+def request_head(method: str, target: str, port: int, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class RawPatch:
@@ -207,71 +218,3 @@ class RawPatch:
 
     def close(self) -> None:
         self.sock.close()
-
-
-# -- finished uploads, their manifests and the stored objects -----------------------------
-
-
-def send(
-    server: GatewayProcess, url: str, data: bytes, offset: int, sizes: list[int] | None = None
-) -> int:
-    """PATCH data[offset:] in pieces of `sizes` (default: one); return the new offset."""
-    for size in sizes if sizes is not None else [len(data) - offset]:
-        response = patch(server, url, data[offset : offset + size], offset)
-        assert response.status_code == 204, response.text
-        offset += size
-        assert response.headers["Upload-Offset"] == str(offset)
-    return offset
-
-
-def upload(
-    server: GatewayProcess, data: bytes, sizes: list[int] | None = None, **headers: str
-) -> str:
-    """Create an upload of len(data) bytes, send all of it; return its absolute URL."""
-    url = create(server, len(data), **headers)
-    if data:
-        assert send(server, url, data, 0, sizes) == len(data)
-    assert head_offset(server, url) == len(data)
-    return url
-
-
-def segment_size(server: GatewayProcess) -> int:
-    """The segment size the server seals with (set by the test, or raised for S3)."""
-    return int(server.env.get("GATEWAY_SEGMENT_SIZE", 8 << 20))
-
-
-def manifest_json(server: GatewayProcess, uid: str) -> dict[str, Any]:
-    """GET /files/{id}/manifest as JSON."""
-    response = httpx.get(
-        f"{server.files_url}{uid}/manifest",
-        headers={**server.auth, "Accept": "application/json"},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-    document: dict[str, Any] = response.json()
-    return document
-
-
-def flip_stored_byte(data_dir: Path, key: str, offset: int) -> None:
-    """XOR one byte of a stored object with 0x01 (offset < 0 counts from the end)."""
-    store = store_for(data_dir)
-    blob = bytearray(store.get(key))
-    blob[offset] ^= 0x01
-    store.put(key, bytes(blob))
-
-
-# -- the catalog's files ---------------------------------------------------------------
-
-CATALOG_FILES = ("catalog.sqlite3", "catalog.sqlite3-wal", "catalog.sqlite3-shm")
-
-
-def catalog_files_holding(data_dir: Path, secret: bytes) -> list[str]:
-    """Which of the catalog's files contain `secret`. Read by another process: closing
-    a descriptor of the database here would drop this process's SQLite locks on it."""
-    found = []
-    for name in CATALOG_FILES:
-        if (data_dir / name).exists():
-            raw = subprocess.run(["cat", str(data_dir / name)], capture_output=True, check=True)
-            if secret in raw.stdout:
-                found.append(name)
-    return found

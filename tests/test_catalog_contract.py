@@ -1,0 +1,361 @@
+"""What every catalog promises (gateway/catalog/base.py), checked on each implementation.
+
+An implementation joins by one fixture that yields an opener: each call opens another
+handle (connection) on the same, initially empty catalog; the fixture closes them all.
+Add its name to `IMPLEMENTATIONS`. What only one implementation does (SQLite's files,
+shredding of its pages, migrations) stays in that implementation's own tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog.base import (
+    ACTIVE,
+    COMPLETE,
+    TERMINATED,
+    Catalog,
+    Lease,
+    LeaseLost,
+    OffsetConflict,
+    Principal,
+    Progress,
+    RecordRow,
+    TailPiece,
+    Upload,
+)
+from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.keys.base import WrappedKey
+
+TTL = 30.0
+Opener = Callable[[], Catalog]
+
+
+@pytest.fixture
+def sqlite_catalogs(tmp_path: Path) -> Iterator[Opener]:
+    opened: list[SQLiteCatalog] = []
+
+    def open_catalog() -> Catalog:
+        opened.append(SQLiteCatalog(tmp_path / "catalog.sqlite3"))
+        return opened[-1]
+
+    yield open_catalog
+    for catalog in opened:
+        catalog.close()
+
+
+IMPLEMENTATIONS = ["sqlite_catalogs"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def catalogs(request: pytest.FixtureRequest) -> Opener:
+    opener: Opener = request.getfixturevalue(request.param)
+    return opener
+
+
+@pytest.fixture
+def cat(catalogs: Opener) -> Catalog:
+    return catalogs()
+
+
+def upload(upload_id: str = "u1", **changes: object) -> Upload:
+    base = Upload(
+        id=upload_id,
+        owner="alice",
+        tenant="t1",
+        length=None,
+        offset=0,
+        metadata=b"\x01sealed metadata\xff",
+        state=ACTIVE,
+        created_at=1000.0,
+        expires_at=5000.0,
+        segment_size=1 << 20,
+        header=b"\x00hdr\xff",
+        dek_id=b"dek-" + upload_id.encode(),
+        checksum=b"\x01sealed checksum",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def wrapped(tag: bytes = b"x") -> WrappedKey:
+    return WrappedKey(kek_id="local-1", kek_version=1, blob=b"blob-" + tag)
+
+
+def record(i: int, final: bool = False) -> RecordRow:
+    return RecordRow(
+        i, plaintext_len=100 + i, final=final, size=200 + i, sha256=bytes([i]) * 32, etag=f"e{i}"
+    )
+
+
+def lease_on(cat: Catalog, upload_id: str = "u1", holder: str = "A", now: float = 0.0) -> Lease:
+    lease = cat.acquire_lease(upload_id, holder, TTL, now=now)
+    assert lease is not None
+    return lease
+
+
+def snapshot(cat: Catalog, upload_id: str) -> tuple[object, ...]:
+    return (cat.get_upload(upload_id), cat.records(upload_id), cat.tail_pieces(upload_id))
+
+
+class TestUploads:
+    def test_an_upload_reads_back_as_created(self, cat: Catalog) -> None:
+        final = upload(concat="final", parts=("p1", "p2"), length=None)
+        cat.create_upload(final, wrapped())
+        assert cat.get_upload("u1") == final
+        assert cat.wrapped_key(final.dek_id) == wrapped()
+        bare = upload("u2", header=b"", metadata=None, expires_at=None, length=7, checksum=None)
+        cat.create_upload(bare, None)
+        assert cat.get_upload("u2") == bare
+        assert cat.wrapped_key(bare.dek_id) is None
+        assert cat.get_upload("nope") is None
+        assert cat.wrapped_key(b"nope") is None
+        assert cat.legacy_metadata() == []  # nothing plain in a new catalog
+
+    def test_commit_moves_the_upload_forward(self, cat: Catalog) -> None:
+        cat.create_upload(upload(checksum=None), wrapped())
+        lease = lease_on(cat)
+        cat.commit(lease, Progress(0, 50, add_piece=TailPiece(0, 0, 0, 50)))
+        cat.commit(lease, Progress(50, 80, add_piece=TailPiece(0, 1, 50, 30)))
+        assert [p.piece for p in cat.tail_pieces("u1")] == [0, 1]
+        # Segment 0 is sealed into two records; its pieces go, a piece of segment 1 comes.
+        cat.commit(
+            lease,
+            Progress(
+                expected_offset=80,
+                offset=120,
+                records=[record(0), record(1, final=True)],
+                add_piece=TailPiece(1, 0, 0, 40),
+                drop_pieces_below=1,
+                expires_at=9000.0,
+                checksum=b"\x00sealed",
+            ),
+        )
+        assert cat.records("u1") == [record(0), record(1, final=True)]
+        assert cat.tail_pieces("u1") == [TailPiece(1, 0, 0, 40)]
+        # Two pieces merged into one: the old rows go, the merged one comes.
+        cat.commit(lease, Progress(120, 130, add_piece=TailPiece(1, 1, 40, 10)))
+        merged = TailPiece(1, 2, 0, 50)
+        cat.commit(
+            lease,
+            Progress(130, 130, add_piece=merged, drop_pieces=cat.tail_pieces("u1")),
+        )
+        assert cat.tail_pieces("u1") == [merged]
+        cat.commit(lease, Progress(130, 130, complete_at=777.0))
+        got = cat.get_upload("u1")
+        assert got is not None
+        assert (got.offset, got.expires_at, got.checksum) == (130, 9000.0, b"\x00sealed")
+        assert (got.state, got.completed_at) == (COMPLETE, 777.0)
+
+    def test_a_record_written_again_replaces_the_old_row(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        lease = lease_on(cat)
+        cat.commit(lease, Progress(0, 10, records=[record(0)]))
+        newer = replace(record(0), etag="again")
+        cat.commit(lease, Progress(10, 10, records=[newer]))
+        assert cat.records("u1") == [newer]
+
+    def test_a_stale_lease_records_nothing(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        lease = lease_on(cat)
+        before = snapshot(cat, "u1")
+        step = Progress(0, 10, records=[record(0)], add_piece=TailPiece(0, 0, 0, 10))
+        with pytest.raises(LeaseLost):
+            cat.commit(replace(lease, token=lease.token - 1), step)
+        with pytest.raises(LeaseLost):
+            cat.commit(replace(lease, holder="B"), step)
+        assert snapshot(cat, "u1") == before
+
+    def test_a_wrong_offset_records_nothing(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        lease = lease_on(cat)
+        cat.commit(lease, Progress(0, 10, add_piece=TailPiece(0, 0, 0, 10)))
+        before = snapshot(cat, "u1")
+        with pytest.raises(OffsetConflict):
+            cat.commit(
+                lease,
+                Progress(5, 20, records=[record(0)], drop_pieces_below=1, complete_at=1.0),
+            )
+        assert snapshot(cat, "u1") == before
+
+    def test_a_length_is_set_once(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        cat.set_length("u1", 10)
+        cat.set_length("u1", 20)
+        got = cat.get_upload("u1")
+        assert got is not None and got.length == 10
+
+    def test_expired_lists_active_uploads_by_expiry(self, cat: Catalog) -> None:
+        cat.create_upload(upload("b", expires_at=200.0), None)
+        cat.create_upload(upload("a", expires_at=100.0), None)
+        cat.create_upload(upload("c", expires_at=None), None)
+        cat.create_upload(upload("d", expires_at=50.0, state=COMPLETE), None)
+        assert cat.expired(now=99.0) == []
+        assert cat.expired(now=100.0) == ["a"]
+        assert cat.expired(now=1000.0) == ["a", "b"]
+        assert cat.expired(now=1000.0, limit=1) == ["a"]
+
+    def test_open_uploads_counts_the_principals_unfinished_bytes(self, cat: Catalog) -> None:
+        cat.create_upload(upload("a", length=100), None)
+        cat.create_upload(upload("b", length=None, offset=0), None)
+        cat.create_upload(upload("c", length=7, state=COMPLETE), None)
+        cat.create_upload(upload("d", length=1000, owner="bob"), None)
+        cat.commit(lease_on(cat, "b"), Progress(0, 30))  # deferred length: its offset
+        assert cat.open_uploads("alice", "t1") == (2, 130)
+        assert cat.open_uploads("alice", "t2") == (0, 0)
+
+
+class TestRemoval:
+    def test_terminate_deletes_the_key_and_stops_writers(self, cat: Catalog) -> None:
+        up = upload()
+        cat.create_upload(up, wrapped())
+        lease = lease_on(cat)
+        cat.terminate("u1")
+        got = cat.get_upload("u1")
+        assert got is not None and got.state == TERMINATED
+        assert cat.wrapped_key(up.dek_id) is None
+        with pytest.raises(LeaseLost):
+            cat.commit(lease, Progress(0, 10, complete_at=1.0))
+        assert cat.expired(now=1e9) == []
+        assert cat.removals_pending() == ["u1"]
+        assert cat.shred("u1")
+        cat.forget("u1")
+        assert cat.removals_pending() == []
+
+    def test_a_retired_partial_keeps_its_key(self, cat: Catalog) -> None:
+        partial = upload("p1", concat="partial", length=3)
+        cat.create_upload(partial, wrapped())
+        cat.create_upload(upload("f", concat="final", parts=("p1", "p2")), wrapped(b"f"))
+        cat.create_upload(upload("g", concat="final", parts=("p10",)), wrapped(b"g"))
+        cat.retire("p1")
+        got = cat.get_upload("p1")
+        assert got is not None and got.state == TERMINATED
+        assert cat.wrapped_key(partial.dek_id) == wrapped()
+        assert cat.removals_pending() == []
+        assert cat.finals_using("p1") == ["f"]  # not "g", whose partial is p10
+        cat.terminate("f")
+        assert cat.finals_using("p1") == []
+
+    def test_forget_removes_every_row_of_one_upload(self, cat: Catalog) -> None:
+        up = upload()
+        cat.create_upload(up, wrapped())
+        cat.create_upload(upload("u2"), wrapped(b"2"))
+        lease = lease_on(cat)
+        cat.commit(lease, Progress(0, 10, records=[record(0)], add_piece=TailPiece(1, 0, 0, 10)))
+        cat.forget("u1")
+        assert snapshot(cat, "u1") == (None, [], [])
+        assert cat.wrapped_key(up.dek_id) is None
+        with pytest.raises(LeaseLost):
+            cat.commit(lease, Progress(10, 20))
+        assert cat.get_upload("u2") is not None
+
+
+class TestLeases:
+    def test_lease_held_only_looks(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        assert not cat.lease_held("u1", now=0.0)
+        a = lease_on(cat)
+        assert cat.lease_held("u1", now=1.0)
+        assert not cat.lease_held("u1", now=TTL)  # expired: whoever held it is gone
+        state = cat.renew_lease(a, TTL, now=2.0)
+        assert state.valid and not state.release_requested
+        cat.release_lease(a)
+        assert not cat.lease_held("u1", now=3.0)
+
+    def test_a_release_is_requested_then_the_lease_handed_over(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        a = lease_on(cat)
+        assert a.expires_at == TTL
+        assert cat.acquire_lease("u1", "B", TTL, now=1.0) is None
+        state = cat.renew_lease(a, TTL, now=2.0)
+        assert state.valid and state.release_requested
+        cat.release_lease(a)
+        b = lease_on(cat, holder="B", now=3.0)
+        assert b.token > a.token
+        state = cat.renew_lease(b, TTL, now=4.0)
+        assert state.valid and not state.release_requested
+        assert not cat.renew_lease(a, TTL, now=4.0).valid
+        cat.release_lease(a)  # a stale release does not free B's lease
+        assert cat.acquire_lease("u1", "C", TTL, now=5.0) is None
+
+    def test_an_expired_lease_is_taken_over(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        a = lease_on(cat)
+        b = lease_on(cat, holder="B", now=TTL)  # expires_at <= now: expired
+        assert b.token > a.token
+        with pytest.raises(LeaseLost):
+            cat.commit(a, Progress(0, 10))
+        assert not cat.renew_lease(a, TTL, now=TTL + 1).valid
+        cat.commit(b, Progress(0, 10))
+
+    def test_an_expired_lease_no_one_took_renews(self, cat: Catalog) -> None:
+        a = lease_on(cat)
+        assert cat.renew_lease(a, TTL, now=100.0).valid
+        assert cat.acquire_lease("u1", "B", TTL, now=101.0) is None
+
+    def test_tokens_only_grow(self, cat: Catalog) -> None:
+        a1 = lease_on(cat)
+        a2 = lease_on(cat, now=1.0)  # the same holder again: a new token
+        assert a2.token > a1.token and not cat.renew_lease(a1, TTL, now=2.0).valid
+        tokens = [a2.token]
+        cat.release_lease(a2)
+        for i in range(3):
+            lease = lease_on(cat, holder=f"H{i}", now=float(i))
+            tokens.append(lease.token)
+            cat.release_lease(lease)
+        cat.forget("u1")
+        tokens.append(lease_on(cat, now=10.0).token)  # even after the rows went
+        tokens.append(lease_on(cat, "u2").token)  # and across uploads
+        assert tokens == sorted(set(tokens))
+
+    def test_one_of_many_racing_handles_wins(self, catalogs: Opener) -> None:
+        handles = [catalogs(), catalogs()]
+        for round_ in range(10):
+            won = race([handles[i % 2] for i in range(4)], f"u{round_}")
+            assert len([lease for lease in won if lease is not None]) == 1
+
+
+def race(handles: list[Catalog], upload_id: str) -> list[Lease | None]:
+    """Every handle tries to take the same lease at the same moment, each in a thread."""
+    barrier = threading.Barrier(len(handles))
+    won: list[Lease | None] = []
+
+    def grab(catalog: Catalog, holder: str) -> None:
+        barrier.wait()
+        won.append(catalog.acquire_lease(upload_id, holder, TTL, now=0.0))
+
+    threads = [threading.Thread(target=grab, args=(h, f"h{i}")) for i, h in enumerate(handles)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return won
+
+
+class TestTokensAndLife:
+    def test_tokens_name_their_principal(self, cat: Catalog) -> None:
+        assert cat.token_count() == 0
+        assert cat.principal_for(b"h1") is None
+        cat.add_token(b"h1", Principal("alice", "t1"), now=1.0)
+        cat.add_token(b"h2", Principal("bob", "t2"), now=2.0)
+        assert cat.principal_for(b"h1") == Principal("alice", "t1")
+        assert cat.principal_for(b"h2") == Principal("bob", "t2")
+        assert cat.token_count() == 2
+
+    def test_everything_persists_across_handles(self, catalogs: Opener) -> None:
+        first = catalogs()
+        first.create_upload(upload(), wrapped())
+        lease = lease_on(first)
+        first.commit(lease, Progress(0, 10, records=[record(0)], add_piece=TailPiece(0, 0, 0, 10)))
+        first.add_token(b"h", Principal("p", "t"), now=0.0)
+        first.close()
+        second = catalogs()
+        second.check()
+        assert snapshot(second, "u1")[1:] == ([record(0)], [TailPiece(0, 0, 0, 10)])
+        assert second.principal_for(b"h") == Principal("p", "t")
+        second.commit(lease, Progress(10, 20))  # the lease lives on
+        assert lease_on(second, "u2").token > lease.token
