@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import folder
+from gateway import files
+from gateway.store import writeback
 from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.store.folder import FolderStore
 
@@ -102,8 +103,8 @@ def test_spans_start_their_writeback_and_parts_are_made_durable(
 ) -> None:
     started: list[tuple[int, int]] = []
     synced: list[int] = []
-    monkeypatch.setattr(folder.writeback, "start", lambda fd, at, n: started.append((at, n)))
-    monkeypatch.setattr(folder.os, "fdatasync", synced.append)
+    monkeypatch.setattr(writeback, "start", lambda fd, at, n: started.append((at, n)))
+    monkeypatch.setattr(os, "fdatasync", synced.append)
     mid = store.start_multipart("U/data")
     store.write_span("U/data", mid, 5000, [b"a" * 100, memoryview(b"b" * 300)])
     store.write_span("U/data", mid, 5400, [b"c" * 50])
@@ -119,13 +120,13 @@ def test_a_fresh_object_is_written_in_place_and_made_durable(
     file and a rename (a second one)."""
     store.put("U/tail/0/7", b"seed")  # makes the directories
     synced: list[int | Path] = []
-    monkeypatch.setattr(folder.os, "fdatasync", synced.append)
-    monkeypatch.setattr(folder, "_fsync_dir", synced.append)
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    monkeypatch.setattr(files, "fsync_dir", synced.append)
 
     def no_rename(*args: object) -> None:
         raise AssertionError("a fresh object is not renamed into place")
 
-    monkeypatch.setattr(folder.os, "replace", no_rename)
+    monkeypatch.setattr(os, "replace", no_rename)
     junk = store.root / "U/tail/0/5"
     junk.write_bytes(b"x" * 1000)  # left half written by a writer that crashed
     store.put("U/tail/0/5", b"piece", fresh=True)
@@ -138,13 +139,13 @@ def test_directories_made_for_an_object_are_made_durable(
     store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    fsync_dir = folder._fsync_dir
+    fsync_dir = files.fsync_dir
 
     def record(path: Path) -> None:
         synced.append(path)
         fsync_dir(path)
 
-    monkeypatch.setattr(folder, "_fsync_dir", record)
+    monkeypatch.setattr(files, "fsync_dir", record)
     store.put("U/tail/0/0", b"piece")
     root = store.root
     # Each new directory in its parent, then the object in its own.

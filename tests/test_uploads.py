@@ -27,6 +27,7 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
 from gateway.store.base import StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
+from gateway.types import Buffer
 from gateway.uploads import Uploads
 from gateway.writer import BodyInterrupted, SegmentWriter
 from tests.blackbox import catalog_files_holding
@@ -686,10 +687,10 @@ async def test_the_client_checksum_survives_a_completion_cut_short(
     checksum = ChecksumHeader("sha1", hashlib.sha1(data).digest())
     put = store.put
 
-    def failing_put(key: str, value: Any, *, fresh: bool = False) -> None:
+    def failing_put(key: str, data: Buffer, *, fresh: bool = False) -> None:
         if key.endswith("/manifest.jws"):
             raise StoreUnavailable("injected failure")
-        put(key, value, fresh=fresh)
+        put(key, data, fresh=fresh)
 
     store.put = failing_put  # type: ignore[method-assign]
     with pytest.raises(GatewayError):
