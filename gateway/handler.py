@@ -108,7 +108,7 @@ class TusHandler:
             return Response(status_code=201, headers=self._created_headers(request, upload))
         if length is not None and deferred:
             raise GatewayError(
-                ERR.INVALID_UPLOAD_LENGTH, "send Upload-Length or Upload-Defer-Length, not both"
+                ERR.AMBIGUOUS_UPLOAD_LENGTH, "send Upload-Length or Upload-Defer-Length, not both"
             )
         if length is None and not deferred:
             raise GatewayError(

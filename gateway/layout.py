@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 
+def key_segments(key: str) -> list[str]:
+    """The segments of an object key, which every store checks before use: a relative
+    path of plain names (no empty, '.' or '..' segment), so it names nothing outside."""
+    segments = key.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        raise ValueError(f"invalid object key {key!r}")
+    return segments
+
+
 def data_key(upload_id: str) -> str:
     """U/data: the sealed object."""
     return f"{upload_id}/data"

@@ -16,9 +16,6 @@ from pathlib import Path
 import pytest
 
 from gateway.catalog.base import (
-    ACTIVE,
-    COMPLETE,
-    TERMINATED,
     Catalog,
     Lease,
     LeaseLost,
@@ -28,6 +25,7 @@ from gateway.catalog.base import (
     RecordRow,
     TailPiece,
     Upload,
+    UploadState,
 )
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.base import WrappedKey
@@ -71,7 +69,7 @@ def upload(upload_id: str = "u1", **changes: object) -> Upload:
         length=None,
         offset=0,
         metadata=b"\x01sealed metadata\xff",
-        state=ACTIVE,
+        state=UploadState.ACTIVE,
         created_at=1000.0,
         expires_at=5000.0,
         segment_size=1 << 20,
@@ -149,7 +147,7 @@ class TestUploads:
         got = cat.get_upload("u1")
         assert got is not None
         assert (got.offset, got.expires_at, got.checksum) == (130, 9000.0, b"\x00sealed")
-        assert (got.state, got.completed_at) == (COMPLETE, 777.0)
+        assert (got.state, got.completed_at) == (UploadState.COMPLETE, 777.0)
 
     def test_a_record_written_again_replaces_the_old_row(self, cat: Catalog) -> None:
         cat.create_upload(upload(), None)
@@ -193,7 +191,7 @@ class TestUploads:
         cat.create_upload(upload("b", expires_at=200.0), None)
         cat.create_upload(upload("a", expires_at=100.0), None)
         cat.create_upload(upload("c", expires_at=None), None)
-        cat.create_upload(upload("d", expires_at=50.0, state=COMPLETE), None)
+        cat.create_upload(upload("d", expires_at=50.0, state=UploadState.COMPLETE), None)
         assert cat.expired(now=99.0) == []
         assert cat.expired(now=100.0) == ["a"]
         assert cat.expired(now=1000.0) == ["a", "b"]
@@ -202,7 +200,7 @@ class TestUploads:
     def test_open_uploads_counts_the_principals_unfinished_bytes(self, cat: Catalog) -> None:
         cat.create_upload(upload("a", length=100), None)
         cat.create_upload(upload("b", length=None, offset=0), None)
-        cat.create_upload(upload("c", length=7, state=COMPLETE), None)
+        cat.create_upload(upload("c", length=7, state=UploadState.COMPLETE), None)
         cat.create_upload(upload("d", length=1000, owner="bob"), None)
         cat.commit(lease_on(cat, "b"), Progress(0, 30))  # deferred length: its offset
         assert cat.open_uploads("alice", "t1") == (2, 130)
@@ -216,7 +214,7 @@ class TestRemoval:
         lease = lease_on(cat)
         cat.terminate("u1")
         got = cat.get_upload("u1")
-        assert got is not None and got.state == TERMINATED
+        assert got is not None and got.state == UploadState.TERMINATED
         assert cat.wrapped_key(up.dek_id) is None
         with pytest.raises(LeaseLost):
             cat.commit(lease, Progress(0, 10, complete_at=1.0))
@@ -233,7 +231,7 @@ class TestRemoval:
         cat.create_upload(upload("g", concat="final", parts=("p10",)), wrapped(b"g"))
         cat.retire("p1")
         got = cat.get_upload("p1")
-        assert got is not None and got.state == TERMINATED
+        assert got is not None and got.state == UploadState.TERMINATED
         assert cat.wrapped_key(partial.dek_id) == wrapped()
         assert cat.removals_pending() == []
         assert cat.finals_using("p1") == ["f"]  # not "g", whose partial is p10

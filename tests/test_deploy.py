@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from gateway.config import Settings
 from tests.server import GatewayProcess
 from tests.test_metrics import Scrape, scrape
 from tests.tushttp import error_code, patch, upload
@@ -377,6 +378,12 @@ def test_promtool_accepts_config_and_rules() -> None:
     _run(["promtool", "check", "config", "deploy/prometheus/prometheus.yml"])
     _run(["promtool", "check", "rules", "deploy/prometheus/alerts.yml"])
     _run(["promtool", "test", "rules", "deploy/prometheus/alerts.test.yml"])
+
+
+def test_compose_sets_only_settings_the_gateway_reads() -> None:
+    environment = compose()["services"]["gateway"]["environment"]
+    settings = {f"GATEWAY_{f.name.upper()}" for f in fields(Settings)}
+    assert set(environment) - settings == set()
 
 
 def test_docker_compose_config_is_valid() -> None:

@@ -266,8 +266,8 @@ def test_post_against_tus_max_size(
     [
         ({}, "ERR_INVALID_UPLOAD_LENGTH"),
         ({"Upload-Metadata": "a YQ=="}, "ERR_INVALID_UPLOAD_LENGTH"),
-        ({"Upload-Length": "5", "Upload-Defer-Length": "1"}, "ERR_INVALID_UPLOAD_LENGTH"),
-        ({"Upload-Length": "0", "Upload-Defer-Length": "1"}, "ERR_INVALID_UPLOAD_LENGTH"),
+        ({"Upload-Length": "5", "Upload-Defer-Length": "1"}, "ERR_AMBIGUOUS_UPLOAD_LENGTH"),
+        ({"Upload-Length": "0", "Upload-Defer-Length": "1"}, "ERR_AMBIGUOUS_UPLOAD_LENGTH"),
         ({"Upload-Defer-Length": "0"}, "ERR_INVALID_UPLOAD_LENGTH_DEFER"),
         ({"Upload-Defer-Length": "2"}, "ERR_INVALID_UPLOAD_LENGTH_DEFER"),
         ({"Upload-Defer-Length": "true"}, "ERR_INVALID_UPLOAD_LENGTH_DEFER"),

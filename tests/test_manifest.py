@@ -515,7 +515,9 @@ def test_version_1_manifests_still_verify() -> None:
     """Signed before the stored view existed: plaintext.sha256 in the stored copy."""
     man = make()
     man["manifest_version"] = 1
-    del man["view"], man["plaintext"]["sha256_hmac"]  # type: ignore[attr-defined]
+    plaintext = man["plaintext"]
+    assert isinstance(plaintext, dict)
+    del man["view"], plaintext["sha256_hmac"]
     assert m.verify(m.sign(man, KID, KEY), {KID: PUB}) == man
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import folder, writeback
+from gateway import files
+from gateway.store import writeback
 from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.store.folder import FolderStore
 
@@ -122,7 +123,7 @@ def test_a_fresh_object_is_written_in_place_and_made_durable(
     store.put("U/tail/0/7", b"seed")  # makes the directories
     synced: list[int | Path] = []
     monkeypatch.setattr(os, "fdatasync", synced.append)
-    monkeypatch.setattr(folder, "_fsync_dir", synced.append)
+    monkeypatch.setattr(files, "fsync_dir", synced.append)
 
     def no_rename(*args: object) -> None:
         raise AssertionError("a fresh object is not renamed into place")
@@ -140,13 +141,13 @@ def test_directories_made_for_an_object_are_made_durable(
     store: FolderStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    fsync_dir = folder._fsync_dir
+    fsync_dir = files.fsync_dir
 
     def record(path: Path) -> None:
         synced.append(path)
         fsync_dir(path)
 
-    monkeypatch.setattr(folder, "_fsync_dir", record)
+    monkeypatch.setattr(files, "fsync_dir", record)
     store.put("U/tail/0/0", b"piece")
     root = store.root
     # Each new directory in its parent, then the object in its own.

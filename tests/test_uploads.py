@@ -28,6 +28,7 @@ from gateway.limits import ReceiveBudget
 from gateway.reader import Reader
 from gateway.store.base import StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
+from gateway.types import Buffer
 from gateway.uploads import Uploads
 from gateway.wiring import build_services
 from gateway.writer import BodyInterrupted
@@ -679,7 +680,7 @@ async def test_a_failed_seal_waits_for_the_plaintext_hash_before_reusing_slices(
 
             return await seal(slowly, *args)
 
-        service.runner.seal = slow_plain_hash  # type: ignore[method-assign]
+        service.runner.seal = slow_plain_hash  # type: ignore[method-assign,assignment]
         upload = await service.create(ME, length=4 * S, metadata=None)
         store.spans_fail_after = 1  # the record's nonce is written, its first slice fails
         with pytest.raises(GatewayError) as caught:
@@ -698,10 +699,10 @@ async def test_the_client_checksum_survives_a_completion_cut_short(
     checksum = ChecksumHeader("sha1", hashlib.sha1(data).digest())
     put = store.put
 
-    def failing_put(key: str, value: Any, *, fresh: bool = False) -> None:
+    def failing_put(key: str, data: Buffer, *, fresh: bool = False) -> None:
         if key.endswith("/manifest.jws"):
             raise StoreUnavailable("injected failure")
-        put(key, value, fresh=fresh)
+        put(key, data, fresh=fresh)
 
     store.put = failing_put  # type: ignore[method-assign]
     with pytest.raises(GatewayError):

@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -118,7 +119,9 @@ async def test_a_final_gets_a_key_of_its_own_for_its_metadata(service: Uploads) 
         assert row.dek_id not in {stored(service, p).dek_id for p in parts}
         assert await service.open_metadata(row) == sent
         assert readable(service, row) == b"abcdefgh"  # still read from the partials
-        assert not service.store.objects.get(f"{row.id}/data")  # no object of its own
+        assert not cast(MemoryStore, service.store).objects.get(
+            f"{row.id}/data"
+        )  # no object of its own
     # Deleting the final shreds its key; the partials stay whole.
     final_key = stored(service, final.id).dek_id
     await service.terminate(ME, final.id)

@@ -439,7 +439,7 @@ def _final_of_two(server: GatewayProcess) -> tuple[str, list[str], bytes]:
     pieces = [os.urandom(70_000), os.urandom(1234)]
     part_ids = []
     for piece in pieces:
-        url = upload(server, piece, **{"Upload-Concat": "partial"})
+        url = upload(server, piece, None, **{"Upload-Concat": "partial"})
         part_ids.append(upload_id(url))
     response = httpx.post(
         server.files_url,
@@ -491,7 +491,7 @@ def _final(server: GatewayProcess, part_ids: list[str]) -> httpx.Response:
 
 
 def _partial(server: GatewayProcess, size: int) -> str:
-    return upload_id(upload(server, os.urandom(size), **{"Upload-Concat": "partial"}))
+    return upload_id(upload(server, os.urandom(size), None, **{"Upload-Concat": "partial"}))
 
 
 def test_a_final_verifies_without_keys_too(server: GatewayProcess) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from gateway.buffers import Pools
-from gateway.catalog.base import Upload
+from gateway.catalog.base import Upload, UploadState
 from gateway.runner import Runner
 from gateway.sealed import MIN_SEGMENT_SIZE, Sealer, new_header, open_object
 from gateway.store.base import ObjectStore, PartRef, StoreUnavailable
@@ -42,7 +42,7 @@ def upload_in(store: ObjectStore, length: int) -> tuple[Upload, Sealer]:
         length=length,
         offset=0,
         metadata=None,
-        state="active",
+        state=UploadState.ACTIVE,
         created_at=0.0,
         expires_at=None,
         segment_size=S,

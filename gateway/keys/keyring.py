@@ -10,7 +10,6 @@ import secrets
 import stat
 import struct
 import threading
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.files import write_atomically
 from gateway.keys.base import KeyUnusable, WrappedKey
 
 _FORMAT = 1
@@ -259,32 +259,4 @@ def _parse(doc: dict[str, Any]) -> _State:
 
 def _write(path: Path, doc: dict[str, Any], *, exclusive: bool) -> None:
     """Write `doc` atomically with mode 0600; if `exclusive`, never replace a file."""
-    data = json.dumps(doc, indent=2).encode() + b"\n"
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # Created 0600 from the start: the keys are never readable by others, not even
-    # for the moment between creating and renaming the file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            # link() fails if the target exists, unlike rename(): first writer wins.
-            with suppress(FileExistsError):
-                os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable, not only the file's contents.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(path, json.dumps(doc, indent=2).encode() + b"\n", exclusive=exclusive)

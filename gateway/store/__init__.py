@@ -1,4 +1,4 @@
-"""Object stores: where sealed bytes live (a local folder by default, S3 later)."""
+"""Object stores: where sealed bytes live (a local folder by default, or S3)."""
 
 from gateway.store.base import ObjectNotFound, ObjectStore, PartRef, StoreUnavailable
 

@@ -12,6 +12,8 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from gateway import files
+from gateway.layout import key_segments
 from gateway.store import writeback
 from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.types import Buffer
@@ -36,10 +38,7 @@ class FolderStore:
             os.chmod(root, 0o700)
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"invalid object key {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*key_segments(key))
 
     def _multipart_path(self, key: str, multipart_id: str) -> Path:
         if not multipart_id.isalnum():
@@ -54,7 +53,7 @@ class FolderStore:
             _make_dirs(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-            _fsync_dir(path.parent)
+            files.fsync_dir(path.parent)
         return multipart_id
 
     def put_part(
@@ -179,7 +178,7 @@ class FolderStore:
             finally:
                 os.close(fd)
             os.replace(path, final)
-            _fsync_dir(final.parent)
+            files.fsync_dir(final.parent)
             _fence_path(path).unlink(missing_ok=True)
 
     def abort_multipart(self, key: str, multipart_id: str) -> None:
@@ -194,21 +193,20 @@ class FolderStore:
         directory entry then become durable in one journal commit, not two (on ext4:
         0.7 against 0.9-1.1 ms for a 512 KiB tail piece)."""
         path = self._path(key)
-        target = path if fresh else path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         with _storage_errors():
             _make_dirs(path.parent)
+            if not fresh:
+                files.write_atomically(path, data)
+                return
             # A fresh key left half written by a crashed writer is never recorded;
             # whoever writes it next starts it over.
-            flags = os.O_TRUNC if fresh else os.O_EXCL
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 _pwrite_all(fd, [data], 0)
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-            if not fresh:
-                os.replace(target, path)
-            _fsync_dir(path.parent)
+            files.fsync_dir(path.parent)
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
@@ -303,15 +301,7 @@ def _make_dirs(path: Path) -> None:
     for directory in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another writer was quicker
             directory.mkdir(mode=0o700)
-        _fsync_dir(directory.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        files.fsync_dir(directory.parent)
 
 
 @contextlib.contextmanager

@@ -66,6 +66,7 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
+from gateway.layout import key_segments
 from gateway.store.base import ObjectNotFound, PartRef, StoreUnavailable
 from gateway.types import Buffer
 
@@ -360,9 +361,7 @@ class S3Store:
     # -- keys
 
     def _key(self, key: str) -> str:
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"invalid object key {key!r}")
+        key_segments(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     # -- retries

@@ -66,6 +66,20 @@ def _single(name: str, values: list[str], err: ERR) -> str | None:
     return values[0].strip(_OWS)
 
 
+def _single_bounded(name: str, values: list[str], err: ERR, max_bytes: int) -> str | None:
+    """`_single`, and the value at most `max_bytes` long, with no control characters."""
+    value = _single(name, values, err)
+    if value is None:
+        return None
+    if len(value) > max_bytes:
+        raise GatewayError(
+            err, f"The {name} header must be at most {max_bytes} bytes, got {len(value)}."
+        )
+    if _has_control(value):
+        raise GatewayError(err, f"The {name} header must not contain control characters.")
+    return value
+
+
 def _b64decode_strict(value: str) -> bytes | None:
     """Decode canonical, padded standard base64 (RFC 4648 section 4); None if it is not."""
     try:
@@ -170,20 +184,11 @@ def parse_metadata(
     max_key_len: int = 128,
 ) -> Metadata | None:
     """Parse Upload-Metadata ("key base64value" pairs, comma-separated); None if absent."""
-    raw = _single("Upload-Metadata", values, ERR.INVALID_METADATA)
-    if raw is None:
-        return None
     # Limits come first so an oversized header costs nothing to refuse; we store
     # and echo the raw value on HEAD, so it must stay small.
-    if len(raw) > max_bytes:
-        raise GatewayError(
-            ERR.INVALID_METADATA,
-            f"The Upload-Metadata header must be at most {max_bytes} bytes, got {len(raw)}.",
-        )
-    if _has_control(raw):
-        raise GatewayError(
-            ERR.INVALID_METADATA, "The Upload-Metadata header must not contain control characters."
-        )
+    raw = _single_bounded("Upload-Metadata", values, ERR.INVALID_METADATA, max_bytes)
+    if raw is None:
+        return None
     if raw == "":
         return Metadata(raw="", items={})
     pairs = raw.split(",")
@@ -303,18 +308,9 @@ class Concat:
 
 def parse_concat(values: list[str]) -> Concat | None:
     """Parse Upload-Concat ("partial" or "final;<url> <url> ..."); None if absent."""
-    value = _single("Upload-Concat", values, ERR.INVALID_CONCAT)
+    value = _single_bounded("Upload-Concat", values, ERR.INVALID_CONCAT, MAX_CONCAT_BYTES)
     if value is None:
         return None
-    if len(value) > MAX_CONCAT_BYTES:
-        raise GatewayError(
-            ERR.INVALID_CONCAT,
-            f"The Upload-Concat header must be at most {MAX_CONCAT_BYTES} bytes, got {len(value)}.",
-        )
-    if _has_control(value):
-        raise GatewayError(
-            ERR.INVALID_CONCAT, "The Upload-Concat header must not contain control characters."
-        )
     # tus 1.0.0, Concatenation extension: partial uploads send "partial"; the final
     # upload sends "final;" and the partial uploads' URLs separated by a space.
     if value == "partial":
