@@ -39,7 +39,9 @@ def sqlite_catalogs(tmp_path: Path) -> Iterator[Opener]:
     opened: list[SQLiteCatalog] = []
 
     def open_catalog() -> Catalog:
-        opened.append(SQLiteCatalog(tmp_path / "catalog.sqlite3"))
+        path = tmp_path / "catalog.sqlite3"
+        # Later handles open by a str path, which the constructor takes too.
+        opened.append(SQLiteCatalog(str(path) if opened else path))
         return opened[-1]
 
     yield open_catalog
@@ -102,7 +104,7 @@ def snapshot(cat: Catalog, upload_id: str) -> tuple[object, ...]:
 
 class TestUploads:
     def test_an_upload_reads_back_as_created(self, cat: Catalog) -> None:
-        final = upload(concat="final", parts=("p1", "p2"), length=None)
+        final = upload(concat="final", partials=("p1", "p2"), length=None, multipart_id="mp")
         cat.create_upload(final, wrapped())
         assert cat.get_upload("u1") == final
         assert cat.wrapped_key(final.dek_id) == wrapped()
@@ -115,7 +117,8 @@ class TestUploads:
         assert cat.legacy_metadata() == []  # nothing plain in a new catalog
 
     def test_commit_moves_the_upload_forward(self, cat: Catalog) -> None:
-        cat.create_upload(upload(checksum=None), wrapped())
+        # Length and multipart id are set at creation; commits leave them be.
+        cat.create_upload(upload(checksum=None, length=130, multipart_id="mp1"), wrapped())
         lease = lease_on(cat)
         cat.commit(lease, Progress(0, 50, add_piece=TailPiece(0, 0, 0, 50)))
         cat.commit(lease, Progress(50, 80, add_piece=TailPiece(0, 1, 50, 30)))
@@ -134,6 +137,8 @@ class TestUploads:
             ),
         )
         assert cat.records("u1") == [record(0), record(1, final=True)]
+        assert [r.final for r in cat.records("u1")] == [False, True]
+        assert all(type(r.final) is bool for r in cat.records("u1"))
         assert cat.tail_pieces("u1") == [TailPiece(1, 0, 0, 40)]
         # Two pieces merged into one: the old rows go, the merged one comes.
         cat.commit(lease, Progress(120, 130, add_piece=TailPiece(1, 1, 40, 10)))
@@ -147,7 +152,18 @@ class TestUploads:
         got = cat.get_upload("u1")
         assert got is not None
         assert (got.offset, got.expires_at, got.checksum) == (130, 9000.0, b"\x00sealed")
+        assert (got.length, got.multipart_id) == (130, "mp1")
         assert (got.state, got.completed_at) == (UploadState.COMPLETE, 777.0)
+
+    def test_one_commit_records_and_completes(self, cat: Catalog) -> None:
+        cat.create_upload(upload(length=100), None)
+        cat.commit(
+            lease_on(cat), Progress(0, 100, records=[record(0, final=True)], complete_at=5.0)
+        )
+        got = cat.get_upload("u1")
+        assert got is not None
+        assert (got.offset, got.state, got.completed_at) == (100, UploadState.COMPLETE, 5.0)
+        assert cat.records("u1") == [record(0, final=True)]
 
     def test_a_record_written_again_replaces_the_old_row(self, cat: Catalog) -> None:
         cat.create_upload(upload(), None)
@@ -176,7 +192,14 @@ class TestUploads:
         with pytest.raises(OffsetConflict):
             cat.commit(
                 lease,
-                Progress(5, 20, records=[record(0)], drop_pieces_below=1, complete_at=1.0),
+                Progress(
+                    5,
+                    20,
+                    records=[record(0)],
+                    add_piece=TailPiece(0, 1, 10, 10),
+                    drop_pieces_below=1,
+                    complete_at=1.0,
+                ),
             )
         assert snapshot(cat, "u1") == before
 
@@ -227,8 +250,8 @@ class TestRemoval:
     def test_a_retired_partial_keeps_its_key(self, cat: Catalog) -> None:
         partial = upload("p1", concat="partial", length=3)
         cat.create_upload(partial, wrapped())
-        cat.create_upload(upload("f", concat="final", parts=("p1", "p2")), wrapped(b"f"))
-        cat.create_upload(upload("g", concat="final", parts=("p10",)), wrapped(b"g"))
+        cat.create_upload(upload("f", concat="final", partials=("p1", "p2")), wrapped(b"f"))
+        cat.create_upload(upload("g", concat="final", partials=("p10",)), wrapped(b"g"))
         cat.retire("p1")
         got = cat.get_upload("p1")
         assert got is not None and got.state == UploadState.TERMINATED
@@ -289,6 +312,8 @@ class TestLeases:
             cat.commit(a, Progress(0, 10))
         assert not cat.renew_lease(a, TTL, now=TTL + 1).valid
         cat.commit(b, Progress(0, 10))
+        got = cat.get_upload("u1")
+        assert got is not None and got.offset == 10
 
     def test_an_expired_lease_no_one_took_renews(self, cat: Catalog) -> None:
         a = lease_on(cat)
@@ -312,8 +337,9 @@ class TestLeases:
 
     def test_one_of_many_racing_handles_wins(self, catalogs: Opener) -> None:
         handles = [catalogs(), catalogs()]
-        for round_ in range(10):
+        for round_ in range(20):
             won = race([handles[i % 2] for i in range(4)], f"u{round_}")
+            assert len(won) == 4  # every thread got an answer, none failed
             assert len([lease for lease in won if lease is not None]) == 1
 
 
@@ -343,6 +369,7 @@ class TestTokensAndLife:
         assert cat.principal_for(b"h1") == Principal("alice", "t1")
         assert cat.principal_for(b"h2") == Principal("bob", "t2")
         assert cat.token_count() == 2
+        cat.check()
 
     def test_everything_persists_across_handles(self, catalogs: Opener) -> None:
         first = catalogs()
@@ -350,10 +377,14 @@ class TestTokensAndLife:
         lease = lease_on(first)
         first.commit(lease, Progress(0, 10, records=[record(0)], add_piece=TailPiece(0, 0, 0, 10)))
         first.add_token(b"h", Principal("p", "t"), now=0.0)
+        before = snapshot(first, "u1")
         first.close()
         second = catalogs()
         second.check()
-        assert snapshot(second, "u1")[1:] == ([record(0)], [TailPiece(0, 0, 0, 10)])
+        assert snapshot(second, "u1") == before
+        assert before[1:] == ([record(0)], [TailPiece(0, 0, 0, 10)])
+        got = second.get_upload("u1")
+        assert got is not None and got.offset == 10
         assert second.principal_for(b"h") == Principal("p", "t")
         second.commit(lease, Progress(10, 20))  # the lease lives on
         assert lease_on(second, "u2").token > lease.token

@@ -1,4 +1,8 @@
-"""Tests for the SQLite catalog: round trips, fenced commits, leases, shredding, tokens."""
+"""What only the SQLite catalog does: its files, page shredding, rollback, schema migrations.
+
+What every catalog promises (round trips, fenced commits, leases, tokens) is checked in
+tests/test_catalog_contract.py, on SQLite too.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import os
 import sqlite3
 import stat
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,10 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.catalog.base import (
-    Lease,
     LeaseLost,
-    OffsetConflict,
-    Principal,
     Progress,
     RecordRow,
     TailPiece,
@@ -77,22 +77,6 @@ def _snapshot(cat: SQLiteCatalog, upload_id: str) -> tuple[object, ...]:
     return (cat.get_upload(upload_id), cat.records(upload_id), cat.tail_pieces(upload_id))
 
 
-def test_create_get_round_trip(cat: SQLiteCatalog) -> None:
-    up = _upload(multipart_id="mp", concat="final", completed_at=None)
-    cat.create_upload(up, _wrapped())
-    got = cat.get_upload("u1")
-    assert got == up
-    assert got is not None and got.partials == ("p1", "p2") and got.length is None
-    assert cat.wrapped_key(up.dek_id) == _wrapped()
-    assert cat.get_upload("nope") is None
-    assert cat.wrapped_key(b"nope") is None
-
-    empty = _upload("u2", header=b"", partials=(), metadata=None, expires_at=None, length=7)
-    cat.create_upload(empty, None)
-    assert cat.get_upload("u2") == empty
-    assert cat.wrapped_key(empty.dek_id) is None
-
-
 def test_states_are_stored_as_text_and_read_as_the_enum(cat: SQLiteCatalog, tmp_path: Path) -> None:
     cat.create_upload(_upload("a"), None)
     cat.create_upload(_upload("c", state=UploadState.COMPLETE), None)
@@ -117,98 +101,6 @@ def test_states_are_stored_as_text_and_read_as_the_enum(cat: SQLiteCatalog, tmp_
     assert all(up is not None and type(up.state) is UploadState for up in read.values())
 
 
-def test_commit_happy_path(cat: SQLiteCatalog) -> None:
-    # Length and multipart id are set at creation; commits must leave them be.
-    cat.create_upload(_upload(length=120, multipart_id="mp1"), _wrapped())
-    lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert lease is not None
-    cat.commit(
-        lease,
-        Progress(
-            expected_offset=0,
-            offset=50,
-            add_piece=TailPiece(segment=0, piece=0, start=0, length=50),
-        ),
-    )
-    cat.commit(lease, Progress(expected_offset=50, offset=80, add_piece=TailPiece(0, 1, 50, 30)))
-    assert [p.piece for p in cat.tail_pieces("u1")] == [0, 1]
-
-    # Segment 0 is sealed into two records; its pieces go, a piece of segment 1 comes.
-    cat.commit(
-        lease,
-        Progress(
-            expected_offset=80,
-            offset=120,
-            records=[_record(0), _record(1, final=True)],
-            add_piece=TailPiece(segment=1, piece=0, start=0, length=40),
-            drop_pieces_below=1,
-            expires_at=9000.0,
-            complete_at=777.0,
-        ),
-    )
-    got = cat.get_upload("u1")
-    assert got is not None
-    assert (got.offset, got.length, got.multipart_id, got.expires_at) == (120, 120, "mp1", 9000.0)
-    assert (got.state, got.completed_at) == (UploadState.COMPLETE, 777.0)
-    assert cat.records("u1") == [_record(0), _record(1, final=True)]
-    assert cat.records("u1")[1].final is True
-    assert cat.tail_pieces("u1") == [TailPiece(segment=1, piece=0, start=0, length=40)]
-
-
-def test_commit_records_the_client_checksum_once_given(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(checksum=None), None)
-    lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert lease is not None
-    cat.commit(lease, Progress(expected_offset=0, offset=10, checksum=b"\x00sealed"))
-    cat.commit(lease, Progress(expected_offset=10, offset=10, complete_at=5.0))
-    got = cat.get_upload("u1")
-    assert got is not None and got.checksum == b"\x00sealed"
-
-
-def test_commit_replaces_record_on_conflict(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), None)
-    lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert lease is not None
-    cat.commit(lease, Progress(expected_offset=0, offset=10, records=[_record(0)]))
-    newer = replace(_record(0), etag="again")
-    cat.commit(lease, Progress(expected_offset=10, offset=10, records=[newer]))
-    assert cat.records("u1") == [newer]
-
-
-def test_stale_lease_commit_changes_nothing(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), None)
-    lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert lease is not None
-    before = _snapshot(cat, "u1")
-    stale = replace(lease, token=lease.token - 1)
-    with pytest.raises(LeaseLost):
-        cat.commit(stale, Progress(0, 10, records=[_record(0)], add_piece=TailPiece(0, 0, 0, 10)))
-    with pytest.raises(LeaseLost):
-        cat.commit(replace(lease, holder="B"), Progress(0, 10, records=[_record(0)]))
-    assert _snapshot(cat, "u1") == before
-
-
-def test_wrong_offset_changes_nothing(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), None)
-    lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert lease is not None
-    cat.commit(lease, Progress(0, 10, add_piece=TailPiece(0, 0, 0, 10)))
-    before = _snapshot(cat, "u1")
-    with pytest.raises(OffsetConflict):
-        cat.commit(
-            lease,
-            Progress(
-                expected_offset=5,
-                offset=20,
-                records=[_record(0)],
-                add_piece=TailPiece(0, 1, 10, 10),
-                drop_pieces_below=1,
-                complete_at=1.0,
-            ),
-        )
-    assert _snapshot(cat, "u1") == before
-
-
 def test_failure_midway_rolls_back(cat: SQLiteCatalog) -> None:
     cat.create_upload(_upload(), None)
     lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
@@ -219,80 +111,6 @@ def test_failure_midway_rolls_back(cat: SQLiteCatalog) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         cat.commit(lease, Progress(0, 10, records=[_record(0), _record(1)], add_piece=bad))
     assert _snapshot(cat, "u1") == before
-
-
-def test_lease_held_only_reads(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), None)
-    assert not cat.lease_held("u1", now=0.0)
-    a = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert a is not None
-    assert cat.lease_held("u1", now=1.0)
-    assert not cat.lease_held("u1", now=TTL)  # expired: whoever held it is gone
-    st = cat.renew_lease(a, TTL, now=2.0)
-    assert st.valid and not st.release_requested  # looking asked no one to let go
-    cat.release_lease(a)
-    assert not cat.lease_held("u1", now=3.0)
-
-
-def test_release_requested_then_handover(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), None)
-    a = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert a is not None and a.expires_at == TTL
-    assert cat.acquire_lease("u1", "B", TTL, now=1.0) is None
-    st = cat.renew_lease(a, TTL, now=2.0)
-    assert st.valid and st.release_requested
-    cat.release_lease(a)
-    b = cat.acquire_lease("u1", "B", TTL, now=3.0)
-    assert b is not None and b.token > a.token
-    st_b = cat.renew_lease(b, TTL, now=4.0)
-    assert st_b.valid and not st_b.release_requested
-    assert not cat.renew_lease(a, TTL, now=4.0).valid
-    # A stale release must not free B's lease.
-    cat.release_lease(a)
-    assert cat.acquire_lease("u1", "C", TTL, now=5.0) is None
-
-
-def test_same_holder_reacquires_with_new_token(cat: SQLiteCatalog) -> None:
-    a1 = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    a2 = cat.acquire_lease("u1", "A", TTL, now=1.0)
-    assert a1 is not None and a2 is not None and a2.token > a1.token
-    assert not cat.renew_lease(a1, TTL, now=2.0).valid
-
-
-def test_expired_lease_taken_over(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), None)
-    a = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert a is not None
-    b = cat.acquire_lease("u1", "B", TTL, now=TTL)  # expires_at <= now: expired
-    assert b is not None and b.token > a.token
-    with pytest.raises(LeaseLost):
-        cat.commit(a, Progress(0, 10))
-    assert not cat.renew_lease(a, TTL, now=TTL + 1).valid
-    cat.commit(b, Progress(0, 10))
-    got = cat.get_upload("u1")
-    assert got is not None and got.offset == 10
-
-
-def test_expired_but_untaken_lease_renews(cat: SQLiteCatalog) -> None:
-    a = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert a is not None
-    assert cat.renew_lease(a, TTL, now=100.0).valid
-    # Renewal re-extended it: B may not take it now.
-    assert cat.acquire_lease("u1", "B", TTL, now=101.0) is None
-
-
-def test_tokens_strictly_increase(cat: SQLiteCatalog) -> None:
-    tokens = []
-    for i in range(5):
-        lease = cat.acquire_lease("u1", f"H{i}", TTL, now=float(i))
-        assert lease is not None
-        tokens.append(lease.token)
-        cat.release_lease(lease)
-    cat.forget("u1")
-    lease = cat.acquire_lease("u1", "H", TTL, now=10.0)
-    assert lease is not None
-    tokens.append(lease.token)
-    assert tokens == sorted(set(tokens))
 
 
 def test_terminate_shreds_key(cat: SQLiteCatalog, tmp_path: Path) -> None:
@@ -403,22 +221,6 @@ def test_shredding_after_a_restart_rebuilds_the_key_table(tmp_path: Path) -> Non
     cat.close()
 
 
-def test_forget_removes_everything(cat: SQLiteCatalog) -> None:
-    up = _upload()
-    cat.create_upload(up, _wrapped())
-    cat.create_upload(_upload("u2"), _wrapped(b"2"))
-    lease = cat.acquire_lease("u1", "A", TTL, now=0.0)
-    assert lease is not None
-    cat.commit(lease, Progress(0, 10, records=[_record(0)], add_piece=TailPiece(1, 0, 0, 10)))
-    cat.forget("u1")
-    assert cat.get_upload("u1") is None
-    assert cat.records("u1") == [] and cat.tail_pieces("u1") == []
-    assert cat.wrapped_key(up.dek_id) is None
-    with pytest.raises(LeaseLost):
-        cat.commit(lease, Progress(10, 20))
-    assert cat.get_upload("u2") is not None  # others untouched
-
-
 LEGACY = "filename RE9FXkpPSE5fTVJOMTIzNDUuZGNt"  # as a version 1 catalog held it
 
 
@@ -498,91 +300,3 @@ def test_a_newer_catalog_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="schema version 99"):
         SQLiteCatalog(path)
-
-
-def test_expired(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload("a", expires_at=100.0), None)
-    cat.create_upload(_upload("b", expires_at=200.0), None)
-    cat.create_upload(_upload("c", expires_at=None), None)
-    cat.create_upload(_upload("d", expires_at=50.0, state=UploadState.COMPLETE), None)
-    assert cat.expired(now=99.0) == []
-    assert cat.expired(now=100.0) == ["a"]
-    assert cat.expired(now=1000.0) == ["a", "b"]
-    assert cat.expired(now=1000.0, limit=1) == ["a"]
-
-
-def test_set_length_only_when_unset(cat: SQLiteCatalog) -> None:
-    cat.create_upload(_upload(), None)
-    cat.set_length("u1", 10)
-    cat.set_length("u1", 20)
-    got = cat.get_upload("u1")
-    assert got is not None and got.length == 10
-
-
-def test_tokens(cat: SQLiteCatalog) -> None:
-    assert cat.token_count() == 0
-    assert cat.principal_for(b"h1") is None
-    cat.add_token(b"h1", Principal("alice", "t1"), now=1.0)
-    cat.add_token(b"h2", Principal("bob", "t2"), now=2.0)
-    assert cat.principal_for(b"h1") == Principal("alice", "t1")
-    assert cat.principal_for(b"h2") == Principal("bob", "t2")
-    assert cat.token_count() == 2
-    cat.check()
-
-
-def test_reopen_persists(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    c1 = SQLiteCatalog(path)
-    c1.create_upload(_upload(), _wrapped())
-    lease = c1.acquire_lease("u1", "A", TTL, now=0.0)
-    assert lease is not None
-    c1.commit(lease, Progress(0, 10, records=[_record(0)], add_piece=TailPiece(0, 0, 0, 10)))
-    c1.add_token(b"h", Principal("p", "t"), now=0.0)
-    c1.close()
-
-    c2 = SQLiteCatalog(str(path))
-    try:
-        got = c2.get_upload("u1")
-        assert got is not None and got.offset == 10
-        assert c2.records("u1") == [_record(0)]
-        assert c2.tail_pieces("u1") == [TailPiece(0, 0, 0, 10)]
-        assert c2.principal_for(b"h") == Principal("p", "t")
-        c2.commit(lease, Progress(10, 20))  # the lease survived the restart too
-        nxt = c2.acquire_lease("u2", "A", TTL, now=0.0)
-        assert nxt is not None and nxt.token > lease.token
-    finally:
-        c2.close()
-
-
-def _race(catalogs: list[SQLiteCatalog], upload_id: str) -> list[Lease | None]:
-    """Every catalog tries to take the same lease at the same moment, each in a thread."""
-    barrier = threading.Barrier(len(catalogs))
-    results: list[Lease | None] = []
-    lock = threading.Lock()
-
-    def grab(c: SQLiteCatalog, holder: str) -> None:
-        barrier.wait()
-        got = c.acquire_lease(upload_id, holder, TTL, now=0.0)
-        with lock:
-            results.append(got)
-
-    threads = [threading.Thread(target=grab, args=(c, f"h{i}")) for i, c in enumerate(catalogs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-def test_concurrent_acquire_one_winner(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    shared = SQLiteCatalog(path)
-    other = SQLiteCatalog(path)  # a second connection: contention goes through SQLite
-    try:
-        for round_ in range(20):
-            results = _race([shared, shared, other, other], f"u{round_}")
-            assert len(results) == 4
-            assert len([r for r in results if r is not None]) == 1
-    finally:
-        shared.close()
-        other.close()

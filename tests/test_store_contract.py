@@ -1,9 +1,9 @@
 """What every ObjectStore promises (gateway/store/base.py), checked on each implementation.
 
 The core contract runs on the in-memory fake, the folder store and the S3 store (on the
-session's SeaweedFS); the in-place capability (`write_span`, `read_span`, `discard_from`)
-on the stores that have it. S3 wants every part but the last to be at least 5 MiB, so
-multipart tests use one 5 MiB first part and small parts after it.
+session's SeaweedFS); the in-place capability (`write_span`, `finish_part`, `read_span`,
+`discard_from`, all fenced) on the stores that have it. S3 wants every part but the last
+to be at least 5 MiB, so multipart tests use one 5 MiB first part and small parts after it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,20 +36,16 @@ if TYPE_CHECKING:
 MiB = 1 << 20
 FIRST = os.urandom(5 * MiB)  # the smallest part S3 takes before the last one
 
-# Where the in-memory fake is looser than the stores it stands in for: strict xfails,
-# so the day the fake learns the rule, the mark has to go.
-_MEMORY_LOOSE = pytest.mark.xfail(strict=True, reason="MemoryStore does not check this")
-
 
 def sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-@pytest.fixture(params=["memory", "folder", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
-    if request.param == "memory":
+@contextmanager
+def open_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
+    if kind == "memory":
         yield MemoryStore()
-    elif request.param == "folder":
+    elif kind == "folder":
         yield FolderStore(tmp_path / "objects")
     else:
         s3: SeaweedS3 = request.getfixturevalue("s3_server")
@@ -61,14 +58,24 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
                 retry_seconds=1.0,
             )
         )
-        yield s3_store
-        s3_store.close()
+        try:
+            yield s3_store
+        finally:
+            s3_store.close()
 
 
-def loose_on_memory(request: pytest.FixtureRequest) -> None:
-    """Mark the running test as an expected failure on the in-memory fake."""
-    if request.node.callspec.params.get("store") == "memory":
-        request.applymarker(_MEMORY_LOOSE)
+@pytest.fixture(params=["memory", "folder", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
+    with open_store(request.param, request, tmp_path) as store:
+        yield store
+
+
+@pytest.fixture(params=["memory", "s3"])
+def etag_checking(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
+    """The stores that check recorded ETags at completion; the folder store fences
+    stale writers instead (TestInPlaceStore)."""
+    with open_store(request.param, request, tmp_path) as store:
+        yield store
 
 
 def put_parts(store: ObjectStore, key: str, mid: str, parts: list[bytes]) -> list[PartRef]:
@@ -107,29 +114,22 @@ class TestObjectStore:
         store.complete_multipart("U/data", mid, refs)
         assert store.get("U/data", len(FIRST)) == b"new tail"
 
-    def test_completion_with_a_wrong_etag_fails(self, store: ObjectStore) -> None:
-        if isinstance(store, FolderStore):
-            pytest.skip("the folder store fences stale writers instead of checking ETags")
+    def test_completion_with_a_wrong_etag_fails(self, etag_checking: ObjectStore) -> None:
+        store = etag_checking
         mid = store.start_multipart("U/data")
         refs = put_parts(store, "U/data", mid, [FIRST, b"tail"])
         wrong = PartRef(2, refs[1].offset, refs[1].size, sha(b"other").hex())
         with pytest.raises(StoreUnavailable):
             store.complete_multipart("U/data", mid, [refs[0], wrong])
 
-    def test_completion_with_parts_that_do_not_follow_fails(
-        self, store: ObjectStore, request: pytest.FixtureRequest
-    ) -> None:
-        loose_on_memory(request)
+    def test_completion_with_parts_that_do_not_follow_fails(self, store: ObjectStore) -> None:
         mid = store.start_multipart("U/data")
         first, second = put_parts(store, "U/data", mid, [FIRST, b"tail"])
         gap = PartRef(2, second.offset + 1, second.size, second.etag)
         with pytest.raises(StoreUnavailable):
             store.complete_multipart("U/data", mid, [first, gap])
 
-    def test_abort_drops_the_upload(
-        self, store: ObjectStore, request: pytest.FixtureRequest
-    ) -> None:
-        loose_on_memory(request)
+    def test_abort_drops_the_upload(self, store: ObjectStore) -> None:
         mid = store.start_multipart("U/data")
         put_parts(store, "U/data", mid, [b"part"])
         store.abort_multipart("U/data", mid)
@@ -181,18 +181,12 @@ class TestObjectStore:
                 store.get(gone)
         assert store.get("V/data") == b"V/data"
 
-    def test_delete_prefix_spares_a_longer_name(
-        self, store: ObjectStore, request: pytest.FixtureRequest
-    ) -> None:
-        loose_on_memory(request)
+    def test_delete_prefix_spares_a_longer_name(self, store: ObjectStore) -> None:
         store.put("UV/data", b"another upload")
         store.delete_prefix("U")
         assert store.get("UV/data") == b"another upload"
 
-    def test_delete_prefix_drops_unfinished_uploads(
-        self, store: ObjectStore, request: pytest.FixtureRequest
-    ) -> None:
-        loose_on_memory(request)
+    def test_delete_prefix_drops_unfinished_uploads(self, store: ObjectStore) -> None:
         mid = store.start_multipart("U/data")
         put_parts(store, "U/data", mid, [b"part"])
         store.delete_prefix("U")
@@ -228,11 +222,7 @@ class TestInPlaceStore:
         in_place.discard_from("U/data", mid, 10)  # past the end: nothing to do
         assert in_place.read_span("U/data", mid, 0, 100) == b"kept"
 
-    def test_an_older_fence_is_refused(
-        self, in_place: InPlaceStore, request: pytest.FixtureRequest
-    ) -> None:
-        if isinstance(in_place, InPlaceMemoryStore):
-            request.applymarker(_MEMORY_LOOSE)
+    def test_an_older_fence_is_refused(self, in_place: InPlaceStore) -> None:
         mid = in_place.start_multipart("U/data")
         in_place.write_span("U/data", mid, 0, [b"newer"], fence=2)
         with pytest.raises(StaleWrite):
@@ -241,3 +231,47 @@ class TestInPlaceStore:
             in_place.discard_from("U/data", mid, 0, fence=1)
         in_place.write_span("U/data", mid, 5, [b"!"], fence=2)  # the same fence goes on
         assert in_place.read_span("U/data", mid, 0, 100) == b"newer!"
+
+    def test_a_whole_part_is_finished_in_one_call(self, in_place: InPlaceStore) -> None:
+        parts = [b"first part", b"second"]
+        mid = in_place.start_multipart("U/data")
+        refs: list[PartRef] = []
+        for number, offset, data in ((2, 10, parts[1]), (1, 0, parts[0])):  # any order
+            chunks: list[Buffer] = [data[:3], memoryview(data)[3:]]
+            etag = in_place.finish_part(
+                "U/data", mid, number, offset, chunks, sha(data), fence=1, written=0
+            )
+            refs.insert(0, PartRef(number, offset, len(data), etag))
+        assert in_place.read_span("U/data", mid, 0, 100) == b"first partsecond"
+        in_place.complete_multipart("U/data", mid, refs)
+        assert in_place.get("U/data") == b"first partsecond"
+
+    def test_a_part_is_finished_after_its_spans(self, in_place: InPlaceStore) -> None:
+        head, record = b"HEAD", b"nonce|ciphertext|tag"
+        mid = in_place.start_multipart("U/data")
+        first = in_place.finish_part("U/data", mid, 1, 0, [head], sha(head), fence=1, written=0)
+        # Part 2 streamed out as sealed, then finished with its last bytes.
+        in_place.write_span("U/data", mid, 4, [record[:6]], fence=1)
+        in_place.write_span("U/data", mid, 10, [record[6:17]], fence=1)
+        second = in_place.finish_part(
+            "U/data", mid, 2, 4, [record[17:]], sha(record), fence=1, written=17
+        )
+        refs = [PartRef(1, 0, 4, first), PartRef(2, 4, len(record), second)]
+        in_place.complete_multipart("U/data", mid, refs)
+        assert in_place.get("U/data") == head + record
+        assert in_place.size("U/data") == 4 + len(record)
+
+    def test_an_older_fence_cannot_finish_a_part(self, in_place: InPlaceStore) -> None:
+        """What keeps a writer that lost its lease from replacing a recorded part: the
+        stores that write in place fence writers, where the others check ETags."""
+        mid = in_place.start_multipart("U/data")
+        etag = in_place.finish_part(
+            "U/data", mid, 1, 0, [b"newer"], sha(b"newer"), fence=2, written=0
+        )
+        with pytest.raises(StaleWrite):
+            in_place.finish_part("U/data", mid, 1, 0, [b"older"], sha(b"older"), fence=1, written=0)
+        in_place.write_span("U/data", mid, 0, [b"ne"], fence=3)  # a newer writer goes on
+        with pytest.raises(StaleWrite):
+            in_place.finish_part("U/data", mid, 1, 0, [b"wer"], sha(b"newer"), fence=2, written=2)
+        in_place.complete_multipart("U/data", mid, [PartRef(1, 0, 5, etag)])
+        assert in_place.get("U/data") == b"newer"
