@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Principal, Upload, UploadState
+from gateway.catalog.base import Principal, Upload, UploadCatalog, UploadState
 from gateway.errors import ERR, GatewayError
 from gateway.keys.base import KeyProvider
 from gateway.metadata import ValueKey, seal_metadata
@@ -27,7 +27,7 @@ class Finals:
         rules: UploadRules,
         *,
         store: ObjectStore,
-        catalog: Catalog,
+        catalog: UploadCatalog,
         keys: KeyProvider,
         runner: Runner,
         clock: Callable[[], float] = time.time,

@@ -7,9 +7,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Principal, Upload, UploadState
+from gateway.catalog.base import Principal, RemovalCatalog, Upload, UploadCatalog, UploadState
 from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key, upload_prefix
 from gateway.leases import Leases
@@ -18,6 +19,10 @@ from gateway.runner import Runner
 from gateway.store.base import ObjectStore
 
 log = logging.getLogger("gateway.removal")
+
+
+class RemovingCatalog(UploadCatalog, RemovalCatalog, Protocol):
+    """What `Removal` uses: uploads as recorded, and their removal."""
 
 
 class Removal:
@@ -32,7 +37,7 @@ class Removal:
         rules: UploadRules,
         *,
         store: ObjectStore,
-        catalog: Catalog,
+        catalog: RemovingCatalog,
         runner: Runner,
         leases: Leases,
         clock: Callable[[], float] = time.time,

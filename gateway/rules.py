@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Principal, Upload, UploadState
+from gateway.catalog.base import Principal, Upload, UploadCatalog, UploadState
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 from gateway.store.base import StoreUnavailable
@@ -63,7 +63,7 @@ async def store_call(runner: Runner, fn: Callable[..., T], *args: object) -> T:
 
 
 async def check_quota(
-    rules: UploadRules, runner: Runner, catalog: Catalog, principal: Principal, length: int
+    rules: UploadRules, runner: Runner, catalog: UploadCatalog, principal: Principal, length: int
 ) -> None:
     """Refuse a new upload beyond the principal's open uploads or open bytes.
 

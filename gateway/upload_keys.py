@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, RecordRow, Upload
+from gateway.catalog.base import RecordRow, Upload, UploadCatalog
 from gateway.checksums import SEALED_NAME
 from gateway.errors import ERR, GatewayError
 from gateway.keys.base import KeyProvider, KeyUnusable, WrappedKey
@@ -30,7 +30,7 @@ class UploadKeys:
         self,
         *,
         store: ObjectStore,
-        catalog: Catalog,
+        catalog: UploadCatalog,
         keys: KeyProvider,
         runner: Runner,
         reader: Reader,

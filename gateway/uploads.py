@@ -1,55 +1,39 @@
-"""The uploads service: create, inspect, write and finish uploads. No HTTP here."""
+"""The uploads service: create and inspect uploads, hand on the rest. No HTTP here."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
-from typing import TypeAlias, cast
+from typing import Protocol
 
 from gateway import metrics
-from gateway.auth import principal_key
-from gateway.buffers import Pools
 from gateway.catalog.base import (
-    Catalog,
-    LeaseLost,
-    OffsetConflict,
+    LegacyMetadataCatalog,
     Principal,
-    TailPiece,
     Upload,
+    UploadCatalog,
     UploadState,
 )
 from gateway.errors import ERR, GatewayError
 from gateway.finals import Finals
-from gateway.keys.base import KeyProvider, WrappedKey
+from gateway.keys.base import KeyProvider
 from gateway.layout import data_key
-from gateway.leases import Leases, StopReason
-from gateway.limits import ReceiveBudget, WriterSlots
+from gateway.leases import Leases
 from gateway.metadata import seal_legacy_metadata, seal_metadata
 from gateway.removal import Removal
 from gateway.rules import UploadRules, check_owned, check_quota, store_call
 from gateway.runner import Runner
 from gateway.sealed import Sealer, new_header
-from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
+from gateway.store.base import ObjectStore
 from gateway.tus.headers import ChecksumHeader, new_upload_id
 from gateway.upload_keys import UploadKeys
-from gateway.writer import (
-    BodyInterrupted,
-    Outcome,
-    Overflow,
-    RunningHash,
-    SegmentWriter,
-)
+from gateway.writer import Outcome
+from gateway.writes import Writes
 
 log = logging.getLogger("gateway.uploads")
-# What a write reads as it takes the lease: the upload, its wrapped key, its tail pieces.
-_WritingState: TypeAlias = tuple[Upload | None, WrappedKey | None, list[TailPiece]]
-_MAX_RUNNING_HASHES = 10_000  # one small object per upload between its requests
-
 # What this service supports, in the order tus clients expect to read it.
 EXTENSIONS = (
     "creation",
@@ -61,22 +45,9 @@ EXTENSIONS = (
     "concatenation",
 )
 
-_STOPPED = {
-    StopReason.RELEASED: (ERR.UPLOAD_INTERRUPTED, "a newer request for this upload took it over"),
-    StopReason.TIMEOUT: (
-        ERR.UPLOAD_INTERRUPTED,
-        "no bytes arrived for too long; what came is saved",
-    ),
-    StopReason.TOO_SLOW: (
-        ERR.UPLOAD_INTERRUPTED,
-        "the body arrived too slowly; what came is saved, resume from Upload-Offset",
-    ),
-    StopReason.LEASE_LOST: (ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"),
-    StopReason.SHUTDOWN: (
-        ERR.SERVER_SHUTDOWN,
-        "the server is restarting; resume from Upload-Offset",
-    ),
-}
+
+class UploadsCatalog(UploadCatalog, LegacyMetadataCatalog, Protocol):
+    """What `Uploads` reads and writes: uploads, and the legacy metadata it seals at start."""
 
 
 async def empty_body() -> AsyncIterator[bytes]:
@@ -85,12 +56,12 @@ async def empty_body() -> AsyncIterator[bytes]:
 
 
 class Uploads:
-    """The service the tus handler calls. Removal, final concatenations and an upload's
-    key at work (metadata, manifests) are services of their own (`gateway.removal`,
-    `gateway.finals`, `gateway.upload_keys`); this hands their calls on.
+    """The service the tus handler calls. Writing (PATCH), removal, final
+    concatenations and an upload's key at work (metadata, manifests) are services of
+    their own (`gateway.writes`, `gateway.removal`, `gateway.finals`,
+    `gateway.upload_keys`); this hands their calls on.
 
-    Every collaborator is built by the app factory and passed in: the pools and the
-    leases are shared with the other services, and the limits are the process's own.
+    Every collaborator is built by the app factory and passed in.
     """
 
     def __init__(
@@ -98,14 +69,12 @@ class Uploads:
         rules: UploadRules,
         *,
         store: ObjectStore,
-        catalog: Catalog,
+        catalog: UploadsCatalog,
         keys: KeyProvider,
         runner: Runner,
         leases: Leases,
         upload_keys: UploadKeys,
-        writers: WriterSlots,
-        budget: ReceiveBudget,
-        pools: Pools,
+        writes: Writes,
         removal: Removal,
         finals: Finals,
         clock: Callable[[], float] = time.time,
@@ -117,16 +86,10 @@ class Uploads:
         self.runner = runner
         self.leases = leases
         self.upload_keys = upload_keys
-        # Writers per principal, with a share kept for principals holding none.
-        self._writers = writers
-        # Received plaintext waiting to be sealed, in bytes, across all uploads: this,
-        # not the number of writers, bounds memory (a stalled body holds next to none).
-        self.budget = budget
-        self._pools = pools
+        self.writes = writes
         self.removal = removal
         self.finals = finals
         self.clock = clock
-        self._hashes: dict[str, RunningHash] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -205,9 +168,6 @@ class Uploads:
 
     # -- creating -----------------------------------------------------------------------
 
-    def _expiry(self) -> float:
-        return self.clock() + self.rules.upload_ttl
-
     async def create(
         self,
         principal: Principal,
@@ -276,157 +236,17 @@ class Uploads:
         content_length: int | None = None,
         acquire_wait: float | None = None,
     ) -> tuple[Upload, Outcome]:
-        """Append `body` at `offset`. Returns the upload as recorded afterwards.
-
-        `acquire_wait` bounds the wait for a busy upload (default: acquire_timeout).
-        """
-        async with self._writers.slot(principal_key(principal)):
-            return await self._write_held(
-                principal, upload_id, offset, body, length, checksum, content_length, acquire_wait
-            )
-
-    async def _write_held(
-        self,
-        principal: Principal,
-        upload_id: str,
-        offset: int,
-        body: AsyncIterator[bytes],
-        length: int | None,
-        checksum: ChecksumHeader | None,
-        content_length: int | None,
-        acquire_wait: float | None,
-    ) -> tuple[Upload, Outcome]:
-        # Whether the request may write, checked before the holder (if any) is asked to
-        # let go; then the upload as of now, under the lease, with its key and tail
-        # pieces. Both in the catalog call that takes the lease.
-        writable = functools.partial(self._writable, principal, upload_id)
-        state = functools.partial(self._writing_state, upload_id)
-        async with self.leases.held(
-            upload_id, watch=True, wait=acquire_wait, check=writable, load=state
-        ) as control:
-            found, wrapped, pieces = cast(_WritingState, control.loaded)
-            upload = self._check_owned(principal, found)
-            if offset != upload.offset:
-                raise GatewayError(
-                    ERR.MISMATCHED_OFFSET,
-                    f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
-                    headers={"Upload-Offset": str(upload.offset)},
-                )
-            upload = await self._settle_length(upload, length)
-            limit = self.rules.max_size if upload.length is None else upload.length
-            if content_length is not None and offset + content_length > limit:
-                raise GatewayError(
-                    ERR.UPLOAD_SIZE_EXCEEDED,
-                    f"the body would take the upload past its length of {limit} bytes",
-                )
-            if upload.state == UploadState.COMPLETE:
-                # A finished upload takes no byte more, announced or not (chunked).
-                with contextlib.suppress(BodyInterrupted):
-                    async for chunk in body:
-                        if chunk:
-                            raise GatewayError(
-                                ERR.UPLOAD_SIZE_EXCEEDED,
-                                f"the upload is complete at {upload.offset} bytes",
-                                headers={"Upload-Offset": str(upload.offset)},
-                            )
-                return upload, Outcome(upload.offset, True, None)
-            writer = SegmentWriter(
-                upload=upload,
-                sealer=self.upload_keys.sealer(upload, wrapped),
-                store=self.store,
-                catalog=self.catalog,
-                runner=self.runner,
-                control=control,
-                checksum=checksum,
-                limit=limit,
-                depth=self.rules.pipeline_depth,
-                expires_at=self._expiry,
-                clock=self.clock,
-                content_length=content_length,
-                running_hash=self._hashes.pop(upload_id, None),
-                on_complete=self.upload_keys.sign_manifest,
-                pools=self._pools,
-                slices=self.budget,
-                merge_after=self.rules.tail_merge_after,
-            )
-            try:
-                await writer.prepare(pieces)
-                try:
-                    await writer.receive(body)
-                except Overflow:
-                    await writer.drain()  # nothing beyond what is recorded is kept
-                    await writer.scrub()
-                    raise GatewayError(
-                        ERR.UPLOAD_SIZE_EXCEEDED,
-                        f"the body takes the upload past its length of {limit} bytes",
-                        headers={"Upload-Offset": str(writer.committed)},
-                    ) from None
-                outcome = await writer.finish()
-                self._keep_hash(upload_id, writer.running_hash())
-            except StaleWrite as exc:
-                await writer.drain_quietly()
-                raise GatewayError(
-                    ERR.UPLOAD_INTERRUPTED, "a newer request took this upload over"
-                ) from exc
-            except StoreUnavailable as exc:
-                await writer.drain_quietly()
-                raise GatewayError(
-                    ERR.STORE_UNAVAILABLE,
-                    "object storage is unavailable; resume from Upload-Offset later",
-                    headers={"Retry-After": "5", "Upload-Offset": str(writer.committed)},
-                ) from exc
-            except LeaseLost as exc:
-                await writer.drain_quietly()
-                raise GatewayError(
-                    ERR.UPLOAD_INTERRUPTED, "this request lost its hold on the upload"
-                ) from exc
-            except OffsetConflict as exc:
-                raise GatewayError(ERR.MISMATCHED_OFFSET, "the upload moved on") from exc
-            finally:
-                writer.close()
-            # The upload as recorded, read in the catalog call that hands the lease back.
-            found = await self.leases.release_reading(
-                control, functools.partial(self.catalog.get_upload, upload_id)
-            )
-        upload = self._check_owned(principal, found)
-        if outcome.stop_reason in _STOPPED:
-            err, sentence = _STOPPED[outcome.stop_reason]
-            raise GatewayError(err, sentence, headers={"Upload-Offset": str(upload.offset)})
-        return upload, outcome
-
-    def _keep_hash(self, upload_id: str, running: RunningHash | None) -> None:
-        if running is None:
-            return
-        if len(self._hashes) >= _MAX_RUNNING_HASHES:
-            self._hashes.pop(next(iter(self._hashes)))  # the oldest: it is rebuilt if needed
-        self._hashes[upload_id] = running
-
-    def _writable(self, principal: Principal, upload_id: str) -> None:
-        """Refuse a PATCH of someone else's upload, or of a final one (catalog thread)."""
-        upload = self._check_owned(principal, self.catalog.get_upload(upload_id))
-        if upload.concat is not None and upload.concat.startswith("final"):
-            raise GatewayError(ERR.MODIFY_FINAL, "a final concatenated upload cannot be patched")
-
-    def _writing_state(self, upload_id: str) -> _WritingState:
-        """The upload, its wrapped key and its tail pieces (catalog thread)."""
-        upload = self.catalog.get_upload(upload_id)
-        if upload is None:
-            return None, None, []
-        return upload, self.catalog.wrapped_key(upload.dek_id), self.catalog.tail_pieces(upload_id)
-
-    async def _settle_length(self, upload: Upload, length: int | None) -> Upload:
-        if length is None:
-            return upload
-        if upload.length is not None:
-            if length != upload.length:
-                raise GatewayError(ERR.LENGTH_ALREADY_SET, "Upload-Length cannot change once set")
-            return upload
-        if length < upload.offset:
-            raise GatewayError(ERR.INVALID_UPLOAD_LENGTH, "Upload-Length is below Upload-Offset")
-        if length > self.rules.max_size:
-            raise GatewayError(ERR.MAX_SIZE_EXCEEDED, "Upload-Length exceeds Tus-Max-Size")
-        await self.runner.db(self.catalog.set_length, upload.id, length)
-        return replace(upload, length=length)
+        """Append `body` at `offset` (see `Writes.write`)."""
+        return await self.writes.write(
+            principal,
+            upload_id,
+            offset=offset,
+            body=body,
+            length=length,
+            checksum=checksum,
+            content_length=content_length,
+            acquire_wait=acquire_wait,
+        )
 
     # -- handed on ----------------------------------------------------------------------
 

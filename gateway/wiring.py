@@ -3,7 +3,8 @@
     Uploads ─┬─ Removal, Finals        (the services take UploadRules, never Settings)
              ├─ UploadKeys ── Reader
              ├─ Leases
-             └─ WriterSlots, ReceiveBudget, Pools
+             └─ Writes ─┬─ UploadKeys, Leases
+                        └─ WriterSlots, ReceiveBudget, Pools
     Authenticator ── RequestRate
     one Runner (the thread pools) under all of them
 
@@ -31,6 +32,7 @@ from gateway.runner import Runner
 from gateway.store.base import ObjectStore
 from gateway.upload_keys import UploadKeys
 from gateway.uploads import Uploads
+from gateway.writes import Writes
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,27 @@ def build_services(
         rules, store=store, catalog=catalog, runner=runner, leases=leases, clock=clock
     )
     finals = Finals(rules, store=store, catalog=catalog, keys=keys, runner=runner, clock=clock)
+    upload_keys = UploadKeys(
+        store=store,
+        catalog=catalog,
+        keys=keys,
+        runner=runner,
+        reader=reader,
+        store_name=rules.store_name,
+        clock=clock,
+    )
+    writes = Writes(
+        rules,
+        store=store,
+        catalog=catalog,
+        runner=runner,
+        leases=leases,
+        upload_keys=upload_keys,
+        writers=writer_slots(settings),
+        budget=ReceiveBudget(settings.receive_budget),
+        pools=Pools(keep=2 * settings.pipeline_depth + 2),
+        clock=clock,
+    )
     uploads = Uploads(
         rules,
         store=store,
@@ -121,18 +144,8 @@ def build_services(
         keys=keys,
         runner=runner,
         leases=leases,
-        upload_keys=UploadKeys(
-            store=store,
-            catalog=catalog,
-            keys=keys,
-            runner=runner,
-            reader=reader,
-            store_name=rules.store_name,
-            clock=clock,
-        ),
-        writers=writer_slots(settings),
-        budget=ReceiveBudget(settings.receive_budget),
-        pools=Pools(keep=2 * settings.pipeline_depth + 2),
+        upload_keys=upload_keys,
+        writes=writes,
         removal=removal,
         finals=finals,
         clock=clock,

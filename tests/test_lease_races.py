@@ -84,16 +84,16 @@ def store() -> SlowStore:
 
 
 @pytest.fixture
-async def service(tmp_path: Path, store: SlowStore) -> AsyncIterator[Uploads]:
+async def service(
+    tmp_path: Path, store: SlowStore, catalog: SQLiteCatalog
+) -> AsyncIterator[Uploads]:
     settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=2.0)
-    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
     services = build_services(
         settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "keyring.json")
     )
     await services.start()
     yield services.uploads
     await services.close()
-    catalog.close()
 
 
 async def body(*chunks: bytes, consumed: asyncio.Event | None = None) -> AsyncIterator[bytes]:
@@ -136,7 +136,7 @@ async def test_a_release_after_the_whole_body_arrived_does_not_fail_the_request(
 
 
 async def test_a_writer_that_lost_its_lease_cannot_replace_a_recorded_tail_piece(
-    service: Uploads, store: SlowStore
+    service: Uploads, store: SlowStore, catalog: SQLiteCatalog
 ) -> None:
     """Regression: tail pieces were numbered from the catalog (last + 1), so a writer
     whose lease was taken over while it was paused, and which stored its piece late,
@@ -153,9 +153,9 @@ async def test_a_writer_that_lost_its_lease_cannot_replace_a_recorded_tail_piece
         await asyncio.to_thread(store.putting.wait, 10)  # its piece is on its way
         # Its process stops for longer than the takeover time: the lease goes to another
         # holder, which here lets go again at once.
-        lease = service.catalog.acquire_lease(upload.id, "elsewhere", 30.0, time.time() + 3600)
+        lease = catalog.acquire_lease(upload.id, "elsewhere", 30.0, time.time() + 3600)
         assert lease is not None
-        service.catalog.release_lease(lease)
+        catalog.release_lease(lease)
         _, outcome = await service.write(
             ME, upload.id, offset=0, body=body(data[:3000]), content_length=3000
         )

@@ -291,7 +291,7 @@ async def test_a_body_is_kept_whole_only_with_room_in_the_budget_and_gives_it_ba
     async with own_service(
         tmp_path, store, segment_size=4 * mib, receive_budget=2 * mib
     ) as service:
-        budget = service.budget
+        budget = service.writes.budget
         data = os.urandom(3 * mib)
         upload = await service.create(ME, length=len(data), metadata=None)
         await budget.take(mib // 2)  # another upload holds a quarter of the budget
@@ -727,7 +727,7 @@ async def test_a_stalled_body_gives_its_partly_filled_slice_back_to_the_budget(
 ) -> None:
     store = InPlaceMemoryStore()
     async with own_service(tmp_path, store, segment_size=4 * 1024 * 1024) as service:
-        budget = service.budget
+        budget = service.writes.budget
         stalled, release = asyncio.Event(), asyncio.Event()
         data = os.urandom(3 * 1024 * 1024)
 

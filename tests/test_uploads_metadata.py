@@ -32,23 +32,24 @@ FILENAME = b"DOE^JOHN_MRN12345.dcm"
 RAW = f"filename {base64.b64encode(FILENAME).decode()},is_confidential,n MQ=="
 
 
-def _service(tmp_path: Path, store: MemoryStore) -> Uploads:
+def _service(tmp_path: Path, store: MemoryStore, catalog: SQLiteCatalog) -> Uploads:
     settings = Settings(data_dir=tmp_path, segment_size=S, acquire_timeout=3.0)
     return build_services(
         settings,
         store=store,
-        catalog=SQLiteCatalog(tmp_path / "catalog.sqlite3"),
+        catalog=catalog,
         keys=LocalKeyring.open(tmp_path / "keyring.json"),
     ).uploads
 
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[Uploads]:
-    uploads = _service(tmp_path, MemoryStore())
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    uploads = _service(tmp_path, MemoryStore(), catalog)
     await uploads.start()
     yield uploads
     await uploads.close()
-    uploads.catalog.close()
+    catalog.close()
 
 
 async def body(data: bytes) -> AsyncIterator[bytes]:
@@ -164,15 +165,16 @@ async def test_legacy_plain_metadata_is_sealed_in_place_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = MemoryStore()
-    service = _service(tmp_path, store)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = _service(tmp_path, store, catalog)
     part = await service.create(ME, length=3, metadata=None, partial_concat="partial")
     await service.write(ME, part.id, offset=0, body=body(b"xyz"))
     final = await service.create_final(ME, concat="final;x", partial_ids=[part.id], metadata=None)
     active = await service.create(ME, length=10, metadata=None)
     gone = await service.create(ME, length=10, metadata=None)
-    await service.runner.db(service.catalog.terminate, gone.id)  # key shredded, rows left
+    await service.runner.db(catalog.terminate, gone.id)  # key shredded, rows left
     await service.close()
-    service.catalog.close()
+    catalog.close()
     legacy = {
         part.id: RAW,
         final.id: "filename " + base64.b64encode(b"final-" + FILENAME).decode(),
@@ -183,7 +185,8 @@ async def test_legacy_plain_metadata_is_sealed_in_place_at_start(
     secrets = [text.encode() for text in legacy.values() if text] + [FILENAME]
     assert nowhere_in_files(tmp_path, *secrets), "the check finds the plain text before"
 
-    service = _service(tmp_path, store)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = _service(tmp_path, store, catalog)
     try:
         # Before the service starts (other tools, or a request racing a start), a
         # legacy row still answers with its metadata.
@@ -218,17 +221,18 @@ async def test_legacy_plain_metadata_is_sealed_in_place_at_start(
             assert secret.decode() not in logged
     finally:
         await service.close()
-        service.catalog.close()
+        catalog.close()
     assert nowhere_in_files(tmp_path, *secrets) == []
 
 
 async def test_legacy_metadata_under_an_unusable_key_is_left_for_later(tmp_path: Path) -> None:
     store = MemoryStore()
-    service = _service(tmp_path, store)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = _service(tmp_path, store, catalog)
     broken = await service.create(ME, length=10, metadata=None)
     fine = await service.create(ME, length=10, metadata=None)
     await service.close()
-    service.catalog.close()
+    catalog.close()
     _make_legacy(tmp_path / "catalog.sqlite3", {broken.id: RAW, fine.id: RAW}, final_id=None)
     conn = sqlite3.connect(tmp_path / "catalog.sqlite3")
     with conn:  # a wrapped key that no longer unwraps
@@ -237,11 +241,12 @@ async def test_legacy_metadata_under_an_unusable_key_is_left_for_later(tmp_path:
         )
     conn.close()
 
-    service = _service(tmp_path, store)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    service = _service(tmp_path, store, catalog)
     try:
         await service.start()
         assert [u.id for u in service.catalog.legacy_metadata()] == [broken.id]
         assert await service.open_metadata(stored(service, fine.id)) == RAW
     finally:
         await service.close()
-        service.catalog.close()
+        catalog.close()
