@@ -171,11 +171,8 @@ class Reader:
     def _layout(self, upload: Upload) -> tuple[Header, list[_Record]]:
         """The stored header and records, checked against the catalog (no key needed)."""
         key = data_key(upload.id)
-        first = self._store.get(key, 0, MAX_HEADER_LEN)
-        hlen = header_length(first[:HEADER_PREFIX_LEN])
-        if len(first) < hlen:
-            raise SealedFormatError(f"the object is shorter than its {hlen}-byte header")
-        stored_header = first[:hlen]
+        stored_header = read_header(self._store, key)
+        hlen = len(stored_header)
         if stored_header != upload.header:
             raise NotAsRecorded("the stored header is not the recorded one")
         header = Header.decode(stored_header)
@@ -209,6 +206,18 @@ class Reader:
         ):
             raise NotAsRecorded(f"record {record.index} is not the sealing that was recorded")
         return obj.sealer.open_record(record.index, record.final, data)
+
+
+def read_header(store: ObjectStore, key: str) -> bytes:
+    """The encoded header at the front of the sealed object `key`, in one read.
+
+    Raises SealedFormatError for an object shorter than the header it announces.
+    """
+    first = store.get(key, 0, MAX_HEADER_LEN)
+    hlen = header_length(first[:HEADER_PREFIX_LEN])
+    if len(first) < hlen:
+        raise SealedFormatError(f"the object is shorter than its {hlen}-byte header")
+    return first[:hlen]
 
 
 def _last_byte_last(chunks: Iterator[bytes], expected: int) -> Iterator[bytes]:

@@ -16,13 +16,12 @@ from gateway import manifest
 from gateway.catalog.base import KeyCatalog
 from gateway.keys.base import KeyProvider, KeyUnusable
 from gateway.layout import data_key, manifest_keys, reader_manifest_key
+from gateway.reader import read_header
 from gateway.sealed import (
-    HEADER_PREFIX_LEN,
     RECORD_OVERHEAD,
     Header,
     InvalidSealedData,
     Sealer,
-    header_length,
     object_layout,
 )
 from gateway.signer import PLAINTEXT_DIGEST, open_reader_manifest
@@ -171,7 +170,7 @@ def _check_object(
         report.fail(f"object: {size} bytes stored, manifest says {doc['storage']['size']}")
         return
     try:
-        raw_header = store.get(key, 0, header_length(store.get(key, 0, HEADER_PREFIX_LEN)))
+        raw_header = read_header(store, key)
         header = Header.decode(raw_header)
     except InvalidSealedData as exc:
         report.fail(f"header: {exc}")
