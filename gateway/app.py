@@ -26,7 +26,7 @@ from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
-from gateway.keys.keyring import LocalKeyring
+from gateway.keys.keyring import open_configured
 from gateway.leases import Leases
 from gateway.middleware import (
     AccessMiddleware,
@@ -105,7 +105,10 @@ def create_app(
         metrics.CATALOG_DURATION,
         metrics.operations(Catalog),
     )
-    keys = keys if keys is not None else LocalKeyring.open(settings.keyring_path)
+    keys = keys if keys is not None else open_configured(settings)
+    key_warnings = keys.warnings()
+    for warning in key_warnings:
+        log.warning("%s: the keys sit unprotected beside the data", warning)
     services = build_services(settings, store=store, catalog=catalog, keys=keys)
     uploads, auth, runner = services.uploads, services.auth, services.runner
     handler = TusHandler(settings, uploads, auth)
@@ -129,7 +132,10 @@ def create_app(
             except Exception as exc:  # any failure means not ready; say which part
                 checks[name] = f"failed: {type(exc).__name__}"
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        return JSONResponse(
+            {"ready": ready, "checks": checks, "warnings": key_warnings},
+            status_code=200 if ready else 503,
+        )
 
     async def metrics_endpoint(request: Request) -> Response:
         # Scrapers authenticate like any client, or with the dedicated metrics token.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -73,6 +74,15 @@ class Settings:
     s3_ca_file: str = ""
     s3_create_bucket: bool = True
     s3_retry_seconds: float = 5.0
+    # Keys: the keyring file (default <data_dir>/keyring.json) and the secret it is
+    # sealed under (a 32-byte key or a passphrase); without it the keyring is plaintext.
+    keyring_path: Path = Path("")
+    kek_file: str = ""
+    require_protected_keys: bool = False
+
+    def __post_init__(self) -> None:
+        if self.keyring_path == Path(""):
+            object.__setattr__(self, "keyring_path", self.data_dir / "keyring.json")
 
     @property
     def objects_dir(self) -> Path:
@@ -81,10 +91,6 @@ class Settings:
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.sqlite3"
-
-    @property
-    def keyring_path(self) -> Path:
-        return self.data_dir / "keyring.json"
 
     def validate(self) -> Settings:
         if not 0 < self.port < 65536:
@@ -110,6 +116,13 @@ class Settings:
         if self.linger_timeout < 0 or self.linger_max_bytes < 0:
             raise ConfigError("linger_timeout and linger_max_bytes must be >= 0")
         _check_public_url(self.public_url)
+        if self.kek_file:
+            _ = self.kek_secret()
+        elif self.require_protected_keys:
+            raise ConfigError(
+                "GATEWAY_REQUIRE_PROTECTED_KEYS is true but GATEWAY_KEK_FILE is not set: "
+                "the keyring would sit unencrypted; mount a key file and set GATEWAY_KEK_FILE"
+            )
         _ = self.trusted_proxy_list
         if self.s3_max_writers < 1:
             raise ConfigError("s3_max_writers must be >= 1")
@@ -147,6 +160,26 @@ class Settings:
                     f"trusted_proxies: {entry!r} is not an IP address or network"
                 ) from None
         return entries
+
+    def kek_secret(self) -> bytes | None:
+        """The content of kek_file (None if unset); ConfigError naming the setting,
+        never the content, if it is missing, unreadable, empty or readable by others."""
+        if not self.kek_file:
+            return None
+        path = Path(self.kek_file)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            secret = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"GATEWAY_KEK_FILE: cannot read {path}: {e.strerror}") from None
+        if mode & 0o077:
+            raise ConfigError(
+                f"GATEWAY_KEK_FILE: {path} has mode {mode:04o}, so other users can read the "
+                f"key; run: chmod 600 {path}"
+            )
+        if not secret.strip():
+            raise ConfigError(f"GATEWAY_KEK_FILE: {path} is empty")
+        return secret
 
     @property
     def uses_s3(self) -> bool:

@@ -31,7 +31,7 @@ from gateway.auth import mint_token
 from gateway.catalog.base import Principal
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import load_settings
-from gateway.keys.keyring import LocalKeyring
+from gateway.keys.keyring import open_configured
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
 from tests.tushttp import Tus, check_tus_resumable
@@ -100,7 +100,7 @@ def build_app(
         config,
         store=store if store is not None else FolderStore(config.objects_dir),
         catalog=catalog,
-        keys=LocalKeyring.open(config.keyring_path),
+        keys=open_configured(config),
     )
     return app, token
 

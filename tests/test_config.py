@@ -151,3 +151,41 @@ def test_trusted_proxies_are_addresses_or_networks() -> None:
 def test_edge_limits_are_checked(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(values, environ={})
+
+
+def test_the_keyring_lives_in_the_data_dir_unless_told(tmp_path: Path) -> None:
+    assert load_settings({"data_dir": tmp_path}, environ={}).keyring_path == (
+        tmp_path / "keyring.json"
+    )
+    elsewhere = tmp_path / "secrets" / "ring.json"
+    env = {"GATEWAY_KEYRING_PATH": str(elsewhere)}
+    assert load_settings({"data_dir": tmp_path / "d"}, environ=env).keyring_path == elsewhere
+
+
+def test_a_kek_file_must_be_readable_owner_only_and_not_empty(tmp_path: Path) -> None:
+    kek = tmp_path / "kek"
+    with pytest.raises(ConfigError, match="GATEWAY_KEK_FILE: cannot read"):
+        load_settings(environ={"GATEWAY_KEK_FILE": str(kek)})
+    kek.write_bytes(b"")
+    kek.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"GATEWAY_KEK_FILE: .* is empty"):
+        load_settings(environ={"GATEWAY_KEK_FILE": str(kek)})
+    kek.write_bytes(b"a secret passphrase")
+    kek.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"GATEWAY_KEK_FILE: .* mode 0640") as info:
+        load_settings(environ={"GATEWAY_KEK_FILE": str(kek)})
+    assert "a secret passphrase" not in str(info.value)
+    kek.chmod(0o600)
+    settings = load_settings(environ={"GATEWAY_KEK_FILE": str(kek)})
+    assert settings.kek_secret() == b"a secret passphrase"
+
+
+def test_protected_keys_can_be_required(tmp_path: Path) -> None:
+    assert not Settings().require_protected_keys
+    with pytest.raises(ConfigError, match=r"GATEWAY_REQUIRE_PROTECTED_KEYS .* GATEWAY_KEK_FILE"):
+        load_settings(environ={"GATEWAY_REQUIRE_PROTECTED_KEYS": "true"})
+    kek = tmp_path / "kek"
+    kek.write_bytes(os.urandom(32))
+    kek.chmod(0o600)
+    env = {"GATEWAY_REQUIRE_PROTECTED_KEYS": "true", "GATEWAY_KEK_FILE": str(kek)}
+    assert load_settings(environ=env).require_protected_keys

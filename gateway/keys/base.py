@@ -38,6 +38,9 @@ class KeyProvider(Protocol):
     def check(self) -> None:
         """Raise KeyUnusable unless keys are usable now (for /readyz)."""
 
+    def warnings(self) -> list[str]:
+        """What weakens the keys' protection (for /readyz and the start-up log)."""
+
     def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
         """The current manifest-signing key and its key id."""
 

@@ -19,14 +19,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.config import Settings
 from gateway.files import write_atomically
 from gateway.keys.base import KeyUnusable, WrappedKey
+from gateway.keys.sealing import KeyringProtection, Sealer, is_sealed, open_envelope
 
 _FORMAT = 1
 _WRAP_LABEL = b"imgw-keyring/v1/wrap"
 _KEY_LEN = 32
 _NONCE_LEN = 12
 _TAG_LEN = 16
+UNPROTECTED = "keys: the keyring is not encrypted (set GATEWAY_KEK_FILE)"
 
 
 @dataclass(frozen=True, repr=False)  # repr=False: never print key material
@@ -49,26 +52,35 @@ class _State:
 class LocalKeyring:
     """A `KeyProvider` whose KEKs live in a local file (for one node or for tests)."""
 
-    def __init__(self, path: Path, state: _State) -> None:
+    def __init__(
+        self, path: Path, state: _State, protection: KeyringProtection | None = None
+    ) -> None:
         self._path = path
         self._state = state
+        self._protection = protection
         self._lock = threading.Lock()  # serialises rotations and reloads
 
     @classmethod
-    def open(cls, path: Path) -> LocalKeyring:
-        """Load the keyring at `path`, creating it (one KEK, one signing key) if absent."""
+    def open(cls, path: Path, *, protection: KeyringProtection | None = None) -> LocalKeyring:
+        """Load the keyring at `path`, creating it (one KEK, one signing key) if absent.
+
+        With `protection` the file is a sealed envelope: a plain keyring is sealed in
+        place the first time; without it, a sealed keyring is refused."""
         path = Path(path)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # If another process created it meanwhile, its file wins and is loaded below.
-            _write(path, _new_document(), exclusive=True)
+            sealer = Sealer.new(protection) if protection is not None else None
+            _write(path, _new_document(), sealer, exclusive=True)
         _check_owner_only(path)
-        doc = _load(path)
-        if not doc.get("signing_keys"):
-            # Files written before signing keys existed get one on first use.
-            doc["signing_keys"] = [_new_signing_entry()]
-            _write(path, doc, exclusive=False)
-        return cls(path, _parse(doc))
+        doc, sealer, was_sealed = _load(path, protection)
+        if not doc.get("signing_keys") or (sealer is not None and not was_sealed):
+            # Files written before signing keys existed get one on first use;
+            # a plain keyring opened with a KEK is sealed in place.
+            if not doc.get("signing_keys"):
+                doc["signing_keys"] = [_new_signing_entry()]
+            _write(path, doc, sealer, exclusive=False)
+        return cls(path, _parse(doc), protection)
 
     def __repr__(self) -> str:
         st = self._state
@@ -80,6 +92,14 @@ class LocalKeyring:
     @property
     def kek_id(self) -> str:
         return self._state.kek_id
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the keyring file is encrypted under a key from GATEWAY_KEK_FILE."""
+        return self._protection is not None
+
+    def warnings(self) -> list[str]:
+        return [] if self.sealed else [UNPROTECTED]
 
     @property
     def current_version(self) -> int:
@@ -123,10 +143,10 @@ class LocalKeyring:
         """Add a new KEK version, make it current and persist it; returns the version."""
         with self._lock:
             # Re-read first so a rotation by another process is not overwritten.
-            doc = _load(self._path)
+            doc, sealer, _ = _load(self._path, self._protection)
             version = _parse(doc).current + 1
             doc["keks"].append(_new_kek_entry(version))
-            _write(self._path, doc, exclusive=False)
+            _write(self._path, doc, sealer, exclusive=False)
             self._state = _parse(doc)
             return version
 
@@ -155,8 +175,15 @@ class LocalKeyring:
 
     def _reload(self) -> _State:
         with self._lock:
-            self._state = _parse(_load(self._path))
+            self._state = _parse(_load(self._path, self._protection)[0])
             return self._state
+
+
+def open_configured(settings: Settings) -> LocalKeyring:
+    """The keyring at settings.keyring_path, sealed under GATEWAY_KEK_FILE if set."""
+    secret = settings.kek_secret()
+    protection = KeyringProtection.from_file(secret) if secret is not None else None
+    return LocalKeyring.open(settings.keyring_path, protection=protection)
 
 
 def _aad(upload_id: str, dek_id: bytes, version: int) -> bytes:
@@ -213,16 +240,26 @@ def _check_owner_only(path: Path) -> None:
         )
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _load(
+    path: Path, protection: KeyringProtection | None
+) -> tuple[dict[str, Any], Sealer | None, bool]:
+    """The keyring document, the sealer to write it back with (None: plain), and
+    whether the file was sealed."""
     try:
         doc = json.loads(path.read_bytes())
     except OSError as e:
         raise KeyUnusable(f"cannot read keyring {path.name}: {e.strerror}") from None
     except ValueError:
         raise KeyUnusable(f"keyring {path.name} is not valid JSON") from None
+    sealer = None
+    was_sealed = is_sealed(doc)
+    if was_sealed:
+        doc, sealer = open_envelope(doc, protection, path.name)
+    elif protection is not None:
+        sealer = Sealer.new(protection)
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise KeyUnusable(f"keyring {path.name} has an unknown format")
-    return doc
+    return doc, sealer, was_sealed
 
 
 def _parse(doc: dict[str, Any]) -> _State:
@@ -257,6 +294,8 @@ def _parse(doc: dict[str, Any]) -> _State:
     return _State(kek_id=kek_id, keks=keks, current=max(keks), signers=tuple(signers))
 
 
-def _write(path: Path, doc: dict[str, Any], *, exclusive: bool) -> None:
-    """Write `doc` atomically with mode 0600; if `exclusive`, never replace a file."""
-    write_atomically(path, json.dumps(doc, indent=2).encode() + b"\n", exclusive=exclusive)
+def _write(path: Path, doc: dict[str, Any], sealer: Sealer | None, *, exclusive: bool) -> None:
+    """Write `doc` (sealed if `sealer`) atomically with mode 0600; if `exclusive`,
+    never replace a file."""
+    data = sealer.seal(doc) if sealer is not None else json.dumps(doc, indent=2).encode() + b"\n"
+    write_atomically(path, data, exclusive=exclusive)
