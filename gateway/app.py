@@ -108,7 +108,7 @@ def create_app(
     keys = keys if keys is not None else open_configured(settings)
     key_warnings = keys.warnings()
     for warning in key_warnings:
-        log.warning("%s: the keys sit unprotected beside the data", warning)
+        log.warning("%s; a copy of the keyring file alone decrypts every upload", warning)
     services = build_services(settings, store=store, catalog=catalog, keys=keys)
     uploads, auth, runner = services.uploads, services.auth, services.runner
     handler = TusHandler(settings, uploads, auth)

@@ -44,8 +44,8 @@ def test_by_default_a_copy_of_the_data_dir_alone_decrypts_an_upload(tmp_path: Pa
     try:
         url = _round_trip(server, data)
         assert _readyz(server)["warnings"] == [UNPROTECTED]
-        assert "WARNING" in server.log() or '"warning"' in server.log().lower()
-        assert "the keyring is not encrypted" in server.log()
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        assert [r["level"] for r in lines if "keyring is not encrypted" in r["msg"]] == ["warning"]
     finally:
         server.stop()
     copy = tmp_path / "stolen" / "data"
