@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from gateway.keys.keyring import UNPROTECTED
 from tests.server import GatewayProcess
 from tests.test_metrics import delta, scrape
 from tests.tushttp import OCTET, create, patch, patch_headers, upload_id
@@ -94,7 +95,11 @@ def test_health_probes_need_no_auth_and_are_cheap(gateway: GatewayProcess) -> No
                 assert response.headers["content-type"] == "application/json"
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz").json()
-    assert ready == {"ready": True, "checks": {"catalog": "ok", "store": "ok", "keys": "ok"}}
+    assert ready == {
+        "ready": True,
+        "checks": {"catalog": "ok", "store": "ok", "keys": "ok"},
+        "warnings": [UNPROTECTED],  # this test gateway's keyring is not sealed
+    }
     for path, times in timings.items():
         assert statistics.median(times) < 0.05, f"{path} median {statistics.median(times):.3f}s"
         assert max(times) < 1.0, f"{path} max {max(times):.3f}s"
