@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from gateway.keys.base import KeyUnusable
+from gateway.keys.envelope import KeyringProtection, open_envelope
 from gateway.keys.keyring import UNPROTECTED, LocalKeyring
-from gateway.keys.sealing import KeyringProtection, open_envelope
 from tests.server import GatewayProcess, free_port
 from tests.tushttp import upload
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.keys.base import KeyUnusable
+from gateway.keys.envelope import SEALED_FORMAT, KeyringProtection
 from gateway.keys.keyring import UNPROTECTED, LocalKeyring
-from gateway.keys.sealing import SEALED_FORMAT, KeyringProtection
 
 DEK = bytes(range(32))
 DEK_ID = b"\x02" * 16
@@ -28,7 +28,7 @@ def _secrets_in(doc: dict[str, object]) -> list[bytes]:
 
 def _plain_doc(ring: LocalKeyring, path: Path, protection: KeyringProtection) -> dict[str, object]:
     """The document inside a sealed file (opened through the module, not by hand)."""
-    from gateway.keys.sealing import open_envelope
+    from gateway.keys.envelope import open_envelope
 
     doc, _ = open_envelope(json.loads(path.read_bytes()), protection, path.name)
     return doc

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.config import Settings
 from gateway.files import write_atomically
 from gateway.keys.base import KeyUnusable, WrappedKey
-from gateway.keys.sealing import KeyringProtection, Sealer, is_sealed, open_envelope
+from gateway.keys.envelope import KeyringProtection, KeyringSealer, is_sealed, open_envelope
 
 _FORMAT = 1
 _WRAP_LABEL = b"imgw-keyring/v1/wrap"
@@ -70,7 +70,7 @@ class LocalKeyring:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # If another process created it meanwhile, its file wins and is loaded below.
-            sealer = Sealer.new(protection) if protection is not None else None
+            sealer = KeyringSealer.new(protection) if protection is not None else None
             _write(path, _new_document(), sealer, exclusive=True)
         _check_owner_only(path)
         doc, sealer, was_sealed = _load(path, protection)
@@ -242,7 +242,7 @@ def _check_owner_only(path: Path) -> None:
 
 def _load(
     path: Path, protection: KeyringProtection | None
-) -> tuple[dict[str, Any], Sealer | None, bool]:
+) -> tuple[dict[str, Any], KeyringSealer | None, bool]:
     """The keyring document, the sealer to write it back with (None: plain), and
     whether the file was sealed."""
     try:
@@ -256,7 +256,7 @@ def _load(
     if was_sealed:
         doc, sealer = open_envelope(doc, protection, path.name)
     elif protection is not None:
-        sealer = Sealer.new(protection)
+        sealer = KeyringSealer.new(protection)
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise KeyUnusable(f"keyring {path.name} has an unknown format")
     return doc, sealer, was_sealed
@@ -294,7 +294,9 @@ def _parse(doc: dict[str, Any]) -> _State:
     return _State(kek_id=kek_id, keks=keks, current=max(keks), signers=tuple(signers))
 
 
-def _write(path: Path, doc: dict[str, Any], sealer: Sealer | None, *, exclusive: bool) -> None:
+def _write(
+    path: Path, doc: dict[str, Any], sealer: KeyringSealer | None, *, exclusive: bool
+) -> None:
     """Write `doc` (sealed if `sealer`) atomically with mode 0600; if `exclusive`,
     never replace a file."""
     data = sealer.seal(doc) if sealer is not None else json.dumps(doc, indent=2).encode() + b"\n"

@@ -44,14 +44,14 @@ class KeyringProtection:
 
 
 @dataclass(frozen=True, repr=False)
-class Sealer:
+class KeyringSealer:
     """The derived key and the KDF description written beside each sealed document."""
 
     aead: AESGCM
     kdf: dict[str, Any]
 
     @classmethod
-    def new(cls, protection: KeyringProtection) -> Sealer:
+    def new(cls, protection: KeyringProtection) -> KeyringSealer:
         """A sealer for a keyring sealed for the first time (a fresh salt)."""
         if protection.is_raw_key:
             return cls(AESGCM(protection.secret), {"name": "raw"})
@@ -84,7 +84,7 @@ def is_sealed(doc: object) -> bool:
 
 def open_envelope(
     envelope: dict[str, Any], protection: KeyringProtection | None, name: str
-) -> tuple[dict[str, Any], Sealer]:
+) -> tuple[dict[str, Any], KeyringSealer]:
     """The keyring document inside `envelope` and the sealer to write it back with."""
     if protection is None:
         raise KeyUnusable(f"keyring {name} is encrypted; {_SET_KEK}")
@@ -98,9 +98,9 @@ def open_envelope(
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise KeyUnusable(f"keyring {name} is a malformed sealed envelope") from None
     if kdf_name == "raw" and protection.is_raw_key:
-        sealer = Sealer(AESGCM(protection.secret), {"name": "raw"})
+        sealer = KeyringSealer(AESGCM(protection.secret), {"name": "raw"})
     elif kdf_name == "scrypt" and not protection.is_raw_key:
-        sealer = Sealer(_derive(protection, kdf), kdf)
+        sealer = KeyringSealer(_derive(protection, kdf), kdf)
     else:
         kind = "32-byte key" if kdf_name == "raw" else "passphrase"
         raise KeyUnusable(
