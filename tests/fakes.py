@@ -10,8 +10,9 @@ import hashlib
 import itertools
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from gateway.catalog.base import Upload, UploadState
 from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.types import Buffer
 
@@ -222,3 +223,23 @@ class InPlaceMemoryStore(MemoryStore):
             for number, (start, data) in list(upload.parts.items()):
                 if start + len(data) > offset:
                     del upload.parts[number]
+
+
+def upload_row(upload_id: str = "u1", **changes: object) -> Upload:
+    """A catalog row for catalog tests: sealed-looking metadata, a header, no length."""
+    base = Upload(
+        id=upload_id,
+        owner="alice",
+        tenant="t1",
+        length=None,
+        offset=0,
+        metadata=b"\x01sealed metadata\xff",
+        state=UploadState.ACTIVE,
+        created_at=1000.0,
+        expires_at=5000.0,
+        segment_size=1 << 20,
+        header=b"\x00hdr\xff",
+        dek_id=b"dek-" + upload_id.encode(),
+        checksum=b"\x01sealed checksum",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]

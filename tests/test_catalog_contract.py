@@ -29,6 +29,7 @@ from gateway.catalog.base import (
 )
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.base import WrappedKey
+from tests.fakes import upload_row
 
 TTL = 30.0
 Opener = Callable[[], Catalog]
@@ -64,22 +65,7 @@ def cat(catalogs: Opener) -> Catalog:
 
 
 def upload(upload_id: str = "u1", **changes: object) -> Upload:
-    base = Upload(
-        id=upload_id,
-        owner="alice",
-        tenant="t1",
-        length=None,
-        offset=0,
-        metadata=b"\x01sealed metadata\xff",
-        state=UploadState.ACTIVE,
-        created_at=1000.0,
-        expires_at=5000.0,
-        segment_size=1 << 20,
-        header=b"\x00hdr\xff",
-        dek_id=b"dek-" + upload_id.encode(),
-        checksum=b"\x01sealed checksum",
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return upload_row(upload_id, **changes)
 
 
 def wrapped(tag: bytes = b"x") -> WrappedKey:

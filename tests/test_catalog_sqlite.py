@@ -26,29 +26,14 @@ from gateway.catalog.base import (
 )
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.base import WrappedKey
+from tests.fakes import upload_row
 from tests.tushttp import catalog_files_holding
 
 TTL = 30.0
 
 
 def _upload(upload_id: str = "u1", **kw: object) -> Upload:
-    base = Upload(
-        id=upload_id,
-        owner="alice",
-        tenant="t1",
-        length=None,
-        offset=0,
-        metadata=b"\x01sealed metadata\xff",
-        state=UploadState.ACTIVE,
-        created_at=1000.0,
-        expires_at=5000.0,
-        segment_size=1 << 20,
-        header=b"\x00hdr\xff",
-        dek_id=b"dek-" + upload_id.encode(),
-        partials=("p1", "p2"),
-        checksum=b"\x01sealed checksum",
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    return upload_row(upload_id, **{"partials": ("p1", "p2"), **kw})
 
 
 def _wrapped(tag: bytes = b"x") -> WrappedKey:
