@@ -106,7 +106,7 @@ def _token(settings: Settings, principal: Principal) -> int:
 
 
 def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bool) -> int:
-    from gateway.manifest import ManifestError
+    from gateway.jws import JWSError
     from gateway.verify import Report, catalog_unwrapper, load_jwks, verify_upload
 
     if not is_valid_upload_id(upload_id):
@@ -117,11 +117,11 @@ def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bo
     if jwks is not None:
         try:
             public_keys = load_jwks(jwks)
-        except (OSError, ValueError, TypeError, ManifestError) as exc:
+        except (OSError, ValueError, TypeError, JWSError) as exc:
             print(f"gateway verify: cannot use --jwks {jwks}: {exc}", file=sys.stderr)
             return 2
     elif keyring is not None:
-        public_keys = {kid: key for kid, key, _ in keyring.public_signing_keys()}
+        public_keys = {k.kid: k for k in keyring.public_signing_keys()}
     else:
         print("gateway verify: no keyring in the data dir; pass --jwks FILE|URL", file=sys.stderr)
         return 2

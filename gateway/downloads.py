@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import manifest
+from gateway import jws, manifest
 from gateway.auth import Authenticator
 from gateway.catalog.base import Upload, UploadState
 from gateway.config import Settings
@@ -152,5 +152,5 @@ class DownloadHandler:
         return Response(body, media_type=media, headers={"Cache-Control": "private, no-store"})
 
     async def jwks(self, request: Request) -> Response:
-        document = manifest.jwks(self.keys.public_signing_keys())
+        document = jws.jwks(self.keys.public_signing_keys())
         return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})

@@ -1,9 +1,7 @@
-"""Signed upload manifests: RFC 8785 JSON, an RFC 6962 Merkle root, an Ed25519 JWS (MANIFEST.md)."""
+"""Signed upload manifests: RFC 8785 JSON, an RFC 6962 Merkle root, a JWS (MANIFEST.md)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import datetime
 import hashlib
@@ -11,9 +9,8 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from gateway import jws
+from gateway.jws import PublicSigningKey, SigningKey
 
 MANIFEST_VERSION = 2
 # Version 1 manifests (plaintext SHA-256 in the stored copy) are still read and verified.
@@ -23,8 +20,6 @@ READABLE_VERSIONS = frozenset({1, 2})
 VIEW_READER = "reader"
 VIEW_STORED = "stored"
 JWS_TYP = "imgw-manifest+jws"
-# RFC 9864: the fully-specified name; it deprecates the polymorphic "EdDSA" of RFC 8037.
-JWS_ALG = "Ed25519"
 MERKLE_SCHEME = "rfc6962-sha256"
 
 # I-JSON (RFC 7493 section 2.2), which RFC 8785 requires: integers outside this
@@ -32,8 +27,6 @@ MERKLE_SCHEME = "rfc6962-sha256"
 MAX_SAFE_INTEGER = 2**53 - 1
 
 SHA256_LEN = 32
-ED25519_KEY_LEN = 32
-ED25519_SIG_LEN = 64
 
 # Defence in depth: tus upload metadata and file names may carry patient data.
 FORBIDDEN_KEYS = frozenset({"metadata", "filename"})
@@ -51,9 +44,6 @@ _REQUIRED = {
         "kek_version",
     ),
 }
-_HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
-
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # RFC 3339 section 5.6 restricted to UTC ("Z") so that equal instants compare equal as text.
 _RFC3339_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
@@ -168,6 +158,7 @@ def build_manifest(
     record_sha256: Sequence[bytes],
     retention: dict[str, object] | None,
     signer_kid: str,
+    signer_alg: str = jws.ALG_ED25519,
     suite: int = 1,
 ) -> dict[str, object]:
     """Assemble the reader's manifest of a completed upload (stored_view() gives the one for
@@ -233,7 +224,7 @@ def build_manifest(
             "merkle": MERKLE_SCHEME,
         },
         "retention": copy.deepcopy(retention),
-        "signer": {"kid": signer_kid, "alg": JWS_ALG},
+        "signer": {"kid": signer_kid, "alg": signer_alg},
     }
     canonical_json(manifest)  # fail here, not at signing time, on floats and the like
     return manifest
@@ -268,6 +259,7 @@ def build_concat_manifest(
     parts: Sequence[dict[str, object]],
     plaintext_size: int,
     signer_kid: str,
+    signer_alg: str = jws.ALG_ED25519,
 ) -> dict[str, object]:
     """The manifest of a final concatenation: its partials in order, each pinned by the
     SHA-256 of its own signed (stored) manifest. No digest of the whole plaintext: SHA-256
@@ -290,7 +282,7 @@ def build_concat_manifest(
         "upload": copy.deepcopy(upload),
         "parts": copy.deepcopy(list(parts)),
         "plaintext": {"size": plaintext_size},
-        "signer": {"kid": signer_kid, "alg": JWS_ALG},
+        "signer": {"kid": signer_kid, "alg": signer_alg},
     }
     canonical_json(manifest)
     return manifest
@@ -335,64 +327,26 @@ def _check_digest(digest: object, name: str) -> None:
         raise ValueError(f"{name} must be {SHA256_LEN} bytes")
 
 
-# --- JWS (RFC 7515 compact serialization) -----------------------------------------------------
+# --- JWS -------------------------------------------------------------------------------------
 
 
-def sign(manifest: dict[str, object], kid: str, key: Ed25519PrivateKey) -> str:
-    """Compact JWS of canonical_json(manifest) with alg Ed25519, `kid` and typ JWS_TYP."""
-    if not isinstance(key, Ed25519PrivateKey):
-        raise TypeError("key must be an Ed25519PrivateKey")
-    if not isinstance(kid, str) or not kid:
-        raise ValueError("kid must be a non-empty string")
+def sign(manifest: dict[str, object], key: SigningKey) -> str:
+    """Compact JWS of canonical_json(manifest) by `key`, with typ JWS_TYP."""
     signer = manifest.get("signer")
-    if isinstance(signer, dict) and signer.get("kid") != kid:
+    if isinstance(signer, dict) and signer.get("kid") != key.kid:
         raise ValueError("manifest signer.kid differs from the signing kid")
-    header = _b64url(canonical_json({"alg": JWS_ALG, "kid": kid, "typ": JWS_TYP}))
-    payload = _b64url(canonical_json(manifest))
-    signing_input = f"{header}.{payload}".encode("ascii")  # RFC 7515 section 5.1 step 5
-    return f"{header}.{payload}.{_b64url(key.sign(signing_input))}"
+    if isinstance(signer, dict) and signer.get("alg") != key.alg:
+        raise ValueError("manifest signer.alg differs from the signing key's")
+    return jws.sign(canonical_json(manifest), typ=JWS_TYP, key=key)
 
 
-def verify(jws: str, keys: Mapping[str, Ed25519PublicKey]) -> dict[str, object]:
+def verify(token: str, keys: Mapping[str, PublicSigningKey]) -> dict[str, object]:
     """Check a compact JWS from sign() strictly and return its manifest; ManifestError if not."""
-    if not isinstance(jws, str):
-        raise ManifestError("malformed JWS: not a string")
-    parts = jws.split(".")
-    if len(parts) != 3:
-        raise ManifestError(f"malformed JWS: {len(parts)} parts, compact serialization has 3")
-    header_b64, payload_b64, signature_b64 = parts
-    header = _parse_json(_b64url_decode(header_b64, "header"), "header")
-    if not isinstance(header, dict):
-        raise ManifestError("malformed JWS header: not a JSON object")
-    # Exactly these members: in particular no "crit" (RFC 7515 section 4.1.11), "jku",
-    # "jwk" or "x5u", which would let the token pick its own verification key.
-    if set(header) != _HEADER_MEMBERS:
-        raise ManifestError(
-            f"JWS header must have exactly alg, kid, typ; has {', '.join(sorted(header))}"
-        )
-    alg = header["alg"]
-    # Only Ed25519: accepting anything else ("none", "HS256" keyed with the public key,
-    # the deprecated "EdDSA") is the classic algorithm-confusion attack.
-    if alg != JWS_ALG:
-        raise ManifestError(f"unsupported alg {alg!r}: only {JWS_ALG!r} is accepted")
-    if header["typ"] != JWS_TYP:
-        raise ManifestError(f"wrong typ {header['typ']!r}: expected {JWS_TYP!r}")
-    kid = header["kid"]
-    if not isinstance(kid, str):
-        raise ManifestError("malformed JWS header: kid is not a string")
-    key = keys.get(kid)
-    if key is None:
-        raise ManifestError(f"unknown kid {kid!r}")
-    payload = _b64url_decode(payload_b64, "payload")
-    signature = _b64url_decode(signature_b64, "signature")
-    if len(signature) != ED25519_SIG_LEN:
-        raise ManifestError(f"bad signature: {len(signature)} bytes, Ed25519 has 64")
     try:
-        key.verify(signature, f"{header_b64}.{payload_b64}".encode("ascii"))
-    except InvalidSignature:
-        raise ManifestError(f"bad signature (kid {kid!r})") from None
-
-    manifest = _parse_json(payload, "payload")
+        kid, payload = jws.verify(token, typ=JWS_TYP, keys=keys)
+        manifest = jws.parse_json(payload, "payload")
+    except jws.JWSError as e:
+        raise ManifestError(str(e)) from None
     if not isinstance(manifest, dict):
         raise ManifestError("payload is not a JSON object")
     # One manifest, one byte string: a payload that is valid but not canonical would let
@@ -407,132 +361,21 @@ def verify(jws: str, keys: Mapping[str, Ed25519PublicKey]) -> dict[str, object]:
     if type(version) is not int or version not in READABLE_VERSIONS:  # not True, not 1.0
         raise ManifestError(f"unsupported manifest_version {manifest.get('manifest_version')!r}")
     signer = manifest.get("signer")
-    if not isinstance(signer, dict) or signer.get("kid") != kid or signer.get("alg") != JWS_ALG:
+    if (
+        not isinstance(signer, dict)
+        or signer.get("kid") != kid
+        or signer.get("alg") != keys[kid].alg
+    ):
         raise ManifestError("manifest signer does not match the JWS header")
     return manifest
 
 
-def payload(jws: str) -> bytes:
+def payload(token: str) -> bytes:
     """The payload bytes of a compact JWS made by sign() (the canonical manifest JSON)."""
-    parts = jws.split(".")
-    if len(parts) != 3:
-        raise ManifestError(f"malformed JWS: {len(parts)} parts, compact serialization has 3")
-    return _b64url_decode(parts[1], "payload")
-
-
-def _b64url(data: bytes) -> str:
-    # RFC 7515 section 2: base64url without padding.
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str, what: str) -> bytes:
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
-        raise ManifestError(f"malformed JWS {what}: not base64url without padding")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except binascii.Error:
-        raise ManifestError(f"malformed JWS {what}: not base64url without padding") from None
-    # Unused trailing bits must be zero, so that each byte string has one encoding only.
-    if _b64url(data) != text:
-        raise ManifestError(f"malformed JWS {what}: non-canonical base64url")
-    return data
-
-
-def _parse_json(data: bytes, what: str) -> object:
-    try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
-    except (ValueError, RecursionError) as e:
-        # UnicodeDecodeError and JSONDecodeError are ValueErrors.
-        raise ManifestError(f"malformed JWS {what}: {e}") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    # RFC 7515 section 5.2 step 4 and I-JSON: reject duplicate member names.
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member name")
-    return result
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-# --- JWK / JWKS (RFC 7517, RFC 8037) -------------------------------------------------------
-
-
-def jwk(kid: str, key: Ed25519PublicKey, *, retired: bool = False) -> dict[str, object]:
-    """RFC 8037 OKP JWK of an Ed25519 public key.
-
-    `retired` does not change the JWK: RFC 7517 has no member for it, and a retired
-    key must stay usable for verifying the manifests it signed. jwks() orders by it.
-    """
-    del retired
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    # "use" and "key_ops" are both given and agree (RFC 7517 section 4.3 allows that):
-    # consumers that look at either one see a verify-only signature key.
-    return {
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "x": _b64url(raw),
-        "kid": kid,
-        "alg": JWS_ALG,
-        "use": "sig",
-        "key_ops": ["verify"],
-    }
-
-
-def jwks(keys: Iterable[tuple[str, Ed25519PublicKey, bool]]) -> dict[str, object]:
-    """RFC 7517 JWK Set of (kid, key, retired) triples: current keys first, then retired."""
-    entries = list(keys)
-    kids = [kid for kid, _, _ in entries]
-    if len(set(kids)) != len(kids):
-        raise ValueError("duplicate kid in key set")
-    ordered = [e for e in entries if not e[2]] + [e for e in entries if e[2]]
-    return {"keys": [jwk(kid, key, retired=retired) for kid, key, retired in ordered]}
-
-
-def keys_from_jwks(document: Mapping[str, object]) -> dict[str, Ed25519PublicKey]:
-    """Ed25519 verification keys of a JWK Set by kid; keys of other types are skipped."""
-    entries = document.get("keys") if isinstance(document, Mapping) else None
-    if not isinstance(entries, list):
-        raise ManifestError("JWKS has no keys list")
-    result: dict[str, Ed25519PublicKey] = {}
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ManifestError(f"JWKS key {i} is not an object")
-        if entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519":
-            continue  # RFC 7517 section 5: other key types are ignored, not errors
-        if "d" in entry:
-            # A private key in a published set is a leak; refuse to build on it.
-            raise ManifestError(f"JWKS key {i} contains a private key (d)")
-        if "alg" in entry and entry["alg"] != JWS_ALG:
-            continue  # bound to another algorithm (RFC 7517 section 4.4)
-        if "use" in entry and entry["use"] != "sig":
-            continue
-        ops = entry.get("key_ops")
-        if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-            continue
-        kid = entry.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise ManifestError(f"JWKS key {i} has no kid")
-        if kid in result:
-            raise ManifestError(f"JWKS has kid {kid!r} twice")
-        x = entry.get("x")
-        if not isinstance(x, str):
-            raise ManifestError(f"JWKS key {kid!r} has no x")
-        try:
-            raw = _b64url_decode(x, "x")
-        except ManifestError:
-            raise ManifestError(f"JWKS key {kid!r}: x is not base64url") from None
-        if len(raw) != ED25519_KEY_LEN:
-            raise ManifestError(f"JWKS key {kid!r}: x is {len(raw)} bytes, Ed25519 has 32")
-        result[kid] = Ed25519PublicKey.from_public_bytes(raw)
-    return result
+        return jws.payload_of(token)
+    except jws.JWSError as e:
+        raise ManifestError(str(e)) from None
 
 
 # --- records --------------------------------------------------------------------------------

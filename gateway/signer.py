@@ -6,10 +6,9 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from gateway import manifest
 from gateway.catalog.base import RecordRow, Upload
+from gateway.jws import SigningKey
 from gateway.keys.base import WrappedKey
 from gateway.layout import data_key, manifest_keys, reader_manifest_key
 from gateway.reader import Reader
@@ -41,7 +40,7 @@ def write_manifest(
     *,
     store: ObjectStore,
     store_name: str,
-    signing: tuple[str, Ed25519PrivateKey],
+    signing: SigningKey,
     upload: Upload,
     records: Sequence[RecordRow],
     wrapped: WrappedKey,
@@ -55,7 +54,6 @@ def write_manifest(
     The reader's one, which discloses the plaintext SHA-256 and the client's checksum, is
     stored sealed under the upload's data key; the bucket's readable copy has neither.
     """
-    kid, private_key = signing
     records = sorted(records, key=lambda r: r.index)
     document = manifest.build_manifest(
         upload={
@@ -86,15 +84,16 @@ def write_manifest(
         plaintext_sha256_hmac=sealer.keyed_digest(PLAINTEXT_DIGEST, plaintext_sha256),
         record_sha256=[r.sha256 for r in records],
         retention=None,
-        signer_kid=kid,
+        signer_kid=signing.kid,
+        signer_alg=signing.alg,
     )
     stored = manifest.stored_view(document)
-    reader_jws = manifest.sign(document, kid, private_key).encode("ascii")
+    reader_jws = manifest.sign(document, signing).encode("ascii")
     store.put(reader_manifest_key(upload.id), sealer.seal_value(READER_MANIFEST, reader_jws))
     # The stored JWS last: its presence means the manifest is written.
     json_key, jws_key = manifest_keys(upload.id)
     store.put(json_key, manifest.canonical_json(stored))
-    store.put(jws_key, manifest.sign(stored, kid, private_key).encode("ascii"))
+    store.put(jws_key, manifest.sign(stored, signing).encode("ascii"))
 
 
 def open_reader_manifest(store: ObjectStore, upload_id: str, sealer: Sealer) -> str:
@@ -107,13 +106,12 @@ def open_reader_manifest(store: ObjectStore, upload_id: str, sealer: Sealer) -> 
 def write_concat_manifest(
     *,
     store: ObjectStore,
-    signing: tuple[str, Ed25519PrivateKey],
+    signing: SigningKey,
     final: Upload,
     partials: Sequence[Upload],
 ) -> None:
     """Sign the manifest of a final concatenation from what its partials recorded: each is
     pinned by the SHA-256 of its own signed manifest. No partial's bytes are read."""
-    kid, private_key = signing
     described: list[dict[str, object]] = []
     for partial in partials:
         _, jws_key = manifest_keys(partial.id)
@@ -134,8 +132,9 @@ def write_concat_manifest(
         },
         parts=described,
         plaintext_size=final.length or 0,
-        signer_kid=kid,
+        signer_kid=signing.kid,
+        signer_alg=signing.alg,
     )
     json_key, jws_key = manifest_keys(final.id)
     store.put(json_key, manifest.canonical_json(document))
-    store.put(jws_key, manifest.sign(document, kid, private_key).encode("ascii"))
+    store.put(jws_key, manifest.sign(document, signing).encode("ascii"))

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from gateway import manifest
+from gateway import jws, manifest
 from gateway.catalog.base import KeyCatalog
+from gateway.jws import PublicSigningKey
 from gateway.keys.base import KeyProvider, KeyUnusable
 from gateway.layout import data_key, manifest_keys, reader_manifest_key
 from gateway.reader import read_header
@@ -43,21 +42,21 @@ class Report:
         self.failures.append(what)
 
 
-def load_jwks(source: str) -> dict[str, Ed25519PublicKey]:
+def load_jwks(source: str) -> dict[str, PublicSigningKey]:
     """A JWKS from a file path or an http(s) URL."""
     if source.startswith(("http://", "https://")):
         with urllib.request.urlopen(source, timeout=10) as response:
             document = json.load(response)
     else:
         document = json.loads(Path(source).read_text())
-    return manifest.keys_from_jwks(document)
+    return jws.keys_from_jwks(document)
 
 
 def verify_upload(
     upload_id: str,
     *,
     store: ObjectStore,
-    public_keys: Mapping[str, Ed25519PublicKey],
+    public_keys: Mapping[str, PublicSigningKey],
     unwrap: Callable[[str, bytes], bytes] | None,
     report: Report,
     whole: Any = None,
@@ -66,15 +65,16 @@ def verify_upload(
     with the decrypted plaintext (a concatenation hashes its partials in order)."""
     json_key, jws_key = manifest_keys(upload_id)
     try:
-        jws = store.get(jws_key).decode("ascii")
-        doc = manifest.verify(jws, public_keys)
+        token = store.get(jws_key).decode("ascii")
+        doc = manifest.verify(token, public_keys)
     except ObjectNotFound:
         report.fail(f"manifest: {jws_key} does not exist")
         return report
     except (manifest.ManifestError, UnicodeDecodeError) as exc:
         report.fail(f"signature: {exc}")
         return report
-    report.ok(f"signature: Ed25519 by {doc['signer']['kid']}")  # type: ignore[index]
+    signer = doc["signer"]
+    report.ok(f"signature: {signer['alg']} by {signer['kid']}")  # type: ignore[index]
     try:
         stored_json = store.get(json_key)
     except ObjectNotFound:
@@ -96,7 +96,7 @@ def verify_upload(
 def _check_concatenation(
     doc: dict[str, Any],
     store: ObjectStore,
-    public_keys: Mapping[str, Ed25519PublicKey],
+    public_keys: Mapping[str, PublicSigningKey],
     unwrap: Callable[[str, bytes], bytes] | None,
     report: Report,
 ) -> None:
@@ -155,7 +155,7 @@ def _check_object(
     upload_id: str,
     doc: dict[str, Any],
     store: ObjectStore,
-    public_keys: Mapping[str, Ed25519PublicKey],
+    public_keys: Mapping[str, PublicSigningKey],
     unwrap: Callable[[str, bytes], bytes] | None,
     report: Report,
     whole: Any = None,
@@ -241,7 +241,7 @@ def _check_reader_manifest(
     upload_id: str,
     doc: dict[str, Any],
     store: ObjectStore,
-    public_keys: Mapping[str, Ed25519PublicKey],
+    public_keys: Mapping[str, PublicSigningKey],
     sealer: Sealer,
     plaintext_sha256: bytes,
     report: Report,

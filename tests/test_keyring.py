@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.keys.base import KeyProvider, KeyUnusable
@@ -124,18 +125,19 @@ def test_rotation_by_another_process_is_picked_up(tmp_path: Path) -> None:
 def test_signing_key_stable_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "keyring.json"
     r1 = LocalKeyring.open(path)
-    kid, key = r1.signing_key()
+    key = r1.signing_key()
     sig = key.sign(b"manifest")
     r2 = LocalKeyring.open(path)
-    kid2, key2 = r2.signing_key()
-    assert kid2 == kid
+    key2 = r2.signing_key()
+    assert key2.kid == key.kid
     raw = PublicFormat.Raw
-    assert key2.public_key().public_bytes(Encoding.Raw, raw) == key.public_key().public_bytes(
+    assert key2.private.public_key().public_bytes(
         Encoding.Raw, raw
-    )
+    ) == key.private.public_key().public_bytes(Encoding.Raw, raw)
     pubs = r2.public_signing_keys()
-    assert [(k, retired) for k, _, retired in pubs] == [(kid, False)]
-    pubs[0][1].verify(sig, b"manifest")
+    assert [(k.kid, k.current) for k in pubs] == [(key.kid, True)]
+    assert isinstance(pubs[0].key, Ed25519PublicKey)
+    pubs[0].key.verify(sig, b"manifest")
 
 
 def test_signing_key_added_to_older_file(tmp_path: Path) -> None:
@@ -144,7 +146,7 @@ def test_signing_key_added_to_older_file(tmp_path: Path) -> None:
     doc = json.loads(path.read_text())
     del doc["signing_keys"]
     path.write_text(json.dumps(doc))
-    kid, _ = LocalKeyring.open(path).signing_key()
+    kid = LocalKeyring.open(path).signing_key().kid
     assert json.loads(path.read_text())["signing_keys"][0]["kid"] == kid
 
 

@@ -48,7 +48,7 @@ def test_sealed_round_trip(tmp_path: Path, protection: KeyringProtection) -> Non
     assert set(envelope) == {"format", "version", "kdf", "nonce", "ciphertext"}
     again = LocalKeyring.open(path, protection=protection)
     assert again.unwrap(wrapped, upload_id="u1", dek_id=DEK_ID) == DEK
-    assert again.signing_key()[0] == ring.signing_key()[0]
+    assert again.signing_key().kid == ring.signing_key().kid
 
 
 def test_the_envelope_holds_no_key_in_plaintext(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from joserfc import jws as jose_jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OKPKey
 
+from gateway import jws
 from gateway import manifest as m
+from gateway.jws import Ed25519SigningKey
 from gateway.manifest import ManifestError
 
 # RFC 8032 section 7.1, TEST 1: a fixed key keeps signatures (Ed25519 is deterministic)
@@ -26,6 +28,8 @@ KEY = Ed25519PrivateKey.from_private_bytes(SEED)
 PUB = KEY.public_key()
 KID = "gw-2026-01"
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+SIGNER = Ed25519SigningKey(KID, KEY)
+KEYS = {KID: SIGNER.public()}
 
 
 def b64u(data: bytes) -> str:
@@ -368,19 +372,19 @@ def test_build_manifest_rejects_bad_input(over: dict[str, Any]) -> None:
 
 def test_sign_verify_round_trip() -> None:
     man = make()
-    token = m.sign(man, KID, KEY)
+    token = m.sign(man, SIGNER)
     h, p, s = token.split(".")
     assert json.loads(unb64u(h)) == {"alg": "Ed25519", "kid": KID, "typ": "imgw-manifest+jws"}
     assert unb64u(p) == m.canonical_json(man)
     assert len(unb64u(s)) == 64
     assert "=" not in token
-    assert m.verify(token, {KID: PUB}) == man
-    assert m.sign(man, KID, KEY) == token  # Ed25519 is deterministic (RFC 8032)
+    assert m.verify(token, KEYS) == man
+    assert m.sign(man, SIGNER) == token  # Ed25519 is deterministic (RFC 8032)
 
 
 def test_sign_refuses_a_kid_other_than_the_manifests() -> None:
     with pytest.raises(ValueError, match=r"signer\.kid"):
-        m.sign(make(), "other", KEY)
+        m.sign(make(), Ed25519SigningKey("other", KEY))
 
 
 def flip(text: str, index: int) -> str:
@@ -393,37 +397,37 @@ def flip(text: str, index: int) -> str:
 @pytest.mark.parametrize("part", [0, 1, 2])
 @pytest.mark.parametrize("where", [0, 17, -1])
 def test_tampering_with_any_part_fails(part: int, where: int) -> None:
-    token = m.sign(make(), KID, KEY)
+    token = m.sign(make(), SIGNER)
     parts = token.split(".")
     parts[part] = flip(parts[part], where)
     with pytest.raises(ManifestError):
-        m.verify(".".join(parts), {KID: PUB})
+        m.verify(".".join(parts), KEYS)
 
 
 def test_tampered_payload_names_bad_signature() -> None:
-    h, p, s = m.sign(make(), KID, KEY).split(".")
+    h, p, s = m.sign(make(), SIGNER).split(".")
     payload = unb64u(p).replace(b'"alice"', b'"mallo"')
     with pytest.raises(ManifestError, match="bad signature"):
-        m.verify(f"{h}.{b64u(payload)}.{s}", {KID: PUB})
+        m.verify(f"{h}.{b64u(payload)}.{s}", KEYS)
 
 
 def test_equivalent_but_different_header_bytes_fail_the_signature() -> None:
-    _, p, s = m.sign(make(), KID, KEY).split(".")
+    _, p, s = m.sign(make(), SIGNER).split(".")
     spaced = b64u(json.dumps(GOOD_HEADER, indent=1).encode())
     with pytest.raises(ManifestError, match="bad signature"):
-        m.verify(f"{spaced}.{p}.{s}", {KID: PUB})
+        m.verify(f"{spaced}.{p}.{s}", KEYS)
 
 
 def test_signature_by_another_key_fails() -> None:
-    token = m.sign(make(), KID, OTHER_KEY)
+    token = m.sign(make(), Ed25519SigningKey(KID, OTHER_KEY))
     with pytest.raises(ManifestError, match="bad signature"):
-        m.verify(token, {KID: PUB})
+        m.verify(token, KEYS)
 
 
 def test_unknown_kid() -> None:
-    token = m.sign(make(), KID, KEY)
+    token = m.sign(make(), SIGNER)
     with pytest.raises(ManifestError, match="unknown kid 'gw-2026-01'"):
-        m.verify(token, {"gw-2025-12": PUB})
+        m.verify(token, {"gw-2025-12": SIGNER.public()})
 
 
 @pytest.mark.parametrize("alg", ["EdDSA", "none", "HS256", "ES256", "Ed448", "ed25519", None])
@@ -431,7 +435,7 @@ def test_other_algs_are_rejected(alg: object) -> None:
     payload = m.canonical_json(make())
     token = raw_jws({**GOOD_HEADER, "alg": alg}, payload)
     with pytest.raises(ManifestError, match="unsupported alg"):
-        m.verify(token, {KID: PUB})
+        m.verify(token, KEYS)
 
 
 def test_hs256_with_the_public_key_as_secret_is_rejected() -> None:
@@ -441,13 +445,13 @@ def test_hs256_with_the_public_key_as_secret_is_rejected() -> None:
     p = b64u(m.canonical_json(make()))
     mac = hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest()
     with pytest.raises(ManifestError, match="unsupported alg"):
-        m.verify(f"{h}.{p}.{b64u(mac)}", {KID: PUB})
+        m.verify(f"{h}.{p}.{b64u(mac)}", KEYS)
 
 
 def test_unsigned_alg_none_is_rejected() -> None:
     h = b64u(json.dumps({**GOOD_HEADER, "alg": "none"}).encode())
     with pytest.raises(ManifestError, match="unsupported alg"):
-        m.verify(f"{h}.{b64u(m.canonical_json(make()))}.", {KID: PUB})
+        m.verify(f"{h}.{b64u(m.canonical_json(make()))}.", KEYS)
 
 
 @pytest.mark.parametrize(
@@ -464,14 +468,14 @@ def test_unsigned_alg_none_is_rejected() -> None:
 def test_header_must_be_exactly_alg_kid_typ(header: object) -> None:
     token = raw_jws(header, m.canonical_json(make()))
     with pytest.raises(ManifestError):
-        m.verify(token, {KID: PUB, "7": PUB})
+        m.verify(token, {**KEYS, "7": SIGNER.public()})
 
 
 def test_duplicate_header_members_are_rejected() -> None:
     header = b'{"alg":"Ed25519","kid":"x","kid":"' + KID.encode() + b'","typ":"imgw-manifest+jws"}'
     token = raw_jws(header, m.canonical_json(make()))
     with pytest.raises(ManifestError, match="duplicate"):
-        m.verify(token, {KID: PUB, "x": PUB})
+        m.verify(token, {**KEYS, "x": SIGNER.public()})
 
 
 def test_non_canonical_payload_is_rejected_despite_a_valid_signature() -> None:
@@ -484,31 +488,31 @@ def test_non_canonical_payload_is_rejected_despite_a_valid_signature() -> None:
         m.canonical_json(man).replace(b"alice", b"\\u0061lice"),
     ):
         with pytest.raises(ManifestError, match="not canonical"):
-            m.verify(raw_jws(GOOD_HEADER, payload), {KID: PUB})
+            m.verify(raw_jws(GOOD_HEADER, payload), KEYS)
 
 
 def test_payload_with_duplicate_members_is_rejected() -> None:
     payload = m.canonical_json(make())[:-1] + b',"suite":2}'
     with pytest.raises(ManifestError, match="duplicate"):
-        m.verify(raw_jws(GOOD_HEADER, payload), {KID: PUB})
+        m.verify(raw_jws(GOOD_HEADER, payload), KEYS)
 
 
 @pytest.mark.parametrize("payload", [b"[1,2]", b'"text"', b"NaN", b"\xff\xfe", b""])
 def test_payload_must_be_a_json_object(payload: bytes) -> None:
     with pytest.raises(ManifestError):
-        m.verify(raw_jws(GOOD_HEADER, payload), {KID: PUB})
+        m.verify(raw_jws(GOOD_HEADER, payload), KEYS)
 
 
 def test_signer_in_payload_must_match_the_header() -> None:
     man = make()
     man["signer"] = {"kid": "someone-else", "alg": "Ed25519"}
     with pytest.raises(ManifestError, match="signer"):
-        m.verify(raw_jws(GOOD_HEADER, m.canonical_json(man)), {KID: PUB})
+        m.verify(raw_jws(GOOD_HEADER, m.canonical_json(man)), KEYS)
     for version in (3, 0, True, "2"):
         man = make()
         man["manifest_version"] = version
         with pytest.raises(ManifestError, match="manifest_version"):
-            m.verify(raw_jws(GOOD_HEADER, m.canonical_json(man)), {KID: PUB})
+            m.verify(raw_jws(GOOD_HEADER, m.canonical_json(man)), KEYS)
 
 
 def test_version_1_manifests_still_verify() -> None:
@@ -518,7 +522,7 @@ def test_version_1_manifests_still_verify() -> None:
     plaintext = man["plaintext"]
     assert isinstance(plaintext, dict)
     del man["view"], plaintext["sha256_hmac"]
-    assert m.verify(m.sign(man, KID, KEY), {KID: PUB}) == man
+    assert m.verify(m.sign(man, SIGNER), KEYS) == man
 
 
 # --- the two views ----------------------------------------------------------------------------
@@ -538,7 +542,7 @@ def test_stored_view_leaves_out_what_discloses_the_plaintext() -> None:
         k: v for k, v in reader.items() if k not in ("view", "plaintext", "upload")
     }
     assert reader["view"] == "reader" and "sha256" in reader["plaintext"]  # type: ignore[operator]
-    assert m.verify(m.sign(stored, KID, KEY), {KID: PUB}) == stored
+    assert m.verify(m.sign(stored, SIGNER), KEYS) == stored
     m.check_views(reader, stored)
 
 
@@ -576,13 +580,13 @@ def test_concat_manifest_pins_parts_without_plaintext_digests() -> None:
 
 def test_payload_of_a_jws() -> None:
     man = make()
-    assert m.payload(m.sign(man, KID, KEY)) == m.canonical_json(man)
+    assert m.payload(m.sign(man, SIGNER)) == m.canonical_json(man)
     with pytest.raises(ManifestError):
         m.payload("a.b")
 
 
 def test_malformed_compact_serializations() -> None:
-    token = m.sign(make(), KID, KEY)
+    token = m.sign(make(), SIGNER)
     h, p, s = token.split(".")
     # The last base64url character of a 64-byte signature carries 4 unused bits.
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -604,77 +608,7 @@ def test_malformed_compact_serializations() -> None:
     ]
     for candidate in bad:
         with pytest.raises(ManifestError):
-            m.verify(candidate, {KID: PUB})
-
-
-# --- JWK / JWKS -----------------------------------------------------------------------------
-
-
-def test_jwk_is_an_rfc8037_okp_key() -> None:
-    x = PUB.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    assert m.jwk(KID, PUB) == {
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "x": b64u(x),
-        "kid": KID,
-        "alg": "Ed25519",
-        "use": "sig",
-        "key_ops": ["verify"],
-    }
-    # RFC 8032 section 7.1 TEST 1 public key, in RFC 8037 appendix A.2 form.
-    assert m.jwk(KID, PUB)["x"] == "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
-    assert m.jwk(KID, PUB, retired=True) == m.jwk(KID, PUB)
-
-
-def test_jwks_orders_current_first_and_round_trips() -> None:
-    old = OTHER_KEY.public_key()
-    doc = m.jwks([("old", old, True), (KID, PUB, False)])
-    assert [k["kid"] for k in doc["keys"]] == [KID, "old"]  # type: ignore[attr-defined]
-    keys = m.keys_from_jwks(json.loads(json.dumps(doc)))
-    assert set(keys) == {KID, "old"}
-    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    assert keys[KID].public_bytes(*raw) == PUB.public_bytes(*raw)
-    assert keys["old"].public_bytes(*raw) == old.public_bytes(*raw)
-    # A manifest signed by a retired key still verifies.
-    man = make(signer_kid="old")
-    assert m.verify(m.sign(man, "old", OTHER_KEY), keys) == man
-    with pytest.raises(ValueError, match="duplicate"):
-        m.jwks([(KID, PUB, False), (KID, old, True)])
-
-
-def test_keys_from_jwks_skips_other_key_types() -> None:
-    doc = m.jwks([(KID, PUB, False)])
-    doc["keys"] = [
-        {"kty": "RSA", "kid": "rsa", "n": "AQAB", "e": "AQAB"},
-        {"kty": "OKP", "crv": "X25519", "kid": "x", "x": b64u(bytes(32))},
-        {**m.jwk("eddsa", PUB), "alg": "EdDSA"},
-        {**m.jwk("enc", PUB), "use": "enc"},
-        *doc["keys"],  # type: ignore[misc]
-    ]
-    assert list(m.keys_from_jwks(doc)) == [KID]
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [
-        {"kty": "OKP", "crv": "Ed25519", "x": b64u(bytes(32))},  # no kid
-        {"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64u(bytes(31))},
-        {"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64u(bytes(32)) + "="},
-        {"kty": "OKP", "crv": "Ed25519", "kid": "k"},
-        {"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64u(bytes(32)), "d": b64u(SEED)},
-        "not a key",
-    ],
-)
-def test_keys_from_jwks_is_strict_about_ed25519_keys(entry: object) -> None:
-    with pytest.raises(ManifestError):
-        m.keys_from_jwks({"keys": [entry]})
-
-
-def test_keys_from_jwks_rejects_duplicate_kids_and_missing_keys() -> None:
-    with pytest.raises(ManifestError, match="twice"):
-        m.keys_from_jwks({"keys": [m.jwk(KID, PUB), m.jwk(KID, OTHER_KEY.public_key())]})
-    with pytest.raises(ManifestError):
-        m.keys_from_jwks({})
+            m.verify(candidate, KEYS)
 
 
 # --- verify_records -------------------------------------------------------------------------
@@ -714,8 +648,8 @@ def test_verify_records_checks_the_root_too() -> None:
 
 def test_joserfc_verifies_our_jws_with_our_jwks() -> None:
     man = make()
-    token = m.sign(man, KID, KEY)
-    key_set = KeySet.import_key_set(m.jwks([(KID, PUB, False)]))  # type: ignore[arg-type]
+    token = m.sign(man, SIGNER)
+    key_set = KeySet.import_key_set(jws.jwks([SIGNER.public()]))  # type: ignore[arg-type]
     # joserfc does not enable Ed25519 by default ("not recommended" in its registry),
     # so it has to be named, exactly as a careful verifier would.
     obj = jose_jws.deserialize_compact(token, key_set, algorithms=["Ed25519"])
@@ -725,12 +659,12 @@ def test_joserfc_verifies_our_jws_with_our_jwks() -> None:
 
 
 def test_joserfc_rejects_what_we_reject() -> None:
-    token = m.sign(make(), KID, KEY)
+    token = m.sign(make(), SIGNER)
     h, p, s = token.split(".")
-    key_set = KeySet.import_key_set(m.jwks([(KID, PUB, False)]))  # type: ignore[arg-type]
+    key_set = KeySet.import_key_set(jws.jwks([SIGNER.public()]))  # type: ignore[arg-type]
     with pytest.raises(JoseError):
         jose_jws.deserialize_compact(f"{h}.{flip(p, 5)}.{s}", key_set, algorithms=["Ed25519"])
-    other = KeySet.import_key_set(m.jwks([(KID, OTHER_KEY.public_key(), False)]))  # type: ignore[arg-type]
+    other = KeySet.import_key_set(jws.jwks([Ed25519SigningKey(KID, OTHER_KEY).public()]))  # type: ignore[arg-type]
     with pytest.raises(JoseError):
         jose_jws.deserialize_compact(token, other, algorithms=["Ed25519"])
 
@@ -749,4 +683,4 @@ def test_we_verify_a_jws_made_by_joserfc() -> None:
         key,
         algorithms=["Ed25519"],
     )
-    assert m.verify(token, {KID: PUB}) == man
+    assert m.verify(token, KEYS) == man

@@ -471,7 +471,7 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
         hashlib.sha256(store.objects[f"{p}/manifest.jws"]).hexdigest() for p in parts
     ]
     jws = store.objects[f"{final.id}/manifest.jws"].decode()
-    keys = {kid: key for kid, key, _ in service.keys.public_signing_keys()}
+    keys = {k.kid: k for k in service.keys.public_signing_keys()}
     assert manifest.verify(jws, keys) == document
 
 

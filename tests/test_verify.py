@@ -572,11 +572,11 @@ def test_a_version_1_manifest_still_verifies(server: GatewayProcess) -> None:
     doc = manifest_json(server, uid)
     doc["manifest_version"] = 1
     del doc["view"], doc["plaintext"]["sha256_hmac"]
-    kid, key = LocalKeyring.open(server.data_dir / "keyring.json").signing_key()
+    key = LocalKeyring.open(server.data_dir / "keyring.json").signing_key()
     store = store_for(server.data_dir)
     json_key, jws_key = manifest_keys(uid)
     store.delete(f"{uid}/manifest.sealed")
     store.put(json_key, manifest.canonical_json(doc))
-    store.put(jws_key, manifest.sign(doc, kid, key).encode())
+    store.put(jws_key, manifest.sign(doc, key).encode())
     assert_all_ok(verify(server, uid))
     assert manifest_json(server, uid) == doc

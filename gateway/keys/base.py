@@ -1,16 +1,22 @@
-"""The key-provider protocol: a DEK never leaves the process unwrapped."""
+"""The key-provider protocols: a DEK never leaves the process unwrapped, and the keys
+that wrap and sign are administered (created, rotated, retired) through the provider."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from gateway.jws import PublicSigningKey, SigningKey
+
+# A running provider picks up keys that another process (`gateway keys ...`) created,
+# rotated or retired within this many seconds, without a restart.
+KEY_REFRESH_SECONDS = 5.0
 
 
 class KeyUnusable(Exception):
     """A key cannot be used: a wrapped key that does not unwrap (wrong KEK, tampered
-    blob, unknown KEK version), or a keyring that cannot be read or has no usable key."""
+    blob, unknown KEK version), or a key store that cannot be read or has no usable key."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,27 @@ class WrappedKey:
     kek_id: str
     kek_version: int
     blob: bytes
+
+
+class SigningState(StrEnum):
+    SIGNING = "signing"  # signs new manifests and receipts
+    PUBLISHED = "published"  # in the JWKS for what it signed; signs nothing new
+    RETIRED = "retired"  # private key destroyed, gone from the JWKS
+
+
+@dataclass(frozen=True)
+class KekVersion:
+    version: int
+    created: str | None  # RFC 3339, where the provider records it
+    current: bool  # wraps new data keys
+
+
+@dataclass(frozen=True)
+class SigningKeyInfo:
+    kid: str
+    alg: str
+    state: SigningState
+    created: str | None
 
 
 class KeyProvider(Protocol):
@@ -41,8 +68,37 @@ class KeyProvider(Protocol):
     def warnings(self) -> list[str]:
         """What weakens the keys' protection (for /readyz and the start-up log)."""
 
-    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
-        """The current manifest-signing key and its key id."""
+    def signing_key(self) -> SigningKey:
+        """The current signing key (manifests, deletion receipts)."""
 
-    def public_signing_keys(self) -> list[tuple[str, Ed25519PublicKey, bool]]:
-        """(kid, public key, retired) for every signing key, current ones first."""
+    def public_signing_keys(self) -> list[PublicSigningKey]:
+        """Every published verification key, the current one marked (for the JWKS)."""
+
+
+class KeyAdmin(Protocol):
+    """What `gateway keys ...` does to a provider; safe while gateways use it, which
+    see the change within KEY_REFRESH_SECONDS."""
+
+    def init(self) -> list[str]:
+        """Create the keys that are missing; returns what was created (names, no secrets)."""
+
+    def kek_versions(self) -> list[KekVersion]: ...
+
+    def rotate(self) -> int:
+        """Add a KEK version that wraps new data keys from now on; returns it."""
+
+    def signing_keys(self) -> list[SigningKeyInfo]: ...
+
+    def rotate_signing(self) -> str:
+        """Make a new signing key current; the old one stays published. Returns its kid."""
+
+    def retire_signing(self, kid: str) -> None:
+        """Destroy a published key's private half and withdraw it from the JWKS; refuses
+        the current signing key (KeyUnusable)."""
+
+    def refresh(self) -> None:
+        """Read the keys again now (changes made by another process)."""
+
+
+class AdministeredProvider(KeyProvider, KeyAdmin, Protocol):
+    """A provider `gateway keys ...` can administer (both built-in ones)."""

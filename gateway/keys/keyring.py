@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.config import Settings
 from gateway.files import write_atomically
+from gateway.jws import Ed25519SigningKey, PublicSigningKey
 from gateway.keys.base import KeyUnusable, WrappedKey
 from gateway.keys.envelope import KeyringProtection, KeyringSealer, is_sealed, open_envelope
 
@@ -162,16 +163,20 @@ class LocalKeyring:
 
     # manifest signing
 
-    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
-        """The current (newest unretired) manifest-signing key and its key id."""
+    def signing_key(self) -> Ed25519SigningKey:
+        """The current (newest unretired) signing key."""
         for s in reversed(self._state.signers):
             if not s.retired:
-                return s.kid, s.key
+                return Ed25519SigningKey(s.kid, s.key)
         raise KeyUnusable("the keyring has no unretired signing key")
 
-    def public_signing_keys(self) -> list[tuple[str, Ed25519PublicKey, bool]]:
-        """Every signing key's id, public key and whether it is retired (for verifiers)."""
-        return [(s.kid, s.key.public_key(), s.retired) for s in self._state.signers]
+    def public_signing_keys(self) -> list[PublicSigningKey]:
+        """Every signing key's public half; the current one marked (for verifiers)."""
+        current = self.signing_key().kid
+        return [
+            Ed25519SigningKey(s.kid, s.key).public(current=s.kid == current)
+            for s in self._state.signers
+        ]
 
     def _reload(self) -> _State:
         with self._lock:
