@@ -26,7 +26,7 @@ from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
-from gateway.keys.keyring import open_configured
+from gateway.keys.providers import open_provider
 from gateway.leases import Leases
 from gateway.middleware import (
     AccessMiddleware,
@@ -105,7 +105,7 @@ def create_app(
         metrics.CATALOG_DURATION,
         metrics.operations(Catalog),
     )
-    keys = keys if keys is not None else open_configured(settings)
+    keys = keys if keys is not None else open_provider(settings)
     key_warnings = keys.warnings()
     for warning in key_warnings:
         log.warning("%s; a copy of the keyring file alone decrypts every upload", warning)
@@ -190,7 +190,9 @@ def app_from_environment() -> Starlette:
     """The factory worker processes call: settings come from GATEWAY_* variables."""
     settings = load_settings()
     logs.setup(settings.log_level, json_lines=settings.log_format == "json")
-    return create_app(settings)
+    keys = open_provider(settings)
+    keys.check()  # the parent checked too; refuse here as well rather than serve without keys
+    return create_app(settings, keys=keys)
 
 
 def _stop_writers_on_signals(leases: Leases) -> None:

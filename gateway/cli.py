@@ -19,7 +19,7 @@ from gateway.catalog.base import Principal
 from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.connections import protocol_factory
 from gateway.keys.base import KeyUnusable
-from gateway.keys.keyring import open_configured
+from gateway.keys.providers import open_provider
 from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = "admin"
@@ -113,7 +113,8 @@ def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bo
         print(f"gateway verify: {upload_id[:80]!r} is not an upload id", file=sys.stderr)
         return 2
     store = open_store(settings)
-    keyring = open_configured(settings) if settings.keyring_path.exists() else None
+    has_keys = settings.key_provider != "keyring" or settings.keyring_path.exists()
+    keyring = open_provider(settings) if has_keys else None
     if jwks is not None:
         try:
             public_keys = load_jwks(jwks)
@@ -152,8 +153,10 @@ def _serve(settings: Settings) -> int:
 
     logs.setup(settings.log_level, json_lines=settings.log_format == "json")
     catalog = open_catalog(settings)
-    # Refuse a keyring others can read before anything listens (workers open it again).
-    keys = open_configured(settings)
+    # Refuse a keyring others can read, or a token without keys, before anything
+    # listens (workers open them again).
+    keys = open_provider(settings)
+    keys.check()
     if catalog.token_count() == 0:
         # First start: never run open. Mint a token and show how to use it, once.
         _first_token(settings, mint_token(catalog, Principal(DEFAULT_PRINCIPAL, "default")))

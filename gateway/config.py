@@ -8,7 +8,7 @@ import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 MiB = 1 << 20
@@ -79,6 +79,14 @@ class Settings:
     keyring_path: Path = Path("")
     kek_file: str = ""
     require_protected_keys: bool = False
+    # Which key provider: "keyring" (the file above) or "pkcs11" (keys in a token, an HSM).
+    key_provider: str = "keyring"
+    pkcs11_module: str = ""  # path of the PKCS#11 library (.so)
+    pkcs11_token: str = ""  # label of the token
+    pkcs11_pin: str = field(default="", repr=False)  # the user PIN; prefer pkcs11_pin_file
+    pkcs11_pin_file: str = ""  # an owner-only file whose first line is the user PIN
+    pkcs11_kek_label: str = "gateway-kek"
+    pkcs11_signing_label: str = "gateway-signing"
 
     def __post_init__(self) -> None:
         if self.keyring_path == Path(""):
@@ -116,7 +124,13 @@ class Settings:
         if self.linger_timeout < 0 or self.linger_max_bytes < 0:
             raise ConfigError("linger_timeout and linger_max_bytes must be >= 0")
         _check_public_url(self.public_url)
-        if self.kek_file:
+        if self.key_provider not in ("keyring", "pkcs11"):
+            raise ConfigError(
+                f"key_provider must be 'keyring' or 'pkcs11', got {self.key_provider!r}"
+            )
+        if self.key_provider == "pkcs11":
+            _ = self.pkcs11_user_pin()
+        elif self.kek_file:
             _ = self.kek_secret()
         elif self.require_protected_keys:
             raise ConfigError(
@@ -180,6 +194,39 @@ class Settings:
         if not secret.strip():
             raise ConfigError(f"GATEWAY_KEK_FILE: {path} is empty")
         return secret
+
+    def pkcs11_user_pin(self) -> str:
+        """The token's user PIN, from pkcs11_pin or the first line of pkcs11_pin_file;
+        ConfigError naming the setting (never the PIN) if the pkcs11 settings are unusable."""
+        for name in ("pkcs11_module", "pkcs11_token", "pkcs11_kek_label", "pkcs11_signing_label"):
+            if not getattr(self, name):
+                raise ConfigError(
+                    f"GATEWAY_KEY_PROVIDER is pkcs11 but GATEWAY_{name.upper()} is not set"
+                )
+        if bool(self.pkcs11_pin) == bool(self.pkcs11_pin_file):
+            raise ConfigError(
+                "GATEWAY_KEY_PROVIDER is pkcs11: set exactly one of GATEWAY_PKCS11_PIN "
+                "and GATEWAY_PKCS11_PIN_FILE"
+            )
+        if self.pkcs11_pin:
+            return self.pkcs11_pin
+        path = Path(self.pkcs11_pin_file)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            content = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "not text"
+            raise ConfigError(f"GATEWAY_PKCS11_PIN_FILE: cannot read {path}: {reason}") from None
+        if mode & 0o077:
+            raise ConfigError(
+                f"GATEWAY_PKCS11_PIN_FILE: {path} has mode {mode:04o}, so other users can read "
+                f"the PIN; run: chmod 600 {path}"
+            )
+        lines = content.splitlines()
+        pin = lines[0].strip() if lines else ""
+        if not pin:
+            raise ConfigError(f"GATEWAY_PKCS11_PIN_FILE: the first line of {path} is empty")
+        return pin
 
     @property
     def uses_s3(self) -> bool:
@@ -269,8 +316,18 @@ def load_settings(
 
 
 def export_environment(settings: Settings) -> dict[str, str]:
-    """GATEWAY_* variables that rebuild `settings` in another process (worker processes)."""
-    return {f"GATEWAY_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(settings)}
+    """GATEWAY_* variables that rebuild `settings` in another process (worker processes).
+
+    The PKCS#11 PIN is left out: workers inherit it from this process's environment,
+    or read GATEWAY_PKCS11_PIN_FILE themselves."""
+    return {
+        f"GATEWAY_{f.name.upper()}": str(getattr(settings, f.name))
+        for f in fields(settings)
+        if f.name not in _NOT_EXPORTED
+    }
+
+
+_NOT_EXPORTED = {"pkcs11_pin"}
 
 
 def _read_config_file(path: Path) -> dict[str, object]:
