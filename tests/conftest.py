@@ -15,6 +15,7 @@ from gateway.reader import Reader
 from tests import server as server_module
 from tests.s3server import SeaweedS3
 from tests.server import GatewayProcess, S3Target, store_for
+from tests.softhsm import softhsm  # noqa: F401 - the session's SoftHSM2 token
 from tests.tushttp import Tus, object_dirs, start_server, tree, tus_client
 
 

@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,13 +29,18 @@ from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from gateway.config import Settings
-from gateway.keys.base import KeyUnusable, WrappedKey
+from gateway.jws import ALG_ED25519, ALG_ES256, SIGNATURE_LEN, PublicKey, PublicSigningKey
+from gateway.keys.base import (
+    KEY_REFRESH_SECONDS,
+    KekVersion,
+    KeyUnusable,
+    SigningKeyInfo,
+    SigningState,
+    WrappedKey,
+)
 from gateway.keys.keyring import _aad
 from gateway.keys.pkcs11_sessions import TokenSessions
 
-KEY_REFRESH_SECONDS = 10.0
-ED25519 = "Ed25519"
-ES256 = "ES256"
 _KEY_LEN = 32
 _NONCE_LEN = 12
 _TAG_LEN = 16
@@ -49,7 +54,7 @@ _STALE = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
 class _SigningPair:
     kid: str
     alg: str
-    public: Ed25519PublicKey | ec.EllipticCurvePublicKey
+    public: PublicKey
     has_private: bool
 
 
@@ -58,7 +63,7 @@ class _Listing:
     """What the token holds under our labels; replaced whole when re-listed."""
 
     generation: int
-    keks: dict[int, date | None]  # version -> CKA_START_DATE
+    keks: frozenset[int]  # versions
     pairs: tuple[_SigningPair, ...]  # oldest first
 
     @property
@@ -104,12 +109,11 @@ class Pkcs11Provider:
         kek_label: str = "gateway-kek",
         signing_label: str = "gateway-signing",
         signing_alg: str | None = None,
-        sessions: int = 4,
         refresh_seconds: float = KEY_REFRESH_SECONDS,
     ) -> None:
         """`signing_alg` ("Ed25519" or "ES256") is what new signing keys use; default:
         Ed25519 if the token offers EdDSA, else ES256."""
-        self._sessions = TokenSessions(module, token_label, pin, size=sessions)
+        self._sessions = TokenSessions(module, token_label, pin)
         self._where = self._sessions.where
         self._kek_label = kek_label
         self._signing_label = signing_label
@@ -117,14 +121,14 @@ class Pkcs11Provider:
         if signing_alg is None:
             mechs = self._sessions.mechanisms()
             eddsa = {Mechanism.EDDSA, Mechanism.EC_EDWARDS_KEY_PAIR_GEN} <= mechs
-            signing_alg = ED25519 if eddsa else ES256
-        if signing_alg not in (ED25519, ES256):
-            raise ValueError(f"signing_alg must be {ED25519!r} or {ES256!r}")
+            signing_alg = ALG_ED25519 if eddsa else ALG_ES256
+        if signing_alg not in (ALG_ED25519, ALG_ES256):
+            raise ValueError(f"signing_alg must be {ALG_ED25519!r} or {ALG_ES256!r}")
         self._signing_alg = signing_alg
         self._refresh_seconds = refresh_seconds
         self._lock = threading.Lock()  # one re-listing or key change at a time
         self._listed_at = 0.0
-        self._listing = _Listing(0, {}, ())
+        self._listing = _Listing(0, frozenset(), ())
         self.refresh()
 
     @classmethod
@@ -231,15 +235,15 @@ class Pkcs11Provider:
             raise KeyUnusable(f"{self._signing_where()}: no signing key; run `gateway keys init`")
         return TokenSigningKey(self, signer.kid, signer.alg)
 
-    def public_signing_keys(self) -> list[tuple[str, str, Any, bool]]:
-        """(kid, alg, public key, current) of every unretired signing key, current first."""
+    def public_signing_keys(self) -> list[PublicSigningKey]:
+        """Every unretired signing key's public half, newest (the current one) first."""
         listing = self._fresh()
         signer = listing.signer
         published = [p for p in reversed(listing.pairs) if p.has_private]
-        return [(p.kid, p.alg, p.public, p is signer) for p in published]
+        return [PublicSigningKey(p.kid, p.alg, p.public, p is signer) for p in published]
 
     def _sign(self, kid: str, alg: str, data: bytes) -> bytes:
-        if alg == ES256:
+        if alg == ALG_ES256:
             data, mechanism = hashlib.sha256(data).digest(), Mechanism.ECDSA
         else:
             mechanism = Mechanism.EDDSA
@@ -253,7 +257,7 @@ class Pkcs11Provider:
         except p11e.PKCS11Error as e:
             raise KeyUnusable(f"{self._signing_where()} {kid}: sign failed ({_name(e)})") from None
         # PKCS#11 gives ECDSA signatures as r || s, each the size of the order: JWS's form.
-        if len(signature) != 64:
+        if len(signature) != SIGNATURE_LEN:
             raise KeyUnusable(f"{self._signing_where()} {kid}: unexpected signature length")
         return bytes(signature)
 
@@ -305,23 +309,21 @@ class Pkcs11Provider:
                         obj.destroy()
         self.refresh()
 
-    def kek_versions(self) -> list[tuple[int, str | None, bool]]:
-        """(version, created date, current) of every KEK version, oldest first."""
+    def kek_versions(self) -> list[KekVersion]:
+        """Every KEK version, oldest first (the token records no creation time)."""
         listing = self._fresh()
-        return [
-            (v, d.isoformat() if d else None, v == listing.current)
-            for v, d in sorted(listing.keks.items())
-        ]
+        return [KekVersion(v, None, v == listing.current) for v in sorted(listing.keks)]
 
-    def signing_keys(self) -> list[tuple[str, str, str, str | None]]:
-        """(kid, alg, state, created) of every signing key, oldest first."""
+    def signing_keys(self) -> list[SigningKeyInfo]:
+        """Every signing key, oldest first."""
         listing = self._fresh()
         out = []
         for p in listing.pairs:
-            state = (
-                "signing" if p is listing.signer else "published" if p.has_private else "retired"
-            )
-            out.append((p.kid, p.alg, state, _created(p.kid)))
+            if p is listing.signer:
+                state = SigningState.SIGNING
+            else:
+                state = SigningState.PUBLISHED if p.has_private else SigningState.RETIRED
+            out.append(SigningKeyInfo(p.kid, p.alg, state, _created(p.kid)))
         return out
 
     def refresh(self) -> None:
@@ -344,8 +346,8 @@ class Pkcs11Provider:
 
     def _list(self) -> _Listing:
         """Read our objects from the token; call with self._lock held."""
-        keks: dict[int, date | None] = {}
-        publics: dict[str, tuple[str, Any]] = {}
+        keks: set[int] = set()
+        publics: dict[str, tuple[str, PublicKey]] = {}
         privates: set[str] = set()
         try:
             with self._sessions.session() as lent:
@@ -355,7 +357,7 @@ class Pkcs11Provider:
                 ):
                     raw_id = bytes(obj[Attribute.ID])
                     if len(raw_id) == 4:
-                        keks[int.from_bytes(raw_id, "big")] = _start_date(obj)
+                        keks.add(int.from_bytes(raw_id, "big"))
                 for obj in s.get_objects({Attribute.LABEL: self._signing_label}):
                     cls = obj[Attribute.CLASS]
                     kid = bytes(obj[Attribute.ID]).decode("ascii", "replace")
@@ -371,7 +373,7 @@ class Pkcs11Provider:
             _SigningPair(kid, alg, public, kid in privates)
             for kid, (alg, public) in sorted(publics.items(), key=lambda kv: _order(kv[0]))
         )
-        self._listing = _Listing(self._listing.generation + 1, keks, pairs)
+        self._listing = _Listing(self._listing.generation + 1, frozenset(keks), pairs)
         self._listed_at = time.monotonic()
         return self._listing
 
@@ -431,7 +433,7 @@ class Pkcs11Provider:
 
     def _generate_pair(self, listing: _Listing) -> str:
         kid = _new_kid(self._signing_alg, {p.kid for p in listing.pairs})
-        if self._signing_alg == ED25519:
+        if self._signing_alg == ALG_ED25519:
             key_type, gen = KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN
             params = encode_named_curve_parameters(_ED25519_OID)
         else:
@@ -468,14 +470,13 @@ def _secret_template() -> dict[Attribute, Any]:
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
-        Attribute.START_DATE: datetime.now(UTC).date(),
     }
 
 
 def _new_kid(alg: str, taken: set[str]) -> str:
     # 8 hex digits of the creation time (seconds), so kids sort oldest first; bumped past
     # any taken one (two rotations within a second).
-    prefix = "ed25519-" if alg == ED25519 else "es256-"
+    prefix = "ed25519-" if alg == ALG_ED25519 else "es256-"
     stamp = int(time.time())
     while f"{prefix}{stamp:08x}" in taken:
         stamp += 1
@@ -497,24 +498,16 @@ def _created(kid: str) -> str | None:
     return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
 
 
-def _start_date(obj: Any) -> date | None:
-    try:
-        value = obj[Attribute.START_DATE]
-    except (p11e.PKCS11Error, ValueError):
-        return None
-    return value if isinstance(value, date) else None
-
-
-def _public_key(obj: Any) -> tuple[str, Any]:
+def _public_key(obj: Any) -> tuple[str, PublicKey]:
     """(alg, public key) of a public key object, from CKA_EC_POINT: a DER OCTET STRING
     around the point (some tokens give the bare point)."""
     point = bytes(obj[Attribute.EC_POINT])
     if obj[Attribute.KEY_TYPE] == KeyType.EC_EDWARDS:
         raw = point if len(point) == 32 else _octet_string(point)
-        return ED25519, Ed25519PublicKey.from_public_bytes(raw)
+        return ALG_ED25519, Ed25519PublicKey.from_public_bytes(raw)
     if obj[Attribute.KEY_TYPE] == KeyType.EC:
         raw = point if len(point) == 65 else _octet_string(point)
-        return ES256, ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+        return ALG_ES256, ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
     raise ValueError("a signing key that is neither Ed25519 nor EC")
 
 

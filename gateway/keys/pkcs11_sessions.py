@@ -1,10 +1,15 @@
-"""Sessions with a PKCS#11 token: one login per process and token, a small pool of
-sessions (python-pkcs11 sessions must not be used by two threads at once)."""
+"""Sessions with a PKCS#11 token: one login per process and token, and one call into the
+module at a time.
+
+python-pkcs11 initialises the module with C_Initialize(NULL): a promise that the
+application never calls it from two threads at once (SoftHSM2 then runs without any
+locking, and crashes if called concurrently). So every call goes through one lock per
+module, and a provider needs no more than one session.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,17 +20,18 @@ from pkcs11 import exceptions as p11e
 
 from gateway.keys.base import KeyUnusable
 
-# The login state of PKCS#11 belongs to the application (the process), not to a session:
-# a second C_Login answers USER_ALREADY_LOGGED_IN and closing the logged-in session logs
-# every session out. So each (module, token) is logged in once, by a session kept open
-# for the life of the process; the pools' sessions share that login.
+# The login state belongs to the process, not to a session: a second C_Login answers
+# USER_ALREADY_LOGGED_IN and closing the logged-in session logs every session out. So
+# each (module, token) is logged in once, by a session kept open for the life of the
+# process; the providers' sessions share that login.
 _LOGINS: dict[tuple[str, str], Any] = {}
-_LOGINS_LOCK = threading.Lock()
+_MODULE_LOCKS: dict[str, threading.RLock] = {}
+_GLOBAL = threading.Lock()
 
 
 @dataclass
 class Lent:
-    """A pooled session and the objects found through it (valid for one listing)."""
+    """The session and the objects found through it (valid for one listing)."""
 
     session: Any
     generation: int = -1
@@ -33,25 +39,23 @@ class Lent:
 
 
 class TokenSessions:
-    """Up to `size` read-write sessions with one token, lent one at a time."""
+    """A session with one token, lent to one thread at a time."""
 
-    def __init__(self, module: str, token_label: str, pin: str, *, size: int = 4) -> None:
+    def __init__(self, module: str, token_label: str, pin: str) -> None:
         self.where = f"PKCS#11 module {module}, token {token_label!r}"
-        self._size = size
-        self._idle: queue.LifoQueue[Lent] = queue.LifoQueue()
-        self._opened = 0
-        self._lock = threading.Lock()
+        with _GLOBAL:
+            self._lock = _MODULE_LOCKS.setdefault(module, threading.RLock())
+        self._lent: Lent | None = None
         self._closed = False
-        try:
-            lib = pkcs11.lib(module)
-            self._token = lib.get_token(token_label=token_label)
-        except p11e.NoSuchToken:
-            raise KeyUnusable(f"{self.where}: no such token") from None
-        except p11e.MultipleTokensReturned:
-            raise KeyUnusable(f"{self.where}: more than one token has this label") from None
-        except p11e.PKCS11Error as e:
-            raise KeyUnusable(f"{self.where}: cannot load the module ({_name(e)})") from None
-        with _LOGINS_LOCK:
+        with self._lock:
+            try:
+                self._token = pkcs11.lib(module).get_token(token_label=token_label)
+            except p11e.NoSuchToken:
+                raise KeyUnusable(f"{self.where}: no such token") from None
+            except p11e.MultipleTokensReturned:
+                raise KeyUnusable(f"{self.where}: more than one token has this label") from None
+            except p11e.PKCS11Error as e:
+                raise KeyUnusable(f"{self.where}: cannot load the module ({_name(e)})") from None
             key = (module, token_label)
             if key not in _LOGINS:
                 try:
@@ -64,63 +68,41 @@ class TokenSessions:
                     raise KeyUnusable(f"{self.where}: cannot log in ({_name(e)})") from None
 
     def mechanisms(self) -> set[Any]:
-        try:
-            return set(self._token.slot.get_mechanisms())
-        except p11e.PKCS11Error as e:
-            raise KeyUnusable(f"{self.where}: cannot list mechanisms ({_name(e)})") from None
+        with self._lock:
+            try:
+                return set(self._token.slot.get_mechanisms())
+            except p11e.PKCS11Error as e:
+                raise KeyUnusable(f"{self.where}: cannot list mechanisms ({_name(e)})") from None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Lent]:
-        """A session for this thread alone until the block ends. A session the token
-        dropped is closed rather than lent again."""
-        s = self._take()
-        healthy = True
-        try:
-            yield s
-        except (p11e.SessionHandleInvalid, p11e.SessionClosed, p11e.DeviceRemoved):
-            healthy = False
-            raise
-        finally:
-            if healthy and not self._closed:
-                self._idle.put(s)
-            else:
-                self._discard(s)
+        """The session, for this thread alone until the block ends. A session the token
+        dropped is replaced by a new one next time."""
+        with self._lock:
+            if self._closed:
+                raise KeyUnusable(f"{self.where}: the key provider is closed")
+            if self._lent is None:
+                try:
+                    self._lent = Lent(self._token.open(rw=True))
+                except p11e.PKCS11Error as e:
+                    raise KeyUnusable(f"{self.where}: cannot open a session ({_name(e)})") from None
+            try:
+                yield self._lent
+            except (p11e.SessionHandleInvalid, p11e.SessionClosed, p11e.DeviceRemoved):
+                self._drop()
+                raise
 
     def close(self) -> None:
-        """Close the pool's sessions (the process's login stays)."""
-        self._closed = True
-        while True:
-            try:
-                s = self._idle.get_nowait()
-            except queue.Empty:
-                return
-            self._discard(s)
-
-    def _take(self) -> Lent:
-        if self._closed:
-            raise KeyUnusable(f"{self.where}: the key provider is closed")
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+        """Close this provider's session (the process's login stays)."""
         with self._lock:
-            grow = self._opened < self._size
-            if grow:
-                self._opened += 1
-        if not grow:
-            return self._idle.get()
-        try:
-            return Lent(self._token.open(rw=True))
-        except p11e.PKCS11Error as e:
-            with self._lock:
-                self._opened -= 1
-            raise KeyUnusable(f"{self.where}: cannot open a session ({_name(e)})") from None
+            self._closed = True
+            self._drop()
 
-    def _discard(self, lent: Lent) -> None:
-        with self._lock:
-            self._opened -= 1
-        with contextlib.suppress(p11e.PKCS11Error):
-            lent.session.close()
+    def _drop(self) -> None:
+        lent, self._lent = self._lent, None
+        if lent is not None:
+            with contextlib.suppress(p11e.PKCS11Error):
+                lent.session.close()
 
 
 def _name(e: BaseException) -> str:
