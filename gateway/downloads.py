@@ -14,7 +14,7 @@ from gateway.auth import Authenticator
 from gateway.catalog.base import Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
-from gateway.keys.base import KeyProvider
+from gateway.keys.base import KeyProvider, KeyUnusable
 from gateway.ranges import Unsatisfiable, parse_range
 from gateway.reader import NotReadable, Reader
 from gateway.runner import Runner
@@ -111,6 +111,9 @@ class DownloadHandler:
             ) from exc
         except NotReadable as exc:
             raise GatewayError(ERR.UPLOAD_GONE, str(exc)) from exc
+        except KeyUnusable as exc:
+            # As for writes (UploadKeys.sealer): a KEK this provider does not hold.
+            raise GatewayError(ERR.STORED_DATA_CORRUPT, "the upload's key cannot be used") from exc
 
     async def _rest(
         self, request: Request, first: bytes | None, chunks: Iterator[bytes]

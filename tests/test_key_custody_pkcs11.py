@@ -1,0 +1,167 @@
+"""Keys in a token (SoftHSM2 over PKCS#11): a real gateway whose data dir holds no key
+material, so a copy of it decrypts nothing and can re-sign nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from tusclient import client as tus_client
+
+from gateway import jws, manifest
+from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.keys.envelope import SEALED_FORMAT
+from gateway.keys.keyring import LocalKeyring
+from gateway.keys.pkcs11 import Pkcs11Provider
+from tests.server import GatewayProcess
+from tests.softhsm import SoftHsmToken
+
+SEGMENT = 64 * 1024
+
+# tuspy opens the file anew for every request and never closes it (tusclient 1.1).
+pytestmark = pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
+
+
+def _tus_upload(server: GatewayProcess, path: Path) -> str:
+    uploader = tus_client.TusClient(
+        server.files_url, headers={"Authorization": server.auth["Authorization"]}
+    ).uploader(file_path=str(path), chunk_size=3 * SEGMENT + 17, metadata={"filename": "x.dcm"})
+    uploader.upload()
+    assert uploader.url is not None
+    return str(uploader.url)
+
+
+def _dek(data_dir: Path, upload_id: str, keys: Pkcs11Provider) -> bytes:
+    """The upload's data key, unwrapped by the token (as only the token can)."""
+    catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
+    try:
+        upload = catalog.get_upload(upload_id)
+        assert upload is not None
+        wrapped = catalog.wrapped_key(upload.dek_id)
+        assert wrapped is not None and wrapped.kek_id == keys.kek_id
+        return keys.unwrap(wrapped, upload_id=upload_id, dek_id=upload.dek_id)
+    finally:
+        catalog.close()
+
+
+def _forms(secret: bytes) -> list[bytes]:
+    return [
+        secret,
+        secret.hex().encode(),
+        base64.b64encode(secret),
+        base64.urlsafe_b64encode(secret).rstrip(b"="),
+    ]
+
+
+def test_a_gateway_on_a_token_keeps_no_key_material_beside_the_data(
+    softhsm: SoftHsmToken, tmp_path: Path
+) -> None:
+    prefix = f"c{secrets.token_hex(4)}-"
+    env = {
+        **softhsm.env(prefix),
+        "GATEWAY_SEGMENT_SIZE": str(SEGMENT),
+        "GATEWAY_REQUIRE_PROTECTED_KEYS": "true",
+    }
+    keys = Pkcs11Provider(
+        softhsm.module,
+        softhsm.label,
+        softhsm.pin,
+        kek_label=env["GATEWAY_PKCS11_KEK_LABEL"],
+        signing_label=env["GATEWAY_PKCS11_SIGNING_LABEL"],
+    )
+    try:
+        keys.init()  # what `gateway keys init` does
+        _check(env, keys, tmp_path, softhsm.pin)
+    finally:
+        keys.close()
+
+
+def _check(env: dict[str, str], keys: Pkcs11Provider, tmp_path: Path, pin: str) -> None:
+    data_dir = tmp_path / "data"
+    source = tmp_path / "scan.dcm"
+    data = os.urandom(5 * SEGMENT + 321)
+    source.write_bytes(data)
+    server = GatewayProcess(data_dir, env=env).start()
+    try:
+        url = _tus_upload(server, source)
+        upload_id = url.rstrip("/").rsplit("/", 1)[1]
+        download = httpx.get(url, headers=server.auth, timeout=30)
+        assert download.status_code == 200 and download.content == data
+        ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
+        assert ready["ready"] is True and ready["warnings"] == []
+        real_jwks = httpx.get(f"{server.url}/.well-known/jwks.json", timeout=10).json()
+        token = httpx.get(f"{url}/manifest", headers=server.auth, timeout=30).text
+    finally:
+        server.stop()
+    assert pin not in server.log()
+    # The manifest is signed in the token; the JWKS publishes the public half.
+    real_keys = jws.keys_from_jwks(real_jwks)
+    signer = keys.signing_key()
+    assert list(real_keys) == [signer.kid]
+    assert jws.header_of(token)["kid"] == signer.kid
+    doc = manifest.verify(token, real_keys)
+    assert doc["plaintext"]["sha256"] == hashlib.sha256(data).hexdigest()  # type: ignore[index]
+    # `gateway verify` with the published JWKS, decrypting through the token.
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(real_jwks))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "verify",
+            upload_id,
+            "--data-dir",
+            str(data_dir),
+            "--jwks",
+            str(jwks_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "plaintext" in out.stdout and "skip  plaintext" not in out.stdout
+
+    # No key material in the data dir: no keyring, and not the data key in any form.
+    assert not (data_dir / "keyring.json").exists()
+    dek = _dek(data_dir, upload_id, keys)
+    files = [p for p in data_dir.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("catalog.sqlite3") for p in files)
+    assert any("objects" in p.parts for p in files)
+    for path in files:
+        content = path.read_bytes()
+        found = [f for f in _forms(dek) if f in content]
+        assert not found, f"the data key is in {path.relative_to(data_dir)}"
+        assert SEALED_FORMAT.encode() not in content and b'"keks"' not in content
+
+    # A copy of the data dir, served without the token (the default keyring provider).
+    copy = tmp_path / "elsewhere" / "data"
+    shutil.copytree(data_dir, copy)
+    plain = {k: v for k, v in env.items() if not k.startswith(("GATEWAY_PKCS11", "GATEWAY_KEY"))}
+    plain["GATEWAY_REQUIRE_PROTECTED_KEYS"] = "false"
+    thief = GatewayProcess(copy, token=server.token, env=plain).start()
+    try:
+        stolen = httpx.get(thief.url + httpx.URL(url).path, headers=thief.auth, timeout=30)
+        thief_jwks = httpx.get(f"{thief.url}/.well-known/jwks.json", timeout=10).json()
+    finally:
+        thief.stop()
+    assert stolen.status_code == 500
+    assert stolen.json()["code"] == "ERR_STORED_DATA_CORRUPT"
+    assert data[:SEGMENT] not in stolen.content
+    # The copy got a keyring of its own: what it signs does not verify with the real JWKS.
+    forger = LocalKeyring.open(copy / "keyring.json").signing_key()
+    assert forger.kid in jws.keys_from_jwks(thief_jwks)
+    forged = jws.sign(jws.payload_of(token), typ=manifest.JWS_TYP, key=forger)
+    with pytest.raises(manifest.ManifestError):
+        manifest.verify(forged, real_keys)
