@@ -1,14 +1,9 @@
 """The PKCS#11 key provider: the KEK and the signing keys never leave the token (an HSM).
 
-Objects in the token (all token objects, private to the user):
-- KEK version N: an AES-256 secret key, CKA_LABEL = the KEK label, CKA_ID = N as 4 bytes
-  big-endian, sensitive, never extractable, usable only to encrypt and decrypt. A data key
-  is wrapped with AES-GCM inside the token: 96-bit random IV, 128-bit tag, AAD binding the
-  upload id, the DEK id and N exactly as the keyring does; the blob is IV || ct || tag.
-- Signing key: an Ed25519 key pair (ECDSA P-256 where the token lacks EdDSA), CKA_LABEL =
-  the signing label, CKA_ID = the kid on both halves; the private half sensitive and never
-  extractable. The newest pair with a private half signs, older ones are published;
-  a pair whose private half was destroyed is retired.
+A data key is wrapped with AES-GCM inside the token under the current KEK version N:
+a random 96-bit IV, a 128-bit tag, AAD binding the upload id, the DEK id and N exactly as
+the keyring's; the blob is IV || ciphertext || tag. Manifests are signed in the token
+(EDDSA, or ECDSA over SHA-256 for ES256). The objects are described in pkcs11_objects.
 """
 
 from __future__ import annotations
@@ -18,18 +13,14 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import GCMParams, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
-from pkcs11.util.ec import encode_named_curve_parameters
 
 from gateway.config import Settings
-from gateway.jws import ALG_ED25519, ALG_ES256, SIGNATURE_LEN, PublicKey, PublicSigningKey
+from gateway.jws import ALG_ED25519, ALG_ES256, SIGNATURE_LEN, PublicSigningKey
+from gateway.keys import pkcs11_objects as objects
 from gateway.keys.base import (
     KEY_REFRESH_SECONDS,
     KekVersion,
@@ -39,41 +30,15 @@ from gateway.keys.base import (
     WrappedKey,
 )
 from gateway.keys.keyring import _aad
+from gateway.keys.pkcs11_objects import Listing
 from gateway.keys.pkcs11_sessions import TokenSessions
 
 _KEY_LEN = 32
 _NONCE_LEN = 12
 _TAG_LEN = 16
-_ED25519_OID = "1.3.101.112"
 # What the token answers for a GCM tag that does not verify (SoftHSM: GeneralError).
 _NOT_VERIFIED = (p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange)
 _STALE = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
-
-
-@dataclass(frozen=True)
-class _SigningPair:
-    kid: str
-    alg: str
-    public: PublicKey
-    has_private: bool
-
-
-@dataclass(frozen=True)
-class _Listing:
-    """What the token holds under our labels; replaced whole when re-listed."""
-
-    generation: int
-    keks: frozenset[int]  # versions
-    pairs: tuple[_SigningPair, ...]  # oldest first
-
-    @property
-    def current(self) -> int | None:
-        return max(self.keks) if self.keks else None
-
-    @property
-    def signer(self) -> _SigningPair | None:
-        with_private = [p for p in self.pairs if p.has_private]
-        return with_private[-1] if with_private else None
 
 
 class TokenSigningKey:
@@ -128,7 +93,7 @@ class Pkcs11Provider:
         self._refresh_seconds = refresh_seconds
         self._lock = threading.Lock()  # one re-listing or key change at a time
         self._listed_at = 0.0
-        self._listing = _Listing(0, frozenset(), ())
+        self._listing = Listing(0, frozenset(), ())
         self.refresh()
 
     @classmethod
@@ -272,7 +237,7 @@ class Pkcs11Provider:
                 self._generate_kek(1)
                 created.append(f"KEK {self._kek_label} version 1")
             if listing.signer is None:
-                created.append(f"signing key {self._generate_pair(listing)}")
+                created.append(f"{self._signing_alg} signing key {self._generate_pair(listing)}")
         self.refresh()
         return created
 
@@ -303,10 +268,13 @@ class Pkcs11Provider:
                     f"{kid} is the current signing key; rotate-signing first, then retire it"
                 )
             if pair.has_private:
-                with self._sessions.session() as lent:
-                    template = self._template(ObjectClass.PRIVATE_KEY, kid)
-                    for obj in list(lent.session.get_objects(template)):
-                        obj.destroy()
+                try:
+                    with self._sessions.session() as lent:
+                        objects.destroy_private(lent.session, self._signing_label, kid)
+                except p11e.PKCS11Error as e:
+                    raise KeyUnusable(
+                        f"{self._signing_where()}: cannot retire {kid} ({_name(e)})"
+                    ) from None
         self.refresh()
 
     def kek_versions(self) -> list[KekVersion]:
@@ -323,7 +291,7 @@ class Pkcs11Provider:
                 state = SigningState.SIGNING
             else:
                 state = SigningState.PUBLISHED if p.has_private else SigningState.RETIRED
-            out.append(SigningKeyInfo(p.kid, p.alg, state, _created(p.kid)))
+            out.append(SigningKeyInfo(p.kid, p.alg, state, objects.created(p.kid)))
         return out
 
     def refresh(self) -> None:
@@ -333,7 +301,7 @@ class Pkcs11Provider:
 
     # internals
 
-    def _fresh(self) -> _Listing:
+    def _fresh(self) -> Listing:
         """The listing, re-read when older than refresh_seconds (keys changed elsewhere)."""
         stale = time.monotonic() - self._listed_at >= self._refresh_seconds
         # Only one thread re-lists; the others go on with the listing they have.
@@ -344,42 +312,26 @@ class Pkcs11Provider:
                 self._lock.release()
         return self._listing
 
-    def _list(self) -> _Listing:
+    def _list(self) -> Listing:
         """Read our objects from the token; call with self._lock held."""
-        keks: set[int] = set()
-        publics: dict[str, tuple[str, PublicKey]] = {}
-        privates: set[str] = set()
         try:
             with self._sessions.session() as lent:
-                s = lent.session
-                for obj in s.get_objects(
-                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: self._kek_label}
-                ):
-                    raw_id = bytes(obj[Attribute.ID])
-                    if len(raw_id) == 4:
-                        keks.add(int.from_bytes(raw_id, "big"))
-                for obj in s.get_objects({Attribute.LABEL: self._signing_label}):
-                    cls = obj[Attribute.CLASS]
-                    kid = bytes(obj[Attribute.ID]).decode("ascii", "replace")
-                    if cls == ObjectClass.PUBLIC_KEY:
-                        publics[kid] = _public_key(obj)
-                    elif cls == ObjectClass.PRIVATE_KEY:
-                        privates.add(kid)
+                self._listing = objects.list_objects(
+                    lent.session,
+                    self._kek_label,
+                    self._signing_label,
+                    self._listing.generation + 1,
+                )
         except p11e.PKCS11Error as e:
             raise KeyUnusable(f"{self._where}: cannot list keys ({_name(e)})") from None
         except ValueError as e:
             raise KeyUnusable(f"{self._signing_where()}: {e}") from None
-        pairs = tuple(
-            _SigningPair(kid, alg, public, kid in privates)
-            for kid, (alg, public) in sorted(publics.items(), key=lambda kv: _order(kv[0]))
-        )
-        self._listing = _Listing(self._listing.generation + 1, frozenset(keks), pairs)
         self._listed_at = time.monotonic()
         return self._listing
 
     def _with_kek(self, version: int, op: Any) -> Any:
         return self._with_object(
-            ObjectClass.SECRET_KEY, self._kek_label, version.to_bytes(4, "big"), op
+            ObjectClass.SECRET_KEY, self._kek_label, objects.kek_id(version), op
         )
 
     def _with_object(self, cls: ObjectClass, label: str, id_: bytes, op: Any) -> Any:
@@ -390,9 +342,9 @@ class Pkcs11Provider:
                 if lent.generation != self._listing.generation:
                     lent.objects.clear()
                     lent.generation = self._listing.generation
-                objects = lent.objects
+                found = lent.objects
                 key = (cls, label, id_)
-                obj = objects.get(key)
+                obj = found.get(key)
                 if obj is None:
                     try:
                         obj = lent.session.get_key(object_class=cls, label=label, id=id_)
@@ -400,122 +352,39 @@ class Pkcs11Provider:
                         raise KeyUnusable(
                             f"{self._where}: no key labelled {label!r} with id {id_.hex()}"
                         ) from None
-                    objects[key] = obj
+                    found[key] = obj
                 try:
                     return op(obj)
                 except _STALE:
-                    objects.pop(key, None)
+                    found.pop(key, None)
                     if attempt == 2:
                         raise
         raise AssertionError("unreachable")
 
-    def _template(self, cls: ObjectClass, kid: str) -> dict[Attribute, Any]:
-        return {
-            Attribute.CLASS: cls,
-            Attribute.LABEL: self._signing_label,
-            Attribute.ID: kid.encode(),
-        }
-
     def _generate_kek(self, version: int) -> None:
         try:
             with self._sessions.session() as lent:
-                lent.session.generate_key(
-                    KeyType.AES,
-                    256,
-                    id=version.to_bytes(4, "big"),
-                    label=self._kek_label,
-                    store=True,
-                    capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-                    template=_secret_template(),
-                )
+                objects.generate_kek(lent.session, self._kek_label, version)
         except p11e.PKCS11Error as e:
             raise KeyUnusable(f"{self._kek_where()}: cannot create a KEK ({_name(e)})") from None
 
-    def _generate_pair(self, listing: _Listing) -> str:
-        kid = _new_kid(self._signing_alg, {p.kid for p in listing.pairs})
-        if self._signing_alg == ALG_ED25519:
-            key_type, gen = KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN
-            params = encode_named_curve_parameters(_ED25519_OID)
-        else:
-            key_type, gen = KeyType.EC, Mechanism.EC_KEY_PAIR_GEN
-            params = encode_named_curve_parameters("secp256r1")
+    def _generate_pair(self, listing: Listing) -> str:
+        taken = {p.kid for p in listing.pairs}
         try:
             with self._sessions.session() as lent:
-                lent.session.generate_keypair(
-                    key_type,
-                    id=kid.encode(),
-                    label=self._signing_label,
-                    store=True,
-                    mechanism=gen,
-                    capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                    public_template={Attribute.EC_PARAMS: params, Attribute.PRIVATE: False},
-                    private_template=_secret_template(),
+                return objects.generate_pair(
+                    lent.session, self._signing_label, self._signing_alg, taken
                 )
         except p11e.PKCS11Error as e:
             raise KeyUnusable(
                 f"{self._signing_where()}: cannot create a {self._signing_alg} key ({_name(e)})"
             ) from None
-        return kid
 
     def _kek_where(self) -> str:
         return f"{self._where}, KEK label {self._kek_label!r}"
 
     def _signing_where(self) -> str:
         return f"{self._where}, signing label {self._signing_label!r}"
-
-
-def _secret_template() -> dict[Attribute, Any]:
-    return {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-    }
-
-
-def _new_kid(alg: str, taken: set[str]) -> str:
-    # 8 hex digits of the creation time (seconds), so kids sort oldest first; bumped past
-    # any taken one (two rotations within a second).
-    prefix = "ed25519-" if alg == ALG_ED25519 else "es256-"
-    stamp = int(time.time())
-    while f"{prefix}{stamp:08x}" in taken:
-        stamp += 1
-    return f"{prefix}{stamp:08x}"
-
-
-def _order(kid: str) -> tuple[int, str]:
-    stamp = kid.rsplit("-", 1)[-1]
-    try:
-        return int(stamp, 16), kid
-    except ValueError:
-        return 0, kid  # kids not made by us: oldest, in name order
-
-
-def _created(kid: str) -> str | None:
-    stamp, _ = _order(kid)
-    if not stamp:
-        return None
-    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
-
-
-def _public_key(obj: Any) -> tuple[str, PublicKey]:
-    """(alg, public key) of a public key object, from CKA_EC_POINT: a DER OCTET STRING
-    around the point (some tokens give the bare point)."""
-    point = bytes(obj[Attribute.EC_POINT])
-    if obj[Attribute.KEY_TYPE] == KeyType.EC_EDWARDS:
-        raw = point if len(point) == 32 else _octet_string(point)
-        return ALG_ED25519, Ed25519PublicKey.from_public_bytes(raw)
-    if obj[Attribute.KEY_TYPE] == KeyType.EC:
-        raw = point if len(point) == 65 else _octet_string(point)
-        return ALG_ES256, ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
-    raise ValueError("a signing key that is neither Ed25519 nor EC")
-
-
-def _octet_string(der: bytes) -> bytes:
-    """The content of a short DER OCTET STRING (an EC point is at most 133 bytes)."""
-    if len(der) < 2 or der[0] != 0x04 or der[1] != len(der) - 2:
-        raise ValueError("CKA_EC_POINT is not a DER OCTET STRING")
-    return der[2:]
 
 
 def _name(e: BaseException) -> str:
