@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pkcs11 import Attribute, ObjectClass
 
 from gateway.config import ConfigError, Settings, export_environment, load_settings
-from gateway.keys.base import KeyUnusable, WrappedKey
+from gateway.keys.base import AdministeredProvider, KeyUnusable, WrappedKey
 from gateway.keys.pkcs11 import Pkcs11Provider
 from gateway.keys.providers import open_provider
 from tests.server import free_port
@@ -342,6 +342,8 @@ def test_open_provider_picks_the_configured_one(
     env = {k: v for k, v in softhsm.env(prefix).items() if k.startswith("GATEWAY_")}
     provider = open_provider(load_settings({"data_dir": tmp_path}, environ=env))
     assert isinstance(provider, Pkcs11Provider)
+    administered: AdministeredProvider = provider  # what `gateway keys ...` drives
+    assert administered.kek_versions() == []
     assert provider.kek_id == f"pkcs11:{softhsm.label}/{prefix}gateway-kek"
     provider.close()
     keyring = open_provider(load_settings({"data_dir": tmp_path}, environ={}))
