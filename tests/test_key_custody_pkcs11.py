@@ -11,6 +11,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from tusclient import client as tus_client
 
 from gateway import jws, manifest
 from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.keys.base import KEY_REFRESH_SECONDS
 from gateway.keys.envelope import SEALED_FORMAT
 from gateway.keys.keyring import LocalKeyring
 from gateway.keys.pkcs11 import Pkcs11Provider
@@ -62,9 +64,12 @@ def _forms(secret: bytes) -> list[bytes]:
     ]
 
 
+@pytest.mark.parametrize("alg", ["Ed25519", "ES256"])
 def test_a_gateway_on_a_token_keeps_no_key_material_beside_the_data(
-    softhsm: SoftHsmToken, tmp_path: Path
+    softhsm: SoftHsmToken, tmp_path: Path, alg: str
 ) -> None:
+    """ES256: the signing key a token without EdDSA gets; the gateway signs with whichever
+    key the token holds."""
     prefix = f"c{secrets.token_hex(4)}-"
     env = {
         **softhsm.env(prefix),
@@ -77,6 +82,7 @@ def test_a_gateway_on_a_token_keeps_no_key_material_beside_the_data(
         softhsm.pin,
         kek_label=env["GATEWAY_PKCS11_KEK_LABEL"],
         signing_label=env["GATEWAY_PKCS11_SIGNING_LABEL"],
+        signing_alg=alg,
     )
     try:
         keys.init()  # what `gateway keys init` does
@@ -107,6 +113,7 @@ def _check(env: dict[str, str], keys: Pkcs11Provider, tmp_path: Path, pin: str) 
     real_keys = jws.keys_from_jwks(real_jwks)
     signer = keys.signing_key()
     assert list(real_keys) == [signer.kid]
+    assert real_keys[signer.kid].alg == signer.alg == jws.header_of(token)["alg"]
     assert jws.header_of(token)["kid"] == signer.kid
     doc = manifest.verify(token, real_keys)
     assert doc["plaintext"]["sha256"] == hashlib.sha256(data).hexdigest()  # type: ignore[index]
@@ -165,3 +172,59 @@ def _check(env: dict[str, str], keys: Pkcs11Provider, tmp_path: Path, pin: str) 
     forged = jws.sign(jws.payload_of(token), typ=manifest.JWS_TYP, key=forger)
     with pytest.raises(manifest.ManifestError):
         manifest.verify(forged, real_keys)
+
+
+def _wrapped_version(data_dir: Path, upload_id: str) -> int:
+    catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
+    try:
+        upload = catalog.get_upload(upload_id)
+        assert upload is not None
+        wrapped = catalog.wrapped_key(upload.dek_id)
+        assert wrapped is not None
+        return wrapped.kek_version
+    finally:
+        catalog.close()
+
+
+def test_a_running_gateway_picks_up_keys_rotated_by_another_process(
+    softhsm: SoftHsmToken, tmp_path: Path
+) -> None:
+    prefix = f"r{secrets.token_hex(4)}-"
+    env = {**softhsm.env(prefix), "GATEWAY_SEGMENT_SIZE": str(SEGMENT)}
+    admin = Pkcs11Provider(
+        softhsm.module,
+        softhsm.label,
+        softhsm.pin,
+        kek_label=env["GATEWAY_PKCS11_KEK_LABEL"],
+        signing_label=env["GATEWAY_PKCS11_SIGNING_LABEL"],
+    )
+    data = os.urandom(2 * SEGMENT + 5)
+    source = tmp_path / "scan.dcm"
+    source.write_bytes(data)
+    server = GatewayProcess(tmp_path / "data", env=env)
+    try:
+        admin.init()
+        server.start()
+        first_kid = admin.signing_key().kid
+        before = _tus_upload(server, source)
+        admin.rotate()
+        second_kid = admin.rotate_signing()
+        time.sleep(KEY_REFRESH_SECONDS + 0.5)
+        after = _tus_upload(server, source)
+        ids = [u.rstrip("/").rsplit("/", 1)[1] for u in (before, after)]
+        assert [_wrapped_version(server.data_dir, i) for i in ids] == [1, 2]
+        jwks_doc = httpx.get(f"{server.url}/.well-known/jwks.json", timeout=10).json()
+        published = jws.keys_from_jwks(jwks_doc)
+        assert set(published) == {first_kid, second_kid}
+        for url, kid in ((before, first_kid), (after, second_kid)):
+            token = httpx.get(f"{url}/manifest", headers=server.auth, timeout=30).text
+            assert jws.header_of(token)["kid"] == kid
+            manifest.verify(token, published)
+            assert httpx.get(url, headers=server.auth, timeout=30).content == data
+        admin.retire_signing(first_kid)
+        time.sleep(KEY_REFRESH_SECONDS + 0.5)
+        jwks_doc = httpx.get(f"{server.url}/.well-known/jwks.json", timeout=10).json()
+        assert set(jws.keys_from_jwks(jwks_doc)) == {second_kid}
+    finally:
+        server.stop()
+        admin.close()
