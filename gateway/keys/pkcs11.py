@@ -352,6 +352,11 @@ class Pkcs11Provider:
                         raise KeyUnusable(
                             f"{self._where}: no key labelled {label!r} with id {id_.hex()}"
                         ) from None
+                    except p11e.MultipleObjectsReturned:
+                        raise KeyUnusable(
+                            f"{self._where}: more than one key labelled {label!r} with id "
+                            f"{id_.hex()} (two rotations at once?); destroy one"
+                        ) from None
                     found[key] = obj
                 try:
                     return op(obj)
