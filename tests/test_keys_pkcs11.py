@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pkcs11
+import pkcs11.util.ec
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pkcs11 import Attribute, ObjectClass
 
 from gateway.config import ConfigError, Settings, export_environment, load_settings
+from gateway.keys import pkcs11_objects
 from gateway.keys.base import AdministeredProvider, KeyUnusable, WrappedKey
 from gateway.keys.pkcs11 import Pkcs11Provider
 from gateway.keys.providers import open_provider
@@ -349,3 +351,91 @@ def test_open_provider_picks_the_configured_one(
     keyring = open_provider(load_settings({"data_dir": tmp_path}, environ={}))
     assert keyring.kek_id.startswith("local-")
     assert isinstance(keyring.wrap(DEK, upload_id="u", dek_id=b"d"), WrappedKey)
+
+
+def test_clear_errors_for_a_wrong_module_token_or_use(softhsm: SoftHsmToken, prefix: str) -> None:
+    with pytest.raises(KeyUnusable, match="no such token") as info:
+        Pkcs11Provider(softhsm.module, "no-such-token", softhsm.pin)
+    assert softhsm.pin not in str(info.value)
+    with pytest.raises(KeyUnusable, match="cannot load the module"):
+        Pkcs11Provider("/nonexistent/libpkcs11.so", softhsm.label, softhsm.pin)
+    with pytest.raises(ValueError, match="signing_alg"):
+        _provider(softhsm, prefix, signing_alg="RS256")
+    keys = _provider(softhsm, prefix)
+    keys.init()
+    assert softhsm.pin not in repr(keys) and keys.kek_id in repr(keys)
+    with pytest.raises(ValueError, match="32 bytes"):
+        keys.wrap(b"short", upload_id="u", dek_id=b"d")
+    keys.close()
+    with pytest.raises(KeyUnusable, match="closed"):
+        keys.wrap(DEK, upload_id="u", dek_id=b"d")
+
+
+def test_a_key_destroyed_by_another_process_is_looked_up_again(
+    softhsm: SoftHsmToken, prefix: str
+) -> None:
+    serving = _provider(softhsm, prefix, refresh_seconds=3600)
+    admin = _provider(softhsm, prefix)
+    try:
+        serving.init()
+        old = serving.signing_key()
+        old.sign(b"x")  # its object is now found and kept
+        admin.refresh()
+        admin.rotate_signing()
+        admin.retire_signing(old.kid)
+        # `serving` has not listed again: it still signs with `old`, whose object is gone.
+        with pytest.raises(KeyUnusable, match="no key labelled"):
+            serving.signing_key().sign(b"x")
+        serving.refresh()
+        assert serving.signing_key().kid != old.kid
+        serving.signing_key().sign(b"x")
+    finally:
+        serving.close()
+        admin.close()
+
+
+def test_signing_keys_not_made_here_sort_first(softhsm: SoftHsmToken, prefix: str) -> None:
+    keys = _provider(softhsm, prefix)
+    try:
+        keys.init()
+        session = pkcs11.lib(softhsm.module).get_token(token_label=softhsm.label).open(rw=True)
+        params = pkcs11.util.ec.encode_named_curve_parameters("secp256r1")
+        session.generate_keypair(
+            pkcs11.KeyType.EC,
+            id=b"imported",
+            label=f"{prefix}signing",
+            store=True,
+            public_template={Attribute.EC_PARAMS: params},
+        )
+        session.close()
+        keys.refresh()
+        infos = keys.signing_keys()
+        assert (infos[0].kid, infos[0].created) == ("imported", None)
+        assert infos[-1].state == "signing" and infos[-1].created is not None
+    finally:
+        keys.close()
+
+
+@pytest.mark.parametrize(
+    ("key_type", "point", "error"),
+    [
+        (pkcs11.KeyType.EC_EDWARDS, b"\x05\x20" + bytes(32), "not a DER OCTET STRING"),
+        (pkcs11.KeyType.EC_EDWARDS, b"\x04\x21" + bytes(32), "not a DER OCTET STRING"),
+        (pkcs11.KeyType.RSA, b"", "neither Ed25519 nor EC"),
+    ],
+)
+def test_unreadable_public_keys_are_named(
+    key_type: pkcs11.KeyType, point: bytes, error: str
+) -> None:
+    fake = {Attribute.KEY_TYPE: key_type, Attribute.EC_POINT: point}  # a unit test's object
+    with pytest.raises(ValueError, match=error):
+        pkcs11_objects.public_key(fake)
+
+
+def test_a_bare_ec_point_is_read_too() -> None:
+    public = Ed25519PublicKey.from_public_bytes(bytes(range(32)))
+    raw = public.public_bytes_raw()
+    fake = {Attribute.KEY_TYPE: pkcs11.KeyType.EC_EDWARDS, Attribute.EC_POINT: raw}
+    alg, key = pkcs11_objects.public_key(fake)
+    assert alg == "Ed25519" and isinstance(key, Ed25519PublicKey)
+    assert key.public_bytes_raw() == raw
