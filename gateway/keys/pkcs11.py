@@ -13,6 +13,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pkcs11 import GCMParams, Mechanism, ObjectClass
@@ -39,6 +40,9 @@ _TAG_LEN = 16
 # What the token answers for a GCM tag that does not verify (SoftHSM: GeneralError).
 _NOT_VERIFIED = (p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange)
 _STALE = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
+# An operation on a found key. Any: python-pkcs11 adds encrypt/decrypt/sign to key
+# objects as mixins at run time, so get_key's declared Key type has none of them.
+_KeyOp = Callable[[Any], bytes]
 
 
 class TokenSigningKey:
@@ -329,12 +333,12 @@ class Pkcs11Provider:
         self._listed_at = time.monotonic()
         return self._listing
 
-    def _with_kek(self, version: int, op: Any) -> Any:
+    def _with_kek(self, version: int, op: _KeyOp) -> bytes:
         return self._with_object(
             ObjectClass.SECRET_KEY, self._kek_label, objects.kek_id(version), op
         )
 
-    def _with_object(self, cls: ObjectClass, label: str, id_: bytes, op: Any) -> Any:
+    def _with_object(self, cls: ObjectClass, label: str, id_: bytes, op: _KeyOp) -> bytes:
         """Run op(object) in a pooled session, finding the object once per session and
         listing; an object destroyed meanwhile (a stale handle) is looked up once more."""
         with self._sessions.session() as lent:

@@ -13,16 +13,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, Session
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from gateway.jws import ALG_ED25519, ALG_ES256, PublicKey
 
 _ED25519_OID = "1.3.101.112"  # RFC 8410 id-Ed25519, as CKA_EC_PARAMS names the curve
+
+
+class HasAttributes(Protocol):
+    """A token object's attributes (pkcs11.Object; a mapping in unit tests)."""
+
+    def __getitem__(self, key: Attribute) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ def kek_id(version: int) -> bytes:
     return version.to_bytes(4, "big")
 
 
-def list_objects(session: Any, kek_label: str, signing_label: str, generation: int) -> Listing:
+def list_objects(session: Session, kek_label: str, signing_label: str, generation: int) -> Listing:
     """Our KEK versions and signing pairs; ValueError for a signing key we cannot read."""
     keks: set[int] = set()
     publics: dict[str, tuple[str, PublicKey]] = {}
@@ -81,7 +87,7 @@ def list_objects(session: Any, kek_label: str, signing_label: str, generation: i
     return Listing(generation, frozenset(keks), pairs)
 
 
-def generate_kek(session: Any, label: str, version: int) -> None:
+def generate_kek(session: Session, label: str, version: int) -> None:
     session.generate_key(
         KeyType.AES,
         256,
@@ -93,7 +99,7 @@ def generate_kek(session: Any, label: str, version: int) -> None:
     )
 
 
-def generate_pair(session: Any, label: str, alg: str, taken: set[str]) -> str:
+def generate_pair(session: Session, label: str, alg: str, taken: set[str]) -> str:
     """A new signing key pair; returns its kid."""
     kid = _new_kid(alg, taken)
     if alg == ALG_ED25519:
@@ -115,7 +121,7 @@ def generate_pair(session: Any, label: str, alg: str, taken: set[str]) -> str:
     return kid
 
 
-def destroy_private(session: Any, label: str, kid: str) -> None:
+def destroy_private(session: Session, label: str, kid: str) -> None:
     template = {
         Attribute.CLASS: ObjectClass.PRIVATE_KEY,
         Attribute.LABEL: label,
@@ -133,7 +139,7 @@ def created(kid: str) -> str | None:
     return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
 
 
-def public_key(obj: Any) -> tuple[str, PublicKey]:
+def public_key(obj: HasAttributes) -> tuple[str, PublicKey]:
     """(alg, public key) of a public key object, from CKA_EC_POINT: a DER OCTET STRING
     around the point (some tokens give the bare point)."""
     point = bytes(obj[Attribute.EC_POINT])

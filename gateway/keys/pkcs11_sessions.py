@@ -13,9 +13,9 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pkcs11
+from pkcs11 import Key, Mechanism, ObjectClass, Session
 from pkcs11 import exceptions as p11e
 
 from gateway.keys.base import KeyUnusable
@@ -24,7 +24,7 @@ from gateway.keys.base import KeyUnusable
 # USER_ALREADY_LOGGED_IN and closing the logged-in session logs every session out. So
 # each (module, token) is logged in once, by a session kept open for the life of the
 # process; the providers' sessions share that login.
-_LOGINS: dict[tuple[str, str], Any] = {}
+_LOGINS: dict[tuple[str, str], Session] = {}
 _MODULE_LOCKS: dict[str, threading.RLock] = {}
 _GLOBAL = threading.Lock()
 
@@ -33,9 +33,9 @@ _GLOBAL = threading.Lock()
 class Lent:
     """The session and the objects found through it (valid for one listing)."""
 
-    session: Any
+    session: Session
     generation: int = -1
-    objects: dict[Any, Any] = field(default_factory=dict)
+    objects: dict[tuple[ObjectClass, str, bytes], Key] = field(default_factory=dict)
 
 
 class TokenSessions:
@@ -67,7 +67,7 @@ class TokenSessions:
                 except p11e.PKCS11Error as e:
                     raise KeyUnusable(f"{self.where}: cannot log in ({_name(e)})") from None
 
-    def mechanisms(self) -> set[Any]:
+    def mechanisms(self) -> set[Mechanism]:
         with self._lock:
             try:
                 return set(self._token.slot.get_mechanisms())
