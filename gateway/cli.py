@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("upload_id", help="the upload id (last part of its URL)")
     verify.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
     verify.add_argument("--store", help="'folder' or s3://BUCKET[/PREFIX] (GATEWAY_STORE)")
-    verify.add_argument("--jwks", help="JWKS file or URL (default: the data dir's keyring)")
+    verify.add_argument("--jwks", help="JWKS file or https:// URL (default: the keys' provider)")
     verify.add_argument(
         "--no-decrypt", action="store_true", help="check ciphertext only, even with keys at hand"
     )
@@ -135,7 +135,12 @@ def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bo
         unwrap = catalog_unwrapper(catalog, keyring)
     try:
         report = verify_upload(
-            upload_id, store=store, public_keys=public_keys, unwrap=unwrap, report=Report()
+            upload_id,
+            store=store,
+            public_keys=public_keys,
+            unwrap=unwrap,
+            report=Report(),
+            current_known=jwks is None,
         )
     finally:
         if catalog is not None:
