@@ -178,7 +178,9 @@ def rewrap(
             time.sleep(wait)
     except KeyboardInterrupt:
         _print_counts(counts, provider, catalog, out)
-        print("interrupted: every key is either rewrapped or untouched; run again to finish")
+        print(
+            "interrupted: every key is either rewrapped or untouched; run again to finish", file=out
+        )
         return 130
     _print_counts(counts, provider, catalog, out)
     return 1 if counts.failed else 0
