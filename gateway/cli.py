@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, and mint bearer tokens."""
+"""The `gateway` command: serve, verify, mint bearer tokens, administer keys."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import logs
+from gateway import keycli, logs
 from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("upload_id", help="the upload id (last part of its URL)")
     verify.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
     verify.add_argument("--store", help="'folder' or s3://BUCKET[/PREFIX] (GATEWAY_STORE)")
-    verify.add_argument("--jwks", help="JWKS file or URL (default: the data dir's keyring)")
+    verify.add_argument("--jwks", help="JWKS file or https:// URL (default: the keys' provider)")
     verify.add_argument(
         "--no-decrypt", action="store_true", help="check ciphertext only, even with keys at hand"
     )
@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
     token.add_argument("--principal", default=DEFAULT_PRINCIPAL, help="who the token acts as")
     token.add_argument("--tenant", default="default", help="the principal's tenant")
+    keycli.add_parser(sub)
     return parser
 
 
@@ -80,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # explicitly where files are made, this covers what libraries create.
     os.umask(0o077)
     try:
+        if args.command == "keys":
+            return keycli.main(args)
         if args.command == "verify":
             settings = load_settings({"data_dir": options["data_dir"], "store": options["store"]})
             return _verify(settings, args.upload_id, args.jwks, decrypt=not args.no_decrypt)
@@ -133,7 +136,12 @@ def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bo
         unwrap = catalog_unwrapper(catalog, keyring)
     try:
         report = verify_upload(
-            upload_id, store=store, public_keys=public_keys, unwrap=unwrap, report=Report()
+            upload_id,
+            store=store,
+            public_keys=public_keys,
+            unwrap=unwrap,
+            report=Report(),
+            current_known=jwks is None,
         )
     finally:
         if catalog is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import ssl
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,10 +44,23 @@ class Report:
         self.failures.append(what)
 
 
+class InsecureJWKSSource(ValueError):
+    """A JWKS location that is neither a file nor an https:// URL."""
+
+
 def load_jwks(source: str) -> dict[str, PublicSigningKey]:
-    """A JWKS from a file path or an http(s) URL."""
-    if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=10) as response:
+    """A JWKS from a file path or an https:// URL (the system's trusted CAs).
+
+    The JWKS is what makes a signature mean anything: over plain http anyone on the
+    path could hand over their own keys, so http:// (and any other scheme) is refused."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", source)
+    if scheme is not None and scheme.group(1).lower() != "https":
+        raise InsecureJWKSSource(
+            f"refusing a {scheme.group(1)}:// JWKS: fetch it over https:// or give a file"
+        )
+    if scheme is not None:
+        context = ssl.create_default_context()
+        with urllib.request.urlopen(source, timeout=10, context=context) as response:
             document = json.load(response)
     else:
         document = json.loads(Path(source).read_text())
@@ -60,9 +75,11 @@ def verify_upload(
     unwrap: Callable[[str, bytes], bytes] | None,
     report: Report,
     whole: Any = None,
+    current_known: bool = False,
 ) -> Report:
     """Check one upload against its signed manifest; `whole`, if given, is a hasher fed
-    with the decrypted plaintext (a concatenation hashes its partials in order)."""
+    with the decrypted plaintext (a concatenation hashes its partials in order).
+    `current_known`: the keys come from the provider, which knows the current one."""
     json_key, jws_key = manifest_keys(upload_id)
     try:
         token = store.get(jws_key).decode("ascii")
@@ -73,8 +90,12 @@ def verify_upload(
     except (manifest.ManifestError, UnicodeDecodeError) as exc:
         report.fail(f"signature: {exc}")
         return report
-    signer = doc["signer"]
-    report.ok(f"signature: {signer['alg']} by {signer['kid']}")  # type: ignore[index]
+    signer: Any = doc["signer"]
+    which = ""
+    if current_known:
+        current = public_keys[signer["kid"]].current
+        which = " (the current signing key)" if current else " (an older key, still published)"
+    report.ok(f"signature: {signer['alg']} by {signer['kid']}{which}")
     try:
         stored_json = store.get(json_key)
     except ObjectNotFound:

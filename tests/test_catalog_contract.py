@@ -261,6 +261,76 @@ class TestRemoval:
         assert cat.get_upload("u2") is not None
 
 
+class TestKeyRotation:
+    def keys(self, cat: Catalog, n: int) -> list[Upload]:
+        ups = [upload(f"u{i:02d}") for i in range(n)]
+        for i, up in enumerate(ups):
+            cat.create_upload(up, WrappedKey("local-1", 1 + i % 2, b"blob-%d" % i))
+        return ups
+
+    def test_keys_are_counted_by_kek_and_version(self, cat: Catalog) -> None:
+        assert cat.wrapped_key_counts() == {}
+        self.keys(cat, 5)
+        cat.create_upload(upload("hsm"), WrappedKey("hsm-1", 1, b"blob-h"))
+        assert cat.wrapped_key_counts() == {("local-1", 1): 3, ("local-1", 2): 2, ("hsm-1", 1): 1}
+
+    def test_keys_not_under_a_version_page_by_dek_id(self, cat: Catalog) -> None:
+        ups = self.keys(cat, 7)
+        cat.create_upload(upload("hsm"), WrappedKey("hsm-1", 2, b"blob-h"))
+        seen: list[bytes] = []
+        after = b""
+        while page := cat.wrapped_keys_not_under("local-1", 2, after, limit=2):
+            assert len(page) <= 2
+            seen += [k.dek_id for k in page]
+            after = page[-1].dek_id
+        want = {u.dek_id for i, u in enumerate(ups) if i % 2 == 0} | {upload("hsm").dek_id}
+        assert seen == sorted(want)  # every one once, in order; other KEKs too
+        first = cat.wrapped_keys_not_under("local-1", 2, after=b"dek-u", limit=1)[0]
+        assert (first.upload_id, first.wrapped) == ("u00", WrappedKey("local-1", 1, b"blob-0"))
+
+    def test_a_key_is_replaced_only_if_unchanged(self, cat: Catalog) -> None:
+        up = upload()
+        old = WrappedKey("local-1", 1, b"old")
+        new = WrappedKey("local-1", 2, b"new")
+        cat.create_upload(up, old)
+        assert not cat.replace_wrapped_key(up.dek_id, WrappedKey("local-1", 1, b"other"), new)
+        assert cat.wrapped_key(up.dek_id) == old
+        assert cat.replace_wrapped_key(up.dek_id, old, new)
+        assert cat.wrapped_key(up.dek_id) == new
+        assert not cat.replace_wrapped_key(up.dek_id, old, WrappedKey("local-1", 3, b"x"))
+        assert cat.wrapped_key(up.dek_id) == new
+        assert cat.wrapped_key_counts() == {("local-1", 2): 1}
+
+    def test_a_deleted_key_is_never_brought_back(self, cat: Catalog) -> None:
+        up = upload()
+        old = WrappedKey("local-1", 1, b"old")
+        cat.create_upload(up, old)
+        cat.terminate("u1")
+        assert not cat.replace_wrapped_key(up.dek_id, old, WrappedKey("local-1", 2, b"new"))
+        assert cat.wrapped_key(up.dek_id) is None
+        assert cat.wrapped_keys_not_under("local-1", 2) == []
+
+    def test_racing_rewraps_of_one_key_one_wins(self, catalogs: Opener) -> None:
+        handles = [catalogs() for _ in range(4)]
+        up = upload()
+        old = WrappedKey("local-1", 1, b"old")
+        handles[0].create_upload(up, old)
+        results: list[bool] = []
+        barrier = threading.Barrier(len(handles))
+
+        def rewrap(i: int) -> None:
+            barrier.wait()
+            new = WrappedKey("local-1", 2, b"new-%d" % i)
+            results.append(handles[i].replace_wrapped_key(up.dek_id, old, new))
+
+        threads = [threading.Thread(target=rewrap, args=(i,)) for i in range(len(handles))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [False, False, False, True]
+
+
 class TestLeases:
     def test_lease_held_only_looks(self, cat: Catalog) -> None:
         cat.create_upload(upload(), None)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.layout import data_key, manifest_keys
+from tests.https_jwks import serve_jwks
 from tests.server import GatewayProcess, free_port, store_for
 from tests.tushttp import (
     UNKNOWN_ID,
@@ -63,7 +64,13 @@ class Result:
         return f"exit {self.code}\n{self.stdout}{self.stderr}"
 
 
-def verify(server: GatewayProcess, uid: str, *args: str, data_dir: Path | None = None) -> Result:
+def verify(
+    server: GatewayProcess,
+    uid: str,
+    *args: str,
+    data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
     """Run `gateway verify` on the server's data dir (with its store settings)."""
     out = subprocess.run(
         [
@@ -81,7 +88,7 @@ def verify(server: GatewayProcess, uid: str, *args: str, data_dir: Path | None =
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **server.env},
+        env={**os.environ, **server.env, **(env or {})},
     )
     return Result(out.returncode, out.stdout, out.stderr)
 
@@ -328,9 +335,36 @@ def test_jwks_file_from_the_server(server: GatewayProcess, tmp_path: Path) -> No
     assert_all_ok(verify(server, uid, "--jwks", str(path), "--no-decrypt"), decrypted=False)
 
 
-def test_jwks_url_of_the_running_server(server: GatewayProcess) -> None:
+def test_an_http_jwks_url_is_refused(server: GatewayProcess) -> None:
+    """Over plain http anyone on the path could hand over their own keys."""
     uid = finished(server, 70_000)
-    assert_all_ok(verify(server, uid, "--jwks", f"{server.url}/.well-known/jwks.json"))
+    for url in (f"{server.url}/.well-known/jwks.json", "HTTP://127.0.0.1:1/jwks.json"):
+        result = verify(server, uid, "--jwks", url)
+        assert result.code == 2, str(result)
+        assert "refusing" in result.stderr and "https" in result.stderr, str(result)
+        assert "Traceback" not in result.stderr and not result.checks, str(result)
+
+
+def test_an_https_jwks_url_with_a_trusted_certificate(
+    server: GatewayProcess, tmp_path: Path
+) -> None:
+    uid = finished(server, 70_000)
+    document = httpx.get(f"{server.url}/.well-known/jwks.json", timeout=30).content
+    with serve_jwks(document, tmp_path / "tls") as jwks:
+        result = verify(server, uid, "--jwks", jwks.url, env={"SSL_CERT_FILE": str(jwks.ca_file)})
+        assert_all_ok(result)
+        kid = manifest_json(server, uid)["signer"]["kid"]
+        assert f"ok    signature: Ed25519 by {kid}" in result.stdout, str(result)
+        # Not trusted (the system's CAs only): a usage error naming the JWKS.
+        untrusted = verify(server, uid, "--jwks", jwks.url, env={"SSL_CERT_FILE": "/dev/null"})
+        assert untrusted.code == 2 and "jwks" in untrusted.stderr.lower(), str(untrusted)
+
+
+def test_the_report_names_the_key_and_whether_it_is_current(server: GatewayProcess) -> None:
+    uid = finished(server, 1000)
+    kid = manifest_json(server, uid)["signer"]["kid"]
+    result = verify(server, uid)
+    assert f"signature: Ed25519 by {kid} (the current signing key)" in result.stdout, str(result)
 
 
 def _jwk(kid: str, key: Ed25519PrivateKey) -> dict[str, object]:
@@ -418,7 +452,7 @@ def test_unusable_jwks_is_a_usage_error(server: GatewayProcess, tmp_path: Path, 
         path.write_text("this is not JSON")
     elif kind == "not-a-jwks":
         path.write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AA"}]}))
-    source = f"http://127.0.0.1:{free_port()}/jwks.json" if kind == "closed-port" else str(path)
+    source = f"https://127.0.0.1:{free_port()}/jwks.json" if kind == "closed-port" else str(path)
     result = verify(server, uid, "--jwks", source)
     assert "Traceback" not in result.stderr, f"--jwks {kind}: a traceback\n{result}"
     assert result.code == 2, f"--jwks {kind}: want exit 2 (usage), got {result}"

@@ -1,7 +1,8 @@
 """The catalog protocols and their rows: uploads, records, tail pieces, keys, leases, tokens.
 
 `Catalog` is the union of one small protocol per concern (`UploadCatalog`,
-`RemovalCatalog`, `LegacyMetadataCatalog`, `LeaseCatalog`, `TokenStore`), so each
+`RemovalCatalog`, `LegacyMetadataCatalog`, `KeyRotationCatalog`, `LeaseCatalog`,
+`TokenStore`), so each
 consumer is typed by what it uses and a new backend (PostgreSQL, an external token
 store) can come one concern at a time.
 
@@ -194,6 +195,33 @@ class LegacyMetadataCatalog(KeyCatalog, Protocol):
         rows changed; the plain text is then gone from the catalog's files."""
 
 
+@dataclass(frozen=True)
+class StoredKey:
+    """One row of the key table: a wrapped data key and whose it is."""
+
+    dek_id: bytes
+    upload_id: str
+    wrapped: WrappedKey
+
+
+class KeyRotationCatalog(Protocol):
+    """What `gateway keys` needs to rewrap data keys under a new KEK version while
+    gateways write: each call is one short transaction."""
+
+    def wrapped_key_counts(self) -> dict[tuple[str, int], int]:
+        """How many wrapped keys each (kek_id, kek_version) holds."""
+
+    def wrapped_keys_not_under(
+        self, kek_id: str, kek_version: int, after: bytes = b"", limit: int = 100
+    ) -> list[StoredKey]:
+        """Keys wrapped under anything but (kek_id, kek_version), dek_id > `after`, in
+        dek_id order."""
+
+    def replace_wrapped_key(self, dek_id: bytes, old: WrappedKey, new: WrappedKey) -> bool:
+        """Put `new` in place of `old` only if the row still holds `old` exactly; False
+        (nothing changed) if it was deleted, shredded or rewrapped meanwhile."""
+
+
 class LeaseCatalog(Protocol):
     """Per-upload leases with fencing tokens; `UploadCatalog.commit` checks them, so
     they live in the same database as the uploads."""
@@ -217,7 +245,13 @@ class TokenStore(Protocol):
 
 
 class Catalog(
-    UploadCatalog, RemovalCatalog, LegacyMetadataCatalog, LeaseCatalog, TokenStore, Protocol
+    UploadCatalog,
+    RemovalCatalog,
+    LegacyMetadataCatalog,
+    KeyRotationCatalog,
+    LeaseCatalog,
+    TokenStore,
+    Protocol,
 ):
     """Everything the service keeps durably, in one backend (`SQLiteCatalog`)."""
 

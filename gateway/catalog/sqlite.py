@@ -19,6 +19,7 @@ from gateway.catalog.base import (
     Principal,
     Progress,
     RecordRow,
+    StoredKey,
     TailPiece,
     Upload,
     UploadState,
@@ -482,6 +483,44 @@ class SQLiteCatalog:
             (tenant, owner, UploadState.ACTIVE),
         )
         return int(rows[0][0]), int(rows[0][1])
+
+    # key rotation
+
+    def wrapped_key_counts(self) -> dict[tuple[str, int], int]:
+        rows = self._query(
+            "SELECT kek_id, kek_version, COUNT(*) FROM wrapped_keys GROUP BY kek_id, kek_version"
+        )
+        return {(str(r[0]), int(r[1])): int(r[2]) for r in rows}
+
+    def wrapped_keys_not_under(
+        self, kek_id: str, kek_version: int, after: bytes = b"", limit: int = 100
+    ) -> list[StoredKey]:
+        rows = self._query(
+            "SELECT dek_id, upload_id, kek_id, kek_version, blob FROM wrapped_keys "
+            "WHERE dek_id > ? AND NOT (kek_id = ? AND kek_version = ?) ORDER BY dek_id LIMIT ?",
+            (after, kek_id, kek_version, limit),
+        )
+        return [
+            StoredKey(bytes(r[0]), str(r[1]), WrappedKey(str(r[2]), int(r[3]), bytes(r[4])))
+            for r in rows
+        ]
+
+    def replace_wrapped_key(self, dek_id: bytes, old: WrappedKey, new: WrappedKey) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE wrapped_keys SET kek_id = ?, kek_version = ?, blob = ? "
+                "WHERE dek_id = ? AND kek_id = ? AND kek_version = ? AND blob = ?",
+                (
+                    new.kek_id,
+                    new.kek_version,
+                    new.blob,
+                    dek_id,
+                    old.kek_id,
+                    old.kek_version,
+                    old.blob,
+                ),
+            )
+            return cur.rowcount == 1
 
     # leases
 

@@ -83,9 +83,15 @@ def is_sealed(doc: object) -> bool:
 
 
 def open_envelope(
-    envelope: dict[str, Any], protection: KeyringProtection | None, name: str
+    envelope: dict[str, Any],
+    protection: KeyringProtection | None,
+    name: str,
+    known: KeyringSealer | None = None,
 ) -> tuple[dict[str, Any], KeyringSealer]:
-    """The keyring document inside `envelope` and the sealer to write it back with."""
+    """The keyring document inside `envelope` and the sealer to write it back with.
+
+    `known`, the sealer a previous read returned, is used again when the envelope has
+    the same key derivation: a reload then costs no scrypt."""
     if protection is None:
         raise KeyUnusable(f"keyring {name} is encrypted; {_SET_KEK}")
     try:
@@ -97,7 +103,9 @@ def open_envelope(
         kdf_name = kdf["name"]
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise KeyUnusable(f"keyring {name} is a malformed sealed envelope") from None
-    if kdf_name == "raw" and protection.is_raw_key:
+    if known is not None and known.kdf == kdf:
+        sealer = known
+    elif kdf_name == "raw" and protection.is_raw_key:
         sealer = KeyringSealer(AESGCM(protection.secret), {"name": "raw"})
     elif kdf_name == "scrypt" and not protection.is_raw_key:
         sealer = KeyringSealer(_derive(protection, kdf), kdf)

@@ -4,25 +4,45 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
+import logging
 import os
 import secrets
 import stat
 import struct
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from gateway.config import Settings
 from gateway.files import write_atomically
-from gateway.jws import Ed25519SigningKey, PublicSigningKey
-from gateway.keys.base import KeyUnusable, WrappedKey
+from gateway.jws import ALG_ED25519, Ed25519SigningKey, PublicSigningKey
+from gateway.keys.base import (
+    KekVersion,
+    KeyUnusable,
+    SigningKeyInfo,
+    SigningState,
+    WrappedKey,
+)
 from gateway.keys.envelope import KeyringProtection, KeyringSealer, is_sealed, open_envelope
 
 _FORMAT = 1
@@ -30,14 +50,23 @@ _WRAP_LABEL = b"imgw-keyring/v1/wrap"
 _KEY_LEN = 32
 _NONCE_LEN = 12
 _TAG_LEN = 16
+_ALG = ALG_ED25519
+# How often a running keyring looks (one stat) whether another process changed the file.
+_STAT_INTERVAL = 1.0
 UNPROTECTED = "keys: the keyring is not encrypted (set GATEWAY_KEK_FILE)"
+log = logging.getLogger("gateway.keys")
+
+# The file's identity and version: replaced atomically, so a change shows as a new inode.
+_Stamp = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, repr=False)  # repr=False: never print key material
 class _Signer:
     kid: str
-    key: Ed25519PrivateKey
-    retired: bool
+    public: Ed25519PublicKey
+    private: Ed25519PrivateKey | None  # None once retired: the private bytes are gone
+    state: SigningState
+    created: str | None
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,20 +75,36 @@ class _State:
 
     kek_id: str
     keks: dict[int, AESGCM]
+    kek_created: dict[int, str | None]
     current: int
     signers: tuple[_Signer, ...]
 
 
 class LocalKeyring:
-    """A `KeyProvider` whose KEKs live in a local file (for one node or for tests)."""
+    """A `KeyProvider` and `KeyAdmin` whose keys live in a local file (for one node or
+    for tests). Changes by other processes (`gateway keys ...`) are seen within a
+    second: the file is stat-ed at most once a second before wrapping or signing.
+    Writers (this one and others) take an flock on the keyring's folder and re-read
+    the file under it, so concurrent changes are never lost."""
 
     def __init__(
-        self, path: Path, state: _State, protection: KeyringProtection | None = None
+        self,
+        path: Path,
+        state: _State,
+        protection: KeyringProtection | None = None,
+        *,
+        stamp: _Stamp | None = None,
+        sealer: KeyringSealer | None = None,
+        created: list[str] | None = None,
     ) -> None:
         self._path = path
         self._state = state
         self._protection = protection
-        self._lock = threading.Lock()  # serialises rotations and reloads
+        self._lock = threading.Lock()  # serialises this process's writes and reloads
+        self._stamp = stamp
+        self._sealer = sealer  # the last one read: a reload needs no scrypt
+        self._checked = time.monotonic()
+        self._created = list(created or ())
 
     @classmethod
     def open(cls, path: Path, *, protection: KeyringProtection | None = None) -> LocalKeyring:
@@ -68,20 +113,38 @@ class LocalKeyring:
         With `protection` the file is a sealed envelope: a plain keyring is sealed in
         place the first time; without it, a sealed keyring is refused."""
         path = Path(path)
+        created: list[str] = []
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # If another process created it meanwhile, its file wins and is loaded below.
             sealer = KeyringSealer.new(protection) if protection is not None else None
-            _write(path, _new_document(), sealer, exclusive=True)
+            fresh = _new_document()
+            _write(path, fresh, sealer, exclusive=True)
+            created = [
+                f"keyring {path}",
+                f"KEK {fresh['kek_id']} version 1",
+                f"signing key {fresh['signing_keys'][0]['kid']} ({_ALG})",
+            ]
         _check_owner_only(path)
         doc, sealer, was_sealed = _load(path, protection)
+        if created and created[1] != f"KEK {doc.get('kek_id')} version 1":
+            created = []  # another process's file won
         if not doc.get("signing_keys") or (sealer is not None and not was_sealed):
             # Files written before signing keys existed get one on first use;
             # a plain keyring opened with a KEK is sealed in place.
-            if not doc.get("signing_keys"):
-                doc["signing_keys"] = [_new_signing_entry()]
-            _write(path, doc, sealer, exclusive=False)
-        return cls(path, _parse(doc), protection)
+            with _exclusive(path):
+                doc, sealer, was_sealed = _load(path, protection, sealer)
+                needs_write = sealer is not None and not was_sealed
+                if not doc.get("signing_keys"):
+                    entry = _new_signing_entry()
+                    doc["signing_keys"] = [entry]
+                    created.append(f"signing key {entry['kid']} ({_ALG})")
+                    needs_write = True
+                if needs_write:
+                    _write(path, doc, sealer, exclusive=False)
+        stamp = _stamp(path)  # before the read that the state comes from
+        doc, sealer, _ = _load(path, protection, sealer)
+        return cls(path, _parse(doc), protection, stamp=stamp, sealer=sealer, created=created)
 
     def __repr__(self) -> str:
         st = self._state
@@ -104,12 +167,12 @@ class LocalKeyring:
 
     @property
     def current_version(self) -> int:
-        return self._state.current
+        return self._fresh().current
 
     def wrap(self, dek: bytes, *, upload_id: str, dek_id: bytes) -> WrappedKey:
         if len(dek) != _KEY_LEN:
             raise ValueError(f"a DEK must be {_KEY_LEN} bytes")
-        st = self._state
+        st = self._fresh()
         nonce = os.urandom(_NONCE_LEN)
         aad = _aad(upload_id, dek_id, st.current)
         blob = nonce + st.keks[st.current].encrypt(nonce, bytes(dek), aad)
@@ -140,19 +203,8 @@ class LocalKeyring:
         dek = self.unwrap(wrapped, upload_id=upload_id, dek_id=dek_id)
         return self.wrap(dek, upload_id=upload_id, dek_id=dek_id)
 
-    def rotate(self) -> int:
-        """Add a new KEK version, make it current and persist it; returns the version."""
-        with self._lock:
-            # Re-read first so a rotation by another process is not overwritten.
-            doc, sealer, _ = _load(self._path, self._protection)
-            version = _parse(doc).current + 1
-            doc["keks"].append(_new_kek_entry(version))
-            _write(self._path, doc, sealer, exclusive=False)
-            self._state = _parse(doc)
-            return version
-
     def check(self) -> None:
-        st = self._state
+        st = self._fresh()
         try:
             probe = self.wrap(bytes(_KEY_LEN), upload_id="check", dek_id=b"check")
             ok = self.unwrap(probe, upload_id="check", dek_id=b"check") == bytes(_KEY_LEN)
@@ -164,24 +216,135 @@ class LocalKeyring:
     # manifest signing
 
     def signing_key(self) -> Ed25519SigningKey:
-        """The current (newest unretired) signing key."""
-        for s in reversed(self._state.signers):
-            if not s.retired:
-                return Ed25519SigningKey(s.kid, s.key)
-        raise KeyUnusable("the keyring has no unretired signing key")
+        """The current signing key."""
+        for s in self._fresh().signers:
+            if s.state is SigningState.SIGNING and s.private is not None:
+                return Ed25519SigningKey(s.kid, s.private)
+        raise KeyUnusable("the keyring has no current signing key (run: gateway keys init)")
 
     def public_signing_keys(self) -> list[PublicSigningKey]:
-        """Every signing key's public half; the current one marked (for verifiers)."""
-        current = self.signing_key().kid
+        """The public half of the current key and of every published one (for the JWKS)."""
         return [
-            Ed25519SigningKey(s.kid, s.key).public(current=s.kid == current)
-            for s in self._state.signers
+            PublicSigningKey(s.kid, _ALG, s.public, current=s.state is SigningState.SIGNING)
+            for s in self._fresh().signers
+            if s.state is not SigningState.RETIRED
         ]
+
+    # administration (KeyAdmin)
+
+    def init(self) -> list[str]:
+        """What opening created (the file and its keys) and a signing key if none is current."""
+        created, self._created = self._created, []
+
+        def change(doc: dict[str, Any]) -> list[str]:
+            if any(e["state"] == SigningState.SIGNING for e in doc["signing_keys"]):
+                return []
+            entry = _new_signing_entry()
+            doc["signing_keys"].append(entry)
+            return [f"signing key {entry['kid']}"]
+
+        return created + self._modify(change)
+
+    def kek_versions(self) -> list[KekVersion]:
+        st = self._fresh()
+        return [
+            KekVersion(version=v, created=st.kek_created.get(v), current=v == st.current)
+            for v in sorted(st.keks)
+        ]
+
+    def rotate(self) -> int:
+        """Add a new KEK version, make it current and persist it; returns the version."""
+
+        def change(doc: dict[str, Any]) -> list[str]:
+            version = max(int(e["version"]) for e in doc["keks"]) + 1
+            doc["keks"].append(_new_kek_entry(version))
+            return [str(version)]
+
+        return int(self._modify(change)[0])
+
+    def signing_keys(self) -> list[SigningKeyInfo]:
+        return [
+            SigningKeyInfo(kid=s.kid, alg=_ALG, state=s.state, created=s.created)
+            for s in self._fresh().signers
+        ]
+
+    def rotate_signing(self) -> str:
+        """A new current signing key; the one it replaces stays published."""
+
+        def change(doc: dict[str, Any]) -> list[str]:
+            now = _now()
+            for e in doc["signing_keys"]:
+                if e["state"] == SigningState.SIGNING:
+                    e["state"], e["retired"] = SigningState.PUBLISHED.value, now
+            entry = _new_signing_entry()
+            doc["signing_keys"].append(entry)
+            return [entry["kid"]]
+
+        return self._modify(change)[0]
+
+    def retire_signing(self, kid: str) -> None:
+        """Destroy a published key's private bytes and withdraw it from the JWKS; its
+        public half stays in the file, so `keys list` still shows it (retired)."""
+
+        def change(doc: dict[str, Any]) -> list[str]:
+            entry = next((e for e in doc["signing_keys"] if e["kid"] == kid), None)
+            if entry is None:
+                raise KeyUnusable(f"no signing key {kid!r} in the keyring")
+            if entry["state"] == SigningState.SIGNING:
+                raise KeyUnusable(
+                    f"signing key {kid!r} is the current one; run rotate-signing first"
+                )
+            if entry["state"] == SigningState.RETIRED:
+                return []
+            entry["state"], entry["withdrawn"] = SigningState.RETIRED.value, _now()
+            entry.pop("private", None)
+            return ["retired"]
+
+        self._modify(change)
+
+    def refresh(self) -> None:
+        self._reload()
+
+    # reading and writing the file
+
+    def _fresh(self) -> _State:
+        """The state, re-read first if another process changed the file (one stat a second)."""
+        now = time.monotonic()
+        if now - self._checked >= _STAT_INTERVAL:
+            self._checked = now
+            try:
+                changed = _stamp(self._path) != self._stamp
+            except OSError:
+                changed = False  # gone or unreadable: keep the keys in memory
+            if changed:
+                try:
+                    return self._reload()
+                except KeyUnusable as exc:
+                    log.warning("keyring changed but cannot be read again: %s", exc)
+        return self._state
 
     def _reload(self) -> _State:
         with self._lock:
-            self._state = _parse(_load(self._path, self._protection)[0])
+            stamp = _stamp(self._path)  # before reading: a later change is seen next time
+            doc, self._sealer, _ = _load(self._path, self._protection, self._sealer)
+            self._state, self._stamp = _parse(doc), stamp
             return self._state
+
+    def _modify(self, change: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+        """Re-read the file under the cross-process lock, apply `change` (which returns
+        what it did; nothing means nothing to write), write atomically."""
+        with self._lock, _exclusive(self._path):
+            doc, sealer, _ = _load(self._path, self._protection, self._sealer)
+            self._sealer = sealer
+            _normalise(doc)
+            done = change(doc)
+            if done:
+                state = _parse(doc)
+                _write(self._path, doc, sealer, exclusive=False)
+            else:
+                state = _parse(doc)
+            self._state, self._stamp = state, _stamp(self._path)
+            return done
 
 
 def open_configured(settings: Settings) -> LocalKeyring:
@@ -214,11 +377,16 @@ def _new_kek_entry(version: int) -> dict[str, Any]:
 
 
 def _new_signing_entry() -> dict[str, Any]:
-    raw = os.urandom(32)
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     return {
         "kid": "ed25519-" + secrets.token_hex(4),
-        "private": _b64(raw),
+        "alg": _ALG,
+        "state": SigningState.SIGNING.value,
+        "private": _b64(private),
+        "public": _b64(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)),
         "created": _now(),
+        # Kept for older versions: non-null means "signs nothing new" (published).
         "retired": None,
     }
 
@@ -246,10 +414,10 @@ def _check_owner_only(path: Path) -> None:
 
 
 def _load(
-    path: Path, protection: KeyringProtection | None
+    path: Path, protection: KeyringProtection | None, known: KeyringSealer | None = None
 ) -> tuple[dict[str, Any], KeyringSealer | None, bool]:
     """The keyring document, the sealer to write it back with (None: plain), and
-    whether the file was sealed."""
+    whether the file was sealed. `known`: the sealer of an earlier read, reused."""
     try:
         doc = json.loads(path.read_bytes())
     except OSError as e:
@@ -259,12 +427,63 @@ def _load(
     sealer = None
     was_sealed = is_sealed(doc)
     if was_sealed:
-        doc, sealer = open_envelope(doc, protection, path.name)
+        doc, sealer = open_envelope(doc, protection, path.name, known)
     elif protection is not None:
-        sealer = KeyringSealer.new(protection)
+        sealer = known if known is not None else KeyringSealer.new(protection)
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise KeyUnusable(f"keyring {path.name} has an unknown format")
     return doc, sealer, was_sealed
+
+
+def _stamp(path: Path) -> _Stamp:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Exclusive use of the keyring against other processes (and other instances in
+    this one): an flock on the folder holding it, the one thing the atomic replace of
+    the file leaves in place; released on exit, or when the process dies."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def _signing_states(entries: list[dict[str, Any]]) -> list[SigningState]:
+    """Each entry's state. Entries written before states existed have a "retired"
+    timestamp (published) or null; of those, the newest null one signs."""
+    states: list[SigningState | None] = [
+        SigningState(e["state"]) if e.get("state") is not None else None for e in entries
+    ]
+    if states.count(SigningState.SIGNING) > 1:
+        raise ValueError
+    if SigningState.SIGNING not in states:
+        legacy = [
+            i for i, e in enumerate(entries) if states[i] is None and e.get("retired") is None
+        ]
+        if legacy:
+            states[legacy[-1]] = SigningState.SIGNING
+    return [SigningState.PUBLISHED if s is None else s for s in states]
+
+
+def _normalise(doc: dict[str, Any]) -> None:
+    """Give every signing entry an explicit state and public key, in place (before a
+    write); a retired entry keeps no private key."""
+    entries = doc.setdefault("signing_keys", [])
+    try:
+        states = _signing_states(entries)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise KeyUnusable("keyring file is malformed") from None
+    for entry, signer, state in zip(entries, _parse(doc).signers, states, strict=True):
+        entry["state"] = state.value
+        entry.setdefault("alg", _ALG)
+        entry["public"] = _b64(signer.public.public_bytes(Encoding.Raw, PublicFormat.Raw))
+        if state is SigningState.RETIRED:
+            entry.pop("private", None)
 
 
 def _parse(doc: dict[str, Any]) -> _State:
@@ -274,6 +493,7 @@ def _parse(doc: dict[str, Any]) -> _State:
         if not isinstance(kek_id, str) or not kek_id:
             raise ValueError
         keks: dict[int, AESGCM] = {}
+        created: dict[int, str | None] = {}
         for entry in doc["keks"]:
             version = entry["version"]
             key = base64.b64decode(entry["key"], validate=True)
@@ -282,21 +502,37 @@ def _parse(doc: dict[str, Any]) -> _State:
             if len(key) != _KEY_LEN:
                 raise ValueError
             keks[version] = AESGCM(key)
+            created[version] = entry.get("created")
         if not keks:
             raise ValueError
+        entries = list(doc.get("signing_keys") or ())
         signers = []
-        for entry in doc.get("signing_keys") or ():
-            raw = base64.b64decode(entry["private"], validate=True)
-            signers.append(
-                _Signer(
-                    kid=str(entry["kid"]),
-                    key=Ed25519PrivateKey.from_private_bytes(raw),
-                    retired=entry.get("retired") is not None,
-                )
-            )
+        kids = set()
+        for entry, state in zip(entries, _signing_states(entries), strict=True):
+            kid = entry["kid"]
+            if not isinstance(kid, str) or not kid or kid in kids:
+                raise ValueError
+            kids.add(kid)
+            if entry.get("alg", _ALG) != _ALG:
+                raise ValueError
+            private = None
+            if state is not SigningState.RETIRED:
+                raw = base64.b64decode(entry["private"], validate=True)
+                private = Ed25519PrivateKey.from_private_bytes(raw)
+                public = private.public_key()
+            else:
+                raw = base64.b64decode(entry["public"], validate=True)
+                public = Ed25519PublicKey.from_public_bytes(raw)
+            signers.append(_Signer(kid, public, private, state, entry.get("created")))
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
         raise KeyUnusable("keyring file is malformed") from None
-    return _State(kek_id=kek_id, keks=keks, current=max(keks), signers=tuple(signers))
+    return _State(
+        kek_id=kek_id,
+        keks=keks,
+        kek_created=created,
+        current=max(keks),
+        signers=tuple(signers),
+    )
 
 
 def _write(
