@@ -104,7 +104,7 @@ class Removal:
                 raise _on_hold()  # also past its expiry: the hold keeps it
             upload = check_owned(principal, found, self._clock())
             by = {"principal": principal.id, "tenant": principal.tenant}
-            receipt = await self._delete_held_lease(upload, by, "client")
+            receipt = await self._delete_under_lease(upload, by, "client")
         await self._after(upload)
         metrics.UPLOADS_TERMINATED.inc()
         log.info("upload terminated", extra={"upload_id": upload_id, "principal": principal.id})
@@ -118,16 +118,21 @@ class Removal:
         elif found is None or found.state == UploadState.TERMINATED:
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
         else:
-            receipt = await self._delete_held_lease(found, {"admin": admin}, "admin")
+            receipt = await self._delete_under_lease(found, {"admin": admin}, "admin")
         await self._after(found)
         log.info("upload deleted by an admin", extra={"upload_id": upload_id, "admin": admin})
         return receipt
 
-    async def _delete_held_lease(
+    async def _delete_under_lease(
         self, upload: Upload, by: Mapping[str, str], reason: str, *, wait: float | None = None
     ) -> str | None:
         _refuse_held(upload)
         async with self._leases.held(upload.id):  # stops a writer that is still running
+            # As the writer left it (it may have completed the upload meanwhile).
+            found = await self._runner.db(self._catalog.get_upload, upload.id)
+            if found is None or found.state == UploadState.TERMINATED:
+                raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
+            upload = found
             users = await self._runner.db(self._catalog.finals_using, upload.id)
             if upload.concat == "partial" and users:
                 # A final concatenation reads this partial's bytes: hide it from the
@@ -271,7 +276,7 @@ class Removal:
         if upload is None or upload.held:
             return False
         try:
-            receipt = await self._delete_held_lease(upload, {"reaper": reason}, reason, wait=0)
+            receipt = await self._delete_under_lease(upload, {"reaper": reason}, reason, wait=0)
             await self._after(upload)
         except GatewayError:
             return False  # busy, held meanwhile, or cut short: the next pass sees it

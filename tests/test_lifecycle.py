@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway import holds, jws, receipts
 from gateway.catalog.base import Hold, Principal, Upload, UploadState
@@ -100,6 +101,11 @@ async def complete(services: Services, size: int = 1000) -> Upload:
     done, _ = await services.uploads.write(ME, upload.id, offset=0, body=body(os.urandom(size)))
     assert done.state == UploadState.COMPLETE
     return done
+
+
+def reaped(reason: str) -> float:
+    value = REGISTRY.get_sample_value("gateway_reaper_actions_total", {"reason": reason})
+    return value or 0.0
 
 
 def hold(services: Services, upload_id: str, case: str | None = "LIT-1") -> None:
@@ -295,7 +301,9 @@ async def test_retention_removes_complete_uploads_past_it(
     clock.now += (RETENTION - 10) * DAY - 1
     assert await services.removal.reap_once() == 0
     clock.now += 1
+    counted = reaped("retention")
     assert await services.removal.reap_once() == 1
+    assert reaped("retention") == counted + 1
     assert catalog_of(services).get_upload(old.id) is None
     assert not any(k.startswith(old.id) for k in store.objects)
     for kept in (held, young):
