@@ -49,6 +49,9 @@ class Settings:
     max_open_bytes: int = 2048 * GiB  # declared bytes of unfinished uploads per principal
     tail_merge_after: int = 64  # a segment's tail pieces are merged into one beyond this
     reap_interval: float = 300.0
+    # Lifecycle: complete uploads are deleted this many days after completion (None:
+    # kept until deleted); a held upload never is.
+    retention_days: int | None = None
     log_level: str = "info"
     log_format: str = "json"  # "json" (one object per line) or "text"
     workers: int = 1  # worker processes sharing the catalog and store
@@ -79,9 +82,6 @@ class Settings:
     keyring_path: Path = Path("")
     kek_file: str = ""
     require_protected_keys: bool = False
-    # Lifecycle: complete uploads are deleted this many days after completion (None:
-    # kept until deleted); a held upload never is.
-    retention_days: int | None = None
 
     def __post_init__(self) -> None:
         if self.keyring_path == Path(""):
