@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import logs, metrics
+from gateway.admin import AdminHandler
 from gateway.catalog.base import Catalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
@@ -115,6 +116,7 @@ def create_app(
     downloads = DownloadHandler(
         settings, uploads=uploads, reader=services.reader, keys=keys, runner=runner, auth=auth
     )
+    admin = AdminHandler(catalog, auth, runner)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -163,6 +165,7 @@ def create_app(
         routes=[
             *handler.routes(),
             *downloads.routes(),
+            *admin.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),

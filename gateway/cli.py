@@ -1,4 +1,6 @@
-"""The `gateway` command: serve, verify, mint bearer tokens, administer keys."""
+"""The `gateway` command: serve, mint bearer tokens, verify, administer keys
+(gateway/keycli.py) and the lifecycle commands (hold, release-hold, delete, receipt:
+gateway/admincli.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import keycli, logs
+from gateway import admincli, keycli, logs
 from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
@@ -23,6 +25,8 @@ from gateway.keys.providers import open_provider
 from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = "admin"
+# Roles a token may carry; without any, a token has a client's rights (its own uploads).
+ROLES = frozenset({"admin"})
 FIRST_TOKEN_FILE = "first-token"
 log = logging.getLogger("gateway.cli")
 
@@ -65,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
     token.add_argument("--principal", default=DEFAULT_PRINCIPAL, help="who the token acts as")
     token.add_argument("--tenant", default="default", help="the principal's tenant")
+    token.add_argument(
+        "--role",
+        action="append",
+        choices=sorted(ROLES),
+        default=[],
+        help="a role beyond a client's rights: admin (legal holds over HTTP); repeatable",
+    )
     keycli.add_parser(sub)
+    admincli.add_parsers(sub)
     return parser
 
 
@@ -73,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Upload ids may start with "-" (base64url): let `verify ... -abc` mean an id.
     dash_id = bool(argv) and argv[-1].startswith("-") and is_valid_upload_id(argv[-1])
-    if argv and argv[0] == "verify" and "--" not in argv and dash_id:
+    if argv and argv[0] in ("verify", *admincli.COMMANDS) and "--" not in argv and dash_id:
         argv.insert(len(argv) - 1, "--")
     args = _parser().parse_args(argv)
     options: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
@@ -88,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(settings, args.upload_id, args.jwks, decrypt=not args.no_decrypt)
         if args.command == "token":
             settings = load_settings({"data_dir": options["data_dir"]})
-            return _token(settings, Principal(args.principal, args.tenant))
+            roles = frozenset(args.role)
+            return _token(settings, Principal(args.principal, args.tenant, roles))
+        if args.command in admincli.COMMANDS:
+            return admincli.run(args)
         config_file = options.pop("config")
         settings = load_settings(options, config_file=config_file)
         return _serve(settings)
@@ -103,7 +118,8 @@ def _token(settings: Settings, principal: Principal) -> int:
         token = mint_token(catalog, principal)
     finally:
         catalog.close()
-    print(f"# bearer token for principal {principal.id!r}; it is shown only now")
+    roles = f" with roles {', '.join(sorted(principal.roles))}" if principal.roles else ""
+    print(f"# bearer token for principal {principal.id!r}{roles}; it is shown only now")
     print(token)
     return 0
 

@@ -49,6 +49,9 @@ class Settings:
     max_open_bytes: int = 2048 * GiB  # declared bytes of unfinished uploads per principal
     tail_merge_after: int = 64  # a segment's tail pieces are merged into one beyond this
     reap_interval: float = 300.0
+    # Lifecycle: complete uploads are deleted this many days after completion (None:
+    # kept until deleted); a held upload never is.
+    retention_days: int | None = None
     log_level: str = "info"
     log_format: str = "json"  # "json" (one object per line) or "text"
     workers: int = 1  # worker processes sharing the catalog and store
@@ -150,6 +153,7 @@ class Settings:
             raise ConfigError("request_rate must be >= 0 and request_burst >= 1")
         if self.max_open_uploads < 0 or self.max_open_bytes < 0:
             raise ConfigError("max_open_uploads and max_open_bytes must be >= 0 (0: no limit)")
+        _check_retention_days(self.retention_days)
         if self.tail_merge_after < 2:
             raise ConfigError("tail_merge_after must be at least 2")
         if self.store not in ("", "folder"):
@@ -247,6 +251,19 @@ class Settings:
         return max(2, cores)
 
 
+MAX_RETENTION_DAYS = 36600  # a hundred years
+
+
+def _check_retention_days(days: object) -> None:
+    if days is None:
+        return
+    if type(days) is not int or not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigError(
+            f"retention_days must be a whole number of days from 1 to {MAX_RETENTION_DAYS} "
+            f"(unset: keep uploads until deleted), got {days!r}"
+        )
+
+
 def _check_public_url(url: str) -> None:
     """'' or scheme://host[:port], nothing more: Location is this + base_path + id."""
     if not url:
@@ -276,11 +293,15 @@ def _check_public_url(url: str) -> None:
 
 # Settings that can come from the environment, as GATEWAY_<NAME>.
 _ENV_FIELDS = {f.name for f in fields(Settings)}
+# Whole numbers whose default, None, means "not set".
+_OPTIONAL_INTS = frozenset({"retention_days"})
 
 
 def _coerce(name: str, raw: str) -> object:
     default = getattr(Settings, name)
     try:
+        if name in _OPTIONAL_INTS:
+            return int(raw.strip())
         if isinstance(default, bool):
             return raw.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
@@ -318,12 +339,12 @@ def load_settings(
 def export_environment(settings: Settings) -> dict[str, str]:
     """GATEWAY_* variables that rebuild `settings` in another process (worker processes).
 
-    The PKCS#11 PIN is left out: workers inherit it from this process's environment,
-    or read GATEWAY_PKCS11_PIN_FILE themselves."""
+    Unset settings stay unset. The PKCS#11 PIN is left out: workers inherit it from this
+    process's environment, or read GATEWAY_PKCS11_PIN_FILE themselves."""
     return {
         f"GATEWAY_{f.name.upper()}": str(getattr(settings, f.name))
         for f in fields(settings)
-        if f.name not in _NOT_EXPORTED
+        if f.name not in _NOT_EXPORTED and getattr(settings, f.name) is not None
     }
 
 

@@ -18,6 +18,7 @@ from gateway.uploads import EXTENSIONS, Uploads
 from gateway.writer import BodyInterrupted
 
 OFFSET_STREAM = "application/offset+octet-stream"
+RECEIPT_HEADER = "Upload-Deletion-Receipt"
 
 
 class TusHandler:
@@ -58,8 +59,10 @@ class TusHandler:
             return await self.head(principal, upload_id)
         if request.method == "PATCH":
             return await self.patch(request, principal, upload_id)
-        await self.uploads.terminate(principal, upload_id)
-        return Response(status_code=204)
+        receipt = await self.uploads.terminate(principal, upload_id)
+        # tus clients require exactly 204 No Content: the receipt rides in a header.
+        headers = {RECEIPT_HEADER: receipt} if receipt is not None else {}
+        return Response(status_code=204, headers=headers)
 
     async def _authenticate(self, request: Request) -> Principal:
         # The version check comes first: a client speaking another tus version must

@@ -19,7 +19,7 @@ from gateway.app import open_catalog
 from gateway.catalog.base import KeyRotationCatalog
 from gateway.config import Settings, load_settings
 from gateway.keys.base import KEY_REFRESH_SECONDS, AdministeredProvider, KeyUnusable
-from gateway.keys.keyring import open_configured
+from gateway.keys.providers import open_provider
 
 DEFAULT_BATCH = 500
 # After a rotation, how long past KEY_REFRESH_SECONDS a gateway may still store a key it
@@ -51,11 +51,6 @@ def add_parser(sub: Any) -> None:
     command("rotate-signing", help="a new signing key; the old one stays in the JWKS")
     retire = command("retire", help="destroy a published signing key, withdraw it from the JWKS")
     retire.add_argument("kid", help="the key id (see `gateway keys list`)")
-
-
-def open_provider(settings: Settings) -> AdministeredProvider:
-    """The configured key provider (the one place the CLI opens it)."""
-    return open_configured(settings)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -150,13 +145,18 @@ def rewrap(
     wrapping under an older version (KEY_REFRESH_SECONDS after the rotation)."""
     counts = RewrapCounts()
     given_up: set[bytes] = set()  # keys that failed to unwrap: counted once, not retried
+    # When each version seen current is settled; fixed the first time it is seen (a
+    # provider that records no creation time: from then, which is after the rotation).
+    settle: dict[int, float] = {}
     try:
         passes = 0
         while True:
             passes += 1
             provider.refresh()
             current = next(v for v in provider.kek_versions() if v.current)
-            settled = _settle_time(current.created, time.time())
+            if current.version not in settle:
+                settle[current.version] = _settle_time(current.created, time.time())
+            settled = settle[current.version]
             found = _rewrap_pass(provider, catalog, current.version, batch, counts, given_up, err)
             print(
                 f"rewrap: pass {passes} under version {current.version}: {found} keys "
@@ -222,8 +222,8 @@ def _rewrap_pass(
 
 
 def _settle_time(created: str | None, now: float) -> float:
-    """When every gateway wraps under the version created at `created` (now, if the
-    provider does not record when)."""
+    """When every gateway wraps under the version created at `created` (counted from
+    now if the provider does not record when)."""
     try:
         start = datetime.fromisoformat(created).timestamp() if created else now
     except ValueError:

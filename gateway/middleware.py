@@ -58,6 +58,8 @@ def route_of(path: str, base_path: str) -> str:
         if not rest:
             return base_path
         return base_path + ("{id}/manifest" if rest.endswith("/manifest") else "{id}")
+    if path.startswith("/admin/holds/"):
+        return "/admin/holds/{id}"
     return (
         path if path in ("/healthz", "/readyz", "/metrics", "/.well-known/jwks.json") else "other"
     )

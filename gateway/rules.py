@@ -33,6 +33,8 @@ class UploadRules:
     tail_merge_after: int = 64  # a segment's tail pieces are merged into one beyond this
     reap_interval: float = 300.0  # seconds between passes of the reaper
     shred_wait: float = SHRED_WAIT  # how long a DELETE waits to erase a key
+    retention_days: int | None = None  # complete uploads go this long after completion
+    retention_batch: int = 100  # uploads past retention one reaper pass removes at most
 
 
 def check_owned(principal: Principal, upload: Upload | None, now: float) -> Upload:

@@ -48,6 +48,7 @@ def write_manifest(
     plaintext_sha256: bytes,
     client_checksum: str | None,
     completed_at: float,
+    retention: dict[str, object] | None = None,
 ) -> None:
     """Sign the reader's manifest and its stored view (MANIFEST.md, "Two views").
 
@@ -83,7 +84,7 @@ def write_manifest(
         plaintext_sha256=plaintext_sha256,
         plaintext_sha256_hmac=sealer.keyed_digest(PLAINTEXT_DIGEST, plaintext_sha256),
         record_sha256=[r.sha256 for r in records],
-        retention=None,
+        retention=retention,
         signer_kid=signing.kid,
         signer_alg=signing.alg,
     )

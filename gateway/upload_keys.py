@@ -16,7 +16,7 @@ from gateway.metadata import open_metadata
 from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.sealed import Header, InvalidSealedData, Sealer
-from gateway.signer import open_reader_manifest, plaintext_digest, write_manifest
+from gateway.signer import open_reader_manifest, plaintext_digest, rfc3339, write_manifest
 from gateway.store.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("gateway.uploads")
@@ -35,6 +35,7 @@ class UploadKeys:
         runner: Runner,
         reader: Reader,
         store_name: str,
+        retention_days: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -43,6 +44,7 @@ class UploadKeys:
         self._runner = runner
         self._reader = reader
         self._store_name = store_name  # "folder" or "s3", as the manifest names it
+        self._retention_days = retention_days
         self._clock = clock
 
     def sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
@@ -110,6 +112,7 @@ class UploadKeys:
             # The running hash was lost (a restart, or the upload moved to another
             # process between requests): read the sealed records back once.
             plaintext_sha256 = await self._runner.io(plaintext_digest, self._reader, upload)
+        completed_at = self._clock()
         await self._runner.io(
             write_manifest,
             store=self._store,
@@ -121,7 +124,16 @@ class UploadKeys:
             sealer=sealer,
             plaintext_sha256=plaintext_sha256,
             client_checksum=client_checksum,
-            completed_at=self._clock(),
+            completed_at=completed_at,
+            retention=retention(self._retention_days, completed_at),
         )
         metrics.UPLOADS_FINISHED.inc()
         log.info("upload finished", extra={"upload_id": upload.id, "length": upload.length})
+
+
+def retention(days: int | None, completed_at: float) -> dict[str, object] | None:
+    """The manifest's "retention": how long the upload is kept, and from when it may be
+    deleted (the reaper deletes it at its first pass after that); None: kept until deleted."""
+    if days is None:
+        return None
+    return {"days": days, "delete_after": rfc3339(completed_at + days * 86400)}

@@ -258,9 +258,10 @@ class Uploads:
             principal, concat=concat, partial_ids=partial_ids, metadata=metadata
         )
 
-    async def terminate(self, principal: Principal, upload_id: str) -> None:
-        """Remove the upload (tus termination); a partial a final reads is retired."""
-        await self.removal.terminate(principal, upload_id)
+    async def terminate(self, principal: Principal, upload_id: str) -> str | None:
+        """Remove the upload (tus termination); its deletion receipt (compact JWS), or
+        None for a partial a final still reads, which is retired instead."""
+        return await self.removal.terminate(principal, upload_id)
 
     async def reap_once(self) -> int:
         """Remove unfinished uploads whose expiry has passed. Returns how many."""

@@ -26,6 +26,7 @@ from gateway.keys.base import KeyProvider
 from gateway.leases import Leases
 from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
 from gateway.reader import Reader
+from gateway.receipts import Receipts
 from gateway.removal import Removal
 from gateway.rules import UploadRules
 from gateway.runner import Runner
@@ -69,6 +70,7 @@ def upload_rules(settings: Settings) -> UploadRules:
         pipeline_depth=settings.pipeline_depth,
         tail_merge_after=settings.tail_merge_after,
         reap_interval=settings.reap_interval,
+        retention_days=settings.retention_days,
     )
 
 
@@ -113,7 +115,13 @@ def build_services(
     )
     reader = Reader(store, catalog, keys)
     removal = Removal(
-        rules, store=store, catalog=catalog, runner=runner, leases=leases, clock=clock
+        rules,
+        store=store,
+        catalog=catalog,
+        runner=runner,
+        leases=leases,
+        receipts=Receipts(keys),
+        clock=clock,
     )
     finals = Finals(rules, store=store, catalog=catalog, keys=keys, runner=runner, clock=clock)
     upload_keys = UploadKeys(
@@ -123,6 +131,7 @@ def build_services(
         runner=runner,
         reader=reader,
         store_name=rules.store_name,
+        retention_days=rules.retention_days,
         clock=clock,
     )
     writes = Writes(

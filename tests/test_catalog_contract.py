@@ -17,14 +17,18 @@ import pytest
 
 from gateway.catalog.base import (
     Catalog,
+    Deletion,
+    Hold,
     Lease,
     LeaseLost,
     OffsetConflict,
     Principal,
     Progress,
     RecordRow,
+    StoredReceipt,
     TailPiece,
     Upload,
+    UploadHeld,
     UploadState,
 )
 from gateway.catalog.sqlite import SQLiteCatalog
@@ -331,6 +335,86 @@ class TestKeyRotation:
         assert sorted(results) == [False, False, False, True]
 
 
+def deletion(upload_id: str = "u1", reason: str = "client") -> Deletion:
+    return Deletion(
+        upload_id=upload_id,
+        requested_at=123.5,
+        reason=reason,
+        deleted_by={"principal": "alice", "tenant": "t1"},
+        manifest_sha256="ab" * 32,
+        dek_id=b"dek-" + upload_id.encode(),
+        kek_id="local-1",
+        kek_version=1,
+    )
+
+
+class TestHoldsAndReceipts:
+    def test_a_hold_is_placed_read_and_lifted(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), wrapped())
+        assert cat.hold("u1") is None
+        assert not cat.release_hold("u1")
+        assert cat.place_hold("u1", Hold("CASE-2026-17", "t1/admin", 10.0))
+        assert cat.hold("u1") == Hold("CASE-2026-17", "t1/admin", 10.0)
+        got = cat.get_upload("u1")
+        assert got is not None and got.held
+        assert cat.place_hold("u1", Hold(None, "cli:root", 11.0))  # replaced in place
+        assert cat.hold("u1") == Hold(None, "cli:root", 11.0)
+        assert cat.release_hold("u1")
+        assert cat.hold("u1") is None and not cat.release_hold("u1")
+        got = cat.get_upload("u1")
+        assert got is not None and not got.held
+        assert not cat.place_hold("nope", Hold(None, "x", 1.0))
+
+    def test_a_held_upload_is_neither_terminated_retired_expired_nor_due(
+        self, cat: Catalog
+    ) -> None:
+        cat.create_upload(upload("a", expires_at=100.0), wrapped(b"a"))
+        cat.create_upload(
+            upload("c", state=UploadState.COMPLETE, completed_at=50.0, concat="partial"),
+            wrapped(b"c"),
+        )
+        for uid in ("a", "c"):
+            assert cat.place_hold(uid, Hold("C-1", "admin", 1.0))
+        assert cat.expired(now=1e9) == [] and cat.retention_due(1e9) == []
+        with pytest.raises(UploadHeld):
+            cat.terminate("a", deletion("a"))
+        with pytest.raises(UploadHeld):
+            cat.retire("c")
+        a, c = cat.get_upload("a"), cat.get_upload("c")
+        assert a is not None and a.state == UploadState.ACTIVE and c is not None
+        assert c.state == UploadState.COMPLETE
+        assert cat.wrapped_key(b"dek-a") == wrapped(b"a") and cat.deletion("a") is None
+        cat.release_hold("a")
+        assert cat.expired(now=1e9) == ["a"]
+        cat.terminate("a", deletion("a"))
+        assert not cat.place_hold("a", Hold(None, "admin", 2.0))  # terminated: too late
+
+    def test_retention_due_lists_complete_uploads_oldest_first(self, cat: Catalog) -> None:
+        done = UploadState.COMPLETE
+        cat.create_upload(upload("new", state=done, completed_at=300.0), None)
+        cat.create_upload(upload("old", state=done, completed_at=100.0), None)
+        cat.create_upload(upload("mid", state=done, completed_at=200.0), None)
+        cat.create_upload(upload("open", expires_at=1.0), None)
+        assert cat.retention_due(completed_before=99.0) == []
+        assert cat.retention_due(completed_before=200.0) == ["old", "mid"]
+        assert cat.retention_due(completed_before=1e9, limit=2) == ["old", "mid"]
+        cat.terminate("old")
+        assert cat.retention_due(completed_before=1e9) == ["mid", "new"]
+
+    def test_a_deletion_is_recorded_then_its_receipt_kept(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), wrapped())
+        cat.terminate("u1", deletion())
+        assert cat.deletion("u1") == deletion()
+        cat.terminate("u1", deletion(reason="expiry"))  # again: the first one stands
+        assert cat.deletion("u1") == deletion()
+        assert cat.receipt("u1") is None
+        assert cat.shred("u1")
+        cat.forget("u1", StoredReceipt("u1", 200.0, "h.p.s"))
+        assert cat.deletion("u1") is None and cat.get_upload("u1") is None
+        assert cat.receipt("u1") == StoredReceipt("u1", 200.0, "h.p.s")
+        assert cat.receipt("u2") is None
+
+
 class TestLeases:
     def test_lease_held_only_looks(self, cat: Catalog) -> None:
         cat.create_upload(upload(), None)
@@ -426,6 +510,14 @@ class TestTokensAndLife:
         assert cat.principal_for(b"h2") == Principal("bob", "t2")
         assert cat.token_count() == 2
         cat.check()
+
+    def test_tokens_carry_their_roles(self, cat: Catalog) -> None:
+        cat.add_token(b"h1", Principal("root", "t1", frozenset({"admin"})), now=1.0)
+        cat.add_token(b"h2", Principal("alice", "t1"), now=2.0)
+        got = cat.principal_for(b"h1")
+        assert got is not None and got.roles == frozenset({"admin"})
+        got = cat.principal_for(b"h2")
+        assert got is not None and got.roles == frozenset()
 
     def test_everything_persists_across_handles(self, catalogs: Opener) -> None:
         first = catalogs()

@@ -17,14 +17,18 @@ from pathlib import Path
 import pytest
 
 from gateway.catalog.base import (
+    Deletion,
+    Hold,
     LeaseLost,
     Progress,
     RecordRow,
+    StoredReceipt,
     TailPiece,
     Upload,
     UploadState,
 )
 from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.catalog.sqlite_schema import SCHEMA_VERSION
 from gateway.keys.base import WrappedKey
 from tests.fakes import upload_row
 from tests.tushttp import catalog_files_holding
@@ -244,7 +248,7 @@ def test_a_version_1_catalog_shows_its_plain_metadata_as_legacy(tmp_path: Path) 
     finally:
         cat.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     conn.close()
 
 
@@ -285,3 +289,54 @@ def test_a_newer_catalog_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="schema version 99"):
         SQLiteCatalog(path)
+
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def test_a_version_2_catalog_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    conn = sqlite3.connect(path)
+    conn.executescript((VECTORS / "catalog_v2.sql").read_text())
+    conn.close()
+    cat = SQLiteCatalog(path)
+    try:
+        done, open_ = cat.get_upload("done"), cat.get_upload("open")
+        assert done is not None and done.state == UploadState.COMPLETE and not done.held
+        assert open_ is not None and open_.offset == 0 and not open_.held
+        assert cat.wrapped_key(b"dek-done") == WrappedKey("local", 1, b"blob-done")
+        token = cat.principal_for(b"\x22" * 32)
+        assert token is not None and token.roles == frozenset()
+        # What version 3 adds works on the old rows.
+        assert cat.retention_due(completed_before=2000.0) == ["done"]
+        assert cat.place_hold("done", Hold("CASE-1", "cli:root", 3.0))
+        assert cat.retention_due(completed_before=2000.0) == []
+        assert cat.expired(now=4000.0) == ["open"]
+        cat.terminate("open", _deletion("open"))
+        assert cat.deletion("open") == _deletion("open")
+        assert cat.shred("open")
+        cat.forget("open", StoredReceipt("open", 5.0, "a.b.c"))
+        assert cat.receipt("open") == StoredReceipt("open", 5.0, "a.b.c")
+    finally:
+        cat.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    conn.close()
+    again = SQLiteCatalog(path)  # opening an upgraded catalog changes nothing
+    try:
+        assert again.hold("done") == Hold("CASE-1", "cli:root", 3.0)
+    finally:
+        again.close()
+
+
+def _deletion(upload_id: str) -> Deletion:
+    return Deletion(
+        upload_id=upload_id,
+        requested_at=4000.0,
+        reason="expiry",
+        deleted_by={"reaper": "expiry"},
+        manifest_sha256=None,
+        dek_id=b"dek-" + upload_id.encode(),
+        kek_id="local",
+        kek_version=1,
+    )

@@ -189,3 +189,21 @@ def test_protected_keys_can_be_required(tmp_path: Path) -> None:
     kek.chmod(0o600)
     env = {"GATEWAY_REQUIRE_PROTECTED_KEYS": "true", "GATEWAY_KEK_FILE": str(kek)}
     assert load_settings(environ=env).require_protected_keys
+
+
+def test_retention_is_whole_days_or_unset(tmp_path: Path) -> None:
+    assert load_settings(environ={}).retention_days is None
+    assert load_settings(environ={"GATEWAY_RETENTION_DAYS": "30"}).retention_days == 30
+    config = tmp_path / "gateway.toml"
+    config.write_text("retention_days = 3650\n")
+    assert load_settings(environ={}, config_file=config).retention_days == 3650
+    for bad in ("0", "-1", "1.5", "30d", "36601"):
+        with pytest.raises(ConfigError, match=r"(?i)retention_days"):
+            load_settings(environ={"GATEWAY_RETENTION_DAYS": bad})
+    for value in (0, True, 2.0):
+        with pytest.raises(ConfigError, match="retention_days"):
+            Settings(retention_days=value).validate()  # type: ignore[arg-type]
+    # Worker processes see the same: set, and unset.
+    for settings in (Settings(retention_days=7), Settings()):
+        again = load_settings(environ=export_environment(settings))
+        assert again.retention_days == settings.retention_days

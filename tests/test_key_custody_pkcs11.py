@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -20,10 +21,12 @@ from tusclient import client as tus_client
 
 from gateway import jws, manifest
 from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.config import load_settings
 from gateway.keys.base import KEY_REFRESH_SECONDS
 from gateway.keys.envelope import SEALED_FORMAT
 from gateway.keys.keyring import LocalKeyring
 from gateway.keys.pkcs11 import Pkcs11Provider
+from tests.fakes import upload_row
 from tests.server import GatewayProcess
 from tests.softhsm import SoftHsmToken
 
@@ -227,4 +230,65 @@ def test_a_running_gateway_picks_up_keys_rotated_by_another_process(
         assert set(jws.keys_from_jwks(jwks_doc)) == {second_kid}
     finally:
         server.stop()
+        admin.close()
+
+
+def _keys_cli(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command, *rest = args
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "keys", command, "--data-dir", str(data_dir), *rest],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def test_the_keys_commands_on_a_token(softhsm: SoftHsmToken, tmp_path: Path) -> None:
+    """`gateway keys ...` with GATEWAY_KEY_PROVIDER=pkcs11: init, rotate, rewrap (the token
+    records no creation time, so rewrap waits once), rotate-signing, retire, list."""
+    prefix = f"k{secrets.token_hex(4)}-"
+    env = softhsm.env(prefix)
+    data = tmp_path / "data"
+    init = _keys_cli(data, env, "init")
+    assert init.returncode == 0 and "created KEK" in init.stdout, init.stdout + init.stderr
+    admin = Pkcs11Provider.from_settings(load_settings({"data_dir": data}, environ=env))
+    data.mkdir()
+    catalog = SQLiteCatalog(data / "catalog.sqlite3")
+    try:
+        deks = {}
+        for i in range(5):
+            row = upload_row(f"up{i}")
+            deks[row.id] = (row.dek_id, os.urandom(32))
+            catalog.create_upload(
+                row, admin.wrap(deks[row.id][1], upload_id=row.id, dek_id=row.dek_id)
+            )
+        rotated = _keys_cli(data, env, "rotate")
+        assert rotated.returncode == 0 and "version 2 is current" in rotated.stdout, rotated.stderr
+        rewrap = _keys_cli(data, env, "rewrap", "--batch-size", "2")
+        assert rewrap.returncode == 0, rewrap.stdout + rewrap.stderr
+        assert "rewrapped: 5" in rewrap.stdout and "waiting" in rewrap.stderr, rewrap.stderr
+        assert catalog.wrapped_key_counts() == {(admin.kek_id, 2): 5}
+        for upload_id, (dek_id, dek) in deks.items():
+            wrapped = catalog.wrapped_key(dek_id)
+            assert wrapped is not None
+            assert admin.unwrap(wrapped, upload_id=upload_id, dek_id=dek_id) == dek
+        signing = _keys_cli(data, env, "rotate-signing")
+        assert signing.returncode == 0, signing.stderr
+        new_kid = signing.stdout.splitlines()[-1]
+        listing = _keys_cli(data, env, "list")
+        assert listing.returncode == 0, listing.stderr
+        assert f"pkcs11:{softhsm.label}/{prefix}gateway-kek" in listing.stdout
+        assert re.search(r"^\* +2 .*5 +\(current\)$", listing.stdout, re.M), listing.stdout
+        (old_kid,) = [k.kid for k in admin.signing_keys() if k.kid != new_kid]
+        retired = _keys_cli(data, env, "retire", old_kid)
+        assert retired.returncode == 0, retired.stderr
+        admin.refresh()
+        states = {k.kid: k.state.value for k in admin.signing_keys()}
+        assert states == {old_kid: "retired", new_kid: "signing"}
+        assert softhsm.pin not in "".join(
+            r.stdout + r.stderr for r in (init, rotated, rewrap, signing, listing, retired)
+        )
+    finally:
+        catalog.close()
         admin.close()

@@ -13,8 +13,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -23,7 +24,12 @@ from gateway import keycli, manifest
 from gateway.catalog.base import StoredKey
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.jws import keys_from_jwks
-from gateway.keys.base import KEY_REFRESH_SECONDS, WrappedKey
+from gateway.keys.base import (
+    KEY_REFRESH_SECONDS,
+    AdministeredProvider,
+    KekVersion,
+    WrappedKey,
+)
 from gateway.keys.keyring import LocalKeyring
 from tests.fakes import upload_row
 from tests.server import GatewayProcess
@@ -240,6 +246,59 @@ def test_keys_deleted_while_rewrapping_are_skipped(tmp_path: Path) -> None:
         assert "skipped: 3" in text and "rewrapped: 0" in text and "failed: 1" in text, text
         assert "left under other versions: 1" in text, text
         assert catalog.wrapped_key_counts() == {(ring.kek_id, 1): 1}
+    finally:
+        catalog.close()
+
+
+class _FakeClock:
+    """time.time and time.sleep for keycli: sleeping moves the clock; too many sleeps
+    mean rewrap never finishes."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if len(self.sleeps) > 3:
+            raise AssertionError(f"rewrap keeps waiting: {self.sleeps}")
+        self.now += seconds
+
+
+class _Undated:
+    """The keyring as a provider that records no creation time (as a PKCS#11 token)."""
+
+    def __init__(self, ring: LocalKeyring) -> None:
+        self.ring = ring
+        self.kek_id = ring.kek_id
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.ring, name)
+
+    def kek_versions(self) -> list[KekVersion]:
+        return [replace(v, created=None) for v in self.ring.kek_versions()]
+
+
+def test_rewrap_waits_once_when_the_provider_records_no_creation_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    ring, _ = _catalog_with_keys(data, 4)
+    ring.rotate()
+    clock = _FakeClock()
+    monkeypatch.setattr(keycli, "time", clock)
+    catalog = SQLiteCatalog(data / "catalog.sqlite3")
+    try:
+        out = io.StringIO()
+        provider = cast(AdministeredProvider, _Undated(ring))
+        assert keycli.rewrap(provider, catalog, batch=10, out=out, err=io.StringIO()) == 1
+        assert "rewrapped: 4" in out.getvalue(), out.getvalue()
+        # Settled KEY_REFRESH_SECONDS (and a margin) after rewrap first saw the version.
+        want = KEY_REFRESH_SECONDS + keycli.SETTLE_MARGIN_SECONDS
+        assert len(clock.sleeps) == 1 and clock.sleeps[0] == pytest.approx(want, abs=0.5)
     finally:
         catalog.close()
 

@@ -1,8 +1,9 @@
-"""The catalog protocols and their rows: uploads, records, tail pieces, keys, leases, tokens.
+"""The catalog protocols and their rows: uploads, records, tail pieces, keys, leases, tokens,
+legal holds and deletion receipts.
 
 `Catalog` is the union of one small protocol per concern (`UploadCatalog`,
-`RemovalCatalog`, `LegacyMetadataCatalog`, `KeyRotationCatalog`, `LeaseCatalog`,
-`TokenStore`), so each
+`RemovalCatalog`, `HoldCatalog`, `LegacyMetadataCatalog`, `KeyRotationCatalog`,
+`LeaseCatalog`, `TokenStore`), so each
 consumer is typed by what it uses and a new backend (PostgreSQL, an external token
 store) can come one concern at a time.
 
@@ -14,7 +15,7 @@ record anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -55,6 +56,8 @@ class Upload:
     # body carried all of it), sealed under the data key: it is a digest of the plaintext.
     checksum: bytes | None = None
     completed_at: float | None = None
+    # Under a legal hold (`HoldCatalog`): nobody and nothing may delete it until released.
+    held: bool = False
     # Only in rows written before metadata was sealed: the header in plain text, until
     # the service seals it in place (`LegacyMetadataCatalog.seal_legacy_metadata`). Never stored.
     legacy_metadata: str | None = field(default=None, repr=False)
@@ -104,10 +107,48 @@ class OffsetConflict(Exception):
     """The upload's offset is not the one the writer expected; nothing was recorded."""
 
 
+class UploadHeld(Exception):
+    """The upload is under a legal hold; nothing was deleted or retired."""
+
+
 @dataclass(frozen=True)
 class Principal:
     id: str
     tenant: str
+    # What the principal may do beyond its own uploads: "admin" (legal holds). Roles
+    # to come (uploader, reader, auditor) join this set; none keeps a client's rights.
+    roles: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A legal hold: a case reference (never patient data), who placed it and when."""
+
+    case: str | None
+    placed_by: str
+    placed_at: float
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What a removal's receipt will say, recorded when the key is deleted, so that a
+    removal finished later (by the reaper, after a 503) still names who asked and why."""
+
+    upload_id: str
+    requested_at: float
+    reason: str  # "client" | "admin" | "expiry" | "retention"
+    deleted_by: Mapping[str, str]  # {"principal", "tenant"} | {"reaper": ...} | {"admin": ...}
+    manifest_sha256: str | None  # hex SHA-256 of the stored manifest.jws (complete uploads)
+    dek_id: bytes
+    kek_id: str | None
+    kek_version: int | None
+
+
+@dataclass(frozen=True)
+class StoredReceipt:
+    upload_id: str
+    issued_at: float
+    jws: str  # compact JWS, typ imgw-deletion-receipt+jws (gateway/receipts.py)
 
 
 @dataclass
@@ -152,14 +193,17 @@ class UploadCatalog(KeyCatalog, Protocol):
         one's length, or its offset while the length is deferred)."""
 
     def expired(self, now: float, limit: int = 100) -> list[str]:
-        """Ids of active uploads whose expiry has passed."""
+        """Ids of active uploads whose expiry has passed, but not those on hold."""
 
 
 class RemovalCatalog(Protocol):
-    """Removing uploads: terminate, shred the key, then forget the rows."""
+    """Removing uploads: terminate, shred the key, delete the objects, then forget the
+    rows and keep the deletion's receipt."""
 
-    def terminate(self, upload_id: str) -> None:
-        """Mark the upload terminated and delete its wrapped key; `shred` comes next."""
+    def terminate(self, upload_id: str, deletion: Deletion | None = None) -> None:
+        """Mark the upload terminated, delete its wrapped key and record `deletion` (what
+        its receipt will say); `shred` comes next. UploadHeld, changing nothing, if the
+        upload is on hold."""
 
     def shred(self, upload_id: str) -> bool:
         """Make the wrapped key `terminate` deleted unrecoverable from the catalog's own
@@ -172,13 +216,37 @@ class RemovalCatalog(Protocol):
 
     def retire(self, upload_id: str) -> None:
         """Hide a finished partial (state terminated) but keep its data and key: a final
-        concatenation still reads it."""
+        concatenation still reads it. UploadHeld if it is on hold."""
 
     def finals_using(self, upload_id: str) -> list[str]:
         """Ids of live final uploads that list `upload_id` among their partials."""
 
-    def forget(self, upload_id: str) -> None:
-        """Delete every row of a terminated or expired upload (after its objects)."""
+    def retention_due(self, completed_before: float, limit: int = 100) -> list[str]:
+        """Ids of complete uploads completed at or before `completed_before`, oldest
+        first, but not those on hold."""
+
+    def deletion(self, upload_id: str) -> Deletion | None:
+        """What `terminate` recorded for the upload's receipt (None: nothing was)."""
+
+    def forget(self, upload_id: str, receipt: StoredReceipt | None = None) -> None:
+        """Delete every row of a terminated or expired upload (after its objects), and
+        keep `receipt` in the same transaction."""
+
+    def receipt(self, upload_id: str) -> StoredReceipt | None:
+        """The deletion receipt of a removed upload, kept for auditors."""
+
+
+class HoldCatalog(Protocol):
+    """Legal holds on uploads; `RemovalCatalog.terminate` and `retire` refuse held ones."""
+
+    def place_hold(self, upload_id: str, hold: Hold) -> bool:
+        """Hold the upload (replacing the case of a hold in place); False if there is no
+        such upload or it is already terminated."""
+
+    def release_hold(self, upload_id: str) -> bool:
+        """Lift the upload's hold; False if it had none (or there is no such upload)."""
+
+    def hold(self, upload_id: str) -> Hold | None: ...
 
 
 class LegacyMetadataCatalog(KeyCatalog, Protocol):
@@ -237,7 +305,8 @@ class LeaseCatalog(Protocol):
 
 
 class TokenStore(Protocol):
-    """Bearer tokens, stored as SHA-256 hashes only; shares nothing with the uploads."""
+    """Bearer tokens, stored as SHA-256 hashes only, with the principal (and its roles)
+    each stands for; shares nothing with the uploads."""
 
     def add_token(self, token_hash: bytes, principal: Principal, now: float) -> None: ...
     def principal_for(self, token_hash: bytes) -> Principal | None: ...
@@ -247,6 +316,7 @@ class TokenStore(Protocol):
 class Catalog(
     UploadCatalog,
     RemovalCatalog,
+    HoldCatalog,
     LegacyMetadataCatalog,
     KeyRotationCatalog,
     LeaseCatalog,

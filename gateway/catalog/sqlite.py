@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.catalog.base import (
+    Deletion,
+    Hold,
     Lease,
     LeaseLost,
     LeaseState,
@@ -20,97 +22,15 @@ from gateway.catalog.base import (
     Progress,
     RecordRow,
     StoredKey,
+    StoredReceipt,
     TailPiece,
     Upload,
+    UploadHeld,
     UploadState,
 )
 from gateway.catalog.sqlite_files import DatabaseFile
+from gateway.catalog.sqlite_schema import WRAPPED_KEYS, WRAPPED_KEYS_INDEX, migrate
 from gateway.keys.base import WrappedKey
-
-# 2: metadata is sealed (a BLOB). A version 1 catalog is taken as it is: its rows'
-# plain-text metadata (TEXT values) is read as legacy until the service seals it.
-SCHEMA_VERSION = 2
-_UPGRADABLE = (1,)
-
-_WRAPPED_KEYS = """CREATE TABLE IF NOT EXISTS {table} (
-        dek_id BLOB PRIMARY KEY,
-        upload_id TEXT NOT NULL REFERENCES uploads (id),
-        kek_id TEXT NOT NULL,
-        kek_version INTEGER NOT NULL,
-        blob BLOB NOT NULL
-    )"""
-_WRAPPED_KEYS_INDEX = "CREATE INDEX IF NOT EXISTS wrapped_keys_upload ON wrapped_keys (upload_id)"
-
-# Kept to types and syntax PostgreSQL also accepts (BIGINT, DOUBLE PRECISION, BOOLEAN,
-# ON CONFLICT), except BLOB, which becomes BYTEA there. "offset" is a reserved word in
-# PostgreSQL, hence upload_offset.
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS uploads (
-        id TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        tenant TEXT NOT NULL,
-        length BIGINT,
-        upload_offset BIGINT NOT NULL,
-        metadata BLOB,
-        state TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        expires_at DOUBLE PRECISION,
-        segment_size BIGINT NOT NULL,
-        header BLOB NOT NULL,
-        dek_id BLOB NOT NULL,
-        multipart_id TEXT,
-        concat TEXT,
-        parts TEXT NOT NULL,
-        checksum BLOB,
-        completed_at DOUBLE PRECISION
-    )""",
-    "CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (state, expires_at)",
-    "CREATE INDEX IF NOT EXISTS uploads_owner ON uploads (tenant, owner, state)",
-    """CREATE TABLE IF NOT EXISTS records (
-        upload_id TEXT NOT NULL REFERENCES uploads (id),
-        idx BIGINT NOT NULL,
-        plaintext_len BIGINT NOT NULL,
-        final BOOLEAN NOT NULL,
-        size BIGINT NOT NULL,
-        sha256 BLOB NOT NULL,
-        etag TEXT NOT NULL,
-        PRIMARY KEY (upload_id, idx)
-    )""",
-    """CREATE TABLE IF NOT EXISTS tail_pieces (
-        upload_id TEXT NOT NULL REFERENCES uploads (id),
-        segment BIGINT NOT NULL,
-        piece BIGINT NOT NULL,
-        start BIGINT NOT NULL,
-        length BIGINT NOT NULL,
-        PRIMARY KEY (upload_id, segment, piece)
-    )""",
-    _WRAPPED_KEYS.format(table="wrapped_keys"),
-    _WRAPPED_KEYS_INDEX,
-    # No foreign key to uploads: a lease is only a claim on an id, and acquiring one
-    # must not fail with an integrity error if the upload row is gone.
-    """CREATE TABLE IF NOT EXISTS leases (
-        upload_id TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        token BIGINT NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL,
-        release_requested BOOLEAN NOT NULL
-    )""",
-    # One global counter (a SEQUENCE in PostgreSQL): fencing tokens then never repeat
-    # for any upload, even after its lease row is released or forgotten.
-    """CREATE TABLE IF NOT EXISTS lease_tokens (
-        name TEXT PRIMARY KEY,
-        last_token BIGINT NOT NULL
-    )""",
-    "INSERT INTO lease_tokens (name, last_token) VALUES ('fencing', 0) "
-    "ON CONFLICT (name) DO NOTHING",
-    """CREATE TABLE IF NOT EXISTS tokens (
-        token_hash BLOB PRIMARY KEY,
-        principal_id TEXT NOT NULL,
-        tenant TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL
-    )""",
-)
 
 # Column order follows the Upload dataclass; only "offset" is renamed. Legacy metadata
 # is a TEXT value of the metadata column, never a column of its own.
@@ -164,17 +84,7 @@ class SQLiteCatalog:
         # Statement journals hold old page images (keys among them): never in temp files.
         conn.execute("PRAGMA temp_store = MEMORY")
         with self._tx() as cur:
-            for ddl in _SCHEMA:
-                cur.execute(ddl)
-            row = cur.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] in _UPGRADABLE:
-                cur.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"catalog schema version {row[0]} is not supported (want {SCHEMA_VERSION})"
-                )
+            migrate(cur)
 
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Cursor]:
@@ -365,8 +275,26 @@ class SQLiteCatalog:
                 self._checkpoint()
         return changed
 
-    def terminate(self, upload_id: str) -> None:
+    def terminate(self, upload_id: str, deletion: Deletion | None = None) -> None:
         with self._tx() as cur:
+            _refuse_held(cur, upload_id)
+            if deletion is not None:
+                # The first request recorded is the one the receipt names.
+                cur.execute(
+                    "INSERT INTO deletions (upload_id, requested_at, reason, deleted_by, "
+                    "manifest_sha256, dek_id, kek_id, kek_version) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (upload_id) DO NOTHING",
+                    (
+                        upload_id,
+                        deletion.requested_at,
+                        deletion.reason,
+                        json.dumps(dict(deletion.deleted_by), sort_keys=True),
+                        deletion.manifest_sha256,
+                        deletion.dek_id,
+                        deletion.kek_id,
+                        deletion.kek_version,
+                    ),
+                )
             rows = cur.execute("SELECT blob FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
             blobs = [bytes(row[0]) for row in rows.fetchall()]
             cur.execute(
@@ -439,14 +367,15 @@ class SQLiteCatalog:
         """Copy the key table into a new one and drop the old: every page the old one
         had is freed, and secure_delete zeroes freed pages, stale leftovers included."""
         with self._locked_tx() as cur:
-            cur.execute(_WRAPPED_KEYS.format(table="wrapped_keys_rebuilt"))
+            cur.execute(WRAPPED_KEYS.format(table="wrapped_keys_rebuilt"))
             cur.execute("INSERT INTO wrapped_keys_rebuilt SELECT * FROM wrapped_keys")
             cur.execute("DROP TABLE wrapped_keys")
             cur.execute("ALTER TABLE wrapped_keys_rebuilt RENAME TO wrapped_keys")
-            cur.execute(_WRAPPED_KEYS_INDEX)
+            cur.execute(WRAPPED_KEYS_INDEX)
 
     def retire(self, upload_id: str) -> None:
         with self._tx() as cur:
+            _refuse_held(cur, upload_id)
             cur.execute(
                 "UPDATE uploads SET state = ? WHERE id = ?", (UploadState.TERMINATED, upload_id)
             )
@@ -461,20 +390,91 @@ class SQLiteCatalog:
             ).fetchall()
         return [row[0] for row in rows]
 
-    def forget(self, upload_id: str) -> None:
+    def forget(self, upload_id: str, receipt: StoredReceipt | None = None) -> None:
         with self._tx() as cur:
-            for table in ("records", "tail_pieces", "wrapped_keys", "leases"):
+            for table in ("records", "tail_pieces", "wrapped_keys", "leases", "deletions"):
                 cur.execute(f"DELETE FROM {table} WHERE upload_id = ?", (upload_id,))
             cur.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            if receipt is not None:
+                cur.execute(
+                    "INSERT INTO deletion_receipts (upload_id, issued_at, jws) VALUES (?, ?, ?) "
+                    "ON CONFLICT (upload_id) DO NOTHING",
+                    (receipt.upload_id, receipt.issued_at, receipt.jws),
+                )
         self._shredding.pop(upload_id, None)
 
     def expired(self, now: float, limit: int = 100) -> list[str]:
         rows = self._query(
             "SELECT id FROM uploads WHERE state = ? AND expires_at IS NOT NULL "
-            "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            "AND expires_at <= ? AND NOT held ORDER BY expires_at LIMIT ?",
             (UploadState.ACTIVE, now, limit),
         )
         return [str(r[0]) for r in rows]
+
+    def retention_due(self, completed_before: float, limit: int = 100) -> list[str]:
+        rows = self._query(
+            "SELECT id FROM uploads WHERE state = ? AND completed_at IS NOT NULL "
+            "AND completed_at <= ? AND NOT held ORDER BY completed_at, id LIMIT ?",
+            (UploadState.COMPLETE, completed_before, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    def deletion(self, upload_id: str) -> Deletion | None:
+        rows = self._query(
+            "SELECT requested_at, reason, deleted_by, manifest_sha256, dek_id, kek_id, "
+            "kek_version FROM deletions WHERE upload_id = ?",
+            (upload_id,),
+        )
+        if not rows:
+            return None
+        at, reason, by, digest, dek_id, kek_id, kek_version = rows[0]
+        return Deletion(
+            upload_id=upload_id,
+            requested_at=float(at),
+            reason=str(reason),
+            deleted_by=json.loads(by),
+            manifest_sha256=digest,
+            dek_id=bytes(dek_id),
+            kek_id=kek_id,
+            kek_version=kek_version,
+        )
+
+    def receipt(self, upload_id: str) -> StoredReceipt | None:
+        rows = self._query(
+            "SELECT issued_at, jws FROM deletion_receipts WHERE upload_id = ?", (upload_id,)
+        )
+        if not rows:
+            return None
+        return StoredReceipt(upload_id=upload_id, issued_at=float(rows[0][0]), jws=str(rows[0][1]))
+
+    # legal holds
+
+    def place_hold(self, upload_id: str, hold: Hold) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE uploads SET held = TRUE, hold_case = ?, hold_by = ?, hold_at = ? "
+                "WHERE id = ? AND state <> ?",
+                (hold.case, hold.placed_by, hold.placed_at, upload_id, UploadState.TERMINATED),
+            )
+            return cur.rowcount == 1
+
+    def release_hold(self, upload_id: str) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE uploads SET held = FALSE, hold_case = NULL, hold_by = NULL, "
+                "hold_at = NULL WHERE id = ? AND held",
+                (upload_id,),
+            )
+            return cur.rowcount == 1
+
+    def hold(self, upload_id: str) -> Hold | None:
+        rows = self._query(
+            "SELECT hold_case, hold_by, hold_at FROM uploads WHERE id = ? AND held", (upload_id,)
+        )
+        if not rows:
+            return None
+        case, by, at = rows[0]
+        return Hold(case=case, placed_by=str(by), placed_at=float(at))
 
     def open_uploads(self, owner: str, tenant: str) -> tuple[int, int]:
         rows = self._query(
@@ -588,21 +588,24 @@ class SQLiteCatalog:
     # bearer tokens
 
     def add_token(self, token_hash: bytes, principal: Principal, now: float) -> None:
+        roles = " ".join(sorted(principal.roles))
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO tokens (token_hash, principal_id, tenant, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (token_hash) DO UPDATE SET "
-                "principal_id = excluded.principal_id, tenant = excluded.tenant",
-                (token_hash, principal.id, principal.tenant, now),
+                "INSERT INTO tokens (token_hash, principal_id, tenant, created_at, roles) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO UPDATE SET "
+                "principal_id = excluded.principal_id, tenant = excluded.tenant, "
+                "roles = excluded.roles",
+                (token_hash, principal.id, principal.tenant, now, roles),
             )
 
     def principal_for(self, token_hash: bytes) -> Principal | None:
         rows = self._query(
-            "SELECT principal_id, tenant FROM tokens WHERE token_hash = ?", (token_hash,)
+            "SELECT principal_id, tenant, roles FROM tokens WHERE token_hash = ?", (token_hash,)
         )
         if not rows:
             return None
-        return Principal(id=str(rows[0][0]), tenant=str(rows[0][1]))
+        principal_id, tenant, roles = rows[0]
+        return Principal(id=str(principal_id), tenant=str(tenant), roles=frozenset(roles.split()))
 
     def token_count(self) -> int:
         rows = self._query("SELECT COUNT(*) FROM tokens")
@@ -626,6 +629,13 @@ def _upload_from(values: Sequence[Any]) -> Upload:
     row = dict(zip(_UPLOAD_FIELDS, values, strict=True))
     row["partials"] = tuple(json.loads(row["partials"]))
     row["state"] = UploadState(row["state"])
+    row["held"] = bool(row["held"])  # SQLite hands booleans back as 0/1
     if isinstance(row["metadata"], str):
         row["legacy_metadata"], row["metadata"] = row["metadata"], None
     return Upload(**row)
+
+
+def _refuse_held(cur: sqlite3.Cursor, upload_id: str) -> None:
+    row = cur.execute("SELECT held FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+    if row is not None and row[0]:
+        raise UploadHeld(upload_id)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gateway.config import Settings
-from gateway.keys.base import KeyProvider
+from gateway.keys.base import AdministeredProvider
 from gateway.keys.keyring import open_configured
 
 
-def open_provider(settings: Settings) -> KeyProvider:
+def open_provider(settings: Settings) -> AdministeredProvider:
     """The configured provider, ready to use; KeyUnusable (or ConfigError) says why not."""
     if settings.key_provider == "pkcs11":
         # Imported here: python-pkcs11 is an optional extra, needed only with a token.

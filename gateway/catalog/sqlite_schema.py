@@ -1,0 +1,150 @@
+"""The SQLite catalog's schema, and the upgrade of older catalogs to it."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# 2: metadata is sealed (a BLOB). A version 1 catalog is taken as it is: its rows'
+# plain-text metadata (TEXT values) is read as legacy until the service seals it.
+# 3: legal holds (columns of uploads), token roles, pending deletions and deletion
+# receipts. Older catalogs gain the columns (ALTER TABLE ... ADD COLUMN) and tables.
+# Older versions refuse a version 3 catalog: they would delete held uploads.
+SCHEMA_VERSION = 3
+_UPGRADABLE = (1, 2)
+
+WRAPPED_KEYS = """CREATE TABLE IF NOT EXISTS {table} (
+        dek_id BLOB PRIMARY KEY,
+        upload_id TEXT NOT NULL REFERENCES uploads (id),
+        kek_id TEXT NOT NULL,
+        kek_version INTEGER NOT NULL,
+        blob BLOB NOT NULL
+    )"""
+WRAPPED_KEYS_INDEX = "CREATE INDEX IF NOT EXISTS wrapped_keys_upload ON wrapped_keys (upload_id)"
+
+# Kept to types and syntax PostgreSQL also accepts (BIGINT, DOUBLE PRECISION, BOOLEAN,
+# ON CONFLICT), except BLOB, which becomes BYTEA there. "offset" is a reserved word in
+# PostgreSQL, hence upload_offset.
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        length BIGINT,
+        upload_offset BIGINT NOT NULL,
+        metadata BLOB,
+        state TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
+        segment_size BIGINT NOT NULL,
+        header BLOB NOT NULL,
+        dek_id BLOB NOT NULL,
+        multipart_id TEXT,
+        concat TEXT,
+        parts TEXT NOT NULL,
+        checksum BLOB,
+        completed_at DOUBLE PRECISION,
+        held BOOLEAN NOT NULL DEFAULT FALSE,
+        hold_case TEXT,
+        hold_by TEXT,
+        hold_at DOUBLE PRECISION
+    )""",
+    "CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (state, expires_at)",
+    "CREATE INDEX IF NOT EXISTS uploads_owner ON uploads (tenant, owner, state)",
+    """CREATE TABLE IF NOT EXISTS records (
+        upload_id TEXT NOT NULL REFERENCES uploads (id),
+        idx BIGINT NOT NULL,
+        plaintext_len BIGINT NOT NULL,
+        final BOOLEAN NOT NULL,
+        size BIGINT NOT NULL,
+        sha256 BLOB NOT NULL,
+        etag TEXT NOT NULL,
+        PRIMARY KEY (upload_id, idx)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tail_pieces (
+        upload_id TEXT NOT NULL REFERENCES uploads (id),
+        segment BIGINT NOT NULL,
+        piece BIGINT NOT NULL,
+        start BIGINT NOT NULL,
+        length BIGINT NOT NULL,
+        PRIMARY KEY (upload_id, segment, piece)
+    )""",
+    WRAPPED_KEYS.format(table="wrapped_keys"),
+    WRAPPED_KEYS_INDEX,
+    # No foreign key to uploads: a lease is only a claim on an id, and acquiring one
+    # must not fail with an integrity error if the upload row is gone.
+    """CREATE TABLE IF NOT EXISTS leases (
+        upload_id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        release_requested BOOLEAN NOT NULL
+    )""",
+    # One global counter (a SEQUENCE in PostgreSQL): fencing tokens then never repeat
+    # for any upload, even after its lease row is released or forgotten.
+    """CREATE TABLE IF NOT EXISTS lease_tokens (
+        name TEXT PRIMARY KEY,
+        last_token BIGINT NOT NULL
+    )""",
+    "INSERT INTO lease_tokens (name, last_token) VALUES ('fencing', 0) "
+    "ON CONFLICT (name) DO NOTHING",
+    """CREATE TABLE IF NOT EXISTS tokens (
+        token_hash BLOB PRIMARY KEY,
+        principal_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        roles TEXT NOT NULL DEFAULT ''
+    )""",
+    # What a removal's receipt will say, from the moment its key is deleted until its
+    # rows are forgotten (no foreign key: the row outlives nothing, but goes with them).
+    """CREATE TABLE IF NOT EXISTS deletions (
+        upload_id TEXT PRIMARY KEY,
+        requested_at DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL,
+        deleted_by TEXT NOT NULL,
+        manifest_sha256 TEXT,
+        dek_id BLOB NOT NULL,
+        kek_id TEXT,
+        kek_version INTEGER
+    )""",
+    # Signed receipts of finished removals, kept for auditors after the upload's rows go.
+    """CREATE TABLE IF NOT EXISTS deletion_receipts (
+        upload_id TEXT PRIMARY KEY,
+        issued_at DOUBLE PRECISION NOT NULL,
+        jws TEXT NOT NULL
+    )""",
+)
+
+# Columns added since version 2, with what older rows get: no hold, no roles.
+_ADDED_COLUMNS = (
+    ("uploads", "held", "BOOLEAN NOT NULL DEFAULT FALSE"),
+    ("uploads", "hold_case", "TEXT"),
+    ("uploads", "hold_by", "TEXT"),
+    ("uploads", "hold_at", "DOUBLE PRECISION"),
+    ("tokens", "roles", "TEXT NOT NULL DEFAULT ''"),
+)
+
+# Indexes on columns an older catalog gains only in `migrate`.
+_LATE_INDEXES = ("CREATE INDEX IF NOT EXISTS uploads_completed ON uploads (state, completed_at)",)
+
+
+def migrate(cur: sqlite3.Cursor) -> None:
+    """Create the schema, or bring an older catalog up to SCHEMA_VERSION (in the caller's
+    write transaction, so processes starting together do it once)."""
+    for ddl in _SCHEMA:
+        cur.execute(ddl)
+    row = cur.execute("SELECT version FROM schema_version").fetchone()
+    if row is None:
+        cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    elif row[0] in _UPGRADABLE:
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {r[1] for r in cur.execute(f"PRAGMA table_info({table})").fetchall()}
+            if column not in present:
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        cur.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+    elif row[0] != SCHEMA_VERSION:
+        raise RuntimeError(
+            f"catalog schema version {row[0]} is not supported (want {SCHEMA_VERSION})"
+        )
+    for ddl in _LATE_INDEXES:
+        cur.execute(ddl)
