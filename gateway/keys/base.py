@@ -3,6 +3,7 @@ that wrap and sign are administered (created, rotated, retired) through the prov
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -102,3 +103,16 @@ class KeyAdmin(Protocol):
 
 class AdministeredProvider(KeyProvider, KeyAdmin, Protocol):
     """A provider `gateway keys ...` can administer (both built-in ones)."""
+
+
+WRAP_LABEL = b"imgw-keyring/v1/wrap"
+
+
+def wrap_aad(upload_id: str, dek_id: bytes, version: int) -> bytes:
+    """The associated data a provider binds a wrapped data key to: its upload, its DEK id
+    and the KEK version, so a blob copied to another row or relabelled with another version
+    fails to unwrap. dek_id needs no length prefix: only the fixed-size version follows."""
+    uid = upload_id.encode()
+    if len(uid) > 0xFF:
+        raise ValueError("upload id longer than 255 bytes")
+    return WRAP_LABEL + bytes([len(uid)]) + uid + bytes(dek_id) + struct.pack(">I", version)

@@ -42,11 +42,11 @@ from gateway.keys.base import (
     SigningKeyInfo,
     SigningState,
     WrappedKey,
+    wrap_aad,
 )
 from gateway.keys.envelope import KeyringProtection, KeyringSealer, is_sealed, open_envelope
 
 _FORMAT = 1
-_WRAP_LABEL = b"imgw-keyring/v1/wrap"
 _KEY_LEN = 32
 _NONCE_LEN = 12
 _TAG_LEN = 16
@@ -174,7 +174,7 @@ class LocalKeyring:
             raise ValueError(f"a DEK must be {_KEY_LEN} bytes")
         st = self._fresh()
         nonce = os.urandom(_NONCE_LEN)
-        aad = _aad(upload_id, dek_id, st.current)
+        aad = wrap_aad(upload_id, dek_id, st.current)
         blob = nonce + st.keks[st.current].encrypt(nonce, bytes(dek), aad)
         return WrappedKey(kek_id=st.kek_id, kek_version=st.current, blob=blob)
 
@@ -194,7 +194,7 @@ class LocalKeyring:
         if len(blob) != _NONCE_LEN + _KEY_LEN + _TAG_LEN:
             raise KeyUnusable("wrapped key has the wrong length")
         try:
-            aad = _aad(upload_id, dek_id, wrapped.kek_version)
+            aad = wrap_aad(upload_id, dek_id, wrapped.kek_version)
             return aead.decrypt(blob[:_NONCE_LEN], blob[_NONCE_LEN:], aad)
         except (InvalidTag, ValueError, struct.error):
             raise KeyUnusable("wrapped key does not verify for this upload and DEK id") from None
@@ -352,16 +352,6 @@ def open_configured(settings: Settings) -> LocalKeyring:
     secret = settings.kek_secret()
     protection = KeyringProtection.from_file(secret) if secret is not None else None
     return LocalKeyring.open(settings.keyring_path, protection=protection)
-
-
-def _aad(upload_id: str, dek_id: bytes, version: int) -> bytes:
-    # Binds the wrapped key to its upload, its DEK id and the KEK version, so a blob
-    # copied to another row or relabelled with another version fails to unwrap.
-    # dek_id needs no length prefix: it is followed only by the fixed-size version.
-    uid = upload_id.encode()
-    if len(uid) > 0xFF:
-        raise ValueError("upload id longer than 255 bytes")
-    return _WRAP_LABEL + bytes([len(uid)]) + uid + bytes(dek_id) + struct.pack(">I", version)
 
 
 def _now() -> str:

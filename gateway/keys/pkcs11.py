@@ -29,8 +29,8 @@ from gateway.keys.base import (
     SigningKeyInfo,
     SigningState,
     WrappedKey,
+    wrap_aad,
 )
-from gateway.keys.keyring import _aad
 from gateway.keys.pkcs11_objects import Listing
 from gateway.keys.pkcs11_sessions import TokenSessions
 
@@ -133,7 +133,7 @@ class Pkcs11Provider:
         if version is None:
             raise KeyUnusable(f"{self._kek_where()}: no KEK; run `gateway keys init`")
         nonce = os.urandom(_NONCE_LEN)
-        params = GCMParams(nonce, _aad(upload_id, dek_id, version), _TAG_LEN * 8)
+        params = GCMParams(nonce, wrap_aad(upload_id, dek_id, version), _TAG_LEN * 8)
         try:
             sealed = self._with_kek(
                 version,
@@ -159,7 +159,8 @@ class Pkcs11Provider:
         if len(blob) != _NONCE_LEN + _KEY_LEN + _TAG_LEN:
             raise KeyUnusable("wrapped key has the wrong length")
         try:
-            params = GCMParams(blob[:_NONCE_LEN], _aad(upload_id, dek_id, version), _TAG_LEN * 8)
+            aad = wrap_aad(upload_id, dek_id, version)
+            params = GCMParams(blob[:_NONCE_LEN], aad, _TAG_LEN * 8)
         except (ValueError, struct.error):
             raise KeyUnusable("wrapped key does not verify for this upload and DEK id") from None
         try:
