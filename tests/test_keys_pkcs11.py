@@ -439,3 +439,60 @@ def test_a_bare_ec_point_is_read_too() -> None:
     alg, key = pkcs11_objects.public_key(fake)
     assert alg == "Ed25519" and isinstance(key, Ed25519PublicKey)
     assert key.public_bytes_raw() == raw
+
+
+def test_two_rotations_at_once_lose_no_key(softhsm: SoftHsmToken, prefix: str) -> None:
+    """Two `keys rotate` at once both make a version 2 (a token has no lock to serialise
+    them). Gateways may wrap under either object; every wrapped key still unwraps, with
+    nothing for an operator to destroy."""
+    first = _provider(softhsm, prefix, refresh_seconds=3600)
+    second = _provider(softhsm, prefix, refresh_seconds=3600)
+    try:
+        first.init()
+        second.refresh()
+        assert first.rotate() == 2
+        under_first = first.wrap(DEK, upload_id="u1", dek_id=b"d1")  # its object is kept
+        # The other rotation read the token before the first one wrote: version 2 again.
+        with (
+            pkcs11.lib(softhsm.module).get_token(token_label=softhsm.label).open(rw=True) as session
+        ):
+            pkcs11_objects.generate_kek(session, f"{prefix}kek", 2)
+        second.refresh()
+        under_second = second.wrap(DEK, upload_id="u2", dek_id=b"d2")
+        for provider in (first, second, _provider(softhsm, prefix)):
+            provider.refresh()
+            for upload_id, dek_id, wrapped in (
+                ("u1", b"d1", under_first),
+                ("u2", b"d2", under_second),
+            ):
+                assert wrapped.kek_version == 2
+                assert provider.unwrap(wrapped, upload_id=upload_id, dek_id=dek_id) == DEK
+            with pytest.raises(KeyUnusable, match="does not verify"):
+                provider.unwrap(under_first, upload_id="u2", dek_id=b"d1")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_signing_keys_made_in_the_same_second_get_their_own_kids(
+    softhsm: SoftHsmToken, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `keys rotate-signing` at once: each key pair has its own kid, so the JWKS
+    publishes each public key and each signature verifies with its own."""
+    monkeypatch.setattr("time.time", lambda: 1_800_000_000.5)
+    first = _provider(softhsm, prefix)
+    second = _provider(softhsm, prefix)
+    try:
+        first.init()
+        second.refresh()
+        kid_a = first.rotate_signing()
+        kid_b = second._generate_pair(second._listing)  # listed before kid_a was made
+        first.refresh()
+        infos = first.signing_keys()
+        assert len(infos) == 3 and kid_a != kid_b
+        assert [i.created for i in infos][1:] == ["2027-01-15T08:00:01+00:00"] * 2
+        assert infos[0].created == "2027-01-15T08:00:00+00:00"
+        assert len(first.public_signing_keys()) == 3  # each public half, by its own kid
+    finally:
+        first.close()
+        second.close()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pkcs11 import GCMParams, Mechanism, ObjectClass
+from pkcs11 import Attribute, GCMParams, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
 from gateway.config import Settings
@@ -340,33 +340,30 @@ class Pkcs11Provider:
         )
 
     def _with_object(self, cls: ObjectClass, label: str, id_: bytes, op: _KeyOp) -> bytes:
-        """Run op(object) in a pooled session, finding the object once per session and
-        listing; an object destroyed meanwhile (a stale handle) is looked up once more."""
+        """Run op on the object, in the provider's session; objects are found once per
+        session and listing, and one destroyed meanwhile (a stale handle) is looked up
+        once more. Two objects under one label and id (two rotations at once made the
+        same KEK version) are both tried, in turn, on a tag that does not verify: a key
+        wrapped under either unwraps."""
         with self._sessions.session() as lent:
             for attempt in (1, 2):
                 if lent.generation != self._listing.generation:
                     lent.objects.clear()
                     lent.generation = self._listing.generation
-                found = lent.objects
                 key = (cls, label, id_)
-                obj = found.get(key)
-                if obj is None:
-                    try:
-                        obj = lent.session.get_key(object_class=cls, label=label, id=id_)
-                    except p11e.NoSuchKey:
+                found = lent.objects.get(key)
+                if found is None:
+                    template = {Attribute.CLASS: cls, Attribute.LABEL: label, Attribute.ID: id_}
+                    found = tuple(lent.session.get_objects(template))
+                    if not found:
                         raise KeyUnusable(
                             f"{self._where}: no key labelled {label!r} with id {id_.hex()}"
-                        ) from None
-                    except p11e.MultipleObjectsReturned:
-                        raise KeyUnusable(
-                            f"{self._where}: more than one key labelled {label!r} with id "
-                            f"{id_.hex()} (two rotations at once?); destroy one"
-                        ) from None
-                    found[key] = obj
+                        )
+                    lent.objects[key] = found
                 try:
-                    return op(obj)
+                    return _first_verified(found, op)
                 except _STALE:
-                    found.pop(key, None)
+                    lent.objects.pop(key, None)
                     if attempt == 2:
                         raise
         raise AssertionError("unreachable")
@@ -395,6 +392,15 @@ class Pkcs11Provider:
 
     def _signing_where(self) -> str:
         return f"{self._where}, signing label {self._signing_label!r}"
+
+
+def _first_verified(found: tuple[Any, ...], op: _KeyOp) -> bytes:
+    for obj in found[:-1]:
+        try:
+            return op(obj)
+        except _NOT_VERIFIED:
+            continue
+    return op(found[-1])
 
 
 def _name(e: BaseException) -> str:

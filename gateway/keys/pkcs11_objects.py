@@ -10,6 +10,7 @@ Secret and private keys are token objects, private, sensitive and never extracta
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,7 +101,7 @@ def generate_kek(session: Session, label: str, version: int) -> None:
 
 
 def generate_pair(session: Session, label: str, alg: str, taken: set[str]) -> str:
-    """A new signing key pair; returns its kid."""
+    """A new signing key pair, newer than the `taken` kids; returns its kid."""
     kid = _new_kid(alg, taken)
     if alg == ALG_ED25519:
         key_type, mechanism = KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN
@@ -162,21 +163,22 @@ def _secret_template() -> dict[Attribute, Any]:
 
 
 def _new_kid(alg: str, taken: set[str]) -> str:
-    # 8 hex digits of the creation time (seconds), so kids sort oldest first; bumped past
-    # any taken one (two rotations within a second).
-    prefix = "ed25519-" if alg == ALG_ED25519 else "es256-"
-    stamp = int(time.time())
-    while f"{prefix}{stamp:08x}" in taken:
-        stamp += 1
-    return f"{prefix}{stamp:08x}"
+    # The creation time (8 hex digits of seconds), past any taken kid's, so kids sort
+    # oldest first and the newest is the one just made; then 8 random hex digits: two
+    # processes that rotate at once, before either sees the other's key, make two kids.
+    prefix = "ed25519" if alg == ALG_ED25519 else "es256"
+    stamp = max([int(time.time()), *(_order(kid)[0] + 1 for kid in taken)])
+    return f"{prefix}-{stamp:08x}-{secrets.token_hex(4)}"
 
 
 def _order(kid: str) -> tuple[int, str]:
-    stamp = kid.rsplit("-", 1)[-1]
-    try:
-        return int(stamp, 16), kid
-    except ValueError:
-        return 0, kid  # kids not made here: oldest, in name order
+    parts = kid.split("-")
+    if len(parts) == 3 and parts[0] in ("ed25519", "es256") and len(parts[1]) == 8:
+        try:
+            return int(parts[1], 16), kid
+        except ValueError:
+            pass
+    return 0, kid  # kids not made here: oldest, in name order
 
 
 def _octet_string(der: bytes) -> bytes:

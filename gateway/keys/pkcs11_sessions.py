@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pkcs11
-from pkcs11 import Key, Mechanism, ObjectClass, Session
+from pkcs11 import Mechanism, Object, ObjectClass, Session
 from pkcs11 import exceptions as p11e
 
 from gateway.keys.base import KeyUnusable
@@ -35,7 +35,7 @@ class Lent:
 
     session: Session
     generation: int = -1
-    objects: dict[tuple[ObjectClass, str, bytes], Key] = field(default_factory=dict)
+    objects: dict[tuple[ObjectClass, str, bytes], tuple[Object, ...]] = field(default_factory=dict)
 
 
 class TokenSessions:
