@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from gateway.keys.base import (
 from gateway.keys.keyring import LocalKeyring
 from tests.fakes import upload_row
 from tests.server import GatewayProcess
+from tests.softhsm import SoftHsmToken
 from tests.tushttp import patch_headers, upload_id
 
 
@@ -70,7 +72,7 @@ def data_keys_under(listing: str, version: int) -> int:
 
 def signing_states(listing: str) -> dict[str, str]:
     """kid -> state from `keys list`'s signing key lines."""
-    rows = re.findall(r"^  (ed25519-\w+) +Ed25519 +(\w+)", listing, re.MULTILINE)
+    rows = re.findall(r"^  (ed25519-[\w-]+) +Ed25519 +(\w+)", listing, re.MULTILINE)
     return dict(rows)
 
 
@@ -386,10 +388,24 @@ def cli_verify(server: GatewayProcess, uid: str, jwks: str) -> Run:
     return Run(out.returncode, out.stdout, out.stderr)
 
 
+@pytest.mark.parametrize("provider", ["keyring", "pkcs11"])
 def test_rotation_under_upload_load(
-    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path
+    gateway_factory: Callable[..., GatewayProcess],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    provider: str,
 ) -> None:
-    server = gateway_factory(GATEWAY_SEGMENT_SIZE="65536")
+    """Rotate, rewrap, rotate-signing and retire while uploads run, on the keyring and on a
+    PKCS#11 token (SoftHSM2): not one request fails, every upload reads back, and old and
+    new manifests verify against the JWKS."""
+    env = {"GATEWAY_SEGMENT_SIZE": "65536"}
+    if provider == "pkcs11":
+        softhsm: SoftHsmToken = request.getfixturevalue("softhsm")
+        env |= softhsm.env(f"l{secrets.token_hex(4)}-")
+        (tmp_path / "data").mkdir()
+        made = keys(tmp_path / "data", "init", env=env)
+        assert made.code == 0, str(made)
+    server = gateway_factory(**env)
     data = server.data_dir
     (old_kid,) = jwks_kids(server)
     load = Load(server)
@@ -398,15 +414,15 @@ def test_rotation_under_upload_load(
         t.start()
     try:
         time.sleep(1.5)
-        rotated = keys(data, "rotate")
+        rotated = keys(data, "rotate", env=env)
         assert rotated.code == 0, str(rotated)
         # At once: the gateway may still wrap under version 1 for a moment; rewrap must
         # wait for that and leave nothing behind.
-        rewrapped = keys(data, "rewrap", "--batch-size", "4")
+        rewrapped = keys(data, "rewrap", "--batch-size", "4", env=env)
         assert rewrapped.code == 0, str(rewrapped)
         assert "failed: 0" in rewrapped.stdout, str(rewrapped)
         assert "left under other versions: 0" in rewrapped.stdout, str(rewrapped)
-        signing = keys(data, "rotate-signing")
+        signing = keys(data, "rotate-signing", env=env)
         assert signing.code == 0, str(signing)
         new_kid = signing.stdout.splitlines()[-1]
         wait_for(lambda: jwks_kids(server) == [new_kid, old_kid])  # the current one first
@@ -417,7 +433,7 @@ def test_rotation_under_upload_load(
             t.join(120)
     assert not load.failures, load.failures
     assert len(load.done) >= 8, f"only {len(load.done)} uploads finished"
-    listing = keys(data, "list")
+    listing = keys(data, "list", env=env)
     assert data_keys_under(listing.stdout, 1) == 0, listing.stdout
     assert data_keys_under(listing.stdout, 2) >= len(load.done), listing.stdout
 
@@ -438,10 +454,13 @@ def test_rotation_under_upload_load(
         assert result.code == 0, str(result)
         assert f"signature: Ed25519 by {kid}" in result.stdout, str(result)
 
-    retired = keys(data, "retire", old_kid)
+    retired = keys(data, "retire", old_kid, env=env)
     assert retired.code == 0, str(retired)
     wait_for(lambda: jwks_kids(server) == [new_kid])
-    assert signing_states(keys(data, "list").stdout) == {old_kid: "retired", new_kid: "signing"}
+    assert signing_states(keys(data, "list", env=env).stdout) == {
+        old_kid: "retired",
+        new_kid: "signing",
+    }
 
 
 @pytest.mark.parametrize("scheme", ["http", "ftp"])
