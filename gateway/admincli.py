@@ -18,9 +18,10 @@ from gateway import holds, receipts
 from gateway.app import open_catalog, open_store
 from gateway.config import Settings, load_settings
 from gateway.errors import ERR, GatewayError
-from gateway.jws import PublicSigningKey
-from gateway.keys.providers import open_provider
+from gateway.jws import JWSError, PublicSigningKey
+from gateway.keys.providers import open_provider, provider_configured
 from gateway.tus.headers import is_valid_upload_id
+from gateway.verify import load_jwks
 from gateway.wiring import build_services
 
 COMMANDS = ("hold", "release-hold", "delete", "receipt")
@@ -124,9 +125,6 @@ def _delete(settings: Settings, upload_id: str, by: str) -> int:
 
 
 def _verify(settings: Settings, source: str, jwks: str | None) -> int:
-    from gateway.jws import JWSError
-    from gateway.verify import load_jwks
-
     keys: dict[str, PublicSigningKey]
     if jwks is not None:
         if jwks.lower().startswith("http://"):
@@ -137,7 +135,7 @@ def _verify(settings: Settings, source: str, jwks: str | None) -> int:
         except (OSError, ValueError, TypeError, JWSError) as exc:
             print(f"gateway receipt verify: cannot use --jwks {jwks}: {exc}", file=sys.stderr)
             return 2
-    elif settings.keyring_path.exists():
+    elif provider_configured(settings):
         keys = {k.kid: k for k in open_provider(settings).public_signing_keys()}
     else:
         print("gateway receipt verify: no keys configured; pass --jwks FILE|URL", file=sys.stderr)

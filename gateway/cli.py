@@ -21,7 +21,7 @@ from gateway.catalog.base import Principal
 from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.connections import protocol_factory
 from gateway.keys.base import KeyUnusable
-from gateway.keys.providers import open_provider
+from gateway.keys.providers import open_provider, provider_configured
 from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = "admin"
@@ -132,8 +132,7 @@ def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bo
         print(f"gateway verify: {upload_id[:80]!r} is not an upload id", file=sys.stderr)
         return 2
     store = open_store(settings)
-    has_keys = settings.key_provider != "keyring" or settings.keyring_path.exists()
-    keyring = open_provider(settings) if has_keys else None
+    keyring = open_provider(settings) if provider_configured(settings) else None
     if jwks is not None:
         try:
             public_keys = load_jwks(jwks)

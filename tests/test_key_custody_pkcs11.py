@@ -292,3 +292,42 @@ def test_the_keys_commands_on_a_token(softhsm: SoftHsmToken, tmp_path: Path) -> 
     finally:
         catalog.close()
         admin.close()
+
+
+def _cli(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=stdin,
+        env={**os.environ, **env},
+    )
+
+
+def test_a_deletion_on_a_token_is_signed_and_verified_by_the_token(
+    softhsm: SoftHsmToken, tmp_path: Path
+) -> None:
+    """`gateway delete` signs the receipt in the token; `gateway receipt verify` without
+    --jwks checks it with the token's public keys (there is no keyring file)."""
+    env = softhsm.env(f"d{secrets.token_hex(4)}-")
+    data = tmp_path / "data"
+    data.mkdir()
+    assert _cli(env, "keys", "init", "--data-dir", str(data)).returncode == 0
+    admin = Pkcs11Provider.from_settings(load_settings({"data_dir": data}, environ=env))
+    row = upload_row("Q" * 22)
+    catalog = SQLiteCatalog(data / "catalog.sqlite3")
+    try:
+        catalog.create_upload(row, admin.wrap(os.urandom(32), upload_id=row.id, dek_id=row.dek_id))
+    finally:
+        catalog.close()
+    deleted = _cli(env, "delete", row.id, "--data-dir", str(data))
+    assert deleted.returncode == 0, deleted.stderr
+    receipt = deleted.stdout.strip()
+    assert jws.header_of(receipt)["kid"] == admin.signing_key().kid
+    checked = _cli(env, "receipt", "verify", "-", "--data-dir", str(data), stdin=receipt)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "OK: a deletion receipt signed by" in checked.stdout
+    admin.close()

@@ -15,3 +15,9 @@ def open_provider(settings: Settings) -> AdministeredProvider:
 
         return Pkcs11Provider.from_settings(settings)
     return open_configured(settings)
+
+
+def provider_configured(settings: Settings) -> bool:
+    """Whether there are keys to open without creating any: a token, or a keyring file
+    (opening the keyring provider makes a new keyring when none exists)."""
+    return settings.key_provider != "keyring" or settings.keyring_path.exists()
