@@ -340,23 +340,33 @@ def sign(manifest: dict[str, object], key: SigningKey) -> str:
     return jws.sign(canonical_json(manifest), typ=JWS_TYP, key=key)
 
 
+def verify_canonical(
+    token: str, *, typ: str, keys: Mapping[str, PublicSigningKey]
+) -> tuple[str, dict[str, object]]:
+    """(kid, payload) of a compact JWS of `typ` whose payload is one JSON object in
+    canonical form (manifests, deletion receipts); JWSError or ValueError naming the check.
+
+    One document, one byte string: a payload that is valid but not canonical would let a
+    stored copy and the signed bytes drift apart without anyone noticing."""
+    kid, raw = jws.verify(token, typ=typ, keys=keys)
+    payload = jws.parse_json(raw, "payload")
+    if not isinstance(payload, dict):
+        raise ValueError("payload is not a JSON object")
+    try:
+        canonical = canonical_json(payload)
+    except ValueError as e:
+        raise ValueError(f"payload is not canonical JSON (RFC 8785): {e}") from None
+    if canonical != raw:
+        raise ValueError("payload is not canonical JSON (RFC 8785)")
+    return kid, payload
+
+
 def verify(token: str, keys: Mapping[str, PublicSigningKey]) -> dict[str, object]:
     """Check a compact JWS from sign() strictly and return its manifest; ManifestError if not."""
     try:
-        kid, payload = jws.verify(token, typ=JWS_TYP, keys=keys)
-        manifest = jws.parse_json(payload, "payload")
-    except jws.JWSError as e:
+        kid, manifest = verify_canonical(token, typ=JWS_TYP, keys=keys)
+    except (jws.JWSError, ValueError) as e:
         raise ManifestError(str(e)) from None
-    if not isinstance(manifest, dict):
-        raise ManifestError("payload is not a JSON object")
-    # One manifest, one byte string: a payload that is valid but not canonical would let
-    # the stored manifest.json and the signed bytes drift apart without anyone noticing.
-    try:
-        canonical = canonical_json(manifest)
-    except ValueError as e:
-        raise ManifestError(f"payload is not canonical JSON (RFC 8785): {e}") from None
-    if canonical != payload:
-        raise ManifestError("payload is not canonical JSON (RFC 8785)")
     version = manifest.get("manifest_version")
     if type(version) is not int or version not in READABLE_VERSIONS:  # not True, not 1.0
         raise ManifestError(f"unsupported manifest_version {manifest.get('manifest_version')!r}")

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from gateway import jws
 from gateway.catalog.base import Deletion
 from gateway.keys.base import KeyProvider
-from gateway.manifest import canonical_json
+from gateway.manifest import canonical_json, verify_canonical
 from gateway.signer import rfc3339
 
 TYP = "imgw-deletion-receipt+jws"
@@ -74,18 +74,9 @@ def sign(payload: Mapping[str, object], key: jws.SigningKey) -> str:
 def verify(token: str, keys: Mapping[str, jws.PublicSigningKey]) -> tuple[str, dict[str, object]]:
     """(kid, payload) of a valid receipt; ReceiptError naming the failed check."""
     try:
-        kid, raw = jws.verify(token.strip(), typ=TYP, keys=keys)
-        payload = jws.parse_json(raw, "payload")
-    except jws.JWSError as exc:
+        kid, payload = verify_canonical(token.strip(), typ=TYP, keys=keys)
+    except (jws.JWSError, ValueError) as exc:
         raise ReceiptError(str(exc)) from None
-    if not isinstance(payload, dict):
-        raise ReceiptError("the payload is not a JSON object")
-    try:
-        canonical = canonical_json(payload)
-    except ValueError:
-        canonical = b""
-    if canonical != raw:
-        raise ReceiptError("the payload is not canonical JSON (RFC 8785)")
     if set(payload) != _MEMBERS:
         raise ReceiptError("the payload does not have exactly a receipt's members")
     if payload["receipt_version"] != VERSION or type(payload["receipt_version"]) is not int:
