@@ -427,3 +427,10 @@ def test_new_upload_id_is_valid_and_random() -> None:
 def test_format_http_date(ts: float, expected: str) -> None:
     assert h.format_http_date(ts) == expected
     assert re.fullmatch(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT", expected)
+
+
+def test_a_new_upload_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gateway hold ID` and other commands would read an id starting with "-" as an option."""
+    drawn = iter(["-" + "A" * 21, "_" + "B" * 21])
+    monkeypatch.setattr("gateway.tus.headers.secrets.token_urlsafe", lambda n: next(drawn))
+    assert h.new_upload_id() == "_" + "B" * 21

@@ -385,5 +385,9 @@ def format_http_date(ts: float) -> str:
 
 
 def new_upload_id() -> str:
-    """Return a fresh upload id: 128 random bits as 22 base64url characters."""
-    return secrets.token_urlsafe(16)
+    """Return a fresh upload id: 128 random bits as 22 base64url characters, never
+    starting with "-" (a command line would read it as an option)."""
+    while True:
+        upload_id = secrets.token_urlsafe(16)
+        if not upload_id.startswith("-"):
+            return upload_id
