@@ -24,10 +24,10 @@ from gateway import holds
 from gateway.auth import Authenticator
 from gateway.catalog.base import Principal
 from gateway.errors import ERR, GatewayError
+from gateway.roles import ADMIN
 from gateway.runner import Runner
 from gateway.tus.headers import is_valid_upload_id
 
-ADMIN = "admin"
 MAX_BODY = 1024
 log = logging.getLogger("gateway.admin")
 

@@ -22,11 +22,13 @@ from gateway.config import ConfigError, Settings, export_environment, load_setti
 from gateway.connections import protocol_factory
 from gateway.keys.base import KeyUnusable
 from gateway.keys.providers import open_provider, provider_configured
+from gateway.roles import ADMIN
 from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = "admin"
 # Roles a token may carry; without any, a token has a client's rights (its own uploads).
-ROLES = frozenset({"admin"})
+# Roles a token can be minted with today (the other roles come with their checks).
+MINTABLE_ROLES = frozenset({ADMIN})
 FIRST_TOKEN_FILE = "first-token"
 log = logging.getLogger("gateway.cli")
 
@@ -72,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--role",
         action="append",
-        choices=sorted(ROLES),
+        choices=sorted(MINTABLE_ROLES),
         default=[],
         help="a role beyond a client's rights: admin (legal holds over HTTP); repeatable",
     )

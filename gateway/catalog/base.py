@@ -115,9 +115,11 @@ class UploadHeld(Exception):
 class Principal:
     id: str
     tenant: str
-    # What the principal may do beyond its own uploads: "admin" (legal holds). Roles
-    # to come (uploader, reader, auditor) join this set; none keeps a client's rights.
+    # gateway/roles.py: uploader, reader, auditor, admin; none acts as an uploader.
     roles: frozenset[str] = frozenset()
+    # Whether the sign-in showed a second factor (an OIDC token's amr/acr); API keys
+    # never do.
+    mfa: bool = False
 
 
 @dataclass(frozen=True)
