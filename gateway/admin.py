@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import holds
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Principal
 from gateway.errors import ERR, GatewayError
 from gateway.roles import ADMIN
@@ -74,7 +74,9 @@ class AdminHandler:
         return JSONResponse(holds.describe(upload_id, current))
 
     async def _admin(self, request: Request) -> Principal:
-        principal = await self._auth.principal(request.headers.getlist("authorization"))
+        principal = await self._auth.principal(
+            request.headers.getlist("authorization"), client=client_of(request)
+        )
         request.state.principal = principal.id
         if ADMIN not in principal.roles:
             raise GatewayError(ERR.FORBIDDEN, "this needs a token with the admin role")

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from gateway import logs, metrics
 from gateway.admin import AdminHandler
+from gateway.auth import client_of
 from gateway.catalog.base import Catalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
@@ -147,7 +148,9 @@ def create_app(
             given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
         )
         if not token_ok:
-            await auth.principal(request.headers.getlist("authorization"))
+            await auth.principal(
+                request.headers.getlist("authorization"), client=client_of(request)
+            )
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, mint bearer tokens, verify, administer keys
+"""The `gateway` command: serve, API keys (gateway/tokencli.py), verify, administer keys
 (gateway/keycli.py) and the lifecycle commands (hold, release-hold, delete, receipt:
 gateway/admincli.py)."""
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import admincli, keycli, logs
+from gateway import admincli, keycli, logs, tokencli
 from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
@@ -22,13 +22,9 @@ from gateway.config import ConfigError, Settings, export_environment, load_setti
 from gateway.connections import protocol_factory
 from gateway.keys.base import KeyUnusable
 from gateway.keys.providers import open_provider, provider_configured
-from gateway.roles import ADMIN
 from gateway.tus.headers import is_valid_upload_id
 
-DEFAULT_PRINCIPAL = "admin"
-# Roles a token may carry; without any, a token has a client's rights (its own uploads).
-# Roles a token can be minted with today (the other roles come with their checks).
-MINTABLE_ROLES = frozenset({ADMIN})
+DEFAULT_PRINCIPAL = tokencli.DEFAULT_PRINCIPAL
 FIRST_TOKEN_FILE = "first-token"
 log = logging.getLogger("gateway.cli")
 
@@ -67,17 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         "--no-decrypt", action="store_true", help="check ciphertext only, even with keys at hand"
     )
 
-    token = sub.add_parser("token", help="mint a bearer token; printed on the last line")
-    token.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
-    token.add_argument("--principal", default=DEFAULT_PRINCIPAL, help="who the token acts as")
-    token.add_argument("--tenant", default="default", help="the principal's tenant")
-    token.add_argument(
-        "--role",
-        action="append",
-        choices=sorted(MINTABLE_ROLES),
-        default=[],
-        help="a role beyond a client's rights: admin (legal holds over HTTP); repeatable",
-    )
+    tokencli.add_parser(sub)
     keycli.add_parser(sub)
     admincli.add_parsers(sub)
     return parser
@@ -89,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dash_id = bool(argv) and argv[-1].startswith("-") and is_valid_upload_id(argv[-1])
     if argv and argv[0] in ("verify", *admincli.COMMANDS) and "--" not in argv and dash_id:
         argv.insert(len(argv) - 1, "--")
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(tokencli.with_default_command(argv))
     options: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
     # Every file and folder the gateway creates is owner-only; modes are also given
     # explicitly where files are made, this covers what libraries create.
@@ -101,9 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = load_settings({"data_dir": options["data_dir"], "store": options["store"]})
             return _verify(settings, args.upload_id, args.jwks, decrypt=not args.no_decrypt)
         if args.command == "token":
-            settings = load_settings({"data_dir": options["data_dir"]})
-            roles = frozenset(args.role)
-            return _token(settings, Principal(args.principal, args.tenant, roles))
+            return tokencli.main(args)
         if args.command in admincli.COMMANDS:
             return admincli.run(args)
         config_file = options.pop("config")
@@ -112,18 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UnsafeDataDir, KeyUnusable) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-
-
-def _token(settings: Settings, principal: Principal) -> int:
-    catalog = open_catalog(settings)
-    try:
-        token = mint_token(catalog, principal)
-    finally:
-        catalog.close()
-    roles = f" with roles {', '.join(sorted(principal.roles))}" if principal.roles else ""
-    print(f"# bearer token for principal {principal.id!r}{roles}; it is shown only now")
-    print(token)
-    return 0
 
 
 def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bool) -> int:
@@ -227,7 +199,7 @@ def _first_token(settings: Settings, token: str) -> None:
             "\nFirst start: created a bearer token (stored hashed; it is shown only now).\n"
             f"Try it:\n  curl -i -X POST {url} -H 'Tus-Resumable: 1.0.0' "
             f"-H 'Upload-Length: 5' -H 'Authorization: Bearer {token}'\n"
-            "Mint more with: gateway token --data-dir "
+            "Create more with: gateway token create --data-dir "
             f"{settings.data_dir}\n",
             flush=True,
         )
@@ -240,7 +212,7 @@ def _first_token(settings: Settings, token: str) -> None:
         f.write(token + "\n")
     log.warning(
         "first start: created a bearer token for principal %r; it is in %s (owner-only). "
-        "Read it, then delete the file; mint more with `gateway token`",
+        "Read it, then delete the file; create more with `gateway token create`",
         DEFAULT_PRINCIPAL,
         path,
         extra={"token_file": str(path)},

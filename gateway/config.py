@@ -90,6 +90,22 @@ class Settings:
     pkcs11_pin_file: str = ""  # an owner-only file whose first line is the user PIN
     pkcs11_kek_label: str = "gateway-kek"
     pkcs11_signing_label: str = "gateway-signing"
+    # -- identity: OIDC sign-in, API keys, brute-force limiting --------------------------
+    # OIDC access tokens (JWTs) are accepted when oidc_issuer is set; API keys always are.
+    oidc_issuer: str = ""  # the provider's issuer URL, exactly as its tokens' "iss"
+    oidc_audience: str = ""  # what tokens' "aud" must contain (required with an issuer)
+    oidc_jwks_url: str = ""  # "": jwks_uri of <issuer>/.well-known/openid-configuration
+    oidc_tenant_claim: str = "tenant"  # claim (or dotted path) naming the tenant
+    oidc_default_tenant: str = ""  # tenant of tokens without that claim ("": refuse them)
+    oidc_roles_claim: str = "roles"  # claim (or dotted path): a list or a space-separated string
+    oidc_mfa_acr: str = ""  # comma list of "acr" values that mean a second factor
+    oidc_leeway: int = 60  # seconds of clock skew allowed on exp, nbf and iat
+    oidc_jwks_refresh: float = 60.0  # an unknown "kid" refetches the JWKS at most this often
+    oidc_jwks_max_age: float = 3600.0  # the JWKS is refetched when older than this
+    oidc_timeout: float = 5.0  # seconds for a discovery or JWKS fetch
+    auth_failure_burst: int = 20  # failed authentications per address or key prefix at once
+    auth_failure_rate: float = 10.0  # failures a minute regained; 0: no brute-force limit
+    # -- end of identity -----------------------------------------------------------------
 
     def __post_init__(self) -> None:
         if self.keyring_path == Path(""):
@@ -154,6 +170,7 @@ class Settings:
         if self.max_open_uploads < 0 or self.max_open_bytes < 0:
             raise ConfigError("max_open_uploads and max_open_bytes must be >= 0 (0: no limit)")
         _check_retention_days(self.retention_days)
+        self._check_identity()
         if self.tail_merge_after < 2:
             raise ConfigError("tail_merge_after must be at least 2")
         if self.store not in ("", "folder"):
@@ -178,6 +195,37 @@ class Settings:
                     f"trusted_proxies: {entry!r} is not an IP address or network"
                 ) from None
         return entries
+
+    def _check_identity(self) -> None:
+        if self.oidc_issuer:
+            check_oidc_url("GATEWAY_OIDC_ISSUER", self.oidc_issuer)
+            if not self.oidc_audience:
+                raise ConfigError("GATEWAY_OIDC_ISSUER is set: set GATEWAY_OIDC_AUDIENCE too")
+            if not (self.oidc_tenant_claim or self.oidc_default_tenant):
+                raise ConfigError(
+                    "set GATEWAY_OIDC_TENANT_CLAIM or GATEWAY_OIDC_DEFAULT_TENANT: every "
+                    "principal belongs to a tenant"
+                )
+        elif self.oidc_jwks_url or self.oidc_audience:
+            raise ConfigError(
+                "GATEWAY_OIDC_JWKS_URL and GATEWAY_OIDC_AUDIENCE need GATEWAY_OIDC_ISSUER"
+            )
+        if self.oidc_jwks_url:
+            check_oidc_url("GATEWAY_OIDC_JWKS_URL", self.oidc_jwks_url)
+        if not 0 <= self.oidc_leeway <= 300:
+            raise ConfigError("oidc_leeway must be 0..300 seconds")
+        if self.oidc_jwks_refresh < 1 or self.oidc_jwks_max_age < self.oidc_jwks_refresh:
+            raise ConfigError(
+                "oidc_jwks_refresh must be >= 1 second and oidc_jwks_max_age >= oidc_jwks_refresh"
+            )
+        if not 0 < self.oidc_timeout <= 60:
+            raise ConfigError("oidc_timeout must be > 0 and at most 60 seconds")
+        if self.auth_failure_burst < 1 or self.auth_failure_rate < 0:
+            raise ConfigError("auth_failure_burst must be >= 1 and auth_failure_rate >= 0")
+
+    @property
+    def oidc_mfa_acr_values(self) -> frozenset[str]:
+        return frozenset(v.strip() for v in self.oidc_mfa_acr.split(",") if v.strip())
 
     def kek_secret(self) -> bytes | None:
         """The content of kek_file (None if unset); ConfigError naming the setting,
@@ -289,6 +337,35 @@ def _check_public_url(url: str) -> None:
         raise ConfigError(
             f"public_url {url!r} must be http(s)://host[:port] with no path, query or fragment"
         )
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: where plain http is acceptable (tests, local IdPs)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_oidc_url(name: str, url: str) -> None:
+    """An https:// URL, or http:// on a loopback host; ConfigError naming `name` otherwise."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"{name}: {url!r} is not a URL") from None
+    host = parts.hostname or ""
+    if not host or "@" in parts.netloc or parts.fragment or not url.isascii():
+        raise ConfigError(f"{name}: {url!r} must be https://host[:port][/path]")
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and is_loopback_host(host):
+        return
+    raise ConfigError(
+        f"{name}: {url!r} must use https (plain http only on localhost, 127.0.0.0/8 or ::1)"
+    )
 
 
 # Settings that can come from the environment, as GATEWAY_<NAME>.

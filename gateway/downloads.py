@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import jws, manifest
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
@@ -53,7 +53,9 @@ class DownloadHandler:
         ]
 
     async def _finished(self, request: Request) -> Upload:
-        principal = await self.auth.principal(request.headers.getlist("authorization"))
+        principal = await self.auth.principal(
+            request.headers.getlist("authorization"), client=client_of(request)
+        )
         request.state.principal = principal.id
         upload_id = request.path_params["upload_id"]
         if not is_valid_upload_id(upload_id):

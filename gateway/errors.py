@@ -58,6 +58,12 @@ class ERR(enum.Enum):
     TOO_MANY_WRITERS = ("ERR_TOO_MANY_WRITERS", 429)
     RATE_LIMITED = ("ERR_RATE_LIMITED", 429)
     QUOTA_EXCEEDED = ("ERR_QUOTA_EXCEEDED", 429)
+    # -- identity: API keys, OIDC sign-in, brute-force limiting --
+    TOKEN_EXPIRED = ("ERR_TOKEN_EXPIRED", 401)  # an API key or access token past its expiry
+    TOKEN_REVOKED = ("ERR_TOKEN_REVOKED", 401)  # an API key revoked by `gateway token revoke`
+    AUTH_THROTTLED = ("ERR_AUTH_THROTTLED", 429)  # too many failed authentications
+    IDENTITY_PROVIDER_UNAVAILABLE = ("ERR_IDENTITY_PROVIDER_UNAVAILABLE", 503)
+    # -- end of identity --
     STORED_DATA_CORRUPT = ("ERR_STORED_DATA_CORRUPT", 500)
     INTERNAL = ("ERR_INTERNAL_SERVER_ERROR", 500)
 

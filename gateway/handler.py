@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import checksums
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
@@ -68,7 +68,9 @@ class TusHandler:
         # The version check comes first: a client speaking another tus version must
         # learn that (412 + Tus-Version) before anything else.
         tus.parse_tus_resumable(request.headers.getlist("tus-resumable"))
-        principal = await self.auth.principal(request.headers.getlist("authorization"))
+        principal = await self.auth.principal(
+            request.headers.getlist("authorization"), client=client_of(request)
+        )
         request.state.principal = principal.id
         return principal
 

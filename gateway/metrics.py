@@ -82,6 +82,16 @@ CHECKSUM_MISMATCHES = Counter(
     "gateway_checksum_mismatches", "PATCH bodies whose Upload-Checksum did not match."
 )
 AUTH_FAILURES = Counter("gateway_auth_failures", "Requests refused for missing or bad tokens.")
+AUTH_THROTTLED = Counter(
+    "gateway_auth_throttled",
+    "Authentications refused 429 after too many failures, by what was limited (address, prefix).",
+    ["limit"],
+)
+OIDC_JWKS_FETCHES = Counter(
+    "gateway_oidc_jwks_fetches",
+    "Fetches of the identity provider's JWKS (and discovery document), by outcome.",
+    ["outcome"],
+)
 ACTIVE_UPLOADS = Gauge(
     "gateway_active_uploads", "Uploads with a PATCH running now.", multiprocess_mode="livesum"
 )

@@ -5,7 +5,9 @@
              ├─ Leases
              └─ Writes ─┬─ UploadKeys, Leases
                         └─ WriterSlots, ReceiveBudget, Pools
-    Authenticator ── RequestRate
+    Authenticator ─┬─ RequestRate
+                   ├─ OidcVerifier ── JwksCache   (when GATEWAY_OIDC_ISSUER is set)
+                   └─ BruteForceGuard
     one Runner (the thread pools) under all of them
 
 Nothing here picks an implementation: the store, catalog and keys come in ready.
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth import Authenticator
+from gateway.bruteforce import AuthFailureHook, BruteForceGuard, FailureLimit
 from gateway.buffers import Pools
 from gateway.catalog.base import Catalog
 from gateway.config import Settings
@@ -25,6 +28,7 @@ from gateway.finals import Finals
 from gateway.keys.base import KeyProvider
 from gateway.leases import Leases
 from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
+from gateway.oidc import JwksCache, OidcConfig, OidcVerifier, fetch_json
 from gateway.reader import Reader
 from gateway.receipts import Receipts
 from gateway.removal import Removal
@@ -93,6 +97,22 @@ def writer_slots(settings: Settings) -> WriterSlots:
     )
 
 
+def oidc_verifier(settings: Settings, runner: Runner) -> OidcVerifier | None:
+    config = OidcConfig.from_settings(settings)
+    if config is None:
+        return None
+
+    async def fetch(url: str) -> object:
+        return await runner.io(fetch_json, url, config.timeout)
+
+    return OidcVerifier(config, JwksCache(config, fetch))
+
+
+def brute_force_guard(settings: Settings) -> BruteForceGuard:
+    burst, rate = settings.auth_failure_burst, settings.auth_failure_rate
+    return BruteForceGuard(FailureLimit(burst, rate), FailureLimit(burst, rate))
+
+
 def build_services(
     settings: Settings,
     *,
@@ -100,6 +120,7 @@ def build_services(
     catalog: Catalog,
     keys: KeyProvider,
     clock: Callable[[], float] = time.time,
+    on_auth_failure: AuthFailureHook | None = None,
 ) -> Services:
     rules = upload_rules(settings)
     runner = Runner(settings.io_threads, settings.sealing_threads)
@@ -160,5 +181,13 @@ def build_services(
         clock=clock,
     )
     rate = RequestRate(settings.request_rate, settings.request_burst)
-    auth = Authenticator(catalog, runner, rate)
+    auth = Authenticator(
+        catalog,
+        runner,
+        rate,
+        oidc=oidc_verifier(settings, runner),
+        guard=brute_force_guard(settings),
+        on_failure=on_auth_failure,
+        clock=clock,
+    )
     return Services(runner, leases, reader, uploads, removal, finals, auth)

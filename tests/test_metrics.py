@@ -320,7 +320,15 @@ def test_every_protocol_method_is_timed(protocols: tuple[type, ...], untimed: se
 
 
 def test_operations_of_one_concern() -> None:
-    assert metrics.operations(TokenStore) == {"add_token", "principal_for", "token_count"}
+    assert metrics.operations(TokenStore) == {
+        "add_token",
+        "api_key",
+        "principal_for",
+        "api_keys",
+        "revoke_token",
+        "token_used",
+        "token_count",
+    }
     assert metrics.operations(LeaseCatalog) == _declared(LeaseCatalog)
     store = metrics.operations(ObjectStore, InPlaceStore)
     assert metrics.operations(ObjectStore) < store

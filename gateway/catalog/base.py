@@ -306,12 +306,52 @@ class LeaseCatalog(Protocol):
         so unlike a failed `acquire_lease` it asks no one to let go."""
 
 
-class TokenStore(Protocol):
-    """Bearer tokens, stored as SHA-256 hashes only, with the principal (and its roles)
-    each stands for; shares nothing with the uploads."""
+@dataclass(frozen=True)
+class ApiKey:
+    """One API key (a bearer token minted by `gateway token create`), without its hash."""
 
-    def add_token(self, token_hash: bytes, principal: Principal, now: float) -> None: ...
-    def principal_for(self, token_hash: bytes) -> Principal | None: ...
+    id: str
+    principal: Principal
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+class TokenStore(Protocol):
+    """Bearer tokens (API keys), stored as SHA-256 hashes only, with the principal (and
+    its roles) each stands for; shares nothing with the uploads."""
+
+    def add_token(
+        self,
+        token_hash: bytes,
+        principal: Principal,
+        now: float,
+        *,
+        token_id: str | None = None,
+        expires_at: float | None = None,
+    ) -> str:
+        """Store a token's hash; returns its id (`token_id`, or a random one)."""
+
+    def api_key(self, token_hash: bytes) -> ApiKey | None:
+        """The key with this hash, revoked and expired ones included."""
+
+    def principal_for(self, token_hash: bytes) -> Principal | None:
+        """The principal of a usable key (neither revoked nor expired now)."""
+
+    def api_keys(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+
+    def revoke_token(self, token_id: str, now: float) -> bool:
+        """Revoke the key; False if there is no such key or it was already revoked."""
+
+    def token_used(self, token_id: str, now: float, *, every: float = 60.0) -> None:
+        """Record `now` as the key's last use, unless one was recorded less than `every`
+        seconds before (a write at most that often per key)."""
+
     def token_count(self) -> int: ...
 
 

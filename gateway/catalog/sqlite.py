@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.catalog.base import (
+    ApiKey,
     Deletion,
     Hold,
     Lease,
@@ -585,27 +588,58 @@ class SQLiteCatalog:
                 (lease.upload_id, lease.holder, lease.token),
             )
 
-    # bearer tokens
+    # bearer tokens (API keys)
 
-    def add_token(self, token_hash: bytes, principal: Principal, now: float) -> None:
+    def add_token(
+        self,
+        token_hash: bytes,
+        principal: Principal,
+        now: float,
+        *,
+        token_id: str | None = None,
+        expires_at: float | None = None,
+    ) -> str:
         roles = " ".join(sorted(principal.roles))
+        token_id = token_id or secrets.token_hex(8)
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO tokens (token_hash, principal_id, tenant, created_at, roles) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO UPDATE SET "
+                "INSERT INTO tokens (token_hash, principal_id, tenant, created_at, roles, id, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO UPDATE SET "
                 "principal_id = excluded.principal_id, tenant = excluded.tenant, "
-                "roles = excluded.roles",
-                (token_hash, principal.id, principal.tenant, now, roles),
+                "roles = excluded.roles, id = excluded.id, expires_at = excluded.expires_at, "
+                "revoked_at = NULL",
+                (token_hash, principal.id, principal.tenant, now, roles, token_id, expires_at),
             )
+        return token_id
+
+    def api_key(self, token_hash: bytes) -> ApiKey | None:
+        rows = self._query(f"SELECT {_KEY_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
+        return _api_key_from(rows[0]) if rows else None
 
     def principal_for(self, token_hash: bytes) -> Principal | None:
-        rows = self._query(
-            "SELECT principal_id, tenant, roles FROM tokens WHERE token_hash = ?", (token_hash,)
-        )
-        if not rows:
-            return None
-        principal_id, tenant, roles = rows[0]
-        return Principal(id=str(principal_id), tenant=str(tenant), roles=frozenset(roles.split()))
+        key = self.api_key(token_hash)
+        return key.principal if key is not None and key.usable(time.time()) else None
+
+    def api_keys(self) -> list[ApiKey]:
+        rows = self._query(f"SELECT {_KEY_COLUMNS} FROM tokens ORDER BY created_at, id")
+        return [_api_key_from(row) for row in rows]
+
+    def revoke_token(self, token_id: str, now: float) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, token_id),
+            )
+            return cur.rowcount == 1
+
+    def token_used(self, token_id: str, now: float, *, every: float = 60.0) -> None:
+        # Not durable: a last-use time lost to a power cut is harmless.
+        with self._tx(durable=False) as cur:
+            cur.execute(
+                "UPDATE tokens SET last_used_at = ? WHERE id = ? "
+                "AND (last_used_at IS NULL OR last_used_at <= ?)",
+                (now, token_id, now - every),
+            )
 
     def token_count(self) -> int:
         rows = self._query("SELECT COUNT(*) FROM tokens")
@@ -623,6 +657,22 @@ class SQLiteCatalog:
             self._closed = True
             self._conn.close()
             self._file.release()
+
+
+_KEY_COLUMNS = "id, principal_id, tenant, roles, created_at, expires_at, revoked_at, last_used_at"
+
+
+def _api_key_from(row: Sequence[Any]) -> ApiKey:
+    token_id, principal_id, tenant, roles, created_at, expires_at, revoked_at, last_used = row
+    principal = Principal(id=str(principal_id), tenant=str(tenant), roles=frozenset(roles.split()))
+    return ApiKey(
+        id=str(token_id),
+        principal=principal,
+        created_at=float(created_at),
+        expires_at=expires_at,
+        revoked_at=revoked_at,
+        last_used_at=last_used,
+    )
 
 
 def _upload_from(values: Sequence[Any]) -> Upload:

@@ -9,8 +9,10 @@ import sqlite3
 # 3: legal holds (columns of uploads), token roles, pending deletions and deletion
 # receipts. Older catalogs gain the columns (ALTER TABLE ... ADD COLUMN) and tables.
 # Older versions refuse a version 3 catalog: they would delete held uploads.
-SCHEMA_VERSION = 3
-_UPGRADABLE = (1, 2)
+# 4: API keys have an id, an expiry, a revocation time and a last-used time
+# (identity block below).
+SCHEMA_VERSION = 4
+_UPGRADABLE = (1, 2, 3)
 
 WRAPPED_KEYS = """CREATE TABLE IF NOT EXISTS {table} (
         dek_id BLOB PRIMARY KEY,
@@ -93,7 +95,11 @@ _SCHEMA = (
         principal_id TEXT NOT NULL,
         tenant TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
-        roles TEXT NOT NULL DEFAULT ''
+        roles TEXT NOT NULL DEFAULT '',
+        id TEXT,
+        expires_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION,
+        last_used_at DOUBLE PRECISION
     )""",
     # What a removal's receipt will say, from the moment its key is deleted until its
     # rows are forgotten (no foreign key: the row outlives nothing, but goes with them).
@@ -124,8 +130,24 @@ _ADDED_COLUMNS = (
     ("tokens", "roles", "TEXT NOT NULL DEFAULT ''"),
 )
 
+# -- identity (version 4): API key ids, expiry, revocation, last use --------------------
+# Older tokens gain the columns (no expiry, never revoked, never used) and a random id;
+# the id is what `gateway token list` shows and `gateway token revoke` takes.
+_IDENTITY_COLUMNS = (
+    ("tokens", "id", "TEXT"),
+    ("tokens", "expires_at", "DOUBLE PRECISION"),
+    ("tokens", "revoked_at", "DOUBLE PRECISION"),
+    ("tokens", "last_used_at", "DOUBLE PRECISION"),
+)
+_IDENTITY_UPGRADE = ("UPDATE tokens SET id = lower(hex(randomblob(8))) WHERE id IS NULL",)
+_IDENTITY_INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS tokens_id ON tokens (id)",)
+# -- end of identity (version 4) -------------------------------------------------------
+
 # Indexes on columns an older catalog gains only in `migrate`.
-_LATE_INDEXES = ("CREATE INDEX IF NOT EXISTS uploads_completed ON uploads (state, completed_at)",)
+_LATE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS uploads_completed ON uploads (state, completed_at)",
+    *_IDENTITY_INDEXES,
+)
 
 
 def migrate(cur: sqlite3.Cursor) -> None:
@@ -137,10 +159,12 @@ def migrate(cur: sqlite3.Cursor) -> None:
     if row is None:
         cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
     elif row[0] in _UPGRADABLE:
-        for table, column, declaration in _ADDED_COLUMNS:
+        for table, column, declaration in (*_ADDED_COLUMNS, *_IDENTITY_COLUMNS):
             present = {r[1] for r in cur.execute(f"PRAGMA table_info({table})").fetchall()}
             if column not in present:
                 cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        for statement in _IDENTITY_UPGRADE:
+            cur.execute(statement)
         cur.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
     elif row[0] != SCHEMA_VERSION:
         raise RuntimeError(
