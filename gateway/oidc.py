@@ -118,12 +118,18 @@ _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def fetch_json(url: str, timeout: float) -> object:
-    """GET a JSON document (blocking; run it on an I/O thread), at most 1 MiB."""
+    """GET a JSON document (blocking; run it on an I/O thread), at most 1 MiB, all of it
+    within `timeout` seconds (a server sending a byte at a time is cut off too)."""
+    deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    body = bytearray()
     with _OPENER.open(request, timeout=timeout) as response:
-        body = response.read(MAX_DOCUMENT_BYTES + 1)
-    if len(body) > MAX_DOCUMENT_BYTES:
-        raise ValueError(f"{url} sent more than {MAX_DOCUMENT_BYTES} bytes")
+        while chunk := response.read1(65536):
+            body += chunk
+            if len(body) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"{url} sent more than {MAX_DOCUMENT_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} took longer than {timeout} s")
     return json.loads(body)
 
 
@@ -153,6 +159,9 @@ class JwksCache:
         may_try = self._tried_at is None or now - self._tried_at >= self._config.refresh
         if (stale or unknown) and may_try:
             await self._refresh(now)
+        elif unknown and self._lock.locked():
+            async with self._lock:  # a fetch is under way: its keys may hold this kid
+                pass
         if self._fetched_at is None:
             raise ProviderUnavailable("the identity provider's keys could not be fetched")
         return self._keys.get(kid)

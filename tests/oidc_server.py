@@ -43,6 +43,14 @@ class OidcProvider:
                 elif self.path == "/jwks":
                     body = provider.jwks()
                     provider.jwks_fetches += 1
+                elif self.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", provider.issuer + "/jwks")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                elif self.path == "/big":
+                    body = {"keys": [], "padding": "x" * (2 << 20)}
                 else:
                     self.send_error(404)
                     return

@@ -3,6 +3,8 @@ and which issuer and JWKS URLs are accepted."""
 
 from __future__ import annotations
 
+import asyncio
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from gateway.oidc import (
     OidcVerifier,
     ProviderUnavailable,
     claim,
+    fetch_json,
     has_second_factor,
     principal_from_claims,
     roles_from,
@@ -169,6 +172,31 @@ async def test_a_provider_out_of_reach_is_unavailable_then_its_old_keys_are_kept
     fail[0] = True
     clock.now += CONFIG.max_age
     assert (await cache.key(kid)) is not None  # stale, but better than nothing
+
+
+async def test_requests_arriving_during_the_first_fetch_wait_for_it(
+    provider: OidcProvider,
+) -> None:
+    kid = provider.add_key("ES256")
+    calls: list[str] = []
+
+    async def fetch(url: str) -> object:
+        calls.append(url)
+        await asyncio.sleep(0.05)
+        return provider.jwks()
+
+    config = OidcConfig(issuer=CONFIG.issuer, audience=AUDIENCE, jwks_url="https://i/jwks")
+    cache = JwksCache(config, fetch)
+    keys = await asyncio.gather(*[cache.key(kid) for _ in range(10)])
+    assert all(k is not None for k in keys) and calls == ["https://i/jwks"]
+
+
+def test_fetches_follow_no_redirect_and_read_at_most_a_mebibyte(provider: OidcProvider) -> None:
+    assert fetch_json(provider.issuer + "/jwks", 5) == {"keys": []}
+    with pytest.raises(urllib.error.HTTPError):
+        fetch_json(provider.issuer + "/redirect", 5)
+    with pytest.raises(ValueError, match="more than"):
+        fetch_json(provider.issuer + "/big", 5)
 
 
 async def test_a_discovery_document_naming_another_issuer_is_not_used() -> None:
