@@ -37,6 +37,7 @@ class OidcProvider:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                body: dict[str, object]
                 if self.path == "/.well-known/openid-configuration":
                     provider.discovery_fetches += 1
                     body = {"issuer": provider.issuer, "jwks_uri": provider.issuer + "/jwks"}
