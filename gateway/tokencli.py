@@ -105,11 +105,12 @@ def _create(catalog: TokenStore, args: argparse.Namespace) -> int:
     now = time.time()
     expires_at = None if args.expires is None else now + args.expires
     token_id, token = mint_api_key(catalog, principal, expires_at=expires_at, now=now)
-    roles = ", ".join(sorted(principal.roles)) or "none (uploader)"
-    until = "never" if expires_at is None else _when(expires_at)
+    roles = ", ".join(sorted(principal.roles))
+    roles = f"with roles {roles}" if roles else "with no role (an uploader)"
+    until = "never expires" if expires_at is None else f"expires {_when(expires_at)}"
     print(
-        f"# API key {token_id} for principal {principal.id!r} of tenant {principal.tenant!r}, "
-        f"roles: {roles}, expires: {until}; the token is shown only now"
+        f"# API key {token_id} for principal {principal.id!r} of tenant {principal.tenant!r} "
+        f"{roles}; it {until}; the token is shown only now"
     )
     print(token)
     return 0
