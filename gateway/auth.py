@@ -99,7 +99,12 @@ class Authenticator:
 
         `client` is the client's address (after trusted proxies), for the brute-force limit.
         """
-        token = _bearer(authorization)
+        try:
+            token = _bearer(authorization)
+        except GatewayError:
+            # Reported (the audit log wants every refusal) but not counted: no guess.
+            self._report(AuthFailure(client, "none", "no-credential"))
+            raise
         prefix = key_prefix(token)
         if self._guard is not None:
             try:

@@ -28,7 +28,7 @@ class AuthFailure:
     """What a failed authentication leaves for the audit log: never the credential."""
 
     client: str  # the client address ("" if unknown)
-    kind: str  # "api-key", "oidc" or "malformed"
+    kind: str  # "api-key", "oidc", "malformed" (neither) or "none" (no usable header)
     reason: str  # a short stable word: "unknown", "revoked", "expired", "invalid", ...
     key_id: str | None = None  # an API key's id, when the key exists (revoked, expired)
     throttled: bool = False  # refused 429 before the credential was even looked at

@@ -99,6 +99,7 @@ async def test_failures_reach_the_hook_without_the_credential(catalog: SQLiteCat
         AuthFailure("192.0.2.1", "api-key", "unknown"),
         AuthFailure("192.0.2.1", "api-key", "unknown"),
         AuthFailure("192.0.2.1", "api-key", "throttled", throttled=True),
+        AuthFailure("192.0.2.3", "none", "no-credential"),
     ]
     assert all(bad not in repr(f) and good not in repr(f) for f in seen)
 
