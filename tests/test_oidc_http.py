@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.oidc_server import AUDIENCE, OidcProvider, running_provider
-from tests.server import GatewayProcess, mint_token
+from tests.server import GatewayProcess, free_port, mint_token
 from tests.tushttp import assert_problem
 
 REFRESH = 1.0  # GATEWAY_OIDC_JWKS_REFRESH: the shortest allowed, so tests wait little
@@ -207,3 +207,27 @@ def test_a_plain_http_issuer_elsewhere_stops_the_gateway_at_start(tmp_path: Path
     )
     assert out.returncode == 2
     assert "GATEWAY_OIDC_ISSUER" in out.stderr and "https" in out.stderr
+
+
+def test_a_provider_out_of_reach_is_503_not_401(
+    provider: OidcProvider, kid: str, tmp_path: Path
+) -> None:
+    # The JWKS URL is given (so discovery is not used) but nothing listens there.
+    discoveries = provider.discovery_fetches
+    proc = GatewayProcess(
+        tmp_path / "data",
+        env={
+            "GATEWAY_OIDC_ISSUER": provider.issuer,
+            "GATEWAY_OIDC_AUDIENCE": AUDIENCE,
+            "GATEWAY_OIDC_JWKS_URL": f"http://127.0.0.1:{free_port()}/jwks",
+            "GATEWAY_OIDC_TIMEOUT": "2",
+        },
+    ).start()
+    try:
+        response = create(proc, provider.token(kid))
+        assert_problem(response, 503, "ERR_IDENTITY_PROVIDER_UNAVAILABLE")
+        assert response.headers["Retry-After"]
+        assert create(proc, proc.token).status_code == 201  # API keys do not need it
+    finally:
+        proc.stop()
+    assert provider.discovery_fetches == discoveries
