@@ -28,6 +28,7 @@ import urllib.request
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Any
 
 from joserfc import jws, jwt
@@ -42,7 +43,7 @@ from joserfc.jwk import JWKRegistry, Key
 
 from gateway import metrics, roles
 from gateway.catalog.base import Principal
-from gateway.config import ConfigError, Settings, check_oidc_url
+from gateway.config import Settings, check_oidc_url
 
 log = logging.getLogger("gateway.oidc")
 
@@ -150,7 +151,6 @@ class JwksCache:
         self._fetched_at: float | None = None  # last successful fetch
         self._tried_at: float | None = None  # last attempt, successful or not
         self._lock = asyncio.Lock()
-        self.fetches = 0
 
     async def key(self, kid: str) -> Key | None:
         now = self._clock()
@@ -171,11 +171,10 @@ class JwksCache:
             if self._tried_at is not None and self._tried_at >= asked_at:
                 return  # another request refreshed while this one waited
             self._tried_at = self._clock()
-            self.fetches += 1
             try:
                 url = await self._url()
                 keys = _signing_keys(await self._fetch(url))
-            except (OSError, ValueError, TypeError, KeyError, ConfigError) as exc:
+            except (OSError, HTTPException, ValueError, TypeError, KeyError) as exc:
                 metrics.OIDC_JWKS_FETCHES.labels("error").inc()
                 log.warning(
                     "cannot fetch the identity provider's keys (%s); %s",
