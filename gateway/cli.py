@@ -22,13 +22,12 @@ from gateway.config import ConfigError, Settings, export_environment, load_setti
 from gateway.connections import protocol_factory
 from gateway.keys.base import KeyUnusable
 from gateway.keys.providers import open_provider, provider_configured
-from gateway.roles import ADMIN
+from gateway.roles import ROLES
 from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = "admin"
 # Roles a token may carry; without any, a token has a client's rights (its own uploads).
-# Roles a token can be minted with today (the other roles come with their checks).
-MINTABLE_ROLES = frozenset({ADMIN})
+MINTABLE_ROLES = ROLES
 FIRST_TOKEN_FILE = "first-token"
 log = logging.getLogger("gateway.cli")
 

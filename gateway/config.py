@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from gateway.access import Action, parse_actions
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -90,6 +92,12 @@ class Settings:
     pkcs11_pin_file: str = ""  # an owner-only file whose first line is the user PIN
     pkcs11_kek_label: str = "gateway-kek"
     pkcs11_signing_label: str = "gateway-signing"
+    # -- access (gateway/access.py) --
+    # Readers see every upload of their tenant, not only those granted to them.
+    readers_see_tenant: bool = False
+    # Comma list of actions that need a sign-in with a second factor (OIDC amr/acr):
+    # create, write, head, download, manifest, delete, grant, admin, audit.
+    require_mfa_for: str = ""
 
     def __post_init__(self) -> None:
         if self.keyring_path == Path(""):
@@ -154,6 +162,7 @@ class Settings:
         if self.max_open_uploads < 0 or self.max_open_bytes < 0:
             raise ConfigError("max_open_uploads and max_open_bytes must be >= 0 (0: no limit)")
         _check_retention_days(self.retention_days)
+        _ = self.mfa_actions
         if self.tail_merge_after < 2:
             raise ConfigError("tail_merge_after must be at least 2")
         if self.store not in ("", "folder"):
@@ -165,6 +174,14 @@ class Settings:
                 # S3 wants every part but the last to be at least 5 MiB.
                 raise ConfigError("with an S3 store, segment_size must be at least 5 MiB")
         return self
+
+    @property
+    def mfa_actions(self) -> frozenset[Action]:
+        """require_mfa_for as actions; ConfigError naming an unknown one."""
+        try:
+            return parse_actions(self.require_mfa_for)
+        except ValueError as exc:
+            raise ConfigError(f"GATEWAY_REQUIRE_MFA_FOR: {exc}") from None
 
     @property
     def trusted_proxy_list(self) -> list[str]:
