@@ -5,8 +5,9 @@
     DELETE /admin/holds/{id}                                                   -> 200 hold
 
 Answers are JSON (`holds.describe`); errors are problem+json: 401 without a valid token,
-403 `ERR_FORBIDDEN` for a token without the admin role, 404 for an unknown upload. An
-admin acts on the uploads of every tenant: a hold is the operator's business.
+403 `ERR_FORBIDDEN` for a token without the admin role (`ERR_MFA_REQUIRED` where the
+MFA policy names `admin`), 404 for an unknown upload. An admin acts on the uploads of
+every tenant: a hold is the operator's business (docs/SECURITY.md).
 """
 
 from __future__ import annotations
