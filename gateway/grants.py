@@ -80,7 +80,8 @@ class Grants:
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")  # removed meanwhile
         return grant
 
-    async def list(self, principal: Principal, upload_id: str) -> list[Grant]:
+    async def live(self, principal: Principal, upload_id: str) -> list[Grant]:
+        """The upload's grants that have not expired."""
         await self.authorize(principal, Action.GRANT, upload_id)
         return await self._runner.db(self._catalog.grants, upload_id, self._clock())
 

@@ -41,7 +41,7 @@ class GrantHandler:
     async def collection(self, request: Request) -> Response:
         principal, upload_id = await self._start(request)
         if request.method == "GET":
-            found = await self._grants.list(principal, upload_id)
+            found = await self._grants.live(principal, upload_id)
             return JSONResponse(
                 {"grants": [describe(g) for g in found]},
                 headers={"Cache-Control": "no-store"},

@@ -9,6 +9,7 @@ the principals of chosen tokens `mfa`.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import ConfigError, load_settings
 from gateway.roles import ADMIN, AUDITOR, READER, UPLOADER
 from tests.inprocess import app_client, build_app
-from tests.tushttp import assert_problem, upload_id
+from tests.tushttp import OCTET, assert_problem, upload_id
 
 DATA = b"0123456789" * 100
 PEOPLE = {
@@ -50,7 +51,7 @@ class Site:
     def upload(self, who: str = "alice", data: bytes = DATA) -> str:
         headers = self.h(
             who,
-            **{"Upload-Length": str(len(data)), "Content-Type": "application/offset+octet-stream"},
+            **{"Upload-Length": str(len(data)), "Content-Type": OCTET},
         )
         response = self.client.post("/files/", headers=headers, content=data)
         assert response.status_code == 201, response.text
@@ -69,7 +70,7 @@ class Site:
     def requests(self, uid: str, who: str) -> dict[str, httpx.Response]:
         """One request of each kind on the upload, as `who`."""
         h, c = self.h(who), self.client
-        patch = {**h, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        patch = {**h, "Upload-Offset": "0", "Content-Type": OCTET}
         return {
             "head": c.head(f"/files/{uid}", headers=h),
             "patch": c.patch(f"/files/{uid}", headers=patch, content=b"x"),
@@ -81,6 +82,7 @@ class Site:
         }
 
 
+@contextlib.contextmanager
 def _site(tmp_path: Path, mfa: Sequence[str] = (), **settings: object) -> Iterator[Site]:
     app, _ = build_app(tmp_path / "data", settings=settings)
     catalog = SQLiteCatalog(tmp_path / "data" / "catalog.sqlite3")
@@ -96,7 +98,8 @@ def _site(tmp_path: Path, mfa: Sequence[str] = (), **settings: object) -> Iterat
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    yield from _site(tmp_path)
+    with _site(tmp_path) as site:
+        yield site
 
 
 @pytest.fixture
@@ -277,7 +280,7 @@ def test_an_auditor_gets_manifests_of_its_tenant_never_data(site: Site) -> None:
 
 
 def test_readers_see_their_tenant_where_the_policy_says_so(tmp_path: Path) -> None:
-    for site in _site(tmp_path, readers_see_tenant=True):
+    with _site(tmp_path, readers_see_tenant=True) as site:
         uid = site.upload()
         assert site.client.get(f"/files/{uid}", headers=site.h("rita")).content == DATA
         assert site.client.get(f"/files/{uid}/manifest", headers=site.h("rita")).status_code == 200
@@ -290,7 +293,7 @@ def test_readers_see_their_tenant_where_the_policy_says_so(tmp_path: Path) -> No
 
 
 def test_the_mfa_policy(tmp_path: Path, with_mfa: set[str]) -> None:
-    for site in _site(tmp_path, mfa=["alice", "root"], require_mfa_for="download,grant,admin"):
+    with _site(tmp_path, mfa=["alice", "root"], require_mfa_for="download,grant,admin") as site:
         with_mfa.update({site.tokens["alice+mfa"], site.tokens["root+mfa"]})
         uid = site.upload()  # create and write need no second factor here
         refused = site.client.get(f"/files/{uid}", headers=site.h("alice"))
@@ -308,6 +311,25 @@ def test_the_mfa_policy(tmp_path: Path, with_mfa: set[str]) -> None:
         assert_problem(
             site.client.get(f"/files/{uid}", headers=site.h("eve")), 403, "ERR_MFA_REQUIRED"
         )
+
+
+def test_mfa_for_writing_covers_a_body_sent_with_the_creation(
+    tmp_path: Path, with_mfa: set[str]
+) -> None:
+    with _site(tmp_path, mfa=["alice"], require_mfa_for="write") as site:
+        with_mfa.add(site.tokens["alice+mfa"])
+        created = site.client.post("/files/", headers=site.h("alice", **{"Upload-Length": "3"}))
+        assert created.status_code == 201  # no body: creating only
+        url = created.headers["Location"]
+        with_body = site.h("alice", **{"Upload-Length": "3", "Content-Type": OCTET})
+        refused = site.client.post("/files/", headers=with_body, content=b"abc")
+        assert_problem(refused, 403, "ERR_MFA_REQUIRED")
+        patch = {"Upload-Offset": "0", "Content-Type": OCTET}
+        refused = site.client.patch(url, headers=site.h("alice", **patch), content=b"abc")
+        assert_problem(refused, 403, "ERR_MFA_REQUIRED")
+        done = site.client.patch(url, headers=site.h("alice+mfa", **patch), content=b"abc")
+        assert done.status_code == 204
+        assert site.upload("alice+mfa", b"xyz")
 
 
 def test_an_unknown_mfa_action_is_a_config_error() -> None:
