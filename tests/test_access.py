@@ -214,3 +214,11 @@ def test_parse_actions() -> None:
     assert access.parse_actions(" Download, manifest ,,") == {Action.DOWNLOAD, Action.MANIFEST}
     with pytest.raises(ValueError, match="'downlaod'"):
         access.parse_actions("downlaod")
+
+
+def test_a_principal_with_only_unknown_roles_may_do_nothing() -> None:
+    # An identity provider's roles claim may carry names of its own: they give no rights
+    # (only a principal with no role at all is an uploader).
+    odd = who("alice", "north", "physician")
+    for action in ALL:
+        assert decide(Policy(), odd, action, UPLOAD, [grant_to(odd)], NOW) == F
