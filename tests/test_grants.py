@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog.base import Deletion, Grant, Hold, Principal, UploadHeld, UploadState
+from gateway.catalog.base import Deletion, Grant, Principal, UploadState
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.catalog.sqlite_schema import SCHEMA_VERSION
 from gateway.errors import ERR, GatewayError
@@ -42,27 +42,6 @@ def catalog(tmp_path: Path) -> Iterator[SQLiteCatalog]:
         cat.close()
 
 
-def test_grants_are_added_listed_while_live_and_revoked(catalog: SQLiteCatalog) -> None:
-    assert catalog.add_grant(grant("g1"))
-    assert catalog.add_grant(grant("g2", expires_at=3000.0))
-    assert catalog.add_grant(grant("g3", "u2"))
-    assert [g.id for g in catalog.grants("u1", now=1500.0)] == ["g1", "g2"]
-    assert catalog.grants("u1", now=1500.0)[0] == grant("g1")
-    assert [g.id for g in catalog.grants("u1", now=2000.0)] == ["g2"]  # g1 expired
-    assert not catalog.revoke_grant("u2", "g2")  # another upload's grant
-    assert catalog.revoke_grant("u1", "g2")
-    assert not catalog.revoke_grant("u1", "g2")
-    assert catalog.grants("u1", now=1500.0) == [grant("g1")]
-    assert not catalog.add_grant(grant("g4", "nope"))  # no such upload
-    assert catalog.grants("nope", now=0.0) == []
-
-
-def test_expired_grants_are_dropped_when_the_next_is_added(catalog: SQLiteCatalog) -> None:
-    assert catalog.add_grant(grant("old", expires_at=1000.0))
-    assert catalog.add_grant(grant("new"))
-    assert [g.id for g in catalog.grants("u1", now=0.0)] == ["new"]
-
-
 def test_grants_go_with_their_upload(catalog: SQLiteCatalog, tmp_path: Path) -> None:
     catalog.add_grant(grant("g1"))
     catalog.add_grant(grant("g2", "u2"))
@@ -84,14 +63,6 @@ def test_grants_go_with_their_upload(catalog: SQLiteCatalog, tmp_path: Path) -> 
         assert conn.execute("SELECT COUNT(*) FROM grants").fetchone() == (0,)
     finally:
         conn.close()
-
-
-def test_a_held_upload_keeps_its_grants(catalog: SQLiteCatalog) -> None:
-    catalog.add_grant(grant("g1"))
-    catalog.place_hold("u1", Hold(None, "root", 1.0))
-    with pytest.raises(UploadHeld):
-        catalog.terminate("u1", None)
-    assert [g.id for g in catalog.grants("u1", now=0.0)] == ["g1"]
 
 
 def test_a_version_3_catalog_gains_the_grant_table(tmp_path: Path) -> None:
