@@ -116,3 +116,34 @@ def test_cross_tenant_grant_expiry_and_revocation_over_http(
         assert_problem(client.get(hold, headers=h(tokens, "root")), 403, "ERR_MFA_REQUIRED")
         assert_problem(client.get(hold, headers=h(tokens, "alice")), 403, "ERR_FORBIDDEN")
         assert client.head(url, headers=h(tokens, "alice")).status_code == 200
+
+
+def test_a_revocation_holds_at_once_in_every_gateway_process(
+    server: tuple[GatewayProcess, dict[str, str]],
+) -> None:
+    first, tokens = server
+    second = GatewayProcess(first.data_dir, env=dict(first.env), token=tokens["alice"])
+    second.env["GATEWAY_PUBLIC_URL"] = second.url
+    second.start()
+    try:
+        with httpx.Client(timeout=30) as client:
+            headers = h(tokens, "alice", **{"Upload-Length": "5", "Content-Type": OCTET})
+            created = client.post(first.files_url, headers=headers, content=b"hello")
+            uid = upload_id(created.headers["Location"])
+            body = {"principal": "carol", "tenant": "south", "expires_in": 3600}
+            granted = client.post(
+                f"{first.files_url}{uid}/grants", headers=h(tokens, "alice"), json=body
+            )
+            gid = granted.json()["id"]
+            for gateway in (first, second):  # both read it: a cache would keep it now
+                got = client.get(gateway.files_url + uid, headers=h(tokens, "carol"))
+                assert got.content == b"hello"
+            revoked = client.delete(
+                f"{second.files_url}{uid}/grants/{gid}", headers=h(tokens, "alice")
+            )
+            assert revoked.status_code == 204
+            for gateway in (first, second):
+                refused = client.get(gateway.files_url + uid, headers=h(tokens, "carol"))
+                assert_problem(refused, 404, "ERR_UPLOAD_NOT_FOUND")
+    finally:
+        second.stop()
