@@ -6,8 +6,8 @@
 
 Answers are JSON (`holds.describe`); errors are problem+json: 401 without a valid token,
 403 `ERR_FORBIDDEN` for a token without the admin role (`ERR_MFA_REQUIRED` where the
-MFA policy names `admin`), 404 for an unknown upload. An admin acts on the uploads of
-every tenant: a hold is the operator's business (docs/SECURITY.md).
+MFA policy names `admin`), 404 for an unknown upload or one of another tenant: an
+admin holds its own tenant's uploads (the operator's `gateway hold` reaches every one).
 """
 
 from __future__ import annotations
@@ -67,14 +67,17 @@ class AdminHandler:
                 case=case,
                 placed_by=f"{admin.tenant}/{admin.id}",
                 now=self._clock(),
+                tenant=admin.tenant,
             )
             log.info("legal hold placed", extra={"upload_id": upload_id, "case": case})
             return JSONResponse(holds.describe(upload_id, hold))
         if request.method == "DELETE":
-            if await self._runner.db(holds.release, self._catalog, upload_id):
+            if await self._runner.db(holds.release, self._catalog, upload_id, tenant=admin.tenant):
                 log.info("legal hold released", extra={"upload_id": upload_id})
             return JSONResponse(holds.describe(upload_id, None))
-        current = await self._runner.db(holds.current, self._catalog, upload_id)
+        current = await self._runner.db(
+            holds.current, self._catalog, upload_id, tenant=admin.tenant
+        )
         return JSONResponse(holds.describe(upload_id, current))
 
     async def _admin(self, request: Request) -> Principal:
