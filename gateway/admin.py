@@ -5,8 +5,9 @@
     DELETE /admin/holds/{id}                                                   -> 200 hold
 
 Answers are JSON (`holds.describe`); errors are problem+json: 401 without a valid token,
-403 `ERR_FORBIDDEN` for a token without the admin role, 404 for an unknown upload. An
-admin acts on the uploads of every tenant: a hold is the operator's business.
+403 `ERR_FORBIDDEN` for a token without the admin role (`ERR_MFA_REQUIRED` where the
+MFA policy names `admin`), 404 for an unknown upload or one of another tenant: an
+admin holds its own tenant's uploads (the operator's `gateway hold` reaches every one).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import holds
+from gateway.access import Action
 from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Principal
 from gateway.errors import ERR, GatewayError
-from gateway.roles import ADMIN
+from gateway.grants import Grants
 from gateway.runner import Runner
 from gateway.tus.headers import is_valid_upload_id
 
@@ -38,11 +40,13 @@ class AdminHandler:
         catalog: holds.HoldingCatalog,
         auth: Authenticator,
         runner: Runner,
+        grants: Grants,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._catalog = catalog
         self._auth = auth
         self._runner = runner
+        self._grants = grants
         self._clock = clock
 
     def routes(self) -> list[Route]:
@@ -55,7 +59,7 @@ class AdminHandler:
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
         request.state.upload_id = upload_id
         if request.method == "PUT":
-            case = holds.check_case(_case_of(await _json_body(request)))
+            case = holds.check_case(_case_of(await json_body(request)))
             hold = await self._runner.db(
                 holds.place,
                 self._catalog,
@@ -63,14 +67,17 @@ class AdminHandler:
                 case=case,
                 placed_by=f"{admin.tenant}/{admin.id}",
                 now=self._clock(),
+                tenant=admin.tenant,
             )
             log.info("legal hold placed", extra={"upload_id": upload_id, "case": case})
             return JSONResponse(holds.describe(upload_id, hold))
         if request.method == "DELETE":
-            if await self._runner.db(holds.release, self._catalog, upload_id):
+            if await self._runner.db(holds.release, self._catalog, upload_id, tenant=admin.tenant):
                 log.info("legal hold released", extra={"upload_id": upload_id})
             return JSONResponse(holds.describe(upload_id, None))
-        current = await self._runner.db(holds.current, self._catalog, upload_id)
+        current = await self._runner.db(
+            holds.current, self._catalog, upload_id, tenant=admin.tenant
+        )
         return JSONResponse(holds.describe(upload_id, current))
 
     async def _admin(self, request: Request) -> Principal:
@@ -78,12 +85,11 @@ class AdminHandler:
             request.headers.getlist("authorization"), client=client_of(request)
         )
         request.state.principal = principal.id
-        if ADMIN not in principal.roles:
-            raise GatewayError(ERR.FORBIDDEN, "this needs a token with the admin role")
+        self._grants.require(principal, Action.ADMIN)  # 403 without the admin role (or MFA)
         return principal
 
 
-async def _json_body(request: Request) -> object:
+async def json_body(request: Request) -> object:
     """The request's JSON body (None if empty), read up to MAX_BODY bytes."""
     body = bytearray()
     async for chunk in request.stream():

@@ -26,6 +26,7 @@ from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
 from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
+from gateway.grants_http import GrantHandler
 from gateway.handler import TusHandler
 from gateway.keys.base import KeyProvider
 from gateway.keys.providers import open_provider
@@ -113,11 +114,19 @@ def create_app(
         log.warning("%s; a copy of the keyring file alone decrypts every upload", warning)
     services = build_services(settings, store=store, catalog=catalog, keys=keys)
     uploads, auth, runner = services.uploads, services.auth, services.runner
-    handler = TusHandler(settings, uploads, auth)
+    grants = services.grants
+    handler = TusHandler(settings, uploads, auth, grants)
     downloads = DownloadHandler(
-        settings, uploads=uploads, reader=services.reader, keys=keys, runner=runner, auth=auth
+        settings,
+        uploads=uploads,
+        reader=services.reader,
+        keys=keys,
+        runner=runner,
+        auth=auth,
+        grants=grants,
     )
-    admin = AdminHandler(catalog, auth, runner)
+    admin = AdminHandler(catalog, auth, runner, grants)
+    sharing = GrantHandler(settings.base_path, grants, auth)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -168,6 +177,7 @@ def create_app(
         routes=[
             *handler.routes(),
             *downloads.routes(),
+            *sharing.routes(),
             *admin.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

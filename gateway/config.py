@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from gateway.access import Action, parse_actions
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -106,6 +108,12 @@ class Settings:
     auth_failure_burst: int = 20  # failed authentications per address or key prefix at once
     auth_failure_rate: float = 10.0  # failures a minute regained; 0: no brute-force limit
     # -- end of identity -----------------------------------------------------------------
+    # -- access (gateway/access.py) --
+    # Readers see every upload of their tenant, not only those granted to them.
+    readers_see_tenant: bool = False
+    # Comma list of actions that need a sign-in with a second factor (OIDC amr/acr):
+    # create, write, head, download, manifest, delete, grant, admin, audit.
+    require_mfa_for: str = ""
 
     def __post_init__(self) -> None:
         if self.keyring_path == Path(""):
@@ -171,6 +179,7 @@ class Settings:
             raise ConfigError("max_open_uploads and max_open_bytes must be >= 0 (0: no limit)")
         _check_retention_days(self.retention_days)
         self._check_identity()
+        _ = self.mfa_actions
         if self.tail_merge_after < 2:
             raise ConfigError("tail_merge_after must be at least 2")
         if self.store not in ("", "folder"):
@@ -182,6 +191,14 @@ class Settings:
                 # S3 wants every part but the last to be at least 5 MiB.
                 raise ConfigError("with an S3 store, segment_size must be at least 5 MiB")
         return self
+
+    @property
+    def mfa_actions(self) -> frozenset[Action]:
+        """require_mfa_for as actions; ConfigError naming an unknown one."""
+        try:
+            return parse_actions(self.require_mfa_for)
+        except ValueError as exc:
+            raise ConfigError(f"GATEWAY_REQUIRE_MFA_FOR: {exc}") from None
 
     @property
     def trusted_proxy_list(self) -> list[str]:

@@ -10,10 +10,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import jws, manifest
+from gateway.access import Action
 from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
+from gateway.grants import Grants
 from gateway.keys.base import KeyProvider, KeyUnusable
 from gateway.ranges import Unsatisfiable, parse_range
 from gateway.reader import NotReadable, Reader
@@ -36,6 +38,7 @@ class DownloadHandler:
         keys: KeyProvider,
         runner: Runner,
         auth: Authenticator,
+        grants: Grants,
     ) -> None:
         self.settings = settings
         self.uploads = uploads
@@ -43,6 +46,7 @@ class DownloadHandler:
         self.keys = keys
         self.runner = runner
         self.auth = auth
+        self.grants = grants
 
     def routes(self) -> list[Route]:
         base = self.settings.base_path
@@ -52,7 +56,7 @@ class DownloadHandler:
             Route("/.well-known/jwks.json", self.jwks, methods=["GET"]),
         ]
 
-    async def _finished(self, request: Request) -> Upload:
+    async def _finished(self, request: Request, action: Action) -> Upload:
         principal = await self.auth.principal(
             request.headers.getlist("authorization"), client=client_of(request)
         )
@@ -61,7 +65,9 @@ class DownloadHandler:
         if not is_valid_upload_id(upload_id):
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
         request.state.upload_id = upload_id
-        upload = await self.uploads.get(principal, upload_id)
+        # The owner, a grantee, or a reader or auditor of the tenant (access.py).
+        found = await self.grants.authorize(principal, action, upload_id)
+        upload = await self.uploads.readable(found)
         if upload.state != UploadState.COMPLETE or upload.length is None:
             raise GatewayError(
                 ERR.UPLOAD_NOT_FINISHED, "the upload is not finished; nothing can be read yet"
@@ -69,7 +75,7 @@ class DownloadHandler:
         return upload
 
     async def download(self, request: Request) -> Response:
-        upload = await self._finished(request)
+        upload = await self._finished(request, Action.DOWNLOAD)
         size = upload.length or 0
         headers = {
             "Accept-Ranges": "bytes",
@@ -139,7 +145,7 @@ class DownloadHandler:
                 raise
 
     async def manifest(self, request: Request) -> Response:
-        upload = await self._finished(request)
+        upload = await self._finished(request, Action.MANIFEST)
         want_json = "application/json" in request.headers.get("accept", "")
         try:
             # The reader's view where there is one: it discloses the plaintext SHA-256

@@ -41,6 +41,10 @@ class ERR(enum.Enum):
     LENGTH_ALREADY_SET = ("ERR_UPLOAD_LENGTH_ALREADY_SET", 400)
     UNAUTHORIZED = ("ERR_UNAUTHORIZED", 401)
     FORBIDDEN = ("ERR_FORBIDDEN", 403)  # authenticated, but without the role this needs
+    # Access (gateway/access.py, gateway/grants.py).
+    MFA_REQUIRED = ("ERR_MFA_REQUIRED", 403)  # the action needs a sign-in with a second factor
+    INVALID_GRANT = ("ERR_INVALID_GRANT", 400)  # a grant request's body is not valid
+    GRANT_NOT_FOUND = ("ERR_GRANT_NOT_FOUND", 404)
     INVALID_CASE_REFERENCE = ("ERR_INVALID_CASE_REFERENCE", 400)
     METHOD_NOT_ALLOWED = ("ERR_METHOD_NOT_ALLOWED", 405)
     NOT_FOUND = ("ERR_NOT_FOUND", 404)

@@ -9,23 +9,29 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import checksums
+from gateway.access import Action
 from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
+from gateway.grants import Grants
 from gateway.tus import headers as tus
 from gateway.uploads import EXTENSIONS, Uploads
 from gateway.writer import BodyInterrupted
 
 OFFSET_STREAM = "application/offset+octet-stream"
 RECEIPT_HEADER = "Upload-Deletion-Receipt"
+_ACTION_OF = {"HEAD": Action.HEAD, "PATCH": Action.WRITE, "DELETE": Action.DELETE}
 
 
 class TusHandler:
-    def __init__(self, settings: Settings, uploads: Uploads, auth: Authenticator) -> None:
+    def __init__(
+        self, settings: Settings, uploads: Uploads, auth: Authenticator, grants: Grants
+    ) -> None:
         self.settings = settings
         self.uploads = uploads
         self.auth = auth
+        self.grants = grants
         self.base = settings.base_path
 
     def routes(self) -> list[Route]:
@@ -55,6 +61,9 @@ class TusHandler:
         if not tus.is_valid_upload_id(upload_id):
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
         request.state.upload_id = upload_id
+        # Role and MFA here; the services refuse (404) an upload not the principal's
+        # own, as access.decide does: only owners may do these.
+        self.grants.require(principal, _ACTION_OF[request.method])
         if request.method == "HEAD":
             return await self.head(principal, upload_id)
         if request.method == "PATCH":
@@ -89,6 +98,7 @@ class TusHandler:
 
     async def post(self, request: Request, principal: Principal) -> Response:
         h = request.headers
+        self.grants.require(principal, Action.CREATE)
         concat = tus.parse_concat(h.getlist("upload-concat"))
         metadata = tus.parse_metadata(
             h.getlist("upload-metadata"), max_bytes=self.settings.metadata_max_bytes
@@ -120,6 +130,8 @@ class TusHandler:
                 ERR.INVALID_UPLOAD_LENGTH, "send Upload-Length, or Upload-Defer-Length: 1"
             )
         with_body = _content_type(request) == OFFSET_STREAM
+        if with_body:  # creation-with-upload writes too
+            self.grants.require(principal, Action.WRITE)
         checksum = self._checksum(request) if with_body else None
         content_length = self._content_length(request)
         # Refuse an oversized body before the upload exists, so nothing is left behind.

@@ -40,24 +40,37 @@ def check_case(case: object) -> str | None:
 
 
 def place(
-    catalog: HoldingCatalog, upload_id: str, *, case: str | None, placed_by: str, now: float
+    catalog: HoldingCatalog,
+    upload_id: str,
+    *,
+    case: str | None,
+    placed_by: str,
+    now: float,
+    tenant: str | None = None,
 ) -> Hold:
+    """Place (or replace) the hold. `tenant`: only on that tenant's uploads (an admin
+    over HTTP); None for the operator's command line."""
     hold = Hold(case=check_case(case), placed_by=placed_by, placed_at=now)
+    if tenant is not None:
+        _live(catalog, upload_id, tenant)
     if not catalog.place_hold(upload_id, hold):
         raise _not_found()
     return hold
 
 
-def release(catalog: HoldingCatalog, upload_id: str) -> bool:
-    """Lift the hold; False if there was none. 404 for an unknown or removed upload."""
+def release(catalog: HoldingCatalog, upload_id: str, *, tenant: str | None = None) -> bool:
+    """Lift the hold; False if there was none. 404 for an unknown or removed upload, or
+    one of another tenant than `tenant` (if given)."""
+    if tenant is not None:
+        _live(catalog, upload_id, tenant)
     if catalog.release_hold(upload_id):
         return True
     _live(catalog, upload_id)
     return False
 
 
-def current(catalog: HoldingCatalog, upload_id: str) -> Hold | None:
-    _live(catalog, upload_id)
+def current(catalog: HoldingCatalog, upload_id: str, *, tenant: str | None = None) -> Hold | None:
+    _live(catalog, upload_id, tenant)
     return catalog.hold(upload_id)
 
 
@@ -74,10 +87,12 @@ def describe(upload_id: str, hold: Hold | None) -> dict[str, object]:
     }
 
 
-def _live(catalog: HoldingCatalog, upload_id: str) -> Upload:
+def _live(catalog: HoldingCatalog, upload_id: str, tenant: str | None = None) -> Upload:
     upload = catalog.get_upload(upload_id)
     if upload is None or upload.state == UploadState.TERMINATED:
         raise _not_found()
+    if tenant is not None and upload.tenant != tenant:
+        raise _not_found()  # another tenant's upload: as if there were none
     return upload
 
 

@@ -57,7 +57,12 @@ def route_of(path: str, base_path: str) -> str:
         rest = path[len(base_path) :]
         if not rest:
             return base_path
-        return base_path + ("{id}/manifest" if rest.endswith("/manifest") else "{id}")
+        sub = rest.partition("/")[2]
+        if sub.startswith("grants/"):
+            return base_path + "{id}/grants/{grant}"
+        if sub in ("manifest", "grants"):
+            return base_path + "{id}/" + sub
+        return base_path + "{id}"
     if path.startswith("/admin/holds/"):
         return "/admin/holds/{id}"
     return (

@@ -46,6 +46,11 @@ def check_owned(principal: Principal, upload: Upload | None, now: float) -> Uplo
         or upload.tenant != principal.tenant
     ):
         raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
+    return check_live(upload, now)
+
+
+def check_live(upload: Upload, now: float) -> Upload:
+    """`upload`, unless it expired unfinished (410: it is being removed)."""
     expires_at = upload.expires_at
     if upload.state == UploadState.ACTIVE and expires_at is not None and expires_at <= now:
         raise GatewayError(ERR.UPLOAD_GONE, "this upload expired and is being removed")

@@ -24,7 +24,7 @@ from gateway.layout import data_key
 from gateway.leases import Leases
 from gateway.metadata import seal_legacy_metadata, seal_metadata
 from gateway.removal import Removal
-from gateway.rules import UploadRules, check_owned, check_quota, store_call
+from gateway.rules import UploadRules, check_live, check_owned, check_quota, store_call
 from gateway.runner import Runner
 from gateway.sealed import Sealer, new_header
 from gateway.store.base import ObjectStore
@@ -108,6 +108,13 @@ class Uploads:
     async def get(self, principal: Principal, upload_id: str) -> Upload:
         """The upload as recorded, if `principal` owns it; a crash-cut completion is finished."""
         return await self._finish_cut(principal, await self._owned(principal, upload_id))
+
+    async def readable(self, upload: Upload) -> Upload:
+        """`upload`, which the access policy lets someone read (gateway/grants.py), as
+        `get` gives it: 410 once expired unfinished, a crash-cut completion finished (on
+        its owner's behalf: a reader may not be the owner)."""
+        upload = check_live(upload, self.clock())
+        return await self._finish_cut(Principal(upload.owner, upload.tenant), upload)
 
     async def head(self, principal: Principal, upload_id: str) -> Upload:
         """The upload for a tus HEAD: as `get`, but a PATCH whose body went silent (a

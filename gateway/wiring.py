@@ -8,6 +8,7 @@
     Authenticator ─┬─ RequestRate
                    ├─ OidcVerifier ── JwksCache   (when GATEWAY_OIDC_ISSUER is set)
                    └─ BruteForceGuard
+    Grants ── access.Policy          (who may do what; every route asks)
     one Runner (the thread pools) under all of them
 
 Nothing here picks an implementation: the store, catalog and keys come in ready.
@@ -19,12 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway import access
 from gateway.auth import Authenticator
 from gateway.bruteforce import AuthFailureHook, BruteForceGuard, FailureLimit
 from gateway.buffers import Pools
 from gateway.catalog.base import Catalog
 from gateway.config import Settings
 from gateway.finals import Finals
+from gateway.grants import Grants
 from gateway.keys.base import KeyProvider
 from gateway.leases import Leases
 from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
@@ -51,6 +54,7 @@ class Services:
     removal: Removal
     finals: Finals
     auth: Authenticator
+    grants: Grants
 
     async def start(self) -> None:
         await self.uploads.start()
@@ -190,4 +194,11 @@ def build_services(
         on_failure=on_auth_failure,
         clock=clock,
     )
-    return Services(runner, leases, reader, uploads, removal, finals, auth)
+    grants = Grants(catalog, runner, access_policy(settings), clock=clock)
+    return Services(runner, leases, reader, uploads, removal, finals, auth, grants)
+
+
+def access_policy(settings: Settings) -> access.Policy:
+    return access.Policy(
+        readers_see_tenant=settings.readers_see_tenant, mfa_for=settings.mfa_actions
+    )

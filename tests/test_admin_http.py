@@ -20,7 +20,8 @@ from tests.tushttp import assert_problem, upload_id
 class Admin:
     client: httpx.Client
     owner: dict[str, str]  # a client's token, without roles
-    admin: dict[str, str]  # a token with the admin role, another tenant
+    admin: dict[str, str]  # a token with the admin role, of the owner's tenant
+    elsewhere: dict[str, str]  # an admin of another tenant
 
     def hold_url(self, uid: str) -> str:
         return f"/admin/holds/{uid}"
@@ -31,7 +32,8 @@ def api(tmp_path: Path) -> Iterator[Admin]:
     app, token = build_app(tmp_path / "data")
     catalog = SQLiteCatalog(tmp_path / "data" / "catalog.sqlite3")
     try:
-        admin = mint_token(catalog, Principal("root", "ops", frozenset({"admin"})))
+        admin = mint_token(catalog, Principal("root", "default", frozenset({"admin"})))
+        elsewhere = mint_token(catalog, Principal("root", "ops", frozenset({"admin"})))
     finally:
         catalog.close()
     with app_client(app) as client:
@@ -39,6 +41,7 @@ def api(tmp_path: Path) -> Iterator[Admin]:
             client,
             {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"},
             {"Authorization": f"Bearer {admin}"},
+            {"Authorization": f"Bearer {elsewhere}"},
         )
 
 
@@ -68,7 +71,7 @@ def test_only_an_admin_token_may_hold(api: Admin) -> None:
     assert response.headers["content-type"] == "application/json"
     held = response.json()
     assert held["upload_id"] == uid and held["held"] is True
-    assert (held["case"], held["placed_by"]) == ("LIT-2026-0042", "ops/root")
+    assert (held["case"], held["placed_by"]) == ("LIT-2026-0042", "default/root")
     assert held["placed_at"].endswith("Z")
     assert api.client.get(url, headers=api.admin).json() == held
 
@@ -106,3 +109,14 @@ def test_bad_requests_are_refused_with_a_code(api: Admin) -> None:
             missing = api.client.request(method, api.hold_url(unknown), headers=api.admin)
             assert_problem(missing, 404, "ERR_UPLOAD_NOT_FOUND")
     assert_problem(api.client.post(url, headers=api.admin), 405, "ERR_METHOD_NOT_ALLOWED")
+
+
+def test_an_admin_holds_only_its_own_tenants_uploads(api: Admin) -> None:
+    uid = new_upload(api)
+    url = api.hold_url(uid)
+    outside = api.elsewhere
+    assert_problem(api.client.put(url, headers=outside, json={}), 404, "ERR_UPLOAD_NOT_FOUND")
+    assert_problem(api.client.get(url, headers=outside), 404, "ERR_UPLOAD_NOT_FOUND")
+    assert api.client.put(url, headers=api.admin, json={"case": "LIT-9"}).status_code == 200
+    assert_problem(api.client.delete(url, headers=outside), 404, "ERR_UPLOAD_NOT_FOUND")
+    assert api.client.get(url, headers=api.admin).json()["held"] is True  # still held

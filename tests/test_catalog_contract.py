@@ -18,6 +18,7 @@ import pytest
 from gateway.catalog.base import (
     Catalog,
     Deletion,
+    Grant,
     Hold,
     Lease,
     LeaseLost,
@@ -536,3 +537,66 @@ class TestTokensAndLife:
         assert second.principal_for(b"h") == Principal("p", "t")
         second.commit(lease, Progress(10, 20))  # the lease lives on
         assert lease_on(second, "u2").token > lease.token
+
+
+# -- grants ------------------------------------------------------------------------------
+
+
+def grant(gid: str, upload_id: str = "u1", *, expires_at: float = 2000.0) -> Grant:
+    return Grant(gid, upload_id, "carol", "south", "t1/alice", 1000.0, expires_at)
+
+
+def test_grants_are_added_listed_while_live_and_revoked(cat: Catalog) -> None:
+    cat.create_upload(upload("u1"), wrapped(b"1"))
+    cat.create_upload(upload("u2"), wrapped(b"2"))
+    assert cat.add_grant(grant("g1"))
+    assert cat.add_grant(grant("g2", expires_at=3000.0))
+    assert cat.add_grant(grant("g3", "u2"))
+    assert cat.grants("u1", now=1500.0) == [grant("g1"), grant("g2", expires_at=3000.0)]
+    assert [g.id for g in cat.grants("u1", now=2000.0)] == ["g2"]  # g1 expired
+    assert not cat.revoke_grant("u2", "g2")  # another upload's grant
+    assert cat.revoke_grant("u1", "g2")
+    assert not cat.revoke_grant("u1", "g2")
+    assert cat.grants("u1", now=1500.0) == [grant("g1")]
+    assert not cat.add_grant(grant("g4", "nope"))  # no such upload
+    assert cat.grants("nope", now=0.0) == []
+
+
+def test_expired_grants_are_dropped_when_the_next_is_added(cat: Catalog) -> None:
+    cat.create_upload(upload("u1"), wrapped())
+    assert cat.add_grant(grant("old", expires_at=1000.0))
+    assert cat.add_grant(grant("new"))
+    assert [g.id for g in cat.grants("u1", now=0.0)] == ["new"]
+
+
+def test_grants_go_with_their_upload(cat: Catalog) -> None:
+    cat.create_upload(upload("u1"), wrapped(b"1"))
+    cat.create_upload(upload("u2"), wrapped(b"2"))
+    cat.add_grant(grant("g1"))
+    cat.add_grant(grant("g2", "u2"))
+    cat.terminate("u1", None)
+    assert cat.grants("u1", now=0.0) == []
+    assert not cat.add_grant(grant("g3"))  # terminated: no new grant
+    cat.retire("u2")  # a finished partial a final still reads
+    assert cat.grants("u2", now=0.0) == []
+    cat.forget("u1")
+    assert not cat.add_grant(grant("g4"))
+    assert cat.grants("u1", now=0.0) == []
+
+
+def test_a_held_upload_keeps_its_grants(cat: Catalog) -> None:
+    cat.create_upload(upload("u1"), wrapped())
+    cat.add_grant(grant("g1"))
+    cat.place_hold("u1", Hold(None, "root", 1.0))
+    with pytest.raises(UploadHeld):
+        cat.terminate("u1", None)
+    assert [g.id for g in cat.grants("u1", now=0.0)] == ["g1"]
+
+
+def test_a_revocation_is_seen_at_once_by_every_handle(catalogs: Opener) -> None:
+    one, other = catalogs(), catalogs()
+    one.create_upload(upload("u1"), wrapped())
+    assert one.add_grant(grant("g1"))
+    assert [g.id for g in other.grants("u1", now=0.0)] == ["g1"]
+    assert other.revoke_grant("u1", "g1")
+    assert one.grants("u1", now=0.0) == []

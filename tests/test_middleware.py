@@ -39,4 +39,7 @@ def test_routes_never_carry_upload_ids() -> None:
     assert route_of("/files/", "/files/") == "/files/"
     assert route_of("/files/AbCdEfGhIjKlMnOpQrStUv", "/files/") == "/files/{id}"
     assert route_of("/files/AbCdEfGhIjKlMnOpQrStUv/manifest", "/files/") == "/files/{id}/manifest"
+    assert route_of("/files/AbCdEfGhIjKlMnOpQrStUv/grants", "/files/") == "/files/{id}/grants"
+    granted = "/files/AbCdEfGhIjKlMnOpQrStUv/grants/gr_AbCdEfGhIjKlMnOpQrStUv"
+    assert route_of(granted, "/files/") == "/files/{id}/grants/{grant}"
     assert route_of("/etc/passwd", "/files/") == "other"

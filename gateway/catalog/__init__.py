@@ -2,6 +2,8 @@
 
 from gateway.catalog.base import (
     Catalog,
+    Grant,
+    GrantCatalog,
     KeyCatalog,
     Lease,
     LeaseCatalog,
@@ -22,6 +24,8 @@ from gateway.catalog.base import (
 
 __all__ = [
     "Catalog",
+    "Grant",
+    "GrantCatalog",
     "KeyCatalog",
     "Lease",
     "LeaseCatalog",

@@ -1,9 +1,9 @@
 """The catalog protocols and their rows: uploads, records, tail pieces, keys, leases, tokens,
-legal holds and deletion receipts.
+grants, legal holds and deletion receipts.
 
 `Catalog` is the union of one small protocol per concern (`UploadCatalog`,
 `RemovalCatalog`, `HoldCatalog`, `LegacyMetadataCatalog`, `KeyRotationCatalog`,
-`LeaseCatalog`, `TokenStore`), so each
+`LeaseCatalog`, `GrantCatalog`, `TokenStore`), so each
 consumer is typed by what it uses and a new backend (PostgreSQL, an external token
 store) can come one concern at a time.
 
@@ -120,6 +120,20 @@ class Principal:
     # Whether the sign-in showed a second factor (an OIDC token's amr/acr); API keys
     # never do.
     mfa: bool = False
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Read access to one upload for one principal (possibly of another tenant) until
+    `expires_at`: download and manifest, nothing else (gateway/access.py)."""
+
+    id: str
+    upload_id: str
+    principal: str
+    tenant: str
+    granted_by: str  # "<tenant>/<principal>" of the owner or tenant admin who granted it
+    created_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -306,6 +320,21 @@ class LeaseCatalog(Protocol):
         so unlike a failed `acquire_lease` it asks no one to let go."""
 
 
+class GrantCatalog(Protocol):
+    """Grants of read access to single uploads. `RemovalCatalog.terminate`, `retire` and
+    `forget` delete an upload's grants with it."""
+
+    def add_grant(self, grant: Grant) -> bool:
+        """Store `grant`; False (nothing stored) if its upload is missing or terminated.
+        Expired grants of the upload are dropped in the same transaction."""
+
+    def grants(self, upload_id: str, now: float) -> list[Grant]:
+        """The upload's grants that have not expired at `now`, oldest first."""
+
+    def revoke_grant(self, upload_id: str, grant_id: str) -> bool:
+        """Delete the grant; False if the upload has no such grant."""
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """One API key (a bearer token minted by `gateway token create`), without its hash."""
@@ -362,6 +391,7 @@ class Catalog(
     LegacyMetadataCatalog,
     KeyRotationCatalog,
     LeaseCatalog,
+    GrantCatalog,
     TokenStore,
     Protocol,
 ):

@@ -16,6 +16,7 @@ from typing import Any
 from gateway.catalog.base import (
     ApiKey,
     Deletion,
+    Grant,
     Hold,
     Lease,
     LeaseLost,
@@ -42,6 +43,8 @@ _UPLOAD_FIELDS = tuple(f.name for f in fields(Upload) if f.name != "legacy_metad
 # the name "partials" (a store's multipart parts are another thing).
 _COLUMN_OF = {"offset": "upload_offset", "partials": "parts"}
 _UPLOAD_COLUMNS = ", ".join(_COLUMN_OF.get(n, n) for n in _UPLOAD_FIELDS)
+_GRANT_FIELDS = tuple(f.name for f in fields(Grant))
+_GRANT_COLUMNS = ", ".join(_GRANT_FIELDS)
 
 
 class SQLiteCatalog:
@@ -304,6 +307,7 @@ class SQLiteCatalog:
                 "UPDATE uploads SET state = ? WHERE id = ?", (UploadState.TERMINATED, upload_id)
             )
             cur.execute("DELETE FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
+            cur.execute("DELETE FROM grants WHERE upload_id = ?", (upload_id,))
             # Dropping the lease makes any in-flight writer's next commit fail at once.
             cur.execute("DELETE FROM leases WHERE upload_id = ?", (upload_id,))
             if blobs or upload_id not in self._shredding:  # a second call finds no row
@@ -382,6 +386,7 @@ class SQLiteCatalog:
             cur.execute(
                 "UPDATE uploads SET state = ? WHERE id = ?", (UploadState.TERMINATED, upload_id)
             )
+            cur.execute("DELETE FROM grants WHERE upload_id = ?", (upload_id,))
 
     def finals_using(self, upload_id: str) -> list[str]:
         # Ids are [A-Za-z0-9_-], so the quoted id matches exactly one JSON array element.
@@ -395,7 +400,8 @@ class SQLiteCatalog:
 
     def forget(self, upload_id: str, receipt: StoredReceipt | None = None) -> None:
         with self._tx() as cur:
-            for table in ("records", "tail_pieces", "wrapped_keys", "leases", "deletions"):
+            tables = ("records", "tail_pieces", "wrapped_keys", "leases", "deletions", "grants")
+            for table in tables:
                 cur.execute(f"DELETE FROM {table} WHERE upload_id = ?", (upload_id,))
             cur.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
             if receipt is not None:
@@ -587,6 +593,39 @@ class SQLiteCatalog:
                 "DELETE FROM leases WHERE upload_id = ? AND holder = ? AND token = ?",
                 (lease.upload_id, lease.holder, lease.token),
             )
+
+    # grants (read access to one upload)
+
+    def add_grant(self, grant: Grant) -> bool:
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT 1 FROM uploads WHERE id = ? AND state <> ?",
+                (grant.upload_id, UploadState.TERMINATED),
+            ).fetchone()
+            if row is None:
+                return False
+            cur.execute(
+                "DELETE FROM grants WHERE upload_id = ? AND expires_at <= ?",
+                (grant.upload_id, grant.created_at),
+            )
+            cur.execute(
+                f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                tuple(getattr(grant, name) for name in _GRANT_FIELDS),
+            )
+            return True
+
+    def grants(self, upload_id: str, now: float) -> list[Grant]:
+        rows = self._query(
+            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE upload_id = ? AND expires_at > ? "
+            "ORDER BY created_at, id",
+            (upload_id, now),
+        )
+        return [Grant(**dict(zip(_GRANT_FIELDS, row, strict=True))) for row in rows]
+
+    def revoke_grant(self, upload_id: str, grant_id: str) -> bool:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM grants WHERE upload_id = ? AND id = ?", (upload_id, grant_id))
+            return cur.rowcount == 1
 
     # bearer tokens (API keys)
 

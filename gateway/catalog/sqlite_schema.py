@@ -10,7 +10,8 @@ import sqlite3
 # receipts. Older catalogs gain the columns (ALTER TABLE ... ADD COLUMN) and tables.
 # Older versions refuse a version 3 catalog: they would delete held uploads.
 # 4: API keys have an id, an expiry, a revocation time and a last-used time
-# (identity block below).
+# (identity block below); grants (read access to one upload for another principal,
+# _GRANTS below).
 SCHEMA_VERSION = 4
 _UPGRADABLE = (1, 2, 3)
 
@@ -121,6 +122,24 @@ _SCHEMA = (
     )""",
 )
 
+# -- version 4: grants -----------------------------------------------------------------
+# Read access to one upload for one principal until expires_at (gateway/grants.py). No
+# foreign key: the rows go with the upload's (terminate, retire, forget delete them).
+# A version 3 catalog gains the table; nothing else changes.
+_GRANTS = (
+    """CREATE TABLE IF NOT EXISTS grants (
+        id TEXT PRIMARY KEY,
+        upload_id TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        granted_by TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS grants_upload ON grants (upload_id, expires_at)",
+)
+# -- end of version 4: grants ----------------------------------------------------------
+
 # Columns added since version 2, with what older rows get: no hold, no roles.
 _ADDED_COLUMNS = (
     ("uploads", "held", "BOOLEAN NOT NULL DEFAULT FALSE"),
@@ -153,7 +172,7 @@ _LATE_INDEXES = (
 def migrate(cur: sqlite3.Cursor) -> None:
     """Create the schema, or bring an older catalog up to SCHEMA_VERSION (in the caller's
     write transaction, so processes starting together do it once)."""
-    for ddl in _SCHEMA:
+    for ddl in (*_SCHEMA, *_GRANTS):
         cur.execute(ddl)
     row = cur.execute("SELECT version FROM schema_version").fetchone()
     if row is None:
