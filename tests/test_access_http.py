@@ -108,8 +108,10 @@ def with_mfa(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     marked: set[str] = set()
     original = Authenticator.principal
 
-    async def principal(self: Authenticator, authorization: list[str]) -> Principal:
-        found = await original(self, authorization)
+    async def principal(
+        self: Authenticator, authorization: list[str], *, client: str = ""
+    ) -> Principal:
+        found = await original(self, authorization, client=client)
         token = authorization[0].split()[-1] if authorization else ""
         return replace(found, mfa=True) if token in marked else found
 

@@ -231,3 +231,64 @@ def test_a_provider_out_of_reach_is_503_not_401(
     finally:
         proc.stop()
     assert provider.discovery_fetches == discoveries
+
+
+def test_the_mfa_policy_with_signed_in_users(provider: OidcProvider, tmp_path: Path) -> None:
+    """GATEWAY_REQUIRE_MFA_FOR=download,grant: a sign-in whose amr shows a second factor
+    may, one with a password alone (or an API key) gets 403 ERR_MFA_REQUIRED; a
+    consultant of another tenant with the reader role reads through a grant."""
+    kid = provider.add_key("ES256")
+    proc = GatewayProcess(
+        tmp_path / "data",
+        env={
+            "GATEWAY_OIDC_ISSUER": provider.issuer,
+            "GATEWAY_OIDC_AUDIENCE": AUDIENCE,
+            "GATEWAY_OIDC_JWKS_REFRESH": str(REFRESH),
+            "GATEWAY_REQUIRE_MFA_FOR": "download,grant",
+        },
+    ).start()
+    try:
+        strong = provider.token(kid, sub="dr-a", tenant="north", amr=["pwd", "otp"])
+        weak = provider.token(kid, sub="dr-a", tenant="north", amr=["pwd"])
+        data = b"study"
+        created = httpx.post(
+            proc.files_url,
+            headers={
+                "Authorization": f"Bearer {weak}",  # creating needs no second factor here
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": str(len(data)),
+                "Content-Type": "application/offset+octet-stream",
+            },
+            content=data,
+        )
+        assert created.status_code == 201, created.text
+        url = created.headers["Location"]
+
+        def get(token: str) -> httpx.Response:
+            return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+        assert get(strong).content == data
+        assert_problem(get(weak), 403, "ERR_MFA_REQUIRED")
+        api_key = mint_token(proc.data_dir, "dr-a", "north")
+        assert_problem(get(api_key), 403, "ERR_MFA_REQUIRED")
+
+        grants_url = f"{url}/grants"
+        body = {"principal": "consultant", "tenant": "south", "expires_in": 3600}
+        weak_grant = httpx.post(
+            grants_url, headers={"Authorization": f"Bearer {weak}"}, json=body, timeout=30
+        )
+        assert_problem(weak_grant, 403, "ERR_MFA_REQUIRED")
+        granted = httpx.post(
+            grants_url, headers={"Authorization": f"Bearer {strong}"}, json=body, timeout=30
+        )
+        assert granted.status_code == 201, granted.text
+        consultant = provider.token(
+            kid, sub="consultant", tenant="south", roles=["reader"], amr=["mfa"]
+        )
+        assert get(consultant).content == data
+        no_factor = provider.token(kid, sub="consultant", tenant="south", roles=["reader"])
+        assert_problem(get(no_factor), 403, "ERR_MFA_REQUIRED")
+        stranger = provider.token(kid, sub="someone", tenant="south", roles=["reader"], amr=["mfa"])
+        assert_problem(get(stranger), 404, "ERR_UPLOAD_NOT_FOUND")
+    finally:
+        proc.stop()
