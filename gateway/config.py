@@ -52,6 +52,8 @@ class Settings:
     # Lifecycle: complete uploads are deleted this many days after completion (None:
     # kept until deleted); a held upload never is.
     retention_days: int | None = None
+    # The audit log: its head is signed this often (and at shutdown).
+    audit_checkpoint_seconds: float = 300.0
     log_level: str = "info"
     log_format: str = "json"  # "json" (one object per line) or "text"
     workers: int = 1  # worker processes sharing the catalog and store
@@ -154,6 +156,8 @@ class Settings:
         if self.max_open_uploads < 0 or self.max_open_bytes < 0:
             raise ConfigError("max_open_uploads and max_open_bytes must be >= 0 (0: no limit)")
         _check_retention_days(self.retention_days)
+        if not self.audit_checkpoint_seconds > 0:
+            raise ConfigError("audit_checkpoint_seconds must be > 0")
         if self.tail_merge_after < 2:
             raise ConfigError("tail_merge_after must be at least 2")
         if self.store not in ("", "folder"):

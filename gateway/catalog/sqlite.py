@@ -28,6 +28,7 @@ from gateway.catalog.base import (
     UploadHeld,
     UploadState,
 )
+from gateway.catalog.sqlite_audit import SQLiteAuditLog
 from gateway.catalog.sqlite_files import DatabaseFile
 from gateway.catalog.sqlite_schema import WRAPPED_KEYS, WRAPPED_KEYS_INDEX, migrate
 from gateway.keys.base import WrappedKey
@@ -41,7 +42,7 @@ _COLUMN_OF = {"offset": "upload_offset", "partials": "parts"}
 _UPLOAD_COLUMNS = ", ".join(_COLUMN_OF.get(n, n) for n in _UPLOAD_FIELDS)
 
 
-class SQLiteCatalog:
+class SQLiteCatalog(SQLiteAuditLog):
     """A `Catalog` on one SQLite file; safe to share between threads."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
