@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import holds
+from gateway import audit, holds
+from gateway.audit_http import note
 from gateway.auth import Authenticator
 from gateway.catalog.base import Principal
 from gateway.errors import ERR, GatewayError
@@ -56,6 +57,7 @@ class AdminHandler:
         request.state.upload_id = upload_id
         if request.method == "PUT":
             case = holds.check_case(_case_of(await _json_body(request)))
+            note(request, audit.HOLD_PLACED, upload_id, case=case)
             hold = await self._runner.db(
                 holds.place,
                 self._catalog,
@@ -67,6 +69,7 @@ class AdminHandler:
             log.info("legal hold placed", extra={"upload_id": upload_id, "case": case})
             return JSONResponse(holds.describe(upload_id, hold))
         if request.method == "DELETE":
+            note(request, audit.HOLD_LIFTED, upload_id)
             if await self._runner.db(holds.release, self._catalog, upload_id):
                 log.info("legal hold released", extra={"upload_id": upload_id})
             return JSONResponse(holds.describe(upload_id, None))
@@ -76,6 +79,7 @@ class AdminHandler:
     async def _admin(self, request: Request) -> Principal:
         principal = await self._auth.principal(request.headers.getlist("authorization"))
         request.state.principal = principal.id
+        request.state.tenant = principal.tenant
         if ADMIN not in principal.roles:
             raise GatewayError(ERR.FORBIDDEN, "this needs a token with the admin role")
         return principal

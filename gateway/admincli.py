@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from gateway import holds, receipts
+from gateway import audit, holds, receipts
 from gateway.app import open_catalog, open_store
+from gateway.auditing import Audit
 from gateway.config import Settings, load_settings
 from gateway.errors import ERR, GatewayError
 from gateway.jws import JWSError, PublicSigningKey
@@ -80,12 +83,14 @@ def _catalog_command(settings: Settings, args: argparse.Namespace, upload_id: st
     catalog = open_catalog(settings)
     try:
         if args.command == "hold":
-            hold = holds.place(
-                catalog, upload_id, case=args.case, placed_by=args.by, now=time.time()
-            )
+            with _audited(Audit(catalog), audit.HOLD_PLACED, args.by, upload_id, case=args.case):
+                hold = holds.place(
+                    catalog, upload_id, case=args.case, placed_by=args.by, now=time.time()
+                )
             print(json.dumps(holds.describe(upload_id, hold)))
         elif args.command == "release-hold":
-            holds.release(catalog, upload_id)
+            with _audited(Audit(catalog), audit.HOLD_LIFTED, args.by, upload_id):
+                holds.release(catalog, upload_id)
             print(json.dumps(holds.describe(upload_id, None)))
         else:
             stored = catalog.receipt(upload_id)
@@ -153,6 +158,22 @@ def _verify(settings: Settings, source: str, jwks: str | None) -> int:
     print(f"OK: a deletion receipt signed by {kid}")
     print(receipts.pretty(payload))
     return 0
+
+
+@contextlib.contextmanager
+def _audited(
+    log: Audit, action: str, by: str, upload_id: str, **details: audit.Detail
+) -> Iterator[None]:
+    """Append `action` for what the block did: ok, or refused with the error's code."""
+    actor = audit.Actor(by)
+    try:
+        yield
+    except GatewayError as exc:
+        if exc.err is not ERR.INVALID_CASE_REFERENCE:  # nothing an entry may quote
+            outcome = audit.FAILED if exc.status >= 500 else audit.REFUSED
+            log.record_now(action, actor, upload_id, outcome=outcome, code=exc.code)
+        raise
+    log.record_now(action, actor, upload_id, details=details)
 
 
 def _operator() -> str:

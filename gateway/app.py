@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from gateway import logs, metrics
 from gateway.admin import AdminHandler
+from gateway.audit_http import AuditHandler, AuditMiddleware
 from gateway.catalog.base import Catalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
@@ -117,6 +118,7 @@ def create_app(
         settings, uploads=uploads, reader=services.reader, keys=keys, runner=runner, auth=auth
     )
     admin = AdminHandler(catalog, auth, runner)
+    audit_log = AuditHandler(catalog, auth, runner)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -166,12 +168,14 @@ def create_app(
             *handler.routes(),
             *downloads.routes(),
             *admin.routes(),
+            *audit_log.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
             Middleware(AccessMiddleware, base_path=settings.base_path),
+            Middleware(AuditMiddleware, audit=services.audit, base_path=settings.base_path),
             Middleware(HttpRulesMiddleware),
             Middleware(TusMiddleware),
         ],

@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import jws, manifest
+from gateway import audit, jws, manifest
+from gateway.audit_http import note
 from gateway.auth import Authenticator
 from gateway.catalog.base import Upload, UploadState
 from gateway.config import Settings
@@ -55,6 +56,7 @@ class DownloadHandler:
     async def _finished(self, request: Request) -> Upload:
         principal = await self.auth.principal(request.headers.getlist("authorization"))
         request.state.principal = principal.id
+        request.state.tenant = principal.tenant
         upload_id = request.path_params["upload_id"]
         if not is_valid_upload_id(upload_id):
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
@@ -89,6 +91,8 @@ class DownloadHandler:
                 headers={"Content-Range": f"bytes */{size}"},
             ) from None
         start, end = span if span is not None else (0, size)
+        byte_range = f"{start}-{end - 1}" if end > start else None
+        note(request, audit.UPLOAD_DOWNLOADED, upload.id, range=byte_range, bytes=end - start)
         chunks = self.reader.read(upload, start, end)
         # Read the first record before answering, so a missing key or a damaged
         # object is a clean error status rather than a cut-off body.
@@ -138,6 +142,7 @@ class DownloadHandler:
 
     async def manifest(self, request: Request) -> Response:
         upload = await self._finished(request)
+        note(request, audit.MANIFEST_FETCHED, upload.id)
         want_json = "application/json" in request.headers.get("accept", "")
         try:
             # The reader's view where there is one: it discloses the plaintext SHA-256

@@ -8,7 +8,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import checksums
+from gateway import audit, checksums
+from gateway.audit_http import note
 from gateway.auth import Authenticator
 from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.config import Settings
@@ -59,6 +60,7 @@ class TusHandler:
             return await self.head(principal, upload_id)
         if request.method == "PATCH":
             return await self.patch(request, principal, upload_id)
+        note(request, audit.UPLOAD_DELETED, upload_id, reason="client")
         receipt = await self.uploads.terminate(principal, upload_id)
         # tus clients require exactly 204 No Content: the receipt rides in a header.
         headers = {RECEIPT_HEADER: receipt} if receipt is not None else {}
@@ -70,6 +72,7 @@ class TusHandler:
         tus.parse_tus_resumable(request.headers.getlist("tus-resumable"))
         principal = await self.auth.principal(request.headers.getlist("authorization"))
         request.state.principal = principal.id
+        request.state.tenant = principal.tenant
         return principal
 
     # -- methods ------------------------------------------------------------------------
@@ -108,6 +111,10 @@ class TusHandler:
             upload = await self.uploads.create_final(
                 principal, concat=h["upload-concat"], partial_ids=partial_ids, metadata=raw_metadata
             )
+            request.state.upload_id = upload.id
+            note(request, audit.UPLOAD_CREATED, upload.id, settled=True)
+            if upload.state == UploadState.COMPLETE:
+                note(request, audit.UPLOAD_COMPLETED, upload.id, settled=True)
             return Response(status_code=201, headers=self._created_headers(request, upload))
         if length is not None and deferred:
             raise GatewayError(
@@ -137,6 +144,7 @@ class TusHandler:
             partial_concat="partial" if concat is not None else None,
         )
         request.state.upload_id = upload.id
+        note(request, audit.UPLOAD_CREATED, upload.id, settled=True)
         headers = self._created_headers(request, upload)
         if with_body:
             try:
@@ -151,6 +159,8 @@ class TusHandler:
             except GatewayError as exc:
                 exc.headers.setdefault("Location", headers["Location"])
                 raise
+            if upload.state == UploadState.COMPLETE:
+                note(request, audit.UPLOAD_COMPLETED, upload.id, settled=True)
             headers.update(_progress_headers(upload))
         return Response(status_code=201, headers=headers)
 
@@ -189,6 +199,8 @@ class TusHandler:
             checksum=checksum,
             content_length=self._content_length(request),
         )
+        if upload.state == UploadState.COMPLETE:
+            note(request, audit.UPLOAD_COMPLETED, upload_id, settled=True)
         return Response(status_code=204, headers=_progress_headers(upload))
 
     # -- helpers ------------------------------------------------------------------------

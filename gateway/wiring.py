@@ -6,6 +6,7 @@
              └─ Writes ─┬─ UploadKeys, Leases
                         └─ WriterSlots, ReceiveBudget, Pools
     Authenticator ── RequestRate
+    Audit (appends, checkpoints) ── Removal, and the app's AuditMiddleware
     one Runner (the thread pools) under all of them
 
 Nothing here picks an implementation: the store, catalog and keys come in ready.
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.auditing import Audit
 from gateway.auth import Authenticator
 from gateway.buffers import Pools
 from gateway.catalog.base import Catalog
@@ -47,14 +49,17 @@ class Services:
     removal: Removal
     finals: Finals
     auth: Authenticator
+    audit: Audit
 
     async def start(self) -> None:
         await self.uploads.start()
         self.removal.start()
+        self.audit.start()
 
     async def close(self) -> None:
         await self.uploads.close()
         await self.removal.close()
+        await self.audit.close()  # checkpoints the head: shutdown leaves no tail unsigned
         self.runner.close()
 
 
@@ -114,6 +119,13 @@ def build_services(
         clock=clock,
     )
     reader = Reader(store, catalog, keys)
+    audit = Audit(
+        catalog,
+        keys=keys,
+        runner=runner,
+        checkpoint_seconds=settings.audit_checkpoint_seconds,
+        clock=clock,
+    )
     removal = Removal(
         rules,
         store=store,
@@ -121,6 +133,7 @@ def build_services(
         runner=runner,
         leases=leases,
         receipts=Receipts(keys),
+        audit=audit,
         clock=clock,
     )
     finals = Finals(rules, store=store, catalog=catalog, keys=keys, runner=runner, clock=clock)
@@ -161,4 +174,4 @@ def build_services(
     )
     rate = RequestRate(settings.request_rate, settings.request_burst)
     auth = Authenticator(catalog, runner, rate)
-    return Services(runner, leases, reader, uploads, removal, finals, auth)
+    return Services(runner, leases, reader, uploads, removal, finals, auth, audit)
