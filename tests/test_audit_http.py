@@ -10,6 +10,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,7 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.manifest import canonical_json
 from gateway.roles import ADMIN, AUDITOR
 from tests.server import GatewayProcess
-from tests.tushttp import assert_problem, upload, upload_id
+from tests.tushttp import assert_problem, create, upload, upload_id
 
 FILENAME_B64 = "c3R1ZHkuZGNt"  # "study.dcm"
 
@@ -285,3 +287,42 @@ def test_export_writes_json_lines(stopped: Path) -> None:
     # Each export is itself recorded.
     again = cli("audit", "export", "--data-dir", str(stopped)).stdout.splitlines()
     assert [json.loads(x)["action"] for x in again[7:]] == ["audit.exported"] * 3
+
+
+def test_the_reaper_holds_deletes_and_key_commands_are_recorded(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    server = gateway_factory(GATEWAY_UPLOAD_TTL="1", GATEWAY_REAP_INTERVAL="0.3")
+    where = ("--data-dir", str(server.data_dir))
+    admin = token(server.data_dir, "ops", "default", ADMIN)
+    unfinished = upload_id(create(server, 100))
+    done, kept = upload_id(upload(server, b"x" * 100)), upload_id(upload(server, b"y" * 10))
+    hold_url = f"{server.url}/admin/holds/{kept}"
+    assert httpx.put(hold_url, headers=admin, json={"case": "LIT-7"}).status_code == 200
+    assert httpx.delete(hold_url, headers=admin).status_code == 200
+    assert cli("hold", kept, "--case", "LIT-8", "--by", "cli:legal", *where).returncode == 0
+    assert cli("delete", done, "--by", "cli:ops", *where).returncode == 0
+    assert cli("keys", "rotate", *where).returncode == 0
+    assert cli("keys", "rotate-signing", *where).returncode == 0
+
+    def entries() -> list[dict[str, object]]:
+        found = audit_query(server, admin, limit="1000").json()["entries"]
+        assert isinstance(found, list)
+        return found
+
+    deadline = time.monotonic() + 20
+    while not any(e["action"] == "upload.expired" for e in entries()):
+        assert time.monotonic() < deadline, "the reaper did not remove the upload"
+        time.sleep(0.2)
+    seen = {(e["action"], e["upload_id"]): e for e in entries()}
+    expired = seen[("upload.expired", unfinished)]
+    assert (expired["principal"], expired["details"]) == ("reaper", {"reason": "expiry"})
+    assert seen[("hold.placed", kept)]["details"] in ({"case": "LIT-7"}, {"case": "LIT-8"})
+    assert seen[("hold.lifted", kept)]["principal"] == "ops"
+    deleted = seen[("upload.deleted", done)]
+    assert (deleted["principal"], deleted["details"]) == ("cli:ops", {"reason": "admin"})
+    assert seen[("key.rotated", None)]["details"] == {"kek_version": 2}
+    rotated = seen[("key.signing_rotated", None)]["details"]
+    assert isinstance(rotated, dict) and isinstance(rotated["kid"], str)
+    result = verify(server.data_dir)  # while the gateway runs
+    assert result.returncode == 0, result.stdout + result.stderr
