@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.keyring import LocalKeyring
 from gateway.manifest import canonical_json
 from gateway.runner import Runner
+from tests.inprocess import app_client, build_app
 
 ALICE = Actor("alice", "clinic-7", "192.0.2.7", "req-1")
 
@@ -363,3 +365,35 @@ def test_processes_appending_at_once_never_fork_the_chain(
         assert audit.verify(rows, [], public(keys)).failure is None
     finally:
         cat.close()
+
+
+def test_a_request_succeeds_when_its_entry_cannot_be_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, bearer = build_app(tmp_path / "data")
+    headers = {"Authorization": f"Bearer {bearer}", "Tus-Resumable": "1.0.0"}
+    before = metrics.AUDIT_FAILURES._value.get()
+    with app_client(app) as client, caplog.at_level(logging.ERROR, logger="gateway.audit"):
+        conn = sqlite3.connect(tmp_path / "data" / "catalog.sqlite3")
+        with conn:
+            conn.execute("DROP TABLE audit_log")  # every append fails from now on
+        conn.close()
+        created = client.post("/files/", headers={**headers, "Upload-Length": "3"})
+        assert created.status_code == 201
+        url = created.headers["Location"]
+        patch_headers = {
+            **headers,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        }
+        assert client.patch(url, content=b"abc", headers=patch_headers).status_code == 204
+        got = client.get(url, headers=headers)
+        assert (got.status_code, got.content) == (200, b"abc")
+    # created, completed, downloaded; then the shutdown checkpoint finds no head
+    assert metrics.AUDIT_FAILURES._value.get() >= before + 3
+    failed = [r for r in caplog.records if r.getMessage().startswith("audit append failed")]
+    assert [r.__dict__["action"] for r in failed] == [
+        "upload.created",
+        "upload.completed",
+        "upload.downloaded",
+    ]

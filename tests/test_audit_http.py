@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -326,3 +327,27 @@ def test_the_reaper_holds_deletes_and_key_commands_are_recorded(
     assert isinstance(rotated, dict) and isinstance(rotated["kid"], str)
     result = verify(server.data_dir)  # while the gateway runs
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_worker_processes_append_to_one_chain(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    server = gateway_factory(GATEWAY_WORKERS="2")
+    url = upload(server, os.urandom(2000))
+
+    def download(i: int) -> int:
+        ranged = {**server.auth, "Range": f"bytes={i}-{i + 9}"}
+        with httpx.Client(timeout=30) as client:  # a connection each: both workers serve
+            return client.get(url, headers=ranged).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(download, range(60))) == {206}
+    server.stop()
+    out = cli("audit", "export", "--data-dir", str(server.data_dir))
+    entries = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [e["seq"] for e in entries] == list(range(1, 63))
+    ranges = sorted(e["details"]["range"] for e in entries if e["action"] == "upload.downloaded")
+    assert ranges == sorted(f"{i}-{i + 9}" for i in range(60))
+    result = verify(server.data_dir)
+    assert result.returncode == 0, result.stdout
+    assert "the last at entry 62" in result.stdout
