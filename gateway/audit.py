@@ -297,7 +297,7 @@ def _check_record(record: AuditRecord, expected: int, prev: str) -> str:
     if set(document) != _MEMBERS or document["v"] != VERSION:
         raise _Bad(seq, f"entry {seq} does not have exactly a version 1 entry's members")
     claimed = document["seq"]
-    if claimed != seq:
+    if type(claimed) is not int or claimed != seq:
         first = min(seq, claimed) if type(claimed) is int and claimed > 0 else seq
         raise _Bad(
             first,

@@ -98,9 +98,8 @@ class Audit:
         if self._keys is None:
             return None
         seq, head = self._catalog.audit_head()
-        done = self._catalog.audit_checkpoints()
-        if seq == 0 or (done and done[-1].seq >= seq):
-            return None
+        if seq == 0 or self._catalog.audit_checkpoints(after=seq - 1):
+            return None  # empty, or signed already
         at = self._clock()
         token = audit.sign_checkpoint(seq, head, at, self._keys.signing_key())
         if self._catalog.add_audit_checkpoint(StoredCheckpoint(seq, rfc3339(at), token)):

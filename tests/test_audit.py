@@ -397,3 +397,11 @@ def test_a_request_succeeds_when_its_entry_cannot_be_written(
         "upload.completed",
         "upload.downloaded",
     ]
+
+
+def test_an_entry_whose_seq_is_not_an_integer_is_named(
+    signed: tuple[list[AuditRecord], list[StoredCheckpoint]], keys: LocalKeyring
+) -> None:
+    rows, checkpoints = signed
+    rows[0] = edited(rows[0], seq=True)  # true == 1 in Python, not in the format
+    assert failure(rows, checkpoints, keys).seq == 1

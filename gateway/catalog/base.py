@@ -371,8 +371,8 @@ class AuditCatalog(Protocol):
     def add_audit_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         """Keep a signed checkpoint; False if one for that seq exists already."""
 
-    def audit_checkpoints(self) -> list[StoredCheckpoint]:
-        """Every checkpoint, in seq order."""
+    def audit_checkpoints(self, after: int = 0) -> list[StoredCheckpoint]:
+        """The checkpoints of seq > `after`, in seq order."""
 
 
 # --- end of the audit log -------------------------------------------------------------------

@@ -84,8 +84,11 @@ class SQLiteAuditLog:
             )
             return cur.rowcount == 1
 
-    def audit_checkpoints(self) -> list[StoredCheckpoint]:
-        rows = self._query("SELECT seq, issued_at, jws FROM audit_checkpoints ORDER BY seq")
+    def audit_checkpoints(self, after: int = 0) -> list[StoredCheckpoint]:
+        rows = self._query(
+            "SELECT seq, issued_at, jws FROM audit_checkpoints WHERE seq > ? ORDER BY seq",
+            (after,),
+        )
         return [StoredCheckpoint(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
