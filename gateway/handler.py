@@ -199,7 +199,9 @@ class TusHandler:
             checksum=checksum,
             content_length=self._content_length(request),
         )
-        if upload.state == UploadState.COMPLETE:
+        # Completed by this request: it sent the last bytes, or the length they reach (an
+        # empty PATCH to an upload complete already completes nothing).
+        if upload.state == UploadState.COMPLETE and (upload.offset > offset or length is not None):
             note(request, audit.UPLOAD_COMPLETED, upload_id, settled=True)
         return Response(status_code=204, headers=_progress_headers(upload))
 

@@ -27,7 +27,7 @@ from gateway.keys.keyring import LocalKeyring
 from gateway.manifest import canonical_json
 from gateway.roles import ADMIN, AUDITOR
 from tests.server import GatewayProcess
-from tests.tushttp import assert_problem, create, upload, upload_id
+from tests.tushttp import assert_problem, create, patch, upload, upload_id
 
 FILENAME_B64 = "c3R1ZHkuZGNt"  # "study.dcm"
 
@@ -53,7 +53,7 @@ def cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def activity(server: GatewayProcess) -> str:
     """An upload, a ranged download, its manifest, a refused reader and a bad token."""
-    url = upload(server, os.urandom(5000), Upload_Metadata=f"filename {FILENAME_B64}")
+    url = upload(server, os.urandom(5000), [2000, 3000], Upload_Metadata=f"filename {FILENAME_B64}")
     got = httpx.get(
         url, headers={**server.auth, "Range": "bytes=10-99", "X-Request-ID": "req-range-1"}
     )
@@ -70,6 +70,9 @@ def activity(server: GatewayProcess) -> str:
 def test_requests_leave_the_expected_entries(gateway: GatewayProcess) -> None:
     url = activity(gateway)
     uid = upload_id(url)
+    # An empty PATCH to the complete upload completes nothing; HEAD is not recorded.
+    assert patch(gateway, url, b"", 5000).status_code == 204
+    assert httpx.head(url, headers=gateway.auth).status_code == 200
     assert httpx.delete(url, headers=gateway.auth, timeout=30).status_code == 204
     admin = token(gateway.data_dir, "ops", "default", ADMIN)
     response = audit_query(gateway, admin)
