@@ -97,7 +97,8 @@ class AuditMiddleware:
         if status == 401 and not any(k == b"authorization" for k, _ in scope["headers"]):
             refused = False  # no credentials at all: counted in metrics, not audited
         if refused:
-            attempted = notes[0][0] if notes else f"{scope['method']} {self._route(scope)}"
+            method = state.get("method", scope["method"])  # after X-HTTP-Method-Override
+            attempted = notes[0][0] if notes else f"{method} {self._route(scope)}"
             await self._record(
                 scope,
                 state,

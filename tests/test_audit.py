@@ -20,7 +20,8 @@ from gateway import audit, jws, metrics
 from gateway.audit import Actor
 from gateway.auditcli import records
 from gateway.auditing import Audit
-from gateway.catalog.base import AUDIT_GENESIS, AuditQuery, AuditRecord, StoredCheckpoint
+from gateway.auth import mint_token
+from gateway.catalog.base import AUDIT_GENESIS, AuditQuery, AuditRecord, Principal, StoredCheckpoint
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.keyring import LocalKeyring
 from gateway.manifest import canonical_json
@@ -405,3 +406,41 @@ def test_an_entry_whose_seq_is_not_an_integer_is_named(
     rows, checkpoints = signed
     rows[0] = edited(rows[0], seq=True)  # true == 1 in Python, not in the format
     assert failure(rows, checkpoints, keys).seq == 1
+
+
+def test_refusals_name_what_was_attempted(tmp_path: Path) -> None:
+    app, bearer = build_app(tmp_path / "data")
+    catalog = SQLiteCatalog(tmp_path / "data" / "catalog.sqlite3")
+    mallory = mint_token(catalog, Principal("mallory", "default"))
+    owner = {"Authorization": f"Bearer {bearer}", "Tus-Resumable": "1.0.0"}
+    other = {**owner, "Authorization": f"Bearer {mallory}"}
+    try:
+        with app_client(app) as client:
+            url = client.post("/files/", headers={**owner, "Upload-Length": "3"}).headers[
+                "Location"
+            ]
+            uid = url.rsplit("/", 1)[1]
+            assert client.head(url, headers=other).status_code == 404
+            override = {
+                **other,
+                "X-HTTP-Method-Override": "PATCH",
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            }
+            assert client.post(url, headers=override).status_code == 404
+            assert client.delete(url, headers=other).status_code == 404
+            assert client.get(f"/admin/holds/{uid}", headers=other).status_code == 403
+            assert client.head(url, headers={"Tus-Resumable": "1.0.0"}).status_code == 401
+        entries = [json.loads(r.entry) for r in all_records(catalog)]
+    finally:
+        catalog.close()
+    assert [(e["action"], e["principal"], e["details"]) for e in entries] == [
+        ("upload.created", "admin", {}),
+        ("access.refused", "mallory", {"attempted": "HEAD /files/{id}"}),
+        ("access.refused", "mallory", {"attempted": "PATCH /files/{id}"}),
+        ("access.refused", "mallory", {"attempted": "upload.deleted"}),
+        ("access.refused", "mallory", {"attempted": "GET /admin/holds/{id}"}),
+    ]
+    # The admin API checks the role before it looks at the upload id.
+    assert [e["upload_id"] for e in entries] == [uid, uid, uid, uid, None]
+    assert [e["code"] for e in entries[1:]] == ["ERR_UPLOAD_NOT_FOUND"] * 3 + ["ERR_FORBIDDEN"]
