@@ -3,7 +3,7 @@
 An entry is canonical JSON (RFC 8785) with exactly these members:
 
     {"v": 1, "seq": n, "time": RFC 3339 UTC, "action": ACTIONS, "principal", "tenant",
-     "upload_id", "outcome": "ok"|"refused"|"failed", "code": ERR_... | null,
+     "upload_id", "upload_tenant", "outcome": "ok"|"refused"|"failed", "code": ERR_... | null,
      "client", "request_id", "details": {DETAILS: str|int|bool|null}, "prev": hex}
 
 `prev` is the SHA-256 (hex) of the previous entry's canonical JSON, 64 zeros for the
@@ -95,6 +95,7 @@ _MEMBERS = frozenset(
         "principal",
         "tenant",
         "upload_id",
+        "upload_tenant",
         "outcome",
         "code",
         "client",
@@ -103,6 +104,8 @@ _MEMBERS = frozenset(
         "prev",
     }
 )
+# Members repeated in columns for queries, in AuditRecord's order.
+_INDEXED = ("time", "action", "principal", "tenant", "upload_id", "upload_tenant")
 _CHECKPOINT_MEMBERS = frozenset({"checkpoint_version", "seq", "hash", "time"})
 
 Detail = str | int | bool | None
@@ -128,6 +131,9 @@ class Event:
     outcome: str = OK
     code: str | None = None  # the error code of a refused or failed action
     details: Mapping[str, Detail] = field(default_factory=dict)
+    # The tenant the upload belongs to, where the gateway knows it (never for a refusal,
+    # which must not tell whether the upload exists): its auditors see the entry too.
+    upload_tenant: str | None = None
 
 
 def check(event: Event) -> None:
@@ -145,6 +151,7 @@ def check(event: Event) -> None:
         event.actor.client,
         event.actor.request_id,
         event.upload_id,
+        event.upload_tenant,
         event.code,
         *event.details.values(),
     ]
@@ -165,6 +172,7 @@ def entry(event: Event, *, seq: int, prev: str, at: float) -> dict[str, object]:
         "principal": event.actor.principal,
         "tenant": event.actor.tenant,
         "upload_id": event.upload_id,
+        "upload_tenant": event.upload_tenant,
         "outcome": event.outcome,
         "code": event.code,
         "client": event.actor.client,
@@ -192,6 +200,7 @@ def builder(event: Event, at: float) -> Callable[[int, str], AuditRecord]:
             principal=event.actor.principal,
             tenant=event.actor.tenant,
             upload_id=event.upload_id,
+            upload_tenant=event.upload_tenant,
             entry=text,
             hash=entry_hash(text),
         )
@@ -313,8 +322,15 @@ def _check_record(record: AuditRecord, expected: int, prev: str) -> str:
             f"entry {seq - 1} was changed (or entry {seq} was)",
         )
     digest = entry_hash(record.entry)
-    columns = (record.time, record.action, record.principal, record.tenant, record.upload_id)
-    members = tuple(document[k] for k in ("time", "action", "principal", "tenant", "upload_id"))
+    columns = (
+        record.time,
+        record.action,
+        record.principal,
+        record.tenant,
+        record.upload_id,
+        record.upload_tenant,
+    )
+    members = tuple(document[k] for k in _INDEXED)
     if columns != members or record.hash != digest:
         raise _Bad(seq, f"entry {seq}'s indexed columns or stored hash disagree with the entry")
     return digest

@@ -10,14 +10,15 @@ sent a token, any 403, and a 404 for an upload asked for by a known principal be
     GET /audit?upload=&principal=&since=&until=&limit=&after=
         -> {"entries": [entry, ...], "next": seq | null}   (roles auditor or admin)
 
-An auditor sees its tenant's entries, an admin every tenant's; others get 403.
+An auditor sees its tenant's entries (its principals' actions and those on its uploads),
+an admin every tenant's; others get 403.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,13 +46,22 @@ def note(
     upload_id: str | None = None,
     *,
     settled: bool = False,
+    upload_tenant: str | None = None,
     **details: audit.Detail,
 ) -> None:
     """Have the request's response append `action`; `settled`: it happened, whatever
-    the status (an upload created by a POST whose body then failed)."""
-    notes: list[tuple[str, str | None, bool, dict[str, audit.Detail]]]
-    notes = request.scope.setdefault("state", {}).setdefault(_NOTES, [])
-    notes.append((action, upload_id, settled, dict(details)))
+    the status (an upload created by a POST whose body then failed). `upload_tenant`:
+    the tenant the upload belongs to, once the request may know it."""
+    notes: list[_Note] = request.scope.setdefault("state", {}).setdefault(_NOTES, [])
+    notes.append(_Note(action, upload_id, settled, dict(details), upload_tenant))
+
+
+class _Note(NamedTuple):
+    action: str
+    upload_id: str | None
+    settled: bool
+    details: dict[str, audit.Detail]
+    upload_tenant: str | None
 
 
 class AuditMiddleware:
@@ -82,15 +92,16 @@ class AuditMiddleware:
         except Exception:
             if not started:
                 await self._append(scope, state, 500)
-            elif any(n[0] == audit.UPLOAD_DOWNLOADED for n in state.get(_NOTES, ())):
-                # The body was cut short after a good start (a record failed its check).
-                await self._record(
-                    scope, state, audit.UPLOAD_DOWNLOADED, state.get("upload_id"), 500
-                )
+            else:
+                for n in state.get(_NOTES, ()):
+                    if n.action == audit.UPLOAD_DOWNLOADED:
+                        # The body was cut short after a good start (a record failed
+                        # its check).
+                        await self._record(scope, state, n._replace(settled=False), 500)
             raise
 
     async def _append(self, scope: Scope, state: dict[str, Any], status: int) -> None:
-        notes = state.get(_NOTES, [])
+        notes: list[_Note] = state.get(_NOTES, [])
         refused = status in (401, 403) or (
             status == 404 and state.get("principal") and state.get("upload_id")
         )
@@ -98,29 +109,18 @@ class AuditMiddleware:
             refused = False  # no credentials at all: counted in metrics, not audited
         if refused:
             method = state.get("method", scope["method"])  # after X-HTTP-Method-Override
-            attempted = notes[0][0] if notes else f"{method} {self._route(scope)}"
-            await self._record(
-                scope,
-                state,
-                audit.ACCESS_REFUSED,
-                state.get("upload_id"),
-                status,
-                {"attempted": attempted},
+            attempted = notes[0].action if notes else f"{method} {self._route(scope)}"
+            # No upload_tenant: a refusal never tells whose the upload is, or that it exists.
+            refusal = _Note(
+                audit.ACCESS_REFUSED, state.get("upload_id"), False, {"attempted": attempted}, None
             )
-        for action, upload_id, settled, details in notes:
-            if refused and not settled:
+            await self._record(scope, state, refusal, status)
+        for n in notes:
+            if refused and not n.settled:
                 continue
-            await self._record(scope, state, action, upload_id, 200 if settled else status, details)
+            await self._record(scope, state, n, 200 if n.settled else status)
 
-    async def _record(
-        self,
-        scope: Scope,
-        state: dict[str, Any],
-        action: str,
-        upload_id: str | None,
-        status: int,
-        details: dict[str, audit.Detail] | None = None,
-    ) -> None:
+    async def _record(self, scope: Scope, state: dict[str, Any], n: _Note, status: int) -> None:
         outcome = audit.OK if status < 400 else audit.REFUSED if status < 500 else audit.FAILED
         client = scope.get("client")
         actor = audit.Actor(
@@ -131,7 +131,13 @@ class AuditMiddleware:
         )
         code = state.get("error_code") if status >= 400 else None
         await self.audit.record(
-            action, actor, upload_id, outcome=outcome, code=code, details=details
+            n.action,
+            actor,
+            n.upload_id,
+            outcome=outcome,
+            code=code,
+            details=n.details,
+            upload_tenant=n.upload_tenant,
         )
 
     def _route(self, scope: Scope) -> str:

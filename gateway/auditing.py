@@ -53,10 +53,11 @@ class Audit:
         outcome: str = audit.OK,
         code: str | None = None,
         details: Mapping[str, Detail] | None = None,
+        upload_tenant: str | None = None,
     ) -> bool:
         """Append one entry on the runner's catalog thread; False if it failed (logged
         and counted, never raised)."""
-        event = Event(action, actor, upload_id, outcome, code, dict(details or {}))
+        event = Event(action, actor, upload_id, outcome, code, dict(details or {}), upload_tenant)
         if self._runner is None:
             return self._append(event)
         return await self._runner.db(self._append, event)
@@ -70,9 +71,11 @@ class Audit:
         outcome: str = audit.OK,
         code: str | None = None,
         details: Mapping[str, Detail] | None = None,
+        upload_tenant: str | None = None,
     ) -> bool:
         """`record`, blocking: for commands and code already off the event loop."""
-        return self._append(Event(action, actor, upload_id, outcome, code, dict(details or {})))
+        event = Event(action, actor, upload_id, outcome, code, dict(details or {}), upload_tenant)
+        return self._append(event)
 
     def _append(self, event: Event) -> bool:
         start = time.perf_counter()

@@ -92,7 +92,14 @@ class DownloadHandler:
             ) from None
         start, end = span if span is not None else (0, size)
         byte_range = f"{start}-{end - 1}" if end > start else None
-        note(request, audit.UPLOAD_DOWNLOADED, upload.id, range=byte_range, bytes=end - start)
+        note(
+            request,
+            audit.UPLOAD_DOWNLOADED,
+            upload.id,
+            upload_tenant=upload.tenant,
+            range=byte_range,
+            bytes=end - start,
+        )
         chunks = self.reader.read(upload, start, end)
         # Read the first record before answering, so a missing key or a damaged
         # object is a clean error status rather than a cut-off body.
@@ -142,7 +149,7 @@ class DownloadHandler:
 
     async def manifest(self, request: Request) -> Response:
         upload = await self._finished(request)
-        note(request, audit.MANIFEST_FETCHED, upload.id)
+        note(request, audit.MANIFEST_FETCHED, upload.id, upload_tenant=upload.tenant)
         want_json = "application/json" in request.headers.get("accept", "")
         try:
             # The reader's view where there is one: it discloses the plaintext SHA-256

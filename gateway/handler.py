@@ -112,9 +112,17 @@ class TusHandler:
                 principal, concat=h["upload-concat"], partial_ids=partial_ids, metadata=raw_metadata
             )
             request.state.upload_id = upload.id
-            note(request, audit.UPLOAD_CREATED, upload.id, settled=True)
+            note(
+                request, audit.UPLOAD_CREATED, upload.id, settled=True, upload_tenant=upload.tenant
+            )
             if upload.state == UploadState.COMPLETE:
-                note(request, audit.UPLOAD_COMPLETED, upload.id, settled=True)
+                note(
+                    request,
+                    audit.UPLOAD_COMPLETED,
+                    upload.id,
+                    settled=True,
+                    upload_tenant=upload.tenant,
+                )
             return Response(status_code=201, headers=self._created_headers(request, upload))
         if length is not None and deferred:
             raise GatewayError(
@@ -144,7 +152,7 @@ class TusHandler:
             partial_concat="partial" if concat is not None else None,
         )
         request.state.upload_id = upload.id
-        note(request, audit.UPLOAD_CREATED, upload.id, settled=True)
+        note(request, audit.UPLOAD_CREATED, upload.id, settled=True, upload_tenant=upload.tenant)
         headers = self._created_headers(request, upload)
         if with_body:
             try:
@@ -160,7 +168,13 @@ class TusHandler:
                 exc.headers.setdefault("Location", headers["Location"])
                 raise
             if upload.state == UploadState.COMPLETE:
-                note(request, audit.UPLOAD_COMPLETED, upload.id, settled=True)
+                note(
+                    request,
+                    audit.UPLOAD_COMPLETED,
+                    upload.id,
+                    settled=True,
+                    upload_tenant=upload.tenant,
+                )
             headers.update(_progress_headers(upload))
         return Response(status_code=201, headers=headers)
 
@@ -202,7 +216,13 @@ class TusHandler:
         # Completed by this request: it sent the last bytes, or the length they reach (an
         # empty PATCH to an upload complete already completes nothing).
         if upload.state == UploadState.COMPLETE and (upload.offset > offset or length is not None):
-            note(request, audit.UPLOAD_COMPLETED, upload_id, settled=True)
+            note(
+                request,
+                audit.UPLOAD_COMPLETED,
+                upload_id,
+                settled=True,
+                upload_tenant=upload.tenant,
+            )
         return Response(status_code=204, headers=_progress_headers(upload))
 
     # -- helpers ------------------------------------------------------------------------

@@ -115,13 +115,17 @@ class Removal:
 
     async def delete_as_admin(self, admin: str, upload_id: str) -> str | None:
         """`gateway delete`: any owner's upload; its receipt, or None for a retired partial."""
+        found = await self._runner.db(self._catalog.get_upload, upload_id)
+        tenant = found.tenant if found is not None else None
         try:
             receipt = await self._delete_as_admin(admin, upload_id)
         except GatewayError as exc:
             outcome = audit.FAILED if exc.status >= 500 else audit.REFUSED
-            await self._record(audit.UPLOAD_DELETED, admin, upload_id, "admin", outcome, exc.code)
+            await self._record(
+                audit.UPLOAD_DELETED, admin, upload_id, tenant, "admin", outcome, exc.code
+            )
             raise
-        await self._record(audit.UPLOAD_DELETED, admin, upload_id, "admin")
+        await self._record(audit.UPLOAD_DELETED, admin, upload_id, tenant, "admin")
         return receipt
 
     async def _delete_as_admin(self, admin: str, upload_id: str) -> str | None:
@@ -297,7 +301,7 @@ class Removal:
             log.info("partial retired", extra={"upload_id": upload_id, "reason": reason})
             return False
         action = audit.UPLOAD_EXPIRED if reason == "expiry" else audit.UPLOAD_RETENTION_ENDED
-        await self._record(action, "reaper", upload_id, reason)
+        await self._record(action, "reaper", upload_id, upload.tenant, reason)
         # "expired" is the label dashboards already know for expiry.
         metrics.REAPED.labels("expired" if reason == "expiry" else reason).inc()
         log.info("upload removed", extra={"upload_id": upload_id, "reason": reason})
@@ -308,15 +312,20 @@ class Removal:
         action: str,
         by: str,
         upload_id: str,
+        upload_tenant: str | None,
         reason: str,
         outcome: str = audit.OK,
         code: str | None = None,
     ) -> None:
         if self._audit is not None:
-            actor = audit.Actor(by)
-            details = {"reason": reason}
             await self._audit.record(
-                action, actor, upload_id, outcome=outcome, code=code, details=details
+                action,
+                audit.Actor(by),
+                upload_id,
+                outcome=outcome,
+                code=code,
+                details={"reason": reason},
+                upload_tenant=upload_tenant,
             )
 
     async def _reap_forever(self) -> None:

@@ -81,6 +81,7 @@ def test_entries_are_canonical_json_chained_by_sha256(cat: SQLiteCatalog) -> Non
         "principal": "alice",
         "tenant": "clinic-7",
         "upload_id": "upload-0",
+        "upload_tenant": None,
         "outcome": "ok",
         "code": None,
         "client": "192.0.2.7",
@@ -444,3 +445,22 @@ def test_refusals_name_what_was_attempted(tmp_path: Path) -> None:
     # The admin API checks the role before it looks at the upload id.
     assert [e["upload_id"] for e in entries] == [uid, uid, uid, uid, None]
     assert [e["code"] for e in entries[1:]] == ["ERR_UPLOAD_NOT_FOUND"] * 3 + ["ERR_FORBIDDEN"]
+
+
+def test_a_tenant_sees_what_its_principals_did_and_what_was_done_to_its_uploads(
+    cat: SQLiteCatalog,
+) -> None:
+    log = Audit(cat)
+    consultant = Actor("dr-who", "outside-clinic")
+    log.record_now(audit.UPLOAD_CREATED, ALICE, "u1", upload_tenant="clinic-7")
+    log.record_now(audit.UPLOAD_DOWNLOADED, consultant, "u1", upload_tenant="clinic-7")
+    log.record_now(audit.UPLOAD_CREATED, consultant, "u2", upload_tenant="outside-clinic")
+    log.record_now(audit.ACCESS_REFUSED, consultant, "u3", outcome=audit.REFUSED)
+
+    def seqs(tenant: str) -> list[int]:
+        return [r.seq for r in cat.audit_records(AuditQuery(tenant=tenant))]
+
+    assert seqs("clinic-7") == [1, 2]
+    assert seqs("outside-clinic") == [2, 3, 4]
+    (row,) = cat.audit_records(AuditQuery(after=1, limit=1))
+    assert (row.upload_tenant, json.loads(row.entry)["upload_tenant"]) == ("clinic-7", "clinic-7")

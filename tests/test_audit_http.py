@@ -94,6 +94,8 @@ def test_requests_leave_the_expected_entries(gateway: GatewayProcess) -> None:
     assert downloaded["request_id"] == "req-range-1"
     assert refused["details"] == {"attempted": "GET /files/{id}"}
     assert refused["upload_id"] == uid and refused["tenant"] == "default"
+    assert refused["upload_tenant"] is None  # a refusal never tells whose an upload is
+    assert downloaded["upload_tenant"] == "default"
     assert deleted["details"] == {"reason": "client"}
     for e in entries:
         assert e["client"] == "127.0.0.1" and e["request_id"]

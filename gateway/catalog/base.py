@@ -333,6 +333,7 @@ class AuditRecord:
     principal: str | None
     tenant: str | None
     upload_id: str | None
+    upload_tenant: str | None  # the tenant the upload belongs to, where known
     entry: str  # canonical JSON (RFC 8785)
     hash: str  # hex SHA-256 of `entry`
 
@@ -343,6 +344,7 @@ class AuditQuery:
 
     upload_id: str | None = None
     principal: str | None = None
+    # Entries of this tenant: those its principals made and those on its uploads.
     tenant: str | None = None
     since: str | None = None  # RFC 3339 in AuditRecord.time's form, inclusive
     until: str | None = None  # exclusive

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.catalog.base import AUDIT_GENESIS, AuditQuery, AuditRecord, StoredCheckpoint
 
-_COLUMNS = "seq, time, action, principal, tenant, upload_id, entry, hash"
+_COLUMNS = "seq, time, action, principal, tenant, upload_id, upload_tenant, entry, hash"
 
 
 class SQLiteAuditLog:
@@ -33,7 +33,7 @@ class SQLiteAuditLog:
             if record.seq != seq + 1:
                 raise ValueError(f"audit entry {record.seq} built for seq {seq + 1}")
             cur.execute(
-                f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.seq,
                     record.time,
@@ -41,6 +41,7 @@ class SQLiteAuditLog:
                     record.principal,
                     record.tenant,
                     record.upload_id,
+                    record.upload_tenant,
                     record.entry,
                     record.hash,
                 ),
@@ -53,11 +54,13 @@ class SQLiteAuditLog:
         for column, value in (
             ("upload_id", query.upload_id),
             ("principal", query.principal),
-            ("tenant", query.tenant),
         ):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if query.tenant is not None:
+            where.append("(tenant = ? OR upload_tenant = ?)")
+            params += [query.tenant, query.tenant]
         if query.since is not None:
             where.append("time >= ?")
             params.append(query.since)
@@ -100,6 +103,7 @@ def _record(row: Any) -> AuditRecord:
         principal=row[3],
         tenant=row[4],
         upload_id=row[5],
-        entry=row[6],
-        hash=row[7],
+        upload_tenant=row[6],
+        entry=row[7],
+        hash=row[8],
     )

@@ -129,6 +129,7 @@ _AUDIT_SCHEMA = (
         principal TEXT,
         tenant TEXT,
         upload_id TEXT,
+        upload_tenant TEXT,
         entry TEXT NOT NULL,
         hash TEXT NOT NULL
     )""",
@@ -136,6 +137,7 @@ _AUDIT_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS audit_log_upload ON audit_log (upload_id, seq)",
     "CREATE INDEX IF NOT EXISTS audit_log_principal ON audit_log (principal, seq)",
     "CREATE INDEX IF NOT EXISTS audit_log_tenant ON audit_log (tenant, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_log_upload_tenant ON audit_log (upload_tenant, seq)",
     # The chain's head signed at intervals (a compact JWS, typ imgw-audit-checkpoint+jws).
     """CREATE TABLE IF NOT EXISTS audit_checkpoints (
         seq BIGINT PRIMARY KEY,
