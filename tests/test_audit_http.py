@@ -24,10 +24,19 @@ from gateway.catalog.base import Principal
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.jws import jwks
 from gateway.keys.keyring import LocalKeyring
+from gateway.layout import data_key
 from gateway.manifest import canonical_json
 from gateway.roles import ADMIN, AUDITOR
 from tests.server import GatewayProcess
-from tests.tushttp import assert_problem, create, patch, upload, upload_id
+from tests.tushttp import (
+    assert_problem,
+    create,
+    flip_stored_byte,
+    patch,
+    segment_size,
+    upload,
+    upload_id,
+)
 
 FILENAME_B64 = "c3R1ZHkuZGNt"  # "study.dcm"
 
@@ -356,3 +365,25 @@ def test_worker_processes_append_to_one_chain(
     result = verify(server.data_dir)
     assert result.returncode == 0, result.stdout
     assert "the last at entry 62" in result.stdout
+
+
+def test_a_download_cut_short_is_recorded_as_failed(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    server = gateway_factory(GATEWAY_SEGMENT_SIZE="65536")
+    seg = segment_size(server)
+    url = upload(server, os.urandom(2 * seg + 10))
+    flip_stored_byte(server.data_dir, data_key(upload_id(url)), -1)  # the last record's tag
+    with httpx.stream("GET", url, headers=server.auth, timeout=30) as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            response.read()
+    admin = token(server.data_dir, "ops", "default", ADMIN)
+    entries = audit_query(server, admin, upload=upload_id(url)).json()["entries"]
+    downloads = [
+        (e["outcome"], e["code"], e["details"]["range"])
+        for e in entries
+        if e["action"] == "upload.downloaded"
+    ]
+    end = f"0-{2 * seg + 9}"
+    assert downloads == [("ok", None, end), ("failed", "ERR_STORED_DATA_CORRUPT", end)]
