@@ -1,10 +1,11 @@
-"""`gateway audit verify` and `gateway audit export`: the audit log from the command line.
+"""`gateway audit verify|export|checkpoint`: the audit log from the command line.
 
     gateway audit verify [--jwks FILE|https-URL]   exit 0 whole, 1 a bad entry, 2 usage
     gateway audit export [--since T] [--until T]   JSON lines on stdout, one entry each
+    gateway audit checkpoint                       sign the head now
 
-Both read the catalog only (safe while gateways run); `export` appends an
-`audit.exported` entry when it is done.
+All are safe while gateways run; `export` appends an `audit.exported` entry when it is
+done.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def add_parser(sub: Any) -> None:
     export.add_argument("--since", help="RFC 3339 time, inclusive (e.g. 2026-12-01T00:00:00Z)")
     export.add_argument("--until", help="RFC 3339 time, exclusive")
     export.add_argument("--by", default=_operator(), help="who exports (default: cli:<user>)")
+    command("checkpoint", help="sign the log's head now (as gateways do at intervals)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -53,6 +55,15 @@ def main(args: argparse.Namespace) -> int:
     if not settings.catalog_path.exists():
         print(f"{name}: no catalog at {settings.catalog_path}", file=sys.stderr)
         return 2
+    if args.audit_command == "checkpoint":
+        provider = open_provider(settings)
+        catalog = open_catalog(settings)
+        try:
+            seq = Audit(catalog, keys=provider).checkpoint_now()
+        finally:
+            catalog.close()
+        print(f"checkpoint at entry {seq}" if seq else "nothing new to sign")
+        return 0
     if args.audit_command == "verify":
         keys = _keys(settings, args.jwks)
         if keys is None:

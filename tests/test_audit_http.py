@@ -282,6 +282,13 @@ def test_entries_after_the_last_checkpoint_have_only_the_chain(
     assert "entries 8 to 8 come after the last checkpoint" in result.stdout
     truncated = tampered(stopped, tmp_path, "DELETE FROM audit_log WHERE seq = 8")
     assert verify(truncated).returncode == 0  # what docs/AUDIT.md says cannot be detected
+    # Signing the head from the command line covers it.
+    signed = cli("audit", "checkpoint", "--data-dir", str(stopped))
+    assert signed.stdout.strip() == "checkpoint at entry 8", signed.stderr
+    again = cli("audit", "checkpoint", "--data-dir", str(stopped))
+    assert again.stdout.strip() == "nothing new to sign"
+    truncated = tampered(stopped, tmp_path, "DELETE FROM audit_log WHERE seq = 8")
+    assert first_bad(verify(truncated)) == 8
 
 
 def test_export_writes_json_lines(stopped: Path) -> None:
