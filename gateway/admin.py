@@ -21,8 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import holds
+from gateway import audit, holds
 from gateway.access import Action
+from gateway.audit_http import note
 from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Principal
 from gateway.errors import ERR, GatewayError
@@ -60,6 +61,7 @@ class AdminHandler:
         request.state.upload_id = upload_id
         if request.method == "PUT":
             case = holds.check_case(_case_of(await json_body(request)))
+            note(request, audit.HOLD_PLACED, upload_id, case=case)
             hold = await self._runner.db(
                 holds.place,
                 self._catalog,
@@ -72,6 +74,7 @@ class AdminHandler:
             log.info("legal hold placed", extra={"upload_id": upload_id, "case": case})
             return JSONResponse(holds.describe(upload_id, hold))
         if request.method == "DELETE":
+            note(request, audit.HOLD_LIFTED, upload_id)
             if await self._runner.db(holds.release, self._catalog, upload_id, tenant=admin.tenant):
                 log.info("legal hold released", extra={"upload_id": upload_id})
             return JSONResponse(holds.describe(upload_id, None))
@@ -85,6 +88,7 @@ class AdminHandler:
             request.headers.getlist("authorization"), client=client_of(request)
         )
         request.state.principal = principal.id
+        request.state.tenant = principal.tenant
         self._grants.require(principal, Action.ADMIN)  # 403 without the admin role (or MFA)
         return principal
 

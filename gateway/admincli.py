@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from gateway import holds, receipts
+from gateway import audit, holds, receipts
 from gateway.app import open_catalog, open_store
+from gateway.auditing import Audit, operator
 from gateway.config import Settings, load_settings
 from gateway.errors import ERR, GatewayError
 from gateway.jws import JWSError, PublicSigningKey
@@ -49,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         parser.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
         parser.add_argument("--config", type=Path, help="TOML file of settings, as for serve")
     for parser in (hold, release, delete):
-        parser.add_argument("--by", default=_operator(), help="who acts (default: cli:<user>)")
+        parser.add_argument("--by", default=operator(), help="who acts (default: cli:<user>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,12 +82,14 @@ def _catalog_command(settings: Settings, args: argparse.Namespace, upload_id: st
     catalog = open_catalog(settings)
     try:
         if args.command == "hold":
-            hold = holds.place(
-                catalog, upload_id, case=args.case, placed_by=args.by, now=time.time()
-            )
+            with _audited(Audit(catalog), audit.HOLD_PLACED, args.by, upload_id, case=args.case):
+                hold = holds.place(
+                    catalog, upload_id, case=args.case, placed_by=args.by, now=time.time()
+                )
             print(json.dumps(holds.describe(upload_id, hold)))
         elif args.command == "release-hold":
-            holds.release(catalog, upload_id)
+            with _audited(Audit(catalog), audit.HOLD_LIFTED, args.by, upload_id):
+                holds.release(catalog, upload_id)
             print(json.dumps(holds.describe(upload_id, None)))
         else:
             stored = catalog.receipt(upload_id)
@@ -155,8 +159,17 @@ def _verify(settings: Settings, source: str, jwks: str | None) -> int:
     return 0
 
 
-def _operator() -> str:
+@contextlib.contextmanager
+def _audited(
+    log: Audit, action: str, by: str, upload_id: str, **details: audit.Detail
+) -> Iterator[None]:
+    """Append `action` for what the block did: ok, or refused with the error's code."""
+    actor = audit.Actor(by)
     try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+        yield
+    except GatewayError as exc:
+        if exc.err is not ERR.INVALID_CASE_REFERENCE:  # nothing an entry may quote
+            outcome = audit.FAILED if exc.status >= 500 else audit.REFUSED
+            log.record_now(action, actor, upload_id, outcome=outcome, code=exc.code)
+        raise
+    log.record_now(action, actor, upload_id, details=details)

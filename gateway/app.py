@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from gateway import logs, metrics
 from gateway.admin import AdminHandler
+from gateway.audit_http import AuditHandler, AuditMiddleware
 from gateway.auth import client_of
 from gateway.catalog.base import Catalog
 from gateway.catalog.sqlite import SQLiteCatalog
@@ -127,6 +128,7 @@ def create_app(
     )
     admin = AdminHandler(catalog, auth, runner, grants)
     sharing = GrantHandler(settings.base_path, grants, auth)
+    audit_log = AuditHandler(catalog, auth, runner, grants)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -179,12 +181,14 @@ def create_app(
             *downloads.routes(),
             *sharing.routes(),
             *admin.routes(),
+            *audit_log.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
             Middleware(AccessMiddleware, base_path=settings.base_path),
+            Middleware(AuditMiddleware, audit=services.audit, base_path=settings.base_path),
             Middleware(HttpRulesMiddleware),
             Middleware(TusMiddleware),
         ],

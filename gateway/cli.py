@@ -1,6 +1,6 @@
 """The `gateway` command: serve, API keys (gateway/tokencli.py), verify, administer keys
-(gateway/keycli.py) and the lifecycle commands (hold, release-hold, delete, receipt:
-gateway/admincli.py)."""
+(gateway/keycli.py), the audit log (gateway/auditcli.py) and the lifecycle commands
+(hold, release-hold, delete, receipt: gateway/admincli.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import admincli, keycli, logs, tokencli
+from gateway import admincli, auditcli, keycli, logs, tokencli
 from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tokencli.add_parser(sub)
     keycli.add_parser(sub)
+    auditcli.add_parser(sub)
     admincli.add_parsers(sub)
     return parser
 
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return keycli.main(args)
+        if args.command == "audit":
+            return auditcli.main(args)
         if args.command == "verify":
             settings = load_settings({"data_dir": options["data_dir"], "store": options["store"]})
             return _verify(settings, args.upload_id, args.jwks, decrypt=not args.no_decrypt)

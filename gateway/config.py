@@ -54,6 +54,8 @@ class Settings:
     # Lifecycle: complete uploads are deleted this many days after completion (None:
     # kept until deleted); a held upload never is.
     retention_days: int | None = None
+    # The audit log: its head is signed this often (and at shutdown).
+    audit_checkpoint_seconds: float = 300.0
     log_level: str = "info"
     log_format: str = "json"  # "json" (one object per line) or "text"
     workers: int = 1  # worker processes sharing the catalog and store
@@ -180,6 +182,8 @@ class Settings:
         _check_retention_days(self.retention_days)
         self._check_identity()
         _ = self.mfa_actions
+        if not self.audit_checkpoint_seconds > 0:
+            raise ConfigError("audit_checkpoint_seconds must be > 0")
         if self.tail_merge_after < 2:
             raise ConfigError("tail_merge_after must be at least 2")
         if self.store not in ("", "folder"):

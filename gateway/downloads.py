@@ -9,8 +9,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import jws, manifest
+from gateway import audit, jws, manifest
 from gateway.access import Action
+from gateway.audit_http import note
 from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Upload, UploadState
 from gateway.config import Settings
@@ -61,6 +62,7 @@ class DownloadHandler:
             request.headers.getlist("authorization"), client=client_of(request)
         )
         request.state.principal = principal.id
+        request.state.tenant = principal.tenant
         upload_id = request.path_params["upload_id"]
         if not is_valid_upload_id(upload_id):
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")
@@ -97,6 +99,15 @@ class DownloadHandler:
                 headers={"Content-Range": f"bytes */{size}"},
             ) from None
         start, end = span if span is not None else (0, size)
+        byte_range = f"{start}-{end - 1}" if end > start else None
+        note(
+            request,
+            audit.UPLOAD_DOWNLOADED,
+            upload.id,
+            upload_tenant=upload.tenant,
+            range=byte_range,
+            bytes=end - start,
+        )
         chunks = self.reader.read(upload, start, end)
         # Read the first record before answering, so a missing key or a damaged
         # object is a clean error status rather than a cut-off body.
@@ -146,6 +157,7 @@ class DownloadHandler:
 
     async def manifest(self, request: Request) -> Response:
         upload = await self._finished(request, Action.MANIFEST)
+        note(request, audit.MANIFEST_FETCHED, upload.id, upload_tenant=upload.tenant)
         want_json = "application/json" in request.headers.get("accept", "")
         try:
             # The reader's view where there is one: it discloses the plaintext SHA-256

@@ -70,6 +70,8 @@ class ERR(enum.Enum):
     # -- end of identity --
     STORED_DATA_CORRUPT = ("ERR_STORED_DATA_CORRUPT", 500)
     INTERNAL = ("ERR_INTERNAL_SERVER_ERROR", 500)
+    # the audit log
+    INVALID_AUDIT_QUERY = ("ERR_INVALID_AUDIT_QUERY", 400)
 
     @property
     def code(self) -> str:

@@ -16,11 +16,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import audit
 from gateway.admin import json_body
+from gateway.audit_http import note
 from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Principal
 from gateway.errors import ERR, GatewayError
 from gateway.grants import Grants, describe
+from gateway.signer import rfc3339
 from gateway.tus.headers import is_valid_upload_id
 
 log = logging.getLogger("gateway.grants")
@@ -48,6 +51,15 @@ class GrantHandler:
             )
         body = await json_body(request)
         grant = await self._grants.grant(principal, upload_id, body)
+        note(
+            request,
+            audit.GRANT_CREATED,
+            upload_id,
+            upload_tenant=principal.tenant,  # the owner's or its tenant admin's
+            grant=grant.id,
+            grantee=f"{grant.tenant}/{grant.principal}",
+            expires_at=rfc3339(grant.expires_at),
+        )
         log.info("grant made", extra={"upload_id": upload_id, "grant_id": grant.id})
         location = f"{self._base}{upload_id}/grants/{grant.id}"
         return JSONResponse(describe(grant), status_code=201, headers={"Location": location})
@@ -56,6 +68,9 @@ class GrantHandler:
         principal, upload_id = await self._start(request)
         grant_id = request.path_params["grant_id"]
         await self._grants.revoke(principal, upload_id, grant_id)
+        note(
+            request, audit.GRANT_REVOKED, upload_id, upload_tenant=principal.tenant, grant=grant_id
+        )
         log.info("grant revoked", extra={"upload_id": upload_id, "grant_id": grant_id})
         return Response(status_code=204)
 
@@ -64,6 +79,7 @@ class GrantHandler:
             request.headers.getlist("authorization"), client=client_of(request)
         )
         request.state.principal = principal.id
+        request.state.tenant = principal.tenant
         upload_id = request.path_params["upload_id"]
         if not is_valid_upload_id(upload_id):
             raise GatewayError(ERR.UPLOAD_NOT_FOUND, "no such upload")

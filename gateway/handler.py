@@ -8,8 +8,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import checksums
+from gateway import audit, checksums
 from gateway.access import Action
+from gateway.audit_http import note
 from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.config import Settings
@@ -68,6 +69,7 @@ class TusHandler:
             return await self.head(principal, upload_id)
         if request.method == "PATCH":
             return await self.patch(request, principal, upload_id)
+        note(request, audit.UPLOAD_DELETED, upload_id, reason="client")
         receipt = await self.uploads.terminate(principal, upload_id)
         # tus clients require exactly 204 No Content: the receipt rides in a header.
         headers = {RECEIPT_HEADER: receipt} if receipt is not None else {}
@@ -81,6 +83,7 @@ class TusHandler:
             request.headers.getlist("authorization"), client=client_of(request)
         )
         request.state.principal = principal.id
+        request.state.tenant = principal.tenant
         return principal
 
     # -- methods ------------------------------------------------------------------------
@@ -120,6 +123,18 @@ class TusHandler:
             upload = await self.uploads.create_final(
                 principal, concat=h["upload-concat"], partial_ids=partial_ids, metadata=raw_metadata
             )
+            request.state.upload_id = upload.id
+            note(
+                request, audit.UPLOAD_CREATED, upload.id, settled=True, upload_tenant=upload.tenant
+            )
+            if upload.state == UploadState.COMPLETE:
+                note(
+                    request,
+                    audit.UPLOAD_COMPLETED,
+                    upload.id,
+                    settled=True,
+                    upload_tenant=upload.tenant,
+                )
             return Response(status_code=201, headers=self._created_headers(request, upload))
         if length is not None and deferred:
             raise GatewayError(
@@ -151,6 +166,7 @@ class TusHandler:
             partial_concat="partial" if concat is not None else None,
         )
         request.state.upload_id = upload.id
+        note(request, audit.UPLOAD_CREATED, upload.id, settled=True, upload_tenant=upload.tenant)
         headers = self._created_headers(request, upload)
         if with_body:
             try:
@@ -165,6 +181,14 @@ class TusHandler:
             except GatewayError as exc:
                 exc.headers.setdefault("Location", headers["Location"])
                 raise
+            if upload.state == UploadState.COMPLETE:
+                note(
+                    request,
+                    audit.UPLOAD_COMPLETED,
+                    upload.id,
+                    settled=True,
+                    upload_tenant=upload.tenant,
+                )
             headers.update(_progress_headers(upload))
         return Response(status_code=201, headers=headers)
 
@@ -203,6 +227,16 @@ class TusHandler:
             checksum=checksum,
             content_length=self._content_length(request),
         )
+        # Completed by this request: it sent the last bytes, or the length they reach (an
+        # empty PATCH to an upload complete already completes nothing).
+        if upload.state == UploadState.COMPLETE and (upload.offset > offset or length is not None):
+            note(
+                request,
+                audit.UPLOAD_COMPLETED,
+                upload_id,
+                settled=True,
+                upload_tenant=upload.tenant,
+            )
         return Response(status_code=204, headers=_progress_headers(upload))
 
     # -- helpers ------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway import audit
 from gateway.app import open_catalog
+from gateway.auditing import Audit, operator
 from gateway.catalog.base import KeyRotationCatalog
 from gateway.config import Settings, load_settings
 from gateway.keys.base import KEY_REFRESH_SECONDS, AdministeredProvider, KeyUnusable
@@ -65,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
         return _list(provider, settings)
     if command == "rotate":
         version = provider.rotate()
+        _audit(settings, audit.KEY_ROTATED, kek_version=version)
         print(f"KEK {provider.kek_id} version {version} is current: it wraps new uploads' keys")
         print(
             f"running gateways pick it up within {KEY_REFRESH_SECONDS:g} s; "
@@ -76,18 +79,45 @@ def main(args: argparse.Namespace) -> int:
             raise KeyUnusable("--batch-size must be at least 1")
         catalog = open_catalog(settings)
         try:
-            return rewrap(provider, catalog, batch=args.batch_size, out=sys.stdout, err=sys.stderr)
+            counts = RewrapCounts()
+            code = rewrap(
+                provider,
+                catalog,
+                batch=args.batch_size,
+                out=sys.stdout,
+                err=sys.stderr,
+                counts=counts,
+            )
+            Audit(catalog).record_now(
+                audit.KEY_REWRAPPED,
+                audit.Actor(operator()),
+                outcome=audit.OK if code == 0 else audit.FAILED,
+                details={"rewrapped": counts.rewrapped, "failed": counts.failed},
+            )
+            return code
         finally:
             catalog.close()
     if command == "rotate-signing":
         kid = provider.rotate_signing()
+        _audit(settings, audit.SIGNING_KEY_ROTATED, kid=kid)
         print(f"signing key {kid} is current; the one before it stays in the JWKS")
         print(f"running gateways sign with it within {KEY_REFRESH_SECONDS:g} s")
         print(kid)
         return 0
     provider.retire_signing(args.kid)
+    _audit(settings, audit.SIGNING_KEY_RETIRED, kid=args.kid)
     print(f"signing key {args.kid} is retired: its private key is destroyed, not in the JWKS")
     return 0
+
+
+def _audit(settings: Settings, action: str, **details: audit.Detail) -> None:
+    """Append a key event to the audit log, where there is a catalog to hold it."""
+    if settings.catalog_path.exists():
+        catalog = open_catalog(settings)
+        try:
+            Audit(catalog).record_now(action, audit.Actor(operator()), details=details)
+        finally:
+            catalog.close()
 
 
 def _init(provider: AdministeredProvider) -> int:
@@ -139,11 +169,12 @@ def rewrap(
     batch: int,
     out: TextIO,
     err: TextIO,
+    counts: RewrapCounts | None = None,
 ) -> int:
     """Rewrap every data key not under the current KEK version, in passes over the key
     table by dek_id, until a pass finds nothing left once no gateway can still be
     wrapping under an older version (KEY_REFRESH_SECONDS after the rotation)."""
-    counts = RewrapCounts()
+    counts = counts if counts is not None else RewrapCounts()
     given_up: set[bytes] = set()  # keys that failed to unwrap: counted once, not retried
     # When each version seen current is settled; fixed the first time it is seen (a
     # provider that records no creation time: from then, which is after the rotation).

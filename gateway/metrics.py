@@ -132,6 +132,16 @@ REFUSED = Counter(
     "(writers, busy, rate, open-uploads, open-bytes, too-slow).",
     ["reason"],
 )
+AUDIT_ENTRIES = Counter(
+    "gateway_audit_entries", "Audit log entries appended, by action.", ["action"]
+)
+AUDIT_FAILURES = Counter(
+    "gateway_audit_append_failures",
+    "Audit entries that could not be appended (logged as errors; the request went on).",
+)
+AUDIT_APPEND_DURATION = Histogram(
+    "gateway_audit_append_duration_seconds", "Time to append one audit entry.", buckets=_FAST
+)
 TAIL_MERGES = Counter("gateway_tail_merges", "Times a segment's tail pieces were merged into one.")
 
 

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from gateway import metrics
+from gateway import audit, metrics
+from gateway.auditing import Audit
 from gateway.catalog.base import (
     Deletion,
     Principal,
@@ -66,6 +67,7 @@ class Removal:
         runner: Runner,
         leases: Leases,
         receipts: ReceiptSigner,
+        audit: Audit | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._rules = rules
@@ -74,6 +76,7 @@ class Removal:
         self._runner = runner
         self._leases = leases
         self._receipts = receipts
+        self._audit = audit
         self._clock = clock
         self._reaper: asyncio.Task[None] | None = None
 
@@ -112,6 +115,20 @@ class Removal:
 
     async def delete_as_admin(self, admin: str, upload_id: str) -> str | None:
         """`gateway delete`: any owner's upload; its receipt, or None for a retired partial."""
+        found = await self._runner.db(self._catalog.get_upload, upload_id)
+        tenant = found.tenant if found is not None else None
+        try:
+            receipt = await self._delete_as_admin(admin, upload_id)
+        except GatewayError as exc:
+            outcome = audit.FAILED if exc.status >= 500 else audit.REFUSED
+            await self._record(
+                audit.UPLOAD_DELETED, admin, upload_id, tenant, "admin", outcome, exc.code
+            )
+            raise
+        await self._record(audit.UPLOAD_DELETED, admin, upload_id, tenant, "admin")
+        return receipt
+
+    async def _delete_as_admin(self, admin: str, upload_id: str) -> str | None:
         found = await self._runner.db(self._catalog.get_upload, upload_id)
         if found is not None and await self._removal_pending(found):
             receipt: str | None = await self._finish_removal(upload_id)
@@ -283,10 +300,33 @@ class Removal:
         if receipt is None:
             log.info("partial retired", extra={"upload_id": upload_id, "reason": reason})
             return False
+        action = audit.UPLOAD_EXPIRED if reason == "expiry" else audit.UPLOAD_RETENTION_ENDED
+        await self._record(action, "reaper", upload_id, upload.tenant, reason)
         # "expired" is the label dashboards already know for expiry.
         metrics.REAPED.labels("expired" if reason == "expiry" else reason).inc()
         log.info("upload removed", extra={"upload_id": upload_id, "reason": reason})
         return True
+
+    async def _record(
+        self,
+        action: str,
+        by: str,
+        upload_id: str,
+        upload_tenant: str | None,
+        reason: str,
+        outcome: str = audit.OK,
+        code: str | None = None,
+    ) -> None:
+        if self._audit is not None:
+            await self._audit.record(
+                action,
+                audit.Actor(by),
+                upload_id,
+                outcome=outcome,
+                code=code,
+                details={"reason": reason},
+                upload_tenant=upload_tenant,
+            )
 
     async def _reap_forever(self) -> None:
         while True:

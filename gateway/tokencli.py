@@ -18,9 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway import audit
 from gateway.app import open_catalog
+from gateway.auditing import Audit, operator
 from gateway.auth import mint_api_key
-from gateway.catalog.base import ApiKey, Principal, TokenStore
+from gateway.catalog.base import ApiKey, AuditCatalog, Catalog, Principal
 from gateway.config import ConfigError, load_settings
 from gateway.roles import ROLES
 
@@ -90,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
         if args.token_command == "list":
             return _list(catalog.api_keys(), as_json=args.json)
         if catalog.revoke_token(args.id, time.time()):
+            _audit(catalog, audit.TOKEN_REVOKED, key_id=args.id)
             print(f"revoked API key {args.id}; it is refused from the next request on")
             return 0
         print(f"gateway token revoke: no API key {args.id!r} that is not revoked", file=sys.stderr)
@@ -98,13 +101,25 @@ def main(args: argparse.Namespace) -> int:
         catalog.close()
 
 
-def _create(catalog: TokenStore, args: argparse.Namespace) -> int:
+def _audit(catalog: AuditCatalog, action: str, **details: audit.Detail) -> None:
+    Audit(catalog).record_now(action, audit.Actor(operator()), details=details)
+
+
+def _create(catalog: Catalog, args: argparse.Namespace) -> int:
     if not args.principal or not args.tenant:
         raise ConfigError("--principal and --tenant must not be empty")
     principal = Principal(args.principal, args.tenant, frozenset(args.role))
     now = time.time()
     expires_at = None if args.expires is None else now + args.expires
     token_id, token = mint_api_key(catalog, principal, expires_at=expires_at, now=now)
+    _audit(
+        catalog,
+        audit.TOKEN_CREATED,
+        key_id=token_id,
+        roles=",".join(sorted(principal.roles)),
+        expires_at=_when(expires_at),
+        **{"for": f"{principal.tenant}/{principal.id}"},
+    )
     roles = ", ".join(sorted(principal.roles))
     roles = f"with roles {roles}" if roles else "with no role (an uploader)"
     until = "never expires" if expires_at is None else f"expires {_when(expires_at)}"

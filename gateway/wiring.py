@@ -9,6 +9,7 @@
                    ├─ OidcVerifier ── JwksCache   (when GATEWAY_OIDC_ISSUER is set)
                    └─ BruteForceGuard
     Grants ── access.Policy          (who may do what; every route asks)
+    Audit (appends, checkpoints) ── Removal, and the app's AuditMiddleware
     one Runner (the thread pools) under all of them
 
 Nothing here picks an implementation: the store, catalog and keys come in ready.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import access
+from gateway.auditing import Audit
 from gateway.auth import Authenticator
 from gateway.bruteforce import AuthFailureHook, BruteForceGuard, FailureLimit
 from gateway.buffers import Pools
@@ -55,14 +57,17 @@ class Services:
     finals: Finals
     auth: Authenticator
     grants: Grants
+    audit: Audit
 
     async def start(self) -> None:
         await self.uploads.start()
         self.removal.start()
+        self.audit.start()
 
     async def close(self) -> None:
         await self.uploads.close()
         await self.removal.close()
+        await self.audit.close()  # checkpoints the head: shutdown leaves no tail unsigned
         self.runner.close()
 
 
@@ -139,6 +144,13 @@ def build_services(
         clock=clock,
     )
     reader = Reader(store, catalog, keys)
+    audit = Audit(
+        catalog,
+        keys=keys,
+        runner=runner,
+        checkpoint_seconds=settings.audit_checkpoint_seconds,
+        clock=clock,
+    )
     removal = Removal(
         rules,
         store=store,
@@ -146,6 +158,7 @@ def build_services(
         runner=runner,
         leases=leases,
         receipts=Receipts(keys),
+        audit=audit,
         clock=clock,
     )
     finals = Finals(rules, store=store, catalog=catalog, keys=keys, runner=runner, clock=clock)
@@ -195,7 +208,7 @@ def build_services(
         clock=clock,
     )
     grants = Grants(catalog, runner, access_policy(settings), clock=clock)
-    return Services(runner, leases, reader, uploads, removal, finals, auth, grants)
+    return Services(runner, leases, reader, uploads, removal, finals, auth, grants, audit)
 
 
 def access_policy(settings: Settings) -> access.Policy:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway import audit
+from gateway.auditing import Audit
 from gateway.catalog.base import (
     Deletion,
     Hold,
@@ -340,3 +342,28 @@ def _deletion(upload_id: str) -> Deletion:
         kek_id="local",
         kek_version=1,
     )
+
+
+def test_a_version_3_catalog_gains_the_audit_log(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    cat = SQLiteCatalog(path)
+    cat.create_upload(_upload(), _wrapped())
+    cat.close()
+    conn = sqlite3.connect(path)
+    with conn:  # as version 3 left it: no audit tables
+        conn.execute("DROP TABLE audit_log")
+        conn.execute("DROP TABLE audit_checkpoints")
+        conn.execute("UPDATE schema_version SET version = 3")
+    conn.close()
+    cat = SQLiteCatalog(path)
+    try:
+        assert cat.get_upload("u1") is not None
+        assert cat.audit_head() == (0, "0" * 64)
+        assert Audit(cat).record_now(audit.UPLOAD_CREATED, audit.Actor("alice"), "u1")
+        assert cat.audit_head()[0] == 1
+        assert cat.audit_checkpoints() == []
+    finally:
+        cat.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+    conn.close()

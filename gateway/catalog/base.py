@@ -15,7 +15,7 @@ record anything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -384,6 +384,71 @@ class TokenStore(Protocol):
     def token_count(self) -> int: ...
 
 
+# --- the audit log (gateway/audit.py) ------------------------------------------------------
+
+
+# The `prev` of the first entry: no entry before it.
+AUDIT_GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One stored audit entry: its canonical JSON exactly as hashed, its SHA-256, and
+    members of it repeated for queries."""
+
+    seq: int
+    time: str  # RFC 3339 UTC, fixed width: text order is time order
+    action: str
+    principal: str | None
+    tenant: str | None
+    upload_id: str | None
+    upload_tenant: str | None  # the tenant the upload belongs to, where known
+    entry: str  # canonical JSON (RFC 8785)
+    hash: str  # hex SHA-256 of `entry`
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of an audit query; None: any. Entries come in seq order after `after`."""
+
+    upload_id: str | None = None
+    principal: str | None = None
+    # Entries of this tenant: those its principals made and those on its uploads.
+    tenant: str | None = None
+    since: str | None = None  # RFC 3339 in AuditRecord.time's form, inclusive
+    until: str | None = None  # exclusive
+    after: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    seq: int
+    issued_at: str
+    jws: str  # compact JWS, typ imgw-audit-checkpoint+jws
+
+
+class AuditCatalog(Protocol):
+    """The append-only audit log and its signed checkpoints."""
+
+    def append_audit(self, entry_for: Callable[[int, str], AuditRecord]) -> AuditRecord:
+        """In one write transaction: read the last entry's (seq, hash) ((0, 64 zeros) for
+        none), build the next with `entry_for(seq + 1, hash)` and store it."""
+
+    def audit_records(self, query: AuditQuery) -> list[AuditRecord]: ...
+    def audit_head(self) -> tuple[int, str]:
+        """The last entry's (seq, hash); (0, 64 zeros) while the log is empty."""
+
+    def add_audit_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        """Keep a signed checkpoint; False if one for that seq exists already."""
+
+    def audit_checkpoints(self, after: int = 0) -> list[StoredCheckpoint]:
+        """The checkpoints of seq > `after`, in seq order."""
+
+
+# --- end of the audit log -------------------------------------------------------------------
+
+
 class Catalog(
     UploadCatalog,
     RemovalCatalog,
@@ -393,6 +458,7 @@ class Catalog(
     LeaseCatalog,
     GrantCatalog,
     TokenStore,
+    AuditCatalog,
     Protocol,
 ):
     """Everything the service keeps durably, in one backend (`SQLiteCatalog`)."""

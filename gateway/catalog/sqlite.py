@@ -32,6 +32,7 @@ from gateway.catalog.base import (
     UploadHeld,
     UploadState,
 )
+from gateway.catalog.sqlite_audit import SQLiteAuditLog
 from gateway.catalog.sqlite_files import DatabaseFile
 from gateway.catalog.sqlite_schema import WRAPPED_KEYS, WRAPPED_KEYS_INDEX, migrate
 from gateway.keys.base import WrappedKey
@@ -47,7 +48,7 @@ _GRANT_FIELDS = tuple(f.name for f in fields(Grant))
 _GRANT_COLUMNS = ", ".join(_GRANT_FIELDS)
 
 
-class SQLiteCatalog:
+class SQLiteCatalog(SQLiteAuditLog):
     """A `Catalog` on one SQLite file; safe to share between threads."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:

@@ -11,7 +11,7 @@ import sqlite3
 # Older versions refuse a version 3 catalog: they would delete held uploads.
 # 4: API keys have an id, an expiry, a revocation time and a last-used time
 # (identity block below); grants (read access to one upload for another principal,
-# _GRANTS below).
+# _GRANTS below); the audit log and its signed checkpoints (_AUDIT_SCHEMA below).
 SCHEMA_VERSION = 4
 _UPGRADABLE = (1, 2, 3)
 
@@ -139,6 +139,36 @@ _GRANTS = (
     "CREATE INDEX IF NOT EXISTS grants_upload ON grants (upload_id, expires_at)",
 )
 # -- end of version 4: grants ----------------------------------------------------------
+# --- version 4: the audit log (gateway/audit.py) ----------------------------------------
+# One row per entry: `entry` is the entry's canonical JSON (RFC 8785) exactly as hashed,
+# `hash` its SHA-256 (hex); the other columns repeat members of it for queries, and
+# `gateway audit verify` checks that they agree. seq is gap-free: an append reads the
+# last row in the same write transaction (BEGIN IMMEDIATE), so the chain never forks.
+_AUDIT_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        seq BIGINT PRIMARY KEY,
+        time TEXT NOT NULL,
+        action TEXT NOT NULL,
+        principal TEXT,
+        tenant TEXT,
+        upload_id TEXT,
+        upload_tenant TEXT,
+        entry TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time)",
+    "CREATE INDEX IF NOT EXISTS audit_log_upload ON audit_log (upload_id, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_log_principal ON audit_log (principal, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_log_tenant ON audit_log (tenant, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_log_upload_tenant ON audit_log (upload_tenant, seq)",
+    # The chain's head signed at intervals (a compact JWS, typ imgw-audit-checkpoint+jws).
+    """CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        seq BIGINT PRIMARY KEY,
+        issued_at TEXT NOT NULL,
+        jws TEXT NOT NULL
+    )""",
+)
+# --- end of version 4: the audit log ------------------------------------------------------
 
 # Columns added since version 2, with what older rows get: no hold, no roles.
 _ADDED_COLUMNS = (
@@ -172,7 +202,7 @@ _LATE_INDEXES = (
 def migrate(cur: sqlite3.Cursor) -> None:
     """Create the schema, or bring an older catalog up to SCHEMA_VERSION (in the caller's
     write transaction, so processes starting together do it once)."""
-    for ddl in (*_SCHEMA, *_GRANTS):
+    for ddl in (*_SCHEMA, *_GRANTS, *_AUDIT_SCHEMA):
         cur.execute(ddl)
     row = cur.execute("SELECT version FROM schema_version").fetchone()
     if row is None:
