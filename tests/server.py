@@ -14,6 +14,9 @@ from pathlib import Path
 
 import httpx
 
+from gateway import auth
+from gateway.catalog.base import Principal
+from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store
@@ -26,25 +29,14 @@ def free_port() -> int:
 
 
 def mint_token(data_dir: Path, principal: str = "admin", tenant: str = "default") -> str:
+    """An API key in the data dir's catalog, made in this process: what `gateway token
+    create` stores, without an audit entry of its own (tests count entries)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "token",
-            "--data-dir",
-            str(data_dir),
-            "--principal",
-            principal,
-            "--tenant",
-            tenant,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
+    try:
+        return auth.mint_token(catalog, Principal(principal, tenant))
+    finally:
+        catalog.close()
 
 
 # GATEWAY_TEST_STORE=s3 runs the black-box tests against a real S3 server (SeaweedFS,
