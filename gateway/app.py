@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from gateway import logs, metrics
 from gateway.admin import AdminHandler
+from gateway.admin_tokens import TokenAdminHandler
 from gateway.audit_http import AuditHandler, AuditMiddleware
 from gateway.auth import client_of
 from gateway.catalog.base import Catalog
@@ -127,6 +128,7 @@ def create_app(
         grants=grants,
     )
     admin = AdminHandler(catalog, auth, runner, grants)
+    token_admin = TokenAdminHandler(catalog, keys, auth, runner, grants)
     sharing = GrantHandler(settings.base_path, grants, auth)
     audit_log = AuditHandler(catalog, auth, runner, grants)
 
@@ -181,6 +183,7 @@ def create_app(
             *downloads.routes(),
             *sharing.routes(),
             *admin.routes(),
+            *token_admin.routes(),
             *audit_log.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

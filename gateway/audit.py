@@ -95,7 +95,7 @@ DETAILS = frozenset(
         "grantee",  # whom a grant is for: "<tenant>/<principal>"
         "expires_at",  # a grant's or an API key's expiry (RFC 3339), or null
         "key_id",  # an API key's id (never the key)
-        "for",  # whom an API key is for: "<tenant>/<principal>"
+        "subject",  # whom an API key is for: "<tenant>/<principal>"
         "roles",  # an API key's roles, comma-separated
     }
 )

@@ -14,11 +14,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from gateway import metrics
 from gateway.bruteforce import AuthFailure, AuthFailureHook, BruteForceGuard
-from gateway.catalog.base import Principal, TokenStore
+from gateway.catalog.base import ApiKey, Principal, TokenStore
 from gateway.errors import ERR, GatewayError
 from gateway.limits import RequestRate
 from gateway.oidc import OidcRejected, OidcVerifier, ProviderUnavailable, looks_like_jwt
@@ -53,6 +54,27 @@ def mint_api_key(
         token_hash(token), principal, now, token_id=secrets.token_hex(8), expires_at=expires_at
     )
     return token_id, token
+
+
+def describe_key(key: ApiKey) -> dict[str, str | None]:
+    """What may be shown of an API key (never the key or its hash): `gateway token list`
+    and GET /admin/tokens."""
+    return {
+        "id": key.id,
+        "principal": key.principal.id,
+        "tenant": key.principal.tenant,
+        "roles": ",".join(sorted(key.principal.roles)),
+        "created": rfc3339_seconds(key.created_at),
+        "expires": rfc3339_seconds(key.expires_at),
+        "last_used": rfc3339_seconds(key.last_used_at),
+        "revoked": rfc3339_seconds(key.revoked_at),
+    }
+
+
+def rfc3339_seconds(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def mint_token(catalog: TokenStore, principal: Principal) -> str:

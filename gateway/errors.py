@@ -45,6 +45,8 @@ class ERR(enum.Enum):
     MFA_REQUIRED = ("ERR_MFA_REQUIRED", 403)  # the action needs a sign-in with a second factor
     INVALID_GRANT = ("ERR_INVALID_GRANT", 400)  # a grant request's body is not valid
     GRANT_NOT_FOUND = ("ERR_GRANT_NOT_FOUND", 404)
+    INVALID_TOKEN_REQUEST = ("ERR_INVALID_TOKEN_REQUEST", 400)  # POST /admin/tokens body
+    TOKEN_NOT_FOUND = ("ERR_TOKEN_NOT_FOUND", 404)  # no API key of this id in the tenant
     INVALID_CASE_REFERENCE = ("ERR_INVALID_CASE_REFERENCE", 400)
     METHOD_NOT_ALLOWED = ("ERR_METHOD_NOT_ALLOWED", 405)
     NOT_FOUND = ("ERR_NOT_FOUND", 404)

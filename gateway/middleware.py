@@ -65,9 +65,14 @@ def route_of(path: str, base_path: str) -> str:
         return base_path + "{id}"
     if path.startswith("/admin/holds/"):
         return "/admin/holds/{id}"
-    return (
-        path if path in ("/healthz", "/readyz", "/metrics", "/.well-known/jwks.json") else "other"
-    )
+    if path.startswith("/admin/tokens/"):
+        return "/admin/tokens/{id}"
+    return path if path in _FIXED_ROUTES else "other"
+
+
+_FIXED_ROUTES = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", "/admin/tokens", "/admin/keys"}
+)
 
 
 class AccessMiddleware:

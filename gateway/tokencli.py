@@ -14,14 +14,13 @@ import json
 import re
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway import audit
 from gateway.app import open_catalog
 from gateway.auditing import Audit, operator
-from gateway.auth import mint_api_key
+from gateway.auth import describe_key, mint_api_key, rfc3339_seconds
 from gateway.catalog.base import ApiKey, AuditCatalog, Catalog, Principal
 from gateway.config import ConfigError, load_settings
 from gateway.roles import ROLES
@@ -117,12 +116,12 @@ def _create(catalog: Catalog, args: argparse.Namespace) -> int:
         audit.TOKEN_CREATED,
         key_id=token_id,
         roles=",".join(sorted(principal.roles)),
-        expires_at=_when(expires_at),
-        **{"for": f"{principal.tenant}/{principal.id}"},
+        expires_at=rfc3339_seconds(expires_at),
+        subject=f"{principal.tenant}/{principal.id}",
     )
     roles = ", ".join(sorted(principal.roles))
     roles = f"with roles {roles}" if roles else "with no role (an uploader)"
-    until = "never expires" if expires_at is None else f"expires {_when(expires_at)}"
+    until = "never expires" if expires_at is None else f"expires {rfc3339_seconds(expires_at)}"
     print(
         f"# API key {token_id} for principal {principal.id!r} of tenant {principal.tenant!r} "
         f"{roles}; it {until}; the token is shown only now"
@@ -132,7 +131,7 @@ def _create(catalog: Catalog, args: argparse.Namespace) -> int:
 
 
 def _list(keys: list[ApiKey], *, as_json: bool) -> int:
-    rows = [_row(key) for key in keys]
+    rows = [describe_key(key) for key in keys]
     if as_json:
         for row in rows:
             print(json.dumps(row))
@@ -143,22 +142,3 @@ def _list(keys: list[ApiKey], *, as_json: bool) -> int:
     for line in table:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     return 0
-
-
-def _row(key: ApiKey) -> dict[str, str | None]:
-    return {
-        "id": key.id,
-        "principal": key.principal.id,
-        "tenant": key.principal.tenant,
-        "roles": ",".join(sorted(key.principal.roles)),
-        "created": _when(key.created_at),
-        "expires": _when(key.expires_at),
-        "last_used": _when(key.last_used_at),
-        "revoked": _when(key.revoked_at),
-    }
-
-
-def _when(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -444,7 +444,7 @@ def test_grants_api_keys_and_throttled_sign_ins_are_audited(
     assert by_action["grant.revoked"]["details"] == {"grant": grant}
     assert by_action["token.created"]["details"] == {
         "key_id": key_id,
-        "for": "north/pacs",
+        "subject": "north/pacs",
         "roles": "",
         "expires_at": None,
     }
