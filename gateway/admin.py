@@ -84,13 +84,19 @@ class AdminHandler:
         return JSONResponse(holds.describe(upload_id, current))
 
     async def _admin(self, request: Request) -> Principal:
-        principal = await self._auth.principal(
-            request.headers.getlist("authorization"), client=client_of(request)
-        )
-        request.state.principal = principal.id
-        request.state.tenant = principal.tenant
-        self._grants.require(principal, Action.ADMIN)  # 403 without the admin role (or MFA)
-        return principal
+        return await admin_principal(request, self._auth, self._grants)
+
+
+async def admin_principal(request: Request, auth: Authenticator, grants: Grants) -> Principal:
+    """The request's principal, noted for the access log and the audit log; 401 without
+    a valid credential, 403 without the admin role (or without MFA where required)."""
+    principal = await auth.principal(
+        request.headers.getlist("authorization"), client=client_of(request)
+    )
+    request.state.principal = principal.id
+    request.state.tenant = principal.tenant
+    grants.require(principal, Action.ADMIN)
+    return principal
 
 
 async def json_body(request: Request) -> object:

@@ -26,10 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import audit
-from gateway.access import Action
-from gateway.admin import json_body
+from gateway.admin import admin_principal, json_body
 from gateway.audit_http import note
-from gateway.auth import Authenticator, client_of, describe_key, mint_api_key, rfc3339_seconds
+from gateway.auth import Authenticator, describe_key, mint_api_key, rfc3339_seconds
 from gateway.catalog.base import Principal, TokenStore
 from gateway.errors import ERR, GatewayError
 from gateway.grants import Grants
@@ -127,13 +126,7 @@ class TokenAdminHandler:
         )
 
     async def _admin(self, request: Request) -> Principal:
-        principal = await self._auth.principal(
-            request.headers.getlist("authorization"), client=client_of(request)
-        )
-        request.state.principal = principal.id
-        request.state.tenant = principal.tenant
-        self._grants.require(principal, Action.ADMIN)  # 403 without the admin role (or MFA)
-        return principal
+        return await admin_principal(request, self._auth, self._grants)
 
 
 def parse_request(body: object, tenant: str) -> tuple[Principal, float | None]:
