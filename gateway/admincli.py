@@ -18,7 +18,7 @@ from pathlib import Path
 from gateway import audit, holds, receipts
 from gateway.app import open_catalog, open_store
 from gateway.auditing import Audit, operator
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, add_settings_options, settings_of
 from gateway.errors import ERR, GatewayError
 from gateway.jws import JWSError, PublicSigningKey
 from gateway.keys.providers import open_provider, provider_configured
@@ -48,14 +48,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     receipt.add_argument("target", nargs="+", metavar="ID | verify FILE")
     receipt.add_argument("--jwks", help="JWKS file or https URL (default: the configured keys)")
     for parser in (hold, release, delete, receipt):
-        parser.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
-        parser.add_argument("--config", type=Path, help="TOML file of settings, as for serve")
+        add_settings_options(parser)
     for parser in (hold, release, delete):
         parser.add_argument("--by", default=operator(), help="who acts (default: cli:<user>)")
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings({"data_dir": args.data_dir}, config_file=args.config)
+    settings = settings_of(args)
     name = f"gateway {args.command}"
     if args.command == "receipt":
         if args.target[0] == "verify" and len(args.target) == 2:

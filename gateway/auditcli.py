@@ -11,17 +11,15 @@ done.
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from gateway import audit
 from gateway.app import open_catalog
-from gateway.auditing import Audit
+from gateway.auditing import Audit, operator
 from gateway.catalog.base import AuditCatalog, AuditQuery, AuditRecord
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, add_settings_options, settings_of
 from gateway.jws import JWSError, PublicSigningKey
 from gateway.keys.providers import open_provider, provider_configured
 from gateway.verify import load_jwks
@@ -36,8 +34,7 @@ def add_parser(sub: Any) -> None:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(name, help=help)
-        parser.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
-        parser.add_argument("--config", type=Path, help="TOML file of settings, as for serve")
+        add_settings_options(parser)
         return parser
 
     verify = command("verify", help="recompute the chain, check the signed checkpoints")
@@ -45,12 +42,12 @@ def add_parser(sub: Any) -> None:
     export = command("export", help="entries as JSON lines on stdout (for a SIEM)")
     export.add_argument("--since", help="RFC 3339 time, inclusive (e.g. 2026-12-01T00:00:00Z)")
     export.add_argument("--until", help="RFC 3339 time, exclusive")
-    export.add_argument("--by", default=_operator(), help="who exports (default: cli:<user>)")
+    export.add_argument("--by", default=operator(), help="who exports (default: cli:<user>)")
     command("checkpoint", help="sign the log's head now (as gateways do at intervals)")
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings({"data_dir": args.data_dir}, config_file=args.config)
+    settings = settings_of(args)
     name = f"gateway audit {args.audit_command}"
     if not settings.catalog_path.exists():
         print(f"{name}: no catalog at {settings.catalog_path}", file=sys.stderr)
@@ -152,10 +149,3 @@ def _keys(settings: Settings, jwks: str | None) -> dict[str, PublicSigningKey] |
         return {k.kid: k for k in open_provider(settings).public_signing_keys()}
     print("gateway audit verify: no keys configured; pass --jwks FILE|URL", file=sys.stderr)
     return None
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import stat
@@ -460,3 +461,16 @@ def _read_config_file(path: Path) -> dict[str, object]:
             raise ConfigError(f"{path}: unknown setting {name!r}")
         values[name] = _coerce(name, str(value))
     return values
+
+
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """--data-dir and --config, as every command that works on a gateway's state takes."""
+    parser.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
+    parser.add_argument(
+        "--config", type=Path, help="TOML file of settings (keys as the option names, with _)"
+    )
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings a command's --data-dir and --config name (see add_settings_options)."""
+    return load_settings({"data_dir": args.data_dir}, config_file=args.config)

@@ -12,14 +12,13 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 from gateway import audit
 from gateway.app import open_catalog
 from gateway.auditing import Audit, operator
 from gateway.catalog.base import KeyRotationCatalog
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, add_settings_options, settings_of
 from gateway.keys.base import KEY_REFRESH_SECONDS, AdministeredProvider, KeyUnusable
 from gateway.keys.providers import open_provider
 
@@ -37,10 +36,7 @@ def add_parser(sub: Any) -> None:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(name, help=help)
-        parser.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
-        parser.add_argument(
-            "--config", type=Path, help="TOML file of settings (keys as the option names, with _)"
-        )
+        add_settings_options(parser)
         return parser
 
     command("init", help="create the keys that are missing")
@@ -58,7 +54,7 @@ def add_parser(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run one `gateway keys` command; exit code 0 ok, 1 partial failure (raises
     ConfigError/KeyUnusable for usage and configuration problems: exit 2)."""
-    settings = load_settings({"data_dir": args.data_dir}, config_file=args.config)
+    settings = settings_of(args)
     provider = open_provider(settings)
     command = args.keys_command
     if command == "init":

@@ -14,7 +14,6 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from gateway import audit
@@ -22,7 +21,7 @@ from gateway.app import open_catalog
 from gateway.auditing import Audit, operator
 from gateway.auth import describe_key, mint_api_key, rfc3339_seconds
 from gateway.catalog.base import ApiKey, AuditCatalog, Catalog, Principal
-from gateway.config import ConfigError, load_settings
+from gateway.config import ConfigError, add_settings_options, settings_of
 from gateway.roles import ROLES
 
 COMMANDS = ("create", "list", "revoke")
@@ -39,10 +38,7 @@ def add_parser(sub: Any) -> None:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(name, help=help)
-        parser.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
-        parser.add_argument(
-            "--config", type=Path, help="TOML file of settings (keys as the option names, with _)"
-        )
+        add_settings_options(parser)
         return parser
 
     create = command("create", help="create an API key; the token is printed on the last line")
@@ -83,7 +79,7 @@ def duration(text: str) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings({"data_dir": args.data_dir}, config_file=args.config)
+    settings = settings_of(args)
     catalog = open_catalog(settings)
     try:
         if args.token_command == "create":
