@@ -4,32 +4,26 @@ Same promises as the SQLite catalog (gateway/catalog/sqlite.py), kept with Postg
 own means: row locks (SELECT ... FOR UPDATE) where SQLite has its one write lock,
 transaction-level advisory locks where no row exists yet to lock (a lease being taken,
 the audit log's head), and a SEQUENCE for fencing tokens. Connections come from a
-psycopg-pool pool; each call is one short transaction on one of them.
+psycopg-pool pool; each call is one short transaction on one of them. Here: uploads,
+removal, holds and key rotation; leases, grants and API keys in postgres_access.py, the
+audit log in postgres_audit.py, the pool in postgres_db.py.
 """
 
 from __future__ import annotations
 
-import secrets
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from gateway.catalog.base import (
-    ApiKey,
     Deletion,
-    Grant,
     Hold,
     Lease,
     LeaseLost,
-    LeaseState,
     OffsetConflict,
-    Principal,
     Progress,
     RecordRow,
     StoredKey,
@@ -39,52 +33,19 @@ from gateway.catalog.base import (
     UploadHeld,
     UploadState,
 )
+from gateway.catalog.postgres_access import PostgresAccess
 from gateway.catalog.postgres_audit import PostgresAuditLog
-from gateway.catalog.postgres_schema import LOCK_LEASE, migrate
+from gateway.catalog.postgres_db import Cursor
 from gateway.keys.base import WrappedKey
 
 _UPLOAD_FIELDS = tuple(f.name for f in fields(Upload) if f.name != "legacy_metadata")
 _COLUMN_OF = {"offset": "upload_offset", "partials": "parts"}
 _UPLOAD_COLUMNS = ", ".join(_COLUMN_OF.get(n, n) for n in _UPLOAD_FIELDS)
-_GRANT_FIELDS = tuple(f.name for f in fields(Grant))
-_GRANT_COLUMNS = ", ".join(_GRANT_FIELDS)
-_KEY_COLUMNS = "id, principal_id, tenant, roles, created_at, expires_at, revoked_at, last_used_at"
-
-Cursor = psycopg.Cursor[Any]
 
 
-class PostgresCatalog(PostgresAuditLog):
+class PostgresCatalog(PostgresAccess, PostgresAuditLog):
     """A `Catalog` in a PostgreSQL database (a `postgresql://` URL); safe to share
     between threads. The schema is created on first use."""
-
-    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 4) -> None:
-        self._conninfo = conninfo
-        self._pool = ConnectionPool(
-            conninfo, min_size=min_size, max_size=max_size, open=False, name="catalog"
-        )
-        self._pool.open(wait=True, timeout=30.0)
-        try:
-            with self._pool.connection() as conn:
-                migrate(conn)
-        except BaseException:
-            self._pool.close()
-            raise
-
-    @contextmanager
-    def _tx(self, *, durable: bool = True) -> Iterator[Cursor]:
-        """One transaction; any exception rolls everything back.
-
-        `durable=False` lets this commit return before its WAL is flushed (lease
-        bookkeeping: a lease lost to a crash of the database is harmless).
-        """
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            if not durable:
-                cur.execute("SET LOCAL synchronous_commit = off")
-            yield cur
-
-    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
-        with self._pool.connection() as conn:
-            return conn.execute(sql, params).fetchall()
 
     # uploads
 
@@ -428,183 +389,12 @@ class PostgresCatalog(PostgresAuditLog):
             )
             return cur.rowcount == 1
 
-    # leases
-
-    def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:
-        with self._tx() as cur:
-            # No row may exist yet to lock: the advisory lock on the id serialises
-            # acquirers, the row lock serialises against renewals and commits.
-            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_LEASE, upload_id))
-            row = cur.execute(
-                "SELECT holder, expires_at FROM leases WHERE upload_id = %s FOR UPDATE",
-                (upload_id,),
-            ).fetchone()
-            if row is not None and row[0] != holder and row[1] > now:
-                cur.execute(
-                    "UPDATE leases SET release_requested = TRUE WHERE upload_id = %s",
-                    (upload_id,),
-                )
-                return None
-            token_row = cur.execute("SELECT nextval('fencing_tokens')").fetchone()
-            assert token_row is not None
-            token = int(token_row[0])
-            expires_at = now + ttl
-            cur.execute(
-                "INSERT INTO leases (upload_id, holder, token, expires_at, release_requested) "
-                "VALUES (%s, %s, %s, %s, FALSE) ON CONFLICT (upload_id) DO UPDATE SET "
-                "holder = excluded.holder, token = excluded.token, "
-                "expires_at = excluded.expires_at, release_requested = FALSE",
-                (upload_id, holder, token, expires_at),
-            )
-            return Lease(upload_id=upload_id, holder=holder, token=token, expires_at=expires_at)
-
-    def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState:
-        # Even past its expiry the lease is still ours while nobody has taken it
-        # (taking it always changes the token).
-        with self._tx(durable=False) as cur:
-            row = cur.execute(
-                "UPDATE leases SET expires_at = %s WHERE upload_id = %s AND holder = %s "
-                "AND token = %s RETURNING release_requested",
-                (now + ttl, lease.upload_id, lease.holder, lease.token),
-            ).fetchone()
-        if row is None:
-            return LeaseState(valid=False, release_requested=False)
-        return LeaseState(valid=True, release_requested=bool(row[0]))
-
-    def release_lease(self, lease: Lease) -> None:
-        with self._tx(durable=False) as cur:
-            cur.execute(
-                "DELETE FROM leases WHERE upload_id = %s AND holder = %s AND token = %s",
-                (lease.upload_id, lease.holder, lease.token),
-            )
-
-    def lease_held(self, upload_id: str, now: float) -> bool:
-        rows = self._query(
-            "SELECT 1 FROM leases WHERE upload_id = %s AND expires_at > %s", (upload_id, now)
-        )
-        return bool(rows)
-
-    # grants
-
-    def add_grant(self, grant: Grant) -> bool:
-        with self._tx() as cur:
-            # FOR SHARE: a terminate cannot slip in between this check and the insert.
-            row = cur.execute(
-                "SELECT 1 FROM uploads WHERE id = %s AND state <> %s FOR SHARE",
-                (grant.upload_id, str(UploadState.TERMINATED)),
-            ).fetchone()
-            if row is None:
-                return False
-            cur.execute(
-                "DELETE FROM grants WHERE upload_id = %s AND expires_at <= %s",
-                (grant.upload_id, grant.created_at),
-            )
-            cur.execute(
-                f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                tuple(getattr(grant, name) for name in _GRANT_FIELDS),
-            )
-            return True
-
-    def grants(self, upload_id: str, now: float) -> list[Grant]:
-        rows = self._query(
-            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE upload_id = %s AND expires_at > %s "
-            "ORDER BY created_at, id",
-            (upload_id, now),
-        )
-        return [Grant(**dict(zip(_GRANT_FIELDS, row, strict=True))) for row in rows]
-
-    def revoke_grant(self, upload_id: str, grant_id: str) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                "DELETE FROM grants WHERE upload_id = %s AND id = %s", (upload_id, grant_id)
-            )
-            return cur.rowcount == 1
-
-    # bearer tokens (API keys)
-
-    def add_token(
-        self,
-        token_hash: bytes,
-        principal: Principal,
-        now: float,
-        *,
-        token_id: str | None = None,
-        expires_at: float | None = None,
-    ) -> str:
-        roles = " ".join(sorted(principal.roles))
-        token_id = token_id or secrets.token_hex(8)
-        with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO tokens (token_hash, principal_id, tenant, created_at, roles, id, "
-                "expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (token_hash) "
-                "DO UPDATE SET principal_id = excluded.principal_id, tenant = excluded.tenant, "
-                "roles = excluded.roles, id = excluded.id, expires_at = excluded.expires_at, "
-                "revoked_at = NULL",
-                (token_hash, principal.id, principal.tenant, now, roles, token_id, expires_at),
-            )
-        return token_id
-
-    def api_key(self, token_hash: bytes) -> ApiKey | None:
-        rows = self._query(
-            f"SELECT {_KEY_COLUMNS} FROM tokens WHERE token_hash = %s", (token_hash,)
-        )
-        return _api_key_from(rows[0]) if rows else None
-
-    def principal_for(self, token_hash: bytes) -> Principal | None:
-        key = self.api_key(token_hash)
-        return key.principal if key is not None and key.usable(time.time()) else None
-
-    def api_keys(self) -> list[ApiKey]:
-        rows = self._query(f"SELECT {_KEY_COLUMNS} FROM tokens ORDER BY created_at, id")
-        return [_api_key_from(row) for row in rows]
-
-    def revoke_token(self, token_id: str, now: float) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                "UPDATE tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
-                (now, token_id),
-            )
-            return cur.rowcount == 1
-
-    def token_used(self, token_id: str, now: float, *, every: float = 60.0) -> None:
-        with self._tx(durable=False) as cur:
-            cur.execute(
-                "UPDATE tokens SET last_used_at = %s WHERE id = %s "
-                "AND (last_used_at IS NULL OR last_used_at <= %s)",
-                (now, token_id, now - every),
-            )
-
-    def token_count(self) -> int:
-        rows = self._query("SELECT COUNT(*) FROM tokens")
-        return int(rows[0][0])
-
-    def check(self) -> None:
-        rows = self._query("SELECT 1")
-        if rows != [(1,)]:
-            raise RuntimeError("catalog check query returned an unexpected result")
-
-    def close(self) -> None:
-        self._pool.close()
-
 
 def _insert_key(cur: Cursor, dek_id: bytes, upload_id: str, wrapped: WrappedKey) -> None:
     cur.execute(
         "INSERT INTO wrapped_keys (dek_id, upload_id, kek_id, kek_version, blob) "
         "VALUES (%s, %s, %s, %s, %s)",
         (dek_id, upload_id, wrapped.kek_id, wrapped.kek_version, wrapped.blob),
-    )
-
-
-def _api_key_from(row: Sequence[Any]) -> ApiKey:
-    token_id, principal_id, tenant, roles, created_at, expires_at, revoked_at, last_used = row
-    principal = Principal(id=str(principal_id), tenant=str(tenant), roles=frozenset(roles.split()))
-    return ApiKey(
-        id=str(token_id),
-        principal=principal,
-        created_at=float(created_at),
-        expires_at=expires_at,
-        revoked_at=revoked_at,
-        last_used_at=last_used,
     )
 
 

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
-import psycopg
-
 from gateway.catalog.base import AUDIT_GENESIS, AuditQuery, AuditRecord, StoredCheckpoint
+from gateway.catalog.postgres_db import PostgresDatabase
 from gateway.catalog.postgres_schema import LOCK_AUDIT
 
 _COLUMNS = "seq, time, action, principal, tenant, upload_id, upload_tenant, entry, hash"
 
 
-class PostgresAuditLog:
+class PostgresAuditLog(PostgresDatabase):
     """`AuditCatalog` on the catalog's pool; mixed into `PostgresCatalog`."""
-
-    def _tx(self, *, durable: bool = True) -> AbstractContextManager[psycopg.Cursor[Any]]:
-        raise NotImplementedError
-
-    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
-        raise NotImplementedError
 
     def append_audit(self, entry_for: Callable[[int, str], AuditRecord]) -> AuditRecord:
         # The advisory lock is taken before the head is read: two gateways appending at
