@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from gateway.catalog.base import AuditQuery, AuditRecord
+from gateway.catalog.base import AuditQuery, AuditRecord, Lease, LeaseLost, Progress
 from gateway.catalog.postgres import PostgresCatalog
 from gateway.keys.base import WrappedKey
 from tests.fakes import upload_row
@@ -130,3 +130,34 @@ def test_gateways_starting_together_create_the_schema_once(dsn: str) -> None:
     assert errors == []
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+def test_commits_racing_a_terminate_never_deadlock(cat: PostgresCatalog, dsn: str) -> None:
+    other = PostgresCatalog(dsn)
+    errors: list[BaseException] = []
+    try:
+        for n in range(15):
+            uid = f"r{n}"
+            cat.create_upload(upload_row(uid), WrappedKey("local-1", 1, b"k" + uid.encode()))
+            lease = cat.acquire_lease(uid, "A", 30.0, now=0.0)
+            assert lease is not None
+
+            def write(lease: Lease = lease) -> None:
+                offset = 0
+                try:
+                    while True:
+                        cat.commit(lease, Progress(offset, offset + 10))
+                        offset += 10
+                except LeaseLost:
+                    pass
+                except BaseException as e:
+                    errors.append(e)
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            other.terminate(uid)
+            other.forget(uid)
+            writer.join()
+    finally:
+        other.close()
+    assert errors == []

@@ -296,6 +296,7 @@ class PostgresCatalog(PostgresAccess, PostgresAuditLog):
 
     def forget(self, upload_id: str, receipt: StoredReceipt | None = None) -> None:
         with self._tx() as cur:
+            _lock_upload(cur, upload_id)
             tables = ("records", "tail_pieces", "wrapped_keys", "leases", "deletions", "grants")
             for table in tables:
                 cur.execute(f"DELETE FROM {table} WHERE upload_id = %s", (upload_id,))
@@ -405,7 +406,14 @@ def _upload_from(values: Sequence[Any]) -> Upload:
     return Upload(**row)
 
 
-def _refuse_held(cur: Cursor, upload_id: str) -> None:
+def _lock_upload(cur: Cursor, upload_id: str) -> bool:
+    """Lock the upload's lease row (if any), then its row, in the order `commit` takes
+    them (the opposite order could deadlock with a commit); whether it is held."""
+    cur.execute("SELECT 1 FROM leases WHERE upload_id = %s FOR UPDATE", (upload_id,))
     row = cur.execute("SELECT held FROM uploads WHERE id = %s FOR UPDATE", (upload_id,)).fetchone()
-    if row is not None and row[0]:
+    return row is not None and bool(row[0])
+
+
+def _refuse_held(cur: Cursor, upload_id: str) -> None:
+    if _lock_upload(cur, upload_id):
         raise UploadHeld(upload_id)
