@@ -32,9 +32,11 @@ from gateway.catalog.base import (
     UploadHeld,
     UploadState,
 )
+from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.base import WrappedKey
 from tests.fakes import upload_row
+from tests.postgres import PostgresServer
 
 TTL = 30.0
 Opener = Callable[[], Catalog]
@@ -55,7 +57,23 @@ def sqlite_catalogs(tmp_path: Path) -> Iterator[Opener]:
         catalog.close()
 
 
-IMPLEMENTATIONS = ["sqlite_catalogs"]
+@pytest.fixture
+def postgresql_catalogs(postgres: PostgresServer) -> Iterator[Opener]:
+    """Each test gets a database of its own on the session's server."""
+    database = postgres.create_database()
+    opened: list[PostgresCatalog] = []
+
+    def open_catalog() -> Catalog:
+        opened.append(PostgresCatalog(postgres.dsn(database)))
+        return opened[-1]
+
+    yield open_catalog
+    for catalog in opened:
+        catalog.close()
+    postgres.drop_database(database)
+
+
+IMPLEMENTATIONS = ["sqlite_catalogs", "postgresql_catalogs"]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
