@@ -23,7 +23,7 @@ from gateway.admin import AdminHandler
 from gateway.admin_tokens import TokenAdminHandler
 from gateway.audit_http import AuditHandler, AuditMiddleware
 from gateway.auth import client_of
-from gateway.catalog.base import Catalog
+from gateway.catalog.base import Catalog, CatalogUnavailable
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
 from gateway.downloads import DownloadHandler
@@ -39,6 +39,7 @@ from gateway.middleware import (
     TusMiddleware,
     problem_body,
 )
+from gateway.rules import catalog_unavailable
 from gateway.store.base import InPlaceStore, ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store, parse_store_url
@@ -65,9 +66,22 @@ def prepare_data_dir(settings: Settings) -> None:
         ) from None
 
 
-def open_catalog(settings: Settings) -> Catalog:
+def open_catalog(settings: Settings, *, migrate: bool | None = None) -> Catalog:
+    """The catalog GATEWAY_CATALOG names; its schema is upgraded if `migrate` (default:
+    GATEWAY_MIGRATE is auto), else an older one raises SchemaMismatch."""
+    apply = settings.migrate == "auto" if migrate is None else migrate
+    if settings.uses_postgres:
+        # Imported here: psycopg is the `postgres` extra, not needed for SQLite.
+        from gateway.catalog.postgres import PostgresCatalog
+
+        return PostgresCatalog(
+            settings.catalog_conninfo(),
+            min_size=1,
+            max_size=settings.catalog_pool_size,
+            migrate=apply,
+        )
     prepare_data_dir(settings)
-    return SQLiteCatalog(settings.catalog_path)
+    return SQLiteCatalog(settings.catalog_path, migrate=apply)
 
 
 def open_store(settings: Settings) -> ObjectStore:
@@ -197,6 +211,7 @@ def create_app(
         ],
         exception_handlers={
             GatewayError: _gateway_error,
+            CatalogUnavailable: _catalog_unavailable,
             HTTPException: _http_error,
             Exception: _unexpected_error,
         },
@@ -242,6 +257,13 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     # A refused body still arriving gets `Connection: close` (HttpRulesMiddleware) and
     # a bounded lingering close (gateway.connections).
     return _problem(exc)
+
+
+async def _catalog_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("catalog unavailable: %s", type(exc.__cause__ or exc).__name__)
+    err = catalog_unavailable()
+    request.state.error_code = err.code
+    return _problem(err)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -49,7 +49,7 @@ def add_parser(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     name = f"gateway audit {args.audit_command}"
-    if not settings.catalog_path.exists():
+    if not settings.has_catalog:
         print(f"{name}: no catalog at {settings.catalog_path}", file=sys.stderr)
         return 2
     if args.audit_command == "checkpoint":

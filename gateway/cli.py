@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import admincli, auditcli, keycli, logs, tokencli
+from gateway import admincli, auditcli, keycli, logs, migratecli, tokencli
 from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
-from gateway.catalog.base import Principal
+from gateway.catalog.base import CatalogUnavailable, Principal, SchemaMismatch
 from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.connections import protocol_factory
+from gateway.keycheck import check_shared_keys
 from gateway.keys.base import KeyUnusable
 from gateway.keys.providers import open_provider, provider_configured
 from gateway.tus.headers import is_valid_upload_id
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     tokencli.add_parser(sub)
     keycli.add_parser(sub)
     auditcli.add_parser(sub)
+    migratecli.add_parser(sub)
     admincli.add_parsers(sub)
     return parser
 
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keycli.main(args)
         if args.command == "audit":
             return auditcli.main(args)
+        if args.command == "migrate":
+            return migratecli.main(args)
         if args.command == "verify":
             settings = load_settings({"data_dir": options["data_dir"], "store": options["store"]})
             return _verify(settings, args.upload_id, args.jwks, decrypt=not args.no_decrypt)
@@ -96,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_file = options.pop("config")
         settings = load_settings(options, config_file=config_file)
         return _serve(settings)
-    except (ConfigError, UnsafeDataDir, KeyUnusable) as exc:
+    except (ConfigError, UnsafeDataDir, KeyUnusable, SchemaMismatch, CatalogUnavailable) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
 
@@ -123,7 +127,7 @@ def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bo
         return 2
     catalog = None
     unwrap = None
-    if decrypt and keyring is not None and settings.catalog_path.exists():
+    if decrypt and keyring is not None and settings.has_catalog:
         catalog = open_catalog(settings)
         unwrap = catalog_unwrapper(catalog, keyring)
     try:
@@ -157,6 +161,7 @@ def _serve(settings: Settings) -> int:
     # listens (workers open them again).
     keys = open_provider(settings)
     keys.check()
+    check_shared_keys(catalog, keys)
     if catalog.token_count() == 0:
         # First start: never run open. Mint a token and show how to use it, once.
         _first_token(settings, mint_token(catalog, Principal(DEFAULT_PRINCIPAL, "default")))

@@ -82,6 +82,16 @@ class Settings:
     s3_ca_file: str = ""
     s3_create_bucket: bool = True
     s3_retry_seconds: float = 5.0
+    # The catalog: "sqlite" (catalog.sqlite3 in the data dir) or a postgresql:// URL that
+    # many gateways share; its password, when the URL has none, from catalog_password or
+    # the first line of catalog_password_file.
+    catalog: str = "sqlite"
+    catalog_password: str = field(default="", repr=False)
+    catalog_password_file: str = ""
+    catalog_pool_size: int = 8  # PostgreSQL connections per gateway process
+    # "auto": the catalog's schema is created or upgraded at start; "off": a gateway
+    # finding it older refuses to start (run `gateway migrate`).
+    migrate: str = "auto"
     # Keys: the keyring file (default <data_dir>/keyring.json) and the secret it is
     # sealed under (a 32-byte key or a passphrase); without it the keyring is plaintext.
     keyring_path: Path = Path("")
@@ -181,6 +191,7 @@ class Settings:
         if self.max_open_uploads < 0 or self.max_open_bytes < 0:
             raise ConfigError("max_open_uploads and max_open_bytes must be >= 0 (0: no limit)")
         _check_retention_days(self.retention_days)
+        self._check_catalog()
         self._check_identity()
         _ = self.mfa_actions
         if not self.audit_checkpoint_seconds > 0:
@@ -217,6 +228,55 @@ class Settings:
                     f"trusted_proxies: {entry!r} is not an IP address or network"
                 ) from None
         return entries
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.catalog.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def has_catalog(self) -> bool:
+        """Whether there is a catalog to open (a SQLite one is not created by asking)."""
+        return self.uses_postgres or self.catalog_path.exists()
+
+    def _check_catalog(self) -> None:
+        if self.catalog != "sqlite" and not self.uses_postgres:
+            raise ConfigError(
+                "GATEWAY_CATALOG must be 'sqlite' or a postgresql:// URL, "
+                f"got a value starting {self.catalog[:13]!r}"
+            )
+        if self.migrate not in ("auto", "off"):
+            raise ConfigError(f"GATEWAY_MIGRATE must be 'auto' or 'off', got {self.migrate!r}")
+        if not 1 <= self.catalog_pool_size <= 1000:
+            raise ConfigError("catalog_pool_size must be between 1 and 1000")
+        if self.catalog_password and self.catalog_password_file:
+            raise ConfigError(
+                "set at most one of GATEWAY_CATALOG_PASSWORD and GATEWAY_CATALOG_PASSWORD_FILE"
+            )
+        if self.uses_postgres:
+            _ = self.catalog_conninfo()
+
+    def catalog_conninfo(self) -> str:
+        """The PostgreSQL connection string: the URL, with the password from the settings
+        added when it has none. ConfigError naming the setting, never the password."""
+        url = self.catalog
+        try:
+            parsed = urllib.parse.urlsplit(url)
+            _ = parsed.port
+        except ValueError as exc:
+            raise ConfigError(f"GATEWAY_CATALOG: not a usable URL ({exc})") from None
+        if not parsed.hostname and "host=" not in parsed.query:
+            raise ConfigError("GATEWAY_CATALOG: the URL names no host")
+        password = self.catalog_password
+        if self.catalog_password_file:
+            password = _read_secret_line(
+                "GATEWAY_CATALOG_PASSWORD_FILE", self.catalog_password_file
+            )
+        if not password or parsed.password is not None:
+            return url
+        quoted = urllib.parse.quote(password, safe="")
+        sep = "&" if parsed.query else ""
+        query = f"{parsed.query}{sep}password={quoted}"
+        return urllib.parse.urlunsplit(parsed._replace(query=query))
 
     def _check_identity(self) -> None:
         if self.oidc_issuer:
@@ -284,23 +344,7 @@ class Settings:
             )
         if self.pkcs11_pin:
             return self.pkcs11_pin
-        path = Path(self.pkcs11_pin_file)
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-            content = path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) else "not text"
-            raise ConfigError(f"GATEWAY_PKCS11_PIN_FILE: cannot read {path}: {reason}") from None
-        if mode & 0o077:
-            raise ConfigError(
-                f"GATEWAY_PKCS11_PIN_FILE: {path} has mode {mode:04o}, so other users can read "
-                f"the PIN; run: chmod 600 {path}"
-            )
-        lines = content.splitlines()
-        pin = lines[0].strip() if lines else ""
-        if not pin:
-            raise ConfigError(f"GATEWAY_PKCS11_PIN_FILE: the first line of {path} is empty")
-        return pin
+        return _read_secret_line("GATEWAY_PKCS11_PIN_FILE", self.pkcs11_pin_file)
 
     @property
     def uses_s3(self) -> bool:
@@ -319,6 +363,28 @@ class Settings:
         else:
             cores = os.cpu_count() or 2
         return max(2, cores)
+
+
+def _read_secret_line(setting: str, name: str) -> str:
+    """The first line of an owner-only file holding a secret; ConfigError naming the
+    setting (never the secret) if it is unreadable, readable by others or empty."""
+    path = Path(name)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        content = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not text"
+        raise ConfigError(f"{setting}: cannot read {path}: {reason}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"{setting}: {path} has mode {mode:04o}, so other users can read the secret; "
+            f"run: chmod 600 {path}"
+        )
+    lines = content.splitlines()
+    secret = lines[0].strip() if lines else ""
+    if not secret:
+        raise ConfigError(f"{setting}: the first line of {path} is empty")
+    return secret
 
 
 MAX_RETENTION_DAYS = 36600  # a hundred years
@@ -438,8 +504,8 @@ def load_settings(
 def export_environment(settings: Settings) -> dict[str, str]:
     """GATEWAY_* variables that rebuild `settings` in another process (worker processes).
 
-    Unset settings stay unset. The PKCS#11 PIN is left out: workers inherit it from this
-    process's environment, or read GATEWAY_PKCS11_PIN_FILE themselves."""
+    Unset settings stay unset. The PKCS#11 PIN and the catalog's password are left out:
+    workers inherit them from this process's environment, or read their files themselves."""
     return {
         f"GATEWAY_{f.name.upper()}": str(getattr(settings, f.name))
         for f in fields(settings)
@@ -447,7 +513,7 @@ def export_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-_NOT_EXPORTED = {"pkcs11_pin"}
+_NOT_EXPORTED = {"pkcs11_pin", "catalog_password"}
 
 
 def _read_config_file(path: Path) -> dict[str, object]:

@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _audit(settings: Settings, action: str, **details: audit.Detail) -> None:
     """Append a key event to the audit log, where there is a catalog to hold it."""
-    if settings.catalog_path.exists():
+    if settings.has_catalog:
         catalog = open_catalog(settings)
         try:
             Audit(catalog).record_now(action, audit.Actor(operator()), details=details)
@@ -127,7 +127,7 @@ def _init(provider: AdministeredProvider) -> int:
 
 def _list(provider: AdministeredProvider, settings: Settings) -> int:
     counts: dict[tuple[str, int], int] = {}
-    if settings.catalog_path.exists():
+    if settings.has_catalog:
         catalog = open_catalog(settings)
         try:
             counts = catalog.wrapped_key_counts()

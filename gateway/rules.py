@@ -69,6 +69,19 @@ async def store_call(runner: Runner, fn: Callable[..., T], *args: object) -> T:
         ) from exc
 
 
+def catalog_unavailable(offset: int | None = None) -> GatewayError:
+    """503 for a catalog that cannot be reached now; nothing was recorded by the call
+    that failed. For a PATCH, `offset` is what is recorded: resume from it later."""
+    headers = {"Retry-After": "5"}
+    if offset is not None:
+        headers["Upload-Offset"] = str(offset)
+    return GatewayError(
+        ERR.CATALOG_UNAVAILABLE,
+        "the catalog is unavailable; try again later (resume from Upload-Offset)",
+        headers=headers,
+    )
+
+
 async def check_quota(
     rules: UploadRules, runner: Runner, catalog: UploadCatalog, principal: Principal, length: int
 ) -> None:

@@ -12,6 +12,7 @@ from typing import TypeAlias, cast
 from gateway.auth import principal_key
 from gateway.buffers import Pools
 from gateway.catalog.base import (
+    CatalogUnavailable,
     LeaseLost,
     OffsetConflict,
     Principal,
@@ -24,7 +25,7 @@ from gateway.errors import ERR, GatewayError
 from gateway.keys.base import WrappedKey
 from gateway.leases import Control, Leases, StopReason
 from gateway.limits import ReceiveBudget, WriterSlots
-from gateway.rules import UploadRules, check_owned
+from gateway.rules import UploadRules, catalog_unavailable, check_owned
 from gateway.runner import Runner
 from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
@@ -250,6 +251,9 @@ class Writes:
                 "object storage is unavailable; resume from Upload-Offset later",
                 headers={"Retry-After": "5", "Upload-Offset": str(writer.committed)},
             ) from exc
+        except CatalogUnavailable as exc:
+            await writer.drain_quietly()
+            raise catalog_unavailable(writer.committed) from exc
         except LeaseLost as exc:
             await writer.drain_quietly()
             raise GatewayError(

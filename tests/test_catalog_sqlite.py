@@ -24,6 +24,7 @@ from gateway.catalog.base import (
     LeaseLost,
     Progress,
     RecordRow,
+    SchemaMismatch,
     StoredReceipt,
     TailPiece,
     Upload,
@@ -289,7 +290,7 @@ def test_a_newer_catalog_is_refused(tmp_path: Path) -> None:
     with conn:
         conn.execute("UPDATE schema_version SET version = 99")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version 99"):
+    with pytest.raises(SchemaMismatch, match="version 99, newer"):
         SQLiteCatalog(path)
 
 
@@ -365,5 +366,5 @@ def test_a_version_3_catalog_gains_the_audit_log(tmp_path: Path) -> None:
     finally:
         cat.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     conn.close()

@@ -207,3 +207,38 @@ def test_retention_is_whole_days_or_unset(tmp_path: Path) -> None:
     for settings in (Settings(retention_days=7), Settings()):
         again = load_settings(environ=export_environment(settings))
         assert again.retention_days == settings.retention_days
+
+
+def test_the_catalog_is_sqlite_or_a_postgresql_url() -> None:
+    assert not load_settings(environ={}).uses_postgres
+    url = "postgresql://gateway@db.example.org:5432/gateway?sslmode=verify-full"
+    settings = load_settings(environ={"GATEWAY_CATALOG": url})
+    assert settings.uses_postgres and settings.catalog_conninfo() == url
+    for bad in ("mysql://db/gateway", "postgresql://", "postgresql://db:notaport/x"):
+        with pytest.raises(ConfigError, match="GATEWAY_CATALOG"):
+            load_settings(environ={"GATEWAY_CATALOG": bad})
+    with pytest.raises(ConfigError, match="GATEWAY_MIGRATE"):
+        load_settings(environ={"GATEWAY_MIGRATE": "sometimes"})
+
+
+def test_the_catalog_password_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    url = "postgresql://gateway@127.0.0.1:5432/gateway?sslmode=disable"
+    settings = load_settings(
+        environ={"GATEWAY_CATALOG": url, "GATEWAY_CATALOG_PASSWORD": "p@ss word&x"}
+    )
+    assert settings.catalog_conninfo() == url + "&password=p%40ss%20word%26x"
+    assert "p@ss" not in repr(settings)
+    assert "GATEWAY_CATALOG_PASSWORD" not in export_environment(settings)
+    secret = tmp_path / "db-password"
+    secret.write_text("from-file\n")
+    secret.chmod(0o644)
+    env = {"GATEWAY_CATALOG": url, "GATEWAY_CATALOG_PASSWORD_FILE": str(secret)}
+    with pytest.raises(ConfigError, match="other users can read the secret"):
+        load_settings(environ=env)
+    secret.chmod(0o600)
+    assert load_settings(environ=env).catalog_conninfo().endswith("&password=from-file")
+    # A password in the URL itself is kept as it is.
+    inline = "postgresql://gateway:inline@127.0.0.1/gateway"
+    assert load_settings(environ={**env, "GATEWAY_CATALOG": inline}).catalog_conninfo() == inline
+    with pytest.raises(ConfigError, match="at most one"):
+        load_settings(environ={**env, "GATEWAY_CATALOG_PASSWORD": "x"})

@@ -111,6 +111,16 @@ class UploadHeld(Exception):
     """The upload is under a legal hold; nothing was deleted or retired."""
 
 
+class CatalogUnavailable(Exception):
+    """The catalog's database cannot be reached now (a restart, a network cut); the
+    call did nothing that was committed. Answered 503 with Retry-After."""
+
+
+class SchemaMismatch(Exception):
+    """The catalog's schema is not this gateway's: older (run `gateway migrate`) or
+    newer (a later release wrote it; migrations only go forward)."""
+
+
 @dataclass(frozen=True)
 class Principal:
     id: str
@@ -306,6 +316,17 @@ class KeyRotationCatalog(Protocol):
         (nothing changed) if it was deleted, shredded or rewrapped meanwhile."""
 
 
+class KeyCheckCatalog(Protocol):
+    """The key checks (gateway/keycheck.py): one value wrapped under each KEK version
+    gateways used, which a gateway must unwrap to start."""
+
+    def key_checks(self) -> list[tuple[bytes, WrappedKey]]:
+        """Every key check: its id and its wrapped value."""
+
+    def add_key_check(self, check_id: bytes, wrapped: WrappedKey) -> bool:
+        """Keep a check for `wrapped`'s KEK version unless it has one; True if added."""
+
+
 class LeaseCatalog(Protocol):
     """Per-upload leases with fencing tokens; `UploadCatalog.commit` checks them, so
     they live in the same database as the uploads."""
@@ -455,13 +476,18 @@ class Catalog(
     HoldCatalog,
     LegacyMetadataCatalog,
     KeyRotationCatalog,
+    KeyCheckCatalog,
     LeaseCatalog,
     GrantCatalog,
     TokenStore,
     AuditCatalog,
     Protocol,
 ):
-    """Everything the service keeps durably, in one backend (`SQLiteCatalog`)."""
+    """Everything the service keeps durably, in one backend (`SQLiteCatalog`, or
+    `PostgresCatalog` for many gateways)."""
+
+    # The schema's versions before and after the catalog was opened (equal: no migration).
+    schema_change: tuple[int, int]
 
     def check(self) -> None:
         """Raise unless the catalog is usable now (for /readyz)."""

@@ -390,6 +390,19 @@ class PostgresCatalog(PostgresAccess, PostgresAuditLog):
             )
             return cur.rowcount == 1
 
+    def key_checks(self) -> list[tuple[bytes, WrappedKey]]:
+        rows = self._query("SELECT dek_id, kek_id, kek_version, blob FROM key_checks")
+        return [(bytes(r[0]), WrappedKey(str(r[1]), int(r[2]), bytes(r[3]))) for r in rows]
+
+    def add_key_check(self, check_id: bytes, wrapped: WrappedKey) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO key_checks (kek_id, kek_version, dek_id, blob) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (wrapped.kek_id, wrapped.kek_version, check_id, wrapped.blob),
+            )
+            return cur.rowcount == 1
+
 
 def _insert_key(cur: Cursor, dek_id: bytes, upload_id: str, wrapped: WrappedKey) -> None:
     cur.execute(

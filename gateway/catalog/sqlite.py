@@ -51,7 +51,11 @@ _GRANT_COLUMNS = ", ".join(_GRANT_FIELDS)
 class SQLiteCatalog(SQLiteAuditLog):
     """A `Catalog` on one SQLite file; safe to share between threads."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_ms: int = 5000, migrate: bool = True
+    ) -> None:
+        """Open (or create) the catalog at `path`. Without `migrate`, a schema older
+        than this gateway's raises SchemaMismatch instead of being upgraded."""
         # Autocommit mode (isolation_level=None): transactions are begun explicitly so
         # that every write takes the database write lock up front (BEGIN IMMEDIATE).
         # `timeout` is SQLite's busy_timeout: how long to wait for another writer.
@@ -72,14 +76,15 @@ class SQLiteCatalog(SQLiteAuditLog):
         # Wrapped keys deleted by `terminate` whose bytes `shred` has not yet verified
         # gone from the files, by upload id.
         self._shredding: dict[str, list[bytes]] = {}
+        self.schema_change = (0, 0)  # the schema's versions before and after opening
         try:
-            self._setup()
+            self._setup(migrate)
         except BaseException:
             self._conn.close()
             self._file.release()
             raise
 
-    def _setup(self) -> None:
+    def _setup(self, apply: bool) -> None:
         conn = self._conn
         conn.execute("PRAGMA journal_mode = WAL")
         # The catalog is what makes an offset durable: fsync the WAL on every commit.
@@ -91,7 +96,7 @@ class SQLiteCatalog(SQLiteAuditLog):
         # Statement journals hold old page images (keys among them): never in temp files.
         conn.execute("PRAGMA temp_store = MEMORY")
         with self._tx() as cur:
-            migrate(cur)
+            self.schema_change = migrate(cur, apply=apply)
 
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Cursor]:
@@ -529,6 +534,19 @@ class SQLiteCatalog(SQLiteAuditLog):
                     old.kek_version,
                     old.blob,
                 ),
+            )
+            return cur.rowcount == 1
+
+    def key_checks(self) -> list[tuple[bytes, WrappedKey]]:
+        rows = self._query("SELECT dek_id, kek_id, kek_version, blob FROM key_checks")
+        return [(bytes(r[0]), WrappedKey(str(r[1]), int(r[2]), bytes(r[3]))) for r in rows]
+
+    def add_key_check(self, check_id: bytes, wrapped: WrappedKey) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO key_checks (kek_id, kek_version, dek_id, blob) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (wrapped.kek_id, wrapped.kek_version, check_id, wrapped.blob),
             )
             return cur.rowcount == 1
 

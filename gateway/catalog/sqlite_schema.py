@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from gateway.catalog.base import SchemaMismatch
+
 # 2: metadata is sealed (a BLOB). A version 1 catalog is taken as it is: its rows'
 # plain-text metadata (TEXT values) is read as legacy until the service seals it.
 # 3: legal holds (columns of uploads), token roles, pending deletions and deletion
@@ -12,8 +14,10 @@ import sqlite3
 # 4: API keys have an id, an expiry, a revocation time and a last-used time
 # (identity block below); grants (read access to one upload for another principal,
 # _GRANTS below); the audit log and its signed checkpoints (_AUDIT_SCHEMA below).
-SCHEMA_VERSION = 4
-_UPGRADABLE = (1, 2, 3)
+# 5: key checks (KEY_CHECKS): a random value wrapped under each KEK version gateways
+# have used, which an instance must unwrap before it starts.
+SCHEMA_VERSION = 5
+_UPGRADABLE = (1, 2, 3, 4)
 
 WRAPPED_KEYS = """CREATE TABLE IF NOT EXISTS {table} (
         dek_id BLOB PRIMARY KEY,
@@ -170,6 +174,17 @@ _AUDIT_SCHEMA = (
 )
 # --- end of version 4: the audit log ------------------------------------------------------
 
+# -- version 5: key checks (gateway/keycheck.py) ---------------------------------------
+# Shared with the PostgreSQL schema (BLOB becomes BYTEA there).
+KEY_CHECKS = """CREATE TABLE IF NOT EXISTS key_checks (
+        kek_id TEXT NOT NULL,
+        kek_version INTEGER NOT NULL,
+        dek_id BLOB NOT NULL,
+        blob BLOB NOT NULL,
+        PRIMARY KEY (kek_id, kek_version)
+    )"""
+# -- end of version 5 ------------------------------------------------------------------
+
 # Columns added since version 2, with what older rows get: no hold, no roles.
 _ADDED_COLUMNS = (
     ("uploads", "held", "BOOLEAN NOT NULL DEFAULT FALSE"),
@@ -199,15 +214,27 @@ _LATE_INDEXES = (
 )
 
 
-def migrate(cur: sqlite3.Cursor) -> None:
+def migrate(cur: sqlite3.Cursor, *, apply: bool = True) -> tuple[int, int]:
     """Create the schema, or bring an older catalog up to SCHEMA_VERSION (in the caller's
-    write transaction, so processes starting together do it once)."""
-    for ddl in (*_SCHEMA, *_GRANTS, *_AUDIT_SCHEMA):
+    write transaction, so processes starting together do it once); the versions before
+    and after. Without `apply`, SchemaMismatch instead of any change; a catalog newer
+    than this gateway always raises it (migrations only go forward)."""
+    before = _version_of(cur)
+    if before > SCHEMA_VERSION:
+        raise SchemaMismatch(
+            f"the catalog's schema is version {before}, newer than this gateway's "
+            f"{SCHEMA_VERSION}: run a gateway release that knows it"
+        )
+    if before < SCHEMA_VERSION and not apply:
+        raise SchemaMismatch(
+            f"the catalog's schema is version {before}, this gateway needs {SCHEMA_VERSION}: "
+            "run `gateway migrate` (or set GATEWAY_MIGRATE=auto)"
+        )
+    for ddl in (*_SCHEMA, *_GRANTS, *_AUDIT_SCHEMA, KEY_CHECKS):
         cur.execute(ddl)
-    row = cur.execute("SELECT version FROM schema_version").fetchone()
-    if row is None:
+    if before == 0:
         cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-    elif row[0] in _UPGRADABLE:
+    elif before in _UPGRADABLE:
         for table, column, declaration in (*_ADDED_COLUMNS, *_IDENTITY_COLUMNS):
             present = {r[1] for r in cur.execute(f"PRAGMA table_info({table})").fetchall()}
             if column not in present:
@@ -215,9 +242,15 @@ def migrate(cur: sqlite3.Cursor) -> None:
         for statement in _IDENTITY_UPGRADE:
             cur.execute(statement)
         cur.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-    elif row[0] != SCHEMA_VERSION:
-        raise RuntimeError(
-            f"catalog schema version {row[0]} is not supported (want {SCHEMA_VERSION})"
-        )
     for ddl in _LATE_INDEXES:
         cur.execute(ddl)
+    return before, SCHEMA_VERSION
+
+
+def _version_of(cur: sqlite3.Cursor) -> int:
+    """The catalog's schema version; 0 for an empty database."""
+    exists = cur.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    row = cur.execute("SELECT version FROM schema_version").fetchone() if exists else None
+    return 0 if row is None else int(row[0])
