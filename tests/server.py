@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 
 from gateway import auth
-from gateway.catalog.base import Principal
+from gateway.catalog.base import Catalog, Principal
+from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
@@ -28,11 +29,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def mint_token(data_dir: Path, principal: str = "admin", tenant: str = "default") -> str:
-    """An API key in the data dir's catalog, made in this process: what `gateway token
-    create` stores, without an audit entry of its own (tests count entries)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
+def mint_token(
+    data_dir: Path, principal: str = "admin", tenant: str = "default", *, catalog_url: str = ""
+) -> str:
+    """An API key in the data dir's catalog (or the PostgreSQL one at `catalog_url`),
+    made in this process: what `gateway token create` stores, without an audit entry of
+    its own (tests count entries)."""
+    catalog: Catalog
+    if catalog_url:
+        catalog = PostgresCatalog(catalog_url)
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
     try:
         return auth.mint_token(catalog, Principal(principal, tenant))
     finally:
@@ -127,7 +135,7 @@ class GatewayProcess:
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         if not self.token:
-            self.token = mint_token(self.data_dir)
+            self.token = mint_token(self.data_dir, catalog_url=self.env.get("GATEWAY_CATALOG", ""))
         env = {**os.environ, **self.env}
         self.log_path = self.data_dir.parent / f"gateway-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
