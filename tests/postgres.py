@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,7 @@ class PostgresServer:
     root: Path
     port: int
     process: subprocess.Popen[bytes]
+    launch: Callable[[], subprocess.Popen[bytes]]  # starts the server on the same cluster
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{dbname}"
@@ -86,14 +87,23 @@ class PostgresServer:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
-    def stop(self) -> None:
+    def shut_down(self) -> None:
+        """Stop the server (a "fast" shutdown: clients are disconnected), keep the cluster."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # "fast" shutdown
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def start_again(self) -> None:
+        """Start the shut-down server again on the same cluster and port."""
+        self.process = self.launch()
+        _wait_ready(self)
+
+    def stop(self) -> None:
+        self.shut_down()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -135,40 +145,44 @@ def start_postgres() -> PostgresServer:
             extra_groups=groups,
         )
         port = _free_port()
-        log = open(root / "server.log", "wb")  # noqa: SIM115 - the server's for its life
-        process = subprocess.Popen(
-            [
-                str(bin_dir / "postgres"),
-                "-D",
-                str(data),
-                "-p",
-                str(port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                f"unix_socket_directories={root}",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            env=env,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-        )
-        log.close()
+        command = [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={root}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
+        ]
+
+        def launch() -> subprocess.Popen[bytes]:
+            with open(root / "server.log", "ab") as log:
+                return subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=root,
+                    env=env,
+                    user=uid,
+                    group=gid,
+                    extra_groups=groups,
+                )
+
+        process = launch()
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    server = PostgresServer(root=root, port=port, process=process)
+    server = PostgresServer(root=root, port=port, process=process, launch=launch)
     _wait_ready(server)
     return server
 
