@@ -14,6 +14,7 @@ import pytest
 
 from gateway.catalog.base import AuditQuery, AuditRecord, Lease, LeaseLost, Progress
 from gateway.catalog.postgres import PostgresCatalog
+from gateway.catalog.postgres_schema import SCHEMA_VERSION
 from gateway.keys.base import WrappedKey
 from tests.fakes import upload_row
 from tests.postgres import PostgresServer
@@ -128,8 +129,12 @@ def test_gateways_starting_together_create_the_schema_once(dsn: str) -> None:
     for catalog in opened:
         catalog.close()
     assert errors == []
+    # One migrated, the others found it done.
+    changes = sorted(catalog.schema_change for catalog in opened)
+    assert changes == [(0, SCHEMA_VERSION)] + [(SCHEMA_VERSION, SCHEMA_VERSION)] * 3
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        rows = conn.execute("SELECT version FROM schema_version").fetchall()
+        assert rows == [(SCHEMA_VERSION,)]
 
 
 def test_commits_racing_a_terminate_never_deadlock(cat: PostgresCatalog, dsn: str) -> None:
