@@ -3,17 +3,21 @@ listener, which outlives its connection and stops when closed."""
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.postgres_notify import CHANNEL, PostgresLeaseSignals
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, start_postgres
 
 Heard = queue.Queue[tuple[str, str]]
 
@@ -122,4 +126,56 @@ def test_a_listener_without_its_database_retries_and_still_closes(
     started = time.monotonic()
     listener.close()
     assert time.monotonic() - started < 1.0
+    assert "lease-signals" not in {t.name for t in threading.enumerate()}
+
+
+def _restart(server: PostgresServer) -> None:
+    """Stop the server ("fast" shutdown, every connection cut) and start it again on the
+    same data and port, as its owner."""
+    process = server.process
+    command = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=20)
+    owner = os.stat(server.root / "data")
+    root = os.geteuid() == 0  # then switch to the data's owner, as start_postgres did
+    server.process = subprocess.Popen(  # stopped by PID, by the fixture
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=server.root,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+        user=owner.st_uid if root else None,
+        group=owner.st_gid if root else None,
+        extra_groups=[] if root else None,
+    )
+
+
+def test_the_listener_outlives_a_restart_of_postgresql(heard: Heard) -> None:
+    """A server of its own: restarting the session's would disturb the other tests."""
+    server = start_postgres()
+    listener = PostgresLeaseSignals(server.dsn(), retry=0.05, max_retry=0.2)
+    try:
+        listener.start(lambda upload_id: heard.put(("requested", upload_id)), lambda _: None)
+        assert listener.listening.wait(10)
+        first = listener.backend_pid
+        _restart(server)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _send(server.dsn(), "ru1")
+            except psycopg.OperationalError:
+                pass  # not up yet
+            else:
+                if listener.listening.is_set():
+                    try:
+                        assert heard.get(timeout=0.5) == ("requested", "u1")
+                        assert listener.backend_pid != first
+                        break
+                    except queue.Empty:
+                        pass  # sent before the listener was back
+            assert time.monotonic() < deadline, "the listener did not come back"
+            time.sleep(0.05)
+    finally:
+        listener.close()
+        server.stop()
     assert "lease-signals" not in {t.name for t in threading.enumerate()}
