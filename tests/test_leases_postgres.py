@@ -9,14 +9,20 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from gateway import metrics
-from gateway.catalog.base import Catalog
+from gateway.catalog.base import Catalog, Principal
 from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.config import Settings
+from gateway.errors import ERR, GatewayError
+from gateway.keys.keyring import LocalKeyring
 from gateway.leases import Leases, StopReason, lease_signals
 from gateway.runner import Runner
+from gateway.wiring import build_services
+from tests.fakes import MemoryStore
 from tests.postgres import PostgresServer
 
 POLL = 5.0  # far too slow for polling alone to hand a lease over within a second
@@ -95,12 +101,10 @@ async def _hand_over(holder: Gateway, taker: Gateway, upload_id: str) -> float:
 
 
 async def test_a_lease_held_by_another_gateway_changes_hands_in_well_under_a_second(
-    gateways: tuple[Gateway, Gateway],
+    gateways: tuple[Gateway, Gateway], dsn: str
 ) -> None:
     one, two = gateways
-    for signals in (one.leases, two.leases):
-        assert signals._signals is not None
-    await _wait_listening(one, two)
+    await _wait_for_listeners(dsn, 2)
     times = [await _hand_over(one, two, f"u{i}") for i in range(10)]
     times += [await _hand_over(two, one, f"v{i}") for i in range(10)]
     median, worst = statistics.median(times), max(times)
@@ -123,12 +127,12 @@ async def test_without_signals_the_hand_over_waits_for_a_poll(dsn: str) -> None:
 
 
 async def test_a_waiter_retries_when_the_upload_is_let_go(
-    gateways: tuple[Gateway, Gateway],
+    gateways: tuple[Gateway, Gateway], dsn: str
 ) -> None:
     """A holder that does not watch for stops (terminate, a HEAD's read) lets go when it
     is done: the waiter elsewhere takes the lease then, not at its next attempt."""
     one, two = gateways
-    await _wait_listening(one, two)
+    await _wait_for_listeners(dsn, 2)
     lease = await one.leases.acquire("u1")
     waiting = asyncio.create_task(two.leases.acquire("u1"))
     await asyncio.sleep(0.3)  # two tried, and now sleeps for POLL / 2
@@ -138,14 +142,6 @@ async def test_a_waiter_retries_when_the_upload_is_let_go(
     taken = await waiting
     assert time.monotonic() - started < 1.0
     assert taken.token > lease.token
-
-
-async def _wait_listening(*gateways: Gateway) -> None:
-    for gateway in gateways:
-        signals = gateway.leases._signals
-        assert signals is not None
-        listening = signals.listening  # type: ignore[attr-defined]
-        assert await asyncio.to_thread(listening.wait, 10)
 
 
 def test_the_signals_are_found_through_the_metrics_wrapper(dsn: str, tmp_path: Path) -> None:
@@ -163,3 +159,61 @@ def test_the_signals_are_found_through_the_metrics_wrapper(dsn: str, tmp_path: P
     finally:
         postgres.close()
         sqlite.close()
+
+
+async def test_a_head_on_another_gateway_stops_a_stalled_patch_at_once(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The services as the app wires them, two gateways on one database: a client whose
+    PATCH went silent resumes with a HEAD that another gateway serves. The HEAD answers
+    the offset the PATCH saved in milliseconds, not at the holder's next poll (0.5 s)."""
+    me = Principal("alice", "t1")
+    store = MemoryStore()
+    keys = LocalKeyring.open(tmp_path / "keyring.json")
+    settings = Settings(data_dir=tmp_path, segment_size=64 * 1024)
+    catalogs = [PostgresCatalog(dsn), PostgresCatalog(dsn)]
+    one, two = (build_services(settings, store=store, catalog=c, keys=keys) for c in catalogs)
+    await one.start()
+    await two.start()
+    try:
+        await _wait_for_listeners(dsn, 2)
+        upload = await one.uploads.create(me, length=10_000, metadata=None)
+        stalled = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x" * 1000
+            stalled.set()
+            await asyncio.sleep(3600)  # the phone switched networks
+            yield b""
+
+        writing = asyncio.create_task(one.uploads.write(me, upload.id, offset=0, body=body()))
+        await stalled.wait()
+        await asyncio.sleep(0.05)  # the bytes are taken in; the holder polls at 0.5 s
+        started = time.monotonic()
+        seen = await two.uploads.head(me, upload.id)
+        took = time.monotonic() - started
+        with pytest.raises(GatewayError) as interrupted:
+            await writing
+        assert interrupted.value.err is ERR.UPLOAD_INTERRUPTED
+        assert interrupted.value.headers["Upload-Offset"] == "1000"
+        assert seen.offset == 1000
+        assert took < 0.3, took
+    finally:
+        await one.close()
+        await two.close()
+        for catalog in catalogs:
+            catalog.close()
+
+
+async def _wait_for_listeners(dsn: str, count: int) -> None:
+    """Until `count` lease listeners of the database have run their LISTEN."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'gateway-lease-signals' AND query LIKE 'LISTEN%%' "
+        "AND state = 'idle'"
+    )
+    deadline = time.monotonic() + 10
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while (row := conn.execute(query).fetchone()) != (count,):
+            assert time.monotonic() < deadline, row
+            await asyncio.sleep(0.02)
