@@ -85,7 +85,7 @@ class PostgresLeaseSignals:
         self._thread = threading.Thread(target=self._run, name="lease-signals", daemon=True)
         self._thread.start()
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 2.0) -> None:
         self._stopping.set()
         thread, wake = self._thread, self._wake
         if thread is None or wake is None:
