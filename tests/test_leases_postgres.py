@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Principal
+from gateway.catalog.base import Catalog, Principal, SignallingCatalog
 from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
@@ -146,6 +146,8 @@ async def test_a_waiter_retries_when_the_upload_is_let_go(
 
 def test_the_signals_are_found_through_the_metrics_wrapper(dsn: str, tmp_path: Path) -> None:
     postgres = PostgresCatalog(dsn)
+    capable: SignallingCatalog = postgres  # mypy checks that it has the capability
+    assert capable is postgres
     sqlite = SQLiteCatalog(tmp_path / "catalog.sqlite3")
     try:
         for catalog, expected in ((postgres, True), (sqlite, False)):
