@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import TypeVar, cast
 
 from gateway import metrics
-from gateway.catalog.base import Lease, LeaseCatalog
+from gateway.catalog.base import Lease, LeaseCatalog, LeaseSignals
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 
@@ -23,6 +23,13 @@ T = TypeVar("T")
 # its client (a phone that switched networks): a HEAD then asks its holder to let go.
 # Shorter gaps are a live client between writes, which a HEAD leaves alone.
 HEAD_TAKES_OVER_AFTER = 1.0
+
+
+def lease_signals(catalog: object) -> LeaseSignals | None:
+    """The catalog's lease signals, if it has them (`SignallingCatalog`; found by name
+    so that wrappers passing attributes through, as metrics.instrument, keep them)."""
+    make = getattr(catalog, "lease_signals", None)
+    return cast(LeaseSignals, make()) if callable(make) else None
 
 
 class StopReason(StrEnum):
@@ -100,6 +107,9 @@ class Leases:
     A request for a busy upload flags a release request in the catalog (seen by any
     instance's holder within one poll) and, when the holder runs in this process,
     stops it at once — so a client that reconnects resumes in well under a second.
+    With `signals` (a catalog shared by several processes, `SignallingCatalog`) a holder
+    elsewhere stops as soon as it is asked, and a waiter here tries again as soon as
+    the upload is let go, instead of at their next poll; polling stays as the fallback.
 
     Every holder renews its lease each poll until it lets go, so a lease that has not
     been renewed for `stale_after` seconds belongs to a holder that is gone (a process
@@ -121,8 +131,11 @@ class Leases:
         poll_interval: float = 0.5,
         stale_after: float = 5.0,
         clock: Callable[[], float] = time.time,
+        signals: LeaseSignals | None = None,
     ) -> None:
         self._catalog = catalog
+        self._signals = signals
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = runner
         self._ttl = ttl
         self._acquire_timeout = acquire_timeout
@@ -136,7 +149,43 @@ class Leases:
         self._instance = secrets.token_hex(6)
         self._active: dict[str, Control] = {}
         self._starting: dict[str, int] = {}  # writers here on their way to a lease
+        self._waiting: dict[str, set[asyncio.Event]] = {}  # set when the upload is let go
         self.shutting_down = False
+
+    def start(self) -> None:
+        """Listen to the catalog's signals, if any (on the event loop)."""
+        if self._signals is not None:
+            self._loop = asyncio.get_running_loop()
+            self._signals.start(self._heard_release_requested, self._heard_released)
+
+    def close(self) -> None:
+        if self._signals is not None:
+            self._signals.close()
+
+    def _heard_release_requested(self, upload_id: str) -> None:
+        """(listener thread) Someone asked for `upload_id`: its writer here stops."""
+        if upload_id in self._active or upload_id in self._starting:
+            self._hop(self._release_requested, upload_id)
+
+    def _heard_released(self, upload_id: str) -> None:
+        """(listener thread) `upload_id` was let go: requests here waiting try now."""
+        if upload_id in self._waiting:
+            self._hop(self._released, upload_id)
+
+    def _hop(self, handler: Callable[[str], None], upload_id: str) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(handler, upload_id)
+
+    def _release_requested(self, upload_id: str) -> None:
+        control = self._active.get(upload_id)
+        if control is not None:
+            control.stop(StopReason.RELEASED)
+
+    def _released(self, upload_id: str) -> None:
+        for event in self._waiting.get(upload_id, ()):
+            event.set()
 
     @property
     def takeover_wait(self) -> float:
@@ -220,11 +269,32 @@ class Leases:
         the request before a holder is asked to let go; `load` right after the lease
         is taken, its result coming back with the lease. With `hand_back` the lease is
         released again in that same call, right after `load`."""
+        # Registered before the first attempt: a release right after it is not missed.
+        released = asyncio.Event()
+        self._waiting.setdefault(upload_id, set()).add(released)
+        try:
+            return await self._attempts(upload_id, wait, check, load, hand_back, released)
+        finally:
+            waiting = self._waiting[upload_id]
+            waiting.discard(released)
+            if not waiting:
+                del self._waiting[upload_id]
+
+    async def _attempts(
+        self,
+        upload_id: str,
+        wait: float | None,
+        check: Callable[[], None] | None,
+        load: Callable[[], object] | None,
+        hand_back: bool,
+        released: asyncio.Event,
+    ) -> tuple[Lease, object]:
         holder = f"{self._instance}:{secrets.token_hex(6)}"
         started = time.monotonic()
         deadline = started + (self._acquire_timeout if wait is None else wait)
         asked = False
         while True:
+            released.clear()
             # The catalog takes over a lease whose expiry is at or before `now`. Holders
             # renew to now + ttl, so asking "as of now + ttl - stale_after" takes over a
             # holder silent for stale_after; the new lease still expires at now + ttl.
@@ -245,7 +315,11 @@ class Leases:
                 raise GatewayError(
                     ERR.UPLOAD_LOCKED, "another request is writing this upload; try again"
                 )
-            await asyncio.sleep(0.02 if local is not None else self._poll / 2)
+            if local is not None:
+                await asyncio.sleep(0.02)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(released.wait(), self._poll / 2)
 
     def _take(
         self,

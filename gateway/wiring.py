@@ -31,7 +31,7 @@ from gateway.config import Settings
 from gateway.finals import Finals
 from gateway.grants import Grants
 from gateway.keys.base import KeyProvider
-from gateway.leases import Leases
+from gateway.leases import Leases, lease_signals
 from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
 from gateway.oidc import JwksCache, OidcConfig, OidcVerifier, fetch_json
 from gateway.reader import Reader
@@ -60,6 +60,7 @@ class Services:
     audit: Audit
 
     async def start(self) -> None:
+        self.leases.start()
         await self.uploads.start()
         self.removal.start()
         self.audit.start()
@@ -68,6 +69,7 @@ class Services:
         await self.uploads.close()
         await self.removal.close()
         await self.audit.close()  # checkpoints the head: shutdown leaves no tail unsigned
+        self.leases.close()
         self.runner.close()
 
 
@@ -142,6 +144,7 @@ def build_services(
         min_rate=settings.min_receive_rate,
         rate_window=settings.receive_rate_window,
         clock=clock,
+        signals=lease_signals(catalog),
     )
     reader = Reader(store, catalog, keys)
     audit = Audit(

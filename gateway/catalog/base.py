@@ -341,6 +341,28 @@ class LeaseCatalog(Protocol):
         so unlike a failed `acquire_lease` it asks no one to let go."""
 
 
+class LeaseSignals(Protocol):
+    """Word from the catalog's other users that a lease may change hands, sooner than a
+    poll would tell (`SignallingCatalog`). Hints only: a signal may be lost or late, so
+    holders and waiters keep polling as well."""
+
+    def start(
+        self, on_release_requested: Callable[[str], None], on_released: Callable[[str], None]
+    ) -> None:
+        """Listen; the callbacks get an upload id, on a background thread: someone asked
+        for an upload held elsewhere, or its holder let go after being asked."""
+
+    def close(self) -> None:
+        """Stop listening (the callbacks are not called once this returns)."""
+
+
+class SignallingCatalog(Protocol):
+    """A `LeaseCatalog` able to signal its lease changes (PostgreSQL; SQLite is not)."""
+
+    def lease_signals(self) -> LeaseSignals:
+        """A new listener on this catalog's database, not started yet."""
+
+
 class GrantCatalog(Protocol):
     """Grants of read access to single uploads. `RemovalCatalog.terminate`, `retire` and
     `forget` delete an upload's grants with it."""

@@ -1,4 +1,5 @@
-"""The PostgreSQL catalog's leases (fencing tokens from a sequence), grants and API keys."""
+"""The PostgreSQL catalog's leases (fencing tokens from a sequence, changes signalled by
+NOTIFY: postgres_notify.py), grants and API keys."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from typing import Any
 
 from gateway.catalog.base import ApiKey, Grant, Lease, LeaseState, Principal, UploadState
 from gateway.catalog.postgres_db import PostgresDatabase
+from gateway.catalog.postgres_notify import (
+    RELEASE_REQUESTED,
+    RELEASED,
+    PostgresLeaseSignals,
+    notify,
+)
 from gateway.catalog.postgres_schema import LOCK_LEASE
 
 _GRANT_FIELDS = tuple(f.name for f in fields(Grant))
@@ -28,14 +35,17 @@ class PostgresAccess(PostgresDatabase):
             # acquirers, the row lock serialises against renewals and commits.
             cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_LEASE, upload_id))
             row = cur.execute(
-                "SELECT holder, expires_at FROM leases WHERE upload_id = %s FOR UPDATE",
+                "SELECT holder, expires_at, release_requested FROM leases "
+                "WHERE upload_id = %s FOR UPDATE",
                 (upload_id,),
             ).fetchone()
             if row is not None and row[0] != holder and row[1] > now:
-                cur.execute(
-                    "UPDATE leases SET release_requested = TRUE WHERE upload_id = %s",
-                    (upload_id,),
-                )
+                if not row[2]:  # the holder is told once; it polls the flag too
+                    cur.execute(
+                        "UPDATE leases SET release_requested = TRUE WHERE upload_id = %s",
+                        (upload_id,),
+                    )
+                    notify(cur, RELEASE_REQUESTED, upload_id)
                 return None
             token_row = cur.execute("SELECT nextval('fencing_tokens')").fetchone()
             assert token_row is not None
@@ -65,10 +75,19 @@ class PostgresAccess(PostgresDatabase):
 
     def release_lease(self, lease: Lease) -> None:
         with self._tx(durable=False) as cur:
-            cur.execute(
-                "DELETE FROM leases WHERE upload_id = %s AND holder = %s AND token = %s",
+            row = cur.execute(
+                "DELETE FROM leases WHERE upload_id = %s AND holder = %s AND token = %s "
+                "RETURNING release_requested",
                 (lease.upload_id, lease.holder, lease.token),
-            )
+            ).fetchone()
+            # Only an upload someone asked for has waiters to wake; NOTIFY serialises
+            # committing transactions, so uncontended releases send none.
+            if row is not None and row[0]:
+                notify(cur, RELEASED, lease.upload_id)
+
+    def lease_signals(self) -> PostgresLeaseSignals:
+        """`SignallingCatalog`: a listener on this catalog's database (not started)."""
+        return PostgresLeaseSignals(self._conninfo)
 
     def lease_held(self, upload_id: str, now: float) -> bool:
         rows = self._query(
