@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import TypeVar, cast
 
 from gateway import metrics
-from gateway.catalog.base import Lease, LeaseCatalog, LeaseSignals
+from gateway.catalog.base import CatalogUnavailable, Lease, LeaseCatalog, LeaseSignals
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 
@@ -417,6 +417,7 @@ class Leases:
     async def _watch(self, control: Control, *, stoppable: bool) -> None:
         timeout = self._network_timeout
         samples: collections.deque[tuple[float, int]] = collections.deque()
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self._poll)
             if stoppable and control.stop_reason is None:
@@ -434,9 +435,18 @@ class Leases:
                     and now - control.read_started >= self._poll
                 ):
                     control.on_idle()
-            state = await self._runner.db(
-                self._catalog.renew_lease, control.lease, self._ttl, self._clock()
-            )
+            try:
+                state = await self._runner.db(
+                    self._catalog.renew_lease, control.lease, self._ttl, self._clock()
+                )
+            except CatalogUnavailable:
+                # Renewal is retried each poll. A holder that could not renew for the
+                # stale window counts as gone to the others: it stops too (what it
+                # saves then reaches the catalog once it is back, or is answered 503).
+                if stoppable and time.monotonic() - renewed > self._stale_after:
+                    control.stop(StopReason.LEASE_LOST)
+                continue
+            renewed = time.monotonic()
             if not state.valid:
                 if stoppable:
                     control.stop(StopReason.LEASE_LOST)

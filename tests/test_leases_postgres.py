@@ -13,7 +13,14 @@ import psycopg
 import pytest
 
 from gateway import metrics
-from gateway.catalog.base import Catalog, Principal, SignallingCatalog
+from gateway.catalog.base import (
+    Catalog,
+    CatalogUnavailable,
+    Lease,
+    LeaseState,
+    Principal,
+    SignallingCatalog,
+)
 from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
@@ -219,3 +226,42 @@ async def _wait_for_listeners(dsn: str, count: int) -> None:
         while (row := conn.execute(query).fetchone()) != (count,):
             assert time.monotonic() < deadline, row
             await asyncio.sleep(0.02)
+
+
+class _Unreachable(SQLiteCatalog):
+    """A catalog whose lease renewals fail as if its database were down, while `down`."""
+
+    down = False
+
+    def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState:
+        if self.down:
+            raise CatalogUnavailable("down")
+        return super().renew_lease(lease, ttl, now)
+
+
+async def test_a_holder_rides_out_an_outage_shorter_than_the_stale_window(
+    tmp_path: Path,
+) -> None:
+    catalog = _Unreachable(tmp_path / "catalog.sqlite3")
+    runner = Runner(2)
+    leases = Leases(
+        catalog, runner, ttl=30.0, acquire_timeout=1.0, network_timeout=60.0,
+        poll_interval=0.05, stale_after=0.5,
+    )  # fmt: skip
+    try:
+        async with leases.held("u1", watch=True) as control:
+            catalog.down = True
+            await asyncio.sleep(0.3)  # renewals fail: the writer goes on
+            assert control.stop_reason is None
+            catalog.down = False
+            await asyncio.sleep(0.2)
+            assert control.stop_reason is None
+            assert control.watcher is not None and not control.watcher.done()
+            catalog.down = True
+            await asyncio.sleep(0.8)  # past the stale window: it counts as gone, and stops
+            assert control.stop_reason is StopReason.LEASE_LOST
+            assert not control.watcher.done()  # still renewing, for the saving to come
+            catalog.down = False
+    finally:
+        runner.close()
+        catalog.close()
