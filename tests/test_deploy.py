@@ -31,6 +31,8 @@ PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "gateway.json"
 COMPOSE = ROOT / "docker-compose.yml"
+# The gateway replicas of docker-compose.yml (same image, same environment).
+REPLICAS = ("gateway-a", "gateway-b")
 
 # Labels Prometheus itself attaches to every scraped series.
 TARGET_LABELS = {"job", "instance"}
@@ -352,9 +354,10 @@ def test_prometheus_config_matches_compose() -> None:
     job = jobs["gateway"]
     assert job.get("scrape_interval", config["global"]["scrape_interval"]) == "15s"
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    environment = services["gateway"]["environment"]
+    environment = services[REPLICAS[0]]["environment"]
+    assert all(services[name]["environment"] == environment for name in REPLICAS)
     targets = [t for group in job["static_configs"] for t in group["targets"]]
-    assert targets == [f"gateway:{environment['GATEWAY_PORT']}"]
+    assert targets == [f"{name}:{environment['GATEWAY_PORT']}" for name in REPLICAS]
 
     auth = job["authorization"]
     assert auth.get("type", "Bearer") == "Bearer"
@@ -381,9 +384,10 @@ def test_promtool_accepts_config_and_rules() -> None:
 
 
 def test_compose_sets_only_settings_the_gateway_reads() -> None:
-    environment = compose()["services"]["gateway"]["environment"]
     settings = {f"GATEWAY_{f.name.upper()}" for f in fields(Settings)}
-    assert set(environment) - settings == set()
+    for name in (*REPLICAS, "migrate", "gateway-cli"):
+        environment = compose()["services"][name]["environment"]
+        assert set(environment) - settings == set(), name
 
 
 def test_docker_compose_config_is_valid() -> None:
