@@ -1,9 +1,9 @@
 """deploy/: the Prometheus alerts and the Grafana dashboard ask for series the gateway
 really exports, and the files fit together with docker-compose.yml.
 
-The metric-name check needs nothing but a running gateway. promtool (Debian/Ubuntu
-package `prometheus`) and docker-compose are used when they are on PATH, and those
-tests are skipped, saying so, when they are not.
+The metric-name check needs nothing but a running gateway. haproxy, promtool
+(Debian/Ubuntu package `prometheus`) and docker-compose are used when they are on PATH,
+and those tests are skipped, saying so, when they are not.
 """
 
 from __future__ import annotations
@@ -373,6 +373,12 @@ def test_prometheus_config_matches_compose() -> None:
 def _run(command: list[str]) -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}\n{result.stderr}"
+
+
+def test_haproxy_accepts_its_config() -> None:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not on PATH (install Debian's `haproxy` package to check)")
+    _run(["haproxy", "-c", "-f", "deploy/haproxy/haproxy.cfg"])
 
 
 def test_promtool_accepts_config_and_rules() -> None:
