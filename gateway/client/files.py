@@ -1,0 +1,69 @@
+"""The files one `gateway upload` sends: given files as they are, folders walked in a
+stable order (every regular file below, recursively, sorted by relative path)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NoSuchInput(Exception):
+    """A path on the command line that is neither a file nor a folder."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: Path  # absolute; a symlink inside a folder is kept as its own name
+    name: str  # sent as metadata `filename`: the path relative to the folder given, with "/"
+
+
+def collect(paths: Iterable[Path], *, skipped: Callable[[Path, str], None]) -> list[LocalFile]:
+    """Files to upload, in the order given, each folder's files sorted; duplicates dropped.
+
+    Within a folder a symlink is followed only when it points to a regular file inside
+    that folder; symlinked folders are not entered and links leading out of the tree are
+    skipped (`skipped(path, why)` is told), as are sockets, FIFOs and devices."""
+    found: list[LocalFile] = []
+    seen: set[Path] = set()
+    for given in paths:
+        path = Path(os.path.abspath(given))
+        if path.is_dir():
+            files = list(_walk(path, skipped))
+        elif path.is_file():
+            files = [LocalFile(path, path.name)]
+        else:
+            raise NoSuchInput(f"{given}: no such file or folder")
+        for file in files:
+            key = file.path.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(file)
+    return found
+
+
+def _walk(root: Path, skipped: Callable[[Path, str], None]) -> Iterable[LocalFile]:
+    real_root = root.resolve()
+    entries: list[tuple[str, Path]] = []
+    for folder, dirs, names in os.walk(root, followlinks=False, onerror=None):
+        base = Path(folder)
+        for name in dirs:
+            if (base / name).is_symlink():
+                skipped(base / name, "a symlinked folder (not followed)")
+        for name in names:
+            path = base / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(real_root):
+                    skipped(path, "a symlink out of the folder (not followed)")
+                    continue
+                if not target.is_file():
+                    skipped(path, "a symlink to something that is not a regular file")
+                    continue
+            elif not path.is_file():
+                skipped(path, "not a regular file")
+                continue
+            entries.append((path.relative_to(root).as_posix(), path))
+    for name, path in sorted(entries):
+        yield LocalFile(path, name)
