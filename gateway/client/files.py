@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+_INSIDE = "a symlink within the folder (its target is sent under its own name)"
+
 
 class NoSuchInput(Exception):
     """A path on the command line that is neither a file nor a folder."""
@@ -15,16 +17,16 @@ class NoSuchInput(Exception):
 
 @dataclass(frozen=True)
 class LocalFile:
-    path: Path  # absolute; a symlink inside a folder is kept as its own name
+    path: Path  # absolute
     name: str  # sent as metadata `filename`: the path relative to the folder given, with "/"
 
 
 def collect(paths: Iterable[Path], *, skipped: Callable[[Path, str], None]) -> list[LocalFile]:
     """Files to upload, in the order given, each folder's files sorted; duplicates dropped.
 
-    Within a folder a symlink is followed only when it points to a regular file inside
-    that folder; symlinked folders are not entered and links leading out of the tree are
-    skipped (`skipped(path, why)` is told), as are sockets, FIFOs and devices."""
+    Within a folder symlinks are never followed: a link out of the tree would send what
+    the folder does not hold, a link within it a second copy. They are skipped and
+    `skipped(path, why)` is told, as it is of sockets, FIFOs and devices."""
     found: list[LocalFile] = []
     seen: set[Path] = set()
     for given in paths:
@@ -54,14 +56,11 @@ def _walk(root: Path, skipped: Callable[[Path, str], None]) -> Iterable[LocalFil
         for name in names:
             path = base / name
             if path.is_symlink():
-                target = path.resolve()
-                if not target.is_relative_to(real_root):
-                    skipped(path, "a symlink out of the folder (not followed)")
-                    continue
-                if not target.is_file():
-                    skipped(path, "a symlink to something that is not a regular file")
-                    continue
-            elif not path.is_file():
+                # A link to a file inside the folder is a copy of one the walk sends anyway.
+                inside = path.resolve().is_relative_to(real_root)
+                skipped(path, _INSIDE if inside else "a symlink out of the folder (not followed)")
+                continue
+            if not path.is_file():
                 skipped(path, "not a regular file")
                 continue
             entries.append((path.relative_to(root).as_posix(), path))
