@@ -63,7 +63,9 @@ def add_parser(sub: Any) -> None:
         "--retries", type=_count, default=8, help="retries per request, with backoff (8)"
     )
     parser.add_argument(
-        "--jwks", help="a JWKS file to check manifests with (default: the gateway's own)"
+        "--jwks",
+        help="JWKS file or https:// URL to check manifests with (default: the endpoint's "
+        "/.well-known/jwks.json)",
     )
 
 
@@ -97,7 +99,9 @@ def _job(args: argparse.Namespace) -> Job:
     if not token.isprintable() or any(c.isspace() for c in token):
         raise Usage("the token contains spaces or control characters")
     metadata = _metadata(args.metadata)
-    if args.jwks is not None and not Path(args.jwks).is_file():
+    if args.jwks is not None and args.jwks.lower().startswith("http://"):
+        raise Usage("--jwks: refusing an http:// JWKS: give an https:// URL or a file")
+    if args.jwks is not None and "://" not in args.jwks and not Path(args.jwks).is_file():
         raise Usage(f"--jwks {args.jwks}: no such file")
     if parts.scheme == "http" and parts.hostname not in LOOPBACK:
         print(
@@ -125,7 +129,7 @@ def _job(args: argparse.Namespace) -> Job:
         parallel=args.parallel,
         retries=args.retries,
         metadata=metadata,
-        jwks_file=args.jwks,
+        jwks=args.jwks,
     )
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import read_stored
 from tests.server import GatewayProcess
@@ -151,7 +153,11 @@ def _command(url: str, state: Path) -> list[str]:
 def _upload(
     server: GatewayProcess, url: str, state: Path, *args: str, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GATEWAY_TOKEN": server.token if token is None else token}
+    return _run(url, state, *args, token=server.token if token is None else token)
+
+
+def _run(url: str, state: Path, *args: str, token: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GATEWAY_TOKEN": token}
     return subprocess.run(
         [*_command(url, state), "--chunk-size", str(CHUNK), *args],
         env=env,
@@ -195,6 +201,7 @@ def test_a_folder_is_sent_whole_and_every_file_verified(
         "sub/IM0002.dcm": _write(folder / "sub/IM0002.dcm", 700 * KiB),
         "sub/deeper/IM0003.dcm": _write(folder / "sub/deeper/IM0003.dcm", 2 * MiB),
         "sub/deeper/zero": _write(folder / "sub/deeper/zero", 0),
+        "sub/échographie €.dcm": _write(folder / "sub/échographie €.dcm", 10),
     }
     (folder / "outside").symlink_to(tmp_path)  # a link out of the tree: not followed
     state = tmp_path / "state" / "upload.json"
@@ -220,7 +227,7 @@ def test_a_folder_is_sent_whole_and_every_file_verified(
     assert {m["filename"] for m in sent} == set(digests)
     assert {m["ward"] for m in sent} == {"CT-2"}
     patches = proxy.of("PATCH")
-    assert len(patches) == 5 + 3 + 8  # ceil(size / CHUNK) of the three non-empty files
+    assert len(patches) == 5 + 3 + 8 + 1  # ceil(size / CHUNK) of the non-empty files
     for patch in patches:
         assert re.fullmatch(r"sha256 [A-Za-z0-9+/]{43}=", patch.headers["upload-checksum"])
     # Finished uploads leave nothing behind in the owner-only state file; no token in it.
@@ -229,7 +236,7 @@ def test_a_folder_is_sent_whole_and_every_file_verified(
     assert server.token not in state.read_text()
     assert server.token not in done.stdout + done.stderr
     # Without a terminal: one line per finished file on stderr, no bars.
-    assert done.stderr.count("gateway upload: done ") == 5
+    assert done.stderr.count("gateway upload: done ") == 6
     assert "[#" not in done.stderr
 
 
@@ -346,6 +353,9 @@ def test_a_bad_token_fails_clearly_and_is_never_shown(
     assert not state.exists() or bad not in state.read_text()
 
 
+NOWHERE = "http://127.0.0.1:9/files/"  # nothing is sent: these fail before any request
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -353,23 +363,79 @@ def test_a_bad_token_fails_clearly_and_is_never_shown(
         (("--metadata", "bad key=x"), "KEY=VALUE"),
         (("--chunk-size", "0"), "not a size"),
         (("--parallel", "0"), "not a number"),
+        (("--jwks", "http://gw.example/.well-known/jwks.json"), "refusing an http:// JWKS"),
+        (("--jwks", "/nonexistent/jwks.json"), "no such file"),
     ],
 )
-def test_usage_errors_exit_2(
-    server: GatewayProcess, tmp_path: Path, args: tuple[str, ...], message: str
-) -> None:
+def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     study = tmp_path / "study.dcm"
     _write(study, 10)
-    done = _upload(server, server.files_url, tmp_path / "state.json", *args, str(study))
+    done = _run(NOWHERE, tmp_path / "state.json", *args, str(study), token="gwt_x")
     assert done.returncode == 2
     assert message in done.stderr
 
 
-def test_missing_inputs_exit_2(server: GatewayProcess, tmp_path: Path) -> None:
+def test_missing_inputs_exit_2(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    missing = _upload(server, server.files_url, state, str(tmp_path / "nothing"))
+    missing = _run(NOWHERE, state, str(tmp_path / "nothing"), token="gwt_x")
     assert (missing.returncode, "no such file or folder" in missing.stderr) == (2, True)
-    no_url = _upload(server, "", state, str(tmp_path))
+    no_url = _run("", state, str(tmp_path), token="gwt_x")
     assert (no_url.returncode, "--url" in no_url.stderr) == (2, True)
-    no_token = _upload(server, server.files_url, state, str(tmp_path), token="")
+    no_token = _run(NOWHERE, state, str(tmp_path), token="")
     assert (no_token.returncode, "GATEWAY_TOKEN" in no_token.stderr) == (2, True)
+
+
+def test_ctrl_c_stops_after_the_chunk_in_flight_and_keeps_the_state(
+    server: GatewayProcess, proxy: Proxy, tmp_path: Path
+) -> None:
+    study = tmp_path / "study.dcm"
+    _write(study, 2 * MiB)
+    state = tmp_path / "state.json"
+    proxy.hang_after = 2
+    run = subprocess.Popen(
+        [*_command(proxy.files_url, state), "--chunk-size", str(CHUNK), str(study)],
+        env={**os.environ, "GATEWAY_TOKEN": server.token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(proxy.of("PATCH")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proxy.release.set()  # the hung PATCH fails; the run stops instead of retrying
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr
+    assert "run it again to resume" in stderr
+    assert len(_state(state)) == 1
+    assert "Traceback" not in stderr
+
+
+def test_manifests_are_checked_against_a_pinned_jwks(
+    server: GatewayProcess, tmp_path: Path
+) -> None:
+    study = tmp_path / "study.dcm"
+    digest = _write(study, 100 * KiB)
+    state = tmp_path / "state.json"
+    own = tmp_path / "jwks.json"
+    own.write_bytes(httpx.get(f"{server.url}/.well-known/jwks.json").content)
+    done = _upload(server, server.files_url, state, "--jwks", str(own), str(study))
+    assert done.returncode == 0, done.stderr
+    assert _results(done.stdout)[str(study)][1:] == (digest, "verified")
+
+    other = Ed25519PrivateKey.generate().public_key()
+    raw = other.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "kid": "someone-else", "x": _b64url(raw)}
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"keys": [jwk]}))
+    done = _upload(server, server.files_url, state, "--jwks", str(foreign), str(study))
+    assert done.returncode == 1
+    assert "the manifest does not verify: unknown kid" in done.stderr
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

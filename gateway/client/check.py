@@ -13,7 +13,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from gateway import jws, manifest
-from gateway.client.http import Backoff, UploadError, check, send
+from gateway.client.http import Backoff, Transient, UploadError, check, problem, send
 from gateway.jws import PublicSigningKey
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -29,8 +29,9 @@ def default_jwks_url(endpoint: str) -> str:
 
 
 class Keys:
-    """The gateway's public signing keys, fetched once (again if a manifest names a kid
-    that is not in them: a key rotated during the run). A file given with --jwks is pinned."""
+    """The gateway's public signing keys from an https:// (or the endpoint's own) URL,
+    fetched once, and again if a manifest names a kid that is not in them (a key rotated
+    during the run); or from a file, pinned."""
 
     def __init__(self, source: str, *, pinned: bool) -> None:
         self.source = source
@@ -67,6 +68,9 @@ class Keys:
 def fetch_manifest(http: requests.Session, backoff: Backoff, url: str) -> str:
     def fetch() -> str:
         response = send(http, "GET", url.rstrip("/") + "/manifest")
+        if response.status_code == 400 and "ERR_UPLOAD_NOT_FINISHED" in problem(response):
+            # Completion may trail the last PATCH's answer by a moment.
+            raise Transient(f"fetching the manifest: 400 {problem(response)}")
         check(response, "fetching the manifest", lambda status: status == 200)
         return response.text.strip()
 

@@ -33,8 +33,10 @@ def collect(paths: Iterable[Path], *, skipped: Callable[[Path, str], None]) -> l
         path = Path(os.path.abspath(given))
         if path.is_dir():
             files = list(_walk(path, skipped))
-        elif path.is_file():
+        elif path.is_file() and _utf8(path.name):
             files = [LocalFile(path, path.name)]
+        elif path.is_file():
+            raise NoSuchInput(f"{given}: the name is not UTF-8, as tus metadata must be")
         else:
             raise NoSuchInput(f"{given}: no such file or folder")
         for file in files:
@@ -63,6 +65,17 @@ def _walk(root: Path, skipped: Callable[[Path, str], None]) -> Iterable[LocalFil
             if not path.is_file():
                 skipped(path, "not a regular file")
                 continue
+            if not _utf8(path.name):
+                skipped(path, "a name that is not UTF-8 (metadata values are)")
+                continue
             entries.append((path.relative_to(root).as_posix(), path))
     for name, path in sorted(entries):
         yield LocalFile(path, name)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept as surrogates by os.fsdecode
+        return False
+    return True

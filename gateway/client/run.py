@@ -4,6 +4,7 @@ one line per file at the end."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ class Job:
     parallel: int
     retries: int
     metadata: dict[str, str] = field(default_factory=dict)
-    jwks_file: str | None = None
+    jwks: str | None = None  # a file, or an https:// URL; None: the endpoint's own
 
 
 @dataclass
@@ -55,10 +56,8 @@ class Run:
             metadata=job.metadata,
             stop=self.stop,
         )
-        if job.jwks_file is not None:
-            self.keys = checks.Keys(job.jwks_file, pinned=True)
-        else:
-            self.keys = checks.Keys(checks.default_jwks_url(job.endpoint), pinned=False)
+        jwks = job.jwks or checks.default_jwks_url(job.endpoint)
+        self.keys = checks.Keys(jwks, pinned=not jwks.startswith(("https://", "http://")))
 
     def execute(self) -> int:
         files = self.job.files
@@ -70,9 +69,18 @@ class Run:
             outcomes = [future.result() for future in futures]
         except KeyboardInterrupt:
             self.stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            print(
+                "gateway upload: stopping after the chunks in flight (Ctrl-C again: at once); "
+                "run it again to resume",
+                file=sys.stderr,
+            )
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            except KeyboardInterrupt:
+                # The state file is only ever replaced whole, and the gateway keeps what
+                # it acknowledged: nothing is lost by not waiting.
+                os._exit(130)
             progress.close()
-            print("gateway upload: interrupted; run it again to resume", file=sys.stderr)
             return 130
         finally:
             pool.shutdown(wait=True)
