@@ -5,7 +5,8 @@
 Folders are sent whole: every regular file below, in sorted order, with the path below
 the folder as metadata `filename`. Exit 0: every file uploaded and its signed manifest
 matches the local file; 1: some file failed or did not match; 2: usage or configuration
-error. Needs tuspy: pip install 'imaging-upload-gateway[client]'.
+error; 130: interrupted (run it again to resume).
+Needs tuspy: pip install 'imaging-upload-gateway[client]'.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
         from gateway.client.run import Run  # tuspy and requests: the [client] extra
     except ImportError as exc:
         print(
-            f"gateway upload: {exc.name} is missing: pip install 'imaging-upload-gateway[client]'",
+            f"gateway upload: {exc.name or exc} is missing: "
+            "pip install 'imaging-upload-gateway[client]'",
             file=sys.stderr,
         )
         return 2
