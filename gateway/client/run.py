@@ -107,6 +107,8 @@ class Run:
         progress.start(file.name, size)
         key = ""
         try:
+            if file.path.stat().st_size != size:
+                raise UploadError("the file changed size since the run began")
             with client_http.session(self.job.token) as http:
                 key = file_key(self.job.endpoint, file.path)
                 outcome.url = self.sender.send(

@@ -79,6 +79,8 @@ class _Patch(TusRequest):
 
     def perform(self) -> None:
         chunk = self.file.read(self._content_length)
+        if len(chunk) != self._content_length:
+            raise UploadError("the file became shorter while being sent")
         self.add_checksum(chunk)  # sets upload-checksum: sha256 <base64>
         response = send(self.http, "PATCH", self._url, data=chunk, headers=self._request_headers)
         check(response, "sending a chunk", lambda status: status == 204)
@@ -129,6 +131,8 @@ class Sender:
                 chunk_size=self.chunk_size,
                 metadata={**self.metadata, "filename": file.name},
             )
+            if uploader.stop_at != size:  # tuspy's Upload-Length: the size it sees now
+                raise UploadError("the file changed size since the run began")
             url, offset = self._resume(http, key, size)
             if url is None:
                 url = self.backoff.run(uploader.create_url)
