@@ -1,6 +1,7 @@
 """The `gateway` command: serve, API keys (gateway/tokencli.py), verify, administer keys
 (gateway/keycli.py), the audit log (gateway/auditcli.py) and the lifecycle commands
-(hold, release-hold, delete, receipt: gateway/admincli.py)."""
+(hold, release-hold, delete, receipt: gateway/admincli.py) and the upload client
+(gateway/uploadcli.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import admincli, auditcli, keycli, logs, migratecli, tokencli
+from gateway import admincli, auditcli, keycli, logs, migratecli, tokencli, uploadcli
 from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import CatalogUnavailable, Principal, SchemaMismatch
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     auditcli.add_parser(sub)
     migratecli.add_parser(sub)
     admincli.add_parsers(sub)
+    uploadcli.add_parser(sub)
     return parser
 
 
@@ -90,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return auditcli.main(args)
         if args.command == "migrate":
             return migratecli.main(args)
+        if args.command == "upload":
+            return uploadcli.main(args)
         if args.command == "verify":
             settings = load_settings({"data_dir": options["data_dir"], "store": options["store"]})
             return _verify(settings, args.upload_id, args.jwks, decrypt=not args.no_decrypt)
