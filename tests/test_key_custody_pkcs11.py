@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -155,11 +156,18 @@ def _check(env: dict[str, str], keys: Pkcs11Provider, tmp_path: Path, pin: str) 
         assert not found, f"the data key is in {path.relative_to(data_dir)}"
         assert SEALED_FORMAT.encode() not in content and b'"keks"' not in content
 
-    # A copy of the data dir, served without the token (the default keyring provider).
+    # A copy of the data dir, served without the token (the default keyring provider):
+    # the gateway refuses to start, its keys do not unwrap the catalog's key check.
     copy = tmp_path / "elsewhere" / "data"
     shutil.copytree(data_dir, copy)
     plain = {k: v for k, v in env.items() if not k.startswith(("GATEWAY_PKCS11", "GATEWAY_KEY"))}
     plain["GATEWAY_REQUIRE_PROTECTED_KEYS"] = "false"
+    with pytest.raises(RuntimeError, match="must use the same key provider"):
+        GatewayProcess(copy, token=server.token, env=plain).start()
+    # With the checks deleted from the copy, it serves, but no plaintext comes out.
+    with sqlite3.connect(copy / "catalog.sqlite3") as conn:
+        conn.execute("DELETE FROM key_checks")
+    conn.close()
     thief = GatewayProcess(copy, token=server.token, env=plain).start()
     try:
         stolen = httpx.get(thief.url + httpx.URL(url).path, headers=thief.auth, timeout=30)
