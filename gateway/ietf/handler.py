@@ -159,6 +159,14 @@ class IetfHandler:
         return Response(status_code=201, headers=headers)
 
     async def head(self, version: Version, principal: Principal, upload_id: str) -> Response:
+        upload = await self.uploads.get(principal, upload_id)  # 404 unless the owner's
+        if upload.state == UploadState.ACTIVE:
+            # A client asks for the offset only once it gave up on its last request,
+            # whose bytes may still be arriving: that request is stopped (it saves what
+            # came) before the offset is read, so the next append is accepted at it (the
+            # drafts' offset retrieval; tus's HEAD leaves a live PATCH alone instead).
+            leases = self.uploads.leases
+            await leases.release(await leases.acquire(upload_id))
         upload = await self.uploads.head(principal, upload_id)
         headers = {"Cache-Control": "no-store", **self._progress(version, upload)}
         if version.lengths_and_limits and upload.length is not None:
