@@ -21,7 +21,7 @@ from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.ietf import headers as fields
 from gateway.ietf.versions import SUPPORTED, VERSIONS, Version
 from tests.conftest import read_stored
-from tests.rawhttp import raw_request, request_head
+from tests.rawhttp import StreamingPatch, raw_request, request_head
 from tests.server import GatewayProcess
 from tests.tushttp import upload_id
 
@@ -124,6 +124,41 @@ def test_a_creation_cut_off_midway_stays_unfinished(server: GatewayProcess, numb
     while _open_uploads(server) == before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _open_uploads(server) == (before[0] + 1, before[1] + len(DATA))
+
+
+def test_offset_retrieval_stops_an_append_still_receiving(server: GatewayProcess) -> None:
+    """Unlike tus's HEAD, which leaves a PATCH whose bytes still flow alone, offset
+    retrieval stops it (it saves what came): the drafts' client asks only once it gave
+    up on that request, and its next append must be accepted at the offset answered."""
+    version = VERSIONS[8]
+    data = os.urandom(256 * KiB)
+    url = httpx.post(
+        server.files_url,
+        headers=_headers(server, version, **fields.complete_field(version, False)),
+        timeout=30,
+    ).headers["Location"]
+    extra = _headers(server, version, **fields.complete_field(version, True))
+    extra["Content-Type"] = fields.PARTIAL_UPLOAD
+    sending = StreamingPatch(
+        server, url, data, 0, slow_after=128 * KiB, chunk=8 * KiB, pause=0.1, extra=extra
+    ).begin()
+    assert sending.reached.wait(30)
+    with httpx.Client(timeout=30) as client:
+        head = client.head(url, headers=_headers(server, version))
+    assert head.status_code == 204, head.text
+    offset = int(head.headers["Upload-Offset"])
+    assert 128 * KiB <= offset < len(data)
+    sending.join()
+    if sending.response is not None:  # else the connection was cut: also a refusal
+        assert sending.response.status_code == 400, sending.response.text
+    response = httpx.patch(
+        url,
+        headers={**extra, "Upload-Offset": str(offset)},
+        content=data[offset:],
+        timeout=30,
+    )
+    assert response.status_code == 204, response.text
+    assert read_stored(server.data_dir, upload_id(url)) == data
 
 
 def test_no_informational_response_comes_first(server: GatewayProcess) -> None:

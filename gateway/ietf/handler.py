@@ -160,11 +160,12 @@ class IetfHandler:
 
     async def head(self, version: Version, principal: Principal, upload_id: str) -> Response:
         upload = await self.uploads.get(principal, upload_id)  # 404 unless the owner's
-        if upload.state == UploadState.ACTIVE:
+        if upload.state == UploadState.ACTIVE and upload.offset != upload.length:
             # A client asks for the offset only once it gave up on its last request,
             # whose bytes may still be arriving: that request is stopped (it saves what
             # came) before the offset is read, so the next append is accepted at it (the
             # drafts' offset retrieval; tus's HEAD leaves a live PATCH alone instead).
+            # One that has all its bytes may be completing the object: left alone.
             leases = self.uploads.leases
             await leases.release(await leases.acquire(upload_id))
         upload = await self.uploads.head(principal, upload_id)
