@@ -30,6 +30,7 @@ from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
 from gateway.grants_http import GrantHandler
 from gateway.handler import TusHandler
+from gateway.ietf.handler import IetfHandler
 from gateway.keys.base import KeyProvider
 from gateway.keys.providers import open_provider
 from gateway.leases import Leases
@@ -132,6 +133,8 @@ def create_app(
     uploads, auth, runner = services.uploads, services.auth, services.runner
     grants = services.grants
     handler = TusHandler(settings, uploads, auth, grants)
+    # Requests carrying Upload-Draft-Interop-Version go to the IETF handler, the rest to tus.
+    ietf = IetfHandler(settings, uploads, auth, grants)
     downloads = DownloadHandler(
         settings,
         uploads=uploads,
@@ -193,7 +196,7 @@ def create_app(
 
     app = Starlette(
         routes=[
-            *handler.routes(),
+            *ietf.dispatch(handler.routes()),
             *downloads.routes(),
             *sharing.routes(),
             *admin.routes(),

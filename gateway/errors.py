@@ -71,6 +71,12 @@ class ERR(enum.Enum):
     AUTH_THROTTLED = ("ERR_AUTH_THROTTLED", 429)  # too many failed authentications
     IDENTITY_PROVIDER_UNAVAILABLE = ("ERR_IDENTITY_PROVIDER_UNAVAILABLE", 503)
     # -- end of identity --
+    # -- IETF resumable uploads (gateway/ietf) --
+    UNSUPPORTED_INTEROP_VERSION = ("ERR_UNSUPPORTED_INTEROP_VERSION", 400)
+    INVALID_UPLOAD_COMPLETE = ("ERR_INVALID_UPLOAD_COMPLETE", 400)  # Upload-(In)Complete
+    INCONSISTENT_UPLOAD_LENGTH = ("ERR_INCONSISTENT_UPLOAD_LENGTH", 400)
+    UPLOAD_COMPLETED = ("ERR_UPLOAD_COMPLETED", 400)  # an append to a completed upload
+    # -- end of IETF resumable uploads --
     STORED_DATA_CORRUPT = ("ERR_STORED_DATA_CORRUPT", 500)
     INTERNAL = ("ERR_INTERNAL_SERVER_ERROR", 500)
     # the audit log
