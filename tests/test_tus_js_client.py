@@ -8,6 +8,7 @@ with node but a failing npm install they fail, saying why.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
@@ -102,6 +103,15 @@ def tus_js(pytestconfig: pytest.Config) -> Path:
     if npm is None:
         pytest.fail("node is installed but npm is not: cannot install tus-js-client")
     cache = pytestconfig.rootpath / ".pytest_cache" / f"tus-js-client-{TUS_JS_CLIENT}"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # Test processes running side by side (pytest -n) install it once, one at a time.
+    with open(cache.parent / f"tus-js-client-{TUS_JS_CLIENT}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _install(npm, cache)
+    return cache
+
+
+def _install(npm: str, cache: Path) -> None:
     if not (cache / "node_modules" / "tus-js-client" / "package.json").is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="tus-js-", dir=cache.parent))
@@ -123,8 +133,8 @@ def tus_js(pytestconfig: pytest.Config) -> Path:
             )
         shutil.rmtree(cache, ignore_errors=True)
         scratch.rename(cache)
-    (cache / "upload.cjs").write_text(SCRIPT)
-    return cache
+    if not (cache / "upload.cjs").is_file() or (cache / "upload.cjs").read_text() != SCRIPT:
+        (cache / "upload.cjs").write_text(SCRIPT)
 
 
 def _node_upload(
