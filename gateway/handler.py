@@ -145,6 +145,12 @@ class TusHandler:
                 ERR.INVALID_UPLOAD_LENGTH, "send Upload-Length, or Upload-Defer-Length: 1"
             )
         with_body = _content_type(request) == OFFSET_STREAM
+        if not with_body and _has_body(request):
+            # tus creation-with-upload: the body follows PATCH rules. Any other body
+            # would be dropped unread while the upload is created empty.
+            raise GatewayError(
+                ERR.INVALID_CONTENT_TYPE, f"a creation body must be sent as {OFFSET_STREAM}"
+            )
         if with_body:  # creation-with-upload writes too
             self.grants.require(principal, Action.WRITE)
         checksum = self._checksum(request) if with_body else None
@@ -275,6 +281,14 @@ def _content_type(request: Request) -> str:
     if len(values) > 1:
         raise GatewayError(ERR.INVALID_CONTENT_TYPE, "send one Content-Type header, not several")
     return _media_type(values[0] if values else None)
+
+
+def _has_body(request: Request) -> bool:
+    """Whether the request has a body: chunked, or a Content-Length other than 0."""
+    h = request.headers
+    return "transfer-encoding" in h or any(
+        v.strip() not in ("", "0") for v in h.getlist("content-length")
+    )
 
 
 def _media_type(value: str | None) -> str:

@@ -345,8 +345,25 @@ def test_creation_with_upload(any_tus: Tus, case: WithUpload) -> None:
     assert read_stored(tus.data_dir, upload_id(url)) == data
 
 
-def test_creation_with_upload_ignores_a_body_of_another_type(tus: Tus) -> None:
-    response = tus.post({"Upload-Length": "10", "Content-Type": "text/plain"}, content=b"hello")
+@pytest.mark.parametrize(
+    ("content_type", "framing"),
+    [("text/plain", "content-length"), ("application/json", "chunked"), (None, "content-length")],
+)
+def test_creation_with_a_body_of_another_type_is_415(
+    tus: Tus, content_type: str | None, framing: str
+) -> None:
+    before = object_dirs(tus.data_dir)
+    headers = {"Upload-Length": "10"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    body = b"hello" if framing == "content-length" else chunked(b"hello")
+    response = tus.post(headers, content=body)
+    assert_problem(response, 415, "ERR_INVALID_CONTENT_TYPE")
+    _assert_nothing_new(tus, before)
+
+
+def test_creation_without_a_body_may_name_any_type(tus: Tus) -> None:
+    response = tus.post({"Upload-Length": "10", "Content-Type": "text/plain"})
     assert response.status_code == 201, response.text
     assert tus.offset(response.headers["Location"]) == 0
 
@@ -721,8 +738,6 @@ def test_checksum_mismatch_on_the_last_bytes_does_not_complete(tus: Tus) -> None
         ("blake2b " + b64(b"x" * 64), "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM"),
         ("sha1 !!!!!!!!!!!!!!!!!!!!!!!!!!!=", "ERR_INVALID_CHECKSUM"),
         ("sha1 " + b64(b"x" * 20).rstrip("="), "ERR_INVALID_CHECKSUM"),
-        ("sha1 " + b64(b"x" * 19), "ERR_INVALID_CHECKSUM"),
-        ("sha1 " + b64(b"x" * 32), "ERR_INVALID_CHECKSUM"),
         ("sha1", "ERR_INVALID_CHECKSUM"),
         ("sha1  " + b64(b"x" * 20), "ERR_INVALID_CHECKSUM"),
         ("crc32 " + b64(b"x" * 4).replace("=", "-"), "ERR_INVALID_CHECKSUM"),
@@ -733,8 +748,6 @@ def test_checksum_mismatch_on_the_last_bytes_does_not_complete(tus: Tus) -> None
         "blake2b",
         "not-base64",
         "unpadded",
-        "short-digest",
-        "long-digest",
         "no-digest",
         "two-spaces",
         "base64url",
@@ -746,6 +759,29 @@ def test_bad_checksum_header_is_400(tus: Tus, value: str, code: str) -> None:
     response = tus.patch(url, b"cde", 2, {"Upload-Checksum": value})
     assert_problem(response, 400, code)
     assert tus.offset(url) == 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sha1 " + b64(b"x" * 19),
+        "sha1 " + b64(b"x" * 32),
+        "crc32 " + b64(b"x" * 3),
+        "sha1 " + "A" * 10_000,
+    ],
+    ids=["short", "long", "crc32-short", "huge"],
+)
+def test_digest_of_the_wrong_length_is_a_mismatch(tus: Tus, value: str) -> None:
+    # It can never match the body: 460 as for any other mismatch, the offset unchanged.
+    url = tus.create(10)
+    assert tus.patch(url, b"ab", 0).status_code == 204
+    response = tus.patch(url, b"cde", 2, {"Upload-Checksum": value})
+    assert_problem(response, 460, "ERR_CHECKSUM_MISMATCH")
+    assert tus.offset(url) == 2
+    before = object_dirs(tus.data_dir)
+    headers = {"Upload-Length": "3", "Content-Type": OCTET, "Upload-Checksum": value}
+    assert_problem(tus.post(headers, content=b"abc"), 460, "ERR_CHECKSUM_MISMATCH")
+    _assert_nothing_new(tus, before)
 
 
 def test_bad_checksum_on_creation_with_upload_is_400(tus: Tus) -> None:
