@@ -26,6 +26,7 @@ from gateway.auth import client_of
 from gateway.catalog.base import Catalog, CatalogUnavailable
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
+from gateway.cors import CorsMiddleware
 from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
 from gateway.grants_http import GrantHandler
@@ -204,6 +205,7 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
+            *_cors(settings),
             Middleware(AccessMiddleware, base_path=settings.base_path),
             Middleware(AuditMiddleware, audit=services.audit, base_path=settings.base_path),
             Middleware(HttpRulesMiddleware),
@@ -222,6 +224,13 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.uploads = uploads
     return app
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """The CORS middleware, outermost so that every error carries its headers; none
+    without GATEWAY_CORS_ORIGINS."""
+    origins = settings.cors_origin_list
+    return [Middleware(CorsMiddleware, origins=origins)] if origins else []
 
 
 def app_from_environment() -> Starlette:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from gateway.access import Action, parse_actions
+from gateway.cors import BadOrigin, parse_origins
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -71,6 +72,9 @@ class Settings:
     linger_max_bytes: int = 64 * MiB
     public_url: str = ""  # e.g. https://uploads.example.org: Location is built on it; "" relative
     trusted_proxies: str = ""  # comma list of proxy IPs/CIDRs whose X-Forwarded-For/Proto count
+    # Comma list of origins (https://pacs.example.org) whose pages may call the gateway
+    # (CORS), or "*" for any; "": no CORS headers at all.
+    cors_origins: str = ""
     # Object storage: "" or "folder" for the local folder, or s3://BUCKET[/PREFIX].
     store: str = ""
     s3_endpoint: str = ""
@@ -178,6 +182,7 @@ class Settings:
                 "the keyring would sit unencrypted; mount a key file and set GATEWAY_KEK_FILE"
             )
         _ = self.trusted_proxy_list
+        _ = self.cors_origin_list
         if self.s3_max_writers < 1:
             raise ConfigError("s3_max_writers must be >= 1")
         if self.reserved_writers < 0:
@@ -228,6 +233,14 @@ class Settings:
                     f"trusted_proxies: {entry!r} is not an IP address or network"
                 ) from None
         return entries
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """cors_origins as exact origins, ("*",) or (); ConfigError if malformed."""
+        try:
+            return parse_origins(self.cors_origins)
+        except BadOrigin as exc:
+            raise ConfigError(f"GATEWAY_CORS_ORIGINS: {exc}") from None
 
     @property
     def uses_postgres(self) -> bool:

@@ -1,0 +1,224 @@
+"""CORS: lets web apps on the configured origins use the gateway (GATEWAY_CORS_ORIGINS).
+
+Only built when origins are configured; without it no response carries a CORS header.
+The gateway authenticates with `Authorization: Bearer`, which a page sets itself: that
+is not a credential in the CORS sense (cookies, HTTP auth, TLS client certificates), so
+`Access-Control-Allow-Credentials` is never sent and `*` may be configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import ERR, GatewayError
+from gateway.middleware import problem_body
+
+log = logging.getLogger("gateway.cors")
+
+ANY = "*"
+MAX_AGE = 86400  # browsers cap it lower (Chromium: 2 h)
+ALLOW_METHODS = ("POST", "HEAD", "PATCH", "DELETE", "GET", "OPTIONS")
+ALLOW_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Tus-Resumable",
+    "Upload-Length",
+    "Upload-Offset",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Checksum",
+    "X-HTTP-Method-Override",
+    "X-Request-ID",
+    "Range",
+    # draft-ietf-httpbis-resumable-upload
+    "Upload-Complete",
+    "Upload-Incomplete",
+    "Upload-Draft-Interop-Version",
+)
+EXPOSE_HEADERS = (
+    "Location",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Expires",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "X-Request-ID",
+    "Upload-Deletion-Receipt",
+    "Retry-After",
+    "Content-Range",
+    "Content-Disposition",
+    # draft-ietf-httpbis-resumable-upload
+    "Upload-Complete",
+    "Upload-Incomplete",
+    "Upload-Draft-Interop-Version",
+    "Upload-Limit",
+)
+
+
+class BadOrigin(ValueError):
+    """A configured origin is not one a browser would send; the message says why."""
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """GATEWAY_CORS_ORIGINS as a tuple: () for "", ("*",), or exact origins, each
+    written as browsers serialise them (scheme://host[:port], lower case, no default
+    port, no path). BadOrigin naming the first entry that is not."""
+    entries = [e.strip() for e in value.split(",")]
+    if entries == [""]:
+        return ()
+    if ANY in entries:
+        if len(entries) > 1:
+            raise BadOrigin("'*' allows every origin: give it alone, not in a list")
+        return (ANY,)
+    for entry in entries:
+        _check_origin(entry)
+    return tuple(dict.fromkeys(entries))
+
+
+def _check_origin(entry: str) -> None:
+    if not entry:
+        raise BadOrigin("an empty entry (two commas in a row, or a trailing comma)")
+    if entry == "null":
+        # Sent by sandboxed frames and file:// pages: anyone can make a page send it.
+        raise BadOrigin("'null' is the origin of any sandboxed or local page; it is refused")
+    try:
+        parts = urllib.parse.urlsplit(entry)
+        port = parts.port
+    except ValueError:
+        raise BadOrigin(f"{entry!r} is not a scheme://host[:port] origin") from None
+    host = parts.hostname or ""
+    if (
+        parts.scheme not in ("http", "https")
+        or not host
+        or "@" in parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "?" in entry
+        or "#" in entry
+        or not entry.isascii()
+        or any(c.isspace() for c in entry)
+    ):
+        raise BadOrigin(
+            f"{entry!r} must be scheme://host[:port] with scheme http or https and no path "
+            "(not even a trailing '/')"
+        )
+    default = 443 if parts.scheme == "https" else 80
+    netloc = parts.netloc.lower()
+    if port == default:
+        netloc = netloc.rsplit(":", 1)[0]
+    serialised = f"{parts.scheme}://{netloc}"
+    if serialised != entry:
+        raise BadOrigin(f"{entry!r}: write it as browsers send it, {serialised!r}")
+
+
+def _vary_origin(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` with Origin added to Vary (one Vary line)."""
+    values = [v for k, v in headers if k.lower() == b"vary"]
+    names = [n.strip() for v in values for n in v.split(b",") if n.strip()]
+    if b"*" in names or any(n.lower() == b"origin" for n in names):
+        return headers
+    kept = [h for h in headers if h[0].lower() != b"vary"]
+    return [*kept, (b"vary", b", ".join([*names, b"Origin"]))]
+
+
+def _shown_origin(scope: Scope) -> str:
+    given = [v for k, v in scope["headers"] if k == b"origin"]
+    return repr(b", ".join(given)[:200])[2:-1]
+
+
+def _joined(names: Iterable[str]) -> bytes:
+    return ", ".join(names).encode()
+
+
+class CorsMiddleware:
+    """Answers preflights and adds the CORS headers to every response, errors included.
+
+    Placed outermost, so errors answered by the other middlewares carry them too. A
+    preflight (OPTIONS with Origin and Access-Control-Request-Method; tus's own OPTIONS
+    carries no Access-Control-Request-Method) is answered here, without a token, as
+    browsers send none: 204 with the allowed methods and headers for an allowed origin,
+    `403 ERR_ORIGIN_NOT_ALLOWED` without them for another. Other requests pass on and
+    their responses get Access-Control-Allow-Origin and -Expose-Headers when their
+    Origin is allowed; every response says `Vary: Origin`. Requests from other origins
+    are served as usual (a page the gateway serves itself sends its own Origin).
+    """
+
+    def __init__(self, app: ASGIApp, origins: tuple[str, ...]) -> None:
+        if not origins:
+            raise ValueError("CorsMiddleware needs at least one origin")
+        self.app = app
+        self.any = origins == (ANY,)
+        self.origins = frozenset(origins)
+        self._preflight = [
+            (b"access-control-allow-methods", _joined(ALLOW_METHODS)),
+            (b"access-control-allow-headers", _joined(ALLOW_HEADERS)),
+            (b"access-control-max-age", str(MAX_AGE).encode()),
+        ]
+        self._expose = (b"access-control-expose-headers", _joined(EXPOSE_HEADERS))
+
+    def allowed(self, origin: str | None) -> bool:
+        return origin is not None and (self.any or origin in self.origins)
+
+    def _allow_origin(self, origin: str) -> tuple[bytes, bytes]:
+        value = ANY if self.any else origin
+        return (b"access-control-allow-origin", value.encode("latin-1"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        given = [v for k, v in headers if k == b"origin"]
+        # Several Origin lines: no browser sends that; allow nothing.
+        origin = given[0].decode("latin-1") if len(given) == 1 else None
+        allowed = self.allowed(origin)
+        preflight = scope["method"] == "OPTIONS" and any(
+            k == b"access-control-request-method" for k, _ in headers
+        )
+        if preflight and given:
+            await self._answer_preflight(scope, send, origin if allowed else None)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out = _vary_origin(list(message.get("headers", [])))
+                if allowed and origin is not None:
+                    out += [self._allow_origin(origin), self._expose]
+                message["headers"] = out
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    async def _answer_preflight(self, scope: Scope, send: Send, origin: str | None) -> None:
+        if origin is None:
+            # Answered before the access log: say here why a browser's upload failed.
+            log.info("preflight refused", extra={"origin": _shown_origin(scope)})
+            body = problem_body(
+                GatewayError(
+                    ERR.ORIGIN_NOT_ALLOWED,
+                    "this origin may not use the gateway from a browser (GATEWAY_CORS_ORIGINS)",
+                )
+            )
+            status = ERR.ORIGIN_NOT_ALLOWED.status
+            out = [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"vary", b"Origin"),
+            ]
+        else:
+            status, body = 204, b""
+            out = [self._allow_origin(origin), *self._preflight, (b"vary", b"Origin")]
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": body})
