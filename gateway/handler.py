@@ -200,10 +200,17 @@ class TusHandler:
 
     async def head(self, principal: Principal, upload_id: str) -> Response:
         upload = await self.uploads.head(principal, upload_id)
-        headers = {"Cache-Control": "no-store", "Upload-Offset": str(upload.offset)}
-        if upload.length is None:
+        headers = {"Cache-Control": "no-store"}
+        if upload.partials and upload.state != UploadState.COMPLETE:
+            # An unfinished final: no Upload-Offset until it is concatenated (tus
+            # concatenation), Upload-Length once every partial's length is known.
+            if upload.length is not None:
+                headers["Upload-Length"] = str(upload.length)
+        elif upload.length is None:
+            headers["Upload-Offset"] = str(upload.offset)
             headers["Upload-Defer-Length"] = "1"
         else:
+            headers["Upload-Offset"] = str(upload.offset)
             headers["Upload-Length"] = str(upload.length)
         metadata = await self.uploads.open_metadata(upload)
         if metadata is not None:
@@ -243,9 +250,17 @@ class TusHandler:
                 settled=True,
                 upload_tenant=upload.tenant,
             )
+            await self._settle_finals(request, upload)
         return Response(status_code=204, headers=_progress_headers(upload))
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _settle_finals(self, request: Request, partial: Upload) -> None:
+        """Complete the unfinished finals waiting for `partial` (concatenation-unfinished)."""
+        for final in await self.uploads.settle_finals_of(partial):
+            note(
+                request, audit.UPLOAD_COMPLETED, final.id, settled=True, upload_tenant=final.tenant
+            )
 
     def _checksum(self, request: Request) -> tus.ChecksumHeader | None:
         return tus.parse_upload_checksum(
