@@ -1049,6 +1049,15 @@ def test_final_whose_partial_is_deleted_while_unfinished_is_gone(tus: Tus) -> No
     assert tus.head(url_a).status_code == 200
 
 
+def test_an_unfinished_final_may_be_deleted(tus: Tus) -> None:
+    url_b = tus.create(3, headers={"Upload-Concat": "partial"})
+    final = tus.post({"Upload-Concat": f"final;{url_b}"}).headers["Location"]
+    assert tus.delete(final).status_code == 204
+    assert_problem(tus.head(final), 404, "ERR_UPLOAD_NOT_FOUND")
+    assert tus.patch(url_b, b"abc", 0).status_code == 204  # the partial goes on as it was
+    assert read_stored(tus.data_dir, upload_id(url_b)) == b"abc"
+
+
 def test_head_on_an_unfinished_partial(tus: Tus) -> None:
     url = tus.create(None, headers={"Upload-Concat": "partial"})
     tus.send(url, b"abc", 0, None)
