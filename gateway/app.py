@@ -26,7 +26,7 @@ from gateway.auth import client_of
 from gateway.catalog.base import Catalog, CatalogUnavailable
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
-from gateway.cors import CorsMiddleware
+from gateway.cors import CorsMiddleware, PreflightMiddleware
 from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
 from gateway.grants_http import GrantHandler
@@ -192,6 +192,7 @@ def create_app(
             await services.close()
             catalog.close()
 
+    cors = _cors(settings)
     app = Starlette(
         routes=[
             *handler.routes(),
@@ -205,8 +206,9 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
-            *_cors(settings),
+            *cors[:1],
             Middleware(AccessMiddleware, base_path=settings.base_path),
+            *cors[1:],
             Middleware(AuditMiddleware, audit=services.audit, base_path=settings.base_path),
             Middleware(HttpRulesMiddleware),
             Middleware(TusMiddleware),
@@ -227,10 +229,15 @@ def create_app(
 
 
 def _cors(settings: Settings) -> list[Middleware]:
-    """The CORS middleware, outermost so that every error carries its headers; none
-    without GATEWAY_CORS_ORIGINS."""
+    """None without GATEWAY_CORS_ORIGINS. Else the CORS headers, outermost so every
+    error carries them, then preflights, answered inside the access log."""
     origins = settings.cors_origin_list
-    return [Middleware(CorsMiddleware, origins=origins)] if origins else []
+    if not origins:
+        return []
+    return [
+        Middleware(CorsMiddleware, origins=origins),
+        Middleware(PreflightMiddleware, origins=origins),
+    ]
 
 
 def app_from_environment() -> Starlette:

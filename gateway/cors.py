@@ -142,68 +142,102 @@ def _joined(names: Iterable[str]) -> bytes:
     return ", ".join(names).encode()
 
 
-class CorsMiddleware:
-    """Answers preflights and adds the CORS headers to every response, errors included.
+def origin_of(scope: Scope) -> tuple[bool, str | None]:
+    """Whether the request names an Origin, and that origin if it names exactly one
+    (several lines: no browser sends that, and none is allowed)."""
+    given = [v for k, v in scope["headers"] if k == b"origin"]
+    return bool(given), given[0].decode("latin-1") if len(given) == 1 else None
 
-    Placed outermost, so errors answered by the other middlewares carry them too. A
-    preflight (OPTIONS with Origin and Access-Control-Request-Method; tus's own OPTIONS
-    carries no Access-Control-Request-Method) is answered here, without a token, as
-    browsers send none: 204 with the allowed methods and headers for an allowed origin,
-    `403 ERR_ORIGIN_NOT_ALLOWED` without them for another. Other requests pass on and
-    their responses get Access-Control-Allow-Origin and -Expose-Headers when their
-    Origin is allowed; every response says `Vary: Origin`. Requests from other origins
-    are served as usual (a page the gateway serves itself sends its own Origin).
-    """
 
-    def __init__(self, app: ASGIApp, origins: tuple[str, ...]) -> None:
+def is_preflight(scope: Scope) -> bool:
+    """A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method. tus's
+    own OPTIONS (discovery) carries no Access-Control-Request-Method."""
+    return (
+        scope["method"] == "OPTIONS"
+        and origin_of(scope)[0]
+        and any(k == b"access-control-request-method" for k, _ in scope["headers"])
+    )
+
+
+class Origins:
+    """The origins allowed, and the Access-Control-Allow-Origin answer for one."""
+
+    def __init__(self, origins: tuple[str, ...]) -> None:
         if not origins:
-            raise ValueError("CorsMiddleware needs at least one origin")
-        self.app = app
+            raise ValueError("CORS needs at least one origin")
         self.any = origins == (ANY,)
         self.origins = frozenset(origins)
-        self._preflight = [
-            (b"access-control-allow-methods", _joined(ALLOW_METHODS)),
-            (b"access-control-allow-headers", _joined(ALLOW_HEADERS)),
-            (b"access-control-max-age", str(MAX_AGE).encode()),
-        ]
-        self._expose = (b"access-control-expose-headers", _joined(EXPOSE_HEADERS))
 
     def allowed(self, origin: str | None) -> bool:
         return origin is not None and (self.any or origin in self.origins)
 
-    def _allow_origin(self, origin: str) -> tuple[bytes, bytes]:
+    def allow_origin(self, origin: str) -> tuple[bytes, bytes]:
         value = ANY if self.any else origin
         return (b"access-control-allow-origin", value.encode("latin-1"))
+
+
+class CorsMiddleware:
+    """Adds the CORS headers to every response but a preflight's, errors included.
+
+    Outermost, so errors answered by the other middlewares (the access log's answer to
+    an unexpected error, the HTTP rules) carry them too. A response to a request whose
+    Origin is allowed gets Access-Control-Allow-Origin and -Expose-Headers; every
+    response says `Vary: Origin`. Requests from other origins are served as usual: the
+    token, not the origin, authorises them (and a page the gateway serves itself sends
+    its own Origin).
+    """
+
+    def __init__(self, app: ASGIApp, origins: tuple[str, ...]) -> None:
+        self.app = app
+        self.origins = Origins(origins)
+        self._expose = (b"access-control-expose-headers", _joined(EXPOSE_HEADERS))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = scope["headers"]
-        given = [v for k, v in headers if k == b"origin"]
-        # Several Origin lines: no browser sends that; allow nothing.
-        origin = given[0].decode("latin-1") if len(given) == 1 else None
-        allowed = self.allowed(origin)
-        preflight = scope["method"] == "OPTIONS" and any(
-            k == b"access-control-request-method" for k, _ in headers
-        )
-        if preflight and given:
-            await self._answer_preflight(scope, send, origin if allowed else None)
-            return
+        _, origin = origin_of(scope)
+        # A preflight's answer (PreflightMiddleware) is complete as it is.
+        decorate = origin is not None and self.origins.allowed(origin) and not is_preflight(scope)
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
                 out = _vary_origin(list(message.get("headers", [])))
-                if allowed and origin is not None:
-                    out += [self._allow_origin(origin), self._expose]
+                if decorate and origin is not None:
+                    out += [self.origins.allow_origin(origin), self._expose]
                 message["headers"] = out
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
 
-    async def _answer_preflight(self, scope: Scope, send: Send, origin: str | None) -> None:
-        if origin is None:
-            # Answered before the access log: say here why a browser's upload failed.
+
+class PreflightMiddleware:
+    """Answers CORS preflights, without a token (browsers send none): 204 with the
+    methods, request headers and Max-Age allowed for an allowed origin, `403
+    ERR_ORIGIN_NOT_ALLOWED` without them for another. It sits inside the access log
+    (preflights are logged and counted) and outside the audit log (an unauthenticated
+    preflight is not an access attempt worth an entry) and the routes."""
+
+    def __init__(self, app: ASGIApp, origins: tuple[str, ...]) -> None:
+        self.app = app
+        self.origins = Origins(origins)
+        self._allow = [
+            (b"access-control-allow-methods", _joined(ALLOW_METHODS)),
+            (b"access-control-allow-headers", _joined(ALLOW_HEADERS)),
+            (b"access-control-max-age", str(MAX_AGE).encode()),
+            (b"vary", b"Origin"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_preflight(scope):
+            await self.app(scope, receive, send)
+            return
+        _, origin = origin_of(scope)
+        if origin is not None and self.origins.allowed(origin):
+            status, body = 204, b""
+            out = [self.origins.allow_origin(origin), *self._allow]
+        else:
+            scope.setdefault("state", {})["error_code"] = ERR.ORIGIN_NOT_ALLOWED.code
             log.info("preflight refused", extra={"origin": _shown_origin(scope)})
             body = problem_body(
                 GatewayError(
@@ -217,8 +251,5 @@ class CorsMiddleware:
                 (b"content-length", str(len(body)).encode()),
                 (b"vary", b"Origin"),
             ]
-        else:
-            status, body = 204, b""
-            out = [self._allow_origin(origin), *self._preflight, (b"vary", b"Origin")]
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})

@@ -17,6 +17,7 @@ from gateway.cors import (
     EXPOSE_HEADERS,
     BadOrigin,
     CorsMiddleware,
+    PreflightMiddleware,
     parse_origins,
 )
 from gateway.errors import ERR, GatewayError
@@ -105,6 +106,7 @@ def app(origins: tuple[str, ...]) -> Starlette:
         middleware=[
             Middleware(CorsMiddleware, origins=origins),
             Middleware(AccessMiddleware),
+            Middleware(PreflightMiddleware, origins=origins),
             Middleware(HttpRulesMiddleware),
             Middleware(TusMiddleware),
         ],
@@ -161,6 +163,7 @@ async def test_preflight_of_another_origin_gets_no_allow_headers() -> None:
         assert response.json()["code"] == "ERR_ORIGIN_NOT_ALLOWED"
         assert not [k for k in response.headers if k.startswith("access-control-")]
         assert response.headers["vary"] == "Origin"
+        assert "x-request-id" in response.headers  # answered inside the access log
 
 
 async def test_tus_discovery_from_a_page_is_not_a_preflight() -> None:
@@ -229,5 +232,6 @@ async def test_any_origin_is_answered_with_a_star_and_no_credentials() -> None:
 
 
 def test_no_origins_is_no_middleware() -> None:
-    with pytest.raises(ValueError, match="at least one origin"):
-        CorsMiddleware(app(()), origins=())
+    for middleware in (CorsMiddleware, PreflightMiddleware):
+        with pytest.raises(ValueError, match="at least one origin"):
+            middleware(app(()), origins=())

@@ -9,6 +9,8 @@ import pytest
 
 from tests.rawhttp import raw_request
 from tests.server import GatewayProcess
+from tests.test_audit_http import entries
+from tests.test_observability import wait_for_access
 from tests.tushttp import OCTET, assert_problem, b64, checksum_header, start_server
 
 PACS = "https://pacs.example.org"
@@ -156,6 +158,27 @@ def test_another_origin_gets_nothing(server: GatewayProcess) -> None:
         assert created.status_code == 201
         assert not [k for k in created.headers if k.startswith("access-control-")]
         assert created.headers["vary"] == "Origin"
+
+
+def test_preflights_are_logged_not_audited(server: GatewayProcess) -> None:
+    before = len(entries(server.data_dir))
+    ids = {"pf-allowed": PACS, "pf-refused": "https://evil.example"}
+    for request_id, origin in ids.items():
+        response = httpx.options(
+            server.files_url,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "X-Request-ID": request_id,
+            },
+        )
+        assert response.headers["x-request-id"] == request_id
+    lines = wait_for_access(server, set(ids))
+    assert [(line["status"], line["error_code"]) for line in lines["pf-allowed"]] == [(204, None)]
+    refused = [(line["status"], line["error_code"]) for line in lines["pf-refused"]]
+    assert refused == [(403, "ERR_ORIGIN_NOT_ALLOWED")]
+    # Anyone may send a preflight: a refused one is no access attempt for the audit log.
+    assert len(entries(server.data_dir)) == before
 
 
 def test_off_by_default(plain: GatewayProcess) -> None:
