@@ -9,7 +9,6 @@ is not a credential in the CORS sense (cookies, HTTP auth, TLS client certificat
 from __future__ import annotations
 
 import logging
-import urllib.parse
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,63 +63,6 @@ EXPOSE_HEADERS = (
     "Upload-Draft-Interop-Version",
     "Upload-Limit",
 )
-
-
-class BadOrigin(ValueError):
-    """A configured origin is not one a browser would send; the message says why."""
-
-
-def parse_origins(value: str) -> tuple[str, ...]:
-    """GATEWAY_CORS_ORIGINS as a tuple: () for "", ("*",), or exact origins, each
-    written as browsers serialise them (scheme://host[:port], lower case, no default
-    port, no path). BadOrigin naming the first entry that is not."""
-    entries = [e.strip() for e in value.split(",")]
-    if entries == [""]:
-        return ()
-    if ANY in entries:
-        if len(entries) > 1:
-            raise BadOrigin("'*' allows every origin: give it alone, not in a list")
-        return (ANY,)
-    for entry in entries:
-        _check_origin(entry)
-    return tuple(dict.fromkeys(entries))
-
-
-def _check_origin(entry: str) -> None:
-    if not entry:
-        raise BadOrigin("an empty entry (two commas in a row, or a trailing comma)")
-    if entry == "null":
-        # Sent by sandboxed frames and file:// pages: anyone can make a page send it.
-        raise BadOrigin("'null' is the origin of any sandboxed or local page; it is refused")
-    try:
-        parts = urllib.parse.urlsplit(entry)
-        port = parts.port
-    except ValueError:
-        raise BadOrigin(f"{entry!r} is not a scheme://host[:port] origin") from None
-    host = parts.hostname or ""
-    if (
-        parts.scheme not in ("http", "https")
-        or not host
-        or "@" in parts.netloc
-        or parts.path
-        or parts.query
-        or parts.fragment
-        or "?" in entry
-        or "#" in entry
-        or not entry.isascii()
-        or any(c.isspace() for c in entry)
-    ):
-        raise BadOrigin(
-            f"{entry!r} must be scheme://host[:port] with scheme http or https and no path "
-            "(not even a trailing '/')"
-        )
-    default = 443 if parts.scheme == "https" else 80
-    netloc = parts.netloc.lower()
-    if port == default:
-        netloc = netloc.rsplit(":", 1)[0]
-    serialised = f"{parts.scheme}://{netloc}"
-    if serialised != entry:
-        raise BadOrigin(f"{entry!r}: write it as browsers send it, {serialised!r}")
 
 
 def _vary_origin(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -199,3 +200,9 @@ def test_off_by_default(plain: GatewayProcess) -> None:
     for r in (response, created, httpx.get(plain.url + "/healthz", headers={"Origin": PACS})):
         assert not [k for k in r.headers if k.startswith("access-control-")]
         assert "vary" not in r.headers
+
+
+def test_a_malformed_origin_refuses_to_start(tmp_path: Path) -> None:
+    server = GatewayProcess(tmp_path / "data", env={"GATEWAY_CORS_ORIGINS": "https://Pacs.org/"})
+    with pytest.raises(RuntimeError, match=r"GATEWAY_CORS_ORIGINS: 'https://Pacs\.org/' must be"):
+        server.start(timeout=10)
