@@ -1,6 +1,8 @@
 """CORS: lets web apps on the configured origins use the gateway (GATEWAY_CORS_ORIGINS).
 
-Only built when origins are configured; without it no response carries a CORS header.
+Two middlewares, built only when origins are configured (without them no response
+carries a CORS header): `CorsMiddleware` puts the headers on every response, and
+`PreflightMiddleware` answers browsers' preflights.
 The gateway authenticates with `Authorization: Bearer`, which a page sets itself: that
 is not a credential in the CORS sense (cookies, HTTP auth, TLS client certificates), so
 `Access-Control-Allow-Credentials` is never sent and `*` may be configured.
