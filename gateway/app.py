@@ -26,6 +26,7 @@ from gateway.auth import client_of
 from gateway.catalog.base import Catalog, CatalogUnavailable
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
+from gateway.cors import CorsMiddleware, PreflightMiddleware
 from gateway.downloads import DownloadHandler
 from gateway.errors import ERR, GatewayError
 from gateway.grants_http import GrantHandler
@@ -194,6 +195,7 @@ def create_app(
             await services.close()
             catalog.close()
 
+    cors = _cors(settings)
     app = Starlette(
         routes=[
             *ietf.dispatch(handler.routes()),
@@ -207,7 +209,9 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
+            *cors[:1],
             Middleware(AccessMiddleware, base_path=settings.base_path),
+            *cors[1:],
             Middleware(AuditMiddleware, audit=services.audit, base_path=settings.base_path),
             Middleware(HttpRulesMiddleware),
             Middleware(TusMiddleware),
@@ -225,6 +229,18 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.uploads = uploads
     return app
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """None without GATEWAY_CORS_ORIGINS. Else the CORS headers, outermost so every
+    error carries them, then preflights, answered inside the access log."""
+    origins = settings.cors_origin_list
+    if not origins:
+        return []
+    return [
+        Middleware(CorsMiddleware, origins=origins),
+        Middleware(PreflightMiddleware, origins=origins),
+    ]
 
 
 def app_from_environment() -> Starlette:

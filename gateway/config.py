@@ -71,6 +71,9 @@ class Settings:
     linger_max_bytes: int = 64 * MiB
     public_url: str = ""  # e.g. https://uploads.example.org: Location is built on it; "" relative
     trusted_proxies: str = ""  # comma list of proxy IPs/CIDRs whose X-Forwarded-For/Proto count
+    # Comma list of origins (https://pacs.example.org) whose pages may call the gateway
+    # (CORS), or "*" for any; "": no CORS headers at all.
+    cors_origins: str = ""
     # Object storage: "" or "folder" for the local folder, or s3://BUCKET[/PREFIX].
     store: str = ""
     s3_endpoint: str = ""
@@ -178,6 +181,7 @@ class Settings:
                 "the keyring would sit unencrypted; mount a key file and set GATEWAY_KEK_FILE"
             )
         _ = self.trusted_proxy_list
+        _ = self.cors_origin_list
         if self.s3_max_writers < 1:
             raise ConfigError("s3_max_writers must be >= 1")
         if self.reserved_writers < 0:
@@ -228,6 +232,11 @@ class Settings:
                     f"trusted_proxies: {entry!r} is not an IP address or network"
                 ) from None
         return entries
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """cors_origins as exact origins, ("*",) or (); ConfigError if malformed."""
+        return parse_cors_origins(self.cors_origins)
 
     @property
     def uses_postgres(self) -> bool:
@@ -425,6 +434,60 @@ def _check_public_url(url: str) -> None:
         raise ConfigError(
             f"public_url {url!r} must be http(s)://host[:port] with no path, query or fragment"
         )
+
+
+def parse_cors_origins(value: str) -> tuple[str, ...]:
+    """GATEWAY_CORS_ORIGINS as a tuple: () for "", ("*",), or exact origins, each
+    written as browsers serialise them (scheme://host[:port], lower case, no default
+    port, no path): anything else would never match. ConfigError naming the first
+    entry that is not."""
+    entries = [e.strip() for e in value.split(",")]
+    if entries == [""]:
+        return ()
+    if "*" in entries:
+        if len(entries) > 1:
+            raise ConfigError("GATEWAY_CORS_ORIGINS: '*' allows every origin: give it alone")
+        return ("*",)
+    for entry in entries:
+        problem = _origin_problem(entry)
+        if problem:
+            raise ConfigError(f"GATEWAY_CORS_ORIGINS: {problem}")
+    return tuple(dict.fromkeys(entries))
+
+
+def _origin_problem(entry: str) -> str:
+    """Why `entry` is not an origin as browsers send it; "" if it is."""
+    if not entry:
+        return "an empty entry (two commas in a row, or a trailing comma)"
+    if entry == "null":
+        # Sent by sandboxed frames and file:// pages: anyone can make a page send it.
+        return "'null' is the origin of any sandboxed or local page; it is refused"
+    try:
+        parts = urllib.parse.urlsplit(entry)
+        port = parts.port
+    except ValueError:
+        return f"{entry!r} is not a scheme://host[:port] origin"
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "?" in entry
+        or "#" in entry
+        or not entry.isascii()
+        or any(c.isspace() for c in entry)
+    ):
+        return (
+            f"{entry!r} must be scheme://host[:port] with scheme http or https and no path "
+            "(not even a trailing '/')"
+        )
+    netloc = parts.netloc.lower()
+    if port == (443 if parts.scheme == "https" else 80):
+        netloc = netloc.rsplit(":", 1)[0]
+    serialised = f"{parts.scheme}://{netloc}"
+    return "" if serialised == entry else f"{entry!r}: write it as browsers send it, {serialised!r}"
 
 
 def is_loopback_host(host: str) -> bool:

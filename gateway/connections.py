@@ -213,6 +213,12 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         if self._header_lines > MAX_HEADER_LINES:
             self._too_many_lines = True
             raise httptools.HttpParserError("too many header lines")
+        if not self._headers_pending:
+            # A chunked trailer field. uvicorn would append it to the request's headers
+            # (scope["headers"]), before the app reads them if it came in the same read:
+            # a field a proxy passed on as trailer would count as a header. ASGI has
+            # no request trailers; drop it.
+            return
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

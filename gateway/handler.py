@@ -145,6 +145,12 @@ class TusHandler:
                 ERR.INVALID_UPLOAD_LENGTH, "send Upload-Length, or Upload-Defer-Length: 1"
             )
         with_body = _content_type(request) == OFFSET_STREAM
+        if not with_body and _has_body(request):
+            # tus creation-with-upload: the body follows PATCH rules. Any other body
+            # would be dropped unread while the upload is created empty.
+            raise GatewayError(
+                ERR.INVALID_CONTENT_TYPE, f"a creation body must be sent as {OFFSET_STREAM}"
+            )
         if with_body:  # creation-with-upload writes too
             self.grants.require(principal, Action.WRITE)
         checksum = self._checksum(request) if with_body else None
@@ -194,10 +200,17 @@ class TusHandler:
 
     async def head(self, principal: Principal, upload_id: str) -> Response:
         upload = await self.uploads.head(principal, upload_id)
-        headers = {"Cache-Control": "no-store", "Upload-Offset": str(upload.offset)}
-        if upload.length is None:
+        headers = {"Cache-Control": "no-store"}
+        if upload.partials and upload.state != UploadState.COMPLETE:
+            # An unfinished final: no Upload-Offset until it is concatenated (tus
+            # concatenation), Upload-Length once every partial's length is known.
+            if upload.length is not None:
+                headers["Upload-Length"] = str(upload.length)
+        elif upload.length is None:
+            headers["Upload-Offset"] = str(upload.offset)
             headers["Upload-Defer-Length"] = "1"
         else:
+            headers["Upload-Offset"] = str(upload.offset)
             headers["Upload-Length"] = str(upload.length)
         metadata = await self.uploads.open_metadata(upload)
         if metadata is not None:
@@ -237,9 +250,17 @@ class TusHandler:
                 settled=True,
                 upload_tenant=upload.tenant,
             )
+            await self._settle_finals(request, upload)
         return Response(status_code=204, headers=_progress_headers(upload))
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _settle_finals(self, request: Request, partial: Upload) -> None:
+        """Complete the unfinished finals waiting for `partial` (concatenation-unfinished)."""
+        for final in await self.uploads.settle_finals_of(partial):
+            note(
+                request, audit.UPLOAD_COMPLETED, final.id, settled=True, upload_tenant=final.tenant
+            )
 
     def _checksum(self, request: Request) -> tus.ChecksumHeader | None:
         return tus.parse_upload_checksum(
@@ -275,6 +296,14 @@ def _content_type(request: Request) -> str:
     if len(values) > 1:
         raise GatewayError(ERR.INVALID_CONTENT_TYPE, "send one Content-Type header, not several")
     return _media_type(values[0] if values else None)
+
+
+def _has_body(request: Request) -> bool:
+    """Whether the request has a body: chunked, or a Content-Length other than 0."""
+    h = request.headers
+    return "transfer-encoding" in h or any(
+        v.strip() not in ("", "0") for v in h.getlist("content-length")
+    )
 
 
 def _media_type(value: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -13,6 +14,7 @@ from gateway import metrics
 from gateway.catalog.base import (
     LegacyMetadataCatalog,
     Principal,
+    RemovalCatalog,
     Upload,
     UploadCatalog,
     UploadState,
@@ -43,11 +45,13 @@ EXTENSIONS = (
     "checksum",
     "expiration",
     "concatenation",
+    "concatenation-unfinished",
 )
 
 
-class UploadsCatalog(UploadCatalog, LegacyMetadataCatalog, Protocol):
-    """What `Uploads` reads and writes: uploads, and the legacy metadata it seals at start."""
+class UploadsCatalog(UploadCatalog, LegacyMetadataCatalog, RemovalCatalog, Protocol):
+    """What `Uploads` reads and writes: uploads, the legacy metadata it seals at start,
+    and which finals list a partial (`finals_using`)."""
 
 
 async def empty_body() -> AsyncIterator[bytes]:
@@ -132,6 +136,12 @@ class Uploads:
 
     async def _finish_cut(self, principal: Principal, upload: Upload) -> Upload:
         upload_id = upload.id
+        if upload.partials:
+            # An unfinished final completes here if its last partial's request did not
+            # get to it (a crash, another process holding it).
+            return (
+                await self._settle_final(upload) if upload.state == UploadState.ACTIVE else upload
+            )
         if (
             upload.state == UploadState.ACTIVE
             and upload.length is not None
@@ -152,6 +162,7 @@ class Uploads:
                     body=empty_body(),
                     acquire_wait=self.leases.takeover_wait,
                 )
+                await self.settle_finals_of(upload)
             except GatewayError as exc:
                 if exc.err not in (ERR.UPLOAD_LOCKED, ERR.SERVER_BUSY):
                     raise
@@ -260,10 +271,51 @@ class Uploads:
     async def create_final(
         self, principal: Principal, *, concat: str, partial_ids: list[str], metadata: str | None
     ) -> Upload:
-        """A final upload: an ordered list of finished partials, no byte copied."""
-        return await self.finals.create(
+        """A final upload: an ordered list of partials, no byte copied; complete at once
+        if they all are, else when the last one completes (`settle_finals_of`)."""
+        final = await self.finals.create(
             principal, concat=concat, partial_ids=partial_ids, metadata=metadata
         )
+        if final.state == UploadState.ACTIVE:
+            # A partial may have completed since it was read, before this final existed.
+            with contextlib.suppress(GatewayError):  # its HEAD says what went wrong
+                final = await self._settle_final(final)
+        return final
+
+    async def settle_finals_of(self, partial: Upload) -> list[Upload]:
+        """After `partial` completed: complete the unfinished finals listing it whose
+        partials are now all complete; the finals completed. Never raises for a final:
+        one left unfinished is completed by its next HEAD or GET."""
+        if partial.concat != "partial" or partial.state != UploadState.COMPLETE:
+            return []
+        done = []
+        for final_id in await self.runner.db(self.catalog.finals_using, partial.id):
+            final = await self.runner.db(self.catalog.get_upload, final_id)
+            if final is None or final.state != UploadState.ACTIVE:
+                continue
+            try:
+                settled = await self._settle_final(final)
+            except GatewayError as exc:
+                log.info("final not settled", extra={"upload_id": final_id, "error_code": exc.code})
+                continue
+            if settled.state == UploadState.COMPLETE:
+                done.append(settled)
+        return done
+
+    async def _settle_final(self, final: Upload) -> Upload:
+        """`Finals.settle` under the final's lease (taken from whoever holds it); the
+        final as it was if the lease cannot be had now (someone is settling it)."""
+        load = functools.partial(self.catalog.get_upload, final.id)
+        try:
+            async with self.leases.held(final.id, load=load) as control:
+                loaded = control.loaded
+                if not isinstance(loaded, Upload) or loaded.state != UploadState.ACTIVE:
+                    return loaded if isinstance(loaded, Upload) else final
+                return await self.finals.settle(loaded, control.lease)
+        except GatewayError as exc:
+            if exc.err not in (ERR.UPLOAD_LOCKED, ERR.SERVER_BUSY):
+                raise
+            return final
 
     async def terminate(self, principal: Principal, upload_id: str) -> str | None:
         """Remove the upload (tus termination); its deletion receipt (compact JWS), or

@@ -28,6 +28,7 @@ from tests.tushttp import (
     UNKNOWN_ID,
     Tus,
     assert_problem,
+    b64,
     tus_client,
     upload_id,
 )
@@ -182,6 +183,20 @@ def test_endless_chunked_trailers_are_cut(tus: Tus) -> None:
             pass  # closed already: what we want
         assert _closed_by_server(sock, LINGER_TIMEOUT + 5)
     assert tus.offset(url) in (0, 3)  # what arrived may be kept; nothing else
+
+
+def test_chunked_trailer_fields_are_not_request_headers(tus: Tus) -> None:
+    # Sent in one piece, the trailer is parsed before the app reads the request; a
+    # field there must not count as a header (here: a wrong checksum, or a method).
+    url = _create(tus, 10)
+    headers = {**tus.server.auth, "Content-Type": OCTET, "Upload-Offset": "0"}
+    headers["Transfer-Encoding"] = "chunked"
+    head = request_head("PATCH", "/files/" + upload_id(url), tus.server.port, headers)
+    trailer = b"Upload-Checksum: sha1 " + b64(b"x" * 20).encode() + b"\r\n"
+    trailer += b"X-HTTP-Method-Override: DELETE\r\n"
+    response = raw_request(tus.server.port, head, b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n")
+    assert response.status == 204, response.body
+    assert tus.offset(url) == 3
 
 
 # -- Host and Location -------------------------------------------------------------------

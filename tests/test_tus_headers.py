@@ -248,8 +248,8 @@ def test_checksum_absent() -> None:
         (["sha1 !!!"], ERR.INVALID_CHECKSUM),
         (["sha1 2jmj7l5rSw0yVb/vlWAYkK/YBwk"], ERR.INVALID_CHECKSUM),  # unpadded
         (["sha1 2jmj7l5rSw0yVb_vlWAYkK_YBwk="], ERR.INVALID_CHECKSUM),  # base64url alphabet
-        ([f"sha1 {SHA256_EMPTY}"], ERR.INVALID_CHECKSUM),  # a sha256 digest: wrong length
-        (["crc32 y/Q5"], ERR.INVALID_CHECKSUM),  # 3 bytes
+        ([f"sha1 {SHA256_EMPTY}"], ERR.CHECKSUM_MISMATCH),  # a sha256 digest: wrong length
+        (["crc32 y/Q5"], ERR.CHECKSUM_MISMATCH),  # 3 bytes
         (["crc32 y/Q5Jg"], ERR.INVALID_CHECKSUM),
         (["crc32 y/Q5Jh=="], ERR.INVALID_CHECKSUM),  # non-zero pad bits
         (["sha1"], ERR.INVALID_CHECKSUM),  # missing digest
@@ -262,7 +262,7 @@ def test_checksum_absent() -> None:
         ([f"sha1\t{SHA1_EMPTY}"], ERR.INVALID_CHECKSUM),
         ([f"sha1 {SHA1_EMPTY}\r\nX: y"], ERR.INVALID_CHECKSUM),
         ([f"sha1 {SHA1_EMPTY}", f"sha1 {SHA1_EMPTY}"], ERR.INVALID_CHECKSUM),  # duplicates
-        (["sha1 " + "A" * 100_000], ERR.INVALID_CHECKSUM),
+        (["sha1 " + "A" * 100_000], ERR.CHECKSUM_MISMATCH),
     ],
 )
 def test_checksum_invalid(values: list[str], err: ERR) -> None:

@@ -475,11 +475,48 @@ async def test_final_concatenation_is_virtual(service: Uploads, store: MemorySto
     assert manifest.verify(jws, keys) == document
 
 
-async def test_unfinished_partial_cannot_be_concatenated(service: Uploads) -> None:
+async def test_a_final_of_unfinished_partials_completes_on_its_next_look(
+    service: Uploads, store: MemoryStore
+) -> None:
+    # concatenation-unfinished. The request completing the last partial settles the
+    # final over HTTP; if it did not get to it (a crash), the next look does.
+    a, b = os.urandom(S + 3), os.urandom(17)
+    part_a = await service.create(ME, length=len(a), metadata=None, partial_concat="partial")
+    part_b = await service.create(ME, length=None, metadata=None, partial_concat="partial")
+    await service.write(ME, part_a.id, offset=0, body=body(a[:5]))
+    ids = [part_a.id, part_b.id]
+    final = await service.create_final(ME, concat="final;x", partial_ids=ids, metadata=None)
+    assert (final.state, final.length, final.offset) == (UploadState.ACTIVE, None, 0)
+    assert not any(k.startswith(final.id) for k in store.objects)
+    await service.write(ME, part_a.id, offset=5, body=body(a[5:]))
+    assert (await service.get(ME, final.id)).length is None  # b's length is not known yet
+    await service.write(ME, part_b.id, offset=0, body=body(b), length=len(b))
+    assert service.catalog.get_upload(final.id).state == UploadState.ACTIVE  # type: ignore[union-attr]
+    final = await service.get(ME, final.id)
+    assert (final.state, final.length, final.offset) == (COMPLETE, len(a) + len(b), len(a) + len(b))
+    assert service.catalog.get_upload(final.id) == final
+    assert read(service, final) == a + b
+    document = json.loads(store.objects[f"{final.id}/manifest.json"])
+    assert [p["id"] for p in document["parts"]] == ids
+    assert document["plaintext"] == {"size": len(a) + len(b)}
+
+
+async def test_a_final_whose_partial_expired_is_gone_then_reaped(
+    service: Uploads, clock: Clock
+) -> None:
     part = await service.create(ME, length=10, metadata=None, partial_concat="partial")
+    done = await service.create(ME, length=1, metadata=None, partial_concat="partial")
+    await service.write(ME, done.id, offset=0, body=body(b"x"))
+    ids = [done.id, part.id]
+    final = await service.create_final(ME, concat="final;x", partial_ids=ids, metadata=None)
+    clock.now += 101  # the unfinished partial expires (upload_ttl 100)
     with pytest.raises(GatewayError) as caught:
-        await service.create_final(ME, concat="final;x", partial_ids=[part.id], metadata=None)
-    assert caught.value.err is ERR.UPLOAD_NOT_FINISHED
+        await service.get(ME, final.id)
+    assert caught.value.err is ERR.UPLOAD_GONE
+    await service.reap_once()
+    for upload_id in (final.id, part.id):
+        assert service.catalog.get_upload(upload_id) is None
+    assert (await service.get(ME, done.id)).state == COMPLETE  # another final may use it
 
 
 async def test_expired_uploads_are_gone_then_reaped(

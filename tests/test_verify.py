@@ -498,6 +498,20 @@ def test_a_final_concatenation_verifies_through_its_partials(server: GatewayProc
     assert httpx.get(f"{server.files_url}{final_id}", headers=server.auth).content == data
 
 
+def test_a_final_made_before_its_partials_finished_verifies(server: GatewayProcess) -> None:
+    first, second = os.urandom(70_000), os.urandom(1234)
+    done = upload_id(upload(server, first, None, **{"Upload-Concat": "partial"}))
+    url = create(server, len(second), **{"Upload-Concat": "partial"})
+    response = _final(server, [done, upload_id(url)])
+    assert response.status_code == 201, response.text
+    final_id = upload_id(response.headers["Location"])
+    assert verify(server, final_id).code == 1  # not complete yet: nothing signed to check
+    send(server, url, second, 0)
+    result = verify(server, final_id)
+    assert result.code == 0, result
+    assert httpx.get(f"{server.files_url}{final_id}", headers=server.auth).content == first + second
+
+
 def test_a_damaged_partial_fails_its_final(server: GatewayProcess) -> None:
     final_id, part_ids, _ = _final_of_two(server)
     flip_stored_byte(server.data_dir, data_key(part_ids[1]), -1)
