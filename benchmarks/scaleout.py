@@ -80,6 +80,7 @@ from tests.server import GatewayProcess, S3Target
 GB = 1_000_000_000
 CATALOG_HISTOGRAM = "gateway_catalog_operation_duration_seconds"
 TX_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
+IDLE_REOPEN = 3.0  # seconds a client's connection may sit idle before it opens a new one
 
 
 @dataclass(frozen=True)
@@ -136,22 +137,43 @@ class Client:
         self.patch = patch
         self.stats = ClientStats()
         self._conns: dict[int, http.client.HTTPConnection] = {}
+        self._used: dict[int, float] = {}
 
     def _request(
         self, which: int, method: str, path: str, headers: dict[str, str], body: Any = None
     ) -> http.client.HTTPResponse:
         ep = self.endpoints[which]
         conn = self._conns.get(which)
+        if conn is not None and time.monotonic() - self._used[which] > IDLE_REOPEN:
+            conn.close()  # the server may be closing it (uvicorn keeps idle ones 5 s)
+            conn = None
         if conn is None:
             conn = self._conns[which] = http.client.HTTPConnection(ep.host, ep.port, timeout=120)
-        conn.request(
-            method,
-            path,
-            body=body,
-            headers={"Authorization": f"Bearer {ep.token}", "Tus-Resumable": "1.0.0", **headers},
-        )
+        try:
+            conn.request(
+                method,
+                path,
+                body=body,
+                headers={
+                    "Authorization": f"Bearer {ep.token}",
+                    "Tus-Resumable": "1.0.0",
+                    **headers,
+                },
+            )
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # Answered and closed before the body was all sent: say what the answer was.
+            try:
+                early = conn.getresponse()
+                text = early.read()[:300]
+            except (OSError, http.client.HTTPException):
+                raise exc from None
+            raise RuntimeError(
+                f"{method} to instance {which} answered {early.status} before the body "
+                f"was sent: {text!r}"
+            ) from exc
         response = conn.getresponse()
         response.read()
+        self._used[which] = time.monotonic()
         return response
 
     def upload(self, first: int, spread: bool) -> None:
@@ -175,7 +197,8 @@ class Client:
             self.stats.patch_s.append(time.perf_counter() - t0)
             if r.status != 204 or r.headers.get("Upload-Offset") != str(end):
                 raise RuntimeError(
-                    f"PATCH answered {r.status}, Upload-Offset {r.headers.get('Upload-Offset')}"
+                    f"PATCH to instance {which} answered {r.status}, "
+                    f"Upload-Offset {r.headers.get('Upload-Offset')}"
                 )
             self.stats.bytes += end - offset
             offset = end
@@ -431,6 +454,10 @@ def run_config(
                 raise AssertionError(f"{cfg.name}: {c.stats.uploads[-1]} reads back as {got}")
         stmts = stmts1 - stmts0 if counted else None
         return summarize(cfg, clients, wall, cpu0, cpu1, scrape1 - scrape0, stmts)
+    except BaseException:
+        for gw in gateways:
+            log(f"--- {cfg.name}, gateway on port {gw.port}, end of its log:\n{gw.log()[-3000:]}")
+        raise
     finally:
         for gw in gateways:
             gw.stop()
