@@ -632,6 +632,10 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
     raise TimeoutError("the benchmark ran past --time-limit")
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--clients", type=int, default=6, help="concurrent uploaders (6)")
@@ -656,7 +660,10 @@ def main() -> int:
         help="round-robin clients over instances (client), or each PATCH too (patch)",
     )
     parser.add_argument(
-        "--time-limit", type=float, default=900, help="stop everything after this (900 s)"
+        "--time-limit",
+        type=float,
+        help="stop everything after this many seconds (default: 120 + 90 per configuration "
+        "run + the --seconds of every run)",
     )
     args = parser.parse_args()
     configs = [ALL_CONFIGS[name] for name in args.configs.split(",")]
@@ -667,8 +674,10 @@ def main() -> int:
 
     # The in-process token minting's "schema migrated" warnings are not news here.
     logging.getLogger("gateway").setLevel(logging.ERROR)
+    limit = args.time_limit or 120 + len(configs) * args.repeat * (90 + args.seconds)
     signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(int(args.time_limit))
+    signal.signal(signal.SIGTERM, _terminated)  # so that the finally blocks stop everything
+    signal.alarm(max(1, int(limit)))
     started = time.time()
     f = random_file(args.file_mib * MiB)
     data = f.path.read_bytes()
