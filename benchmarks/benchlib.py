@@ -21,7 +21,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
+
+if TYPE_CHECKING:
+    from tests.postgres import PostgresServer
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -572,3 +576,51 @@ def tuspy(server: Server, f: TestFile, chunk: int) -> UploadResult:
 
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+# -- PostgreSQL with pg_stat_statements ------------------------------------------------------
+
+
+def start_postgres_with_statements() -> tuple[PostgresServer, bool]:
+    """tests/postgres.py's server (temp cluster, 127.0.0.1, free port, fsync off),
+    restarted once with pg_stat_statements preloaded so every statement's calls, time
+    and rows can be counted (BEGIN, COMMIT and SET included: track_utility is on by default).
+
+    Returns the server and whether pg_stat_statements is on (False, with a warning, when
+    the module is not installed). FileNotFoundError when PostgreSQL is not installed.
+    """
+    import psycopg
+
+    from tests import postgres
+
+    server = postgres.start_postgres()
+    try:
+        bin_dir = postgres.find_bin_dir()
+        lib_dir = bin_dir.parent / "lib" if bin_dir is not None else Path("/nonexistent")
+        if not (lib_dir / "pg_stat_statements.so").is_file():
+            log(f"warning: no pg_stat_statements module in {lib_dir}: statements not counted")
+            return server, False
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        old = server.process
+        old.send_signal(signal.SIGINT)  # fast shutdown, then the same command again
+        old.wait(30)
+        owner = postgres._run_as()
+        root = server.root
+        with open(root / "server.log", "ab") as logf:
+            server.process = subprocess.Popen(
+                old.args,
+                stdout=logf, stderr=subprocess.STDOUT, cwd=root,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C",
+                     "HOME": str(root)},
+                user=None if owner is None else owner.pw_uid,
+                group=None if owner is None else owner.pw_gid,
+                extra_groups=None if owner is None else [],
+            )  # fmt: skip
+        postgres._wait_ready(server)
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    except BaseException:
+        server.stop()
+        raise
+    return server, True
