@@ -43,6 +43,8 @@ class PostgresDatabase:
             open=False,
             name="catalog",
             timeout=CONNECTION_WAIT,
+            # Autocommit: a lone read is one round trip; `_tx` opens real transactions.
+            kwargs={"autocommit": True},
         )
         try:
             self._pool.open(wait=True, timeout=30.0)
