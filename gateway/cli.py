@@ -1,6 +1,7 @@
 """The `gateway` command: serve, API keys (gateway/tokencli.py), verify, administer keys
-(gateway/keycli.py), the audit log (gateway/auditcli.py) and the lifecycle commands
-(hold, release-hold, delete, receipt: gateway/admincli.py)."""
+(gateway/keycli.py), the audit log (gateway/auditcli.py), the webhooks' outbox
+(gateway/hookcli.py) and the lifecycle commands (hold, release-hold, delete, receipt:
+gateway/admincli.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import admincli, auditcli, keycli, logs, migratecli, tokencli
+from gateway import admincli, auditcli, hookcli, keycli, logs, migratecli, tokencli
 from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import CatalogUnavailable, Principal, SchemaMismatch
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     tokencli.add_parser(sub)
     keycli.add_parser(sub)
     auditcli.add_parser(sub)
+    hookcli.add_parser(sub)
     migratecli.add_parser(sub)
     admincli.add_parsers(sub)
     return parser
@@ -88,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keycli.main(args)
         if args.command == "audit":
             return auditcli.main(args)
+        if args.command == "hooks":
+            return hookcli.main(args)
         if args.command == "migrate":
             return migratecli.main(args)
         if args.command == "verify":

@@ -19,6 +19,7 @@ from gateway.catalog.base import (
 )
 from gateway.errors import ERR, GatewayError
 from gateway.finals import Finals
+from gateway.hooks.precreate import PreCreateHook
 from gateway.keys.base import KeyProvider
 from gateway.layout import data_key
 from gateway.leases import Leases
@@ -77,6 +78,7 @@ class Uploads:
         writes: Writes,
         removal: Removal,
         finals: Finals,
+        pre_create: PreCreateHook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rules = rules
@@ -89,6 +91,7 @@ class Uploads:
         self.writes = writes
         self.removal = removal
         self.finals = finals
+        self.pre_create = pre_create  # asked before anything of an upload is stored
         self.clock = clock
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -190,6 +193,10 @@ class Uploads:
                 f"Upload-Length exceeds this server's Tus-Max-Size of {self.rules.max_size}",
             )
         await check_quota(self.rules, self.runner, self.catalog, principal, length or 0)
+        if self.pre_create is not None:
+            await self.pre_create.check(
+                principal, length=length, metadata=metadata, concat=partial_concat
+            )
         upload_id = new_upload_id()
         dek, dek_id = os.urandom(32), os.urandom(16)
         header = new_header(
@@ -261,6 +268,8 @@ class Uploads:
         self, principal: Principal, *, concat: str, partial_ids: list[str], metadata: str | None
     ) -> Upload:
         """A final upload: an ordered list of finished partials, no byte copied."""
+        if self.pre_create is not None:
+            await self.pre_create.check(principal, length=None, metadata=metadata, concat=concat)
         return await self.finals.create(
             principal, concat=concat, partial_ids=partial_ids, metadata=metadata
         )

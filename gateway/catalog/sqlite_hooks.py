@@ -118,7 +118,8 @@ class SQLiteHookOutbox:
         after: tuple[float, str, str] | None = None,
         limit: int = 100,
     ) -> list[HookDelivery]:
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[object] = []
         if dead is not None:
             where.append("dead = ?")
             params.append(dead)
