@@ -109,7 +109,12 @@ class Deliverer:
         started = time.perf_counter()
         try:
             answer = await post_signed(
-                self._client, row.target, row.body, secret=self._secret, event_id=row.event_id
+                self._client,
+                row.target,
+                row.body,
+                secret=self._secret,
+                event_id=row.event_id,
+                clock=self._clock,
             )
             error = None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
         except HookUnreachable as exc:

@@ -61,6 +61,7 @@ class PreCreateHook:
                 secret=self._secret,
                 event_id=event_id,
                 read_limit=ANSWER_LIMIT,
+                clock=self._clock,
             )
             problem = None if answer.status == 200 else f"HTTP {answer.status}"
         except HookUnreachable as exc:
