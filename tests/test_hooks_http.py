@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from gateway.hooks.signing import verify
 from tests.hook_receiver import HookReceiver, ReceiverProcess
+from tests.postgres import PostgresServer
 from tests.server import GatewayProcess, free_port
 from tests.tushttp import assert_problem, create, send, upload
 
@@ -231,3 +233,65 @@ def test_the_pre_create_hook_accepts_rejects_and_fails_closed(
     assert unavailable.headers["Retry-After"] == "10"
     assert metric(server, 'gateway_hook_pre_create_total{outcome="rejected"}') == 1
     assert metric(server, 'gateway_hook_pre_create_total{outcome="unavailable"}') == 1
+
+
+def test_a_final_concatenation_is_announced_like_any_upload(
+    receiver: HookReceiver, start_gateway: Callable[..., GatewayProcess]
+) -> None:
+    server = start_gateway(GATEWAY_HOOK_URL=receiver.url)
+    partial = {"Upload-Concat": "partial"}
+    partials = [upload(server, part, None, **partial) for part in (b"ab", b"cd")]
+    final = httpx.post(
+        server.files_url,
+        headers={**server.auth, "Upload-Concat": "final;" + " ".join(partials)},
+        timeout=30,
+    )
+    assert final.status_code == 201, final.text
+    events = [r.json() for r in receiver.wait_for(3)]
+    kinds = {e["upload"]["id"]: (e["upload"]["concat"], e["upload"]["length"]) for e in events}
+    final_id = final.headers["Location"].rsplit("/", 1)[1]
+    assert kinds == {
+        partials[0].rsplit("/", 1)[1]: ("partial", 2),
+        partials[1].rsplit("/", 1)[1]: ("partial", 2),
+        final_id: ("final", 4),
+    }
+    final_event = next(e for e in events if e["upload"]["id"] == final_id)
+    assert jws_payload(final_event["manifest"])["upload"]["id"] == final_id
+
+
+def test_gateways_sharing_a_postgresql_catalog_deliver_each_event_once(
+    receiver: HookReceiver, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    database = postgres.create_database()
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    (keys / "kek").write_bytes(os.urandom(32))
+    (keys / "kek").chmod(0o600)
+    shared = {
+        **FAST,
+        "GATEWAY_CATALOG": postgres.dsn(database),
+        "GATEWAY_KEYRING_PATH": str(keys / "keyring.json"),
+        "GATEWAY_KEK_FILE": str(keys / "kek"),
+        "GATEWAY_HOOK_URL": receiver.url,
+        "GATEWAY_HOOK_POLL_INTERVAL": "0.05",
+    }
+    gateways: list[GatewayProcess] = []
+    try:
+        for name in ("a", "b", "c"):
+            gateways.append(GatewayProcess(tmp_path / name, env=dict(shared)).start())
+        ids = [upload(gateways[i % 3], b"s" * i).rsplit("/", 1)[1] for i in range(12)]
+        received = receiver.wait_for(12)
+
+        def delivered() -> float:
+            label = 'gateway_hook_deliveries_total{outcome="delivered"}'
+            return sum(metric(g, label) for g in gateways)
+
+        wait_until(lambda: delivered() == 12)
+        time.sleep(0.5)  # a second delivery of any row would have come by now
+        assert sorted(r.json()["upload"]["id"] for r in receiver.received) == sorted(ids)
+        assert len({r.event_id for r in received}) == 12
+        assert delivered() == 12
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        postgres.drop_database(database)
