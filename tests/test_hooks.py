@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -348,3 +349,22 @@ def test_reasons_are_printable_and_short() -> None:
     long = sanitize("x" * 1000)
     assert len(long) == REASON_LIMIT and long.endswith("…")
     assert os.linesep not in sanitize("a\nb")
+
+
+def test_the_readme_s_receiver_snippet_verifies_our_signatures() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("import hashlib, hmac, time")
+    snippet = readme[start : readme.index("```", start)]
+    scope: dict[str, object] = {}
+    exec(snippet, scope)
+    check = scope["verify_gateway_signature"]
+    assert callable(check)
+    body, now = b'{"id":"evt_1"}', int(time.time())
+    check(SECRET, body, sign(SECRET, body, now))
+    for bad_body, header in [
+        (body + b"x", sign(SECRET, body, now)),
+        (body, sign(SECRET, body, now - 301)),
+        (body, sign(b"another-secret-0123456789", body, now)),
+    ]:
+        with pytest.raises(ValueError):
+            check(SECRET, bad_body, header)
