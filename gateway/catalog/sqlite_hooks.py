@@ -70,13 +70,18 @@ class SQLiteHookOutbox:
     def claim_hook_deliveries(
         self, holder: str, now: float, claim_for: float, limit: int = 10
     ) -> list[HookDelivery]:
+        due = (
+            "FROM hook_outbox WHERE NOT dead AND next_attempt_at <= ? "
+            "AND (claimed_until IS NULL OR claimed_until <= ?)"
+        )
+        # A read first: an idle outbox (the common case) costs no write lock each poll.
+        if not self._query(f"SELECT 1 {due} LIMIT 1", (now, now)):
+            return []
         # BEGIN IMMEDIATE: the write lock is taken before the rows are chosen, so two
         # processes never claim the same row.
         with self._tx(durable=False) as cur:
             rows = cur.execute(
-                f"SELECT {COLUMNS} FROM hook_outbox WHERE NOT dead AND next_attempt_at <= ? "
-                "AND (claimed_until IS NULL OR claimed_until <= ?) "
-                "ORDER BY next_attempt_at, created_at LIMIT ?",
+                f"SELECT {COLUMNS} {due} ORDER BY next_attempt_at, created_at LIMIT ?",
                 (now, now, limit),
             ).fetchall()
             cur.executemany(
