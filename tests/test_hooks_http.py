@@ -4,8 +4,10 @@ fails, hangs, dies and recovers, and `gateway hooks list|retry` run as commands.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -74,6 +76,11 @@ def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def uploads_in_catalog(server: GatewayProcess) -> int:
+    with contextlib.closing(sqlite3.connect(server.data_dir / "catalog.sqlite3")) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM uploads").fetchone()[0])
 
 
 def jws_payload(jws: str) -> dict[str, Any]:
@@ -226,10 +233,12 @@ def test_the_pre_create_hook_accepts_rejects_and_fails_closed(
     assert problem["detail"] == (
         "rejected by the pre-create hook: no study is scheduled for this patient"
     )
+    assert uploads_in_catalog(server) == 1  # nothing of the refused one was stored
 
     receiver.close()  # unreachable: refused, not let through
     unavailable = httpx.post(server.files_url, headers=headers, timeout=30)
     assert_problem(unavailable, 503, "ERR_HOOK_UNAVAILABLE")
+    assert uploads_in_catalog(server) == 1
     assert unavailable.headers["Retry-After"] == "10"
     assert metric(server, 'gateway_hook_pre_create_total{outcome="rejected"}') == 1
     assert metric(server, 'gateway_hook_pre_create_total{outcome="unavailable"}') == 1
