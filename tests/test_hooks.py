@@ -15,9 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.catalog.base import HookEvent, Principal, UploadState
+from gateway.catalog.base import (
+    CatalogUnavailable,
+    HookEvent,
+    Lease,
+    Principal,
+    Progress,
+    UploadState,
+)
 from gateway.catalog.sqlite import SQLiteCatalog
-from gateway.config import ConfigError, load_settings
+from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import ERR, GatewayError
 from gateway.hooks.delivery import Deliverer, DeliveryPolicy, backoff
 from gateway.hooks.events import CompletionEvents, metadata_sizes, pre_create_body
@@ -25,8 +32,11 @@ from gateway.hooks.http import safe_url
 from gateway.hooks.precreate import REASON_LIMIT, PreCreateHook, sanitize
 from gateway.hooks.signing import InvalidSignature, sign, verify
 from gateway.keys.base import WrappedKey
+from gateway.keys.keyring import LocalKeyring
+from gateway.layout import manifest_keys
 from gateway.runner import Runner
-from tests.fakes import upload_row
+from gateway.wiring import build_services
+from tests.fakes import MemoryStore, upload_row
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
@@ -368,3 +378,56 @@ def test_the_readme_s_receiver_snippet_verifies_our_signatures() -> None:
     ]:
         with pytest.raises(ValueError):
             check(SECRET, bad_body, header)
+
+
+# -- a completion and its event are one -------------------------------------------------
+
+
+class CompletionFailsOnce(SQLiteCatalog):
+    """The commit that would complete an upload fails once, as if the gateway died
+    between signing the manifest and recording the completion."""
+
+    fail = True
+
+    def commit(self, lease: Lease, progress: Progress) -> None:
+        if progress.complete_at is not None and self.fail:
+            self.fail = False
+            raise CatalogUnavailable("injected")
+        super().commit(lease, progress)
+
+
+async def body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def test_a_completion_cut_short_is_announced_once_when_redone(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        segment_size=64 * 1024,
+        hook_url="http://127.0.0.1:9/hook",
+        hook_secret="s" * 16,
+        hook_poll_interval=3600,  # one look at the start, then nothing
+    )
+    catalog = CompletionFailsOnce(tmp_path / "catalog.sqlite3")
+    store = MemoryStore()
+    services = build_services(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "keyring.json")
+    )
+    await services.start()
+    try:
+        me = Principal("alice", "t1")
+        upload = await services.uploads.create(me, length=5, metadata="filename YWJj")
+        with pytest.raises(GatewayError) as cut:
+            await services.uploads.write(me, upload.id, offset=0, body=body(b"hello"))
+        assert cut.value.err is ERR.CATALOG_UNAVAILABLE
+        assert catalog.hook_deliveries() == []  # signed, but not complete: no event
+        done = await services.uploads.get(me, upload.id)  # the completion is redone
+        assert done.state is UploadState.COMPLETE
+        (row,) = catalog.hook_deliveries()
+        event = json.loads(row.body)
+        assert (row.upload_id, event["upload"]["id"]) == (upload.id, upload.id)
+        _, jws_key = manifest_keys(upload.id)
+        assert event["manifest"] == store.objects[jws_key].decode()  # the one kept
+    finally:
+        await services.close()
+        catalog.close()
