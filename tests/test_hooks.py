@@ -24,7 +24,7 @@ from gateway.catalog.base import (
     UploadState,
 )
 from gateway.catalog.sqlite import SQLiteCatalog
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.errors import ERR, GatewayError
 from gateway.hooks.delivery import Deliverer, DeliveryPolicy, backoff
 from gateway.hooks.events import CompletionEvents, metadata_sizes, pre_create_body
@@ -157,6 +157,7 @@ def test_hook_settings_are_checked(tmp_path: Path) -> None:
     assert ok.hook_urls == ("https://a.example/h", "http://127.0.0.1:9/h")
     assert ok.hook_key() == b"s" * 16
     assert "s" * 16 not in repr(ok)
+    assert "GATEWAY_HOOK_SECRET" not in export_environment(ok)  # workers inherit it instead
     secret_file = tmp_path / "hook-secret"
     secret_file.write_text("f" * 32 + "\n")
     secret_file.chmod(0o600)
