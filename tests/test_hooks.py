@@ -4,6 +4,7 @@ and the pre-create hook's verdicts, with httpx's MockTransport as the receiver."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -432,3 +433,21 @@ async def test_a_completion_cut_short_is_announced_once_when_redone(tmp_path: Pa
     finally:
         await services.close()
         catalog.close()
+
+
+async def test_a_hook_trickling_its_answer_is_cut_after_twice_the_timeout() -> None:
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(50):
+            await asyncio.sleep(0.05)  # each read well within the timeout
+            yield b" "
+
+    async def respond(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=trickle())
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(respond), timeout=0.2)
+    hook = PreCreateHook("https://pre.example/h", secret=SECRET, client=client)
+    started = time.monotonic()
+    with pytest.raises(GatewayError) as caught:
+        await check(hook)
+    assert caught.value.err is ERR.HOOK_UNAVAILABLE
+    assert time.monotonic() - started < 1.0

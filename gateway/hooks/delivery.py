@@ -39,7 +39,8 @@ class DeliveryPolicy:
 
     @property
     def claim_for(self) -> float:
-        """How long a claim keeps others off a row: longer than any one send can take."""
+        """How long a claim keeps others off a row: longer than any one send can take
+        (http.WHOLE_CALL timeouts)."""
         return 3 * self.timeout + 10
 
 

@@ -3,6 +3,7 @@ logged. The only module of the hooks that talks HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -26,9 +27,15 @@ class HookUnreachable(Exception):
     short and safe to log (no URL query, no body)."""
 
 
+# A whole call ends after this many timeouts, whatever happens: a receiver trickling its
+# answer a byte at a time never holds a delivery (or a creation) for long.
+WHOLE_CALL = 2
+
+
 def new_client(timeout: float) -> httpx.AsyncClient:
-    """The hooks' client: `timeout` for connecting, each read and each write; no
-    redirects (a 3xx is an answer like any other, never followed)."""
+    """The hooks' client: `timeout` for connecting, each read and each write, and
+    WHOLE_CALL times it for a whole call; no redirects (a 3xx is an answer like any
+    other, never followed)."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
@@ -54,8 +61,12 @@ async def post_signed(
         SIGNATURE_HEADER: sign(secret, data, int(clock())),
         EVENT_ID_HEADER: event_id,
     }
+    limit = WHOLE_CALL * (client.timeout.read or 5.0)
     try:
-        async with client.stream("POST", url, content=data, headers=headers) as response:
+        async with (
+            asyncio.timeout(limit),
+            client.stream("POST", url, content=data, headers=headers) as response,
+        ):
             received = bytearray()
             if read_limit:
                 async for chunk in response.aiter_bytes():
@@ -63,7 +74,7 @@ async def post_signed(
                     if len(received) > read_limit:
                         break
             return Answer(response.status_code, bytes(received[: read_limit + 1]))
-    except httpx.TimeoutException:
+    except (httpx.TimeoutException, TimeoutError):
         raise HookUnreachable("timeout") from None
     except httpx.HTTPError as exc:
         raise HookUnreachable(type(exc).__name__) from None
