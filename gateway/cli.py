@@ -1,7 +1,7 @@
 """The `gateway` command: serve, API keys (gateway/tokencli.py), verify, administer keys
-(gateway/keycli.py), the audit log (gateway/auditcli.py) and the lifecycle commands
-(hold, release-hold, delete, receipt: gateway/admincli.py) and the upload client
-(gateway/uploadcli.py)."""
+(gateway/keycli.py), the audit log (gateway/auditcli.py), the webhooks' outbox
+(gateway/hookcli.py), the lifecycle commands (hold, release-hold, delete, receipt:
+gateway/admincli.py) and the upload client (gateway/uploadcli.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import admincli, auditcli, keycli, logs, migratecli, tokencli, uploadcli
+from gateway import (
+    admincli,
+    auditcli,
+    hookcli,
+    keycli,
+    logs,
+    migratecli,
+    tokencli,
+    uploadcli,
+)
 from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import CatalogUnavailable, Principal, SchemaMismatch
@@ -68,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     tokencli.add_parser(sub)
     keycli.add_parser(sub)
     auditcli.add_parser(sub)
+    hookcli.add_parser(sub)
     migratecli.add_parser(sub)
     admincli.add_parsers(sub)
     uploadcli.add_parser(sub)
@@ -90,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keycli.main(args)
         if args.command == "audit":
             return auditcli.main(args)
+        if args.command == "hooks":
+            return hookcli.main(args)
         if args.command == "migrate":
             return migratecli.main(args)
         if args.command == "upload":

@@ -130,6 +130,18 @@ class Settings:
     # Comma list of actions that need a sign-in with a second factor (OIDC amr/acr):
     # create, write, head, download, manifest, delete, grant, admin, audit.
     require_mfa_for: str = ""
+    # -- notifications (gateway/hooks/) --
+    hook_url: str = ""  # comma list of URLs told of every completed upload (webhooks)
+    pre_create_hook_url: str = ""  # asked before each upload is created; may refuse it
+    # The HMAC key signing both (Gateway-Signature): from the environment or the first
+    # line of an owner-only file; at most one.
+    hook_secret: str = field(default="", repr=False)
+    hook_secret_file: str = ""
+    hook_timeout: float = 5.0  # seconds to connect, and for each read and write of a hook call
+    hook_max_attempts: int = 15  # failed deliveries before an event is dead-lettered
+    hook_backoff_base: float = 1.0  # seconds after the first failure, doubling each time
+    hook_backoff_max: float = 3600.0  # the longest wait between two attempts
+    hook_poll_interval: float = 1.0  # how often each process looks for due deliveries
 
     def __post_init__(self) -> None:
         if self.keyring_path == Path(""):
@@ -195,6 +207,7 @@ class Settings:
         if self.max_open_uploads < 0 or self.max_open_bytes < 0:
             raise ConfigError("max_open_uploads and max_open_bytes must be >= 0 (0: no limit)")
         _check_retention_days(self.retention_days)
+        self._check_hooks()
         self._check_catalog()
         self._check_identity()
         _ = self.mfa_actions
@@ -313,6 +326,43 @@ class Settings:
             raise ConfigError("oidc_timeout must be > 0 and at most 60 seconds")
         if self.auth_failure_burst < 1 or self.auth_failure_rate < 0:
             raise ConfigError("auth_failure_burst must be >= 1 and auth_failure_rate >= 0")
+
+    @property
+    def hook_urls(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.hook_url.split(",") if u.strip())
+
+    def _check_hooks(self) -> None:
+        for url in self.hook_urls:
+            check_oidc_url("GATEWAY_HOOK_URL", url)
+        if self.pre_create_hook_url:
+            check_oidc_url("GATEWAY_PRE_CREATE_HOOK_URL", self.pre_create_hook_url)
+        if self.hook_secret and self.hook_secret_file:
+            raise ConfigError("set at most one of GATEWAY_HOOK_SECRET and GATEWAY_HOOK_SECRET_FILE")
+        if self.hook_urls or self.pre_create_hook_url:
+            _ = self.hook_key()
+        if not 0 < self.hook_timeout <= 60:
+            raise ConfigError("hook_timeout must be > 0 and at most 60 seconds")
+        if not 1 <= self.hook_max_attempts <= 1000:
+            raise ConfigError("hook_max_attempts must be between 1 and 1000")
+        if not 0 < self.hook_backoff_base <= self.hook_backoff_max:
+            raise ConfigError("hook_backoff_base must be > 0 and at most hook_backoff_max")
+        if not 0 < self.hook_poll_interval <= 3600:
+            raise ConfigError("hook_poll_interval must be > 0 and at most 3600 seconds")
+
+    def hook_key(self) -> bytes:
+        """The hooks' signing secret; ConfigError naming the setting (never the secret)
+        when it is missing, unreadable or shorter than 16 characters."""
+        secret = self.hook_secret
+        if self.hook_secret_file:
+            secret = _read_secret_line("GATEWAY_HOOK_SECRET_FILE", self.hook_secret_file)
+        if not secret:
+            raise ConfigError(
+                "GATEWAY_HOOK_URL or GATEWAY_PRE_CREATE_HOOK_URL is set: set GATEWAY_HOOK_SECRET "
+                "or GATEWAY_HOOK_SECRET_FILE (e.g. the output of `openssl rand -hex 32`)"
+            )
+        if len(secret) < 16:
+            raise ConfigError("the hook secret must be at least 16 characters long")
+        return secret.encode("utf-8")
 
     @property
     def oidc_mfa_acr_values(self) -> frozenset[str]:
@@ -568,7 +618,8 @@ def export_environment(settings: Settings) -> dict[str, str]:
     """GATEWAY_* variables that rebuild `settings` in another process (worker processes).
 
     Unset settings stay unset. The PKCS#11 PIN and the catalog's password are left out:
-    workers inherit them from this process's environment, or read their files themselves."""
+    workers inherit them from this process's environment, or read their files themselves.
+    So is the hooks' secret."""
     return {
         f"GATEWAY_{f.name.upper()}": str(getattr(settings, f.name))
         for f in fields(settings)
@@ -576,7 +627,7 @@ def export_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-_NOT_EXPORTED = {"pkcs11_pin", "catalog_password"}
+_NOT_EXPORTED = {"pkcs11_pin", "catalog_password", "hook_secret"}
 
 
 def _read_config_file(path: Path) -> dict[str, object]:

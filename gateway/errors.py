@@ -82,6 +82,9 @@ class ERR(enum.Enum):
     INTERNAL = ("ERR_INTERNAL_SERVER_ERROR", 500)
     # the audit log
     INVALID_AUDIT_QUERY = ("ERR_INVALID_AUDIT_QUERY", 400)
+    # notifications (gateway/hooks/): the pre-create hook refused, or could not be asked
+    REJECTED_BY_HOOK = ("ERR_REJECTED_BY_HOOK", 403)
+    HOOK_UNAVAILABLE = ("ERR_HOOK_UNAVAILABLE", 503)
 
     @property
     def code(self) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from gateway import metrics
 from gateway.catalog.base import Lease, Principal, Progress, Upload, UploadCatalog, UploadState
 from gateway.errors import ERR, GatewayError
+from gateway.hooks.events import CompletionEvents
 from gateway.keys.base import KeyProvider
 from gateway.metadata import ValueKey, seal_metadata
 from gateway.rules import UploadRules, check_owned
@@ -32,6 +33,7 @@ class Finals:
         catalog: UploadCatalog,
         keys: KeyProvider,
         runner: Runner,
+        events: CompletionEvents | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._rules = rules
@@ -39,6 +41,7 @@ class Finals:
         self._catalog = catalog
         self._keys = keys
         self._runner = runner
+        self._events = events  # None: no hook is told of completions
         self._clock = clock
 
     async def create(
@@ -101,14 +104,16 @@ class Finals:
             metrics.UPLOADS_CREATED.inc()
             return final
         # Signed before the final exists: a final is never visible without its proof.
-        await self._runner.io(
+        jws = await self._runner.io(
             write_concat_manifest,
             store=self._store,
             signing=self._keys.signing_key(),
             final=final,
             partials=partials,
         )
-        await self._runner.db(self._catalog.create_upload, final, key.wrapped)
+        # Created complete: its notification enters the outbox with its row.
+        event = None if self._events is None else self._events.completed(final, jws, now)
+        await self._runner.db(self._catalog.create_upload, final, key.wrapped, event)
         metrics.UPLOADS_CREATED.inc()
         metrics.UPLOADS_FINISHED.inc()
         return final

@@ -143,6 +143,36 @@ AUDIT_APPEND_DURATION = Histogram(
     "gateway_audit_append_duration_seconds", "Time to append one audit entry.", buckets=_FAST
 )
 TAIL_MERGES = Counter("gateway_tail_merges", "Times a segment's tail pieces were merged into one.")
+# -- notifications (gateway/hooks/) --
+HOOK_DELIVERIES = Counter(
+    "gateway_hook_deliveries",
+    "Webhook delivery attempts, by outcome: delivered (2xx), failed (retried later), "
+    "dead (attempts ran out).",
+    ["outcome"],
+)
+HOOK_DELIVERY_LATENCY = Histogram(
+    "gateway_hook_delivery_latency_seconds",
+    "From an event's creation (the upload's completion) to its delivery, retries included.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+HOOK_REQUEST_DURATION = Histogram(
+    "gateway_hook_request_duration_seconds",
+    "One POST to a hook, by outcome (delivered, failed; pre_create_accepted, "
+    "pre_create_rejected, pre_create_unavailable).",
+    ["outcome"],
+    buckets=_LATENCY,
+)
+HOOK_OUTBOX_DEPTH = Gauge(
+    "gateway_hook_outbox_depth",
+    "Webhook deliveries in the catalog's outbox, by state (pending, dead).",
+    ["state"],
+    multiprocess_mode="livemax",
+)
+HOOK_PRE_CREATE = Counter(
+    "gateway_hook_pre_create",
+    "Pre-create hook answers: accepted, rejected, unavailable (the upload refused, 503).",
+    ["outcome"],
+)
 
 
 @contextmanager

@@ -49,8 +49,9 @@ def write_manifest(
     client_checksum: str | None,
     completed_at: float,
     retention: dict[str, object] | None = None,
-) -> None:
-    """Sign the reader's manifest and its stored view (MANIFEST.md, "Two views").
+) -> str:
+    """Sign the reader's manifest and its stored view (MANIFEST.md, "Two views"); the
+    stored view's compact JWS.
 
     The reader's one, which discloses the plaintext SHA-256 and the client's checksum, is
     stored sealed under the upload's data key; the bucket's readable copy has neither.
@@ -94,7 +95,9 @@ def write_manifest(
     # The stored JWS last: its presence means the manifest is written.
     json_key, jws_key = manifest_keys(upload.id)
     store.put(json_key, manifest.canonical_json(stored))
-    store.put(jws_key, manifest.sign(stored, signing).encode("ascii"))
+    stored_jws = manifest.sign(stored, signing)
+    store.put(jws_key, stored_jws.encode("ascii"))
+    return stored_jws
 
 
 def open_reader_manifest(store: ObjectStore, upload_id: str, sealer: Sealer) -> str:
@@ -110,9 +113,10 @@ def write_concat_manifest(
     signing: SigningKey,
     final: Upload,
     partials: Sequence[Upload],
-) -> None:
+) -> str:
     """Sign the manifest of a final concatenation from what its partials recorded: each is
-    pinned by the SHA-256 of its own signed manifest. No partial's bytes are read."""
+    pinned by the SHA-256 of its own signed manifest. No partial's bytes are read.
+    Returns its compact JWS."""
     described: list[dict[str, object]] = []
     for partial in partials:
         _, jws_key = manifest_keys(partial.id)
@@ -138,4 +142,6 @@ def write_concat_manifest(
     )
     json_key, jws_key = manifest_keys(final.id)
     store.put(json_key, manifest.canonical_json(document))
-    store.put(jws_key, manifest.sign(document, signing).encode("ascii"))
+    jws = manifest.sign(document, signing)
+    store.put(jws_key, jws.encode("ascii"))
+    return jws

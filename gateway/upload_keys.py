@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 
 from gateway import metrics
-from gateway.catalog.base import RecordRow, Upload, UploadCatalog
+from gateway.catalog.base import HookEvent, RecordRow, Upload, UploadCatalog
 from gateway.checksums import SEALED_NAME
 from gateway.errors import ERR, GatewayError
+from gateway.hooks.events import CompletionEvents
 from gateway.keys.base import KeyProvider, KeyUnusable, WrappedKey
 from gateway.layout import manifest_keys
 from gateway.metadata import open_metadata
@@ -36,6 +37,7 @@ class UploadKeys:
         reader: Reader,
         store_name: str,
         retention_days: int | None = None,
+        events: CompletionEvents | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -45,6 +47,7 @@ class UploadKeys:
         self._reader = reader
         self._store_name = store_name  # "folder" or "s3", as the manifest names it
         self._retention_days = retention_days
+        self._events = events  # None: no hook is told of completions
         self._clock = clock
 
     def sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
@@ -92,8 +95,9 @@ class UploadKeys:
 
     async def sign_manifest(
         self, upload: Upload, records: list[RecordRow], plaintext_sha256: bytes | None
-    ) -> None:
-        """Sign and store the manifest, between object completion and the catalog's 'complete'."""
+    ) -> HookEvent | None:
+        """Sign and store the manifest, between object completion and the catalog's
+        'complete'; the completion's notification, which the catalog records with it."""
         wrapped = await self._runner.db(self._catalog.wrapped_key, upload.dek_id)
         if wrapped is None:
             raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
@@ -113,7 +117,7 @@ class UploadKeys:
             # process between requests): read the sealed records back once.
             plaintext_sha256 = await self._runner.io(plaintext_digest, self._reader, upload)
         completed_at = self._clock()
-        await self._runner.io(
+        stored_jws = await self._runner.io(
             write_manifest,
             store=self._store,
             store_name=self._store_name,
@@ -129,6 +133,9 @@ class UploadKeys:
         )
         metrics.UPLOADS_FINISHED.inc()
         log.info("upload finished", extra={"upload_id": upload.id, "length": upload.length})
+        if self._events is None:
+            return None
+        return self._events.completed(upload, stored_jws, completed_at)
 
 
 def retention(days: int | None, completed_at: float) -> dict[str, object] | None:

@@ -21,6 +21,7 @@ from gateway.catalog.base import (
 )
 from gateway.errors import ERR, GatewayError
 from gateway.finals import Finals
+from gateway.hooks.precreate import PreCreateHook
 from gateway.keys.base import KeyProvider
 from gateway.layout import data_key
 from gateway.leases import Leases
@@ -81,6 +82,7 @@ class Uploads:
         writes: Writes,
         removal: Removal,
         finals: Finals,
+        pre_create: PreCreateHook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rules = rules
@@ -93,6 +95,7 @@ class Uploads:
         self.writes = writes
         self.removal = removal
         self.finals = finals
+        self.pre_create = pre_create  # asked before anything of an upload is stored
         self.clock = clock
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -201,6 +204,10 @@ class Uploads:
                 f"Upload-Length exceeds this server's Tus-Max-Size of {self.rules.max_size}",
             )
         await check_quota(self.rules, self.runner, self.catalog, principal, length or 0)
+        if self.pre_create is not None:
+            await self.pre_create.check(
+                principal, length=length, metadata=metadata, concat=partial_concat
+            )
         upload_id = new_upload_id()
         dek, dek_id = os.urandom(32), os.urandom(16)
         header = new_header(
@@ -273,6 +280,8 @@ class Uploads:
     ) -> Upload:
         """A final upload: an ordered list of partials, no byte copied; complete at once
         if they all are, else when the last one completes (`settle_finals_of`)."""
+        if self.pre_create is not None:
+            await self.pre_create.check(principal, length=None, metadata=metadata, concat=concat)
         final = await self.finals.create(
             principal, concat=concat, partial_ids=partial_ids, metadata=metadata
         )

@@ -10,6 +10,9 @@
                    └─ BruteForceGuard
     Grants ── access.Policy          (who may do what; every route asks)
     Audit (appends, checkpoints) ── Removal, and the app's AuditMiddleware
+    Hooks (when GATEWAY_HOOK_URL / GATEWAY_PRE_CREATE_HOOK_URL are set): CompletionEvents
+          ── UploadKeys, Finals; PreCreateHook ── Uploads; Deliverer (the outbox's sender);
+          one httpx client for them
     one Runner (the thread pools) under all of them
 
 Nothing here picks an implementation: the store, catalog and keys come in ready.
@@ -21,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
+
 from gateway import access
 from gateway.auditing import Audit
 from gateway.auth import Authenticator
@@ -30,6 +35,10 @@ from gateway.catalog.base import Catalog
 from gateway.config import Settings
 from gateway.finals import Finals
 from gateway.grants import Grants
+from gateway.hooks.delivery import Deliverer, DeliveryPolicy
+from gateway.hooks.events import CompletionEvents
+from gateway.hooks.http import new_client
+from gateway.hooks.precreate import PreCreateHook
 from gateway.keys.base import KeyProvider
 from gateway.leases import Leases, lease_signals
 from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
@@ -58,17 +67,25 @@ class Services:
     auth: Authenticator
     grants: Grants
     audit: Audit
+    deliverer: Deliverer | None = None  # sends the hooks' outbox (GATEWAY_HOOK_URL)
+    hook_client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
         self.leases.start()
         await self.uploads.start()
         self.removal.start()
         self.audit.start()
+        if self.deliverer is not None:
+            self.deliverer.start()
 
     async def close(self) -> None:
         await self.uploads.close()
         await self.removal.close()
         await self.audit.close()  # checkpoints the head: shutdown leaves no tail unsigned
+        if self.deliverer is not None:
+            await self.deliverer.close()
+        if self.hook_client is not None:
+            await self.hook_client.aclose()
         self.leases.close()
         self.runner.close()
 
@@ -164,7 +181,16 @@ def build_services(
         audit=audit,
         clock=clock,
     )
-    finals = Finals(rules, store=store, catalog=catalog, keys=keys, runner=runner, clock=clock)
+    hooks = Hooks.of(settings, catalog, runner, clock)
+    finals = Finals(
+        rules,
+        store=store,
+        catalog=catalog,
+        keys=keys,
+        runner=runner,
+        events=hooks.events,
+        clock=clock,
+    )
     upload_keys = UploadKeys(
         store=store,
         catalog=catalog,
@@ -173,6 +199,7 @@ def build_services(
         reader=reader,
         store_name=rules.store_name,
         retention_days=rules.retention_days,
+        events=hooks.events,
         clock=clock,
     )
     writes = Writes(
@@ -198,6 +225,7 @@ def build_services(
         writes=writes,
         removal=removal,
         finals=finals,
+        pre_create=hooks.pre_create,
         clock=clock,
     )
     rate = RequestRate(settings.request_rate, settings.request_burst)
@@ -211,7 +239,58 @@ def build_services(
         clock=clock,
     )
     grants = Grants(catalog, runner, access_policy(settings), clock=clock)
-    return Services(runner, leases, reader, uploads, removal, finals, auth, grants, audit)
+    return Services(
+        runner,
+        leases,
+        reader,
+        uploads,
+        removal,
+        finals,
+        auth,
+        grants,
+        audit,
+        deliverer=hooks.deliverer,
+        hook_client=hooks.client,
+    )
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The notifications' parts the settings ask for (none without hook URLs)."""
+
+    client: httpx.AsyncClient | None = None
+    events: CompletionEvents | None = None
+    deliverer: Deliverer | None = None
+    pre_create: PreCreateHook | None = None
+
+    @classmethod
+    def of(
+        cls, settings: Settings, catalog: Catalog, runner: Runner, clock: Callable[[], float]
+    ) -> Hooks:
+        targets = settings.hook_urls
+        if not targets and not settings.pre_create_hook_url:
+            return cls()
+        secret = settings.hook_key()
+        client = new_client(settings.hook_timeout)
+        deliverer = None
+        if targets:
+            policy = DeliveryPolicy(
+                timeout=settings.hook_timeout,
+                max_attempts=settings.hook_max_attempts,
+                backoff_base=settings.hook_backoff_base,
+                backoff_max=settings.hook_backoff_max,
+                poll_interval=settings.hook_poll_interval,
+            )
+            deliverer = Deliverer(
+                catalog, runner, secret=secret, policy=policy, client=client, clock=clock
+            )
+        pre_create = None
+        if settings.pre_create_hook_url:
+            pre_create = PreCreateHook(
+                settings.pre_create_hook_url, secret=secret, client=client, clock=clock
+            )
+        events = CompletionEvents(targets, clock) if targets else None
+        return cls(client, events, deliverer, pre_create)
 
 
 def access_policy(settings: Settings) -> access.Policy:

@@ -8,6 +8,7 @@ shredding of its pages, migrations) stays in that implementation's own tests.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ from gateway.catalog.base import (
     Deletion,
     Grant,
     Hold,
+    HookEvent,
     Lease,
     LeaseLost,
     OffsetConflict,
@@ -618,3 +620,140 @@ def test_a_revocation_is_seen_at_once_by_every_handle(catalogs: Opener) -> None:
     assert [g.id for g in other.grants("u1", now=0.0)] == ["g1"]
     assert other.revoke_grant("u1", "g1")
     assert one.grants("u1", now=0.0) == []
+
+
+# -- the hooks' outbox -------------------------------------------------------------------
+
+
+def hook_event(event_id: str = "evt_1", upload_id: str = "u1", at: float = 100.0) -> HookEvent:
+    return HookEvent(
+        id=event_id,
+        type="upload.completed",
+        upload_id=upload_id,
+        body=json.dumps({"id": event_id}),
+        created_at=at,
+        targets=("https://a.example/hook", "https://b.example/hook"),
+    )
+
+
+class TestHookOutbox:
+    def test_the_event_enters_with_the_completion_and_only_with_it(self, cat: Catalog) -> None:
+        cat.create_upload(upload(length=10), wrapped())
+        lease = lease_on(cat)
+        with pytest.raises(OffsetConflict):
+            cat.commit(lease, Progress(3, 10, complete_at=1.0, event=hook_event()))
+        assert cat.hook_deliveries() == []  # a refused commit wrote no event
+        cat.commit(lease, Progress(0, 10, complete_at=1.0, event=hook_event()))
+        rows = cat.hook_deliveries()
+        assert [(r.event_id, r.target) for r in rows] == [
+            ("evt_1", "https://a.example/hook"),
+            ("evt_1", "https://b.example/hook"),
+        ]
+        first = rows[0]
+        assert (first.type, first.upload_id, first.body) == (
+            "upload.completed",
+            "u1",
+            '{"id": "evt_1"}',
+        )
+        assert (first.attempts, first.next_attempt_at, first.dead, first.last_error) == (
+            0,
+            100.0,
+            False,
+            None,
+        )
+        assert cat.hook_outbox_depth() == (2, 0)
+
+    def test_a_final_created_complete_enters_with_its_row(self, cat: Catalog) -> None:
+        final = upload("f1", state=UploadState.COMPLETE, concat="final", partials=("p1",))
+        cat.create_upload(final, wrapped(), hook_event(upload_id="f1"))
+        assert {r.upload_id for r in cat.hook_deliveries()} == {"f1"}
+
+    def test_a_claimed_row_is_nobody_elses_until_its_claim_ends(self, catalogs: Opener) -> None:
+        a, b = catalogs(), catalogs()
+        a.create_upload(upload("f1"), wrapped(), hook_event())
+        assert a.claim_hook_deliveries("A", now=99.0, claim_for=30.0) == []  # not due yet
+        claimed = a.claim_hook_deliveries("A", now=100.0, claim_for=30.0, limit=1)
+        assert [c.target for c in claimed] == ["https://a.example/hook"]
+        others = b.claim_hook_deliveries("B", now=101.0, claim_for=30.0)
+        assert [c.target for c in others] == ["https://b.example/hook"]
+        assert b.claim_hook_deliveries("B", now=129.0, claim_for=30.0) == []
+        # A crashed: its claim lapses and B takes the row.
+        taken = b.claim_hook_deliveries("B", now=130.0, claim_for=30.0)
+        assert [c.target for c in taken] == ["https://a.example/hook"]
+        # A's late report of a failure changes nothing; B's delivery removes the row.
+        assert not a.hook_failed(
+            "evt_1", "https://a.example/hook", "A", next_attempt_at=200.0, error="x", dead=False
+        )
+        b.hook_delivered("evt_1", "https://a.example/hook")
+        assert [r.target for r in a.hook_deliveries()] == ["https://b.example/hook"]
+
+    def test_concurrent_claims_never_share_a_row(self, catalogs: Opener) -> None:
+        handles = [catalogs() for _ in range(4)]
+        for i in range(20):
+            handles[0].create_upload(upload(f"f{i}"), wrapped(bytes([i])), hook_event(f"e{i}"))
+        claimed: list[list[tuple[str, str]]] = [[] for _ in handles]
+
+        def claim(i: int) -> None:
+            while True:
+                rows = handles[i].claim_hook_deliveries(f"H{i}", now=500.0, claim_for=60.0, limit=3)
+                if not rows:
+                    return
+                claimed[i].extend((r.event_id, r.target) for r in rows)
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(handles))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        every = [row for rows in claimed for row in rows]
+        assert len(every) == 40 and len(set(every)) == 40
+
+    def test_failures_back_off_then_die_and_a_retry_revives(self, cat: Catalog) -> None:
+        cat.create_upload(upload("f1"), wrapped(), hook_event())
+        cat.create_upload(upload("f2"), wrapped(b"2"), hook_event("evt_2", "f2", at=150.0))
+        target = "https://a.example/hook"
+        (row,) = [r for r in cat.claim_hook_deliveries("A", 100.0, 30.0) if r.target == target]
+        assert cat.hook_failed(
+            "evt_1", target, "A", next_attempt_at=160.0, error="HTTP 500", dead=False
+        )
+        again = cat.hook_deliveries(dead=False, limit=1)[0]
+        assert (again.attempts, again.next_attempt_at, again.last_error) == (1, 160.0, "HTTP 500")
+        early = cat.claim_hook_deliveries("A", 159.0, 30.0)
+        assert ("evt_1", target) not in [(r.event_id, r.target) for r in early]
+        (row,) = [r for r in cat.claim_hook_deliveries("A", 160.0, 30.0) if r.target == target]
+        assert row.attempts == 1
+        assert cat.hook_failed(
+            "evt_1", target, "A", next_attempt_at=0.0, error="timeout", dead=True
+        )
+        assert [(r.event_id, r.attempts, r.last_error) for r in cat.hook_deliveries(dead=True)] == [
+            ("evt_1", 2, "timeout")
+        ]
+        assert cat.hook_outbox_depth() == (3, 1)
+        assert all(
+            r.event_id != "evt_1" or r.target != target
+            for r in cat.claim_hook_deliveries("B", 10_000.0, 30.0)
+        )
+        assert cat.retry_hook_deliveries(20_000.0, "evt_2") == 0  # not dead
+        assert cat.retry_hook_deliveries(20_000.0, "evt_1") == 1
+        revived = [r for r in cat.hook_deliveries() if r.event_id == "evt_1" and r.target == target]
+        assert (revived[0].dead, revived[0].attempts, revived[0].next_attempt_at) == (
+            False,
+            0,
+            20_000.0,
+        )
+        assert cat.hook_outbox_depth() == (4, 0)
+
+    def test_listing_pages_in_creation_order(self, cat: Catalog) -> None:
+        for i in range(3):
+            cat.create_upload(upload(f"f{i}"), wrapped(bytes([i])), hook_event(f"e{i}", at=i))
+        first = cat.hook_deliveries(limit=4)
+        assert [(r.event_id, r.target[8]) for r in first] == [
+            ("e0", "a"),
+            ("e0", "b"),
+            ("e1", "a"),
+            ("e1", "b"),
+        ]
+        last = first[-1]
+        rest = cat.hook_deliveries(after=(last.created_at, last.event_id, last.target))
+        assert [(r.event_id, r.target[8]) for r in rest] == [("e2", "a"), ("e2", "b")]
+        assert cat.retry_hook_deliveries(1.0) == 0

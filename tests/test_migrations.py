@@ -80,6 +80,7 @@ def test_postgres_from_the_previous_version_keeps_every_row(dsn: str) -> None:
         # What the new version adds works next to the old rows.
         assert catalog.add_key_check(b"check", WrappedKey("local", 1, b"wrapped"))
         assert catalog.key_checks() == [(b"check", WrappedKey("local", 1, b"wrapped"))]
+        assert catalog.hook_outbox_depth() == (0, 0)
     finally:
         catalog.close()
 
@@ -99,8 +100,8 @@ def test_sqlite_from_the_previous_version_keeps_every_row(tmp_path: Path) -> Non
     catalog.create_upload(upload_row("old"), WrappedKey("local", 1, b"blob-old"))
     catalog.close()
     conn = sqlite3.connect(path)
-    with conn:  # as the previous version left it: no key checks
-        conn.execute("DROP TABLE key_checks")
+    with conn:  # as the previous version left it: no hooks outbox
+        conn.execute("DROP TABLE hook_outbox")
         conn.execute("UPDATE schema_version SET version = ?", (SQLITE_VERSION - 1,))
     conn.close()
     with pytest.raises(SchemaMismatch, match="run `gateway migrate`"):
@@ -112,6 +113,7 @@ def test_sqlite_from_the_previous_version_keeps_every_row(tmp_path: Path) -> Non
         assert catalog.add_key_check(b"check", WrappedKey("local", 1, b"wrapped"))
         assert not catalog.add_key_check(b"other", WrappedKey("local", 1, b"second"))
         assert catalog.key_checks() == [(b"check", WrappedKey("local", 1, b"wrapped"))]
+        assert catalog.hook_outbox_depth() == (0, 0)
     finally:
         catalog.close()
 

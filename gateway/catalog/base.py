@@ -3,7 +3,7 @@ grants, legal holds and deletion receipts.
 
 `Catalog` is the union of one small protocol per concern (`UploadCatalog`,
 `RemovalCatalog`, `HoldCatalog`, `LegacyMetadataCatalog`, `KeyRotationCatalog`,
-`LeaseCatalog`, `GrantCatalog`, `TokenStore`), so each
+`LeaseCatalog`, `GrantCatalog`, `TokenStore`, `AuditCatalog`, `HookCatalog`), so each
 consumer is typed by what it uses and a new backend (PostgreSQL, an external token
 store) can come one concern at a time.
 
@@ -190,6 +190,9 @@ class Progress:
     complete_at: float | None = None  # mark the upload complete
     expires_at: float | None = field(default=None)
     checksum: bytes | None = None  # record the (sealed) client checksum of the whole upload
+    # With complete_at: the notification of the completion, put in the outbox in this
+    # same transaction (gateway/hooks/), so it exists exactly when the completion does.
+    event: HookEvent | None = None
 
 
 class KeyCatalog(Protocol):
@@ -202,7 +205,12 @@ class KeyCatalog(Protocol):
 class UploadCatalog(KeyCatalog, Protocol):
     """Uploads, their records and tail pieces, and the fenced commits that move them on."""
 
-    def create_upload(self, upload: Upload, wrapped: WrappedKey | None) -> None: ...
+    def create_upload(
+        self, upload: Upload, wrapped: WrappedKey | None, event: HookEvent | None = None
+    ) -> None:
+        """Store the upload's row and wrapped key, and `event` (a final created complete)
+        in the hooks' outbox, in one transaction."""
+
     def get_upload(self, upload_id: str) -> Upload | None: ...
     def records(self, upload_id: str) -> list[RecordRow]: ...
     def tail_pieces(self, upload_id: str) -> list[TailPiece]: ...
@@ -427,6 +435,86 @@ class TokenStore(Protocol):
     def token_count(self) -> int: ...
 
 
+# --- notifications: the hooks' outbox (gateway/hooks/) ---------------------------------
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    """An event to notify, written to the outbox once per target URL. `body` is the JSON
+    POSTed, exactly; it never holds metadata values."""
+
+    id: str  # "evt_...": receivers deduplicate on it (delivery is at least once)
+    type: str  # "upload.completed"
+    upload_id: str
+    body: str
+    created_at: float
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HookDelivery:
+    """One row of the outbox: an event on its way to one target."""
+
+    event_id: str
+    target: str
+    type: str
+    upload_id: str
+    body: str
+    created_at: float
+    attempts: int  # failed attempts so far
+    next_attempt_at: float
+    last_error: str | None  # e.g. "HTTP 500", "timeout"; never a response body
+    dead: bool  # attempts ran out: only `gateway hooks retry` sends it again
+
+
+class HookCatalog(Protocol):
+    """The outbox of webhook deliveries. Events enter with the completion that causes
+    them (`Progress.event`, `create_upload`); deliverers claim due rows for a while, so
+    several gateways never send the same row at once."""
+
+    def claim_hook_deliveries(
+        self, holder: str, now: float, claim_for: float, limit: int = 10
+    ) -> list[HookDelivery]:
+        """Live rows due at `now` that nobody holds, oldest first, now held by `holder`
+        until `now + claim_for`."""
+
+    def hook_delivered(self, event_id: str, target: str) -> None:
+        """Delete the row: the target answered 2xx."""
+
+    def hook_failed(
+        self,
+        event_id: str,
+        target: str,
+        holder: str,
+        *,
+        next_attempt_at: float,
+        error: str,
+        dead: bool,
+    ) -> bool:
+        """Count a failed attempt and release the claim, if `holder` still holds the row;
+        `dead`: no further attempt. False (nothing changed) if it does not."""
+
+    def hook_deliveries(
+        self,
+        *,
+        dead: bool | None = None,
+        after: tuple[float, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[HookDelivery]:
+        """Rows (only dead or live ones, or both), oldest first, after the row whose
+        (created_at, event_id, target) is `after`."""
+
+    def retry_hook_deliveries(self, now: float, event_id: str | None = None) -> int:
+        """Make dead rows (of one event, or all) due at `now` with no attempts counted;
+        how many."""
+
+    def hook_outbox_depth(self) -> tuple[int, int]:
+        """How many rows are live and how many dead."""
+
+
+# --- end of notifications -------------------------------------------------------------------
+
+
 # --- the audit log (gateway/audit.py) ------------------------------------------------------
 
 
@@ -503,6 +591,7 @@ class Catalog(
     GrantCatalog,
     TokenStore,
     AuditCatalog,
+    HookCatalog,
     Protocol,
 ):
     """Everything the service keeps durably, in one backend (`SQLiteCatalog`, or

@@ -6,7 +6,8 @@ transaction-level advisory locks where no row exists yet to lock (a lease being 
 the audit log's head), and a SEQUENCE for fencing tokens. Connections come from a
 psycopg-pool pool; each call is one short transaction on one of them. Here: uploads,
 removal, holds and key rotation; leases, grants and API keys in postgres_access.py, the
-audit log in postgres_audit.py, the pool in postgres_db.py.
+audit log in postgres_audit.py, the hooks' outbox in postgres_hooks.py, the pool in
+postgres_db.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from psycopg.types.json import Jsonb
 from gateway.catalog.base import (
     Deletion,
     Hold,
+    HookEvent,
     Lease,
     LeaseLost,
     OffsetConflict,
@@ -36,6 +38,7 @@ from gateway.catalog.base import (
 from gateway.catalog.postgres_access import PostgresAccess
 from gateway.catalog.postgres_audit import PostgresAuditLog
 from gateway.catalog.postgres_db import Cursor
+from gateway.catalog.postgres_hooks import PostgresHookOutbox, add_event
 from gateway.keys.base import WrappedKey
 
 _UPLOAD_FIELDS = tuple(f.name for f in fields(Upload) if f.name != "legacy_metadata")
@@ -43,13 +46,15 @@ _COLUMN_OF = {"offset": "upload_offset", "partials": "parts"}
 _UPLOAD_COLUMNS = ", ".join(_COLUMN_OF.get(n, n) for n in _UPLOAD_FIELDS)
 
 
-class PostgresCatalog(PostgresAccess, PostgresAuditLog):
+class PostgresCatalog(PostgresAccess, PostgresAuditLog, PostgresHookOutbox):
     """A `Catalog` in a PostgreSQL database (a `postgresql://` URL); safe to share
     between threads. The schema is created on first use."""
 
     # uploads
 
-    def create_upload(self, upload: Upload, wrapped: WrappedKey | None) -> None:
+    def create_upload(
+        self, upload: Upload, wrapped: WrappedKey | None, event: HookEvent | None = None
+    ) -> None:
         if upload.legacy_metadata is not None:
             raise ValueError("plain-text metadata is never written to the catalog")
         values = [getattr(upload, name) for name in _UPLOAD_FIELDS]
@@ -60,6 +65,7 @@ class PostgresCatalog(PostgresAccess, PostgresAuditLog):
             cur.execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES ({marks})", values)
             if wrapped is not None:
                 _insert_key(cur, upload.dek_id, upload.id, wrapped)
+            add_event(cur, event)
 
     def get_upload(self, upload_id: str) -> Upload | None:
         rows = self._query(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = %s", (upload_id,))
@@ -152,6 +158,7 @@ class PostgresCatalog(PostgresAccess, PostgresAuditLog):
                     uid,
                 ),
             )
+            add_event(cur, progress.event)
 
     def set_length(self, upload_id: str, length: int) -> None:
         with self._tx() as cur:

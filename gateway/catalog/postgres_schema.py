@@ -1,6 +1,7 @@
 """The PostgreSQL catalog's schema: versioned migrations, applied in order, forward only.
 
-Version 1 holds what SQLite's version 4 does; version 2 adds the key checks (SQLite's 5).
+Version 1 holds what SQLite's version 4 does; version 2 adds the key checks (SQLite's 5),
+version 3 the hooks' outbox (SQLite's 6).
 A migration is a list of statements run in one transaction with the version's update,
 so a schema is always at one version, never between two.
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 import psycopg
 
 from gateway.catalog.base import SchemaMismatch
-from gateway.catalog.sqlite_schema import KEY_CHECKS
+from gateway.catalog.sqlite_schema import HOOK_OUTBOX, KEY_CHECKS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Keys of transaction-level advisory locks (pg_advisory_xact_lock(class, key)): the
 # first number says what is locked, the second which one (0 for the only one).
@@ -153,7 +154,9 @@ _VERSION_1 = (
 
 _VERSION_2 = (KEY_CHECKS.replace("BLOB", "BYTEA"),)
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _VERSION_1, 2: _VERSION_2}
+_VERSION_3 = tuple(ddl.replace(" IF NOT EXISTS", "") for ddl in HOOK_OUTBOX)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _VERSION_1, 2: _VERSION_2, 3: _VERSION_3}
 
 
 def migrate(

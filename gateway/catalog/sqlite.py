@@ -18,6 +18,7 @@ from gateway.catalog.base import (
     Deletion,
     Grant,
     Hold,
+    HookEvent,
     Lease,
     LeaseLost,
     LeaseState,
@@ -34,6 +35,7 @@ from gateway.catalog.base import (
 )
 from gateway.catalog.sqlite_audit import SQLiteAuditLog
 from gateway.catalog.sqlite_files import DatabaseFile
+from gateway.catalog.sqlite_hooks import SQLiteHookOutbox, add_event
 from gateway.catalog.sqlite_schema import WRAPPED_KEYS, WRAPPED_KEYS_INDEX, migrate
 from gateway.keys.base import WrappedKey
 
@@ -48,7 +50,7 @@ _GRANT_FIELDS = tuple(f.name for f in fields(Grant))
 _GRANT_COLUMNS = ", ".join(_GRANT_FIELDS)
 
 
-class SQLiteCatalog(SQLiteAuditLog):
+class SQLiteCatalog(SQLiteAuditLog, SQLiteHookOutbox):
     """A `Catalog` on one SQLite file; safe to share between threads."""
 
     def __init__(
@@ -135,7 +137,9 @@ class SQLiteCatalog(SQLiteAuditLog):
 
     # uploads
 
-    def create_upload(self, upload: Upload, wrapped: WrappedKey | None) -> None:
+    def create_upload(
+        self, upload: Upload, wrapped: WrappedKey | None, event: HookEvent | None = None
+    ) -> None:
         if upload.legacy_metadata is not None:
             raise ValueError("plain-text metadata is never written to the catalog")
         values = [getattr(upload, name) for name in _UPLOAD_FIELDS]
@@ -151,6 +155,7 @@ class SQLiteCatalog(SQLiteAuditLog):
                     "VALUES (?, ?, ?, ?, ?)",
                     (upload.dek_id, upload.id, wrapped.kek_id, wrapped.kek_version, wrapped.blob),
                 )
+            add_event(cur, event)
 
     def get_upload(self, upload_id: str) -> Upload | None:
         rows = self._query(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
@@ -236,6 +241,7 @@ class SQLiteCatalog(SQLiteAuditLog):
                     "UPDATE uploads SET state = ?, completed_at = ? WHERE id = ?",
                     (UploadState.COMPLETE, progress.complete_at, uid),
                 )
+            add_event(cur, progress.event)
 
     def set_length(self, upload_id: str, length: int) -> None:
         with self._tx() as cur:

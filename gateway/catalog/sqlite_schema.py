@@ -16,8 +16,9 @@ from gateway.catalog.base import SchemaMismatch
 # _GRANTS below); the audit log and its signed checkpoints (_AUDIT_SCHEMA below).
 # 5: key checks (KEY_CHECKS): a random value wrapped under each KEK version gateways
 # have used, which an instance must unwrap before it starts.
-SCHEMA_VERSION = 5
-_UPGRADABLE = (1, 2, 3, 4)
+# 6: the hooks' outbox (HOOK_OUTBOX): webhook deliveries waiting, retried or dead.
+SCHEMA_VERSION = 6
+_UPGRADABLE = (1, 2, 3, 4, 5)
 
 WRAPPED_KEYS = """CREATE TABLE IF NOT EXISTS {table} (
         dek_id BLOB PRIMARY KEY,
@@ -185,6 +186,32 @@ KEY_CHECKS = """CREATE TABLE IF NOT EXISTS key_checks (
     )"""
 # -- end of version 5 ------------------------------------------------------------------
 
+# -- version 6: the hooks' outbox (gateway/hooks/) -------------------------------------
+# One row per event and target URL, written in the transaction that completes the
+# upload; deleted once delivered. A deliverer claims a row (claimed_by, claimed_until)
+# while it sends it. No foreign key: an event outlives its upload's removal. Shared
+# with the PostgreSQL schema as it is.
+HOOK_OUTBOX = (
+    """CREATE TABLE IF NOT EXISTS hook_outbox (
+        event_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        type TEXT NOT NULL,
+        upload_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        last_error TEXT,
+        dead BOOLEAN NOT NULL DEFAULT FALSE,
+        claimed_by TEXT,
+        claimed_until DOUBLE PRECISION,
+        PRIMARY KEY (event_id, target)
+    )""",
+    "CREATE INDEX IF NOT EXISTS hook_outbox_due ON hook_outbox (dead, next_attempt_at)",
+    "CREATE INDEX IF NOT EXISTS hook_outbox_order ON hook_outbox (created_at, event_id, target)",
+)
+# -- end of version 6 ------------------------------------------------------------------
+
 # Columns added since version 2, with what older rows get: no hold, no roles.
 _ADDED_COLUMNS = (
     ("uploads", "held", "BOOLEAN NOT NULL DEFAULT FALSE"),
@@ -230,7 +257,7 @@ def migrate(cur: sqlite3.Cursor, *, apply: bool = True) -> tuple[int, int]:
             f"the catalog's schema is version {before}, this gateway needs {SCHEMA_VERSION}: "
             "run `gateway migrate` (or set GATEWAY_MIGRATE=auto)"
         )
-    for ddl in (*_SCHEMA, *_GRANTS, *_AUDIT_SCHEMA, KEY_CHECKS):
+    for ddl in (*_SCHEMA, *_GRANTS, *_AUDIT_SCHEMA, KEY_CHECKS, *HOOK_OUTBOX):
         cur.execute(ddl)
     if before == 0:
         cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))

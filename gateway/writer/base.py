@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.catalog.base import RecordRow, Upload
+from gateway.catalog.base import HookEvent, RecordRow, Upload
 from gateway.errors import ERR, GatewayError
 from gateway.leases import StopReason
 from gateway.sealed import RECORD_OVERHEAD
@@ -35,8 +35,9 @@ class RunningHash:
 
 
 # Called once the object is complete and before the upload is marked complete: the
-# records as recorded and the plaintext SHA-256 if the running hash covered it all.
-OnComplete = Callable[[Upload, list[RecordRow], bytes | None], Awaitable[None]]
+# records as recorded and the plaintext SHA-256 if the running hash covered it all. It
+# may return an event to notify, recorded in the commit that marks the upload complete.
+OnComplete = Callable[[Upload, list[RecordRow], bytes | None], Awaitable[HookEvent | None]]
 
 
 @dataclass

@@ -348,10 +348,11 @@ class SegmentWriter:
             self.upload.id,
             parts,
         )
+        event = None
         if self._on_complete is not None:
             plain_sha = plaintext_sha256(self._pipeline.running, len(rows))
-            await self._on_complete(self.upload, rows, plain_sha)
-        await ledger.commit(offset=total, complete_segment=intake.segment + 1)
+            event = await self._on_complete(self.upload, rows, plain_sha)
+        await ledger.commit(offset=total, complete_segment=intake.segment + 1, event=event)
         self.completed = True
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway import metrics
-from gateway.catalog.base import Progress, RecordRow, TailPiece, UploadCatalog
+from gateway.catalog.base import HookEvent, Progress, RecordRow, TailPiece, UploadCatalog
 from gateway.leases import Control
 from gateway.runner import Runner
 from gateway.writer.tail import TailPieces
@@ -110,10 +110,12 @@ class Ledger:
         piece: TailPiece | None = None,
         complete_segment: int | None = None,
         replaces: list[TailPiece] | None = None,
+        event: HookEvent | None = None,
     ) -> None:
         """Record the pending records and `offset` (fenced by the lease and the offset).
 
         `complete_segment`: the upload is complete; the segments below it are sealed.
+        `event`: its notification, written to the outbox in the same transaction.
         """
         rows, self.pending = self.pending, []
         drop = rows[-1].index + 1 if rows else None
@@ -130,6 +132,7 @@ class Ledger:
             complete_at=self._clock() if complete else None,
             expires_at=None if complete else self._expires_at(),
             checksum=self.checksum,
+            event=event if complete else None,
         )
         await self._runner.db(self._catalog.commit, self._control.lease, progress)
         metrics.BYTES_IN_FLIGHT.dec(offset - self.committed)
