@@ -153,16 +153,17 @@ class Finals:
         done = dataclasses.replace(
             final, length=total, offset=total, state=UploadState.COMPLETE, completed_at=now
         )
-        await self._runner.io(
+        jws = await self._runner.io(
             write_concat_manifest,
             store=self._store,
             signing=self._keys.signing_key(),
             final=done,
             partials=usable,
         )
-        await self._runner.db(
-            self._catalog.commit, lease, Progress(expected_offset=0, offset=total, complete_at=now)
-        )
+        # Its notification enters the outbox with the completion (as for a PATCH's).
+        event = None if self._events is None else self._events.completed(done, jws, now)
+        progress = Progress(expected_offset=0, offset=total, complete_at=now, event=event)
+        await self._runner.db(self._catalog.commit, lease, progress)
         metrics.UPLOADS_FINISHED.inc()
         return done
 

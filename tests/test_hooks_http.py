@@ -22,7 +22,7 @@ from gateway.hooks.signing import verify
 from tests.hook_receiver import HookReceiver, ReceiverProcess
 from tests.postgres import PostgresServer
 from tests.server import GatewayProcess, free_port
-from tests.tushttp import assert_problem, create, send, upload
+from tests.tushttp import assert_problem, create, send, upload, upload_id
 
 SECRET = "test-hook-secret-0123456789abcdef"
 FAST = {
@@ -265,6 +265,26 @@ def test_a_final_concatenation_is_announced_like_any_upload(
         final_id: ("final", 4),
     }
     final_event = next(e for e in events if e["upload"]["id"] == final_id)
+    assert jws_payload(final_event["manifest"])["upload"]["id"] == final_id
+
+
+def test_a_final_made_before_its_partials_finished_is_announced_when_it_completes(
+    receiver: HookReceiver, start_gateway: Callable[..., GatewayProcess]
+) -> None:
+    server = start_gateway(GATEWAY_HOOK_URL=receiver.url)
+    partial = create(server, 4, **{"Upload-Concat": "partial"})
+    final = httpx.post(
+        server.files_url,
+        headers={**server.auth, "Upload-Concat": "final;" + partial},
+        timeout=30,
+    )
+    assert final.status_code == 201, final.text
+    final_id = upload_id(final.headers["Location"])
+    assert send(server, partial, b"abcd", 0) == 4  # completes the partial, then the final
+    events = [r.json() for r in receiver.wait_for(2)]
+    assert {e["upload"]["id"] for e in events} == {upload_id(partial), final_id}
+    final_event = next(e for e in events if e["upload"]["id"] == final_id)
+    assert final_event["upload"]["length"] == 4
     assert jws_payload(final_event["manifest"])["upload"]["id"] == final_id
 
 
