@@ -71,6 +71,7 @@ class Settings:
     linger_max_bytes: int = 64 * MiB
     public_url: str = ""  # e.g. https://uploads.example.org: Location is built on it; "" relative
     trusted_proxies: str = ""  # comma list of proxy IPs/CIDRs whose X-Forwarded-For/Proto count
+    ui: bool = False  # serve the upload page at /ui/ (gateway/ui/)
     # Object storage: "" or "folder" for the local folder, or s3://BUCKET[/PREFIX].
     store: str = ""
     s3_endpoint: str = ""
