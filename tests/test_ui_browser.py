@@ -223,6 +223,19 @@ def test_uploads_several_files(
     assert [m for m in browser.console if m.startswith(("error", "pageerror"))] == []
 
 
+def test_a_folder(ui_gateway: GatewayProcess, browser: Browser, tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    (folder / "sub").mkdir(parents=True)
+    files = [make_file(folder / "a.dcm", 300 * KiB), make_file(folder / "sub" / "b.dcm", 77)]
+    browser.open(ui_gateway.url + "/ui/")
+    browser.enter_key(ui_gateway.token)
+    browser.page.set_input_files("#folder", str(folder))
+    browser.page.click("#start")
+    # Rows (and the uploads' filename metadata) name each file by its path in the folder.
+    assert browser.wait_done("series/a.dcm") == sha256_of(files[0])
+    assert browser.wait_done("series/sub/b.dcm") == sha256_of(files[1])
+
+
 def test_pause_then_resume_after_a_reload(
     ui_gateway: GatewayProcess, browser: Browser, tmp_path: Path
 ) -> None:

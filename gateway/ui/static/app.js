@@ -114,6 +114,7 @@
         sent: 0, state: "ready", upload: null, el: null };
       row.el = buildRow(row);
       rows.push(row);
+      showRow(row);
       $("rows").appendChild(row.el.tr);
     }
     refresh();
