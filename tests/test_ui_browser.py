@@ -325,6 +325,23 @@ def test_resumes_across_a_gateway_restart(
     assert min(offsets) > 0
 
 
+def test_a_refused_key_is_said_and_not_retried(
+    ui_gateway: GatewayProcess, browser: Browser, tmp_path: Path
+) -> None:
+    study = make_file(tmp_path / "study.dcm", 1000)
+    browser.open(ui_gateway.url + "/ui/")
+    browser.enter_key("not-a-key")
+    browser.pick(study)
+    browser.page.click("#start")
+    browser.page.wait_for_selector("#rows tr[data-state=failed]")
+    assert "the key was refused (401)" in browser.row(study.name).inner_text()
+    assert len(browser.sent("POST")) == 1
+    # Forgetting the key empties sessionStorage; the page cannot upload without one.
+    browser.page.click("#forget")
+    assert browser.page.evaluate("() => sessionStorage.length") == 0
+    assert browser.page.locator("#resume-all").is_disabled()
+
+
 def test_csp_blocks_inline_code(ui_gateway: GatewayProcess, browser: Browser) -> None:
     browser.open(ui_gateway.url + "/ui/")
     assert browser.csp_violations() == []
