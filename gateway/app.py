@@ -45,6 +45,7 @@ from gateway.rules import catalog_unavailable
 from gateway.store.base import InPlaceStore, ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store, parse_store_url
+from gateway.ui import ui_routes
 from gateway.wiring import build_services
 
 log = logging.getLogger("gateway.app")
@@ -207,6 +208,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            *(ui_routes(settings) if settings.ui else []),
         ],
         middleware=[
             *cors[:1],

@@ -61,6 +61,7 @@ class Settings:
     log_format: str = "json"  # "json" (one object per line) or "text"
     workers: int = 1  # worker processes sharing the catalog and store
     metrics_token: str = ""  # a bearer token just for Prometheus scrapes of /metrics
+    ui: bool = False  # serve the upload page at /ui/ (gateway/ui/)
     shutdown_timeout: float = 30.0  # SIGTERM: running PATCHes save, then this long to finish
     # The HTTP edge: request line + header bytes, and how long they may take to arrive.
     max_header_bytes: int = 64 * 1024  # more is answered 431 and the connection closed
