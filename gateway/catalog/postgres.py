@@ -28,13 +28,13 @@ from gateway.catalog.base import (
     OffsetConflict,
     Progress,
     RecordRow,
-    StoredKey,
     StoredReceipt,
     TailPiece,
     Upload,
     UploadHeld,
     UploadState,
 )
+from gateway.catalog.keys_sql import KeyRotationSQL
 from gateway.catalog.postgres_access import PostgresAccess
 from gateway.catalog.postgres_audit import PostgresAuditLog
 from gateway.catalog.postgres_db import Cursor
@@ -46,9 +46,11 @@ _COLUMN_OF = {"offset": "upload_offset", "partials": "parts"}
 _UPLOAD_COLUMNS = ", ".join(_COLUMN_OF.get(n, n) for n in _UPLOAD_FIELDS)
 
 
-class PostgresCatalog(PostgresAccess, PostgresAuditLog, PostgresHookOutbox):
+class PostgresCatalog(PostgresAccess, PostgresAuditLog, PostgresHookOutbox, KeyRotationSQL):
     """A `Catalog` in a PostgreSQL database (a `postgresql://` URL); safe to share
     between threads. The schema is created on first use."""
+
+    PARAM = "%s"  # psycopg's parameter mark (for KeyRotationSQL)
 
     # uploads
 
@@ -357,58 +359,6 @@ class PostgresCatalog(PostgresAccess, PostgresAuditLog, PostgresHookOutbox):
             return None
         case, by, at = rows[0]
         return Hold(case=case, placed_by=str(by), placed_at=float(at))
-
-    # key rotation
-
-    def wrapped_key_counts(self) -> dict[tuple[str, int], int]:
-        rows = self._query(
-            "SELECT kek_id, kek_version, COUNT(*) FROM wrapped_keys GROUP BY kek_id, kek_version"
-        )
-        return {(str(r[0]), int(r[1])): int(r[2]) for r in rows}
-
-    def wrapped_keys_not_under(
-        self, kek_id: str, kek_version: int, after: bytes = b"", limit: int = 100
-    ) -> list[StoredKey]:
-        rows = self._query(
-            "SELECT dek_id, upload_id, kek_id, kek_version, blob FROM wrapped_keys "
-            "WHERE dek_id > %s AND NOT (kek_id = %s AND kek_version = %s) "
-            "ORDER BY dek_id LIMIT %s",
-            (after, kek_id, kek_version, limit),
-        )
-        return [
-            StoredKey(bytes(r[0]), str(r[1]), WrappedKey(str(r[2]), int(r[3]), bytes(r[4])))
-            for r in rows
-        ]
-
-    def replace_wrapped_key(self, dek_id: bytes, old: WrappedKey, new: WrappedKey) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                "UPDATE wrapped_keys SET kek_id = %s, kek_version = %s, blob = %s "
-                "WHERE dek_id = %s AND kek_id = %s AND kek_version = %s AND blob = %s",
-                (
-                    new.kek_id,
-                    new.kek_version,
-                    new.blob,
-                    dek_id,
-                    old.kek_id,
-                    old.kek_version,
-                    old.blob,
-                ),
-            )
-            return cur.rowcount == 1
-
-    def key_checks(self) -> list[tuple[bytes, WrappedKey]]:
-        rows = self._query("SELECT dek_id, kek_id, kek_version, blob FROM key_checks")
-        return [(bytes(r[0]), WrappedKey(str(r[1]), int(r[2]), bytes(r[3]))) for r in rows]
-
-    def add_key_check(self, check_id: bytes, wrapped: WrappedKey) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO key_checks (kek_id, kek_version, dek_id, blob) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (wrapped.kek_id, wrapped.kek_version, check_id, wrapped.blob),
-            )
-            return cur.rowcount == 1
 
 
 def _insert_key(cur: Cursor, dek_id: bytes, upload_id: str, wrapped: WrappedKey) -> None:
