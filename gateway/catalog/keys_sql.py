@@ -1,38 +1,14 @@
-"""Key rotation and key checks in SQL both catalogs run as it is: one implementation.
-
-Mixed into `SQLiteCatalog` and `PostgresCatalog`, which provide `_query` (one read)
-and `_tx` (one write transaction) and say how their driver marks a parameter
-(`PARAM`: sqlite3's `?`, psycopg's `%s`); the statements are written with `?`.
-"""
+"""Key rotation and key checks, one implementation for both catalogs (`PortableSQL`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
-
 from gateway.catalog.base import StoredKey
+from gateway.catalog.portable import PortableSQL
 from gateway.keys.base import WrappedKey
 
 
-class _Cursor(Protocol):
-    @property
-    def rowcount(self) -> int: ...
-
-    def execute(self, sql: Any, params: Sequence[Any], /) -> object: ...
-
-
-class KeyRotationSQL:
-    PARAM: ClassVar[str] = "?"
-
-    if TYPE_CHECKING:
-
-        def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]: ...
-
-        def _tx(self, *, durable: bool = True) -> AbstractContextManager[_Cursor]: ...
-
-    def _sql(self, statement: str) -> str:
-        return statement if self.PARAM == "?" else statement.replace("?", self.PARAM)
+class KeyRotationSQL(PortableSQL):
+    """`KeyRotationCatalog` and `KeyCheckCatalog`; mixed into both catalogs."""
 
     def wrapped_key_counts(self) -> dict[tuple[str, int], int]:
         rows = self._query(

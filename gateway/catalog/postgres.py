@@ -5,9 +5,9 @@ own means: row locks (SELECT ... FOR UPDATE) where SQLite has its one write lock
 transaction-level advisory locks where no row exists yet to lock (a lease being taken,
 the audit log's head), and a SEQUENCE for fencing tokens. Connections come from a
 psycopg-pool pool; each call is one short transaction on one of them. Here: uploads,
-removal, holds and key rotation; leases, grants and API keys in postgres_access.py, the
-audit log in postgres_audit.py, the hooks' outbox in postgres_hooks.py, the pool in
-postgres_db.py.
+removal and holds; leases, grants and API keys in postgres_access.py, the audit log in
+postgres_audit.py (on audit_sql.py, shared with SQLite, as is keys_sql.py for key
+rotation), the hooks' outbox in postgres_hooks.py, the pool in postgres_db.py.
 """
 
 from __future__ import annotations
@@ -49,8 +49,6 @@ _UPLOAD_COLUMNS = ", ".join(_COLUMN_OF.get(n, n) for n in _UPLOAD_FIELDS)
 class PostgresCatalog(PostgresAccess, PostgresAuditLog, PostgresHookOutbox, KeyRotationSQL):
     """A `Catalog` in a PostgreSQL database (a `postgresql://` URL); safe to share
     between threads. The schema is created on first use."""
-
-    PARAM = "%s"  # psycopg's parameter mark (for KeyRotationSQL)
 
     # uploads
 

@@ -1,104 +1,16 @@
-"""The PostgreSQL catalog's audit log: appends that never fork the chain, queries, checkpoints."""
+"""The PostgreSQL catalog's audit log: the shared one (audit_sql.py), its head locked by
+an advisory lock, as no row lock can serialise appends before the first entry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from gateway.catalog.base import AUDIT_GENESIS, AuditQuery, AuditRecord, StoredCheckpoint
+from gateway.catalog.audit_sql import AuditLogSQL
+from gateway.catalog.portable import Cursor
 from gateway.catalog.postgres_db import PostgresDatabase
 from gateway.catalog.postgres_schema import LOCK_AUDIT
 
-_COLUMNS = "seq, time, action, principal, tenant, upload_id, upload_tenant, entry, hash"
 
-
-class PostgresAuditLog(PostgresDatabase):
+class PostgresAuditLog(PostgresDatabase, AuditLogSQL):
     """`AuditCatalog` on the catalog's pool; mixed into `PostgresCatalog`."""
 
-    def append_audit(self, entry_for: Callable[[int, str], AuditRecord]) -> AuditRecord:
-        # The advisory lock is taken before the head is read: two gateways appending at
-        # once are serialised, each chains onto the other's entry (no fork, no gap).
-        with self._tx() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_AUDIT,))
-            row = cur.execute(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            seq, prev = (int(row[0]), str(row[1])) if row is not None else (0, AUDIT_GENESIS)
-            record = entry_for(seq + 1, prev)
-            if record.seq != seq + 1:
-                raise ValueError(f"audit entry {record.seq} built for seq {seq + 1}")
-            cur.execute(
-                f"INSERT INTO audit_log ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    record.seq,
-                    record.time,
-                    record.action,
-                    record.principal,
-                    record.tenant,
-                    record.upload_id,
-                    record.upload_tenant,
-                    record.entry,
-                    record.hash,
-                ),
-            )
-        return record
-
-    def audit_records(self, query: AuditQuery) -> list[AuditRecord]:
-        where = ["seq > %s"]
-        params: list[object] = [query.after]
-        for column, value in (
-            ("upload_id", query.upload_id),
-            ("principal", query.principal),
-        ):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        if query.tenant is not None:
-            where.append("(tenant = %s OR upload_tenant = %s)")
-            params += [query.tenant, query.tenant]
-        if query.since is not None:
-            where.append("time >= %s")
-            params.append(query.since)
-        if query.until is not None:
-            where.append("time < %s")
-            params.append(query.until)
-        params.append(query.limit)
-        rows = self._query(
-            f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s",
-            tuple(params),
-        )
-        return [_record(row) for row in rows]
-
-    def audit_head(self) -> tuple[int, str]:
-        rows = self._query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, AUDIT_GENESIS)
-
-    def add_audit_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO audit_checkpoints (seq, issued_at, jws) VALUES (%s, %s, %s) "
-                "ON CONFLICT (seq) DO NOTHING",
-                (checkpoint.seq, checkpoint.issued_at, checkpoint.jws),
-            )
-            return cur.rowcount == 1
-
-    def audit_checkpoints(self, after: int = 0) -> list[StoredCheckpoint]:
-        rows = self._query(
-            "SELECT seq, issued_at, jws FROM audit_checkpoints WHERE seq > %s ORDER BY seq",
-            (after,),
-        )
-        return [StoredCheckpoint(int(r[0]), str(r[1]), str(r[2])) for r in rows]
-
-
-def _record(row: Any) -> AuditRecord:
-    return AuditRecord(
-        seq=row[0],
-        time=row[1],
-        action=row[2],
-        principal=row[3],
-        tenant=row[4],
-        upload_id=row[5],
-        upload_tenant=row[6],
-        entry=row[7],
-        hash=row[8],
-    )
+    def _lock_audit_head(self, cur: Cursor) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_AUDIT,))

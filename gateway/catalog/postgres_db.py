@@ -32,6 +32,8 @@ class PostgresDatabase:
     dropped, and the pool opens new ones once the database is back.
     """
 
+    PARAM = "%s"  # psycopg's parameter mark (for the shared SQL: catalog/portable.py)
+
     def __init__(
         self, conninfo: str, *, min_size: int = 1, max_size: int = 4, migrate: bool = True
     ) -> None:

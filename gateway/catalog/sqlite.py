@@ -13,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from gateway.catalog.audit_sql import AuditLogSQL
 from gateway.catalog.base import (
     ApiKey,
     Deletion,
@@ -33,7 +34,6 @@ from gateway.catalog.base import (
     UploadState,
 )
 from gateway.catalog.keys_sql import KeyRotationSQL
-from gateway.catalog.sqlite_audit import SQLiteAuditLog
 from gateway.catalog.sqlite_files import DatabaseFile
 from gateway.catalog.sqlite_hooks import SQLiteHookOutbox, add_event
 from gateway.catalog.sqlite_schema import WRAPPED_KEYS, WRAPPED_KEYS_INDEX, migrate
@@ -50,7 +50,7 @@ _GRANT_FIELDS = tuple(f.name for f in fields(Grant))
 _GRANT_COLUMNS = ", ".join(_GRANT_FIELDS)
 
 
-class SQLiteCatalog(SQLiteAuditLog, SQLiteHookOutbox, KeyRotationSQL):
+class SQLiteCatalog(SQLiteHookOutbox, AuditLogSQL, KeyRotationSQL):
     """A `Catalog` on one SQLite file; safe to share between threads."""
 
     def __init__(

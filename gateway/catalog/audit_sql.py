@@ -1,30 +1,30 @@
-"""The SQLite catalog's audit log: appends that never fork the chain, queries, checkpoints."""
+"""The audit log in the catalog, one implementation for both catalogs (`PortableSQL`):
+appends that never fork the chain, queries, checkpoints."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from gateway.catalog.base import AUDIT_GENESIS, AuditQuery, AuditRecord, StoredCheckpoint
+from gateway.catalog.portable import Cursor, PortableSQL
 
 _COLUMNS = "seq, time, action, principal, tenant, upload_id, upload_tenant, entry, hash"
 
 
-class SQLiteAuditLog:
-    """`AuditCatalog` on the catalog's own connection; mixed into `SQLiteCatalog`."""
+class AuditLogSQL(PortableSQL):
+    """`AuditCatalog`; mixed into both catalogs."""
 
-    def _tx(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Cursor]:
-        raise NotImplementedError
-
-    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
-        raise NotImplementedError
+    def _lock_audit_head(self, cur: Cursor) -> None:
+        """Serialise appends in this transaction before the head is read (nothing where
+        the transaction's write lock already does)."""
 
     def append_audit(self, entry_for: Callable[[int, str], AuditRecord]) -> AuditRecord:
-        # BEGIN IMMEDIATE takes the write lock before the head is read: two processes
-        # appending at once are serialised, each chains onto the other's entry.
+        # The head is locked before it is read (SQLite: BEGIN IMMEDIATE's write lock;
+        # PostgreSQL: an advisory lock): two processes appending at once are
+        # serialised, each chains onto the other's entry (no fork, no gap).
         with self._tx() as cur:
+            self._lock_audit_head(cur)
             row = cur.execute(
                 "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
             ).fetchone()
@@ -33,7 +33,7 @@ class SQLiteAuditLog:
             if record.seq != seq + 1:
                 raise ValueError(f"audit entry {record.seq} built for seq {seq + 1}")
             cur.execute(
-                f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._sql(f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                 (
                     record.seq,
                     record.time,
@@ -69,7 +69,9 @@ class SQLiteAuditLog:
             params.append(query.until)
         params.append(query.limit)
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            self._sql(
+                f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+            ),
             tuple(params),
         )
         return [_record(row) for row in rows]
@@ -81,15 +83,19 @@ class SQLiteAuditLog:
     def add_audit_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO audit_checkpoints (seq, issued_at, jws) VALUES (?, ?, ?) "
-                "ON CONFLICT (seq) DO NOTHING",
+                self._sql(
+                    "INSERT INTO audit_checkpoints (seq, issued_at, jws) VALUES (?, ?, ?) "
+                    "ON CONFLICT (seq) DO NOTHING"
+                ),
                 (checkpoint.seq, checkpoint.issued_at, checkpoint.jws),
             )
             return cur.rowcount == 1
 
     def audit_checkpoints(self, after: int = 0) -> list[StoredCheckpoint]:
         rows = self._query(
-            "SELECT seq, issued_at, jws FROM audit_checkpoints WHERE seq > ? ORDER BY seq",
+            self._sql(
+                "SELECT seq, issued_at, jws FROM audit_checkpoints WHERE seq > ? ORDER BY seq"
+            ),
             (after,),
         )
         return [StoredCheckpoint(int(r[0]), str(r[1]), str(r[2])) for r in rows]
