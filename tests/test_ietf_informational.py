@@ -3,21 +3,26 @@
 Over bare sockets against a real `gateway serve`: the 104 arrives with the upload's
 URL before any body byte is sent, then the final response; a creation cut off midway
 is resumed at the URL the 104 gave (what URLSession does); HTTP/1.0 clients, tus
-requests and a gateway without the setting get no 104.
+requests and a gateway without the setting get no 104. Then the protocol's
+`http.response.informational` messages on a fake connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from gateway.connections import INFORMATIONAL, _send_informational, _with_informational
 from gateway.ietf import headers as fields
 from gateway.ietf.versions import SUPPORTED, VERSIONS, Version
 from tests.conftest import read_stored
@@ -245,3 +250,87 @@ def test_without_the_setting_no_104_is_sent(tmp_path: Path) -> None:
             conn.close()
     finally:
         server.stop()
+
+
+# -- the protocol's informational messages, on a fake connection -----------------------
+
+
+@dataclass
+class _Transport:
+    written: list[bytes] = field(default_factory=list)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@dataclass
+class _Flow:
+    write_paused: bool = False
+
+
+@dataclass
+class _Cycle:
+    transport: _Transport = field(default_factory=_Transport)
+    flow: _Flow = field(default_factory=_Flow)
+    response_started: bool = False
+    disconnected: bool = False
+
+
+def _informational(cycle: _Cycle, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    asyncio.run(_send_informational(cast(RequestResponseCycle, cycle), status, headers))
+
+
+def test_an_informational_response_is_written_as_it_is() -> None:
+    cycle = _Cycle()
+    _informational(cycle, 104, [(b"Upload-Draft-Interop-Version", b"8"), (b"location", b"/x")])
+    assert cycle.transport.written == [
+        b"HTTP/1.1 104 Upload Resumption Supported\r\n"
+        b"upload-draft-interop-version: 8\r\nlocation: /x\r\n\r\n"
+    ]
+    _informational(cycle, 103, [])
+    assert cycle.transport.written[1] == b"HTTP/1.1 103 Early Hints\r\n\r\n"
+
+
+@pytest.mark.parametrize("status", [99, 101, 200, 204])
+def test_only_1xx_but_101_is_informational(status: int) -> None:
+    with pytest.raises(RuntimeError, match="not an informational status"):
+        _informational(_Cycle(), status, [])
+
+
+def test_no_informational_response_once_the_final_one_started() -> None:
+    with pytest.raises(RuntimeError, match="after the final one"):
+        _informational(_Cycle(response_started=True), 104, [])
+
+
+def test_nothing_is_written_to_a_client_gone() -> None:
+    cycle = _Cycle(disconnected=True)
+    _informational(cycle, 104, [])
+    assert cycle.transport.written == []
+
+
+def test_a_bad_header_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="invalid header"):
+        _informational(_Cycle(), 104, [(b"location", b"/x\r\nset-cookie: a=b")])
+
+
+def test_the_app_s_other_messages_reach_uvicorn() -> None:
+    cycle = _Cycle()
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": INFORMATIONAL, "status": 104, "headers": []})
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.disconnect"}
+
+    real = cast(RequestResponseCycle, cycle)
+    asyncio.run(_with_informational(app, real, cast(Any, {}), receive, send))
+    assert cycle.transport.written == [b"HTTP/1.1 104 Upload Resumption Supported\r\n\r\n"]
+    assert [m["type"] for m in sent] == ["http.response.start"]
