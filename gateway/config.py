@@ -75,6 +75,10 @@ class Settings:
     # Comma list of origins (https://pacs.example.org) whose pages may call the gateway
     # (CORS), or "*" for any; "": no CORS headers at all.
     cors_origins: str = ""
+    # IETF resumable uploads: send `104 Upload Resumption Supported` (with Location) on
+    # creation, before the body is read, so a creation cut off midway can be resumed
+    # (URLSession needs it). Off: some proxies and clients mishandle informational responses.
+    ietf_send_104: bool = False
     # Object storage: "" or "folder" for the local folder, or s3://BUCKET[/PREFIX].
     store: str = ""
     s3_endpoint: str = ""

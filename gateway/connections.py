@@ -15,6 +15,12 @@
   a client still writing its body (Node's http module) then reports ECONNRESET or
   EPIPE instead of the status. Dropped bytes are never buffered; the request's task
   and its writer slot are already gone.
+- Informational responses: an HTTP/1.1 request's scope advertises the ASGI extension
+  `http.response.informational`; the app may then send, before `http.response.start`,
+  `{"type": "http.response.informational", "status": 1xx, "headers": [...]}`, written
+  to the connection at once (the IETF upload creation's 104). uvicorn sends no 1xx but
+  `100 Continue`. Never offered to HTTP/1.0 clients, which must not get one (RFC 9110
+  15.2).
 - Request bodies reach the app uncopied: uvicorn (0.55) appends every chunk the
   parser hands over to a bytearray and copies that into a new bytes object for each
   ASGI message. Here a chunk that arrives while nothing is buffered is kept as the
@@ -32,11 +38,21 @@ import socket
 from asyncio import TimerHandle
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from http import HTTPStatus
+from typing import Any, Literal, cast
 
 import httptools
+from uvicorn._types import (
+    ASGI3Application,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
@@ -54,6 +70,10 @@ MAX_HEADER_LINES = 256  # header (and trailer) lines per request
 LINGER_IDLE = 2.0  # a lingering connection silent this long is closed (nothing is unread)
 # llhttp's message for a Transfer-Encoding whose final coding is not chunked.
 _UNKNOWN_CODING = "Request has invalid `Transfer-Encoding`"
+# The ASGI extension (and message type) for an informational response before the final one.
+INFORMATIONAL = "http.response.informational"
+# Reason phrases Python's HTTPStatus lacks (draft-ietf-httpbis-resumable-upload).
+_REASONS = {104: "Upload Resumption Supported"}
 
 
 @dataclass(frozen=True)
@@ -235,6 +255,13 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
             # Its close after a response goes through us, to linger when the body is unread.
             self.cycle.transport = _LingerOnClose(self, self.cycle)  # type: ignore[assignment]
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # Now or, for a pipelined request, once the one before it is answered.
+        if cycle.scope["http_version"] == "1.1":
+            cycle.scope.setdefault("extensions", {})[INFORMATIONAL] = {}
+            app = functools.partial(_with_informational, app, cycle)
+        super()._start_asgi_task(cycle, app)
+
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         cycle = self.cycle
@@ -388,6 +415,53 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         metrics.LINGER_CLOSES.labels(outcome).inc()
         if close:
             self.transport.close()
+
+
+async def _with_informational(
+    app: ASGI3Application,
+    cycle: RequestResponseCycle,
+    scope: Scope,
+    receive: ASGIReceiveCallable,
+    send: ASGISendCallable,
+) -> None:
+    """`app` with `http.response.informational` messages written by us, the rest by uvicorn."""
+
+    async def sending(message: ASGISendEvent) -> None:
+        if message["type"] == INFORMATIONAL:
+            event = cast(dict[str, Any], message)
+            await _send_informational(cycle, event["status"], event.get("headers", []))
+        else:
+            await send(message)
+
+    await app(scope, receive, sending)
+
+
+async def _send_informational(
+    cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]]
+) -> None:
+    if not (100 <= status < 200) or status == 101:
+        raise RuntimeError(f"{status} is not an informational status")
+    if cycle.response_started:
+        raise RuntimeError("an informational response after the final one started")
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected or cycle.transport.is_closing():
+        return
+    phrase = _REASONS.get(status) or _phrase(status)
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))]
+    for name, value in headers:
+        if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+            raise RuntimeError("invalid header in an informational response")
+        head.append(name.lower() + b": " + value + b"\r\n")
+    head.append(b"\r\n")
+    cycle.transport.write(b"".join(head))
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 class _LingerOnClose:

@@ -5,7 +5,8 @@ carrying the whole representation is cut off midway (the client closes its
 connection), the client retrieves the offset with HEAD and appends the rest with
 PATCH; what is stored is exactly what was meant to be sent. The request cut off is an
 append: a creation cut off cannot be resumed here, since the client learns the upload's
-URL from a 104 interim response only, which uvicorn cannot send (docs/DESIGN.md).
+URL from a 104 interim response only, sent with GATEWAY_IETF_SEND_104 (off here; see
+tests/test_ietf_informational.py).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ An upload's length is recorded as soon as the client states it (`Upload-Length`,
 `Upload-Complete: ?1` with a Content-Length); until then it is deferred, as with tus's
 Upload-Defer-Length, and the request that completes the upload settles it at the
 offset reached. The store completes an upload (seals its last record, signs its
-manifest) when its offset reaches its length. No `104 (Upload Resumption Supported)`
-is sent: the ASGI servers we run on cannot send informational responses (docs/DESIGN.md).
+manifest) when its offset reaches its length. With GATEWAY_IETF_SEND_104 a creation
+sends `104 (Upload Resumption Supported)` with the upload's URL before its body is read,
+where the server offers informational responses (gateway/connections.py; docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.audit_http import note
 from gateway.auth import Authenticator, client_of
 from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.config import Settings
+from gateway.connections import INFORMATIONAL
 from gateway.errors import ERR, GatewayError
 from gateway.grants import Grants
 from gateway.handler import RECEIPT_HEADER, _body, _media_type
@@ -149,6 +151,7 @@ class IetfHandler:
         request.state.upload_id = upload.id
         note(request, audit.UPLOAD_CREATED, upload.id, settled=True, upload_tenant=upload.tenant)
         location = {"Location": self.settings.public_url.rstrip("/") + self.base + upload.id}
+        await self._resumption_supported(request, version, location["Location"])
         try:
             if upload.state == UploadState.ACTIVE and (size != 0 or complete):
                 upload = await self._write(request, principal, upload, 0, complete, None, size)
@@ -212,6 +215,17 @@ class IetfHandler:
         return Response(status_code=version.append_status, headers=self._progress(version, upload))
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _resumption_supported(self, request: Request, version: Version, url: str) -> None:
+        """104 with the new upload's URL, before its body is read: a client whose creation
+        is cut off resumes there (URLSession resumes only after one). Opt-in: a proxy may
+        not pass it on and some clients (Python's http.client) take it for the answer."""
+        if self.settings.ietf_send_104 and INFORMATIONAL in request.scope.get("extensions", {}):
+            headers = [
+                (ietf.INTEROP_HEADER.lower().encode(), str(version.number).encode()),
+                (b"location", url.encode("latin-1")),
+            ]
+            await request._send({"type": INFORMATIONAL, "status": 104, "headers": headers})
 
     async def _write(
         self,
