@@ -3,11 +3,11 @@
 Each code block after a `<!-- snippet: NAME -->` marker is run as written where this
 machine can run it: curl and `gateway upload` with bash, tuspy with Python,
 tus-js-client and Uppy with Node (installed with npm once into `.pytest_cache/`, as
-tests/test_tus_js_client.py does), the Android snippet with tus-java-client when its
-source is given in `TUS_JAVA_CLIENT_SRC` (a checkout's `src/main/java`; it is not in
-the package registries this project uses). What cannot run here is replayed request by
+tests/test_tus_js_client.py does). What cannot run here is replayed request by
 request: URLSession's (iOS 17 and 18) over a socket, tus-java-client's through the
-JDK's HttpURLConnection. The gateway sends 104s (GATEWAY_IETF_SEND_104), so every
+JDK's HttpURLConnection (the library is not in the package registries this project
+uses; scripts/check-android-snippet compiles and runs the Android snippet against a
+gateway given its source). The gateway sends 104s (GATEWAY_IETF_SEND_104), so every
 client is shown to cope with them.
 """
 
@@ -421,61 +421,6 @@ def test_android_request_sequence(server: GatewayProcess, tmp_path: Path) -> Non
     url = result.stdout.strip()
     assert _stored(server, url) == data
     assert _filename(server, url) == "scan.dcm"
-
-
-ANDROID_MAIN = r"""
-import io.tus.java.client.TusURLMemoryStore;
-import java.io.File;
-import java.net.URL;
-
-public class Main {
-    public static void main(String[] args) throws Exception {
-        TusURLMemoryStore store = new TusURLMemoryStore();
-        for (int run = 0; run < 2; run++) {  // the second finds the upload in the store: HEAD
-            URL url = Upload.send(new File(args[2]), new URL(args[0]), args[1], store);
-            System.out.println(url);
-        }
-    }
-}
-"""
-# tus-java-client's only compile-time dependency: two annotations.
-ANNOTATION = """package org.jetbrains.annotations;
-import java.lang.annotation.*;
-@Retention(RetentionPolicy.CLASS)
-public @interface {name} {{}}
-"""
-
-
-def test_android_snippet_with_tus_java_client(server: GatewayProcess, tmp_path: Path) -> None:
-    source = os.environ.get("TUS_JAVA_CLIENT_SRC", "")
-    if not source:
-        pytest.skip("TUS_JAVA_CLIENT_SRC (tus-java-client's src/main/java) is not set")
-    java, javac = _java(), shutil.which("javac")
-    if javac is None:
-        pytest.skip("javac is not installed")
-    stubs = tmp_path / "stubs" / "org" / "jetbrains" / "annotations"
-    stubs.mkdir(parents=True)
-    for name in ("NotNull", "Nullable"):
-        (stubs / f"{name}.java").write_text(ANNOTATION.format(name=name))
-    (tmp_path / "Upload.java").write_text(snippet("android-java"))
-    (tmp_path / "Main.java").write_text(ANDROID_MAIN)
-    sources = [str(p) for p in Path(source).rglob("*.java") if p.name != "package-info.java"]
-    sources += [str(p) for p in stubs.glob("*.java")] + ["Upload.java", "Main.java"]
-    compiled = subprocess.run(
-        [javac, "-nowarn", "-d", "classes", *sources],
-        cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-    assert compiled.returncode == 0, compiled.stderr
-    data = _file(tmp_path / "scan.dcm", 20 * MiB + 9)
-    result = subprocess.run(
-        [java, "-cp", "classes", "Main", server.files_url, server.token, "scan.dcm"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"{result.stderr}\n{server.log()}"
-    first, second = result.stdout.strip().splitlines()
-    assert first == second
-    assert _stored(server, first) == data
-    assert _filename(server, first) == "scan.dcm"
 
 
 # -- iOS: URLSession -------------------------------------------------------------------
