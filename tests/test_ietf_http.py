@@ -364,7 +364,8 @@ def test_the_interop_version_header_decides_the_protocol(
     gateway_app: tuple[AppGateway, httpx.Client],
 ) -> None:
     """With Upload-Draft-Interop-Version the request is IETF's (even with Tus-Resumable);
-    without it, tus's: a plain POST without Tus-Resumable is refused as tus always did."""
+    without it, tus's: a tus creation without Tus-Resumable, or a POST with nothing to
+    store, is refused as tus always did (a plain POST of a body is an ordinary upload)."""
     gateway, client = gateway_app
     token = {"Authorization": f"Bearer {gateway.token}"}
     both = {**token, "Tus-Resumable": "1.0.0", fields.INTEROP_HEADER: "8"}
@@ -372,14 +373,46 @@ def test_the_interop_version_header_decides_the_protocol(
         gateway.files_url, headers={**both, "Upload-Complete": "?1"}, content=DATA
     )
     assert response.status_code == 201 and response.headers["Upload-Complete"] == "?1"
-    plain = client.post(gateway.files_url, headers=token, content=DATA)
-    problem(plain, 412, "ERR_UNSUPPORTED_VERSION")
-    assert plain.headers["Tus-Version"] == "1.0.0"
+    for plain in (
+        client.post(gateway.files_url, headers={**token, "Upload-Length": "5"}, content=DATA),
+        client.post(gateway.files_url, headers=token),
+    ):
+        problem(plain, 412, "ERR_UNSUPPORTED_VERSION")
+        assert plain.headers["Tus-Version"] == "1.0.0"
     for version in ("2", "9", "x"):
         response = client.post(
             gateway.files_url, headers={**token, fields.INTEROP_HEADER: version}, content=DATA
         )
         problem(response, 400, "ERR_UNSUPPORTED_INTEROP_VERSION")
+
+
+def test_a_plain_post_of_a_body_is_an_ordinary_upload(
+    gateway_app: tuple[AppGateway, httpx.Client],
+) -> None:
+    """No upload protocol at all: the body is stored whole as a complete upload, with the
+    file name from Content-Disposition, and is then like any other upload."""
+    gateway, client = gateway_app
+    token = {"Authorization": f"Bearer {gateway.token}"}
+    headers = {
+        **token,
+        "Content-Type": "application/dicom",
+        "Content-Disposition": 'attachment; filename="CT-0001.dcm"',
+    }
+    response = client.post(gateway.files_url, headers=headers, content=DATA)
+    assert response.status_code == 201, response.text
+    url = response.headers["Location"]
+    got = client.get(url, headers=token)
+    assert got.status_code == 200 and got.content == DATA
+    tus_head = client.head(url, headers={**token, "Tus-Resumable": "1.0.0"})
+    assert tus_head.headers["Upload-Offset"] == tus_head.headers["Upload-Length"]
+    assert tus_head.headers["Upload-Length"] == str(len(DATA))
+    names = dict(
+        pair.split(" ") for pair in tus_head.headers["Upload-Metadata"].split(",") if " " in pair
+    )
+    assert base64.b64decode(names["filename"]) == b"CT-0001.dcm"
+    assert base64.b64decode(names["filetype"]) == b"application/dicom"
+    unauthenticated = client.post(gateway.files_url, content=DATA)
+    assert unauthenticated.status_code == 401
 
 
 def test_tus_options_are_unchanged(gateway_app: tuple[AppGateway, httpx.Client]) -> None:

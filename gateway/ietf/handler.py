@@ -37,7 +37,7 @@ from gateway.grants import Grants
 from gateway.handler import RECEIPT_HEADER, _body, _media_type
 from gateway.ietf import headers as ietf
 from gateway.ietf.problems import problem_response
-from gateway.ietf.versions import Version
+from gateway.ietf.versions import VERSIONS, Version
 from gateway.tus import headers as tus
 from gateway.uploads import Uploads, empty_body
 
@@ -62,8 +62,10 @@ class IetfHandler:
         Upload-Draft-Interop-Version here instead (whatever else it carries)."""
         routes = []
         for route in tus_routes:
-            mine = self.resource if "{upload_id}" in route.path else self.collection
-            endpoint = _either(mine, cast(Endpoint, route.endpoint))
+            resource = "{upload_id}" in route.path
+            mine = self.resource if resource else self.collection
+            ordinary = None if resource else self.ordinary
+            endpoint = _either(mine, cast(Endpoint, route.endpoint), ordinary)
             routes.append(Route(route.path, endpoint, methods=sorted(route.methods or ())))
         return routes
 
@@ -86,6 +88,18 @@ class IetfHandler:
             return problem_response(
                 request, version, exc, writing=writing, provided_offset=provided
             )
+
+    async def ordinary(self, request: Request) -> Response:
+        """A plain POST of a whole body, with no upload protocol at all: stored as an
+        upload created complete (as the drafts' creation with the whole body), answered
+        201 with its Location, so a client that knows no resumable protocol can still
+        send a study in one request."""
+        version = VERSIONS[max(VERSIONS)]
+        try:
+            principal = await self._authenticate(request)
+            return await self.create(request, version, principal, whole=True)
+        except GatewayError as exc:
+            return problem_response(request, None, exc, writing=True)
 
     async def _collection(self, request: Request, version: Version) -> Response:
         if request.method == "OPTIONS":
@@ -129,16 +143,20 @@ class IetfHandler:
             found["Accept-Patch"] = ietf.PARTIAL_UPLOAD
         return Response(status_code=204, headers=found)
 
-    async def create(self, request: Request, version: Version, principal: Principal) -> Response:
+    async def create(
+        self, request: Request, version: Version, principal: Principal, *, whole: bool = False
+    ) -> Response:
+        """An upload creation; `whole`: an ordinary POST, its body the whole upload."""
         h = request.headers
         self.grants.require(principal, Action.CREATE)
         if h.getlist("upload-offset"):
             raise GatewayError(ERR.INVALID_HEADER, "a creation must not carry Upload-Offset")
-        complete = ietf.parse_complete(version, h.getlist(ietf.complete_field_name(version)))
+        field = ietf.complete_field_name(version)
+        complete = True if whole else ietf.parse_complete(version, h.getlist(field))
         if complete is None:
             raise GatewayError(
                 ERR.INVALID_UPLOAD_COMPLETE,
-                f"a creation request needs {ietf.complete_field_name(version)}",
+                f"a creation request needs {field}",
             )
         size = _body_size(request)
         length = _settled_length(ietf.parse_length(h.getlist("upload-length")), complete, 0, size)
@@ -151,7 +169,8 @@ class IetfHandler:
         request.state.upload_id = upload.id
         note(request, audit.UPLOAD_CREATED, upload.id, settled=True, upload_tenant=upload.tenant)
         location = {"Location": self.settings.public_url.rstrip("/") + self.base + upload.id}
-        await self._resumption_supported(request, version, location["Location"])
+        if not whole:  # an ordinary client expects no 1xx
+            await self._resumption_supported(request, version, location["Location"])
         try:
             if upload.state == UploadState.ACTIVE and (size != 0 or complete):
                 upload = await self._write(request, principal, upload, 0, complete, None, size)
@@ -321,15 +340,31 @@ class IetfHandler:
         )
 
 
-def _either(mine: Endpoint, tus_endpoint: Endpoint) -> Endpoint:
-    """The dispatch rule: Upload-Draft-Interop-Version makes a request ours."""
+def _either(mine: Endpoint, tus_endpoint: Endpoint, ordinary: Endpoint | None) -> Endpoint:
+    """The dispatch rule: Upload-Draft-Interop-Version makes a request ours; so does a
+    POST of a body with no upload protocol at all (`ordinary`); the rest is tus's."""
 
     async def endpoint(request: Request) -> Response:
         if ietf.INTEROP_HEADER in request.headers:
             return await mine(request)
+        if ordinary is not None and _is_ordinary_upload(request):
+            return await ordinary(request)
         return await tus_endpoint(request)
 
     return endpoint
+
+
+def _is_ordinary_upload(request: Request) -> bool:
+    """A POST with a body and no upload protocol: no Tus-Resumable, no Upload-* field.
+    (A tus creation without Tus-Resumable carries Upload-Length or Upload-Defer-Length:
+    it still meets tus's 412.)"""
+    h = request.headers
+    if request.method != "POST" or "tus-resumable" in h:
+        return False
+    if any(name.lower().startswith("upload-") for name in h):
+        return False
+    has_body = "transfer-encoding" in h or h.get("content-length", "0").strip() not in ("", "0")
+    return has_body
 
 
 def _refuse_fields(request: Request, version: Version) -> None:
