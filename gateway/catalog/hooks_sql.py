@@ -1,13 +1,14 @@
 """The hooks' outbox in the catalog, what both catalogs run as it is (`PortableSQL`):
-the rows of an event, marking deliveries and failures, listing and retrying. Claiming
-rows for delivery is each catalog's own (sqlite_hooks.py, postgres_hooks.py)."""
+adding an event's rows (in the transaction of the change it reports), marking
+deliveries and failures, listing and retrying. Claiming rows for delivery is each
+catalog's own (sqlite_hooks.py, postgres_hooks.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gateway.catalog.base import HookDelivery, HookEvent
-from gateway.catalog.portable import PortableSQL
+from gateway.catalog.portable import Cursor, PortableSQL
 
 COLUMNS = (
     "event_id, target, type, upload_id, body, created_at, attempts, next_attempt_at, "
@@ -30,7 +31,7 @@ def delivery_from(row: Any) -> HookDelivery:
     )
 
 
-def event_rows(event: HookEvent) -> list[tuple[object, ...]]:
+def _event_rows(event: HookEvent) -> list[tuple[object, ...]]:
     """The outbox rows of `event`: one per target, due at once."""
     return [
         (
@@ -46,8 +47,7 @@ def event_rows(event: HookEvent) -> list[tuple[object, ...]]:
     ]
 
 
-# Written with ?: each catalog's add_event runs it in its driver's marks.
-INSERT_EVENT = (
+_INSERT_EVENT = (
     "INSERT INTO hook_outbox (event_id, target, type, upload_id, body, created_at, "
     "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, target) DO NOTHING"
 )
@@ -55,6 +55,11 @@ INSERT_EVENT = (
 
 class HookOutboxSQL(PortableSQL):
     """`HookCatalog` but for claiming; mixed into both catalogs."""
+
+    def _add_event(self, cur: Cursor, event: HookEvent | None) -> None:
+        """Put `event` in the outbox, in the caller's transaction."""
+        if event is not None and event.targets:
+            cur.executemany(self._sql(_INSERT_EVENT), _event_rows(event))
 
     def hook_delivered(self, event_id: str, target: str) -> None:
         with self._tx() as cur:
