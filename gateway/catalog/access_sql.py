@@ -35,9 +35,8 @@ class AccessSQL(PortableSQL):
         return found.fetchone() is not None
 
     def lease_held(self, upload_id: str, now: float) -> bool:
-        rows = self._query(
-            self._sql("SELECT 1 FROM leases WHERE upload_id = ? AND expires_at > ?"),
-            (upload_id, now),
+        rows = self._select(
+            "SELECT 1 FROM leases WHERE upload_id = ? AND expires_at > ?", (upload_id, now)
         )
         return bool(rows)
 
@@ -58,22 +57,18 @@ class AccessSQL(PortableSQL):
             return True
 
     def grants(self, upload_id: str, now: float) -> list[Grant]:
-        rows = self._query(
-            self._sql(
-                f"SELECT {_GRANT_COLUMNS} FROM grants WHERE upload_id = ? AND expires_at > ? "
-                "ORDER BY created_at, id"
-            ),
+        rows = self._select(
+            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE upload_id = ? AND expires_at > ? "
+            "ORDER BY created_at, id",
             (upload_id, now),
         )
         return [Grant(**dict(zip(_GRANT_FIELDS, row, strict=True))) for row in rows]
 
     def revoke_grant(self, upload_id: str, grant_id: str) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql("DELETE FROM grants WHERE upload_id = ? AND id = ?"),
-                (upload_id, grant_id),
-            )
-            return cur.rowcount == 1
+        revoked = self._change(
+            "DELETE FROM grants WHERE upload_id = ? AND id = ?", (upload_id, grant_id)
+        )
+        return revoked == 1
 
     # bearer tokens (API keys)
 
@@ -88,22 +83,19 @@ class AccessSQL(PortableSQL):
     ) -> str:
         roles = " ".join(sorted(principal.roles))
         token_id = token_id or secrets.token_hex(8)
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO tokens (token_hash, principal_id, tenant, created_at, roles, "
-                    "id, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_hash) "
-                    "DO UPDATE SET principal_id = excluded.principal_id, "
-                    "tenant = excluded.tenant, roles = excluded.roles, id = excluded.id, "
-                    "expires_at = excluded.expires_at, revoked_at = NULL"
-                ),
-                (token_hash, principal.id, principal.tenant, now, roles, token_id, expires_at),
-            )
+        self._change(
+            "INSERT INTO tokens (token_hash, principal_id, tenant, created_at, roles, id, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO UPDATE SET "
+            "principal_id = excluded.principal_id, tenant = excluded.tenant, "
+            "roles = excluded.roles, id = excluded.id, expires_at = excluded.expires_at, "
+            "revoked_at = NULL",
+            (token_hash, principal.id, principal.tenant, now, roles, token_id, expires_at),
+        )
         return token_id
 
     def api_key(self, token_hash: bytes) -> ApiKey | None:
-        rows = self._query(
-            self._sql(f"SELECT {_KEY_COLUMNS} FROM tokens WHERE token_hash = ?"), (token_hash,)
+        rows = self._select(
+            f"SELECT {_KEY_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,)
         )
         return _api_key_from(rows[0]) if rows else None
 
@@ -116,24 +108,21 @@ class AccessSQL(PortableSQL):
         return [_api_key_from(row) for row in rows]
 
     def revoke_token(self, token_id: str, now: float) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"),
-                (now, token_id),
-            )
-            return cur.rowcount == 1
+        revoked = self._change(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (now, token_id),
+        )
+        return revoked == 1
 
     def token_used(self, token_id: str, now: float, *, every: float = 60.0) -> None:
         # Not durable: a last-use time lost to a power cut (or a crash of the
         # database) is harmless.
-        with self._tx(durable=False) as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE tokens SET last_used_at = ? WHERE id = ? "
-                    "AND (last_used_at IS NULL OR last_used_at <= ?)"
-                ),
-                (now, token_id, now - every),
-            )
+        self._change(
+            "UPDATE tokens SET last_used_at = ? WHERE id = ? "
+            "AND (last_used_at IS NULL OR last_used_at <= ?)",
+            (now, token_id, now - every),
+            durable=False,
+        )
 
     def token_count(self) -> int:
         rows = self._query("SELECT COUNT(*) FROM tokens")

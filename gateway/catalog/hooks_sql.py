@@ -62,11 +62,9 @@ class HookOutboxSQL(PortableSQL):
             cur.executemany(self._sql(_INSERT_EVENT), _event_rows(event))
 
     def hook_delivered(self, event_id: str, target: str) -> None:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql("DELETE FROM hook_outbox WHERE event_id = ? AND target = ?"),
-                (event_id, target),
-            )
+        self._change(
+            "DELETE FROM hook_outbox WHERE event_id = ? AND target = ?", (event_id, target)
+        )
 
     def hook_failed(
         self,
@@ -78,16 +76,13 @@ class HookOutboxSQL(PortableSQL):
         error: str,
         dead: bool,
     ) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE hook_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
-                    "last_error = ?, dead = ?, claimed_by = NULL, claimed_until = NULL "
-                    "WHERE event_id = ? AND target = ? AND claimed_by = ?"
-                ),
-                (next_attempt_at, error, dead, event_id, target, holder),
-            )
-            return cur.rowcount == 1
+        marked = self._change(
+            "UPDATE hook_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
+            "last_error = ?, dead = ?, claimed_by = NULL, claimed_until = NULL "
+            "WHERE event_id = ? AND target = ? AND claimed_by = ?",
+            (next_attempt_at, error, dead, event_id, target, holder),
+        )
+        return marked == 1
 
     def hook_deliveries(
         self,
@@ -104,26 +99,20 @@ class HookOutboxSQL(PortableSQL):
         if after is not None:
             where.append("(created_at, event_id, target) > (?, ?, ?)")
             params.extend(after)
-        rows = self._query(
-            self._sql(
-                f"SELECT {COLUMNS} FROM hook_outbox WHERE {' AND '.join(where)} "
-                "ORDER BY created_at, event_id, target LIMIT ?"
-            ),
+        rows = self._select(
+            f"SELECT {COLUMNS} FROM hook_outbox WHERE {' AND '.join(where)} "
+            "ORDER BY created_at, event_id, target LIMIT ?",
             (*params, limit),
         )
         return [delivery_from(r) for r in rows]
 
     def retry_hook_deliveries(self, now: float, event_id: str | None = None) -> int:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE hook_outbox SET dead = FALSE, attempts = 0, next_attempt_at = ?, "
-                    "claimed_by = NULL, claimed_until = NULL "
-                    "WHERE dead AND (CAST(? AS TEXT) IS NULL OR event_id = ?)"
-                ),
-                (now, event_id, event_id),
-            )
-            return cur.rowcount
+        return self._change(
+            "UPDATE hook_outbox SET dead = FALSE, attempts = 0, next_attempt_at = ?, "
+            "claimed_by = NULL, claimed_until = NULL "
+            "WHERE dead AND (CAST(? AS TEXT) IS NULL OR event_id = ?)",
+            (now, event_id, event_id),
+        )
 
     def hook_outbox_depth(self) -> tuple[int, int]:
         rows = self._query(

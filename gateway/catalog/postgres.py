@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gateway.catalog.base import Deletion, Lease, Progress, Upload, UploadState
+from gateway.catalog.base import Lease, Progress, Upload, UploadState
 from gateway.catalog.keys_sql import KeyRotationSQL
 from gateway.catalog.portable import Cursor
 from gateway.catalog.postgres_access import PostgresAccess
@@ -94,13 +94,6 @@ class PostgresCatalog(
             "SELECT held FROM uploads WHERE id = %s FOR UPDATE", (upload_id,)
         ).fetchone()
         return row is not None and bool(row[0])
-
-    def terminate(self, upload_id: str, deletion: Deletion | None = None) -> None:
-        with self._tx() as cur:
-            self._refuse_held(cur, upload_id)
-            if deletion is not None:
-                self._record_deletion(cur, upload_id, deletion)
-            self._terminated(cur, upload_id)
 
     def shred(self, upload_id: str) -> bool:
         """VACUUM the key table, so that no tuple of it, live or dead, holds a deleted

@@ -1,8 +1,8 @@
 """Removal and legal holds in the catalog, one implementation for both catalogs
-(`PortableSQL`): the rows a termination changes, retiring, forgetting, what is due for
-removal, the deletion records and receipts, holds. Each catalog keeps its own locking
-of an upload (`_lock_upload`), its `terminate` (SQLite remembers the keys it must
-shred), `shred` and `finals_using`."""
+(`PortableSQL`): terminating, retiring and forgetting an upload, what is due for
+removal, the deletion records and receipts, holds. Each catalog keeps how it locks an
+upload (`_lock_upload`), `shred` and `finals_using`; SQLite also remembers a terminated
+upload's keys for its `shred` (`_terminate_rows`)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ from gateway.catalog.portable import Cursor, PortableSQL
 
 
 class RemovalSQL(PortableSQL):
-    """`RemovalCatalog` but for `terminate`, `shred` and `finals_using`, and
-    `HoldCatalog`; mixed into both catalogs."""
+    """`RemovalCatalog` but for `shred` and `finals_using`, and `HoldCatalog`; mixed
+    into both catalogs."""
 
     def _lock_upload(self, cur: Cursor, upload_id: str) -> bool:
         """Keep others from changing the upload until this transaction ends; whether it
-        is held. Here only the read: the transaction's write lock (SQLite's BEGIN
-        IMMEDIATE) already does the rest. PostgreSQL locks rows, as its commits do."""
+        is held. Here a read only: the transaction's write lock (SQLite's BEGIN
+        IMMEDIATE) does the rest. PostgreSQL locks rows, in the order its commits do."""
         row = cur.execute(self._sql("SELECT held FROM uploads WHERE id = ?"), (upload_id,))
-        found = row.fetchone()
-        return found is not None and bool(found[0])
+        held = row.fetchone()
+        return held is not None and bool(held[0])
 
     def _refuse_held(self, cur: Cursor, upload_id: str) -> None:
         if self._lock_upload(cur, upload_id):
@@ -61,7 +61,7 @@ class RemovalSQL(PortableSQL):
             ),
         )
 
-    def _terminated(self, cur: Cursor, upload_id: str) -> None:
+    def _terminate_rows(self, cur: Cursor, upload_id: str) -> None:
         """Mark the upload terminated and delete its key, grants and lease: dropping the
         lease makes any in-flight writer's next commit fail at once."""
         cur.execute(
@@ -70,6 +70,13 @@ class RemovalSQL(PortableSQL):
         )
         for table in ("wrapped_keys", "grants", "leases"):
             cur.execute(self._sql(f"DELETE FROM {table} WHERE upload_id = ?"), (upload_id,))
+
+    def terminate(self, upload_id: str, deletion: Deletion | None = None) -> None:
+        with self._tx() as cur:
+            self._refuse_held(cur, upload_id)
+            if deletion is not None:
+                self._record_deletion(cur, upload_id, deletion)
+            self._terminate_rows(cur, upload_id)
 
     def retire(self, upload_id: str) -> None:
         with self._tx() as cur:
@@ -98,31 +105,25 @@ class RemovalSQL(PortableSQL):
 
     def removals_pending(self, limit: int = 100) -> list[str]:
         # Terminated without a key: a retired partial keeps its key until it is removed.
-        rows = self._query(
-            self._sql(
-                "SELECT id FROM uploads WHERE state = ? AND NOT EXISTS "
-                "(SELECT 1 FROM wrapped_keys WHERE wrapped_keys.upload_id = uploads.id) LIMIT ?"
-            ),
+        rows = self._select(
+            "SELECT id FROM uploads WHERE state = ? AND NOT EXISTS "
+            "(SELECT 1 FROM wrapped_keys WHERE wrapped_keys.upload_id = uploads.id) LIMIT ?",
             (str(UploadState.TERMINATED), limit),
         )
         return [str(r[0]) for r in rows]
 
     def retention_due(self, completed_before: float, limit: int = 100) -> list[str]:
-        rows = self._query(
-            self._sql(
-                "SELECT id FROM uploads WHERE state = ? AND completed_at IS NOT NULL "
-                "AND completed_at <= ? AND NOT held ORDER BY completed_at, id LIMIT ?"
-            ),
+        rows = self._select(
+            "SELECT id FROM uploads WHERE state = ? AND completed_at IS NOT NULL "
+            "AND completed_at <= ? AND NOT held ORDER BY completed_at, id LIMIT ?",
             (str(UploadState.COMPLETE), completed_before, limit),
         )
         return [str(r[0]) for r in rows]
 
     def deletion(self, upload_id: str) -> Deletion | None:
-        rows = self._query(
-            self._sql(
-                "SELECT requested_at, reason, deleted_by, manifest_sha256, dek_id, kek_id, "
-                "kek_version FROM deletions WHERE upload_id = ?"
-            ),
+        rows = self._select(
+            "SELECT requested_at, reason, deleted_by, manifest_sha256, dek_id, kek_id, "
+            "kek_version FROM deletions WHERE upload_id = ?",
             (upload_id,),
         )
         if not rows:
@@ -140,9 +141,8 @@ class RemovalSQL(PortableSQL):
         )
 
     def receipt(self, upload_id: str) -> StoredReceipt | None:
-        rows = self._query(
-            self._sql("SELECT issued_at, jws FROM deletion_receipts WHERE upload_id = ?"),
-            (upload_id,),
+        rows = self._select(
+            "SELECT issued_at, jws FROM deletion_receipts WHERE upload_id = ?", (upload_id,)
         )
         if not rows:
             return None
@@ -151,37 +151,24 @@ class RemovalSQL(PortableSQL):
     # legal holds
 
     def place_hold(self, upload_id: str, hold: Hold) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE uploads SET held = TRUE, hold_case = ?, hold_by = ?, hold_at = ? "
-                    "WHERE id = ? AND state <> ?"
-                ),
-                (
-                    hold.case,
-                    hold.placed_by,
-                    hold.placed_at,
-                    upload_id,
-                    str(UploadState.TERMINATED),
-                ),
-            )
-            return cur.rowcount == 1
+        placed = self._change(
+            "UPDATE uploads SET held = TRUE, hold_case = ?, hold_by = ?, hold_at = ? "
+            "WHERE id = ? AND state <> ?",
+            (hold.case, hold.placed_by, hold.placed_at, upload_id, str(UploadState.TERMINATED)),
+        )
+        return placed == 1
 
     def release_hold(self, upload_id: str) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE uploads SET held = FALSE, hold_case = NULL, hold_by = NULL, "
-                    "hold_at = NULL WHERE id = ? AND held"
-                ),
-                (upload_id,),
-            )
-            return cur.rowcount == 1
+        released = self._change(
+            "UPDATE uploads SET held = FALSE, hold_case = NULL, hold_by = NULL, "
+            "hold_at = NULL WHERE id = ? AND held",
+            (upload_id,),
+        )
+        return released == 1
 
     def hold(self, upload_id: str) -> Hold | None:
-        rows = self._query(
-            self._sql("SELECT hold_case, hold_by, hold_at FROM uploads WHERE id = ? AND held"),
-            (upload_id,),
+        rows = self._select(
+            "SELECT hold_case, hold_by, hold_at FROM uploads WHERE id = ? AND held", (upload_id,)
         )
         if not rows:
             return None

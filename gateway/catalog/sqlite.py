@@ -1,8 +1,8 @@
 """The SQLite catalog: one WAL-mode database file holding every upload's durable state.
 
 Here: the connection and its transactions (BEGIN IMMEDIATE: the database's one write
-lock), a commit's checks, plain-text metadata of version 1 catalogs, termination and
-the shredding of deleted keys, finals by partial. The rest is SQL both catalogs run
+lock), a commit's checks, plain-text metadata of version 1 catalogs, the keys a
+termination deleted and their shredding, finals by partial. The rest is SQL both catalogs run
 (uploads_sql.py, removal_sql.py, access_sql.py, audit_sql.py, keys_sql.py,
 hooks_sql.py); leases in sqlite_leases.py, claiming hook deliveries in sqlite_hooks.py,
 the file itself in sqlite_files.py, the schema in sqlite_schema.py.
@@ -19,8 +19,9 @@ from typing import Any
 
 from gateway.catalog.access_sql import AccessSQL
 from gateway.catalog.audit_sql import AuditLogSQL
-from gateway.catalog.base import Deletion, Lease, Progress, StoredReceipt, Upload, UploadState
+from gateway.catalog.base import Lease, Progress, StoredReceipt, Upload, UploadState
 from gateway.catalog.keys_sql import KeyRotationSQL
+from gateway.catalog.portable import Cursor
 from gateway.catalog.removal_sql import RemovalSQL
 from gateway.catalog.sqlite_files import DatabaseFile
 from gateway.catalog.sqlite_hooks import SQLiteHookOutbox
@@ -169,16 +170,13 @@ class SQLiteCatalog(
 
     # removal
 
-    def terminate(self, upload_id: str, deletion: Deletion | None = None) -> None:
-        with self._tx() as cur:
-            self._refuse_held(cur, upload_id)
-            if deletion is not None:
-                self._record_deletion(cur, upload_id, deletion)
-            rows = cur.execute("SELECT blob FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
-            blobs = [bytes(row[0]) for row in rows.fetchall()]
-            self._terminated(cur, upload_id)
-            if blobs or upload_id not in self._shredding:  # a second call finds no row
-                self._shredding[upload_id] = blobs
+    def _terminate_rows(self, cur: Cursor, upload_id: str) -> None:
+        """`terminate`'s, the wrapped keys' bytes kept first for `shred` to look for."""
+        rows = cur.execute("SELECT blob FROM wrapped_keys WHERE upload_id = ?", (upload_id,))
+        blobs = [bytes(row[0]) for row in rows.fetchall()]
+        super()._terminate_rows(cur, upload_id)
+        if blobs or upload_id not in self._shredding:  # a second call finds no row
+            self._shredding[upload_id] = blobs
 
     def shred(self, upload_id: str) -> bool:
         """Make the key `terminate` deleted unrecoverable from the catalog's files.
@@ -251,11 +249,6 @@ class SQLiteCatalog(
     def forget(self, upload_id: str, receipt: StoredReceipt | None = None) -> None:
         super().forget(upload_id, receipt)
         self._shredding.pop(upload_id, None)
-
-    def check(self) -> None:
-        rows = self._query("SELECT 1")
-        if rows != [(1,)]:
-            raise RuntimeError("catalog check query returned an unexpected result")
 
     def close(self) -> None:
         with self._lock:

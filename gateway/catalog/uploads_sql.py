@@ -101,36 +101,29 @@ class UploadsSQL(PortableSQL):
             self._add_event(cur, event)
 
     def get_upload(self, upload_id: str) -> Upload | None:
-        rows = self._query(
-            self._sql(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), (upload_id,)
-        )
+        rows = self._select(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
         return self._upload_from(rows[0]) if rows else None
 
     def records(self, upload_id: str) -> list[RecordRow]:
-        rows = self._query(
-            self._sql(
-                "SELECT idx, plaintext_len, final, size, sha256, etag FROM records "
-                "WHERE upload_id = ? ORDER BY idx"
-            ),
+        rows = self._select(
+            "SELECT idx, plaintext_len, final, size, sha256, etag FROM records "
+            "WHERE upload_id = ? ORDER BY idx",
             (upload_id,),
         )
         # SQLite hands booleans back as 0/1.
         return [RecordRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5]) for r in rows]
 
     def tail_pieces(self, upload_id: str) -> list[TailPiece]:
-        rows = self._query(
-            self._sql(
-                "SELECT segment, piece, start, length FROM tail_pieces "
-                "WHERE upload_id = ? ORDER BY segment, piece"
-            ),
+        rows = self._select(
+            "SELECT segment, piece, start, length FROM tail_pieces "
+            "WHERE upload_id = ? ORDER BY segment, piece",
             (upload_id,),
         )
         return [TailPiece(*r) for r in rows]
 
     def wrapped_key(self, dek_id: bytes) -> WrappedKey | None:
-        rows = self._query(
-            self._sql("SELECT kek_id, kek_version, blob FROM wrapped_keys WHERE dek_id = ?"),
-            (dek_id,),
+        rows = self._select(
+            "SELECT kek_id, kek_version, blob FROM wrapped_keys WHERE dek_id = ?", (dek_id,)
         )
         if not rows:
             return None
@@ -199,28 +192,22 @@ class UploadsSQL(PortableSQL):
         self._add_event(cur, progress.event)
 
     def set_length(self, upload_id: str, length: int) -> None:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql("UPDATE uploads SET length = ? WHERE id = ? AND length IS NULL"),
-                (length, upload_id),
-            )
+        self._change(
+            "UPDATE uploads SET length = ? WHERE id = ? AND length IS NULL", (length, upload_id)
+        )
 
     def open_uploads(self, owner: str, tenant: str) -> tuple[int, int]:
-        rows = self._query(
-            self._sql(
-                "SELECT COUNT(*), COALESCE(SUM(COALESCE(length, upload_offset)), 0) "
-                "FROM uploads WHERE tenant = ? AND owner = ? AND state = ?"
-            ),
+        rows = self._select(
+            "SELECT COUNT(*), COALESCE(SUM(COALESCE(length, upload_offset)), 0) "
+            "FROM uploads WHERE tenant = ? AND owner = ? AND state = ?",
             (tenant, owner, str(UploadState.ACTIVE)),
         )
         return int(rows[0][0]), int(rows[0][1])
 
     def expired(self, now: float, limit: int = 100) -> list[str]:
-        rows = self._query(
-            self._sql(
-                "SELECT id FROM uploads WHERE state = ? AND expires_at IS NOT NULL "
-                "AND expires_at <= ? AND NOT held ORDER BY expires_at LIMIT ?"
-            ),
+        rows = self._select(
+            "SELECT id FROM uploads WHERE state = ? AND expires_at IS NOT NULL "
+            "AND expires_at <= ? AND NOT held ORDER BY expires_at LIMIT ?",
             (str(UploadState.ACTIVE), now, limit),
         )
         return [str(r[0]) for r in rows]
