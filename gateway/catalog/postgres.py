@@ -5,8 +5,8 @@ own means: row locks (SELECT ... FOR UPDATE) where SQLite has its one write lock
 transaction-level advisory locks where no row exists yet to lock (a lease being taken,
 the audit log's head), and a SEQUENCE for fencing tokens. Connections come from a
 psycopg-pool pool; each call is one short transaction on one of them. Here: a commit's
-checks and an upload's row locks, how lists and JSON are stored, termination and
-shredding (VACUUM), finals by partial. The rest is SQL both catalogs run
+checks and the row locks of an upload, how lists and JSON are stored, shredding
+(VACUUM), finals by partial. The rest is SQL both catalogs run
 (uploads_sql.py, removal_sql.py, access_sql.py, audit_sql.py, keys_sql.py,
 hooks_sql.py); leases and a grant's lock in postgres_access.py, the audit log's lock in
 postgres_audit.py, claiming hook deliveries in postgres_hooks.py, the pool in
