@@ -4,12 +4,15 @@ appends that never fork the chain, queries, checkpoints."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from gateway.catalog.base import AUDIT_GENESIS, AuditQuery, AuditRecord, StoredCheckpoint
 from gateway.catalog.portable import Cursor, PortableSQL
 
-_COLUMNS = "seq, time, action, principal, tenant, upload_id, upload_tenant, entry, hash"
+# The columns are AuditRecord's fields, in its order.
+_FIELDS = tuple(f.name for f in fields(AuditRecord))
+_COLUMNS = ", ".join(_FIELDS)
 
 
 class AuditLogSQL(PortableSQL):
@@ -32,19 +35,10 @@ class AuditLogSQL(PortableSQL):
             record = entry_for(seq + 1, prev)
             if record.seq != seq + 1:
                 raise ValueError(f"audit entry {record.seq} built for seq {seq + 1}")
+            marks = ", ".join("?" * len(_FIELDS))
             cur.execute(
-                self._sql(f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-                (
-                    record.seq,
-                    record.time,
-                    record.action,
-                    record.principal,
-                    record.tenant,
-                    record.upload_id,
-                    record.upload_tenant,
-                    record.entry,
-                    record.hash,
-                ),
+                self._sql(f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({marks})"),
+                tuple(getattr(record, name) for name in _FIELDS),
             )
         return record
 
@@ -68,10 +62,8 @@ class AuditLogSQL(PortableSQL):
             where.append("time < ?")
             params.append(query.until)
         params.append(query.limit)
-        rows = self._query(
-            self._sql(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
-            ),
+        rows = self._select(
+            f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
             tuple(params),
         )
         return [_record(row) for row in rows]
@@ -81,35 +73,20 @@ class AuditLogSQL(PortableSQL):
         return (int(rows[0][0]), str(rows[0][1])) if rows else (0, AUDIT_GENESIS)
 
     def add_audit_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO audit_checkpoints (seq, issued_at, jws) VALUES (?, ?, ?) "
-                    "ON CONFLICT (seq) DO NOTHING"
-                ),
-                (checkpoint.seq, checkpoint.issued_at, checkpoint.jws),
-            )
-            return cur.rowcount == 1
+        added = self._change(
+            "INSERT INTO audit_checkpoints (seq, issued_at, jws) VALUES (?, ?, ?) "
+            "ON CONFLICT (seq) DO NOTHING",
+            (checkpoint.seq, checkpoint.issued_at, checkpoint.jws),
+        )
+        return added == 1
 
     def audit_checkpoints(self, after: int = 0) -> list[StoredCheckpoint]:
-        rows = self._query(
-            self._sql(
-                "SELECT seq, issued_at, jws FROM audit_checkpoints WHERE seq > ? ORDER BY seq"
-            ),
+        rows = self._select(
+            "SELECT seq, issued_at, jws FROM audit_checkpoints WHERE seq > ? ORDER BY seq",
             (after,),
         )
         return [StoredCheckpoint(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
 def _record(row: Any) -> AuditRecord:
-    return AuditRecord(
-        seq=row[0],
-        time=row[1],
-        action=row[2],
-        principal=row[3],
-        tenant=row[4],
-        upload_id=row[5],
-        upload_tenant=row[6],
-        entry=row[7],
-        hash=row[8],
-    )
+    return AuditRecord(**dict(zip(_FIELDS, row, strict=True)))

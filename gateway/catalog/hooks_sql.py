@@ -1,13 +1,14 @@
 """The hooks' outbox in the catalog, what both catalogs run as it is (`PortableSQL`):
-the rows of an event, marking deliveries and failures, listing and retrying. Claiming
-rows for delivery is each catalog's own (sqlite_hooks.py, postgres_hooks.py)."""
+adding an event's rows (in the transaction of the change it reports), marking
+deliveries and failures, listing and retrying. Claiming rows for delivery is each
+catalog's own (sqlite_hooks.py, postgres_hooks.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gateway.catalog.base import HookDelivery, HookEvent
-from gateway.catalog.portable import PortableSQL
+from gateway.catalog.portable import Cursor, PortableSQL
 
 COLUMNS = (
     "event_id, target, type, upload_id, body, created_at, attempts, next_attempt_at, "
@@ -30,7 +31,7 @@ def delivery_from(row: Any) -> HookDelivery:
     )
 
 
-def event_rows(event: HookEvent) -> list[tuple[object, ...]]:
+def _event_rows(event: HookEvent) -> list[tuple[object, ...]]:
     """The outbox rows of `event`: one per target, due at once."""
     return [
         (
@@ -46,8 +47,7 @@ def event_rows(event: HookEvent) -> list[tuple[object, ...]]:
     ]
 
 
-# Written with ?: each catalog's add_event runs it in its driver's marks.
-INSERT_EVENT = (
+_INSERT_EVENT = (
     "INSERT INTO hook_outbox (event_id, target, type, upload_id, body, created_at, "
     "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, target) DO NOTHING"
 )
@@ -56,12 +56,15 @@ INSERT_EVENT = (
 class HookOutboxSQL(PortableSQL):
     """`HookCatalog` but for claiming; mixed into both catalogs."""
 
+    def _add_event(self, cur: Cursor, event: HookEvent | None) -> None:
+        """Put `event` in the outbox, in the caller's transaction."""
+        if event is not None and event.targets:
+            cur.executemany(self._sql(_INSERT_EVENT), _event_rows(event))
+
     def hook_delivered(self, event_id: str, target: str) -> None:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql("DELETE FROM hook_outbox WHERE event_id = ? AND target = ?"),
-                (event_id, target),
-            )
+        self._change(
+            "DELETE FROM hook_outbox WHERE event_id = ? AND target = ?", (event_id, target)
+        )
 
     def hook_failed(
         self,
@@ -73,16 +76,13 @@ class HookOutboxSQL(PortableSQL):
         error: str,
         dead: bool,
     ) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE hook_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
-                    "last_error = ?, dead = ?, claimed_by = NULL, claimed_until = NULL "
-                    "WHERE event_id = ? AND target = ? AND claimed_by = ?"
-                ),
-                (next_attempt_at, error, dead, event_id, target, holder),
-            )
-            return cur.rowcount == 1
+        marked = self._change(
+            "UPDATE hook_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
+            "last_error = ?, dead = ?, claimed_by = NULL, claimed_until = NULL "
+            "WHERE event_id = ? AND target = ? AND claimed_by = ?",
+            (next_attempt_at, error, dead, event_id, target, holder),
+        )
+        return marked == 1
 
     def hook_deliveries(
         self,
@@ -99,26 +99,20 @@ class HookOutboxSQL(PortableSQL):
         if after is not None:
             where.append("(created_at, event_id, target) > (?, ?, ?)")
             params.extend(after)
-        rows = self._query(
-            self._sql(
-                f"SELECT {COLUMNS} FROM hook_outbox WHERE {' AND '.join(where)} "
-                "ORDER BY created_at, event_id, target LIMIT ?"
-            ),
+        rows = self._select(
+            f"SELECT {COLUMNS} FROM hook_outbox WHERE {' AND '.join(where)} "
+            "ORDER BY created_at, event_id, target LIMIT ?",
             (*params, limit),
         )
         return [delivery_from(r) for r in rows]
 
     def retry_hook_deliveries(self, now: float, event_id: str | None = None) -> int:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE hook_outbox SET dead = FALSE, attempts = 0, next_attempt_at = ?, "
-                    "claimed_by = NULL, claimed_until = NULL "
-                    "WHERE dead AND (CAST(? AS TEXT) IS NULL OR event_id = ?)"
-                ),
-                (now, event_id, event_id),
-            )
-            return cur.rowcount
+        return self._change(
+            "UPDATE hook_outbox SET dead = FALSE, attempts = 0, next_attempt_at = ?, "
+            "claimed_by = NULL, claimed_until = NULL "
+            "WHERE dead AND (CAST(? AS TEXT) IS NULL OR event_id = ?)",
+            (now, event_id, event_id),
+        )
 
     def hook_outbox_depth(self) -> tuple[int, int]:
         rows = self._query(

@@ -19,12 +19,10 @@ class KeyRotationSQL(PortableSQL):
     def wrapped_keys_not_under(
         self, kek_id: str, kek_version: int, after: bytes = b"", limit: int = 100
     ) -> list[StoredKey]:
-        rows = self._query(
-            self._sql(
-                "SELECT dek_id, upload_id, kek_id, kek_version, blob FROM wrapped_keys "
-                "WHERE dek_id > ? AND NOT (kek_id = ? AND kek_version = ?) "
-                "ORDER BY dek_id LIMIT ?"
-            ),
+        rows = self._select(
+            "SELECT dek_id, upload_id, kek_id, kek_version, blob FROM wrapped_keys "
+            "WHERE dek_id > ? AND NOT (kek_id = ? AND kek_version = ?) "
+            "ORDER BY dek_id LIMIT ?",
             (after, kek_id, kek_version, limit),
         )
         return [
@@ -35,27 +33,21 @@ class KeyRotationSQL(PortableSQL):
     def replace_wrapped_key(self, dek_id: bytes, old: WrappedKey, new: WrappedKey) -> bool:
         changed = (new.kek_id, new.kek_version, new.blob)
         expected = (dek_id, old.kek_id, old.kek_version, old.blob)
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE wrapped_keys SET kek_id = ?, kek_version = ?, blob = ? "
-                    "WHERE dek_id = ? AND kek_id = ? AND kek_version = ? AND blob = ?"
-                ),
-                (*changed, *expected),
-            )
-            return cur.rowcount == 1
+        replaced = self._change(
+            "UPDATE wrapped_keys SET kek_id = ?, kek_version = ?, blob = ? "
+            "WHERE dek_id = ? AND kek_id = ? AND kek_version = ? AND blob = ?",
+            (*changed, *expected),
+        )
+        return replaced == 1
 
     def key_checks(self) -> list[tuple[bytes, WrappedKey]]:
         rows = self._query("SELECT dek_id, kek_id, kek_version, blob FROM key_checks")
         return [(bytes(r[0]), WrappedKey(str(r[1]), int(r[2]), bytes(r[3]))) for r in rows]
 
     def add_key_check(self, check_id: bytes, wrapped: WrappedKey) -> bool:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO key_checks (kek_id, kek_version, dek_id, blob) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-                ),
-                (wrapped.kek_id, wrapped.kek_version, check_id, wrapped.blob),
-            )
-            return cur.rowcount == 1
+        added = self._change(
+            "INSERT INTO key_checks (kek_id, kek_version, dek_id, blob) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (wrapped.kek_id, wrapped.kek_version, check_id, wrapped.blob),
+        )
+        return added == 1

@@ -98,11 +98,6 @@ class PostgresDatabase:
         with self._connection() as conn:
             return conn.execute(sql, params).fetchall()
 
-    def check(self) -> None:
-        rows = self._query("SELECT 1")
-        if rows != [(1,)]:
-            raise RuntimeError("catalog check query returned an unexpected result")
-
     def close(self) -> None:
         self._pool.close()
 

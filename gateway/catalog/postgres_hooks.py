@@ -4,23 +4,9 @@ at once."""
 
 from __future__ import annotations
 
-from gateway.catalog.base import HookDelivery, HookEvent
-from gateway.catalog.hooks_sql import (
-    COLUMNS,
-    INSERT_EVENT,
-    HookOutboxSQL,
-    delivery_from,
-    event_rows,
-)
-from gateway.catalog.postgres_db import Cursor, PostgresDatabase
-
-_INSERT_EVENT = INSERT_EVENT.replace("?", "%s")
-
-
-def add_event(cur: Cursor, event: HookEvent | None) -> None:
-    """Put `event` in the outbox, in the caller's transaction."""
-    if event is not None and event.targets:
-        cur.executemany(_INSERT_EVENT, event_rows(event))
+from gateway.catalog.base import HookDelivery
+from gateway.catalog.hooks_sql import COLUMNS, HookOutboxSQL, delivery_from
+from gateway.catalog.postgres_db import PostgresDatabase
 
 
 class PostgresHookOutbox(PostgresDatabase, HookOutboxSQL):

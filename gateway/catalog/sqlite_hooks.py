@@ -3,22 +3,8 @@ delivery under the database's one write lock."""
 
 from __future__ import annotations
 
-import sqlite3
-
-from gateway.catalog.base import HookDelivery, HookEvent
-from gateway.catalog.hooks_sql import (
-    COLUMNS,
-    INSERT_EVENT,
-    HookOutboxSQL,
-    delivery_from,
-    event_rows,
-)
-
-
-def add_event(cur: sqlite3.Cursor, event: HookEvent | None) -> None:
-    """Put `event` in the outbox, in the caller's transaction."""
-    if event is not None:
-        cur.executemany(INSERT_EVENT, event_rows(event))
+from gateway.catalog.base import HookDelivery
+from gateway.catalog.hooks_sql import COLUMNS, HookOutboxSQL, delivery_from
 
 
 class SQLiteHookOutbox(HookOutboxSQL):
