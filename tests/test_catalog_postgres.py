@@ -17,7 +17,7 @@ from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.postgres_schema import SCHEMA_VERSION
 from gateway.keys.base import WrappedKey
 from tests.fakes import upload_row
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, start_postgres
 
 
 @pytest.fixture
@@ -166,3 +166,33 @@ def test_commits_racing_a_terminate_never_deadlock(cat: PostgresCatalog, dsn: st
     finally:
         other.close()
     assert errors == []
+
+
+def test_the_first_calls_after_a_restart_of_the_database_succeed() -> None:
+    """Pooled connections the restart closed are replaced when taken, not used and
+    failed: a client sees no 503 once the database is back."""
+    server = start_postgres()
+    try:
+        catalog = PostgresCatalog(server.dsn(server.create_database()), max_size=4)
+        try:
+            catalog.create_upload(upload_row("u1"), None)
+            barrier = threading.Barrier(4)
+
+            def hold() -> None:  # four connections in the pool, all idle afterwards
+                with catalog._connection():
+                    barrier.wait(5)
+
+            threads = [threading.Thread(target=hold) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            server.shut_down()
+            server.start_again()
+            for _ in range(4):
+                assert catalog.get_upload("u1") is not None
+            catalog.check()
+        finally:
+            catalog.close()
+    finally:
+        server.stop()

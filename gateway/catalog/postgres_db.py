@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,23 +65,42 @@ class PostgresDatabase:
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
-        """A connection of the pool; CatalogUnavailable if the database is unreachable
-        or the connection breaks under the call."""
-        used: Connection | None = None
+        """A live connection of the pool; CatalogUnavailable if the database is
+        unreachable or the connection breaks under the call."""
+        conn = self._live_connection()
         try:
-            with self._pool.connection() as conn:
-                used = conn
-                yield conn
-        except PoolTimeout as exc:
-            raise CatalogUnavailable("no catalog connection could be had in time") from exc
+            yield conn
         except psycopg.OperationalError as exc:
-            if used is None or not used.broken:
+            if not conn.broken:
                 raise  # an error of the statement (a deadlock, a cancel), not the link
             log.warning("catalog connection lost: %s", type(exc).__name__)
+            self._pool.putconn(conn)
             # Others opened before the database went away are broken too: drop them
             # now rather than fail one request each.
             self._pool.check()
             raise CatalogUnavailable("the catalog's database connection was lost") from exc
+        except BaseException:
+            self._pool.putconn(conn)
+            raise
+        self._pool.putconn(conn)
+
+    def _live_connection(self) -> Connection:
+        """A connection of the pool the server has not closed. One it closed while idle
+        (a restart of the database) is dropped with every other such one, so the first
+        calls after the database comes back do not fail."""
+        conn = self._getconn()
+        if _closed_while_idle(conn):
+            conn.close()  # the pool drops a closed connection
+            self._pool.putconn(conn)
+            self._pool.check()
+            conn = self._getconn()
+        return conn
+
+    def _getconn(self) -> Connection:
+        try:
+            return self._pool.getconn()
+        except PoolTimeout as exc:
+            raise CatalogUnavailable("no catalog connection could be had in time") from exc
 
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[Cursor]:
@@ -100,6 +120,17 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _closed_while_idle(conn: Connection) -> bool:
+    """Whether the server closed an idle connection: it then has something to read (its
+    end of stream, or an error) where a live idle one has nothing. A syscall, no round
+    trip."""
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def _migrate(conn: Connection, apply: bool) -> tuple[int, int]:
