@@ -37,6 +37,7 @@ from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = tokencli.DEFAULT_PRINCIPAL
 FIRST_TOKEN_FILE = "first-token"
+WORKER_HEALTHCHECK_SECONDS = 60
 log = logging.getLogger("gateway.cli")
 
 
@@ -206,7 +207,14 @@ def _serve(settings: Settings) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         os.environ.update(export_environment(settings))
         uvicorn.run(
-            "gateway.app:app_from_environment", factory=True, workers=settings.workers, **common
+            "gateway.app:app_from_environment",
+            factory=True,
+            workers=settings.workers,
+            # uvicorn kills a worker that does not answer its supervisor's ping within
+            # this many seconds (default 5), and its running uploads with it: a worker
+            # slow under load is not a hung one.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+            **common,
         )
         return 0
     app = create_app(settings, catalog=catalog, keys=keys)
