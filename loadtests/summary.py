@@ -5,6 +5,7 @@ a chunk's last byte to the gateway's answer: the part of a PATCH the gateway con
 
 from __future__ import annotations
 
+import resource
 from dataclasses import asdict
 
 from locust.env import Environment
@@ -45,6 +46,12 @@ def report(environment: Environment, ctx: Context, users: int, peak: Peak, secon
     out.append(
         f"gateway: peak_rss_mib={peak.rss_mib:.1f} peak_open_files={peak.open_files} "
         f"cpu_s={peak.cpu_s:.1f} over {seconds:.0f} s"
+    )
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    saturated = environment.runner is not None and environment.runner.cpu_warning_emitted
+    out.append(
+        f"load generator: cpu_s={own.ru_utime + own.ru_stime:.1f}"
+        + (" (it reached 90% of a core: the figures are partly the client's)" if saturated else "")
     )
     ack, whole = merged(environment, "ACK"), merged(environment, "PATCH")
     out.append(

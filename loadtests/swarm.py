@@ -12,7 +12,7 @@ from locust.env import Environment
 from loadtests import context
 from loadtests.context import Context
 
-DRAIN = 20.0  # seconds the users get after the run to finish verifying
+DRAIN = 60.0  # seconds the users get after the run to finish verifying
 
 
 def run(
