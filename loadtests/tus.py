@@ -145,6 +145,7 @@ class TusUser(HttpUser):
                 bucket=bucket,
                 hasher=hasher,
                 cut_after=cut_after,
+                reset=self.rng.random() < 0.5,
                 stop=self.ctx.stopping.is_set,
             )
         except (ConnectionLost, OSError) as exc:

@@ -50,12 +50,13 @@ def patch(
     bucket: TokenBucket | None,
     hasher: RunningHash | None,
     cut_after: int | None = None,
+    reset: bool = False,
     stop: Callable[[], bool] = lambda: False,
     timeout: float = 120.0,
 ) -> Sent:
     """Send body[start:end] at Upload-Offset `start`. With `cut_after`, close the
-    connection once that many body bytes are out (half the time with a reset); `stop`
-    cuts it too, between blocks."""
+    connection once that many body bytes are out: with a FIN, or with `reset` an RST
+    (as a dying radio link leaves it); `stop` cuts it too, between blocks."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     lines = [
@@ -80,7 +81,7 @@ def patch(
                 if cut_after is not None:
                     size = min(size, start + cut_after - offset)
                 if size <= 0 or stop():
-                    _cut(sock, reset=sent % 2 == 1)
+                    _cut(sock, reset=reset)
                     return Sent(None, sent, time.monotonic() - began, 0.0)
                 data = body.read(offset, size)
                 send(sock, data, bucket)
@@ -106,7 +107,7 @@ def patch(
 
 
 def _cut(sock: socket.socket, *, reset: bool) -> None:
-    if reset:  # an RST, as a dying radio link leaves it; else a FIN
+    if reset:  # close at once with an RST instead of a FIN
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
 

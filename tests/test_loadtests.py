@@ -8,12 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from loadtests.body import BLOCK, Body, RunningHash
 from loadtests.line import format_line, parse_line
 from loadtests.sizes import size_class
 from loadtests.throttle import TokenBucket
+from loadtests.wire import patch
+from tests.server import GatewayProcess
+from tests.tushttp import create, head_offset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +85,62 @@ def test_summary_line_round_trip() -> None:
     assert parse_line("a table\n" + line + "\n")["peak_rss_mib"] == 74
     with pytest.raises(ValueError):
         parse_line(line + "\ntrailing words")
+
+
+def settled_offset(gateway: GatewayProcess, url: str) -> int:
+    """The offset once a cut body is done with: the same in two HEADs 0.2 s apart."""
+    last = -1
+    for _ in range(50):
+        offset = head_offset(gateway, url)
+        if offset == last:
+            return offset
+        last = offset
+        time.sleep(0.2)
+    raise AssertionError("the offset did not settle")
+
+
+def test_raw_patch_cut_mid_body_then_resumed(gateway: GatewayProcess) -> None:
+    """The mobile user's wire: a body cut after some bytes (FIN or RST), the offset
+    asked again, the rest sent paced; the download is what the running hash says."""
+    body = Body(3, "cut.dcm", 3 * BLOCK + 999)
+    url = create(gateway, body.length)
+    hasher = RunningHash(body)
+    offset = 0
+    for cut, reset in ((BLOCK + 6, False), (2 * BLOCK + 7, True)):
+        sent = patch(
+            url,
+            gateway.auth,
+            body,
+            offset,
+            body.length,
+            bucket=None,
+            hasher=hasher,
+            cut_after=cut - offset,
+            reset=reset,
+        )
+        assert sent.reply is None and sent.sent == cut - offset
+        offset = settled_offset(gateway, url)
+        if not reset:
+            assert offset == cut  # after a FIN every byte sent arrived, and is kept
+        else:
+            assert BLOCK + 6 <= offset <= cut  # an RST drops what the kernel still held
+    hasher.catch_up(offset)
+    started = time.monotonic()
+    sent = patch(
+        url,
+        gateway.auth,
+        body,
+        offset,
+        body.length,
+        bucket=TokenBucket(4_000_000, burst=16 << 10),
+        hasher=hasher,
+    )
+    assert sent.reply is not None and sent.reply.status == 204, sent.reply
+    assert int(sent.reply.header("Upload-Offset")) == body.length
+    assert time.monotonic() - started >= (body.length - offset - (16 << 10)) / 4_000_000
+    download = httpx.get(url, headers=gateway.auth, timeout=30).content
+    assert hashlib.sha256(download).hexdigest() == hasher.hexdigest()
+    assert download == body.read(0, body.length)
 
 
 def test_mixed_scenario_smoke_run() -> None:
