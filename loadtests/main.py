@@ -12,7 +12,7 @@ from loadtests import swarm
 from loadtests.context import Context, parse_scale
 from loadtests.procstats import Sampler
 from loadtests.stack import Stack
-from loadtests.summary import report
+from loadtests.summary import failures, report
 from loadtests.users.scenarios import SCENARIOS
 
 MAX_TOKENS = 1000
@@ -76,5 +76,4 @@ def main(argv: list[str]) -> int:
     finally:
         stack.stop()
     print(report(environment, ctx, args.users, sampler.peak, seconds), flush=True)
-    failures = environment.stats.total.num_failures
-    return 1 if failures or ctx.tally.uploads != ctx.tally.verified else 0
+    return 1 if failures(environment) or ctx.tally.uploads != ctx.tally.verified else 0

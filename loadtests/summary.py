@@ -24,6 +24,13 @@ def merged(environment: Environment, kind: str) -> StatsEntry:
     return total
 
 
+def failures(environment: Environment) -> int:
+    """Failed requests and checks, and exceptions a user's task raised (Locust logs
+    those and goes on: here they count)."""
+    raised = environment.runner.exceptions.values() if environment.runner else []
+    return environment.stats.total.num_failures + sum(int(e["count"]) for e in raised)
+
+
 def report(environment: Environment, ctx: Context, users: int, peak: Peak, seconds: float) -> str:
     out = [f"{'type':<6} {'name':<14} {'reqs':>7} {'fails':>6} {'p50':>7} {'p99':>7} {'max':>7}"]
     entries = sorted(environment.stats.entries.values(), key=lambda e: (e.method or "", e.name))
@@ -36,6 +43,9 @@ def report(environment: Environment, ctx: Context, users: int, peak: Peak, secon
     errors = environment.stats.errors.values()
     for error in sorted(errors, key=lambda x: -x.occurrences)[:10]:
         out.append(f"failure x{error.occurrences}: {error.method} {error.name}: {error.error}")
+    if environment.runner is not None:
+        for row in environment.runner.exceptions.values():
+            out.append(f"exception x{row['count']}: {row['msg']}\n{row['traceback']}")
     tally = ctx.tally
     unverified = tally.uploads - tally.verified
     mb_up = tally.uploaded_bytes / seconds / 1e6 if seconds else 0.0
@@ -65,7 +75,7 @@ def report(environment: Environment, ctx: Context, users: int, peak: Peak, secon
                 "users": users,
                 "uploads": tally.uploads,
                 "verified": tally.verified,
-                "failures": environment.stats.total.num_failures,
+                "failures": failures(environment),
                 "p50_patch_ms": ack.get_response_time_percentile(0.5),
                 "p99_patch_ms": ack.get_response_time_percentile(0.99),
                 "peak_rss_mib": peak.rss_mib,
