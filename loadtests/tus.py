@@ -152,8 +152,9 @@ class TusUser(HttpUser):
             raise self.fail("PATCH", name, f"{exc!r}") from exc
         study.sent = max(study.sent, start + sent.sent)
         self.ctx.tally.uploaded_bytes += sent.sent
-        if sent.reply is None:
-            self.record("CUT", name, sent.send_s, sent.sent)
+        if sent.reply is None:  # cut: a network drop, or the run's end
+            kind = "STOP" if self.ctx.stopping.is_set() else "CUT"
+            self.record(kind, name, sent.send_s, sent.sent)
         elif sent.reply.status == 204:
             self.record("PATCH", name, sent.send_s + sent.ack_s, sent.sent)
             self.record("ACK", name, sent.ack_s, 0)
