@@ -27,6 +27,15 @@ MAX_WAIT = 10.0
 TRIES = 30
 
 
+def why(response: Any) -> str:
+    """A failed response in a few words: the status and the problem's code, or the
+    connection error (Locust reports those as status 0)."""
+    if response.status_code == 0:
+        return f"no answer: {response.error!r}"[:300]
+    text = response.text[:300] if response.headers.get("Content-Type", "").endswith("json") else ""
+    return f"{response.status_code} {text}".strip()
+
+
 class Failed(Exception):
     """The study cannot go on (already recorded as a Locust failure)."""
 
@@ -90,7 +99,7 @@ class TusUser(HttpUser):
                     response.success()
                     self.wait_out(response.headers)
                     continue
-                response.failure(f"create: {response.status_code} {response.text[:200]}")
+                response.failure(f"create: {why(response)}")
                 raise Failed("create")
         raise self.fail("POST", "POST", "create: still refused after retries")
 
@@ -107,7 +116,7 @@ class TusUser(HttpUser):
                     self.wait_out(response.headers)
                     continue
                 if response.status_code != 200:
-                    response.failure(f"HEAD: {response.status_code}")
+                    response.failure(f"HEAD: {why(response)}")
                     raise Failed("head")
                 offset = int(response.headers["Upload-Offset"])
                 if not study.acked <= offset <= study.sent:
@@ -199,6 +208,7 @@ class TusUser(HttpUser):
                         self.abandon(study)
                         return None
                     self.ctx.tally.cuts += 1
+                    self.client.close()  # the network went: no pooled connection survives
                     if cut_after is not None and self.rng.random() < kill:
                         # The app is killed mid-chunk: memory is gone, the URL was kept.
                         self.ctx.tally.kills += 1
@@ -243,7 +253,7 @@ class TusUser(HttpUser):
                 self.gateway() + study.path, name="GET verify", stream=True, catch_response=True
             ) as response:
                 if response.status_code != 200:
-                    response.failure(f"download: {response.status_code}")
+                    response.failure(f"download: {why(response)}")
                     raise Failed("download")
                 for piece in response.iter_content(1 << 20):
                     digest.update(piece)
@@ -272,7 +282,7 @@ class TusUser(HttpUser):
                     time.sleep(0.2)
                     continue
                 if response.status_code != 200:
-                    response.failure(f"manifest: {response.status_code}")
+                    response.failure(f"manifest: {why(response)}")
                     raise Failed("manifest")
                 payload = json.loads(response.content)
                 if (

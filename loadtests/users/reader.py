@@ -10,7 +10,7 @@ import time
 from locust import between, task
 
 from loadtests.context import MiB, Study
-from loadtests.tus import TusUser
+from loadtests.tus import TusUser, why
 
 
 class ReaderUser(TusUser):
@@ -47,7 +47,7 @@ class ReaderUser(TusUser):
             catch_response=True,
         ) as response:
             if response.status_code != 206:
-                response.failure(f"range {spec}: {response.status_code}")
+                response.failure(f"range {spec}: {why(response)}")
             elif response.content != study.body.read(first, size):
                 response.failure(f"{study.path} {spec}: the bytes differ from those sent")
 
@@ -63,7 +63,7 @@ class ReaderUser(TusUser):
             catch_response=True,
         ) as response:
             if response.status_code != 200:
-                response.failure(f"manifest: {response.status_code}")
+                response.failure(f"manifest: {why(response)}")
                 return
             payload = json.loads(response.content)
             if payload["plaintext"]["sha256"] != study.sha256:
@@ -83,7 +83,7 @@ class ReaderUser(TusUser):
             catch_response=True,
         ) as response:
             if response.status_code != 200:
-                response.failure(f"download: {response.status_code}")
+                response.failure(f"download: {why(response)}")
                 return
             for piece in response.iter_content(1 << 20):
                 digest.update(piece)
