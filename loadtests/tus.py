@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from locust import HttpUser
 from locust.exception import StopUser
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from loadtests import context
 from loadtests.body import Body, RunningHash
@@ -50,6 +52,22 @@ class TusUser(HttpUser):
         self.client.headers.update(
             {"Authorization": f"Bearer {self.token}", "Tus-Resumable": "1.0.0"}
         )
+        # A pooled connection the gateway closed after its keep-alive time (5 s) can be
+        # reused just as it closes: the request then gets no answer. Like any careful
+        # HTTP client, try such a request once more on a new connection.
+        once = Retry(
+            total=1,
+            connect=1,
+            read=1,
+            status=0,
+            other=0,
+            redirect=0,
+            allowed_methods=None,
+            raise_on_status=False,
+        )
+        for adapter in self.client.adapters.values():
+            if isinstance(adapter, HTTPAdapter):
+                adapter.max_retries = once
 
     # -- bookkeeping --------------------------------------------------------------------
 
