@@ -267,7 +267,7 @@ def request(
     method: str, url: str, headers: dict[str, str], timeout: float = 60
 ) -> tuple[int, dict[str, str]]:
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
         conn.request(method, parts.path or "/", headers=headers)
         response = conn.getresponse()

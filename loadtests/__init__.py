@@ -1,0 +1,1 @@
+"""Load tests: Locust users that behave like the gateway's real clients (`loadtests/run`)."""

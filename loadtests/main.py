@@ -1,0 +1,79 @@
+"""The `loadtests/run` command: arguments, the processes, the swarm, the report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import time
+
+from loadtests import swarm
+from loadtests.context import Context, parse_scale
+from loadtests.procstats import Sampler
+from loadtests.stack import Stack
+from loadtests.summary import failures, report
+from loadtests.users.scenarios import SCENARIOS
+
+MAX_TOKENS = 1000
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="loadtests/run", description=__doc__)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="mixed")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds")
+    parser.add_argument("--store", choices=("folder", "s3"), default="folder")
+    parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument(
+        "--scale",
+        default="full",
+        help="study and chunk sizes: small (1/64), medium (1/8), full, or a factor",
+    )
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--drain", type=float, default=swarm.DRAIN, help="seconds to finish verifying"
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.scale = parse_scale(args.scale)
+    except (KeyError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.users < 1 or args.duration <= 0 or args.instances < 1:
+        parser.error("--users, --duration and --instances must be positive")
+    if args.instances > 1 and args.store != "s3":
+        parser.error("--instances above 1 needs --store s3")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    print(
+        f"scenario={args.scenario} users={args.users} duration={args.duration:.0f}s "
+        f"store={args.store} instances={args.instances} scale={args.scale:g} seed={seed}",
+        flush=True,
+    )
+    stack = Stack(store=args.store, instances=args.instances, env={})
+    try:
+        stack.start()
+        ctx = Context(
+            hosts=stack.hosts,
+            tokens=stack.tokens(min(args.users, MAX_TOKENS)),
+            scale=args.scale,
+            seed=seed,
+        )
+        began = time.monotonic()
+        with Sampler(stack.pids) as sampler:
+            environment = swarm.run(
+                ctx, SCENARIOS[args.scenario], args.users, args.duration, args.drain
+            )
+        seconds = time.monotonic() - began
+    except BaseException:
+        print(stack.logs(), file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+    print(report(environment, ctx, args.users, sampler.peak, seconds), flush=True)
+    return 1 if failures(environment) or ctx.tally.uploads != ctx.tally.verified else 0

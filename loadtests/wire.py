@@ -1,0 +1,124 @@
+"""A PATCH over a raw socket: paced by a token bucket, hashed as it is sent, and cut
+mid-body on purpose (a network drop: part of the body, then the connection closes)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from loadtests.body import BLOCK, Body, RunningHash
+from loadtests.throttle import TokenBucket, send
+
+OCTET = "application/offset+octet-stream"
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+
+@dataclass
+class Sent:
+    reply: Reply | None  # None: the connection was cut on purpose
+    sent: int  # body bytes handed to the socket
+    send_s: float  # from the request line to the body's last byte
+    ack_s: float  # from the body's last byte to the status line
+
+
+class ConnectionLost(Exception):
+    """The gateway closed or reset the connection without an answer."""
+
+
+def patch(
+    url: str,
+    headers: dict[str, str],
+    body: Body,
+    start: int,
+    end: int,
+    *,
+    bucket: TokenBucket | None,
+    hasher: RunningHash | None,
+    cut_after: int | None = None,
+    reset: bool = False,
+    stop: Callable[[], bool] = lambda: False,
+    timeout: float = 120.0,
+) -> Sent:
+    """Send body[start:end] at Upload-Offset `start`. With `cut_after`, close the
+    connection once that many body bytes are out: with a FIN, or with `reset` an RST
+    (as a dying radio link leaves it); `stop` cuts it too, between blocks."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    lines = [
+        f"PATCH {parts.path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        f"Content-Length: {end - start}",
+        f"Upload-Offset: {start}",
+        f"Content-Type: {OCTET}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    began = time.monotonic()
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sent = 0
+        try:
+            send(sock, head, None)
+            offset = start
+            while offset < end:
+                size = min(BLOCK, end - offset)
+                if cut_after is not None:
+                    size = min(size, start + cut_after - offset)
+                if size <= 0 or stop():
+                    _cut(sock, reset=reset)
+                    return Sent(None, sent, time.monotonic() - began, 0.0)
+                data = body.read(offset, size)
+                send(sock, data, bucket)
+                if hasher is not None:
+                    hasher.feed(offset, data)
+                offset += size
+                sent += size
+        except OSError as exc:
+            # The gateway may answer early (a refusal) and close: read that answer.
+            reply = _read_reply(sock, timeout=2.0)
+            if reply is None:
+                raise ConnectionLost(f"sending the body: {exc!r}") from exc
+            return Sent(reply, sent, time.monotonic() - began, 0.0)
+        sent_at = time.monotonic()
+        reply = _read_reply(sock, timeout=timeout)
+        if reply is None:
+            raise ConnectionLost("no answer after the body")
+        done = time.monotonic()
+        return Sent(reply, sent, sent_at - began, done - sent_at)
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _cut(sock: socket.socket, *, reset: bool) -> None:
+    if reset:  # close at once with an RST instead of a FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _read_reply(sock: socket.socket, timeout: float) -> Reply | None:
+    try:
+        sock.settimeout(timeout)
+        response = http.client.HTTPResponse(sock, method="PATCH")
+        response.begin()
+        content = response.read()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        return Reply(response.status, headers, content)
+    except (OSError, http.client.HTTPException):
+        return None

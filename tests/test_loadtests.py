@@ -1,0 +1,160 @@
+"""loadtests/: the pieces that need no Locust, and a short smoke run of the command."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtests.body import BLOCK, Body, RunningHash
+from loadtests.line import format_line, parse_line
+from loadtests.sizes import size_class
+from loadtests.throttle import TokenBucket
+from loadtests.wire import patch
+from tests.server import GatewayProcess
+from tests.tushttp import create, head_offset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_body_is_the_same_bytes_at_any_offset() -> None:
+    body = Body(7, "study.dcm", 3 * BLOCK + 123)
+    whole = body.read(0, body.length)
+    assert len(whole) == body.length
+    for offset, size in [(0, 1), (1, 15), (17, 4096), (BLOCK - 3, 10), (body.length - 5, 99)]:
+        assert body.read(offset, size) == whole[offset : offset + size]
+    assert Body(7, "other.dcm", 64).read(0, 64) != whole[:64]
+    assert Body(8, "study.dcm", 64).read(0, 64) != whole[:64]
+    assert body.sha256() == hashlib.sha256(whole).digest()
+    assert body.sha256(5, 4000) == hashlib.sha256(whole[5:4000]).digest()
+
+
+def test_running_hash_skips_resent_bytes_and_catches_up() -> None:
+    body = Body(1, "s", 1000)
+    hasher = RunningHash(body)
+    hasher.feed(0, body.read(0, 600))
+    hasher.feed(400, body.read(400, 300))  # resent from an earlier offset after a cut
+    cold = RunningHash(body)  # an app killed: it hashes again what the gateway has
+    cold.catch_up(700)
+    for h in (hasher, cold):
+        h.feed(700, body.read(700, 300))
+        assert h.hexdigest() == hashlib.sha256(body.read(0, 1000)).hexdigest()
+    with pytest.raises(ValueError, match="gap"):
+        RunningHash(body).feed(10, b"x")
+    with pytest.raises(ValueError, match="hashed 0 of 1000"):
+        RunningHash(body).hexdigest()
+
+
+def test_token_bucket_paces_bytes() -> None:
+    bucket = TokenBucket(1_000_000, burst=50_000)
+    started = time.monotonic()
+    for _ in range(10):
+        bucket.take(25_000)
+    # 250 kB at 1 MB/s, less the burst the bucket starts with: 0.2 s at least.
+    assert time.monotonic() - started >= 0.19
+
+
+def test_size_classes() -> None:
+    assert size_class(1) == "1B"
+    assert size_class(1 << 20) == "1MiB"
+    assert size_class((1 << 20) + 1) == "2MiB"
+    assert size_class(48 << 10) == "64KiB"
+    assert size_class(3 << 30) == "4GiB"
+
+
+def test_summary_line_round_trip() -> None:
+    figures = dict(
+        users=4,
+        uploads=5,
+        verified=5,
+        failures=0,
+        p50_patch_ms=11.4,
+        p99_patch_ms=93,
+        peak_rss_mib=74.2,
+    )
+    line = format_line(figures)
+    assert (
+        line
+        == "users=4 uploads=5 verified=5 failures=0 p50_patch_ms=11 p99_patch_ms=93 peak_rss_mib=74"
+    )
+    assert parse_line("a table\n" + line + "\n")["peak_rss_mib"] == 74
+    with pytest.raises(ValueError):
+        parse_line(line + "\ntrailing words")
+
+
+def settled_offset(gateway: GatewayProcess, url: str) -> int:
+    """The offset once a cut body is done with: the same in two HEADs 0.2 s apart."""
+    last = -1
+    for _ in range(50):
+        offset = head_offset(gateway, url)
+        if offset == last:
+            return offset
+        last = offset
+        time.sleep(0.2)
+    raise AssertionError("the offset did not settle")
+
+
+def test_raw_patch_cut_mid_body_then_resumed(gateway: GatewayProcess) -> None:
+    """The mobile user's wire: a body cut after some bytes (FIN or RST), the offset
+    asked again, the rest sent paced; the download is what the running hash says."""
+    body = Body(3, "cut.dcm", 3 * BLOCK + 999)
+    url = create(gateway, body.length)
+    hasher = RunningHash(body)
+    offset = 0
+    for cut, reset in ((BLOCK + 6, False), (2 * BLOCK + 7, True)):
+        sent = patch(
+            url,
+            gateway.auth,
+            body,
+            offset,
+            body.length,
+            bucket=None,
+            hasher=hasher,
+            cut_after=cut - offset,
+            reset=reset,
+        )
+        assert sent.reply is None and sent.sent == cut - offset
+        offset = settled_offset(gateway, url)
+        if not reset:
+            assert offset == cut  # after a FIN every byte sent arrived, and is kept
+        else:
+            assert BLOCK + 6 <= offset <= cut  # an RST drops what the kernel still held
+    hasher.catch_up(offset)
+    started = time.monotonic()
+    sent = patch(
+        url,
+        gateway.auth,
+        body,
+        offset,
+        body.length,
+        bucket=TokenBucket(4_000_000, burst=16 << 10),
+        hasher=hasher,
+    )
+    assert sent.reply is not None and sent.reply.status == 204, sent.reply
+    assert int(sent.reply.header("Upload-Offset")) == body.length
+    assert time.monotonic() - started >= (body.length - offset - (16 << 10)) / 4_000_000
+    download = httpx.get(url, headers=gateway.auth, timeout=30).content
+    assert hashlib.sha256(download).hexdigest() == hasher.hexdigest()
+    assert download == body.read(0, body.length)
+
+
+def test_mixed_scenario_smoke_run() -> None:
+    """The command as CI runs it: four users of every kind for 30 s on small studies,
+    every completed upload read back; exit 0 only with no failure."""
+    command = [
+        sys.executable,
+        str(ROOT / "loadtests" / "run"),
+        *("--scenario", "mixed", "--users", "4", "--duration", "30", "--scale", "small"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = parse_line(done.stdout)
+    assert figures["users"] == 4
+    assert figures["failures"] == 0
+    assert figures["verified"] >= 1
+    assert figures["verified"] == figures["uploads"]
