@@ -196,3 +196,16 @@ def test_the_first_calls_after_a_restart_of_the_database_succeed() -> None:
             catalog.close()
     finally:
         server.stop()
+
+
+def test_a_failed_statement_gives_its_connection_back(dsn: str) -> None:
+    """A statement's own error (here a cancel) leaves the link intact: the connection
+    goes back to the pool, or a pool of one would have none left."""
+    catalog = PostgresCatalog(dsn, max_size=1)
+    try:
+        with pytest.raises(psycopg.errors.QueryCanceled), catalog._tx() as cur:
+            cur.execute("SET LOCAL statement_timeout = '10ms'")
+            cur.execute("SELECT pg_sleep(1)")
+        assert catalog.get_upload("u1") is None
+    finally:
+        catalog.close()

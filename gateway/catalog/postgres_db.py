@@ -71,10 +71,11 @@ class PostgresDatabase:
         try:
             yield conn
         except psycopg.OperationalError as exc:
-            if not conn.broken:
+            broken = conn.broken
+            self._pool.putconn(conn)
+            if not broken:
                 raise  # an error of the statement (a deadlock, a cancel), not the link
             log.warning("catalog connection lost: %s", type(exc).__name__)
-            self._pool.putconn(conn)
             # Others opened before the database went away are broken too: drop them
             # now rather than fail one request each.
             self._pool.check()
@@ -82,7 +83,8 @@ class PostgresDatabase:
         except BaseException:
             self._pool.putconn(conn)
             raise
-        self._pool.putconn(conn)
+        else:
+            self._pool.putconn(conn)
 
     def _live_connection(self) -> Connection:
         """A connection of the pool the server has not closed. One it closed while idle
