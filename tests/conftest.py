@@ -13,7 +13,7 @@ from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
 from tests import server as server_module
-from tests.postgres import postgres  # noqa: F401 - the session's PostgreSQL server
+from tests.postgres import dsn, postgres  # noqa: F401 - the session's PostgreSQL server
 from tests.s3server import SeaweedS3
 from tests.server import GatewayProcess, S3Target, store_for
 from tests.softhsm import softhsm  # noqa: F401 - the session's SoftHSM2 token

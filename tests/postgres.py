@@ -218,3 +218,11 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def dsn(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh empty database on the session's server, dropped after the test."""
+    database = postgres.create_database()
+    yield postgres.dsn(database)
+    postgres.drop_database(database)

@@ -17,14 +17,7 @@ from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.postgres_schema import SCHEMA_VERSION
 from gateway.keys.base import WrappedKey
 from tests.fakes import upload_row
-from tests.postgres import PostgresServer, start_postgres
-
-
-@pytest.fixture
-def dsn(postgres: PostgresServer) -> Iterator[str]:
-    database = postgres.create_database()
-    yield postgres.dsn(database)
-    postgres.drop_database(database)
+from tests.postgres import start_postgres
 
 
 @pytest.fixture

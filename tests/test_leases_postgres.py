@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -30,16 +30,8 @@ from gateway.leases import Leases, StopReason, lease_signals
 from gateway.runner import Runner
 from gateway.wiring import build_services
 from tests.fakes import MemoryStore
-from tests.postgres import PostgresServer
 
 POLL = 5.0  # far too slow for polling alone to hand a lease over within a second
-
-
-@pytest.fixture
-def dsn(postgres: PostgresServer) -> Iterator[str]:
-    database = postgres.create_database()
-    yield postgres.dsn(database)
-    postgres.drop_database(database)
 
 
 class Gateway:

@@ -5,7 +5,6 @@ of a newer schema, and `gateway migrate` [--check]."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,14 +19,6 @@ from gateway.catalog.sqlite_schema import SCHEMA_VERSION as SQLITE_VERSION
 from gateway.cli import main
 from gateway.keys.base import WrappedKey
 from tests.fakes import upload_row
-from tests.postgres import PostgresServer
-
-
-@pytest.fixture
-def dsn(postgres: PostgresServer) -> Iterator[str]:
-    database = postgres.create_database()
-    yield postgres.dsn(database)
-    postgres.drop_database(database)
 
 
 def _pg_version(dsn: str) -> int:

@@ -23,13 +23,6 @@ Heard = queue.Queue[tuple[str, str]]
 
 
 @pytest.fixture
-def dsn(postgres: PostgresServer) -> Iterator[str]:
-    database = postgres.create_database()
-    yield postgres.dsn(database)
-    postgres.drop_database(database)
-
-
-@pytest.fixture
 def cat(dsn: str) -> Iterator[PostgresCatalog]:
     catalog = PostgresCatalog(dsn)
     yield catalog
