@@ -26,6 +26,7 @@ from gateway.catalog.postgres import PostgresCatalog
 from gateway.leases import Leases, StopReason
 from gateway.runner import Runner
 from tests.postgres import start_postgres
+from tests.test_leases_postgres import silent_writer
 
 
 class Side:
@@ -51,25 +52,9 @@ class Side:
         self.catalog.close()
 
 
-async def write(leases: Leases, upload_id: str, holding: asyncio.Event) -> StopReason | None:
-    """A writer waiting for body bytes until told to stop (as writer/segment.py)."""
-    async with leases.held(upload_id, watch=True) as control:
-        holding.set()
-        control.in_receive = True
-        task = asyncio.current_task()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            if control.stop_reason is None or task is None or task.uncancel():
-                raise
-        finally:
-            control.in_receive = False
-        return control.stop_reason
-
-
 async def hand_over(holder: Side, taker: Side, upload_id: str) -> float:
     holding = asyncio.Event()
-    writer = asyncio.create_task(write(holder.leases, upload_id, holding))
+    writer = asyncio.create_task(silent_writer(holder.leases, upload_id, holding))
     await holding.wait()
     started = time.monotonic()
     lease = await taker.leases.acquire(upload_id)

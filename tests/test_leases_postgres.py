@@ -69,7 +69,9 @@ async def gateways(dsn: str) -> AsyncIterator[tuple[Gateway, Gateway]]:
         two.close()
 
 
-async def _write(leases: Leases, upload_id: str, holding: asyncio.Event) -> StopReason | None:
+async def silent_writer(
+    leases: Leases, upload_id: str, holding: asyncio.Event
+) -> StopReason | None:
     """A writer whose client is silent: it waits for body bytes until told to stop,
     then lets go (as segment.py's reading loop does)."""
     async with leases.held(upload_id, watch=True) as control:
@@ -89,7 +91,7 @@ async def _write(leases: Leases, upload_id: str, holding: asyncio.Event) -> Stop
 async def _hand_over(holder: Gateway, taker: Gateway, upload_id: str) -> float:
     """Seconds from the taker asking for an upload the holder writes to its lease."""
     holding = asyncio.Event()
-    writer = asyncio.create_task(_write(holder.leases, upload_id, holding))
+    writer = asyncio.create_task(silent_writer(holder.leases, upload_id, holding))
     await holding.wait()
     started = time.monotonic()
     lease = await taker.leases.acquire(upload_id)
