@@ -786,3 +786,56 @@ async def test_a_stalled_body_gives_its_partly_filled_slice_back_to_the_budget(
         release.set()
         done, _ = await writing
         assert read(service, done) == data
+
+
+async def test_tail_bytes_read_back_are_counted_in_the_receive_budget(tmp_path: Path) -> None:
+    # The body that fills a segment reads the segment's earlier bytes back from its tail
+    # pieces; until they are sealed they are plaintext in memory like received bytes, so
+    # they wait for and hold their share of the budget (hundreds of slow bodies would
+    # otherwise each hold up to a segment of it, uncounted).
+    store = InPlaceMemoryStore()
+    mib = 1024 * 1024
+    async with own_service(tmp_path, store, segment_size=4 * mib) as service:
+        budget = service.writes.budget
+        data = os.urandom(4 * mib)
+        upload = await service.create(ME, length=len(data), metadata=None)
+        await service.write(ME, upload.id, offset=0, body=body(data[:mib]), content_length=mib)
+        await service.write(ME, upload.id, offset=mib, body=body(data[mib : 2 * mib]))
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def waits() -> AsyncIterator[bytes]:
+            started.set()
+            await release.wait()
+            yield data[2 * mib :]
+
+        writing = asyncio.create_task(
+            service.write(ME, upload.id, offset=2 * mib, body=waits(), content_length=2 * mib)
+        )
+        await started.wait()
+        assert budget.free == budget.total - 2 * mib  # the two pieces read back
+        release.set()
+        done, _ = await writing
+        assert budget.free == budget.total
+        assert read(service, done) == data
+
+
+async def test_tail_bytes_read_back_for_a_body_that_never_comes_go_back_to_the_budget(
+    tmp_path: Path,
+) -> None:
+    store = InPlaceMemoryStore()
+    mib = 1024 * 1024
+    async with own_service(tmp_path, store, segment_size=4 * mib) as service:
+        budget = service.writes.budget
+        data = os.urandom(4 * mib)
+        upload = await service.create(ME, length=len(data), metadata=None)
+        await service.write(ME, upload.id, offset=0, body=body(data[:mib]), content_length=mib)
+
+        async def cut() -> AsyncIterator[bytes]:
+            raise BodyInterrupted
+            yield b""  # pragma: no cover - makes this an async generator
+
+        with contextlib.suppress(GatewayError):
+            await service.write(ME, upload.id, offset=mib, body=cut(), content_length=3 * mib)
+        assert budget.free == budget.total
+        done, _ = await service.write(ME, upload.id, offset=mib, body=body(data[mib:]))
+        assert read(service, done) == data

@@ -48,7 +48,8 @@ class Outcome:
 
 
 # Plaintext on its way to the sealing threads: a view, whether it is new (from this
-# body, not read back from tail pieces) and the pooled slice it lives in, if any.
+# body, not read back from tail pieces) and the pooled slice it lives in; None for
+# bytes read back, which hold their length of the receive budget instead.
 Fragment = tuple[memoryview, bool, bytearray | None]
 Batch = list[Fragment]
 

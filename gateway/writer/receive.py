@@ -106,9 +106,11 @@ class Slices:
         self.budget.give(len(buffer))
 
     def give_all(self, batch: Batch) -> None:
-        for _, _, buffer in batch:
+        for view, _, buffer in batch:
             if buffer is not None:
                 self.give(buffer)
+            else:  # bytes read back from tail pieces, counted by their length
+                self.budget.give(len(view))
 
     def hold_whole(self, size: int) -> bool:
         """Take `size` bytes to keep a short body whole until it ends, if there is room now.

@@ -149,7 +149,16 @@ class SegmentWriter:
         if self._keep_as_tail():
             return  # the segment's earlier bytes are not needed: it does not fill now
         if self._tails.old or intake.fill:
-            intake.preload = await self._runner.io(self._tails.load, self._tails.old, intake.fill)
+            # Plaintext in memory until sealed, like received bytes: counted alike.
+            budget = self._slices.budget
+            await budget.take(intake.fill)
+            try:
+                intake.preload = await self._runner.io(
+                    self._tails.load, self._tails.old, intake.fill
+                )
+            except BaseException:
+                budget.give(intake.fill)
+                raise
 
     def _keep_as_tail(self) -> bool:
         """Whether this body becomes one tail piece, sealed when it ends.
@@ -316,7 +325,8 @@ class SegmentWriter:
             plain = memoryview(intake.tail)[: intake.received]
             if piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
                 earlier = self._tails.load(self._tails.old, intake.new_from)
-                plain = bytes(earlier + plain)
+                earlier += plain
+                plain = memoryview(earlier)
         else:
             record = intake.cut
             assert record is not None and record.done == intake.fill
@@ -359,6 +369,9 @@ class SegmentWriter:
         """Account for received bytes that will never be recorded (refused or cut off)."""
         intake = self._intake
         intake.cut_open_record(discard=True)
+        if intake.preload is not None:  # read back for a body that never came
+            self._slices.budget.give(len(intake.preload))
+            intake.preload = None
         intake.tail = None
         self._slices.budget.give(self._tail_units)
         self._tail_units = 0

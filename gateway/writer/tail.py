@@ -70,17 +70,20 @@ class TailPieces:
 
     def load(self, pieces: Sequence[TailPiece], covers: int) -> bytearray:
         """The plaintext of `pieces`, checked to be the segment's first `covers` bytes."""
-        plain = bytearray()
+        plain = bytearray(covers)  # one allocation: no copies as it grows
+        at = 0
         for piece in pieces:
             blob = self._store.get(tail_key(self._upload_id, piece.segment, piece.piece))
             try:
                 opened = self._sealer.open_tail(piece.segment, piece.piece, piece.start, blob)
             except InvalidSealedData as exc:
                 raise corrupt(f"tail piece {piece.segment}/{piece.piece}") from exc
-            if piece.start != len(plain) or len(opened) != piece.length:
+            end = at + len(opened)
+            if piece.start != at or len(opened) != piece.length or end > covers:
                 raise corrupt(f"tail piece {piece.segment}/{piece.piece} is out of place")
-            plain += opened
-        if len(plain) != covers:
+            plain[at:end] = opened
+            at = end
+        if at != covers:
             raise corrupt("tail pieces do not cover the recorded offset")
         return plain
 
