@@ -7,8 +7,9 @@ import logging
 import random
 import sys
 import time
+from pathlib import Path
 
-from loadtests import swarm
+from loadtests import steps, swarm
 from loadtests.context import Context, parse_scale
 from loadtests.procstats import Sampler
 from loadtests.stack import Stack
@@ -30,6 +31,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="full",
         help="study and chunk sizes: small (1/64), medium (1/8), full, or a factor",
     )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="add the users in this many equal steps over the duration; with more than "
+        "one, a table per step and a plot (--plot)",
+    )
+    parser.add_argument(
+        "--plot", type=Path, default=Path("load-steps.png"), help="the PNG of a stepped run"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--drain", type=float, default=swarm.DRAIN, help="seconds to finish verifying"
@@ -39,8 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.scale = parse_scale(args.scale)
     except (KeyError, ValueError) as exc:
         parser.error(str(exc))
-    if args.users < 1 or args.duration <= 0 or args.instances < 1:
-        parser.error("--users, --duration and --instances must be positive")
+    if args.users < 1 or args.duration <= 0 or args.instances < 1 or args.steps < 1:
+        parser.error("--users, --duration, --instances and --steps must be positive")
     if args.instances > 1 and args.store != "s3":
         parser.error("--instances above 1 needs --store s3")
     return args
@@ -66,8 +77,16 @@ def main(argv: list[str]) -> int:
         )
         began = time.monotonic()
         with Sampler(stack.pids) as sampler:
-            environment = swarm.run(
-                ctx, SCENARIOS[args.scenario], args.users, args.duration, args.drain
+            schedule = steps.schedule(args.users, args.duration, args.steps)
+            on_step = None
+            if args.steps > 1:
+                print(steps.HEADER, flush=True)
+
+                def on_step(step: steps.Step) -> None:
+                    print(steps.row(step), flush=True)
+
+            environment, log = swarm.run(
+                ctx, SCENARIOS[args.scenario], schedule, args.drain, on_step
             )
         seconds = time.monotonic() - began
     except BaseException:
@@ -75,5 +94,12 @@ def main(argv: list[str]) -> int:
         raise
     finally:
         stack.stop()
+    if args.steps > 1:
+        from loadtests.plot import plot  # matplotlib only when there is something to plot
+
+        print(steps.verdict(log.steps), flush=True)
+        title = f"{args.scenario}, {args.store}, {args.instances} gateway(s), seed {seed}"
+        plot(log.steps, args.plot, title)
+        print(f"plot: {args.plot}", flush=True)
     print(report(environment, ctx, args.users, sampler.peak, seconds), flush=True)
     return 1 if failures(environment) or ctx.tally.uploads != ctx.tally.verified else 0

@@ -16,6 +16,11 @@ from loadtests.body import BLOCK, Body, RunningHash
 from loadtests.throttle import TokenBucket, send
 
 OCTET = "application/offset+octet-stream"
+# A slow link's send buffer. Over a real path of a few Mbit/s a phone's TCP stack grows
+# its buffer to a few times the bandwidth-delay product, tens to hundreds of KiB; over
+# loopback Linux would grow it to megabytes, and a chunk's last byte "handed to the
+# kernel" would still have megabytes to go, drained at whatever pace the gateway reads.
+LINK_SEND_BUFFER = 128 << 10
 
 
 @dataclass
@@ -71,6 +76,8 @@ def patch(
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     began = time.monotonic()
     sock = socket.create_connection((host, port), timeout=timeout)
+    if bucket is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LINK_SEND_BUFFER)
     try:
         sent = 0
         try:

@@ -6,13 +6,17 @@ import hashlib
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
+from loadtests import steps
 from loadtests.body import BLOCK, Body, RunningHash
 from loadtests.line import format_line, parse_line
+from loadtests.plot import plot
 from loadtests.sizes import size_class
 from loadtests.throttle import TokenBucket
 from loadtests.wire import patch
@@ -143,18 +147,96 @@ def test_raw_patch_cut_mid_body_then_resumed(gateway: GatewayProcess) -> None:
     assert download == body.read(0, body.length)
 
 
-def test_mixed_scenario_smoke_run() -> None:
-    """The command as CI runs it: four users of every kind for 30 s on small studies,
-    every completed upload read back; exit 0 only with no failure."""
+def test_mixed_scenario_smoke_run(tmp_path: Path) -> None:
+    """The command as CI runs it: a few users of every kind for 60 s on small studies,
+    added in two steps, every completed upload read back; exit 0 only with no failure,
+    and the stepped run's table and plot."""
+    plot = tmp_path / "steps.png"
     command = [
         sys.executable,
         str(ROOT / "loadtests" / "run"),
-        *("--scenario", "mixed", "--users", "4", "--duration", "30", "--scale", "small"),
+        *("--scenario", "mixed", "--users", "4", "--duration", "60", "--scale", "small"),
+        *("--steps", "2", "--plot", str(plot)),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = parse_line(done.stdout)
     assert figures["users"] == 4
     assert figures["failures"] == 0
     assert figures["verified"] >= 1
     assert figures["verified"] == figures["uploads"]
+    assert "held at every step" in done.stdout or "breaks at users=" in done.stdout
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_schedule_adds_users_in_equal_steps() -> None:
+    assert steps.schedule(10, 60, 1) == [(10, 60)]
+    assert steps.schedule(500, 600, 10) == [(50 * (i + 1), 60.0) for i in range(10)]
+    assert steps.schedule(3, 30, 6)[0] == (1, 5.0)  # never a step of no users
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert steps.percentile([], 0.99) == 0
+    values = [float(v) for v in range(1, 101)]
+    assert steps.percentile(values, 0.5) == 50
+    assert steps.percentile(values, 0.99) == 99
+    assert steps.percentile([5.0], 0.99) == 5
+
+
+def test_step_log_sorts_requests_into_steps_and_finds_where_it_breaks(tmp_path: Path) -> None:
+    listeners: list[Callable[..., None]] = []
+    # Locust's Environment as far as the log uses it (importing locust here would patch
+    # the test process's standard library for gevent).
+    environment = SimpleNamespace(
+        events=SimpleNamespace(request=SimpleNamespace(add_listener=listeners.append))
+    )
+    now = [0.0]
+    ended: list[steps.Step] = []
+    log = steps.StepLog(
+        environment,  # type: ignore[arg-type]
+        clock=lambda: now[0],
+        on_step=ended.append,
+    )
+
+    def fire(kind: str, name: str, ms: float, size: int = 0, error: bool = False) -> None:
+        for listener in listeners:
+            listener(
+                request_type=kind,
+                name=name,
+                response_time=ms,
+                response_length=size,
+                exception=AssertionError("x") if error else None,
+                context={},
+            )
+
+    fire("ACK", "2MiB", 5000)  # before the first step: not counted
+    log.begin(10)
+    for _ in range(99):
+        fire("ACK", "2MiB", 20)
+    fire("ACK", "4MiB", 3000)  # slow, but not of the target's size
+    fire("PATCH", "2MiB", 900, 2_000_000)
+    fire("CUT", "4MiB", 100, 1_000_000)
+    now[0] = 10.0
+    log.begin(20)
+    fire("ACK", "2MiB", 30)
+    fire("ACK", "2MiB", 1500)
+    now[0] = 20.0
+    log.begin(30)
+    fire("HEAD", "HEAD", 5, error=True)
+    now[0] = 30.0
+    log.end()
+    fire("ACK", "2MiB", 9000)  # the drain: not counted
+    first, second, third = log.steps
+    assert ended == log.steps  # each told as it ended
+    assert len(first.acks) == 100 and len(first.target_acks) == 99
+    assert first.mb_s == pytest.approx(0.3) and not first.broken
+    assert second.broken and not second.failures  # the target's p99 passed 1 s
+    assert third.broken and third.failures == 1
+    table = steps.table(log.steps)
+    assert table.splitlines()[-1] == "breaks at users=20: ACK p99 above 1000 ms"
+    assert steps.table(log.steps[:1]).endswith(
+        "held at every step: no failure, ACK p99 within 1000 ms"
+    )
+    png = tmp_path / "p.png"
+    plot(log.steps, png, "a title")
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
