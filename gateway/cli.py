@@ -30,7 +30,7 @@ from gateway.auth import mint_token
 from gateway.catalog.base import CatalogUnavailable, Principal, SchemaMismatch
 from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.connections import protocol_factory
-from gateway.keycheck import check_shared_keys
+from gateway.keycheck import check_shared_keys, check_suite_keys
 from gateway.keys.base import KeyUnusable
 from gateway.keys.providers import open_provider, provider_configured
 from gateway.tus.headers import is_valid_upload_id
@@ -184,6 +184,9 @@ def _serve(settings: Settings) -> int:
     # listens (workers open them again).
     keys = open_provider(settings)
     keys.check()
+    # GATEWAY_CRYPTO_SUITE (sealed-format suite 2) is read where it is defined; "aes"
+    # until it is.
+    check_suite_keys(keys, getattr(settings, "crypto_suite", "aes"))
     check_shared_keys(catalog, keys)
     if catalog.token_count() == 0:
         # First start: never run open. Mint a token and show how to use it, once.

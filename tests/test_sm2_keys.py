@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway import jws, manifest
+from gateway.keycheck import check_suite_keys
 from gateway.keys.base import KeyUnusable, SigningState
 from gateway.keys.envelope import KeyringProtection
 from gateway.keys.keyring import LocalKeyring
@@ -130,5 +131,13 @@ def test_the_pkcs11_provider_refuses_to_sign_sm2(softhsm: SoftHsmToken) -> None:
             provider.sm2_signing_key()
         assert provider.public_sm2_keys() == []
         assert all(k.alg != ALG_SM2 for k in provider.signing_keys())
+        # A gateway that seals with suite 2 refuses to start with it; with AES it starts.
+        with pytest.raises(KeyUnusable, match="cannot sign SM2"):
+            check_suite_keys(provider, "sm")
+        check_suite_keys(provider, "aes")
     finally:
         provider.close()
+
+
+def test_a_keyring_can_sign_suite_2(tmp_path: Path) -> None:
+    check_suite_keys(LocalKeyring.open(tmp_path / "keyring.json"), "sm")
