@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,12 @@ from gateway.keycheck import check_suite_keys
 from gateway.keys.base import KeyUnusable, SigningState
 from gateway.keys.envelope import KeyringProtection
 from gateway.keys.keyring import LocalKeyring
+from gateway.sealed import Sealer, new_header
+from gateway.signer import store_signed
 from gateway.sm2 import ALG_SM2
+from gateway.store.folder import FolderStore
 from tests.softhsm import SoftHsmToken
+from tests.test_key_rotation import keys
 from tests.test_keys_pkcs11 import _provider
 from tests.test_manifest import make
 
@@ -141,3 +146,56 @@ def test_the_pkcs11_provider_refuses_to_sign_sm2(softhsm: SoftHsmToken) -> None:
 
 def test_a_keyring_can_sign_suite_2(tmp_path: Path) -> None:
     check_suite_keys(LocalKeyring.open(tmp_path / "keyring.json"), "sm")
+
+
+def test_the_keys_commands_show_rotate_and_retire_sm2_keys(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert keys(data, "init").code == 0
+    before = sm2_rows(keys(data, "list").stdout)
+    assert list(before.values()) == ["signing"]
+    rotated = keys(data, "rotate-signing")
+    assert rotated.code == 0, str(rotated)
+    after = sm2_rows(keys(data, "list").stdout)
+    (old,) = before
+    (new,) = set(after) - {old}
+    assert after == {old: "published", new: "signing"}
+    assert f"SM2 signing key {new} is current" in rotated.stdout
+    assert rotated.stdout.splitlines()[-1].startswith("ed25519-")  # the last line: as before
+    assert keys(data, "retire", old).code == 0
+    assert sm2_rows(keys(data, "list").stdout) == {old: "retired", new: "signing"}
+
+
+def sm2_rows(listing: str) -> dict[str, str]:
+    return dict(re.findall(r"^  (sm2-[0-9a-f]+) +SM2-SM3 +(\w+)", listing, re.MULTILINE))
+
+
+def test_a_suite_2_manifest_without_an_sm2_key_is_not_written(
+    softhsm: SoftHsmToken, tmp_path: Path
+) -> None:
+    """The completion path's signer with the PKCS#11 provider: nothing is stored, so the
+    upload does not complete with half its proof."""
+    store = FolderStore(tmp_path / "objects")
+    dek = bytes(range(32))
+    header = new_header(
+        dek, upload_id="u2", dek_id=bytes(16), segment_size=65536, plaintext_size=200_000
+    )
+    ring = LocalKeyring.open(tmp_path / "keyring.json")
+    document = make(suite=manifest.SUITE_SM, signer_kid=ring.signing_key().kid)
+    provider = _provider(softhsm, "sm2c-")
+    try:
+        provider.init()
+        for sm2_signing in (provider.sm2_signing_key, None):
+            with pytest.raises((KeyUnusable, ValueError)):
+                store_signed(
+                    store=store,
+                    upload_id="u2",
+                    document=document,
+                    sealer=Sealer(dek, header),
+                    signing=ring.signing_key(),
+                    sm2_signing=sm2_signing,
+                )
+            assert not (tmp_path / "objects").exists() or not any(
+                (tmp_path / "objects").rglob("manifest*")
+            )
+    finally:
+        provider.close()
