@@ -20,11 +20,15 @@ SIGNATURE_LEN = 64
 PRIVATE_LEN = 32
 PUBLIC_LEN = 64  # x || y, without the 0x04 of an uncompressed point
 
-# The curve of GB/T 32918.5 (OID 1.2.156.10197.1.301).
+# The curve of GB/T 32918.5 (OID 1.2.156.10197.1.301) and its base point G.
 _P = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
 _A = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC
 _B = 0x28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93
 _N = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54123
+_G = bytes.fromhex(
+    "32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7"
+    "BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0"
+)
 # SubjectPublicKeyInfo up to the point: id-ecPublicKey with the SM2 curve as its
 # parameter (as OpenSSL 3 and GmSSL write SM2 keys), then BIT STRING 0x04 || x || y.
 _SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a811ccf5501822d03420004")
@@ -57,11 +61,24 @@ class Sm2PublicKey:
         if not (0 < r < _N and 0 < s < _N):
             raise Sm2Error("bad signature: r or s out of range")
         try:
-            ok = gmsslext.sm2_verify(self.raw, data, _der(r, s), DISTID)
+            ok = gmsslext.sm2_verify_sm3_digest(self.raw, self.digest(data), _der(r, s))
         except gmsslext.GmsslInnerError:
             ok = False
         if not ok:
             raise Sm2Error("bad signature")
+
+    def digest(self, data: bytes) -> bytes:
+        """e = SM3(Z || data), Z = SM3(ENTL || ID || a || b || xG || yG || xA || yA) with
+        ID = DISTID (GB/T 32918.2 section 5.5): what is signed for this key."""
+        z = gmsslext.sm3_hash(
+            (len(DISTID) * 8).to_bytes(2, "big")
+            + DISTID
+            + _A.to_bytes(32, "big")
+            + _B.to_bytes(32, "big")
+            + _G
+            + self.raw
+        )
+        return gmsslext.sm3_hash(z + data)
 
     def spki_der(self) -> bytes:
         return _SPKI_PREFIX + self.raw
@@ -92,7 +109,9 @@ class Sm2SigningKey:
 
     def sign(self, data: bytes) -> bytes:
         """r || s of SM2 over SM3(Z || data), Z with DISTID; a fresh random k each time."""
-        der = gmsslext.sm2_sign(self.private, self.public_key.raw, data, DISTID)
+        # Z computed here, then GmSSL signs e: its sm2_sign, which computes Z itself, takes
+        # some 30 times as long in gmssl-pyx 2.1 (about 11 ms against 0.4 ms).
+        der = gmsslext.sm2_sign_sm3_digest(self.private, self.public_key.digest(data))
         r, s = _from_der(der)
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
