@@ -30,7 +30,7 @@ from gateway.auth import mint_token
 from gateway.catalog.base import CatalogUnavailable, Principal, SchemaMismatch
 from gateway.config import ConfigError, Settings, export_environment, load_settings
 from gateway.connections import protocol_factory
-from gateway.keycheck import check_shared_keys
+from gateway.keycheck import check_shared_keys, check_suite_keys
 from gateway.keys.base import KeyUnusable
 from gateway.keys.providers import open_provider, provider_configured
 from gateway.tus.headers import is_valid_upload_id
@@ -70,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("upload_id", help="the upload id (last part of its URL)")
     verify.add_argument("--data-dir", type=Path, help="state folder (GATEWAY_DATA_DIR)")
     verify.add_argument("--store", help="'folder' or s3://BUCKET[/PREFIX] (GATEWAY_STORE)")
-    verify.add_argument("--jwks", help="JWKS file or https:// URL (default: the keys' provider)")
+    verify.add_argument(
+        "--jwks",
+        action="append",
+        help="JWKS file or https:// URL (default: the keys' provider); repeat it to add the "
+        "SM2 keys of suite-2 manifests (sm2-manifest-keys.json)",
+    )
     verify.add_argument(
         "--no-decrypt", action="store_true", help="check ciphertext only, even with keys at hand"
     )
@@ -122,9 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bool) -> int:
+def _verify(settings: Settings, upload_id: str, jwks: list[str] | None, *, decrypt: bool) -> int:
     from gateway.jws import JWSError
-    from gateway.verify import Report, catalog_unwrapper, load_jwks, verify_upload
+    from gateway.verify import Report, catalog_unwrapper, load_jwks_all, verify_upload
 
     if not is_valid_upload_id(upload_id):
         print(f"gateway verify: {upload_id[:80]!r} is not an upload id", file=sys.stderr)
@@ -133,12 +138,13 @@ def _verify(settings: Settings, upload_id: str, jwks: str | None, *, decrypt: bo
     keyring = open_provider(settings) if provider_configured(settings) else None
     if jwks is not None:
         try:
-            public_keys = load_jwks(jwks)
+            public_keys = load_jwks_all(jwks)
         except (OSError, ValueError, TypeError, JWSError) as exc:
-            print(f"gateway verify: cannot use --jwks {jwks}: {exc}", file=sys.stderr)
+            print(f"gateway verify: cannot use --jwks {' '.join(jwks)}: {exc}", file=sys.stderr)
             return 2
     elif keyring is not None:
-        public_keys = {k.kid: k for k in keyring.public_signing_keys()}
+        published = keyring.public_signing_keys() + keyring.public_sm2_keys()
+        public_keys = {k.kid: k for k in published}
     else:
         print("gateway verify: no keyring in the data dir; pass --jwks FILE|URL", file=sys.stderr)
         return 2
@@ -178,6 +184,9 @@ def _serve(settings: Settings) -> int:
     # listens (workers open them again).
     keys = open_provider(settings)
     keys.check()
+    # GATEWAY_CRYPTO_SUITE (sealed-format suite 2) is read where it is defined; "aes"
+    # until it is.
+    check_suite_keys(keys, getattr(settings, "crypto_suite", "aes"))
     check_shared_keys(catalog, keys)
     if catalog.token_count() == 0:
         # First start: never run open. Mint a token and show how to use it, once.

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import audit, jws, manifest
+from gateway import audit, jws, manifest, sm2
 from gateway.access import Action
 from gateway.audit_http import note
 from gateway.auth import Authenticator, client_of
@@ -27,6 +27,14 @@ from gateway.tus.headers import is_valid_upload_id
 from gateway.uploads import Uploads
 
 log = logging.getLogger("gateway.downloads")
+
+# The SM2 keys of suite-2 manifests, apart from /.well-known/jwks.json: a JWK with crv
+# "SM2" is registered nowhere, and some JOSE libraries refuse a whole set that has one
+# (joserfc 1.8 raises on it). MANIFEST.md, "SM2".
+SM2_JWKS_PATH = "/.well-known/sm2-manifest-keys.json"
+SM2_PEM_PATH = "/.well-known/sm2-manifest-keys.pem"
+# Accept this on GET /files/{id}/manifest for the SM2 form of a suite-2 reader's manifest.
+SM2_MEDIA_TYPE = "application/imgw-manifest+sm2"
 
 
 class DownloadHandler:
@@ -55,6 +63,8 @@ class DownloadHandler:
             Route(base + "{upload_id}", self.download, methods=["GET"]),
             Route(base + "{upload_id}/manifest", self.manifest, methods=["GET"]),
             Route("/.well-known/jwks.json", self.jwks, methods=["GET"]),
+            Route(SM2_JWKS_PATH, self.sm2_jwks, methods=["GET"]),
+            Route(SM2_PEM_PATH, self.sm2_pem, methods=["GET"]),
         ]
 
     async def _finished(self, request: Request, action: Action) -> Upload:
@@ -158,7 +168,10 @@ class DownloadHandler:
     async def manifest(self, request: Request) -> Response:
         upload = await self._finished(request, Action.MANIFEST)
         note(request, audit.MANIFEST_FETCHED, upload.id, upload_tenant=upload.tenant)
-        want_json = "application/json" in request.headers.get("accept", "")
+        accept = request.headers.get("accept", "")
+        if SM2_MEDIA_TYPE in accept:
+            return await self._sm2_manifest(upload)
+        want_json = "application/json" in accept
         try:
             # The reader's view where there is one: it discloses the plaintext SHA-256
             # (MANIFEST.md); a final concatenation's own signed manifest otherwise.
@@ -174,6 +187,33 @@ class DownloadHandler:
         body = manifest.payload(token) if want_json else token.encode("ascii")
         return Response(body, media_type=media, headers={"Cache-Control": "private, no-store"})
 
+    async def _sm2_manifest(self, upload: Upload) -> Response:
+        try:
+            token = await self.uploads.upload_keys.signed_sm2_manifest(upload)
+        except ObjectNotFound as exc:
+            raise GatewayError(
+                ERR.NOT_FOUND, "this upload's manifest has no SM2 form: it is not of suite 2"
+            ) from exc
+        return Response(
+            token.encode("ascii"),
+            media_type=SM2_MEDIA_TYPE,
+            headers={"Cache-Control": "private, no-store"},
+        )
+
     async def jwks(self, request: Request) -> Response:
         document = jws.jwks(self.keys.public_signing_keys())
         return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
+
+    async def sm2_jwks(self, request: Request) -> Response:
+        document = jws.jwks(await self.runner.io(self.keys.public_sm2_keys))
+        return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
+
+    async def sm2_pem(self, request: Request) -> Response:
+        keys = await self.runner.io(self.keys.public_sm2_keys)
+        ordered = [k for k in keys if k.current] + [k for k in keys if not k.current]
+        pairs = [(k.kid, k.key) for k in ordered if isinstance(k.key, sm2.Sm2PublicKey)]
+        return Response(
+            sm2.pem_bundle(pairs),
+            media_type="application/x-pem-file",
+            headers={"Cache-Control": "public, max-age=300"},
+        )

@@ -2,7 +2,9 @@
 
 What the gateway signs (manifests, deletion receipts) goes through here. A JWS is checked
 strictly: exactly the header members alg, kid and typ; the alg the key is bound to; one
-encoding per byte string.
+encoding per byte string. The SM2 form of a suite-2 manifest (MANIFEST.md, "SM2") has the
+same shape with alg "SM2-SM3", which no JOSE registry knows: only a caller that names it
+in `algorithms` signs or accepts it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from gateway.sm2 import ALG_SM2, Sm2Error, Sm2PublicKey
+
 # RFC 9864: the fully-specified name; it deprecates the polymorphic "EdDSA" of RFC 8037.
 ALG_ED25519 = "Ed25519"
 # ECDSA P-256 with SHA-256 (RFC 7518 section 3.4): for tokens without EdDSA.
@@ -32,7 +36,9 @@ SIGNATURE_LEN = 64  # both: Ed25519's, and ES256's r || s of 32 bytes each
 _COORDINATE_LEN = 32
 _HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 
-PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+SM2_ALGORITHMS = frozenset({ALG_SM2})
+
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey | Sm2PublicKey
 
 
 class JWSError(Exception):
@@ -47,7 +53,7 @@ class SigningKey(Protocol):
 
     @property
     def alg(self) -> str:
-        """The JWS alg: ALG_ED25519 or ALG_ES256."""
+        """The JWS alg: ALG_ED25519 or ALG_ES256 (ALG_SM2 for an SM2 key)."""
 
     def sign(self, data: bytes) -> bytes:
         """The JWS signature of `data`: 64 bytes (ES256 as r || s)."""
@@ -90,9 +96,11 @@ def es256_signature(der: bytes) -> bytes:
 # --- compact serialization ------------------------------------------------------------------
 
 
-def sign(payload: bytes, *, typ: str, key: SigningKey) -> str:
+def sign(
+    payload: bytes, *, typ: str, key: SigningKey, algorithms: frozenset[str] = ALGORITHMS
+) -> str:
     """The compact JWS of `payload` with header {alg, kid, typ} (canonical JSON)."""
-    if key.alg not in ALGORITHMS:
+    if key.alg not in algorithms:
         raise ValueError(f"unsupported alg {key.alg!r}")
     if not isinstance(key.kid, str) or not key.kid:
         raise ValueError("kid must be a non-empty string")
@@ -104,8 +112,15 @@ def sign(payload: bytes, *, typ: str, key: SigningKey) -> str:
     return f"{header}.{body}.{b64url(signature)}"
 
 
-def verify(token: str, *, typ: str, keys: Mapping[str, PublicSigningKey]) -> tuple[str, bytes]:
-    """Check a compact JWS strictly; returns (kid, payload bytes) or raises JWSError."""
+def verify(
+    token: str,
+    *,
+    typ: str,
+    keys: Mapping[str, PublicSigningKey],
+    algorithms: frozenset[str] = ALGORITHMS,
+) -> tuple[str, bytes]:
+    """Check a compact JWS strictly; returns (kid, payload bytes) or raises JWSError.
+    Only the `algorithms` named are accepted, each only with a key bound to it."""
     header_b64, payload_b64, signature_b64 = split(token)
     header = parse_json(b64url_decode(header_b64, "header"), "header")
     if not isinstance(header, dict):
@@ -119,8 +134,8 @@ def verify(token: str, *, typ: str, keys: Mapping[str, PublicSigningKey]) -> tup
     alg = header["alg"]
     # Only the two algorithms, each only with a key bound to it: anything else ("none",
     # "HS256" keyed with the public key, the deprecated "EdDSA") is algorithm confusion.
-    if alg not in ALGORITHMS:
-        raise JWSError(f"unsupported alg {alg!r}: only {', '.join(sorted(ALGORITHMS))}")
+    if alg not in algorithms:
+        raise JWSError(f"unsupported alg {alg!r}: only {', '.join(sorted(algorithms))}")
     if header["typ"] != typ:
         raise JWSError(f"wrong typ {header['typ']!r}: expected {typ!r}")
     kid = header["kid"]
@@ -137,13 +152,13 @@ def verify(token: str, *, typ: str, keys: Mapping[str, PublicSigningKey]) -> tup
         raise JWSError(f"bad signature: {len(signature)} bytes, {alg} has {SIGNATURE_LEN}")
     signed = f"{header_b64}.{payload_b64}".encode("ascii")
     try:
-        if isinstance(key.key, Ed25519PublicKey):
+        if isinstance(key.key, Ed25519PublicKey | Sm2PublicKey):
             key.key.verify(signature, signed)
         else:
             r = int.from_bytes(signature[:_COORDINATE_LEN], "big")
             s = int.from_bytes(signature[_COORDINATE_LEN:], "big")
             key.key.verify(encode_dss_signature(r, s), signed, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+    except (InvalidSignature, Sm2Error):
         raise JWSError(f"bad signature (kid {kid!r})") from None
     return kid, payload
 
@@ -231,7 +246,8 @@ def _no_constant(name: str) -> object:
 
 
 def jwk(key: PublicSigningKey) -> dict[str, object]:
-    """The public JWK: RFC 8037 OKP for Ed25519, RFC 7518 EC P-256 for ES256.
+    """The public JWK: RFC 8037 OKP for Ed25519, RFC 7518 EC P-256 for ES256, and for SM2
+    an EC JWK with crv "SM2" (not registered with IANA; MANIFEST.md, "SM2").
 
     "use" and "key_ops" are both given and agree (RFC 7517 section 4.3 allows that):
     consumers that look at either one see a verify-only signature key. Whether the key
@@ -246,6 +262,9 @@ def jwk(key: PublicSigningKey) -> dict[str, object]:
     if isinstance(key.key, Ed25519PublicKey):
         raw = key.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw), **common}
+    if isinstance(key.key, Sm2PublicKey):
+        x, y = key.key.raw[:_COORDINATE_LEN], key.key.raw[_COORDINATE_LEN:]
+        return {"kty": "EC", "crv": "SM2", "x": b64url(x), "y": b64url(y), **common}
     numbers = key.key.public_numbers()
     return {
         "kty": "EC",
@@ -267,7 +286,7 @@ def jwks(keys: Iterable[PublicSigningKey]) -> dict[str, object]:
 
 
 def keys_from_jwks(document: Mapping[str, object]) -> dict[str, PublicSigningKey]:
-    """Ed25519 and P-256 verification keys of a JWK Set by kid; others are skipped."""
+    """Ed25519, P-256 and SM2 verification keys of a JWK Set by kid; others are skipped."""
     entries = document.get("keys") if isinstance(document, Mapping) else None
     if not isinstance(entries, list):
         raise JWSError("JWKS has no keys list")
@@ -280,6 +299,8 @@ def keys_from_jwks(document: Mapping[str, object]) -> dict[str, PublicSigningKey
             alg = ALG_ED25519
         elif (kty, crv) == ("EC", "P-256"):
             alg = ALG_ES256
+        elif (kty, crv) == ("EC", "SM2"):
+            alg = ALG_SM2
         else:
             continue  # RFC 7517 section 5: other key types are ignored, not errors
         if "d" in entry:
@@ -297,7 +318,13 @@ def keys_from_jwks(document: Mapping[str, object]) -> dict[str, PublicSigningKey
             raise JWSError(f"JWKS key {i} has no kid")
         if kid in result:
             raise JWSError(f"JWKS has kid {kid!r} twice")
-        key = _ed25519(entry, kid) if alg == ALG_ED25519 else _p256(entry, kid)
+        key: PublicKey
+        if alg == ALG_ED25519:
+            key = _ed25519(entry, kid)
+        elif alg == ALG_SM2:
+            key = _sm2(entry, kid)
+        else:
+            key = _p256(entry, kid)
         result[kid] = PublicSigningKey(kid, alg, key, current=True)
     return result
 
@@ -328,3 +355,12 @@ def _p256(entry: Mapping[str, object], kid: str) -> ec.EllipticCurvePublicKey:
         ).public_key()
     except ValueError:
         raise JWSError(f"JWKS key {kid!r}: not a point on P-256") from None
+
+
+def _sm2(entry: Mapping[str, object], kid: str) -> Sm2PublicKey:
+    x = _coordinate(entry, "x", kid, _COORDINATE_LEN)
+    y = _coordinate(entry, "y", kid, _COORDINATE_LEN)
+    try:
+        return Sm2PublicKey(x + y)
+    except Sm2Error:
+        raise JWSError(f"JWKS key {kid!r}: not a point on the SM2 curve") from None

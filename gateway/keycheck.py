@@ -36,3 +36,11 @@ def check_shared_keys(catalog: KeyCheckCatalog, keys: KeyProvider) -> None:
     check_id = secrets.token_bytes(16)
     wrapped = keys.wrap(secrets.token_bytes(32), upload_id=CHECK_SUBJECT, dek_id=check_id)
     catalog.add_key_check(check_id, wrapped)
+
+
+def check_suite_keys(keys: KeyProvider, crypto_suite: str) -> None:
+    """KeyUnusable unless `keys` can sign what `crypto_suite` seals: with "sm" (suite 2)
+    every manifest is signed with SM2 as well, which the pkcs11 provider cannot (KEYS.md),
+    so such a gateway refuses to start rather than fail every upload as it completes."""
+    if crypto_suite == "sm":
+        keys.sm2_signing_key()

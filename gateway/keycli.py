@@ -97,6 +97,9 @@ def main(args: argparse.Namespace) -> int:
         kid = provider.rotate_signing()
         _audit(settings, audit.SIGNING_KEY_ROTATED, kid=kid)
         print(f"signing key {kid} is current; the one before it stays in the JWKS")
+        for sm2_key in (k for k in provider.public_sm2_keys() if k.current):
+            _audit(settings, audit.SIGNING_KEY_ROTATED, kid=sm2_key.kid)
+            print(f"SM2 signing key {sm2_key.kid} is current; the one before it stays published")
         print(f"running gateways sign with it within {KEY_REFRESH_SECONDS:g} s")
         print(kid)
         return 0

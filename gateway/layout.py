@@ -36,5 +36,11 @@ def reader_manifest_key(upload_id: str) -> str:
     return f"{upload_id}/manifest.sealed"
 
 
+def sm2_manifest_keys(upload_id: str) -> tuple[str, str]:
+    """U/manifest.sm2 (the stored manifest's SM2 form) and U/manifest.sm2.sealed (the
+    reader's, sealed under the data key): suite-2 uploads only (MANIFEST.md, "SM2")."""
+    return f"{upload_id}/manifest.sm2", f"{upload_id}/manifest.sm2.sealed"
+
+
 def upload_prefix(upload_id: str) -> str:
     return f"{upload_id}/"

@@ -9,7 +9,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from gateway import jws
+from gateway import jws, sm2
 from gateway.jws import PublicSigningKey, SigningKey
 
 MANIFEST_VERSION = 2
@@ -20,6 +20,9 @@ READABLE_VERSIONS = frozenset({1, 2})
 VIEW_READER = "reader"
 VIEW_STORED = "stored"
 JWS_TYP = "imgw-manifest+jws"
+# The SM2 form of a suite-2 manifest (MANIFEST.md, "SM2"): the same payload, signed again.
+SM2_TYP = "imgw-manifest+sm2"
+SUITE_SM = 2  # SM4-GCM + SM3: its manifests carry an SM2 signature besides the JWS
 MERKLE_SCHEME = "rfc6962-sha256"
 
 # I-JSON (RFC 7493 section 2.2), which RFC 8785 requires: integers outside this
@@ -341,14 +344,18 @@ def sign(manifest: dict[str, object], key: SigningKey) -> str:
 
 
 def verify_canonical(
-    token: str, *, typ: str, keys: Mapping[str, PublicSigningKey]
+    token: str,
+    *,
+    typ: str,
+    keys: Mapping[str, PublicSigningKey],
+    algorithms: frozenset[str] = jws.ALGORITHMS,
 ) -> tuple[str, dict[str, object]]:
     """(kid, payload) of a compact JWS of `typ` whose payload is one JSON object in
     canonical form (manifests, deletion receipts); JWSError or ValueError naming the check.
 
     One document, one byte string: a payload that is valid but not canonical would let a
     stored copy and the signed bytes drift apart without anyone noticing."""
-    kid, raw = jws.verify(token, typ=typ, keys=keys)
+    kid, raw = jws.verify(token, typ=typ, keys=keys, algorithms=algorithms)
     payload = jws.parse_json(raw, "payload")
     if not isinstance(payload, dict):
         raise ValueError("payload is not a JSON object")
@@ -378,6 +385,36 @@ def verify(token: str, keys: Mapping[str, PublicSigningKey]) -> dict[str, object
     ):
         raise ManifestError("manifest signer does not match the JWS header")
     return manifest
+
+
+def sign_sm2(manifest: dict[str, object], key: SigningKey) -> str:
+    """The SM2 form of a suite-2 manifest: compact serialization with alg SM2-SM3 and typ
+    SM2_TYP over the same canonical payload as its JWS (MANIFEST.md, "SM2")."""
+    if manifest.get("suite") != SUITE_SM:
+        raise ValueError("only a suite-2 manifest is signed with SM2")
+    if key.alg != sm2.ALG_SM2:
+        raise ValueError(f"an SM2 signature needs an SM2 key, not {key.alg}")
+    return jws.sign(canonical_json(manifest), typ=SM2_TYP, key=key, algorithms=jws.SM2_ALGORITHMS)
+
+
+def verify_sm2(token: str, keys: Mapping[str, PublicSigningKey]) -> dict[str, object]:
+    """Check the SM2 form of a suite-2 manifest strictly and return its manifest (alg SM2-SM3
+    only, with an SM2 key; canonical payload; suite 2); ManifestError if not."""
+    try:
+        _, manifest = verify_canonical(token, typ=SM2_TYP, keys=keys, algorithms=jws.SM2_ALGORITHMS)
+    except (jws.JWSError, ValueError) as e:
+        raise ManifestError(str(e)) from None
+    version = manifest.get("manifest_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise ManifestError(f"unsupported manifest_version {manifest.get('manifest_version')!r}")
+    if manifest.get("suite") != SUITE_SM:
+        raise ManifestError("an SM2-signed manifest must be of suite 2")
+    return manifest
+
+
+def needs_sm2(manifest: Mapping[str, object]) -> bool:
+    """Whether a manifest must carry an SM2 signature besides its JWS (suite 2)."""
+    return manifest.get("suite") == SUITE_SM
 
 
 def payload(token: str) -> bytes:

@@ -71,7 +71,16 @@ def route_of(path: str, base_path: str) -> str:
 
 
 _FIXED_ROUTES = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", "/admin/tokens", "/admin/keys"}
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/.well-known/jwks.json",
+        "/.well-known/sm2-manifest-keys.json",
+        "/.well-known/sm2-manifest-keys.pem",
+        "/admin/tokens",
+        "/admin/keys",
+    }
 )
 
 

@@ -17,7 +17,13 @@ from gateway.metadata import open_metadata
 from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.sealed import Header, InvalidSealedData, Sealer
-from gateway.signer import open_reader_manifest, plaintext_digest, rfc3339, write_manifest
+from gateway.signer import (
+    open_reader_manifest,
+    open_reader_sm2,
+    plaintext_digest,
+    rfc3339,
+    write_manifest,
+)
 from gateway.store.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("gateway.uploads")
@@ -93,6 +99,20 @@ class UploadKeys:
         _, jws_key = manifest_keys(upload.id)
         return (await self._runner.io(self._store.get, jws_key)).decode("ascii")
 
+    async def signed_sm2_manifest(self, upload: Upload) -> str:
+        """The SM2 form of a suite-2 upload's reader's manifest (MANIFEST.md, "SM2");
+        ObjectNotFound for an upload that has none (another suite, not complete)."""
+        if not upload.header or upload.partials:
+            raise ObjectNotFound(upload.id)
+        wrapped = await self._runner.db(self._catalog.wrapped_key, upload.dek_id)
+        sealer = self.sealer(upload, wrapped)
+        try:
+            return await self._runner.io(open_reader_sm2, self._store, upload.id, sealer)
+        except InvalidSealedData as exc:
+            raise GatewayError(
+                ERR.STORED_DATA_CORRUPT, "the stored manifest failed verification"
+            ) from exc
+
     async def sign_manifest(
         self, upload: Upload, records: list[RecordRow], plaintext_sha256: bytes | None
     ) -> HookEvent | None:
@@ -122,6 +142,7 @@ class UploadKeys:
             store=self._store,
             store_name=self._store_name,
             signing=self._keys.signing_key(),
+            sm2_signing=self._keys.sm2_signing_key,  # called for a suite-2 upload only
             upload=upload,
             records=records,
             wrapped=wrapped,

@@ -16,7 +16,7 @@ from gateway import jws, manifest
 from gateway.catalog.base import KeyCatalog
 from gateway.jws import PublicSigningKey
 from gateway.keys.base import KeyProvider, KeyUnusable
-from gateway.layout import data_key, manifest_keys, reader_manifest_key
+from gateway.layout import data_key, manifest_keys, reader_manifest_key, sm2_manifest_keys
 from gateway.reader import read_header
 from gateway.sealed import (
     RECORD_OVERHEAD,
@@ -25,7 +25,7 @@ from gateway.sealed import (
     Sealer,
     object_layout,
 )
-from gateway.signer import PLAINTEXT_DIGEST, open_reader_manifest
+from gateway.signer import PLAINTEXT_DIGEST, open_reader_manifest, open_reader_sm2
 from gateway.store.base import ObjectNotFound, ObjectStore
 
 
@@ -46,6 +46,18 @@ class Report:
 
 class InsecureJWKSSource(ValueError):
     """A JWKS location that is neither a file nor an https:// URL."""
+
+
+def load_jwks_all(sources: list[str]) -> dict[str, PublicSigningKey]:
+    """The keys of several JWK Sets (e.g. jwks.json and sm2-manifest-keys.json); a kid
+    in two of them is an error."""
+    result: dict[str, PublicSigningKey] = {}
+    for source in sources:
+        for kid, key in load_jwks(source).items():
+            if kid in result:
+                raise jws.JWSError(f"kid {kid!r} is in more than one JWKS")
+            result[kid] = key
+    return result
 
 
 def load_jwks(source: str) -> dict[str, PublicSigningKey]:
@@ -96,6 +108,8 @@ def verify_upload(
         current = public_keys[signer["kid"]].current
         which = " (the current signing key)" if current else " (an older key, still published)"
     report.ok(f"signature: {signer['alg']} by {signer['kid']}{which}")
+    if manifest.needs_sm2(doc):
+        _check_sm2(upload_id, doc, store, public_keys, report, current_known=current_known)
     try:
         stored_json = store.get(json_key)
     except ObjectNotFound:
@@ -112,6 +126,38 @@ def verify_upload(
     else:
         _check_object(upload_id, doc, store, public_keys, unwrap, report, whole)
     return report
+
+
+def _check_sm2(
+    upload_id: str,
+    doc: dict[str, Any],
+    store: ObjectStore,
+    public_keys: Mapping[str, PublicSigningKey],
+    report: Report,
+    *,
+    current_known: bool,
+) -> None:
+    """A suite-2 manifest's SM2 form: signed by a published SM2 key, over the same
+    manifest as the JWS (MANIFEST.md, "SM2")."""
+    sm2_key, _ = sm2_manifest_keys(upload_id)
+    try:
+        token = store.get(sm2_key).decode("ascii")
+        signed = manifest.verify_sm2(token, public_keys)
+    except ObjectNotFound:
+        report.fail(f"sm2 signature: {sm2_key} does not exist (a suite-2 manifest needs one)")
+        return
+    except (manifest.ManifestError, UnicodeDecodeError) as exc:
+        report.fail(f"sm2 signature: {exc}")
+        return
+    if manifest.canonical_json(signed) != manifest.canonical_json(doc):
+        report.fail("sm2 signature: it signs another manifest than the JWS")
+        return
+    kid = jws.header_of(token)["kid"]
+    which = ""
+    if current_known and isinstance(kid, str):
+        current = public_keys[kid].current
+        which = " (the current SM2 key)" if current else " (an older SM2 key, still published)"
+    report.ok(f"sm2 signature: SM2 with SM3 by {kid}{which}, over the same manifest")
 
 
 def _check_concatenation(
@@ -285,6 +331,22 @@ def _check_reader_manifest(
         report.fail("reader manifest: its plaintext SHA-256 differs from the decrypted bytes")
         return
     report.ok("reader manifest: signed, matches the stored one and the plaintext SHA-256")
+    if manifest.needs_sm2(doc):
+        try:
+            reader_sm2 = manifest.verify_sm2(open_reader_sm2(store, upload_id, sealer), public_keys)
+        except ObjectNotFound:
+            report.fail(f"reader manifest sm2: {sm2_manifest_keys(upload_id)[1]} does not exist")
+            return
+        except InvalidSealedData:
+            report.fail("reader manifest sm2: it fails authentication under the data key")
+            return
+        except (manifest.ManifestError, UnicodeDecodeError) as exc:
+            report.fail(f"reader manifest sm2: {exc}")
+            return
+        if manifest.canonical_json(reader_sm2) != manifest.canonical_json(reader):
+            report.fail("reader manifest sm2: it signs another manifest than the reader's JWS")
+            return
+        report.ok("reader manifest sm2: signed with SM2, the same manifest as its JWS")
 
 
 def catalog_unwrapper(catalog: KeyCatalog, keys: KeyProvider) -> Callable[[str, bytes], bytes]:

@@ -15,13 +15,15 @@ from gateway import jws
 from gateway.keys.base import AdministeredProvider, KeyUnusable, SigningState
 from gateway.keys.envelope import KeyringProtection
 from gateway.keys.keyring import LocalKeyring
+from gateway.sm2 import ALG_SM2
 
 DEK = bytes(range(32))
 DEK_ID = b"\x07" * 16
 
 
 def states(ring: LocalKeyring) -> dict[str, SigningState]:
-    return {k.kid: k.state for k in ring.signing_keys()}
+    """The Ed25519 keys' states (the SM2 keys beside them: tests/test_sm2_keys.py)."""
+    return {k.kid: k.state for k in ring.signing_keys() if k.alg == jws.ALG_ED25519}
 
 
 def test_a_fresh_keyring_reports_what_init_created(tmp_path: Path) -> None:
@@ -48,7 +50,7 @@ def test_rotate_signing_keeps_the_old_key_published(tmp_path: Path) -> None:
     assert set(published) == {old.kid, new_kid}
     assert published[new_kid].current and not published[old.kid].current
     assert jws.verify(token, typ="t", keys=published)[0] == old.kid
-    assert all(k.alg == jws.ALG_ED25519 for k in ring.signing_keys())
+    assert {k.alg for k in ring.signing_keys()} == {jws.ALG_ED25519, ALG_SM2}
 
 
 def test_retire_destroys_the_private_key_and_withdraws_it(tmp_path: Path) -> None:
@@ -149,8 +151,10 @@ def test_concurrent_rotations_from_two_processes_lose_nothing(tmp_path: Path) ->
         assert p.exitcode == 0
     ring = LocalKeyring.open(path)
     assert [v.version for v in ring.kek_versions()] == list(range(1, 32))
-    assert len(ring.signing_keys()) == 31
-    assert [k.state for k in ring.signing_keys()].count(SigningState.SIGNING) == 1
+    for alg in (jws.ALG_ED25519, ALG_SM2):
+        keys = [k for k in ring.signing_keys() if k.alg == alg]
+        assert len(keys) == 31
+        assert [k.state for k in keys].count(SigningState.SIGNING) == 1
 
 
 def test_two_instances_in_one_process_lose_nothing(tmp_path: Path) -> None:

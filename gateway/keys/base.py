@@ -75,6 +75,13 @@ class KeyProvider(Protocol):
     def public_signing_keys(self) -> list[PublicSigningKey]:
         """Every published verification key, the current one marked (for the JWKS)."""
 
+    def sm2_signing_key(self) -> SigningKey:
+        """The current SM2 key (suite-2 manifests, MANIFEST.md "SM2"); KeyUnusable if the
+        provider has none or cannot hold one (PKCS#11: KEYS.md)."""
+
+    def public_sm2_keys(self) -> list[PublicSigningKey]:
+        """Every published SM2 verification key, the current one marked."""
+
 
 class KeyAdmin(Protocol):
     """What `gateway keys ...` does to a provider; safe while gateways use it, which

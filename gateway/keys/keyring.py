@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from gateway import sm2
 from gateway.config import Settings
 from gateway.files import write_atomically
 from gateway.jws import ALG_ED25519, Ed25519SigningKey, PublicSigningKey
@@ -51,6 +52,7 @@ _KEY_LEN = 32
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _ALG = ALG_ED25519
+_SM2_LIST = "sm2_signing_keys"
 # How often a running keyring looks (one stat) whether another process changed the file.
 _STAT_INTERVAL = 1.0
 UNPROTECTED = "keys: the keyring is not encrypted (set GATEWAY_KEK_FILE)"
@@ -69,6 +71,15 @@ class _Signer:
     created: str | None
 
 
+@dataclass(frozen=True, repr=False)  # repr=False: never print key material
+class _Sm2Signer:
+    kid: str
+    public: sm2.Sm2PublicKey
+    private: bytes | None  # None once retired
+    state: SigningState
+    created: str | None
+
+
 @dataclass(frozen=True, repr=False)
 class _State:
     """An immutable snapshot of the keyring; swapped whole so readers need no lock."""
@@ -78,6 +89,9 @@ class _State:
     kek_created: dict[int, str | None]
     current: int
     signers: tuple[_Signer, ...]
+    # SM2 keys (suite-2 manifests), a list of their own: "signing_keys" stays Ed25519 only,
+    # as versions before SM2 read it.
+    sm2_signers: tuple[_Sm2Signer, ...] = ()
 
 
 class LocalKeyring:
@@ -124,14 +138,19 @@ class LocalKeyring:
                 f"keyring {path}",
                 f"KEK {fresh['kek_id']} version 1",
                 f"signing key {fresh['signing_keys'][0]['kid']} ({_ALG})",
+                f"signing key {fresh[_SM2_LIST][0]['kid']} ({sm2.ALG_SM2})",
             ]
         _check_owner_only(path)
         doc, sealer, was_sealed = _load(path, protection)
         if created and created[1] != f"KEK {doc.get('kek_id')} version 1":
             created = []  # another process's file won
-        if not doc.get("signing_keys") or (sealer is not None and not was_sealed):
-            # Files written before signing keys existed get one on first use;
-            # a plain keyring opened with a KEK is sealed in place.
+        if (
+            not doc.get("signing_keys")
+            or _SM2_LIST not in doc
+            or (sealer is not None and not was_sealed)
+        ):
+            # Files written before signing keys (or SM2 keys) existed get one on first
+            # use; a plain keyring opened with a KEK is sealed in place.
             with _exclusive(path):
                 doc, sealer, was_sealed = _load(path, protection, sealer)
                 needs_write = sealer is not None and not was_sealed
@@ -139,6 +158,11 @@ class LocalKeyring:
                     entry = _new_signing_entry()
                     doc["signing_keys"] = [entry]
                     created.append(f"signing key {entry['kid']} ({_ALG})")
+                    needs_write = True
+                if _SM2_LIST not in doc:
+                    entry = _new_sm2_entry()
+                    doc[_SM2_LIST] = [entry]
+                    created.append(f"signing key {entry['kid']} ({sm2.ALG_SM2})")
                     needs_write = True
                 if needs_write:
                     _write(path, doc, sealer, exclusive=False)
@@ -230,6 +254,21 @@ class LocalKeyring:
             if s.state is not SigningState.RETIRED
         ]
 
+    def sm2_signing_key(self) -> sm2.Sm2SigningKey:
+        """The current SM2 signing key (suite-2 manifests)."""
+        for s in self._fresh().sm2_signers:
+            if s.state is SigningState.SIGNING and s.private is not None:
+                return sm2.Sm2SigningKey(s.kid, s.private, s.public)
+        raise KeyUnusable("the keyring has no current SM2 signing key (run: gateway keys init)")
+
+    def public_sm2_keys(self) -> list[PublicSigningKey]:
+        """The current and published SM2 keys (MANIFEST.md, "SM2")."""
+        return [
+            PublicSigningKey(s.kid, sm2.ALG_SM2, s.public, current=s.state is SigningState.SIGNING)
+            for s in self._fresh().sm2_signers
+            if s.state is not SigningState.RETIRED
+        ]
+
     # administration (KeyAdmin)
 
     def init(self) -> list[str]:
@@ -237,11 +276,14 @@ class LocalKeyring:
         created, self._created = self._created, []
 
         def change(doc: dict[str, Any]) -> list[str]:
-            if any(e["state"] == SigningState.SIGNING for e in doc["signing_keys"]):
-                return []
-            entry = _new_signing_entry()
-            doc["signing_keys"].append(entry)
-            return [f"signing key {entry['kid']}"]
+            done = []
+            for name, new in (("signing_keys", _new_signing_entry), (_SM2_LIST, _new_sm2_entry)):
+                entries = doc.setdefault(name, [])
+                if not any(e["state"] == SigningState.SIGNING for e in entries):
+                    entry = new()
+                    entries.append(entry)
+                    done.append(f"signing key {entry['kid']} ({entry['alg']})")
+            return done
 
         return created + self._modify(change)
 
@@ -263,22 +305,30 @@ class LocalKeyring:
         return int(self._modify(change)[0])
 
     def signing_keys(self) -> list[SigningKeyInfo]:
+        st = self._fresh()
         return [
             SigningKeyInfo(kid=s.kid, alg=_ALG, state=s.state, created=s.created)
-            for s in self._fresh().signers
+            for s in st.signers
+        ] + [
+            SigningKeyInfo(kid=s.kid, alg=sm2.ALG_SM2, state=s.state, created=s.created)
+            for s in st.sm2_signers
         ]
 
     def rotate_signing(self) -> str:
-        """A new current signing key; the one it replaces stays published."""
+        """A new current signing key, and a new SM2 one; those they replace stay published.
+        Returns the Ed25519 key's kid."""
 
         def change(doc: dict[str, Any]) -> list[str]:
             now = _now()
-            for e in doc["signing_keys"]:
-                if e["state"] == SigningState.SIGNING:
-                    e["state"], e["retired"] = SigningState.PUBLISHED.value, now
-            entry = _new_signing_entry()
-            doc["signing_keys"].append(entry)
-            return [entry["kid"]]
+            kids = []
+            for name, new in (("signing_keys", _new_signing_entry), (_SM2_LIST, _new_sm2_entry)):
+                for e in doc.setdefault(name, []):
+                    if e["state"] == SigningState.SIGNING:
+                        e["state"], e["retired"] = SigningState.PUBLISHED.value, now
+                entry = new()
+                doc[name].append(entry)
+                kids.append(entry["kid"])
+            return kids
 
         return self._modify(change)[0]
 
@@ -287,7 +337,8 @@ class LocalKeyring:
         public half stays in the file, so `keys list` still shows it (retired)."""
 
         def change(doc: dict[str, Any]) -> list[str]:
-            entry = next((e for e in doc["signing_keys"] if e["kid"] == kid), None)
+            entries = [*doc["signing_keys"], *doc.get(_SM2_LIST, [])]
+            entry = next((e for e in entries if e["kid"] == kid), None)
             if entry is None:
                 raise KeyUnusable(f"no signing key {kid!r} in the keyring")
             if entry["state"] == SigningState.SIGNING:
@@ -381,12 +432,25 @@ def _new_signing_entry() -> dict[str, Any]:
     }
 
 
+def _new_sm2_entry() -> dict[str, Any]:
+    private, public = sm2.generate()
+    return {
+        "kid": "sm2-" + secrets.token_hex(4),
+        "alg": sm2.ALG_SM2,
+        "state": SigningState.SIGNING.value,
+        "private": _b64(private),
+        "public": _b64(public),
+        "created": _now(),
+    }
+
+
 def _new_document() -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "kek_id": "local-" + secrets.token_hex(4),
         "keks": [_new_kek_entry(1)],
         "signing_keys": [_new_signing_entry()],
+        _SM2_LIST: [_new_sm2_entry()],
     }
 
 
@@ -474,6 +538,9 @@ def _normalise(doc: dict[str, Any]) -> None:
         entry["public"] = _b64(signer.public.public_bytes(Encoding.Raw, PublicFormat.Raw))
         if state is SigningState.RETIRED:
             entry.pop("private", None)
+    for entry in doc.get(_SM2_LIST, []):
+        if entry.get("state") == SigningState.RETIRED:
+            entry.pop("private", None)
 
 
 def _parse(doc: dict[str, Any]) -> _State:
@@ -514,7 +581,8 @@ def _parse(doc: dict[str, Any]) -> _State:
                 raw = base64.b64decode(entry["public"], validate=True)
                 public = Ed25519PublicKey.from_public_bytes(raw)
             signers.append(_Signer(kid, public, private, state, entry.get("created")))
-    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
+        sm2_signers = _parse_sm2(doc.get(_SM2_LIST) or [], kids)
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, sm2.Sm2Error):
         raise KeyUnusable("keyring file is malformed") from None
     return _State(
         kek_id=kek_id,
@@ -522,7 +590,29 @@ def _parse(doc: dict[str, Any]) -> _State:
         kek_created=created,
         current=max(keks),
         signers=tuple(signers),
+        sm2_signers=sm2_signers,
     )
+
+
+def _parse_sm2(entries: list[dict[str, Any]], kids: set[str]) -> tuple[_Sm2Signer, ...]:
+    """The SM2 keys; each entry has an explicit state (they were born with states).
+    ValueError (or Sm2Error) on anything malformed; the caller names no values."""
+    signers = []
+    states = [SigningState(e["state"]) for e in entries]
+    if states.count(SigningState.SIGNING) > 1:
+        raise ValueError
+    for entry, state in zip(entries, states, strict=True):
+        kid = entry["kid"]
+        if not isinstance(kid, str) or not kid or kid in kids or entry["alg"] != sm2.ALG_SM2:
+            raise ValueError
+        kids.add(kid)
+        public = sm2.Sm2PublicKey(base64.b64decode(entry["public"], validate=True))
+        private = None
+        if state is not SigningState.RETIRED:
+            private = base64.b64decode(entry["private"], validate=True)
+            sm2.Sm2SigningKey(kid, private, public)  # checks the scalar's range
+        signers.append(_Sm2Signer(kid, public, private, state, entry.get("created")))
+    return tuple(signers)
 
 
 def _write(

@@ -212,6 +212,18 @@ class Pkcs11Provider:
         published = [p for p in reversed(listing.pairs) if p.has_private]
         return [PublicSigningKey(p.kid, p.alg, p.public, p is signer) for p in published]
 
+    def sm2_signing_key(self) -> TokenSigningKey:
+        # Neither PKCS#11 3.x nor SoftHSM2 defines an SM2 mechanism; a private SM2 key
+        # held beside the token would break this provider's promise (KEYS.md, "SM2").
+        raise KeyUnusable(
+            f"{self._signing_where()}: the PKCS#11 provider cannot sign SM2 (no PKCS#11 "
+            "mechanism for it), so it cannot sign suite-2 manifests; use "
+            "GATEWAY_KEY_PROVIDER=keyring with GATEWAY_KEK_FILE for suite 2"
+        )
+
+    def public_sm2_keys(self) -> list[PublicSigningKey]:
+        return []
+
     def _sign(self, kid: str, alg: str, data: bytes) -> bytes:
         if alg == ALG_ES256:
             data, mechanism = hashlib.sha256(data).digest(), Mechanism.ECDSA
