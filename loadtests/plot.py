@@ -24,13 +24,21 @@ def plot(steps: list[Step], path: Path, title: str) -> None:
     users = [s.users for s in steps]
     figure, latency = plt.subplots(figsize=(8, 4.5), dpi=100)
     p99 = [seconds(percentile(s.acks, 0.99)) for s in steps]
-    latency.plot(users, p99, "o-", label="ACK p99, all chunks")
+    latency.plot(users, p99, "o-", color="tab:red", label="ACK p99, all chunks")
     target = [
         seconds(percentile(s.target_acks, 0.99)) if s.target_acks else float("nan") for s in steps
     ]
     if any(s.target_acks for s in steps):
-        latency.plot(users, target, "s--", label=f"ACK p99, {TARGET_CHUNK} chunks")
-    latency.plot(users, [seconds(percentile(s.acks, 0.5)) for s in steps], "^:", label="ACK p50")
+        latency.plot(
+            users, target, "s--", color="tab:orange", label=f"ACK p99, {TARGET_CHUNK} chunks"
+        )
+    latency.plot(
+        users,
+        [seconds(percentile(s.acks, 0.5)) for s in steps],
+        "^:",
+        color="tab:blue",
+        label="ACK p50",
+    )
     latency.axhline(ACK_LIMIT_MS / 1000, color="grey", linewidth=0.8)
     latency.set_xlabel("concurrent users")
     latency.set_ylabel("seconds from a chunk's last byte to its answer")
