@@ -523,7 +523,7 @@ def test_wrong_version_rejected_before_anything_else(version: int) -> None:
 @pytest.mark.parametrize(
     ("pos", "value", "match"),
     [
-        (9, 2, "suite"),
+        (9, 3, "suite"),
         (10, 0x02, "flags"),
         (10, 0x80, "flags"),
         (23, 0, "upload id length"),
