@@ -320,7 +320,9 @@ class Sealer:
     ) -> None:
         # Commitment first: a wrong DEK must fail here, before any ciphertext is touched,
         # so no record can ever decrypt "successfully" under a different key.
-        if not hmac.compare_digest(derive_commitment(dek, header), header.commitment):
+        if len(dek) != header.cipher_suite.key_len or not hmac.compare_digest(
+            derive_commitment(dek, header), header.commitment
+        ):
             raise InvalidSealedData("key does not match the header's commitment")
         self.header = header
         self.suite = header.cipher_suite

@@ -29,7 +29,7 @@ class Aead(Protocol):
 
     def encrypt_into(
         self, nonce: bytes, data: Buffer, associated_data: bytes | None, buf: Buffer
-    ) -> None: ...
+    ) -> int: ...
 
     def decrypt(self, nonce: Buffer, data: Buffer, associated_data: bytes | None) -> bytes: ...
 
@@ -51,7 +51,7 @@ class SM4GCM:
 
     def encrypt_into(
         self, nonce: bytes, data: Buffer, associated_data: bytes | None, buf: Buffer
-    ) -> None:
+    ) -> int:
         src, dst = memoryview(data).cast("B"), memoryview(buf).cast("B")
         if dst.nbytes != src.nbytes + TAG_LEN:
             raise ValueError(f"buffer must be {src.nbytes + TAG_LEN} bytes")
@@ -62,6 +62,7 @@ class SM4GCM:
         n = encryptor.update_into(src, dst)
         encryptor.finalize()
         dst[n : n + TAG_LEN] = encryptor.tag
+        return n + TAG_LEN
 
     def decrypt(self, nonce: Buffer, data: Buffer, associated_data: bytes | None) -> bytes:
         view = memoryview(data).cast("B")
