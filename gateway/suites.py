@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -104,6 +105,11 @@ AES = Suite(SUITE_AES256GCM, "aes", 32, "sha256", "rfc6962-sha256")
 SM = Suite(SUITE_SM4GCM, "sm", 16, "sm3", "rfc6962-sm3")
 SUITES: dict[int, Suite] = {AES.id: AES, SM.id: SM}
 BY_NAME: dict[str, Suite] = {s.name: s for s in SUITES.values()}
+
+
+def new_dek(suite_id: int) -> bytes:
+    """A fresh random data key for an upload sealed under `suite_id`."""
+    return os.urandom(suite(suite_id).key_len)
 
 
 def suite(suite_id: int) -> Suite:
