@@ -76,7 +76,7 @@ def write_manifest(
         encryption={
             "segment_size": upload.segment_size,
             "segment_count": len(records),
-            "header_sha256": hashlib.sha256(upload.header).hexdigest(),
+            "header_sha256": sealer.suite.hash(upload.header).hexdigest(),
             "dek_id": upload.dek_id.hex(),
             "kek_id": wrapped.kek_id,
             "kek_version": wrapped.kek_version,
@@ -88,6 +88,7 @@ def write_manifest(
         retention=retention,
         signer_kid=signing.kid,
         signer_alg=signing.alg,
+        suite=sealer.suite.id,
     )
     stored = manifest.stored_view(document)
     reader_jws = manifest.sign(document, signing).encode("ascii")
