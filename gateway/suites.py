@@ -87,6 +87,7 @@ class Suite:
     key_len: int  # the DEK and the derived content and value keys
     hash_name: str  # hashlib's name for the suite's hash
     merkle: str  # the manifest's name for its Merkle tree scheme
+    hash_label: str  # the hash's name in messages
 
     def hash(self, data: Buffer = b"") -> _Hash:
         return hashlib.new(self.hash_name, data)
@@ -101,8 +102,8 @@ class Suite:
         return AESGCM(key) if self.id == SUITE_AES256GCM else SM4GCM(key)
 
 
-AES = Suite(SUITE_AES256GCM, "aes", 32, "sha256", "rfc6962-sha256")
-SM = Suite(SUITE_SM4GCM, "sm", 16, "sm3", "rfc6962-sm3")
+AES = Suite(SUITE_AES256GCM, "aes", 32, "sha256", "rfc6962-sha256", "SHA-256")
+SM = Suite(SUITE_SM4GCM, "sm", 16, "sm3", "rfc6962-sm3", "SM3")
 SUITES: dict[int, Suite] = {AES.id: AES, SM.id: SM}
 BY_NAME: dict[str, Suite] = {s.name: s for s in SUITES.values()}
 

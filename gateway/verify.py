@@ -202,7 +202,7 @@ def _check_object(
         report.fail(f"header: suite {header.suite}, the manifest says {doc.get('suite', 1)}")
         return
     if suite.hash(raw_header).hexdigest() != doc["encryption"]["header_sha256"]:
-        report.fail(f"header: its {suite.hash_name.upper()} differs from the manifest")
+        report.fail(f"header: its {suite.hash_label} differs from the manifest")
         return
     report.ok(f"object: {size} bytes, suite {suite.id}, header matches")
     sealer = None
@@ -251,7 +251,7 @@ def _check_object(
             same = sealer.keyed_digest(PLAINTEXT_DIGEST, digest).hex() == expected.get(
                 "sha256_hmac"
             )
-        name = suite.hash_name.upper()
+        name = suite.hash_label
         if plain_size != expected["size"] or not same:
             report.fail(f"plaintext: decrypted size or {name} differs from the manifest")
         else:
