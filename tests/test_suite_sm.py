@@ -105,8 +105,20 @@ def test_a_deployment_switches_suites_and_reads_both(start: Start) -> None:
     old = os.urandom(seg + 321)
     old_url = upload(aes, old, [seg - 5, len(old) - seg + 5])
     part_one = upload(aes, old[:1000], None, **{"Upload-Concat": "partial"})
+    # Begun under suite 1 and finished after the switch: it stays in its own suite.
+    moving = os.urandom(seg + 50)
+    moving_url = create(aes, len(moving))
+    response = httpx.patch(
+        moving_url, content=moving[:100], headers=patch_headers(aes, 0), timeout=30
+    )
+    assert response.status_code == 204, response.text
 
     sm = start("sm")
+    moving_url = f"{sm.files_url}{upload_id(moving_url)}"
+    response = httpx.patch(
+        moving_url, content=moving[100:], headers=patch_headers(sm, 100), timeout=60
+    )
+    assert response.status_code == 204, response.text
     new = os.urandom(2 * seg + 17)
     new_url = create(sm, len(new))
     # Two PATCHes, each with an SM3 Upload-Checksum (advertised in Tus-Checksum-Algorithm).
@@ -137,6 +149,11 @@ def test_a_deployment_switches_suites_and_reads_both(start: Start) -> None:
 
     assert stored_suite(sm, upload_id(old_url)) == 1
     assert stored_suite(sm, upload_id(new_url)) == 2
+    assert stored_suite(sm, upload_id(moving_url)) == 1
+    moved = manifest_json(sm, upload_id(moving_url))
+    assert (
+        moved["suite"] == 1 and moved["plaintext"]["sha256"] == hashlib.sha256(moving).hexdigest()
+    )
     doc = manifest_json(sm, upload_id(new_url))
     assert doc["suite"] == 2 and doc["records"]["merkle"] == "rfc6962-sm3"
     assert doc["plaintext"]["sha256"] == sm3(new)  # the suite's digest, SM3
@@ -150,6 +167,7 @@ def test_a_deployment_switches_suites_and_reads_both(start: Start) -> None:
         server = sm if suite == "sm" else start("aes")
         assert_reads(server, old_url, old)
         assert_reads(server, new_url, new)
+        assert download(server, moving_url).content == moving
         whole = download(server, final_url)
         assert whole.status_code == 200 and whole.content == old[:1000] + new[:2000]
         ranged = download(server, final_url, Range="bytes=990-1010")
