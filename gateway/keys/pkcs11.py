@@ -128,8 +128,8 @@ class Pkcs11Provider:
     # data keys
 
     def wrap(self, dek: bytes, *, upload_id: str, dek_id: bytes) -> WrappedKey:
-        # Suite-2 (16-byte) data keys too are wrapped by the token's AES-GCM KEK: PKCS#11
-        # defines no SM4 mechanism and SoftHSM2 has none (KEYS.md).
+        # Suite-2 (16-byte) data keys too are wrapped by the token's AES-GCM KEK: SM4 is
+        # only ever a vendor-defined mechanism, and SoftHSM2 has none (KEYS.md).
         if len(dek) not in DEK_LENGTHS:
             raise ValueError("a DEK must be 32 bytes (suite 1) or 16 bytes (suite 2)")
         version = self._fresh().current
