@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from gmssl import sm3  # type: ignore[import-untyped]
 
 from gateway import manifest
+from gateway.client.check import Mismatch, compare
 from gateway.config import ConfigError, load_settings
 from gateway.suites import SM
 from gateway.wiring import upload_rules
@@ -66,3 +69,18 @@ def test_crypto_suite_setting() -> None:
     assert upload_rules(settings).suite == 2
     with pytest.raises(ConfigError, match="crypto_suite"):
         load_settings(environ={"GATEWAY_CRYPTO_SUITE": "sm4"}).validate()
+
+
+def test_gateway_upload_checks_a_suite_2_upload_with_sm3(tmp_path: Path) -> None:
+    path = tmp_path / "study.dcm"
+    path.write_bytes(b"DICM" * 1000)
+    digest = SM.hash(path.read_bytes()).hexdigest()
+    signed: dict[str, object] = {
+        "suite": 2,
+        "upload": {"id": "abc", "length": 4000},
+        "plaintext": {"size": 4000, "sha256": digest},
+    }
+    assert compare(signed, url="https://gw/files/abc", path=path, size=4000) == digest
+    signed["suite"] = 1
+    with pytest.raises(Mismatch, match="SHA-256 differs"):
+        compare(signed, url="https://gw/files/abc", path=path, size=4000)
