@@ -14,8 +14,9 @@ from gateway.types import Buffer
 # tus 1.0.0, Checksum extension: names "MUST only consist of ASCII characters with
 # the modification that uppercase characters are excluded". The order is the order
 # we advertise in Tus-Checksum-Algorithm; sha1 first because the spec says servers
-# SHOULD support it and most clients pick the first algorithm they know.
-SUPPORTED: tuple[str, ...] = ("sha1", "sha256", "sha512", "md5", "crc32", "crc32c")
+# SHOULD support it and most clients pick the first algorithm they know. sm3 (GB/T
+# 32905) for clients bound to the Chinese national algorithms, whatever the suite.
+SUPPORTED: tuple[str, ...] = ("sha1", "sha256", "sha512", "md5", "crc32", "crc32c", "sm3")
 
 # The name under which the data key seals a client's checksum of a whole upload: like
 # the plaintext SHA-256, it would tell anyone who can read it whether a known file was sent.
@@ -28,6 +29,7 @@ _DIGEST_SIZES: dict[str, int] = {
     "md5": 16,
     "crc32": 4,
     "crc32c": 4,
+    "sm3": 32,
 }
 
 
@@ -77,7 +79,7 @@ def new_hasher(algorithm: str) -> Hasher:
         # These guard against transmission errors, not adversaries; saying so keeps
         # them usable on FIPS-enabled OpenSSL builds that block them otherwise.
         return hashlib.new(algorithm, usedforsecurity=False)
-    if algorithm in ("sha256", "sha512"):
+    if algorithm in ("sha256", "sha512", "sm3"):
         return hashlib.new(algorithm)
     raise KeyError(algorithm)
 

@@ -186,7 +186,7 @@ def _serve(settings: Settings) -> int:
     keys.check()
     # GATEWAY_CRYPTO_SUITE (sealed-format suite 2) is read where it is defined; "aes"
     # until it is.
-    check_suite_keys(keys, getattr(settings, "crypto_suite", "aes"))
+    check_suite_keys(keys, settings.crypto_suite)
     check_shared_keys(catalog, keys)
     if catalog.token_count() == 0:
         # First start: never run open. Mint a token and show how to use it, once.

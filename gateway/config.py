@@ -30,6 +30,9 @@ class Settings:
     base_path: str = "/files/"
     max_size: int = 64 * GiB  # advertised as Tus-Max-Size
     segment_size: int = 8 * MiB  # plaintext bytes per sealed record
+    # The sealed format's suite for new uploads (FORMAT.md): "aes" (suite 1, AES-256-GCM and
+    # SHA-256) or "sm" (suite 2, SM4-GCM and SM3). Uploads of either suite are always read.
+    crypto_suite: str = "aes"
     upload_ttl: float = 7 * 24 * 3600.0  # unfinished uploads expire after this idle time
     metadata_max_bytes: int = 4096
     max_concat_parts: int = 100  # partial uploads one final concatenation may list
@@ -167,6 +170,8 @@ class Settings:
             raise ConfigError("base_path must start and end with '/'")
         if not 64 * 1024 <= self.segment_size <= GiB:
             raise ConfigError("segment_size must be between 64 KiB and 1 GiB")
+        if self.crypto_suite not in ("aes", "sm"):
+            raise ConfigError(f"crypto_suite must be 'aes' or 'sm', got {self.crypto_suite!r}")
         if self.max_size < 0:
             raise ConfigError("max_size must be >= 0")
         if self.pipeline_depth < 1 or self.io_threads < 1 or self.max_writers < 1:

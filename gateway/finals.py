@@ -70,7 +70,13 @@ class Finals:
         final_id = new_upload_id()
         segment_size = self._rules.segment_size
         length = known or 0  # an unfinished final's header says 0: it describes no bytes
-        key = ValueKey.new(self._keys, upload_id=final_id, length=length, segment_size=segment_size)
+        key = ValueKey.new(
+            self._keys,
+            upload_id=final_id,
+            length=length,
+            segment_size=segment_size,
+            suite=self._rules.suite,
+        )
         now = self._clock()
         final = Upload(
             id=final_id,

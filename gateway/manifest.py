@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from gateway import jws, sm2
 from gateway.jws import PublicSigningKey, SigningKey
+from gateway.suites import AES, SUITES, Suite
 
 MANIFEST_VERSION = 2
 # Version 1 manifests (plaintext SHA-256 in the stored copy) are still read and verified.
@@ -23,7 +23,7 @@ JWS_TYP = "imgw-manifest+jws"
 # The SM2 form of a suite-2 manifest (MANIFEST.md, "SM2"): the same payload, signed again.
 SM2_TYP = "imgw-manifest+sm2"
 SUITE_SM = 2  # SM4-GCM + SM3: its manifests carry an SM2 signature besides the JWS
-MERKLE_SCHEME = "rfc6962-sha256"
+MERKLE_SCHEME = "rfc6962-sha256"  # suite 1's; a manifest's scheme is its suite's (suites.py)
 
 # I-JSON (RFC 7493 section 2.2), which RFC 8785 requires: integers outside this
 # range lose precision in IEEE 754 doubles, so other verifiers could disagree.
@@ -131,20 +131,31 @@ def _string(s: str) -> str:
 # --- RFC 6962 Merkle Tree Hash --------------------------------------------------------------
 
 
-def merkle_root(leaves: Sequence[bytes]) -> bytes:
-    """RFC 6962 section 2.1 Merkle Tree Hash (SHA-256) of `leaves`."""
+def merkle_root(leaves: Sequence[bytes], suite: Suite = AES) -> bytes:
+    """RFC 6962 section 2.1 Merkle Tree Hash of `leaves`, with the suite's hash (SHA-256
+    for suite 1, SM3 for suite 2)."""
     if not leaves:
-        return hashlib.sha256(b"").digest()
-    return _mth(leaves, 0, len(leaves))
+        return suite.hash(b"").digest()
+    return _mth(leaves, 0, len(leaves), suite)
 
 
-def _mth(leaves: Sequence[bytes], lo: int, hi: int) -> bytes:
+def _mth(leaves: Sequence[bytes], lo: int, hi: int, suite: Suite) -> bytes:
     n = hi - lo
     if n == 1:
         # The 0x00 / 0x01 prefixes separate leaves from nodes (second-preimage resistance).
-        return hashlib.sha256(b"\x00" + bytes(leaves[lo])).digest()
+        return suite.hash(b"\x00" + bytes(leaves[lo])).digest()
     k = 1 << ((n - 1).bit_length() - 1)  # the largest power of two smaller than n
-    return hashlib.sha256(b"\x01" + _mth(leaves, lo, lo + k) + _mth(leaves, lo + k, hi)).digest()
+    node = b"\x01" + _mth(leaves, lo, lo + k, suite) + _mth(leaves, lo + k, hi, suite)
+    return suite.hash(node).digest()
+
+
+def manifest_suite(manifest: Mapping[str, object]) -> Suite:
+    """The suite a manifest's digests are in (1 where it names none); ManifestError for
+    one this build does not know."""
+    suite_id = manifest.get("suite", AES.id)
+    if type(suite_id) is not int or suite_id not in SUITES:
+        raise ManifestError(f"unsupported suite {suite_id!r}")
+    return SUITES[suite_id]
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -203,8 +214,8 @@ def build_manifest(
         _check_digest(digest, f"record_sha256[{i}]")
     if not isinstance(signer_kid, str) or not signer_kid:
         raise ValueError("signer_kid must be a non-empty string")
-    if not _is_uint(suite) or suite == 0:
-        raise ValueError("suite must be a positive int")
+    if not _is_uint(suite) or suite not in SUITES:
+        raise ValueError(f"suite must be one of {sorted(SUITES)}")
 
     leaves = [bytes(d) for d in record_sha256]
     manifest: dict[str, object] = {
@@ -223,8 +234,8 @@ def build_manifest(
         "records": {
             "count": len(leaves),
             "sha256": [d.hex() for d in leaves],
-            "merkle_root": merkle_root(leaves).hex(),
-            "merkle": MERKLE_SCHEME,
+            "merkle_root": merkle_root(leaves, SUITES[suite]).hex(),
+            "merkle": SUITES[suite].merkle,
         },
         "retention": copy.deepcopy(retention),
         "signer": {"kid": signer_kid, "alg": signer_alg},
@@ -429,7 +440,9 @@ def payload(token: str) -> bytes:
 
 
 def verify_records(manifest: Mapping[str, object], record_sha256: Sequence[bytes]) -> None:
-    """Check the record hashes of a stored object against the manifest; ManifestError if not."""
+    """Check the record hashes of a stored object (in the manifest's suite's hash) against
+    the manifest; ManifestError if not."""
+    suite = manifest_suite(manifest)
     records = manifest.get("records")
     if not isinstance(records, dict):
         raise ManifestError("manifest has no records section")
@@ -440,7 +453,7 @@ def verify_records(manifest: Mapping[str, object], record_sha256: Sequence[bytes
         raise ManifestError("manifest records.sha256 is not a list of SHA-256 hex digests")
     if records.get("count") != len(listed):
         raise ManifestError("manifest records.count does not match records.sha256")
-    if records.get("merkle") != MERKLE_SCHEME:
+    if records.get("merkle") != suite.merkle:
         raise ManifestError(f"unsupported Merkle scheme {records.get('merkle')!r}")
     actual = [bytes(d).hex() for d in record_sha256]
     for i, (want, got) in enumerate(zip(listed, actual, strict=False)):
@@ -451,6 +464,6 @@ def verify_records(manifest: Mapping[str, object], record_sha256: Sequence[bytes
         raise ManifestError(
             f"record {first} differs: manifest has {len(listed)} records, object {len(actual)}"
         )
-    root = merkle_root([bytes(d) for d in record_sha256]).hex()
+    root = merkle_root([bytes(d) for d in record_sha256], suite).hex()
     if records.get("merkle_root") != root:
         raise ManifestError(f"merkle_root differs: manifest {records.get('merkle_root')}, {root}")

@@ -16,6 +16,7 @@ from gateway.catalog.base import LegacyMetadataCatalog, Upload
 from gateway.keys.base import KeyProvider, KeyUnusable, WrappedKey
 from gateway.runner import Runner
 from gateway.sealed import Header, InvalidSealedData, Sealer, new_header
+from gateway.suites import SUITE_AES256GCM, new_dek
 
 log = logging.getLogger("gateway.metadata")
 
@@ -44,14 +45,23 @@ class ValueKey:
     sealer: Sealer
 
     @classmethod
-    def new(cls, keys: KeyProvider, *, upload_id: str, length: int, segment_size: int) -> ValueKey:
-        dek, dek_id = os.urandom(32), os.urandom(16)
+    def new(
+        cls,
+        keys: KeyProvider,
+        *,
+        upload_id: str,
+        length: int,
+        segment_size: int,
+        suite: int = SUITE_AES256GCM,
+    ) -> ValueKey:
+        dek, dek_id = new_dek(suite), os.urandom(16)
         header = new_header(
             dek,
             upload_id=upload_id,
             dek_id=dek_id,
             segment_size=segment_size,
             plaintext_size=length,
+            suite=suite,
         )
         wrapped = keys.wrap(dek, upload_id=upload_id, dek_id=dek_id)
         return cls(header, wrapped, Sealer(dek, header))

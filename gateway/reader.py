@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ class _Record:
     offset: int  # in the object
     size: int  # nonce || ciphertext || tag
     final: bool
-    sha256: bytes  # of those bytes, as the catalog recorded them
+    sha256: bytes  # the suite's digest of those bytes, as the catalog recorded it
 
     @property
     def plaintext_len(self) -> int:
@@ -158,6 +157,16 @@ class Reader:
         end = obj.length if end is None else min(end, obj.length)
         yield from self._plaintext(obj, start, end)
 
+    def plaintext_digest(self, upload: Upload) -> bytes:
+        """The suite's hash (SHA-256 or SM3) of a finished upload's whole plaintext, read
+        back once: for a manifest whose writer lost its running hash (a restart, or the
+        upload moved to another process between PATCHes)."""
+        obj = self._open(upload)
+        digest = obj.sealer.suite.hash()
+        for chunk in self._plaintext(obj, 0, obj.length):
+            digest.update(chunk)
+        return digest.digest()
+
     def _open(self, upload: Upload) -> _Object:
         wrapped = self._catalog.wrapped_key(upload.dek_id)
         if wrapped is None:
@@ -202,7 +211,7 @@ class Reader:
         # The tag alone would accept any sealing of this record under the upload's key,
         # such as one from a body refused with 460: only the recorded one is served.
         if len(data) != record.size or not hmac.compare_digest(
-            hashlib.sha256(data).digest(), record.sha256
+            obj.sealer.suite.hash(data).digest(), record.sha256
         ):
             raise NotAsRecorded(f"record {record.index} is not the sealing that was recorded")
         return obj.sealer.open_record(record.index, record.final, data)

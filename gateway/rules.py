@@ -11,6 +11,7 @@ from gateway.catalog.base import Principal, Upload, UploadCatalog, UploadState
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
 from gateway.store.base import StoreUnavailable
+from gateway.suites import SUITE_AES256GCM
 
 T = TypeVar("T")
 
@@ -35,6 +36,7 @@ class UploadRules:
     shred_wait: float = SHRED_WAIT  # how long a DELETE waits to erase a key
     retention_days: int | None = None  # complete uploads go this long after completion
     retention_batch: int = 100  # uploads past retention one reaper pass removes at most
+    suite: int = SUITE_AES256GCM  # the sealed format's suite for new uploads
 
 
 def check_owned(principal: Principal, upload: Upload | None, now: float) -> Upload:

@@ -1,9 +1,9 @@
-"""The sealed object format v1: AES-256-GCM records under HKDF-SHA-256 keys (docs/FORMAT.md)."""
+"""The sealed object format v1: AEAD records under HKDF keys, suite 1 (AES-256-GCM, SHA-256)
+or suite 2 (SM4-GCM, SM3) (docs/FORMAT.md)."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import os
 import re
@@ -12,21 +12,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway.suites import SUITE_AES256GCM as SUITE_AES256GCM
+from gateway.suites import SUITE_SM4GCM as SUITE_SM4GCM
+from gateway.suites import SUITES, Suite
 from gateway.types import Buffer
 
 FORMAT_LABEL = b"imgw-seal/v1"
 MAGIC = b"IMGWSEAL"
 VERSION = 1
-SUITE_AES256GCM = 1
 
 FLAG_LENGTH_DEFERRED = 0x01
 
-KEY_LEN = 32
+KEY_LEN = 32  # suite 1's DEK; suite 2's is 16 bytes (Suite.key_len)
 NONCE_LEN = 12
 TAG_LEN = 16
 RECORD_OVERHEAD = NONCE_LEN + TAG_LEN
@@ -89,7 +89,7 @@ class Header:
     commitment: bytes
 
     def __post_init__(self) -> None:
-        if self.suite != SUITE_AES256GCM:
+        if self.suite not in SUITES:
             raise SealedFormatError(f"unsupported suite {self.suite}")
         if not MIN_SEGMENT_SIZE <= self.segment_size <= MAX_SEGMENT_SIZE:
             raise SealedFormatError(
@@ -151,9 +151,13 @@ class Header:
         )
 
     @property
+    def cipher_suite(self) -> Suite:
+        return SUITES[self.suite]
+
+    @property
     def digest(self) -> bytes:
-        """SHA-256 of the full encoded header; every record's AAD carries it."""
-        return hashlib.sha256(self.encode()).digest()
+        """The suite's hash of the full encoded header; every record's AAD carries it."""
+        return self.cipher_suite.hash(self.encode()).digest()
 
 
 def header_length(prefix: Buffer) -> int:
@@ -174,7 +178,7 @@ def header_length(prefix: Buffer) -> int:
         )
     # Fixed offsets within the prefix: suite 9, flags 10, upload_id_len is its last byte.
     suite, flags, uid_len = view[9], view[10], view[HEADER_PREFIX_LEN - 1]
-    if suite != SUITE_AES256GCM:
+    if suite not in SUITES:
         raise SealedFormatError(f"unsupported suite {suite}")
     if flags & ~FLAG_LENGTH_DEFERRED:
         raise SealedFormatError(f"unknown header flags {flags:#04x}")
@@ -183,41 +187,40 @@ def header_length(prefix: Buffer) -> int:
     return HEADER_PREFIX_LEN + uid_len + _TRAILER_LEN
 
 
-def _check_dek(dek: bytes) -> None:
-    if len(dek) != KEY_LEN:
-        raise ValueError(f"DEK must be {KEY_LEN} bytes, got {len(dek)}")
+def _check_dek(dek: bytes, suite: Suite) -> None:
+    if len(dek) != suite.key_len:
+        raise ValueError(f"a suite {suite.id} DEK must be {suite.key_len} bytes, got {len(dek)}")
 
 
-def _hkdf(dek: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=info).derive(dek)
+def _hkdf(header: Header, dek: bytes, info: bytes, length: int) -> bytes:
+    suite = header.cipher_suite
+    _check_dek(dek, suite)
+    return HKDF(algorithm=suite.hkdf_hash(), length=length, salt=header.salt, info=info).derive(dek)
+
+
+def _info(label: bytes, header: Header) -> bytes:
+    return FORMAT_LABEL + label + bytes([header.suite]) + header.upload_id.encode("ascii")
 
 
 def derive_commitment(dek: bytes, header: Header) -> bytes:
     """The key commitment for `header` under `dek` (ignores header.commitment)."""
-    _check_dek(dek)
-    covered = hashlib.sha256(header._encode_uncommitted()).digest()
-    return _hkdf(dek, header.salt, FORMAT_LABEL + b"/commit" + covered)
+    covered = header.cipher_suite.hash(header._encode_uncommitted()).digest()
+    return _hkdf(header, dek, FORMAT_LABEL + b"/commit" + covered, COMMITMENT_LEN)
 
 
 def derive_content_key(dek: bytes, header: Header) -> bytes:
-    """The AES-256-GCM key for the records and tail pieces of `header`'s object."""
-    _check_dek(dek)
-    info = FORMAT_LABEL + b"/content" + bytes([header.suite]) + header.upload_id.encode("ascii")
-    return _hkdf(dek, header.salt, info)
+    """The AEAD key for the records and tail pieces of `header`'s object."""
+    return _hkdf(header, dek, _info(b"/content", header), header.cipher_suite.key_len)
 
 
 def derive_value_key(dek: bytes, header: Header) -> bytes:
-    """The AES-256-GCM key for sealed values (metadata, digests) that describe the object."""
-    _check_dek(dek)
-    info = FORMAT_LABEL + b"/value" + bytes([header.suite]) + header.upload_id.encode("ascii")
-    return _hkdf(dek, header.salt, info)
+    """The AEAD key for sealed values (metadata, digests) that describe the object."""
+    return _hkdf(header, dek, _info(b"/value", header), header.cipher_suite.key_len)
 
 
 def derive_digest_key(dek: bytes, header: Header) -> bytes:
-    """The HMAC-SHA-256 key for keyed digests of the plaintext (stored manifests)."""
-    _check_dek(dek)
-    info = FORMAT_LABEL + b"/digest" + bytes([header.suite]) + header.upload_id.encode("ascii")
-    return _hkdf(dek, header.salt, info)
+    """The HMAC key (the suite's hash) for keyed digests of the plaintext."""
+    return _hkdf(header, dek, _info(b"/digest", header), COMMITMENT_LEN)
 
 
 def new_header(
@@ -228,10 +231,11 @@ def new_header(
     segment_size: int,
     plaintext_size: int | None,
     salt: bytes | None = None,
+    suite: int = SUITE_AES256GCM,
 ) -> Header:
     """A committed header; plaintext_size None means the length is deferred."""
     unsigned = Header(
-        suite=SUITE_AES256GCM,
+        suite=suite,
         segment_size=segment_size,
         plaintext_size=0 if plaintext_size is None else plaintext_size,
         length_deferred=plaintext_size is None,
@@ -260,13 +264,16 @@ class RecordStream:
     started twice under one nonce, and `recover` only decrypts (CTR), never seals.
     """
 
-    def __init__(self, content_key: bytes, nonce: bytes, aad: bytes, length: int) -> None:
+    def __init__(
+        self, suite: Suite, content_key: bytes, nonce: bytes, aad: bytes, length: int
+    ) -> None:
         self.nonce = nonce
         self.length = length  # plaintext bytes the record holds when finished
         self.done = 0  # plaintext bytes sealed so far
         self.tag = b""
+        self._suite = suite
         self._key = content_key
-        self._encryptor = Cipher(algorithms.AES(content_key), modes.GCM(nonce)).encryptor()
+        self._encryptor = Cipher(suite.block_cipher(content_key), modes.GCM(nonce)).encryptor()
         self._encryptor.authenticate_additional_data(aad)
 
     def update(self, plain: Buffer, out: Buffer) -> memoryview:
@@ -279,7 +286,7 @@ class RecordStream:
             raise ValueError(f"a record of {self.length} bytes cannot take more")
         n = self._encryptor.update_into(src, dst)
         if n != src.nbytes:
-            raise RuntimeError("AES-GCM held back ciphertext")  # a stream mode never does
+            raise RuntimeError("GCM held back ciphertext")  # a stream mode never does
         self.done += n
         return dst[:n]
 
@@ -294,14 +301,14 @@ class RecordStream:
     def recover(self, ciphertext: Buffer) -> bytes:
         """The plaintext of this record's first ciphertext bytes, without the tag.
 
-        GCM encrypts with AES-CTR from counter block nonce || 2; this is that
+        GCM encrypts in CTR mode from counter block nonce || 2; this is that
         keystream. Only for bytes this stream sealed and the caller checked by its own
         digest (an unfinished record cut short), never for data read from elsewhere.
         """
         if _view(ciphertext).nbytes > self.done:
             raise ValueError("more ciphertext than this record has sealed")
         counter = self.nonce + (2).to_bytes(4, "big")
-        decryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).decryptor()
+        decryptor = Cipher(self._suite.block_cipher(self._key), modes.CTR(counter)).decryptor()
         return decryptor.update(ciphertext)
 
 
@@ -313,14 +320,17 @@ class Sealer:
     ) -> None:
         # Commitment first: a wrong DEK must fail here, before any ciphertext is touched,
         # so no record can ever decrypt "successfully" under a different key.
-        if not hmac.compare_digest(derive_commitment(dek, header), header.commitment):
+        if len(dek) != header.cipher_suite.key_len or not hmac.compare_digest(
+            derive_commitment(dek, header), header.commitment
+        ):
             raise InvalidSealedData("key does not match the header's commitment")
         self.header = header
+        self.suite = header.cipher_suite
         self._digest = header.digest
         self._segment_size = header.segment_size
         self._content_key = derive_content_key(dek, header)
-        self._aead = AESGCM(self._content_key)
-        self._values = AESGCM(derive_value_key(dek, header))
+        self._aead = self.suite.aead(self._content_key)
+        self._values = self.suite.aead(derive_value_key(dek, header))
         self._digest_key = derive_digest_key(dek, header)
         self._nonce = nonce
 
@@ -363,7 +373,7 @@ class Sealer:
         if length > self._segment_size or (not final and length != self._segment_size):
             raise ValueError(f"record {index}: {length} bytes is not a valid record length")
         aad = self._record_aad(index, final, length)
-        return RecordStream(self._content_key, self._fresh_nonce(), aad, length)
+        return RecordStream(self.suite, self._content_key, self._fresh_nonce(), aad, length)
 
     def seal_record(self, index: int, final: bool, plaintext: Buffer) -> bytes:
         out = bytearray(record_size(_view(plaintext).nbytes))
@@ -426,11 +436,11 @@ class Sealer:
             raise InvalidSealedData(f"sealed value {name!r} failed authentication") from None
 
     def keyed_digest(self, name: str, data: Buffer) -> bytes:
-        """HMAC-SHA-256 of `data` under this object's digest key, bound to `name` and the
-        header: a digest that only a holder of the data key can recompute or test."""
+        """HMAC (the suite's hash) of `data` under this object's digest key, bound to `name`
+        and the header: a digest that only a holder of the data key can recompute or test."""
         raw = self._value_aad(name)[len(FORMAT_LABEL) + len(b"/value") :]
         prefix = FORMAT_LABEL + b"/digest" + raw  # header_digest || u8(len(name)) || name
-        mac = hmac.new(self._digest_key, prefix, hashlib.sha256)
+        mac = hmac.new(self._digest_key, prefix, self.suite.hash_name)
         mac.update(_view(data))
         return mac.digest()
 

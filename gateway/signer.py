@@ -11,7 +11,6 @@ from gateway.catalog.base import RecordRow, Upload
 from gateway.jws import SigningKey
 from gateway.keys.base import WrappedKey
 from gateway.layout import data_key, manifest_keys, reader_manifest_key, sm2_manifest_keys
-from gateway.reader import Reader
 from gateway.sealed import RECORD_OVERHEAD, Sealer
 from gateway.store.base import ObjectStore
 
@@ -23,18 +22,6 @@ PLAINTEXT_DIGEST = "plaintext.sha256"
 
 def rfc3339(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def plaintext_digest(reader: Reader, upload: Upload) -> bytes:
-    """SHA-256 of a finished upload's plaintext, by reading its records back once.
-
-    Only needed when the running hash of the write path was lost (a restart, or the
-    upload moved to another process between PATCHes).
-    """
-    digest = hashlib.sha256()
-    for chunk in reader.read_object(upload):
-        digest.update(chunk)
-    return digest.digest()
 
 
 def write_manifest(
@@ -75,7 +62,7 @@ def write_manifest(
         encryption={
             "segment_size": upload.segment_size,
             "segment_count": len(records),
-            "header_sha256": hashlib.sha256(upload.header).hexdigest(),
+            "header_sha256": sealer.suite.hash(upload.header).hexdigest(),
             "dek_id": upload.dek_id.hex(),
             "kek_id": wrapped.kek_id,
             "kek_version": wrapped.kek_version,
@@ -87,7 +74,7 @@ def write_manifest(
         retention=retention,
         signer_kid=signing.kid,
         signer_alg=signing.alg,
-        suite=sealer.header.suite,
+        suite=sealer.suite.id,
     )
     return store_signed(
         store=store,

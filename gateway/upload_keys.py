@@ -17,13 +17,7 @@ from gateway.metadata import open_metadata
 from gateway.reader import Reader
 from gateway.runner import Runner
 from gateway.sealed import Header, InvalidSealedData, Sealer
-from gateway.signer import (
-    open_reader_manifest,
-    open_reader_sm2,
-    plaintext_digest,
-    rfc3339,
-    write_manifest,
-)
+from gateway.signer import open_reader_manifest, open_reader_sm2, rfc3339, write_manifest
 from gateway.store.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("gateway.uploads")
@@ -135,7 +129,7 @@ class UploadKeys:
         if plaintext_sha256 is None:
             # The running hash was lost (a restart, or the upload moved to another
             # process between requests): read the sealed records back once.
-            plaintext_sha256 = await self._runner.io(plaintext_digest, self._reader, upload)
+            plaintext_sha256 = await self._runner.io(self._reader.plaintext_digest, upload)
         completed_at = self._clock()
         stored_jws = await self._runner.io(
             write_manifest,

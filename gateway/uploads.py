@@ -31,6 +31,7 @@ from gateway.rules import UploadRules, check_live, check_owned, check_quota, sto
 from gateway.runner import Runner
 from gateway.sealed import Sealer, new_header
 from gateway.store.base import ObjectStore
+from gateway.suites import new_dek
 from gateway.tus.headers import ChecksumHeader, new_upload_id
 from gateway.upload_keys import UploadKeys
 from gateway.writer import Outcome
@@ -209,13 +210,14 @@ class Uploads:
                 principal, length=length, metadata=metadata, concat=partial_concat
             )
         upload_id = new_upload_id()
-        dek, dek_id = os.urandom(32), os.urandom(16)
+        dek, dek_id = new_dek(self.rules.suite), os.urandom(16)
         header = new_header(
             dek,
             upload_id=upload_id,
             dek_id=dek_id,
             segment_size=self.rules.segment_size,
             plaintext_size=length,
+            suite=self.rules.suite,
         )
         wrapped = self.keys.wrap(dek, upload_id=upload_id, dek_id=dek_id)
         sealed_metadata = seal_metadata(Sealer(dek, header), metadata)

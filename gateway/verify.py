@@ -242,10 +242,15 @@ def _check_object(
     except InvalidSealedData as exc:
         report.fail(f"header: {exc}")
         return
-    if hashlib.sha256(raw_header).hexdigest() != doc["encryption"]["header_sha256"]:
-        report.fail("header: its SHA-256 differs from the manifest")
+    # Every digest of the manifest is in the object's suite's hash (MANIFEST.md).
+    suite = header.cipher_suite
+    if doc.get("suite", 1) != header.suite:
+        report.fail(f"header: suite {header.suite}, the manifest says {doc.get('suite', 1)}")
         return
-    report.ok(f"object: {size} bytes, header matches")
+    if suite.hash(raw_header).hexdigest() != doc["encryption"]["header_sha256"]:
+        report.fail(f"header: its {suite.hash_label} differs from the manifest")
+        return
+    report.ok(f"object: {size} bytes, suite {suite.id}, header matches")
     sealer = None
     if unwrap is not None:
         try:
@@ -263,10 +268,10 @@ def _check_object(
             f"layout: the records hold {stored} bytes, the manifest says {doc['plaintext']['size']}"
         )
         return
-    hashes, plain, plain_size = [], hashlib.sha256(), 0
+    hashes, plain, plain_size = [], suite.hash(), 0
     for index, offset, rsize, final in layout:
         record = store.get(key, offset, rsize)
-        hashes.append(hashlib.sha256(record).digest())
+        hashes.append(suite.hash(record).digest())
         if sealer is not None:
             try:
                 chunk = sealer.open_record(index, final, record)
@@ -292,10 +297,11 @@ def _check_object(
             same = sealer.keyed_digest(PLAINTEXT_DIGEST, digest).hex() == expected.get(
                 "sha256_hmac"
             )
+        name = suite.hash_label
         if plain_size != expected["size"] or not same:
-            report.fail("plaintext: decrypted size or SHA-256 differs from the manifest")
+            report.fail(f"plaintext: decrypted size or {name} differs from the manifest")
         else:
-            report.ok(f"plaintext: {plain_size} bytes decrypted, SHA-256 matches")
+            report.ok(f"plaintext: {plain_size} bytes decrypted, {name} matches")
         if doc["manifest_version"] >= 2:
             _check_reader_manifest(upload_id, doc, store, public_keys, sealer, digest, report)
     elif unwrap is None:

@@ -49,6 +49,7 @@ from gateway.removal import Removal
 from gateway.rules import UploadRules
 from gateway.runner import Runner
 from gateway.store.base import ObjectStore
+from gateway.suites import BY_NAME
 from gateway.upload_keys import UploadKeys
 from gateway.uploads import Uploads
 from gateway.writes import Writes
@@ -103,6 +104,7 @@ def upload_rules(settings: Settings) -> UploadRules:
         tail_merge_after=settings.tail_merge_after,
         reap_interval=settings.reap_interval,
         retention_days=settings.retention_days,
+        suite=BY_NAME[settings.crypto_suite].id,
     )
 
 

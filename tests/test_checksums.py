@@ -8,7 +8,8 @@ import pytest
 
 from gateway import checksums
 
-# Published test vectors: FIPS 180 examples for "abc", RFC 1321 for md5, and the
+# Published test vectors: FIPS 180 examples for "abc", RFC 1321 for md5, GB/T 32905 for
+# sm3, and the
 # standard "123456789" check values for CRC-32 and CRC-32C.
 KNOWN = [
     ("sha1", b"abc", "a9993e364706816aba3e25717850c26c9cd0d89d"),
@@ -25,6 +26,9 @@ KNOWN = [
     ("crc32c", b"123456789", "e3069283"),
     ("crc32", b"", "00000000"),
     ("crc32c", b"", "00000000"),
+    # GB/T 32905-2016 appendix A, examples 1 and 2.
+    ("sm3", b"abc", "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"),
+    ("sm3", b"abcd" * 16, "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732"),
 ]
 
 
@@ -74,8 +78,8 @@ def test_crc32_is_big_endian_like_tus_clients() -> None:
 
 
 def test_supported_order_and_sizes() -> None:
-    assert checksums.SUPPORTED == ("sha1", "sha256", "sha512", "md5", "crc32", "crc32c")
-    assert [checksums.digest_size(a) for a in checksums.SUPPORTED] == [20, 32, 64, 16, 4, 4]
+    assert checksums.SUPPORTED == ("sha1", "sha256", "sha512", "md5", "crc32", "crc32c", "sm3")
+    assert [checksums.digest_size(a) for a in checksums.SUPPORTED] == [20, 32, 64, 16, 4, 4, 32]
 
 
 @pytest.mark.parametrize("algorithm", ["", "SHA1", "sha-1", "sha384", "blake2b", "crc64"])

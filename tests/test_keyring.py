@@ -37,7 +37,7 @@ def test_round_trip(ring: LocalKeyring) -> None:
 
 def test_wrap_rejects_bad_dek(ring: LocalKeyring) -> None:
     with pytest.raises(ValueError):
-        ring.wrap(DEK[:16], upload_id="u1", dek_id=DEK_ID)
+        ring.wrap(DEK[:24], upload_id="u1", dek_id=DEK_ID)
 
 
 def test_unwrap_mismatches_fail(ring: LocalKeyring) -> None:

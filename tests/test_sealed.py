@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway import sealed
+from gateway import sealed, suites
 from gateway.sealed import (
     RECORD_OVERHEAD,
     TAG_LEN,
@@ -476,7 +476,7 @@ def test_wrong_dek_fails_at_commitment_before_decrypting(monkeypatch: pytest.Mon
         def __init__(self, key: bytes) -> None:
             raise AssertionError("a cipher was set up although the commitment does not match")
 
-    monkeypatch.setattr(sealed, "AESGCM", NoAead)
+    monkeypatch.setattr(suites, "AESGCM", NoAead)
     with pytest.raises(InvalidSealedData, match="commitment"):
         open_object(wrong, obj)
     header = Header.decode(obj[: header_length(obj)])
@@ -523,7 +523,7 @@ def test_wrong_version_rejected_before_anything_else(version: int) -> None:
 @pytest.mark.parametrize(
     ("pos", "value", "match"),
     [
-        (9, 2, "suite"),
+        (9, 3, "suite"),
         (10, 0x02, "flags"),
         (10, 0x80, "flags"),
         (23, 0, "upload id length"),

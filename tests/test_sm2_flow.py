@@ -2,9 +2,7 @@
 completion path's signer, served (GET /files/{id}/manifest, the SM2 keys' JWKS and PEM),
 and checked by `gateway verify`, untouched, tampered and with the wrong keys.
 
-Until suite-2 uploads exist, an upload's manifest is signed again as suite 2 with the
-signer the gateway completes uploads with (signer.store_signed), from the data dir's
-keyring and catalog, exactly as the completion path would for a suite-2 object.
+The gateway runs with GATEWAY_CRYPTO_SUITE=sm: its uploads are suite 2.
 """
 
 from __future__ import annotations
@@ -17,53 +15,23 @@ import httpx
 import pytest
 
 from gateway import jws, manifest
-from gateway.app import open_catalog
-from gateway.config import load_settings
-from gateway.keys.keyring import LocalKeyring
 from gateway.layout import data_key, manifest_keys, sm2_manifest_keys
 from gateway.reader import read_header
-from gateway.sealed import Header, Sealer
-from gateway.signer import open_reader_manifest, store_signed
+from gateway.sealed import Header
 from gateway.sm2 import ALG_SM2, Sm2PublicKey, Sm2SigningKey, generate
 from tests.server import GatewayProcess, store_for
 from tests.test_verify import assert_all_ok, assert_fails, verify
 from tests.tushttp import upload, upload_id
 
-SERVER_ENV = {"GATEWAY_SEGMENT_SIZE": "65536"}
+SERVER_ENV = {"GATEWAY_SEGMENT_SIZE": "65536", "GATEWAY_CRYPTO_SUITE": "sm"}
 SM2_MEDIA = "application/imgw-manifest+sm2"
-
-
-def resign_as_suite_2(server: GatewayProcess, uid: str) -> None:
-    """Sign the upload's reader's manifest again as suite 2, with the gateway's keys."""
-    settings = load_settings({"data_dir": server.data_dir}, environ={})
-    keys = LocalKeyring.open(server.data_dir / "keyring.json")
-    store = store_for(server.data_dir)
-    header = Header.decode(read_header(store, data_key(uid)))
-    catalog = open_catalog(settings)
-    try:
-        wrapped = catalog.wrapped_key(header.dek_id)
-    finally:
-        catalog.close()
-    assert wrapped is not None
-    sealer = Sealer(keys.unwrap(wrapped, upload_id=uid, dek_id=header.dek_id), header)
-    document = manifest.verify(
-        open_reader_manifest(store, uid, sealer), {k.kid: k for k in keys.public_signing_keys()}
-    )
-    document["suite"] = manifest.SUITE_SM
-    store_signed(
-        store=store,
-        upload_id=uid,
-        document=document,
-        sealer=sealer,
-        signing=keys.signing_key(),
-        sm2_signing=keys.sm2_signing_key,
-    )
 
 
 @pytest.fixture
 def suite2(server: GatewayProcess) -> str:
     uid = upload_id(upload(server, os.urandom(150_000)))
-    resign_as_suite_2(server, uid)
+    header = Header.decode(read_header(store_for(server.data_dir), data_key(uid)))
+    assert header.suite == manifest.SUITE_SM  # a suite-2 upload: SM4-GCM and SM3
     return uid
 
 
@@ -118,11 +86,15 @@ def test_the_sm2_keys_are_published_apart_from_the_jwks(
     assert get(server, f"/files/{suite2}/manifest", Accept=SM2_MEDIA).status_code == 401
 
 
-def test_a_suite_1_upload_has_no_sm2_form(server: GatewayProcess) -> None:
-    uid = upload_id(upload(server, b"suite one"))
-    response = get(server, f"/files/{uid}/manifest", **server.auth, Accept=SM2_MEDIA)
-    assert response.status_code == 404, response.text
-    assert not any("sm2" in line for line in verify(server, uid).checks)
+def test_a_suite_1_upload_has_no_sm2_form(tmp_path: Path) -> None:
+    server = GatewayProcess(tmp_path / "aes").start()  # the default suite
+    try:
+        uid = upload_id(upload(server, b"suite one"))
+        response = get(server, f"/files/{uid}/manifest", **server.auth, Accept=SM2_MEDIA)
+        assert response.status_code == 404, response.text
+        assert not any("sm2" in line for line in verify(server, uid).checks)
+    finally:
+        server.stop()
 
 
 def test_verify_checks_the_sm2_signature(server: GatewayProcess, suite2: str) -> None:

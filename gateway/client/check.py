@@ -92,7 +92,8 @@ def verified_manifest(
 
 
 def compare(signed: dict[str, object], *, url: str, path: Path, size: int) -> str:
-    """The local file's SHA-256 (hex) if the verified manifest describes exactly it."""
+    """The local file's digest (hex; SHA-256, or SM3 for a suite-2 upload) if the verified
+    manifest describes exactly it."""
     upload = signed.get("upload")
     plaintext = signed.get("plaintext")
     if not isinstance(upload, dict) or not isinstance(plaintext, dict):
@@ -105,17 +106,22 @@ def compare(signed: dict[str, object], *, url: str, path: Path, size: int) -> st
         raise Mismatch("the manifest discloses no plaintext SHA-256 (not the reader's view)")
     if upload.get("length") != size or plaintext.get("size") != size:
         raise Mismatch(f"the gateway holds {upload.get('length')} bytes; the file has {size}")
-    local = sha256_file(path)
+    try:
+        suite = manifest.manifest_suite(signed)
+    except manifest.ManifestError as exc:
+        raise Mismatch(str(exc)) from None
+    local = sha256_file(path, suite.hash_name)
     if local != expected:
         raise Mismatch(
-            f"SHA-256 differs: the gateway holds {expected}, the local file is {local} "
-            "(was it changed during the upload?)"
+            f"{suite.hash_label} differs: the gateway holds {expected}, the local file "
+            f"is {local} (was it changed during the upload?)"
         )
     return local
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path, algorithm: str = "sha256") -> str:
+    """The file's digest in hex; SHA-256 unless another hashlib name is given."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(BLOCK):
             digest.update(block)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from gateway.jws import PublicSigningKey, SigningKey
 
 # A running provider picks up keys that another process (`gateway keys ...`) created,
@@ -55,7 +58,8 @@ class KeyProvider(Protocol):
     def kek_id(self) -> str: ...
 
     def wrap(self, dek: bytes, *, upload_id: str, dek_id: bytes) -> WrappedKey:
-        """Wrap a 32-byte DEK under the current KEK version, bound to upload and dek id."""
+        """Wrap a DEK (32 bytes for suite 1, 16 for suite 2) under the current KEK
+        version, bound to upload and dek id."""
 
     def unwrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> bytes:
         """Return the DEK, or raise KeyUnusable if anything does not match."""
@@ -113,6 +117,15 @@ class AdministeredProvider(KeyProvider, KeyAdmin, Protocol):
 
 
 WRAP_LABEL = b"imgw-keyring/v1/wrap"
+SM4_KEK_LABEL = b"imgw-keyring/v1/sm4-kek"
+# A data key's length says its suite (FORMAT.md): AES-256-GCM's and SM4-GCM's.
+DEK_LENGTHS = (32, 16)
+
+
+def sm4_kek(kek: bytes) -> bytes:
+    """The SM4 key that wraps suite-2 data keys under a KEK version: HKDF-SM3 of the
+    version's key, so each version has one and rotation covers both suites."""
+    return HKDF(algorithm=hashes.SM3(), length=16, salt=None, info=SM4_KEK_LABEL).derive(kek)
 
 
 def wrap_aad(upload_id: str, dek_id: bytes, version: int) -> bytes:

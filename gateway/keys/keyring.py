@@ -38,17 +38,21 @@ from gateway.config import Settings
 from gateway.files import write_atomically
 from gateway.jws import ALG_ED25519, Ed25519SigningKey, PublicSigningKey
 from gateway.keys.base import (
+    DEK_LENGTHS,
     KekVersion,
     KeyUnusable,
     SigningKeyInfo,
     SigningState,
     WrappedKey,
+    sm4_kek,
     wrap_aad,
 )
 from gateway.keys.envelope import KeyringProtection, KeyringSealer, is_sealed, open_envelope
+from gateway.suites import SM4GCM
 
 _FORMAT = 1
 _KEY_LEN = 32
+_SM4_KEY_LEN = 16
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _ALG = ALG_ED25519
@@ -86,6 +90,7 @@ class _State:
 
     kek_id: str
     keks: dict[int, AESGCM]
+    sm4_keks: dict[int, SM4GCM]  # wrap suite-2 (16-byte) data keys, one per version
     kek_created: dict[int, str | None]
     current: int
     signers: tuple[_Signer, ...]
@@ -194,12 +199,14 @@ class LocalKeyring:
         return self._fresh().current
 
     def wrap(self, dek: bytes, *, upload_id: str, dek_id: bytes) -> WrappedKey:
-        if len(dek) != _KEY_LEN:
-            raise ValueError(f"a DEK must be {_KEY_LEN} bytes")
+        if len(dek) not in DEK_LENGTHS:
+            raise ValueError("a DEK must be 32 bytes (suite 1) or 16 bytes (suite 2)")
         st = self._fresh()
         nonce = os.urandom(_NONCE_LEN)
         aad = wrap_aad(upload_id, dek_id, st.current)
-        blob = nonce + st.keks[st.current].encrypt(nonce, bytes(dek), aad)
+        # A suite-2 key under the version's SM4 KEK, with the same binding as AES's.
+        aead = st.keks[st.current] if len(dek) == _KEY_LEN else st.sm4_keks[st.current]
+        blob = nonce + aead.encrypt(nonce, bytes(dek), aad)
         return WrappedKey(kek_id=st.kek_id, kek_version=st.current, blob=blob)
 
     def unwrap(self, wrapped: WrappedKey, *, upload_id: str, dek_id: bytes) -> bytes:
@@ -211,11 +218,16 @@ class LocalKeyring:
         if wrapped.kek_version not in st.keks:
             # Another process may have rotated since we loaded the file.
             st = self._reload()
-        aead = st.keks.get(wrapped.kek_version)
-        if aead is None:
+        if wrapped.kek_version not in st.keks:
             raise KeyUnusable(f"unknown KEK version {wrapped.kek_version}")
         blob = bytes(wrapped.blob)
-        if len(blob) != _NONCE_LEN + _KEY_LEN + _TAG_LEN:
+        # The blob's length says which KEK wrapped it: AES for 32-byte keys, SM4 for 16.
+        aead: AESGCM | SM4GCM
+        if len(blob) == _NONCE_LEN + _KEY_LEN + _TAG_LEN:
+            aead = st.keks[wrapped.kek_version]
+        elif len(blob) == _NONCE_LEN + _SM4_KEY_LEN + _TAG_LEN:
+            aead = st.sm4_keks[wrapped.kek_version]
+        else:
             raise KeyUnusable("wrapped key has the wrong length")
         try:
             aad = wrap_aad(upload_id, dek_id, wrapped.kek_version)
@@ -550,6 +562,7 @@ def _parse(doc: dict[str, Any]) -> _State:
         if not isinstance(kek_id, str) or not kek_id:
             raise ValueError
         keks: dict[int, AESGCM] = {}
+        sm4_keks: dict[int, SM4GCM] = {}
         created: dict[int, str | None] = {}
         for entry in doc["keks"]:
             version = entry["version"]
@@ -559,6 +572,7 @@ def _parse(doc: dict[str, Any]) -> _State:
             if len(key) != _KEY_LEN:
                 raise ValueError
             keks[version] = AESGCM(key)
+            sm4_keks[version] = SM4GCM(sm4_kek(key))
             created[version] = entry.get("created")
         if not keks:
             raise ValueError
@@ -587,6 +601,7 @@ def _parse(doc: dict[str, Any]) -> _State:
     return _State(
         kek_id=kek_id,
         keks=keks,
+        sm4_keks=sm4_keks,
         kek_created=created,
         current=max(keks),
         signers=tuple(signers),

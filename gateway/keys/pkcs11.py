@@ -23,6 +23,7 @@ from gateway.config import Settings
 from gateway.jws import ALG_ED25519, ALG_ES256, SIGNATURE_LEN, PublicSigningKey
 from gateway.keys import pkcs11_objects as objects
 from gateway.keys.base import (
+    DEK_LENGTHS,
     KEY_REFRESH_SECONDS,
     KekVersion,
     KeyUnusable,
@@ -127,8 +128,10 @@ class Pkcs11Provider:
     # data keys
 
     def wrap(self, dek: bytes, *, upload_id: str, dek_id: bytes) -> WrappedKey:
-        if len(dek) != _KEY_LEN:
-            raise ValueError(f"a DEK must be {_KEY_LEN} bytes")
+        # Suite-2 (16-byte) data keys too are wrapped by the token's AES-GCM KEK: SM4 is
+        # only ever a vendor-defined mechanism, and SoftHSM2 has none (KEYS.md).
+        if len(dek) not in DEK_LENGTHS:
+            raise ValueError("a DEK must be 32 bytes (suite 1) or 16 bytes (suite 2)")
         version = self._fresh().current
         if version is None:
             raise KeyUnusable(f"{self._kek_where()}: no KEK; run `gateway keys init`")
@@ -156,7 +159,7 @@ class Pkcs11Provider:
             if version not in self._listing.keks:
                 raise KeyUnusable(f"{self._kek_where()}: unknown KEK version {version}")
         blob = bytes(wrapped.blob)
-        if len(blob) != _NONCE_LEN + _KEY_LEN + _TAG_LEN:
+        if len(blob) - _NONCE_LEN - _TAG_LEN not in DEK_LENGTHS:
             raise KeyUnusable("wrapped key has the wrong length")
         try:
             aad = wrap_aad(upload_id, dek_id, version)
@@ -176,7 +179,7 @@ class Pkcs11Provider:
             raise KeyUnusable(
                 f"{self._kek_where()} v{version}: unwrap failed ({_name(e)})"
             ) from None
-        if len(dek) != _KEY_LEN:
+        if len(dek) != len(blob) - _NONCE_LEN - _TAG_LEN:
             raise KeyUnusable("wrapped key does not verify for this upload and DEK id")
         return bytes(dek)
 

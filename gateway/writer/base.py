@@ -28,7 +28,8 @@ def part_offset(header_len: int, segment_size: int, index: int) -> int:
 
 @dataclass
 class RunningHash:
-    """SHA-256 over the plaintext of records 0 .. next_index-1, carried between requests."""
+    """The suite's hash (SHA-256 or SM3) over the plaintext of records 0 .. next_index-1,
+    carried between requests."""
 
     next_index: int
     digest: Any = field(default_factory=hashlib.sha256)

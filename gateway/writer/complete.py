@@ -25,7 +25,8 @@ def part_refs(rows: Sequence[RecordRow], header_len: int, segment_size: int) -> 
 
 
 def plaintext_sha256(running: RunningHash | None, records: int) -> bytes | None:
-    """The whole plaintext's SHA-256, if the running hash saw every one of `records`."""
+    """The whole plaintext's digest (the suite's hash), if the running hash saw every one
+    of `records`."""
     if running is None or running.next_index != records:
         return None
     digest: bytes = running.digest.digest()

@@ -10,7 +10,6 @@ sealing the next.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -158,7 +157,7 @@ class SealingPipeline:
         started = time.perf_counter()
         index = record.index
         stream = self._sealer.record_stream(index, record.final, record.length)
-        record.begin(stream, self._header if index == 0 else None)
+        record.begin(stream, self._header if index == 0 else None, self._sealer.suite)
         running = self.running
         if running is not None and running.next_index == index:
             record.plain_hash = running.digest.copy()
@@ -259,7 +258,7 @@ class SealingPipeline:
             start = self._cipher_offset(record.index) - NONCE_LEN
             written = self._in_place.read_span(self._key, self._upload.multipart_id, start, size)
             assert record.record_hash is not None
-            if len(written) != size or hashlib.sha256(written).digest() != (
+            if len(written) != size or self._sealer.suite.hash(written).digest() != (
                 record.record_hash.digest()
             ):
                 # Only a newer writer can have written there since: this request lost.

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 from gateway.catalog.base import RecordRow
 from gateway.sealed import RecordStream
+from gateway.suites import Suite
 from gateway.writer.base import Batch
 
 
@@ -44,8 +45,8 @@ class Record:
     discard: bool = False  # cut by a failure: skip what is still queued
     # -- sealing state --
     stream: RecordStream | None = None
-    record_hash: _Hash | None = None  # SHA-256 of the record's bytes so far (nonce || ct)
-    part_hash: _Hash | None = None  # the same with HEADER in front, for part 1
+    record_hash: _Hash | None = None  # the suite's hash of the record's bytes so far
+    part_hash: _Hash | None = None  # SHA-256 of the part (HEADER in front for part 1)
     plain_hash: _Hash | None = None  # the running plaintext hash carried on through this record
     buffer: bytearray | None = None  # the whole record, for stores that take parts whole
     busy: float = 0.0  # worker seconds spent sealing
@@ -56,12 +57,17 @@ class Record:
         """Plaintext bytes sealed so far."""
         return 0 if self.stream is None else self.stream.done
 
-    def begin(self, stream: RecordStream, header: bytes | None) -> None:
-        """Start sealing under `stream`; `header` goes in front of part 1's digest."""
+    def begin(self, stream: RecordStream, header: bytes | None, suite: Suite) -> None:
+        """Start sealing under `stream`; `header` goes in front of part 1's digest.
+
+        The record's digest is the suite's hash (FORMAT.md, the recorded sealing); the
+        part's is SHA-256 whatever the suite, as S3 checks parts with it. Under suite 1
+        they coincide for every part but the first, which is hashed once.
+        """
         self.stream = stream
-        self.record_hash = hashlib.sha256(stream.nonce)
-        if header is not None:
-            self.part_hash = hashlib.sha256(header)
+        self.record_hash = suite.hash(stream.nonce)
+        if header is not None or suite.hash_name != "sha256":
+            self.part_hash = hashlib.sha256(header or b"")
             self.part_hash.update(stream.nonce)
 
     def encrypt(self, plain: memoryview, out: memoryview) -> None:
@@ -84,7 +90,7 @@ class Record:
         return tag
 
     def digests(self) -> tuple[bytes, bytes]:
-        """(record digest, part digest): the part's has HEADER in front for part 1."""
+        """(record digest, part SHA-256): the part's has HEADER in front for part 1."""
         assert self.record_hash is not None
         digest = self.record_hash.digest()
         return digest, self.part_hash.digest() if self.part_hash is not None else digest

@@ -58,7 +58,7 @@ class SegmentWriter:
         start = upload.offset // segment_size
         running = running_hash if running_hash and running_hash.next_index == start else None
         if running is None and start == 0:
-            running = RunningHash(0)
+            running = RunningHash(0, sealer.suite.hash())
         self._on_complete = on_complete
         self.completed = False
         self._content_length = content_length  # what the body announced, if it did
