@@ -18,16 +18,28 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 
-from loadtests.context import Study
+from loadtests.body import Body
 from tests.server import GatewayProcess
 
 RETRY = (423, 429, 503, 507)
 TRIES = 30
 CHUNK = 4 << 20
+
+
+class Study(Protocol):
+    """What a client knows of an upload (loadtests.context.Study; no Locust import here)."""
+
+    body: Body
+    path: str  # /files/<id>
+    token: str
+    acked: int  # the highest offset acknowledged
+    sent: int  # the furthest offset ever sent
 
 
 @dataclass
@@ -145,7 +157,7 @@ def gateway_verify(gateway: GatewayProcess, upload_id: str) -> str:
 
 
 def check(
-    studies: list[Study],
+    studies: Sequence[Study],
     gateways: list[GatewayProcess],
     rng: random.Random,
     *,
