@@ -192,7 +192,8 @@ def main(argv: list[str]) -> int:
         f"completed={checked.completed} verified={checked.verified} "
         f"gateway_verify_ok={checked.gateway_verified} in {time.monotonic() - began:.0f} s"
     )
-    waited = " ".join(f"{k or 'no_answer'}={v}" for k, v in sorted(ctx.refused.items()))
+    names = {0: "no_answer", 400: "interrupted"}
+    waited = " ".join(f"{names.get(k, k)}={v}" for k, v in sorted(ctx.refused.items()))
     print(f"answers the users waited out and retried: {waited or 'none'}")
     print(summary_line(counts, checked, failed), flush=True)
     return 1 if failed or checked.stuck or checked.lost_bytes else 0

@@ -23,7 +23,7 @@ from loadtests.body import Body, RunningHash
 from loadtests.context import Context, Study
 from loadtests.sizes import size_class
 from loadtests.throttle import TokenBucket
-from loadtests.wire import ConnectionLost, Sent, patch
+from loadtests.wire import ConnectionLost, Reply, Sent, patch
 
 WAIT = (423, 429, 503, 507)  # busy, rate limited, unavailable, disk full: wait, ask again
 MAX_WAIT = 10.0
@@ -106,6 +106,12 @@ class TusUser(HttpUser):
             return False
         self.ctx.refused[status] = self.ctx.refused.get(status, 0) + 1
         return True
+
+    def interrupted(self, reply: Reply) -> bool:
+        """Under chaos, `400 ERR_UPLOAD_INTERRUPTED` (another request for the upload took
+        it over: here an earlier one of this user's, cut but still waiting for the lease
+        at the gateway) is resumed from HEAD, as DESIGN.md tells clients to."""
+        return self.ctx.chaos and reply.status == 400 and b"ERR_UPLOAD_INTERRUPTED" in reply.body
 
     def wait_out(self, headers: Any) -> None:
         self.ctx.tally.waits += 1
@@ -263,7 +269,7 @@ class TusUser(HttpUser):
                     if acked != end:
                         raise self.fail("PATCH", size_class(end - offset), f"offset {acked}")
                     study.acked = offset = acked
-                elif reply.status == 409 or reply.status in WAIT:
+                elif reply.status == 409 or reply.status in WAIT or self.interrupted(reply):
                     self.ctx.refused[reply.status] = self.ctx.refused.get(reply.status, 0) + 1
                     if reply.status in WAIT:
                         self.wait_out(reply.headers)
