@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,13 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         args.disk_fulls = 0
+    if args.cuts > 0 and not (can_mount() and shutil.which("ss")):
+        print(
+            "connection cuts by the driver need root and `ss` (iproute2): running without "
+            "them (--cuts 0; the users still cut their own)",
+            flush=True,
+        )
+        args.cuts = 0
     stack = Stack(store=args.store, instances=args.instances, env={})
     if args.store == "folder" and args.disk_fulls > 0:
         tmpfs = Tmpfs(Path(stack.root) / "gateway", args.tmpfs_mib * MiB)
