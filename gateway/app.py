@@ -23,7 +23,7 @@ from gateway.admin import AdminHandler
 from gateway.admin_tokens import TokenAdminHandler
 from gateway.audit_http import AuditHandler, AuditMiddleware
 from gateway.auth import client_of
-from gateway.catalog.base import Catalog, CatalogUnavailable
+from gateway.catalog.base import Catalog, CatalogFull, CatalogUnavailable
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings, load_settings
 from gateway.cors import CorsMiddleware, PreflightMiddleware
@@ -41,8 +41,8 @@ from gateway.middleware import (
     TusMiddleware,
     problem_body,
 )
-from gateway.rules import catalog_unavailable
-from gateway.store.base import InPlaceStore, ObjectStore
+from gateway.rules import catalog_unavailable, insufficient_storage
+from gateway.store.base import InPlaceStore, ObjectStore, StoreFull
 from gateway.store.folder import FolderStore
 from gateway.store.s3 import S3Settings, S3Store, parse_store_url
 from gateway.ui import ui_routes
@@ -221,6 +221,7 @@ def create_app(
         exception_handlers={
             GatewayError: _gateway_error,
             CatalogUnavailable: _catalog_unavailable,
+            StoreFull: _store_full,
             HTTPException: _http_error,
             Exception: _unexpected_error,
         },
@@ -282,7 +283,15 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _catalog_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("catalog unavailable: %s", type(exc.__cause__ or exc).__name__)
-    err = catalog_unavailable()
+    err = insufficient_storage() if isinstance(exc, CatalogFull) else catalog_unavailable()
+    request.state.error_code = err.code
+    return _problem(err)
+
+
+async def _store_full(request: Request, exc: Exception) -> Response:
+    """A full disk met outside the calls that answer it themselves: 507, not 500."""
+    log.warning("object store full")
+    err = insufficient_storage()
     request.state.error_code = err.code
     return _problem(err)
 

@@ -10,7 +10,7 @@ from gateway import metrics
 from gateway.catalog.base import Principal, Upload, UploadCatalog, UploadState
 from gateway.errors import ERR, GatewayError
 from gateway.runner import Runner
-from gateway.store.base import StoreUnavailable
+from gateway.store.base import StoreFull, StoreUnavailable
 from gateway.suites import SUITE_AES256GCM
 
 T = TypeVar("T")
@@ -60,9 +60,12 @@ def check_live(upload: Upload, now: float) -> Upload:
 
 
 async def store_call(runner: Runner, fn: Callable[..., T], *args: object) -> T:
-    """`fn(*args)` in the storage pool; an unavailable store answers 503, retry later."""
+    """`fn(*args)` in the storage pool; an unavailable store answers 503, a full one
+    507, retry later."""
     try:
         return await runner.io(fn, *args)
+    except StoreFull as exc:
+        raise insufficient_storage() from exc
     except StoreUnavailable as exc:
         raise GatewayError(
             ERR.STORE_UNAVAILABLE,
@@ -80,6 +83,19 @@ def catalog_unavailable(offset: int | None = None) -> GatewayError:
     return GatewayError(
         ERR.CATALOG_UNAVAILABLE,
         "the catalog is unavailable; try again later (resume from Upload-Offset)",
+        headers=headers,
+    )
+
+
+def insufficient_storage(offset: int | None = None) -> GatewayError:
+    """507 for a disk (the store's or the catalog's) with no space left; nothing was
+    recorded by the call that failed. For a PATCH, `offset` is what is recorded."""
+    headers = {"Retry-After": "30"}
+    if offset is not None:
+        headers["Upload-Offset"] = str(offset)
+    return GatewayError(
+        ERR.INSUFFICIENT_STORAGE,
+        "the gateway's storage is full; try again later (resume from Upload-Offset)",
         headers=headers,
     )
 

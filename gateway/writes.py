@@ -12,6 +12,7 @@ from typing import TypeAlias, cast
 from gateway.auth import principal_key
 from gateway.buffers import Pools
 from gateway.catalog.base import (
+    CatalogFull,
     CatalogUnavailable,
     LeaseLost,
     OffsetConflict,
@@ -25,9 +26,9 @@ from gateway.errors import ERR, GatewayError
 from gateway.keys.base import WrappedKey
 from gateway.leases import Control, Leases, StopReason
 from gateway.limits import ReceiveBudget, WriterSlots
-from gateway.rules import UploadRules, catalog_unavailable, check_owned
+from gateway.rules import UploadRules, catalog_unavailable, check_owned, insufficient_storage
 from gateway.runner import Runner
-from gateway.store.base import ObjectStore, StaleWrite, StoreUnavailable
+from gateway.store.base import ObjectStore, StaleWrite, StoreFull, StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
 from gateway.upload_keys import UploadKeys
 from gateway.writer import (
@@ -114,9 +115,30 @@ class Writes:
         `acquire_wait` bounds the wait for a busy upload (default: acquire_timeout).
         """
         async with self._writers.slot(principal_key(principal)):
-            return await self._write_held(
-                principal, upload_id, offset, body, length, checksum, content_length, acquire_wait
-            )
+            try:
+                return await self._write_held(
+                    principal,
+                    upload_id,
+                    offset,
+                    body,
+                    length,
+                    checksum,
+                    content_length,
+                    acquire_wait,
+                )
+            except CatalogFull as exc:
+                # Taking or handing back the lease found no space: say what is recorded
+                # (a read needs none), so the client knows where to resume.
+                recorded = await self._recorded_offset(principal, upload_id)
+                raise insufficient_storage(recorded) from exc
+
+    async def _recorded_offset(self, principal: Principal, upload_id: str) -> int | None:
+        """The upload's recorded offset if `principal` may see it, else None."""
+        try:
+            upload = await self._runner.db(self._catalog.get_upload, upload_id)
+            return self._check_owned(principal, upload).offset
+        except (CatalogUnavailable, GatewayError):
+            return None
 
     async def _write_held(
         self,
@@ -244,6 +266,9 @@ class Writes:
             raise GatewayError(
                 ERR.UPLOAD_INTERRUPTED, "a newer request took this upload over"
             ) from exc
+        except (StoreFull, CatalogFull) as exc:
+            await writer.drain_quietly()
+            raise insufficient_storage(writer.committed) from exc
         except StoreUnavailable as exc:
             await writer.drain_quietly()
             raise GatewayError(

@@ -59,6 +59,11 @@ class Context:
     finished: list[Study] = field(default_factory=list)  # verified, for the readers
     stopping: threading.Event = field(default_factory=threading.Event)
     busy: int = 0  # users inside an upload or a verification
+    # Chaos (loadtests/chaos): gateways die and come back, so no answer, a reset or a
+    # 503/507 is waited out and retried, not a failure. Every study created is kept.
+    chaos: bool = False
+    studies: list[Study] = field(default_factory=list)
+    refused: dict[int, int] = field(default_factory=dict)  # answers waited out, by status
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def next_user(self) -> tuple[int, random.Random, str]:

@@ -62,6 +62,11 @@ class Stack:
         return [g.url for g in self.gateways]
 
     @property
+    def weed(self) -> SeaweedS3 | None:
+        """The S3 server, with --store s3."""
+        return self._weed
+
+    @property
     def pids(self) -> list[int]:
         return [g.proc.pid for g in self.gateways if g.proc is not None]
 

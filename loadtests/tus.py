@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from locust import HttpUser
 from locust.exception import StopUser
 from requests.adapters import HTTPAdapter
+from requests.exceptions import RequestException
 from urllib3.util.retry import Retry
 
 from loadtests import context
@@ -22,11 +23,12 @@ from loadtests.body import Body, RunningHash
 from loadtests.context import Context, Study
 from loadtests.sizes import size_class
 from loadtests.throttle import TokenBucket
-from loadtests.wire import ConnectionLost, Sent, patch
+from loadtests.wire import ConnectionLost, Reply, Sent, patch
 
-WAIT = (423, 429, 503)  # busy, rate limited, unavailable: wait and ask again
+WAIT = (423, 429, 503, 507)  # busy, rate limited, unavailable, disk full: wait, ask again
 MAX_WAIT = 10.0
 TRIES = 30
+CHAOS_TRIES = 120  # under chaos an outage (a restart, S3 coming back) lasts longer
 
 
 def why(response: Any) -> str:
@@ -93,6 +95,24 @@ class TusUser(HttpUser):
         self.record(kind, name, 0.0, 0, error)
         return Failed(error)
 
+    def tries(self) -> range:
+        return range(CHAOS_TRIES if self.ctx.chaos else TRIES)
+
+    def retry(self, response: Any) -> bool:
+        """Whether to wait and ask again: a refusal with Retry-After, or under chaos a
+        request that got no answer (the gateway was killed, or is starting)."""
+        status = response.status_code
+        if not (status in WAIT or (self.ctx.chaos and status == 0)):
+            return False
+        self.ctx.refused[status] = self.ctx.refused.get(status, 0) + 1
+        return True
+
+    def interrupted(self, reply: Reply) -> bool:
+        """Under chaos, `400 ERR_UPLOAD_INTERRUPTED` (another request for the upload took
+        it over: here an earlier one of this user's, cut but still waiting for the lease
+        at the gateway) is resumed from HEAD, as DESIGN.md tells clients to."""
+        return self.ctx.chaos and reply.status == 400 and b"ERR_UPLOAD_INTERRUPTED" in reply.body
+
     def wait_out(self, headers: Any) -> None:
         self.ctx.tally.waits += 1
         try:
@@ -106,14 +126,16 @@ class TusUser(HttpUser):
     def create(self, body: Body) -> Study:
         metadata = "filename " + base64.b64encode(body.name.encode()).decode()
         headers = {"Upload-Length": str(body.length), "Upload-Metadata": metadata}
-        for _ in range(TRIES):
+        for _ in self.tries():
             with self.client.post(
                 self.gateway() + "/files/", headers=headers, name="POST", catch_response=True
             ) as response:
                 if response.status_code == 201:
                     path = urlsplit(response.headers["Location"]).path
-                    return Study(body=body, path=path, token=self.token)
-                if response.status_code in WAIT:
+                    study = Study(body=body, path=path, token=self.token)
+                    self.ctx.studies.append(study)
+                    return study
+                if self.retry(response):
                     response.success()
                     self.wait_out(response.headers)
                     continue
@@ -125,11 +147,11 @@ class TusUser(HttpUser):
         """The gateway's offset, checked: never below what it acknowledged, never beyond
         what was sent."""
         self.ctx.tally.resumes += 1
-        for _ in range(TRIES):
+        for _ in self.tries():
             with self.client.head(
                 self.gateway() + study.path, name="HEAD", catch_response=True
             ) as response:
-                if response.status_code in WAIT:
+                if self.retry(response):
                     response.success()
                     self.wait_out(response.headers)
                     continue
@@ -176,7 +198,13 @@ class TusUser(HttpUser):
                 stop=self.ctx.stopping.is_set,
             )
         except (ConnectionLost, OSError) as exc:
-            raise self.fail("PATCH", name, f"{exc!r}") from exc
+            if not self.ctx.chaos:
+                raise self.fail("PATCH", name, f"{exc!r}") from exc
+            # The gateway died or was cut off: as a network drop, resume from HEAD.
+            # How much went out is unknown; the gateway may have any of it.
+            study.sent = max(study.sent, end)
+            self.record("LOST", name, 0.0, 0)
+            return Sent(None, 0, 0.0, 0.0)
         study.sent = max(study.sent, start + sent.sent)
         self.ctx.tally.uploaded_bytes += sent.sent
         if sent.reply is None:  # cut: a network drop, or the run's end
@@ -241,7 +269,8 @@ class TusUser(HttpUser):
                     if acked != end:
                         raise self.fail("PATCH", size_class(end - offset), f"offset {acked}")
                     study.acked = offset = acked
-                elif reply.status == 409 or reply.status in WAIT:
+                elif reply.status == 409 or reply.status in WAIT or self.interrupted(reply):
+                    self.ctx.refused[reply.status] = self.ctx.refused.get(reply.status, 0) + 1
                     if reply.status in WAIT:
                         self.wait_out(reply.headers)
                     offset = self.head(study)
@@ -266,19 +295,14 @@ class TusUser(HttpUser):
         """Download the study and compare its SHA-256, then the reader's manifest."""
         self.ctx.busy += 1
         try:
-            digest = hashlib.sha256()
-            with self.client.get(
-                self.gateway() + study.path, name="GET verify", stream=True, catch_response=True
-            ) as response:
-                if response.status_code != 200:
-                    response.failure(f"download: {why(response)}")
-                    raise Failed("download")
-                for piece in response.iter_content(1 << 20):
-                    digest.update(piece)
-                    self.ctx.tally.downloaded_bytes += len(piece)
-                if digest.hexdigest() != sha256:
-                    response.failure(f"{study.path}: downloaded bytes differ from those sent")
-                    raise Failed("verify")
+            for _ in self.tries():
+                got = self.download(study)
+                if got is not None:
+                    break
+            else:
+                raise self.fail("GET", "GET verify", "download still refused after retries")
+            if got != sha256:
+                raise self.fail("GET", "GET verify", f"{study.path}: downloaded bytes differ")
             self.check_manifest(study, sha256)
             study.sha256 = sha256
             self.ctx.tally.verified += 1
@@ -286,8 +310,34 @@ class TusUser(HttpUser):
         finally:
             self.ctx.busy -= 1
 
+    def download(self, study: Study) -> str | None:
+        """The study's SHA-256 (hex) as downloaded; None to try again (a refusal with
+        Retry-After, or under chaos a download cut off)."""
+        digest = hashlib.sha256()
+        with self.client.get(
+            self.gateway() + study.path, name="GET verify", stream=True, catch_response=True
+        ) as response:
+            if self.retry(response):
+                response.success()
+                self.wait_out(response.headers)
+                return None
+            if response.status_code != 200:
+                response.failure(f"download: {why(response)}")
+                raise Failed("download")
+            try:
+                for piece in response.iter_content(1 << 20):
+                    digest.update(piece)
+                    self.ctx.tally.downloaded_bytes += len(piece)
+            except RequestException:
+                if not self.ctx.chaos:
+                    raise
+                response.success()  # the gateway died mid-download: read it again
+                self.wait_out({})
+                return None
+            return digest.hexdigest()
+
     def check_manifest(self, study: Study, sha256: str) -> None:
-        for _ in range(TRIES):
+        for _ in self.tries():
             with self.client.get(
                 self.gateway() + study.path + "/manifest",
                 headers={"Accept": "application/json"},
@@ -295,7 +345,7 @@ class TusUser(HttpUser):
                 catch_response=True,
             ) as response:
                 not_yet = response.status_code == 400 and "ERR_UPLOAD_NOT_FINISHED" in response.text
-                if response.status_code in WAIT or not_yet:
+                if self.retry(response) or not_yet:
                     response.success()
                     time.sleep(0.2)
                     continue

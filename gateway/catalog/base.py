@@ -116,6 +116,11 @@ class CatalogUnavailable(Exception):
     call did nothing that was committed. Answered 503 with Retry-After."""
 
 
+class CatalogFull(CatalogUnavailable):
+    """The catalog's disk is full (SQLite's "database or disk is full"); the call did
+    nothing that was committed. Answered 507 with Retry-After."""
+
+
 class SchemaMismatch(Exception):
     """The catalog's schema is not this gateway's: older (run `gateway migrate`) or
     newer (a later release wrote it; migrations only go forward)."""

@@ -19,7 +19,14 @@ from typing import Any
 
 from gateway.catalog.access_sql import AccessSQL
 from gateway.catalog.audit_sql import AuditLogSQL
-from gateway.catalog.base import Lease, Progress, StoredReceipt, Upload, UploadState
+from gateway.catalog.base import (
+    CatalogFull,
+    Lease,
+    Progress,
+    StoredReceipt,
+    Upload,
+    UploadState,
+)
 from gateway.catalog.keys_sql import KeyRotationSQL
 from gateway.catalog.portable import Cursor
 from gateway.catalog.removal_sql import RemovalSQL
@@ -109,13 +116,18 @@ class SQLiteCatalog(
     @contextmanager
     def _locked_tx(self) -> Iterator[sqlite3.Cursor]:
         cur = self._conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
-            yield cur
-            cur.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if _disk_full(exc):
+                raise CatalogFull("the catalog's disk is full") from exc
             raise
         finally:
             cur.close()
@@ -257,3 +269,11 @@ class SQLiteCatalog(
             self._closed = True
             self._conn.close()
             self._file.release()
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: "database or disk is full" (a write that found no space; the
+    transaction was rolled back)."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+        "database or disk is full" in str(exc)
+    )

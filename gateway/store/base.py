@@ -22,6 +22,10 @@ class StoreUnavailable(Exception):
     """The store could not be reached or refused a write; nothing was recorded."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store's disk (or quota) is full (ENOSPC, EDQUOT); nothing was recorded."""
+
+
 class StaleWrite(StoreUnavailable):
     """A part write carried an older fence than one the store has already seen."""
 

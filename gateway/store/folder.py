@@ -15,8 +15,12 @@ from pathlib import Path
 from gateway import files
 from gateway.layout import key_segments
 from gateway.store import writeback
-from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
+from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreFull, StoreUnavailable
 from gateway.types import Buffer
+
+# Below this much free space in the object folder, /readyz says the store is full.
+MIN_FREE_BYTES = 1 << 20
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class FolderStore:
@@ -238,6 +242,9 @@ class FolderStore:
     def check(self) -> None:
         if not (self.root.is_dir() and os.access(self.root, os.W_OK)):
             raise StoreUnavailable("object folder is not writable")
+        space = os.statvfs(self.root)
+        if space.f_bavail * space.f_frsize < MIN_FREE_BYTES:
+            raise StoreFull("the object folder's disk is full")
 
 
 def _open_multipart(path: Path, multipart_id: str, flags: int = os.O_WRONLY) -> int:
@@ -306,11 +313,14 @@ def _make_dirs(path: Path) -> None:
 
 @contextlib.contextmanager
 def _storage_errors() -> Iterator[None]:
-    """Turn OS errors (disk full, I/O error, permissions) into StoreUnavailable."""
+    """Turn OS errors (I/O error, permissions) into StoreUnavailable, a full disk or
+    quota into StoreFull."""
     try:
         yield
     except FileNotFoundError:
         raise
     except OSError as exc:
+        if exc.errno in _FULL:
+            raise StoreFull(f"no space left: {exc.strerror}") from exc
         reason = errno.errorcode.get(exc.errno or 0, "EIO")
         raise StoreUnavailable(f"storage error {reason}: {exc.strerror}") from exc
