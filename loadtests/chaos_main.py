@@ -168,8 +168,8 @@ def main(argv: list[str]) -> int:
         began = time.monotonic()
         faults.start()
         try:
-            environment = swarm.run(
-                ctx, SCENARIOS[args.scenario], args.users, args.duration, args.drain
+            environment, _ = swarm.run(
+                ctx, SCENARIOS[args.scenario], [(args.users, args.duration)], args.drain
             )
         finally:
             faults.stop()
