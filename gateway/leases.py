@@ -292,24 +292,35 @@ class Leases:
         holder = f"{self._instance}:{secrets.token_hex(6)}"
         started = time.monotonic()
         deadline = started + (self._acquire_timeout if wait is None else wait)
-        asked = False
+        # The token of the lease held when this request arrived: only holders up to it
+        # are asked to let go. One taken since came after this request (its client's
+        # next PATCH, say, while this one still waited): it is waited for, not stopped.
+        arrived_at: int | None = None
         while True:
             released.clear()
             # The catalog takes over a lease whose expiry is at or before `now`. Holders
             # renew to now + ttl, so asking "as of now + ttl - stale_after" takes over a
             # holder silent for stale_after; the new lease still expires at now + ttl.
             horizon = self._clock() + self._ttl - self._stale_after
-            lease, loaded = await self._runner.db(
-                self._take, upload_id, holder, self._stale_after, horizon, check, load, hand_back
+            taken, loaded = await self._runner.db(
+                self._take,
+                upload_id,
+                holder,
+                self._stale_after,
+                horizon,
+                check,
+                load,
+                hand_back,
+                arrived_at,
             )
-            if lease is not None:
+            if isinstance(taken, Lease):
                 metrics.LOCK_WAIT.observe(time.monotonic() - started)
-                return lease, loaded
-            if not asked:
-                asked = True
+                return taken, loaded
+            if arrived_at is None:
+                arrived_at = taken
                 metrics.RELEASE_REQUESTS.inc()
             local = self._active.get(upload_id)
-            if local is not None:
+            if local is not None and local.lease.token <= arrived_at:
                 local.stop(StopReason.RELEASED)
             if time.monotonic() >= deadline:
                 raise GatewayError(
@@ -330,13 +341,15 @@ class Leases:
         check: Callable[[], None] | None,
         load: Callable[[], object] | None,
         hand_back: bool = False,
-    ) -> tuple[Lease | None, object]:
+        ask_up_to: int | None = None,
+    ) -> tuple[Lease | int, object]:
         """`check`, one attempt at the lease, then `load` if it was taken (catalog thread);
-        with `hand_back`, the lease is released again after `load`."""
+        with `hand_back`, the lease is released again after `load`. Refused: the
+        holder's token (asked to let go if it is at most `ask_up_to`, or always)."""
         if check is not None:
             check()
-        lease = self._catalog.acquire_lease(upload_id, holder, ttl, now)
-        if lease is None or (load is None and not hand_back):
+        lease = self._catalog.try_lease(upload_id, holder, ttl, now, ask_up_to=ask_up_to)
+        if not isinstance(lease, Lease) or (load is None and not hand_back):
             return lease, None
         try:
             loaded = load() if load is not None else None

@@ -464,6 +464,17 @@ class TestLeases:
         cat.release_lease(a)  # a stale release does not free B's lease
         assert cat.acquire_lease("u1", "C", TTL, now=5.0) is None
 
+    def test_a_waiter_asks_only_holders_that_were_there_when_it_arrived(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        a = lease_on(cat)
+        assert cat.try_lease("u1", "B", TTL, now=1.0, ask_up_to=a.token - 1) == a.token
+        assert not cat.renew_lease(a, TTL, now=1.0).release_requested  # newer: not asked
+        assert cat.try_lease("u1", "B", TTL, now=1.0, ask_up_to=a.token) == a.token
+        assert cat.renew_lease(a, TTL, now=1.0).release_requested
+        cat.release_lease(a)
+        b = cat.try_lease("u1", "B", TTL, now=2.0, ask_up_to=a.token)
+        assert isinstance(b, Lease) and b.token > a.token
+
     def test_an_expired_lease_is_taken_over(self, cat: Catalog) -> None:
         cat.create_upload(upload(), None)
         a = lease_on(cat)

@@ -347,6 +347,13 @@ class LeaseCatalog(Protocol):
     def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:
         """Take the lease if free or expired; otherwise flag a release request, return None."""
 
+    def try_lease(
+        self, upload_id: str, holder: str, ttl: float, now: float, *, ask_up_to: int | None = None
+    ) -> Lease | int:
+        """`acquire_lease`, but a refusal returns the holder's token, and the holder is
+        asked to let go only if its token is at most `ask_up_to` (when given): a waiter
+        asks only holders that were there when it arrived."""
+
     def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState: ...
     def release_lease(self, lease: Lease) -> None: ...
     def lease_held(self, upload_id: str, now: float) -> bool:

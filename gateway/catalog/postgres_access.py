@@ -24,23 +24,31 @@ class PostgresAccess(PostgresDatabase, AccessSQL):
     # leases
 
     def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:
+        taken = self.try_lease(upload_id, holder, ttl, now)
+        return taken if isinstance(taken, Lease) else None
+
+    def try_lease(
+        self, upload_id: str, holder: str, ttl: float, now: float, *, ask_up_to: int | None = None
+    ) -> Lease | int:
         with self._tx() as cur:
             # No row may exist yet to lock: the advisory lock on the id serialises
             # acquirers, the row lock serialises against renewals and commits.
             cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_LEASE, upload_id))
             row = cur.execute(
-                "SELECT holder, expires_at, release_requested FROM leases "
+                "SELECT holder, expires_at, release_requested, token FROM leases "
                 "WHERE upload_id = %s FOR UPDATE",
                 (upload_id,),
             ).fetchone()
             if row is not None and row[0] != holder and row[1] > now:
-                if not row[2]:  # the holder is told once; it polls the flag too
+                # The holder is told once (it polls the flag too), and only if it was
+                # there when the waiter arrived.
+                if not row[2] and (ask_up_to is None or row[3] <= ask_up_to):
                     cur.execute(
                         "UPDATE leases SET release_requested = TRUE WHERE upload_id = %s",
                         (upload_id,),
                     )
                     notify(cur, RELEASE_REQUESTED, upload_id)
-                return None
+                return int(row[3])
             token_row = cur.execute("SELECT nextval('fencing_tokens')").fetchone()
             assert token_row is not None
             token = int(token_row[0])

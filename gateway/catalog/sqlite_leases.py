@@ -11,18 +11,25 @@ class SQLiteLeases(PortableSQL):
     """`LeaseCatalog` but for `lease_held` (access_sql.py); mixed into `SQLiteCatalog`."""
 
     def acquire_lease(self, upload_id: str, holder: str, ttl: float, now: float) -> Lease | None:
+        taken = self.try_lease(upload_id, holder, ttl, now)
+        return taken if isinstance(taken, Lease) else None
+
+    def try_lease(
+        self, upload_id: str, holder: str, ttl: float, now: float, *, ask_up_to: int | None = None
+    ) -> Lease | int:
         # Durable: the fencing token counter must never go back, even after a power
         # cut, or a new holder could be refused by a store that saw a higher token.
         with self._tx() as cur:
             row = cur.execute(
-                "SELECT holder, expires_at FROM leases WHERE upload_id = ?", (upload_id,)
+                "SELECT holder, expires_at, token FROM leases WHERE upload_id = ?", (upload_id,)
             ).fetchone()
             if row is not None and row[0] != holder and row[1] > now:
-                cur.execute(
-                    "UPDATE leases SET release_requested = ? WHERE upload_id = ?",
-                    (True, upload_id),
-                )
-                return None
+                if ask_up_to is None or row[2] <= ask_up_to:
+                    cur.execute(
+                        "UPDATE leases SET release_requested = ? WHERE upload_id = ?",
+                        (True, upload_id),
+                    )
+                return int(row[2])
             cur.execute(
                 "UPDATE lease_tokens SET last_token = last_token + 1 WHERE name = 'fencing'"
             )
