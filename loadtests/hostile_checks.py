@@ -43,26 +43,41 @@ def alive(base_url: str, token: str) -> bool:
         return False
 
 
-# A 5xx the gateway logs at error level on purpose (a store or catalog outage).
-_EXPECTED = ("ERR_STORE_UNAVAILABLE", "ERR_CATALOG_UNAVAILABLE", "ERR_INSUFFICIENT_STORAGE")
+# The documented 503/507 refusals, which the gateway logs at error level on purpose.
+_EXPECTED = (
+    "ERR_STORE_UNAVAILABLE",
+    "ERR_CATALOG_UNAVAILABLE",
+    "ERR_SERVER_BUSY",
+    "ERR_SERVER_SHUTDOWN",
+    "ERR_KEY_SHRED_PENDING",
+    "ERR_INSUFFICIENT_STORAGE",
+)
+
+
+def _expected(message: str) -> bool:
+    return message.startswith("request failed: ") and message.split()[-1] in _EXPECTED
 
 
 def log_errors(log: str) -> list[str]:
-    """Log lines of an unhandled exception: a traceback, or an error-level entry other
-    than a documented outage."""
+    """Log lines of an unhandled exception: an error-level entry other than a documented
+    refusal, or a traceback (GATEWAY_LOG_FORMAT=text) that does not follow one."""
     found = []
+    after_expected = False
     for line in log.splitlines():
+        if line.startswith("ERROR ") or line.startswith("CRITICAL "):
+            after_expected = _expected(line.split(" ", 2)[-1])
+            if not after_expected:
+                found.append(line[:500])
+            continue
         if "Traceback" in line:
-            found.append(line)
+            if not after_expected:
+                found.append(line)
             continue
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(entry, dict) or entry.get("level") not in ("error", "critical"):
-            continue
-        message = str(entry.get("msg", ""))
-        if message.startswith("request failed: ") and message.endswith(_EXPECTED):
-            continue
-        found.append(line[:500])
+        error = isinstance(entry, dict) and entry.get("level") in ("error", "critical")
+        if error and not _expected(str(entry.get("msg", ""))):
+            found.append(line[:500])
     return found

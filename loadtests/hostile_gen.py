@@ -104,7 +104,7 @@ def template(rng: random.Random, t: Target, ctx: Context) -> Request:
         (2, lambda: Request(
             "POST", "/files/",
             [*_tus(token), ("Upload-Concat", "final;" + " ".join(
-                x.path for x in rng.sample(ctx.targets.items, rng.randint(1, 3))))])),
+                x.path for x in rng.choices(ctx.targets.items, k=rng.randint(1, 3))))])),
         (8, lambda: _patch(rng, t, token, chunk)),
         (4, lambda: Request("HEAD", t.path, _tus(token))),
         (3, lambda: Request("GET", t.path, [("Authorization", f"Bearer {token}"),
