@@ -74,6 +74,7 @@ class Context:
     targets: Targets
     tokens: list[str]  # the hostile principals' keys, by owner index
     decoy: str  # a key only ever sent mangled
+    admin: str = ""  # a key with the admin and auditor roles ("": none)
 
 
 def _tus(token: str) -> list[tuple[str, str | bytes]]:
@@ -131,6 +132,7 @@ def template(rng: random.Random, t: Target, ctx: Context) -> Request:
             "POST", "/files/",
             [("Authorization", f"Bearer {token}"),
              ("Content-Disposition", 'attachment; filename="a.dcm"')], chunk)),
+        (2, lambda: _admin(rng, t, ctx)),
         (1, lambda: Request("GET", rng.choice(["/healthz", "/readyz", "/metrics",
                                                "/.well-known/jwks.json"]), [])),
     ]  # fmt: skip
@@ -152,3 +154,26 @@ def _patch(rng: random.Random, t: Target, token: str, chunk: bytes) -> Request:
         algo = rng.choice(["sha1", "sha256", "md5"])
         req.set("Upload-Checksum", f"{algo} " + b64(hashlib.new(algo, chunk).digest()))
     return req
+
+
+def _admin(rng: random.Random, t: Target, ctx: Context) -> Request:
+    """The admin and audit APIs, as an admin of the hostile principals' tenant."""
+    token = ctx.admin or ctx.tokens[t.owner]
+    auth: list[tuple[str, str | bytes]] = [("Authorization", f"Bearer {token}")]
+    json_type: list[tuple[str, str | bytes]] = [("Content-Type", "application/json")]
+    hold = "/admin/holds/" + t.upload_id
+    shapes: list[Callable[[], Request]] = [
+        lambda: Request("PUT", hold, auth + json_type, rng.choice(v.HOLD_BODIES).encode()),
+        lambda: Request("GET", hold, auth),
+        lambda: Request("DELETE", hold, auth),
+        lambda: Request(
+            "POST", "/admin/tokens", auth + json_type, rng.choice(v.TOKEN_BODIES).encode()
+        ),
+        lambda: Request("GET", "/admin/tokens", auth),
+        lambda: Request(
+            "DELETE", "/admin/tokens/" + rng.choice(["x", "0" * 40, t.upload_id]), auth
+        ),
+        lambda: Request("GET", "/admin/keys", auth),
+        lambda: Request("GET", "/audit?" + rng.choice(v.AUDIT_QUERIES), auth),
+    ]
+    return rng.choice(shapes)()

@@ -79,7 +79,8 @@ def main(argv: list[str]) -> int:
         hostile_tokens, decoy = tokens[:HOSTILE_PRINCIPALS], tokens[HOSTILE_PRINCIPALS]
         good_tokens = tokens[HOSTILE_PRINCIPALS + 1 :]
         targets = hostile_targets.make(gateway.url, hostile_tokens)
-        ctx = Context(seed, gateway.port, targets, hostile_tokens, decoy)
+        admin = hostile_targets.mint_admin(gateway.data_dir)
+        ctx = Context(seed, gateway.port, targets, hostile_tokens, decoy, admin)
         users, threads, stop = hostile_users.start(
             gateway.url, good_tokens[: args.good_users], seed
         )

@@ -12,8 +12,13 @@ import base64
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+
+from gateway import auth
+from gateway.catalog.base import Principal
+from gateway.catalog.sqlite import SQLiteCatalog
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = "application/offset+octet-stream"
@@ -144,3 +149,14 @@ def make(base_url: str, tokens: list[str]) -> Targets:
             items.append(m.ietf("ietf-complete", 3000, 3000, complete=True))
             items.append(Target("unknown", f"/files/{UNKNOWN_ID}", owner, None))
     return targets
+
+
+def mint_admin(data_dir: Path) -> str:
+    """A key with the admin and auditor roles in the hostile principals' tenant."""
+    catalog = SQLiteCatalog(data_dir / "catalog.sqlite3")
+    try:
+        return auth.mint_token(
+            catalog, Principal("hostile-admin", "load", frozenset({"admin", "auditor"}))
+        )
+    finally:
+        catalog.close()

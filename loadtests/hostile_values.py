@@ -163,3 +163,22 @@ GRANT_BODIES = [
     "[" * 100_000 + "]" * 100_000, '{"principal": "\u00e9\u0000", "expires_in": 60}',
     '{"principal": "' + "p" * 70_000 + '", "expires_in": 60}', "\xff\xfe",
 ]  # fmt: skip
+
+HOLD_BODIES = [
+    '{"case": "CASE-1"}', "", "null", '{"case": ""}', '{"case": 5}',
+    '{"case": "' + "c" * 5000 + '"}',
+    '{"case": "\\u0000"}', '{"case": "a", "x": 1}', "[]", "{", '{"case": "\\ud800"}',
+]  # fmt: skip
+TOKEN_BODIES = [
+    '{"principal": "load-9999"}', '{"principal": "x", "roles": ["admin"], "expires_in": 60}',
+    '{"principal": "x", "roles": ["root"]}', '{"principal": " x"}', '{"principal": ""}',
+    '{"principal": "x", "expires_in": 1e400}', '{"principal": "x", "expires_in": true}',
+    '{"principal": "x\\u0007"}', '{"principal": "' + "p" * 1000 + '"}', "[]", "7",
+]  # fmt: skip
+AUDIT_QUERIES = [
+    "", "limit=1", "limit=0", "limit=99999999999999999999", "after=-1", "after=" + "9" * 40,
+    "since=2020-01-01T00:00:00Z", "since=0001-01-01T00:00:00%2B23:59", "until=garbage",
+    "since=9999-12-31T23:59:59-23:59", "upload=" + "u" * 300, "principal=%00", "x=1",
+    "limit=1&limit=2", "since=2020-01-01T00:00:00", "until=2020-13-45T99:99:99Z",
+    "limit=%D9%A3", "upload=../../etc",
+]  # fmt: skip
