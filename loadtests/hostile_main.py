@@ -54,7 +54,8 @@ def is_bad(outcome: Outcome) -> bool:
 
 
 def is_hang(hostile: Hostile, outcome: Outcome) -> bool:
-    return outcome.timed_out and hostile.mode is not Send.CUT
+    """No answer in time to a request that was not cut, or no connection at all."""
+    return (outcome.timed_out and hostile.mode is not Send.CUT) or outcome.refused
 
 
 def main(argv: list[str]) -> int:
@@ -127,7 +128,7 @@ def main(argv: list[str]) -> int:
     print(f"good users: rounds={sum(u.rounds for u in users)} waits={sum(u.waits for u in users)}")
     modes = Counter(h.mode.value for h, _ in results)
     print("modes: " + ", ".join(f"{k}={n}" for k, n in sorted(modes.items())))
-    for title, rows in (("5xx", bad), ("hangs (no answer in time)", hangs)):
+    for title, rows in (("5xx", bad), ("hangs (no answer in time, or no connection)", hangs)):
         for hostile, outcome in rows[:20]:
             print(f"{title}: {outcome.statuses or outcome.label} {hostile.describe()}")
     for failure in good_failures[:20]:

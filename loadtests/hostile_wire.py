@@ -30,6 +30,7 @@ class Outcome:
     answers: list[tuple[int, bool]] = field(default_factory=list)  # (status, Retry-After?)
     closed: bool = False  # the gateway closed (or reset) the connection
     timed_out: bool = False  # no complete answer within the timeout
+    refused: bool = False  # the connection could not be made (the gateway is gone?)
     seconds: float = 0.0
     offset: int | None = None  # the last Upload-Offset answered, if any
 
@@ -37,7 +38,7 @@ class Outcome:
     def label(self) -> str:
         if self.statuses:
             return str(self.statuses[0])
-        return "timeout" if self.timed_out else "closed"
+        return "timeout" if self.timed_out else "refused" if self.refused else "closed"
 
 
 class _Reader:
@@ -136,7 +137,11 @@ def exchange(
     try:
         sock.bind((source, 0))
         sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            outcome.refused = True
+            return outcome
         with contextlib.suppress(OSError):  # closed while we were sending: read what it said
             _send(sock, data, mode, cut)
         if mode in (Send.CUT, Send.RESET):
