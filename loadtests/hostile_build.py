@@ -50,6 +50,8 @@ def build(ctx: Context, index: int) -> Hostile:
         mode = Send.HALF
     elif roll < 0.19:
         mode = Send.TRICKLE
+    elif roll < 0.21:
+        mode = Send.STALL
     else:
         mode = Send.WHOLE
     cut = len(data) if req.endless and mode is Send.HALF else rng.randrange(len(data) + 1)

@@ -22,6 +22,7 @@ class Send(Enum):
     RESET = "reset"  # the first `cut` bytes, then close with an RST
     HALF = "half"  # the first `cut` bytes, then shut the write side and read
     TRICKLE = "trickle"  # every byte in small pieces with pauses (bounded), then read
+    STALL = "stall"  # the first `cut` bytes, silence for STALL_SECONDS, the rest, then read
 
 
 @dataclass
@@ -168,6 +169,7 @@ def exchange(
 
 TRICKLE_PIECES = 6
 TRICKLE_PAUSE = 0.15
+STALL_SECONDS = 2.5  # beyond the tight header and network timeouts a run may set
 
 
 def _send(sock: socket.socket, data: bytes, mode: Send, cut: int) -> None:
@@ -179,6 +181,10 @@ def _send(sock: socket.socket, data: bytes, mode: Send, cut: int) -> None:
     elif mode is Send.HALF:
         sock.sendall(data[:cut])
         sock.shutdown(socket.SHUT_WR)
+    elif mode is Send.STALL:
+        sock.sendall(data[:cut])
+        time.sleep(STALL_SECONDS)
+        sock.sendall(data[cut:])
     else:
         step = max(1, len(data) // TRICKLE_PIECES)
         for start in range(0, len(data), step):
