@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -102,10 +102,13 @@ async def admin_principal(request: Request, auth: Authenticator, grants: Grants)
 async def json_body(request: Request) -> object:
     """The request's JSON body (None if empty), read up to MAX_BODY bytes."""
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise GatewayError(ERR.MALFORMED_REQUEST, f"the body is over {MAX_BODY} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise GatewayError(ERR.MALFORMED_REQUEST, f"the body is over {MAX_BODY} bytes")
+    except ClientDisconnect:
+        raise GatewayError(ERR.MALFORMED_REQUEST, "the body ended before it was whole") from None
     if not body.strip():
         return None
     try:

@@ -475,6 +475,16 @@ class _LingerOnClose:
     def close(self) -> None:
         self._protocol.close_after_response(self._cycle)
 
+    def write(self, data: bytes) -> None:
+        if self._transport.is_closing():
+            # The connection went before this answer: the client closed it while a
+            # pipelined request behind this one was the current one (uvicorn tells only
+            # that one of the loss), or a refusal closed it. The answer goes nowhere, as
+            # uvicorn's own do once told; uvloop would raise on the closed transport.
+            self._cycle.disconnected = True
+            return
+        self._transport.write(data)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 

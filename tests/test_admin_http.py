@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.requests import Request
 
+from gateway.admin import json_body
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
 from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.errors import ERR, GatewayError
 from tests.inprocess import app_client, build_app
 from tests.tushttp import assert_problem, upload_id
 
@@ -120,3 +124,21 @@ def test_an_admin_holds_only_its_own_tenants_uploads(api: Admin) -> None:
     assert api.client.put(url, headers=api.admin, json={"case": "LIT-9"}).status_code == 200
     assert_problem(api.client.delete(url, headers=outside), 404, "ERR_UPLOAD_NOT_FOUND")
     assert api.client.get(url, headers=api.admin).json()["held"] is True  # still held
+
+
+def test_a_json_body_cut_off_midway_is_refused_with_a_code() -> None:
+    """The client went before its body ended (admin holds, tokens, grants): a 400 with a
+    code, not an unexpected error."""
+    messages: list[dict[str, object]] = [
+        {"type": "http.request", "body": b'{"case": ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"100")]}
+    request = Request(scope, receive)
+    with pytest.raises(GatewayError) as refused:
+        asyncio.run(json_body(request))
+    assert refused.value.err is ERR.MALFORMED_REQUEST

@@ -479,3 +479,39 @@ def test_a_lingering_refusal_holds_no_writer_slot(
             sock.sendall(b"x" * 65536)  # still lingering: the server reads on
             response = tus.patch(other, b"abc", 0)
             assert response.status_code == 204, response.text
+
+
+def _unhandled(server: GatewayProcess) -> list[str]:
+    return [
+        line
+        for line in server.log().splitlines()
+        if '"level": "error"' in line or '"level": "critical"' in line or "Traceback" in line
+    ]
+
+
+def test_a_pipelined_request_whose_connection_went_away_answers_nowhere(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """A PATCH still being answered, a pipelined request after it, then bytes that are
+    not HTTP: the garbage is refused at once and the client goes. The PATCH's answer,
+    written after that, goes nowhere; it must not fail in the gateway (uvloop raises on
+    a write to a closed transport, and the cycle of a request behind the newest one was
+    never told its connection was lost)."""
+    server = gateway_factory()
+    with tus_client() as client:
+        url = Tus(server, client).create(10)
+    headers = {
+        **server.auth,
+        "Content-Type": OCTET,
+        "Upload-Offset": "0",
+        "Content-Length": "3",
+        "X-Request-ID": "first",
+    }
+    head = request_head("PATCH", "/files/" + upload_id(url), server.port, headers)
+    second = request_head("GET", "/healthz", server.port, {"X-Request-ID": "second"})
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + b"abc" + second + b"?0\r\nNOT HTTP\r\n\r\n")
+        assert _read_response(sock).status == 400
+    wait_for_access(server, {"first"})
+    time.sleep(0.2)
+    assert _unhandled(server) == []
