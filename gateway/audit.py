@@ -54,6 +54,7 @@ GRANT_CREATED = "grant.created"
 GRANT_REVOKED = "grant.revoked"
 TOKEN_CREATED = "token.created"
 TOKEN_REVOKED = "token.revoked"
+HOOKS_RETRIED = "hooks.retried"  # dead webhook deliveries made due again
 ACTIONS = frozenset(
     {
         UPLOAD_CREATED,
@@ -76,6 +77,7 @@ ACTIONS = frozenset(
         GRANT_REVOKED,
         TOKEN_CREATED,
         TOKEN_REVOKED,
+        HOOKS_RETRIED,
     }
 )
 # The only keys `details` may have: what is safe to keep in clear for years.
@@ -97,6 +99,7 @@ DETAILS = frozenset(
         "key_id",  # an API key's id (never the key)
         "subject",  # whom an API key is for: "<tenant>/<principal>"
         "roles",  # an API key's roles, comma-separated
+        "event_id",  # a webhook event's id (Gateway-Event-Id)
     }
 )
 _MAX_TEXT = 256

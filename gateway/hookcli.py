@@ -19,7 +19,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from gateway import audit
 from gateway.app import open_catalog
+from gateway.auditing import Audit, operator
 from gateway.catalog.base import HookCatalog, HookDelivery
 from gateway.config import add_settings_options, settings_of
 from gateway.hooks.http import safe_url
@@ -57,6 +59,9 @@ def main(args: argparse.Namespace) -> int:
             return 0
         event_id = None if args.all_dead else args.event_id
         count = catalog.retry_hook_deliveries(time.time(), event_id)
+        if count:
+            details: dict[str, audit.Detail] = {"event_id": event_id, "count": count}
+            Audit(catalog).record_now(audit.HOOKS_RETRIED, audit.Actor(operator()), details=details)
     finally:
         catalog.close()
     if count == 0:

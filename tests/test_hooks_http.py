@@ -22,6 +22,7 @@ from gateway.hooks.signing import verify
 from tests.hook_receiver import HookReceiver, ReceiverProcess
 from tests.postgres import PostgresServer
 from tests.server import GatewayProcess, free_port
+from tests.test_audit_http import entries
 from tests.tushttp import assert_problem, create, send, upload, upload_id
 
 SECRET = "test-hook-secret-0123456789abcdef"
@@ -208,6 +209,10 @@ def test_a_dead_event_is_listed_and_sent_again_by_gateway_hooks_retry(
     assert receiver.received[-1].event_id == dead["event_id"]
     assert hooks_cli(server, "retry", "--all-dead").returncode == 1  # none left
     assert metric(server, 'gateway_hook_deliveries_total{outcome="dead"}') == 1
+    # An operator sending deliveries again is on the record; a retry of nothing is not.
+    retried = [e for e in entries(server.data_dir) if e["action"] == "hooks.retried"]
+    assert [e["details"] for e in retried] == [{"event_id": dead["event_id"], "count": 1}]
+    assert str(retried[0]["principal"]).startswith("cli")
 
 
 def test_the_pre_create_hook_accepts_rejects_and_fails_closed(
