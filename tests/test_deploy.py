@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import pytest
 import yaml
 
 from gateway.config import Settings
-from tests.server import GatewayProcess
+from tests.server import GatewayProcess, free_port
 from tests.test_metrics import Scrape, scrape
 from tests.tushttp import error_code, patch, upload
 
@@ -38,6 +40,14 @@ REPLICAS = ("gateway-a", "gateway-b")
 TARGET_LABELS = {"job", "instance"}
 # Series Prometheus makes itself.
 SYNTHETIC_SERIES = {"up"}
+# Notifications on, to a loopback port no one listens on: every delivery fails, so the
+# hook series (deliveries by outcome, the outbox by state) are exported too.
+HOOKS_ENV = {
+    "GATEWAY_HOOK_URL": f"http://127.0.0.1:{free_port()}/hook",
+    "GATEWAY_HOOK_SECRET": "test-hook-secret-0123456789abcdef",
+    "GATEWAY_HOOK_POLL_INTERVAL": "0.1",
+    "GATEWAY_HOOK_TIMEOUT": "1",
+}
 
 # PromQL functions and aggregation operators: identifiers that are followed by "(".
 PROMQL_FUNCTIONS = {
@@ -202,11 +212,18 @@ def exercised_gateway_metrics(gateway: GatewayProcess) -> Scrape:
     assert conflict.status_code == 409 and error_code(conflict) == "ERR_MISMATCHED_OFFSET"
     refused = httpx.post(gateway.files_url, headers={"Tus-Resumable": "1.0.0"}, timeout=10)
     assert refused.status_code == 401
-    return scrape(gateway)
+    for _ in range(100):  # the upload's webhook: tried (and failed), the outbox measured
+        scraped = scrape(gateway)
+        if {"gateway_hook_deliveries_total", "gateway_hook_outbox_depth"} <= scraped.names():
+            return scraped
+        time.sleep(0.1)
+    raise AssertionError("no webhook delivery was tried")
 
 
-def test_alerts_and_dashboard_use_only_exported_series(gateway: GatewayProcess) -> None:
-    exported = exercised_gateway_metrics(gateway)
+def test_alerts_and_dashboard_use_only_exported_series(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    exported = exercised_gateway_metrics(gateway_factory(**HOOKS_ENV))
     names = exported.names() | SYNTHETIC_SERIES
     problems = []
     used: set[str] = set()
