@@ -41,7 +41,7 @@ def plot(steps: list[Step], path: Path, title: str) -> None:
     )
     latency.axhline(ACK_LIMIT_MS / 1000, color="grey", linewidth=0.8)
     latency.set_xlabel("concurrent users")
-    latency.set_ylabel("seconds from a chunk's last byte to its answer")
+    latency.set_ylabel("s from the gateway having a chunk to its answer")
     latency.set_yscale("log")
     throughput = latency.twinx()
     throughput.plot(users, [s.mb_s for s in steps], "d-", color="tab:green", label="MB/s taken")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # Locust is not imported here: it patches the standard library
     from locust.env import Environment
 
-ACK_LIMIT_MS = 1000.0  # the target: a chunk acknowledged within 1 s of its last byte
+ACK_LIMIT_MS = 1000.0  # the target: a chunk answered within 1 s of the gateway having it
 TARGET_CHUNK = "2MiB"  # the size class the target names (sizes.size_class)
 
 

@@ -1,7 +1,8 @@
 """The run's report: a table of request statistics, the tallies, the gateways' resources,
 and the closing line (loadtests/line.py). Its PATCH percentiles are of the time from
-a chunk's last byte to the gateway's answer: the part of a PATCH the gateway controls
-(the whole request is bound by each user's link speed and is reported above it)."""
+the gateway's host holding a chunk's every byte to the gateway's answer: the part of a
+PATCH the gateway controls (the whole request is bound by each user's link speed and
+is reported above it)."""
 
 from __future__ import annotations
 

@@ -4,9 +4,12 @@ mid-body on purpose (a network drop: part of the body, then the connection close
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
+import select
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +21,9 @@ from loadtests.throttle import TokenBucket, send
 OCTET = "application/offset+octet-stream"
 # A slow link's send buffer. Over a real path of a few Mbit/s a phone's TCP stack grows
 # its buffer to a few times the bandwidth-delay product, tens to hundreds of KiB; over
-# loopback Linux would grow it to megabytes, and a chunk's last byte "handed to the
-# kernel" would still have megabytes to go, drained at whatever pace the gateway reads.
+# loopback Linux would grow it to megabytes of body waiting for a gateway behind.
 LINK_SEND_BUFFER = 128 << 10
+DRAIN_POLL = 0.002  # seconds between looks at the send queue after a body's last byte
 
 
 @dataclass
@@ -37,8 +40,8 @@ class Reply:
 class Sent:
     reply: Reply | None  # None: the connection was cut on purpose
     sent: int  # body bytes handed to the socket
-    send_s: float  # from the request line to the body's last byte
-    ack_s: float  # from the body's last byte to the status line
+    send_s: float  # from the request line until the gateway's host had the whole body
+    ack_s: float  # from then to the status line: what the gateway took to answer
 
 
 class ConnectionLost(Exception):
@@ -102,6 +105,7 @@ def patch(
             if reply is None:
                 raise ConnectionLost(f"sending the body: {exc!r}") from exc
             return Sent(reply, sent, time.monotonic() - began, 0.0)
+        _wait_delivered(sock, began + timeout)
         sent_at = time.monotonic()
         reply = _read_reply(sock, timeout=timeout)
         if reply is None:
@@ -111,6 +115,21 @@ def patch(
     finally:
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue the peer's kernel has not acknowledged yet."""
+    out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int(struct.unpack("i", out)[0])
+
+
+def _wait_delivered(sock: socket.socket, deadline: float) -> None:
+    """Wait until the gateway's host has every byte sent (the send queue is empty), or
+    the gateway answered or closed first (it may refuse a body early), or `deadline`."""
+    while _unacknowledged(sock) and time.monotonic() < deadline:
+        readable, _, _ = select.select([sock], [], [], DRAIN_POLL)
+        if readable:
+            return
 
 
 def _cut(sock: socket.socket, *, reset: bool) -> None:
