@@ -17,14 +17,14 @@ from loadtests import swarm
 from loadtests.chaos_check import Checked, check
 from loadtests.chaos_disk import Tmpfs, can_mount
 from loadtests.chaos_faults import Counts, Faults
-from loadtests.context import Context, parse_scale
+from loadtests.context import Context
+from loadtests.options import MAX_TOKENS, add_common, check_common
 from loadtests.procstats import Peak
 from loadtests.stack import Stack
 from loadtests.summary import failures, report
 from loadtests.users.hospital import HospitalUser
 from loadtests.users.mobile import MobileUser
 
-MAX_TOKENS = 1000
 MiB = 1 << 20
 SCENARIOS: dict[str, list[type[User]]] = {
     "mobile": [MobileUser],
@@ -48,8 +48,7 @@ SUMMARY = (
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="loadtests/chaos", description=__doc__)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="mobile")
-    parser.add_argument("--users", type=int, default=10)
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
+    add_common(parser, duration=600.0, scale="small")
     parser.add_argument("--kills", type=int, default=100, help="kill -9 of a gateway")
     parser.add_argument(
         "--s3-restarts", type=int, default=None, help="with --store s3 (default: one a minute)"
@@ -61,11 +60,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --store folder, as root (default: one every 45 s)",
     )
     parser.add_argument("--cuts", type=int, default=None, help="default: one every 5 s")
-    parser.add_argument("--store", choices=("folder", "s3"), default="folder")
-    parser.add_argument("--instances", type=int, default=1)
-    parser.add_argument("--scale", default="small", help="small, medium, full, or a factor")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--drain", type=float, default=swarm.DRAIN, help="seconds")
     parser.add_argument(
         "--tmpfs-mib", type=int, default=4096, help="the data dir's tmpfs (--store folder)"
     )
@@ -77,14 +71,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--check-time", type=float, default=600.0, help="seconds at most")
     args = parser.parse_args(argv)
-    try:
-        args.scale = parse_scale(args.scale)
-    except (KeyError, ValueError) as exc:
-        parser.error(str(exc))
-    if args.users < 1 or args.duration <= 0 or args.instances < 1 or args.kills < 0:
-        parser.error("--users, --duration and --instances must be positive, --kills not negative")
-    if args.instances > 1 and args.store != "s3":
-        parser.error("--instances above 1 needs --store s3")
+    check_common(parser, args)
+    if args.kills < 0:
+        parser.error("--kills must not be negative")
     minutes = args.duration / 60
     if args.s3_restarts is None:
         args.s3_restarts = max(1, round(minutes)) if args.store == "s3" else 0

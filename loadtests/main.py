@@ -10,27 +10,18 @@ import time
 from pathlib import Path
 
 from loadtests import steps, swarm
-from loadtests.context import Context, parse_scale
+from loadtests.context import Context
+from loadtests.options import MAX_TOKENS, add_common, check_common
 from loadtests.procstats import Sampler
 from loadtests.stack import Stack
 from loadtests.summary import failures, report
 from loadtests.users.scenarios import SCENARIOS
 
-MAX_TOKENS = 1000
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="loadtests/run", description=__doc__)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="mixed")
-    parser.add_argument("--users", type=int, default=10)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds")
-    parser.add_argument("--store", choices=("folder", "s3"), default="folder")
-    parser.add_argument("--instances", type=int, default=1)
-    parser.add_argument(
-        "--scale",
-        default="full",
-        help="study and chunk sizes: small (1/64), medium (1/8), full, or a factor",
-    )
+    add_common(parser, duration=60.0, scale="full")
     parser.add_argument(
         "--steps",
         type=int,
@@ -41,19 +32,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--plot", type=Path, default=Path("load-steps.png"), help="the PNG of a stepped run"
     )
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument(
-        "--drain", type=float, default=swarm.DRAIN, help="seconds to finish verifying"
-    )
     args = parser.parse_args(argv)
-    try:
-        args.scale = parse_scale(args.scale)
-    except (KeyError, ValueError) as exc:
-        parser.error(str(exc))
-    if args.users < 1 or args.duration <= 0 or args.instances < 1 or args.steps < 1:
-        parser.error("--users, --duration, --instances and --steps must be positive")
-    if args.instances > 1 and args.store != "s3":
-        parser.error("--instances above 1 needs --store s3")
+    check_common(parser, args)
+    if args.steps < 1:
+        parser.error("--steps must be positive")
     return args
 
 

@@ -12,7 +12,7 @@ import pytest
 from gateway.buffers import Pools
 from gateway.catalog.base import Upload, UploadState
 from gateway.runner import Runner
-from gateway.sealed import MIN_SEGMENT_SIZE, Sealer, new_header, open_object
+from gateway.sealed import MIN_SEGMENT_SIZE, SUITE_AES256GCM, Sealer, new_header, open_object
 from gateway.store.base import ObjectStore, PartRef, StoreUnavailable
 from gateway.writer import RunningHash
 from gateway.writer.base import Batch, Fragment
@@ -31,9 +31,11 @@ async def runner() -> AsyncIterator[Runner]:
     runner.close()
 
 
-def upload_in(store: ObjectStore, length: int) -> tuple[Upload, Sealer]:
+def upload_in(
+    store: ObjectStore, length: int, *, dek: bytes = DEK, suite: int = SUITE_AES256GCM
+) -> tuple[Upload, Sealer]:
     header = new_header(
-        DEK, upload_id="U", dek_id=b"\1" * 16, segment_size=S, plaintext_size=length
+        dek, upload_id="U", dek_id=b"\1" * 16, segment_size=S, plaintext_size=length, suite=suite
     )
     upload = Upload(
         id="U",
@@ -50,7 +52,7 @@ def upload_in(store: ObjectStore, length: int) -> tuple[Upload, Sealer]:
         dek_id=header.dek_id,
         multipart_id=store.start_multipart("U/data"),
     )
-    return upload, Sealer(DEK, header)
+    return upload, Sealer(dek, header)
 
 
 def pipeline(
@@ -59,8 +61,11 @@ def pipeline(
     length: int,
     given: list[bytearray] | None = None,
     running: RunningHash | None = None,
+    *,
+    dek: bytes = DEK,
+    suite: int = SUITE_AES256GCM,
 ) -> tuple[SealingPipeline, Upload]:
-    upload, sealer = upload_in(store, length)
+    upload, sealer = upload_in(store, length, dek=dek, suite=suite)
 
     def give_back(batch: Batch) -> None:
         for _, _, buffer in batch:

@@ -7,16 +7,16 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gateway.buffers import Pools
-from gateway.catalog.base import RecordRow, Upload, UploadState
+from gateway.catalog.base import RecordRow, Upload
 from gateway.runner import Runner
-from gateway.sealed import MIN_SEGMENT_SIZE, SUITE_SM4GCM, Sealer, new_header, open_object
+from gateway.sealed import MIN_SEGMENT_SIZE, SUITE_SM4GCM, open_object
 from gateway.store.base import PartRef
 from gateway.suites import SM
 from gateway.writer import RunningHash
 from gateway.writer.pipeline import SealingPipeline
 from gateway.writer.record import Signal
 from tests.fakes import InPlaceMemoryStore, MemoryStore
+from tests.test_writer_pipeline import pipeline
 
 S = MIN_SEGMENT_SIZE
 DEK = bytes(range(16))
@@ -32,41 +32,7 @@ async def runner() -> AsyncIterator[Runner]:
 def sealing_for(
     store: MemoryStore, runner: Runner, length: int, running: RunningHash | None
 ) -> tuple[SealingPipeline, Upload]:
-    header = new_header(
-        DEK,
-        upload_id="U",
-        dek_id=b"\1" * 16,
-        segment_size=S,
-        plaintext_size=length,
-        suite=SUITE_SM4GCM,
-    )
-    upload = Upload(
-        id="U",
-        owner="me",
-        tenant="t",
-        length=length,
-        offset=0,
-        metadata=None,
-        state=UploadState.ACTIVE,
-        created_at=0.0,
-        expires_at=None,
-        segment_size=S,
-        header=header.encode(),
-        dek_id=header.dek_id,
-        multipart_id=store.start_multipart("U/data"),
-    )
-    sealing = SealingPipeline(
-        upload=upload,
-        sealer=Sealer(DEK, header),
-        store=store,
-        runner=runner,
-        fence=lambda: 1,
-        pools=Pools(keep=0),
-        give_back=lambda batch: None,
-        client_hash=None,
-        running=running,
-    )
-    return sealing, upload
+    return pipeline(store, runner, length, running=running, dek=DEK, suite=SUITE_SM4GCM)
 
 
 @pytest.mark.parametrize("make_store", [MemoryStore, InPlaceMemoryStore])
