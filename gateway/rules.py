@@ -77,26 +77,25 @@ async def store_call(runner: Runner, fn: Callable[..., T], *args: object) -> T:
 def catalog_unavailable(offset: int | None = None) -> GatewayError:
     """503 for a catalog that cannot be reached now; nothing was recorded by the call
     that failed. For a PATCH, `offset` is what is recorded: resume from it later."""
-    headers = {"Retry-After": "5"}
-    if offset is not None:
-        headers["Upload-Offset"] = str(offset)
-    return GatewayError(
-        ERR.CATALOG_UNAVAILABLE,
-        "the catalog is unavailable; try again later (resume from Upload-Offset)",
-        headers=headers,
+    return _try_later(
+        ERR.CATALOG_UNAVAILABLE, "the catalog is unavailable", retry_after=5, offset=offset
     )
 
 
 def insufficient_storage(offset: int | None = None) -> GatewayError:
     """507 for a disk (the store's or the catalog's) with no space left; nothing was
     recorded by the call that failed. For a PATCH, `offset` is what is recorded."""
-    headers = {"Retry-After": "30"}
+    return _try_later(
+        ERR.INSUFFICIENT_STORAGE, "the gateway's storage is full", retry_after=30, offset=offset
+    )
+
+
+def _try_later(err: ERR, what: str, *, retry_after: int, offset: int | None) -> GatewayError:
+    headers = {"Retry-After": str(retry_after)}
     if offset is not None:
         headers["Upload-Offset"] = str(offset)
     return GatewayError(
-        ERR.INSUFFICIENT_STORAGE,
-        "the gateway's storage is full; try again later (resume from Upload-Offset)",
-        headers=headers,
+        err, f"{what}; try again later (resume from Upload-Offset)", headers=headers
     )
 
 
