@@ -91,8 +91,9 @@ def test_sqlite_from_the_previous_version_keeps_every_row(tmp_path: Path) -> Non
     catalog.create_upload(upload_row("old"), WrappedKey("local", 1, b"blob-old"))
     catalog.close()
     conn = sqlite3.connect(path)
-    with conn:  # as the previous version left it: no hooks outbox
-        conn.execute("DROP TABLE hook_outbox")
+    with conn:  # as the previous version left it: tokens from the counter alone
+        conn.execute("DELETE FROM lease_tokens WHERE name = 'reserved'")
+        conn.execute("UPDATE lease_tokens SET last_token = 41 WHERE name = 'fencing'")
         conn.execute("UPDATE schema_version SET version = ?", (SQLITE_VERSION - 1,))
     conn.close()
     with pytest.raises(SchemaMismatch, match="run `gateway migrate`"):
@@ -105,6 +106,8 @@ def test_sqlite_from_the_previous_version_keeps_every_row(tmp_path: Path) -> Non
         assert not catalog.add_key_check(b"other", WrappedKey("local", 1, b"second"))
         assert catalog.key_checks() == [(b"check", WrappedKey("local", 1, b"wrapped"))]
         assert catalog.hook_outbox_depth() == (0, 0)
+        lease = catalog.acquire_lease("old", "w", 30.0, 0.0)
+        assert lease is not None and lease.token == 42  # the counter goes on
     finally:
         catalog.close()
 

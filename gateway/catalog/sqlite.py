@@ -32,7 +32,7 @@ from gateway.catalog.portable import Cursor
 from gateway.catalog.removal_sql import RemovalSQL
 from gateway.catalog.sqlite_files import DatabaseFile
 from gateway.catalog.sqlite_hooks import SQLiteHookOutbox
-from gateway.catalog.sqlite_leases import SQLiteLeases
+from gateway.catalog.sqlite_leases import SQLiteLeases, resume_fencing
 from gateway.catalog.sqlite_schema import WRAPPED_KEYS, WRAPPED_KEYS_INDEX, migrate
 from gateway.catalog.uploads_sql import UPLOAD_COLUMNS, UploadsSQL, check_lease, check_offset
 from gateway.keys.base import WrappedKey
@@ -95,6 +95,7 @@ class SQLiteCatalog(
         conn.execute("PRAGMA temp_store = MEMORY")
         with self._tx() as cur:
             self.schema_change = migrate(cur, apply=apply)
+            resume_fencing(cur)
 
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Cursor]:

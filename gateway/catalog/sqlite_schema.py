@@ -17,8 +17,10 @@ from gateway.catalog.base import SchemaMismatch
 # 5: key checks (KEY_CHECKS): a random value wrapped under each KEK version gateways
 # have used, which an instance must unwrap before it starts.
 # 6: the hooks' outbox (HOOK_OUTBOX): webhook deliveries waiting, retried or dead.
-SCHEMA_VERSION = 6
-_UPGRADABLE = (1, 2, 3, 4, 5)
+# 7: fencing tokens come from durably reserved blocks (lease_tokens' 'reserved' row,
+# sqlite_leases.py). Older versions refuse it: they would not skip the rest of a block.
+SCHEMA_VERSION = 7
+_UPGRADABLE = (1, 2, 3, 4, 5, 6)
 
 WRAPPED_KEYS = """CREATE TABLE IF NOT EXISTS {table} (
         dek_id BLOB PRIMARY KEY,
@@ -95,6 +97,9 @@ _SCHEMA = (
         last_token BIGINT NOT NULL
     )""",
     "INSERT INTO lease_tokens (name, last_token) VALUES ('fencing', 0) "
+    "ON CONFLICT (name) DO NOTHING",
+    # The end of the block of tokens reserved with an fsync (version 7).
+    "INSERT INTO lease_tokens (name, last_token) VALUES ('reserved', 0) "
     "ON CONFLICT (name) DO NOTHING",
     """CREATE TABLE IF NOT EXISTS tokens (
         token_hash BLOB PRIMARY KEY,
