@@ -44,7 +44,6 @@ from gateway.middleware import (
 from gateway.rules import catalog_unavailable, insufficient_storage
 from gateway.store.base import InPlaceStore, ObjectStore, StoreFull
 from gateway.store.folder import FolderStore
-from gateway.store.s3 import S3Settings, S3Store, parse_store_url
 from gateway.ui import ui_routes
 from gateway.wiring import build_services
 
@@ -90,6 +89,9 @@ def open_catalog(settings: Settings, *, migrate: bool | None = None) -> Catalog:
 def open_store(settings: Settings) -> ObjectStore:
     if not settings.uses_s3:
         return FolderStore(settings.objects_dir)
+    # Imported here: the S3 client costs every process that starts half a CPU-second.
+    from gateway.store.s3 import S3Settings, S3Store, parse_store_url
+
     bucket, prefix = parse_store_url(settings.store)
     return S3Store(
         S3Settings(
