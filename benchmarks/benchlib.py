@@ -407,7 +407,7 @@ class Gateway(Server):
     def stored_sha256(self, url: str) -> tuple[int, str]:
         # The approach of tests/conftest.py read_stored: the project's own decrypting
         # reader over the data dir (store + catalog + keyring), streamed into SHA-256.
-        from gateway.app import open_store
+        from gateway.opening import open_store
         from gateway.catalog.sqlite import SQLiteCatalog
         from gateway.config import load_settings
         from gateway.keys.keyring import LocalKeyring

@@ -16,15 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway import audit, holds, receipts
-from gateway.app import open_catalog, open_store
 from gateway.auditing import Audit, operator
 from gateway.config import Settings, add_settings_options, settings_of
 from gateway.errors import ERR, GatewayError
 from gateway.jws import JWSError, PublicSigningKey
 from gateway.keys.providers import open_provider, provider_configured
+from gateway.opening import open_catalog, open_store
 from gateway.tus.headers import is_valid_upload_id
 from gateway.verify import load_jwks
-from gateway.wiring import build_services
 
 COMMANDS = ("hold", "release-hold", "delete", "receipt")
 
@@ -102,6 +101,8 @@ def _catalog_command(settings: Settings, args: argparse.Namespace, upload_id: st
 
 
 def _delete(settings: Settings, upload_id: str, by: str) -> int:
+    from gateway.wiring import build_services  # the services a removal needs: only here
+
     catalog = open_catalog(settings)
     try:
         services = build_services(

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway import audit
-from gateway.app import open_catalog
 from gateway.auditing import Audit, operator
 from gateway.catalog.base import AuditCatalog, AuditQuery, AuditRecord
 from gateway.config import Settings, add_settings_options, settings_of
 from gateway.jws import JWSError, PublicSigningKey
 from gateway.keys.providers import open_provider, provider_configured
+from gateway.opening import open_catalog
 from gateway.verify import load_jwks
 
 PAGE = 1000

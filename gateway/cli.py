@@ -25,14 +25,13 @@ from gateway import (
     tokencli,
     uploadcli,
 )
-from gateway.app import UnsafeDataDir, create_app, open_catalog, open_store
 from gateway.auth import mint_token
 from gateway.catalog.base import CatalogUnavailable, Principal, SchemaMismatch
 from gateway.config import ConfigError, Settings, export_environment, load_settings
-from gateway.connections import protocol_factory
 from gateway.keycheck import check_shared_keys, check_suite_keys
 from gateway.keys.base import KeyUnusable
 from gateway.keys.providers import open_provider, provider_configured
+from gateway.opening import UnsafeDataDir, open_catalog, open_store
 from gateway.tus.headers import is_valid_upload_id
 
 DEFAULT_PRINCIPAL = tokencli.DEFAULT_PRINCIPAL
@@ -176,7 +175,11 @@ def _verify(settings: Settings, upload_id: str, jwks: list[str] | None, *, decry
 
 
 def _serve(settings: Settings) -> int:
+    # Imported here: the other commands need neither the server nor the app.
     import uvicorn
+
+    from gateway.app import create_app
+    from gateway.connections import protocol_factory
 
     logs.setup(settings.log_level, json_lines=settings.log_format == "json")
     catalog = open_catalog(settings)

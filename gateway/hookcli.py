@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway import audit
-from gateway.app import open_catalog
 from gateway.auditing import Audit, operator
 from gateway.catalog.base import HookCatalog, HookDelivery
 from gateway.config import add_settings_options, settings_of
 from gateway.hooks.http import safe_url
+from gateway.opening import open_catalog
 from gateway.signer import rfc3339
 
 PAGE = 500

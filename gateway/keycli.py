@@ -15,12 +15,12 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from gateway import audit
-from gateway.app import open_catalog
 from gateway.auditing import Audit, operator
 from gateway.catalog.base import KeyRotationCatalog
 from gateway.config import Settings, add_settings_options, settings_of
 from gateway.keys.base import KEY_REFRESH_SECONDS, AdministeredProvider, KeyUnusable
 from gateway.keys.providers import open_provider
+from gateway.opening import open_catalog
 
 DEFAULT_BATCH = 500
 # After a rotation, how long past KEY_REFRESH_SECONDS a gateway may still store a key it

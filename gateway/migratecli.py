@@ -12,9 +12,9 @@ import argparse
 import sys
 from typing import Any
 
-from gateway.app import open_catalog
 from gateway.catalog.base import SchemaMismatch
 from gateway.config import add_settings_options, settings_of
+from gateway.opening import open_catalog
 
 
 def add_parser(sub: Any) -> None:

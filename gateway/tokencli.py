@@ -17,11 +17,11 @@ import time
 from typing import Any
 
 from gateway import audit
-from gateway.app import open_catalog
 from gateway.auditing import Audit, operator
 from gateway.auth import describe_key, mint_api_key, rfc3339_seconds
 from gateway.catalog.base import ApiKey, AuditCatalog, Catalog, Principal
 from gateway.config import ConfigError, add_settings_options, settings_of
+from gateway.opening import open_catalog
 from gateway.roles import ROLES
 
 COMMANDS = ("create", "list", "revoke")

@@ -26,12 +26,13 @@ import httpx
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from gateway.app import create_app, prepare_data_dir
+from gateway.app import create_app
 from gateway.auth import mint_token
 from gateway.catalog.base import Principal
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import load_settings
 from gateway.keys.keyring import open_configured
+from gateway.opening import prepare_data_dir
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
 from tests.tushttp import Tus, check_tus_resumable
