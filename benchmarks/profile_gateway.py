@@ -1,7 +1,7 @@
 """Profile the gateway with py-spy during one large upload, and summarize by function.
 
-    python benchmarks/profile_gateway.py [--size-mib 512] [--client curl|tus-js-8mib|tus-js-inf] [--lines]
-                                         [--native]
+    python benchmarks/profile_gateway.py [--size-mib 512] [--lines] [--native]
+        [--client curl|tus-js-8mib|tus-js-inf|curl-16x64]
 
 Three identical uploads on one fresh gateway, each under `py-spy record --pid`:
   1. all non-idle threads   -> benchmarks/.work/profile.txt      (raw collapsed stacks)
@@ -45,6 +45,7 @@ from benchlib import (
     MiB,
     TestFile,
     UploadResult,
+    curl_concurrent,
     curl_single,
     log,
     random_file,
@@ -72,8 +73,10 @@ def _record(
     client: str = "curl",
     lines: bool = False,
 ) -> tuple[UploadResult, dict[int, tuple[float, float]]]:
-    cmd = [exe, "record", "--pid", str(gw.pid), "--rate", str(RATE), "--nonblocking",
+    cmd = [exe, "record", "--pid", str(gw.pid), "--rate", str(RATE),
            "--threads", "--format", fmt, "-o", str(out)]  # fmt: skip
+    if not native:
+        cmd.append("--nonblocking")  # py-spy unwinds native stacks only with the process paused
     if not lines:
         cmd.append("--function")
     if gil:
@@ -120,7 +123,10 @@ CLIENTS: dict[str, Callable[[Gateway, TestFile], UploadResult]] = {
     "curl": curl_single,
     "tus-js-8mib": lambda s, f: tus_js(s, f, str(8 * MiB)),
     "tus-js-inf": lambda s, f: tus_js(s, f, "Infinity"),
+    "curl-16x64": lambda s, f: curl_concurrent(s, f, 16),
 }
+# Clients that upload a file of their own size, whatever --size-mib says.
+CLIENT_MIB = {"curl-16x64": 64}
 
 
 def _frame(raw: str, lines: bool = False) -> str:
@@ -223,6 +229,7 @@ def run(
     if exe is None:
         log("py-spy is not installed (.venv/bin/pip install py-spy): no profile")
         return None
+    size_mib = CLIENT_MIB.get(client, size_mib)
     f = random_file(size_mib * MiB)
     suffix = ("" if client == "curl" else f"-{client}") + ("-lines" if lines else "")
     gw = Gateway(RUNS_DIR / "profile-gateway").start()
