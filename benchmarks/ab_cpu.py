@@ -123,8 +123,10 @@ def main() -> None:
             gw.stop()
     summary: dict[str, object] = {"commits": commits, "runs": runs}
     print(f"\nA = {commits['A']}  B = {commits['B']}  ({args.runs} runs each, ABBA; medians)")
-    print("| case | A CPU-s/GiB | B CPU-s/GiB | A MB/s | B MB/s | A range | B range |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| case | A CPU-s/GiB | B CPU-s/GiB | B/A by round | A MB/s | B MB/s | A range | B range |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for case in cases:
         a, b = runs[case]["A"], runs[case]["B"]
 
@@ -135,8 +137,11 @@ def main() -> None:
             xs = [row["cpu_s_per_gib"] for row in rows]
             return f"{min(xs):.2f}-{max(xs):.2f}"
 
+        # Each round's two runs ran back to back: their ratio cancels slow drifts in load.
+        ratios = [y["cpu_s_per_gib"] / x["cpu_s_per_gib"] for x, y in zip(a, b, strict=True)]
+        ratio = f"{median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
         print(
-            f"| {case} | {med(a, 'cpu_s_per_gib'):.2f} | {med(b, 'cpu_s_per_gib'):.2f} "
+            f"| {case} | {med(a, 'cpu_s_per_gib'):.2f} | {med(b, 'cpu_s_per_gib'):.2f} | {ratio} "
             f"| {med(a, 'mb_s'):.0f} | {med(b, 'mb_s'):.0f} | {span(a)} | {span(b)} |"
         )
     out = WORK / f"ab-{time.strftime('%Y%m%d-%H%M%S')}.json"
