@@ -281,7 +281,7 @@ def _perf_samples(text: str) -> Iterator[tuple[int, list[tuple[str, str]]]]:
             if tid >= 0 and frames:
                 yield tid, frames
             tid, frames = -1, []
-        elif not line[0].isspace():
+        elif not line.startswith("\t"):  # the sample's line (the tid right-aligned)
             tid = int(line.split()[0])
         else:
             m = re.match(r"\s*[0-9a-f]+ (.*) \((.*)\)$", line)
