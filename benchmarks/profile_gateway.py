@@ -1,7 +1,12 @@
 """Profile the gateway with py-spy during one large upload, and summarize by function.
 
-    python benchmarks/profile_gateway.py [--size-mib 512] [--lines] [--native]
+    python benchmarks/profile_gateway.py [--size-mib 512] [--lines] [--native] [--perf]
         [--client curl|tus-js-8mib|tus-js-inf|curl-16x64]
+
+`curl-16x64` is 16 curl PATCHes of 64 MiB at once. `--perf` instead runs one upload
+under `perf record -e cpu-clock -g` and sorts the on-CPU samples into buckets (crypto,
+kernel work by syscall, the interpreter and memcpy by thread), with CPU-s per GiB:
+benchmarks/.work/perf-<client>-summary.json.
 
 Three identical uploads on one fresh gateway, each under `py-spy record --pid`:
   1. all non-idle threads   -> benchmarks/.work/profile.txt      (raw collapsed stacks)
@@ -11,7 +16,8 @@ plus benchmarks/.work/profile-summary.json (file names get a -<client> suffix fo
 clients other than curl). py-spy must be in the venv (`.venv/bin/pip install py-spy`)
 and allowed to ptrace (root, or CAP_SYS_PTRACE).
 
-Sampling is --nonblocking (the gateway is not paused), 200 Hz, idle threads excluded
+Sampling is --nonblocking (the gateway is not paused; with --native it is, for each
+sample, and py-spy then counts threads blocked in a futex as busy), 200 Hz, idle threads excluded
 (py-spy counts a thread as active when the kernel reports it running or runnable, so a
 thread waiting for a CPU counts, a thread blocked in fdatasync or epoll does not).
 A share is "% of such samples", split by thread and by function (file:function,
