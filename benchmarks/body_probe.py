@@ -64,9 +64,10 @@ def uvicorn_main(port: int) -> None:
     from gateway.config import Settings
     from gateway.connections import protocol_factory
 
-    http = protocol_factory(Settings())
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http=http,
-                            ws="none", lifespan="on", log_level="warning")  # fmt: skip
+    # uvicorn takes any protocol factory for `http` (gateway/cli.py passes the same).
+    options: dict[str, Any] = {"http": protocol_factory(Settings())}
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", ws="none",
+                            lifespan="on", log_level="warning", **options)  # fmt: skip
     uvicorn.Server(config).run()
 
 

@@ -334,13 +334,12 @@ def main() -> int:
         for kind in kinds if len(probes[kinds[0]]) % 2 == 0 else kinds[::-1]:
             probes[kind].append(body_probe(kind, args.body_mib))
             log(f"body probe {kind}: {probes[kind][-1]}")
-    print(f"\n  {'rule':<62} " + " ".join(f"{k:<40}" for k in kinds))
+    print()
     for label in CHECKS:
-        cells = []
+        print(f"  {label}")
         for k in kinds:
             r = results[k][label]
-            cells.append(f"{'holds' if r['holds'] else 'LOST'}: {r['seen']}"[:40].ljust(40))
-        print(f"  {label:<62} " + " ".join(cells))
+            print(f"    {k:<8} {'holds' if r['holds'] else 'LOST '}  {r['seen']}")
     print(f"\nBody of one {args.body_mib} MiB curl PATCH into a bare app (body_probe.py)")
     for k in kinds:
         runs = probes[k]

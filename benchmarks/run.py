@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py            # full: 64 + 512 MiB, 4 runs each (ABBA ABBA),
                                                   # machine limits, memory, py-spy profile
-    .venv/bin/python benchmarks/run.py --quick    # 64 MiB only, 1 run each, limits only
+    .venv/bin/python benchmarks/run.py --quick    # 64 MiB and 16 x 64 MiB, 1 run each, limits only
     .venv/bin/python benchmarks/run.py --servers uvicorn,granian,peer   # the gateway under both
 
 All servers run on 127.0.0.1 with free ports: `gateway serve` (uvicorn + httptools;
@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -100,11 +101,12 @@ def cases(sizes: list[int], *, concurrency: tuple[int, ...] = (16,)) -> list[Cas
     f64 = random_file(64 * MiB)
     # Mobile clients send small chunks over flaky networks; most PATCHes end mid-segment.
     out.append(Case("tuspy chunk 512 KiB, 64 MiB", f64, lambda s, f: tuspy(s, f, 512 * 1024)))
-    for n in concurrency:
-        out.append(
-            Case(f"{n} x 64 MiB concurrent curl", f64, lambda s, f, n=n: curl_concurrent(s, f, n))
-        )
+    out += [Case(f"{n} x 64 MiB concurrent curl", f64, _concurrent(n)) for n in concurrency]
     return out
+
+
+def _concurrent(n: int) -> Callable[[Server, TestFile], UploadResult]:
+    return lambda s, f: curl_concurrent(s, f, n)
 
 
 def one_run(server: Server, case: Case) -> dict[str, object]:
@@ -137,16 +139,14 @@ def abba(runs: int, flip: bool, servers: int = 2) -> list[int]:
     return order
 
 
-def cpu_s_per_gib(row: dict[str, object]) -> float:
+def cpu_s_per_gib(row: dict[str, Any]) -> float:
     return float(row["cpu_s"]) / (int(row["bytes"]) / GiB)
 
 
-def summarize(
-    case: Case, rows: list[dict[str, object]], floor: float | None = None
-) -> dict[str, object]:
+def summarize(case: Case, rows: list[dict[str, Any]], floor: float | None = None) -> dict[str, Any]:
     """Medians (and ranges) per server; with the peer and the crypto floor, the peer's
     CPU-s/GiB + the floor and whether each gateway is at or below it."""
-    out: dict[str, object] = {"case": case.name, "bytes_per_run": rows[0]["bytes"]}
+    out: dict[str, Any] = {"case": case.name, "bytes_per_run": rows[0]["bytes"]}
     names = list(dict.fromkeys(str(r["server"]) for r in rows))
     for name in names:
         mine = [r for r in rows if r["server"] == name]
@@ -166,14 +166,14 @@ def summarize(
     if floor is not None:
         out["crypto_floor_cpu_s_per_gib"] = floor
     if PEER in out:
-        peer: dict = out[PEER]
+        peer: dict[str, Any] = out[PEER]
         if floor is not None:
             limit = round(peer["cpu_s_per_gib_median"] + floor, 3)
             out["peer_plus_floor_cpu_s_per_gib"] = limit
         for name in names:
             if name == PEER:
                 continue
-            gw: dict = out[name]
+            gw: dict[str, Any] = out[name]
             gw["ratio_to_peer"] = round(gw["mb_s_median"] / peer["mb_s_median"], 2)
             if floor is not None:
                 gw["at_or_below_peer_plus_floor"] = gw["cpu_s_per_gib_median"] <= limit
@@ -226,7 +226,7 @@ def machine(node_versions: dict[str, str]) -> dict[str, object]:
 SHORT = {"gateway": "gw", "gateway-granian": "granian", PEER: "peer"}
 
 
-def print_table(summaries: list[dict]) -> None:
+def print_table(summaries: list[dict[str, Any]]) -> None:
     names = [k for k in SHORT if k in summaries[0]]
     gateways = [n for n in names if n != PEER]
     with_peer = PEER in names
@@ -275,7 +275,7 @@ def measure_cases(
     floor: float | None,
     *,
     flip_odd: bool = False,
-) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Start the servers, warm each up, run every case in ABBA order, stop them."""
     summaries, raw = [], []
     try:
@@ -313,7 +313,9 @@ def parse_servers(value: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 MiB only, 1 run each")
+    parser.add_argument(
+        "--quick", action="store_true", help="64 MiB (and 16 x 64 MiB) only, 1 run each"
+    )
     parser.add_argument("--full", action="store_true", help="the default; kept for clarity")
     parser.add_argument("--runs", type=int, help="runs per server per case (default 4; quick 1)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory benchmark")
