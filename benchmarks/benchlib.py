@@ -435,6 +435,44 @@ class Gateway(Server):
             catalog.close()
 
 
+class GranianGateway(Gateway):
+    """The same gateway app (benchmarks/granian_app.py) served by Granian instead of
+    uvicorn + httptools: one worker, uvloop, HTTP/1.1, no WebSockets."""
+
+    name = "gateway-granian"
+
+    def start(self) -> GranianGateway:
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "token", "--data-dir", str(self.data_dir)],
+            check=True, capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        self.token = out.stdout.strip().splitlines()[-1]
+        self.port = free_port()
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        granian = Path(sys.executable).with_name("granian")
+        # Granian's own header deadline (ms, at most 60 s) set to the gateway's.
+        header_ms = min(60_000, int(1000 * float(self.env.get("GATEWAY_HEADER_TIMEOUT", 30))))
+        env = {
+            **os.environ,
+            "GATEWAY_DATA_DIR": str(self.data_dir),
+            "GATEWAY_LOG_LEVEL": "warning",
+            **self.env,
+        }
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen(
+                [str(granian), "--interface", "asgi", "--factory", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", "1", "--loop", "uvloop", "--http", "1",
+                 "--no-ws", "--http1-header-read-timeout", str(header_ms),
+                 "--log-level", "warning", "--working-dir", str(BENCH), "granian_app:app"],
+                stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+            )  # fmt: skip
+        self._wait_ready(f"http://127.0.0.1:{self.port}/healthz")
+        return self
+
+
 class TusNode(Server):
     """@tus/server + @tus/file-store (benchmarks/tus_node_server.mjs), no auth."""
 

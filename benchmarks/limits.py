@@ -12,6 +12,10 @@
   disk the two can differ a lot: short runs of writes (and rewrites of blocks freed
   a moment ago, like the 256 MiB file of the run before) may go much faster than a
   long stream of them, which is what a large upload is.
+- the crypto floor: CPU seconds per GiB (2^30 bytes) of the work the gateway must do
+  for every byte, done as it does it: a running SHA-256 over the plaintext, AES-256-GCM
+  encryption and a SHA-256 over each record's ciphertext, in 8 MiB records; process CPU
+  time (time.process_time), median of 3. Nothing else (receiving, writing, the catalog).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import MB, WORK, MiB, median
+from benchlib import MB, WORK, GiB, MiB, median
 
 BUF = 8 * MiB
 
@@ -91,6 +95,23 @@ def aesgcm_mb_s(total: int) -> float:
     return total / (time.perf_counter() - t0) / MB
 
 
+def crypto_floor_cpu_s_per_gib(total: int) -> float:
+    """CPU-s per GiB of the mandated work alone, as the gateway does it per 8 MiB record."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(AESGCM.generate_key(bit_length=256))
+    buf = os.urandom(BUF)
+    out = bytearray(BUF + 16)  # ciphertext and tag, into one reused buffer as the gateway does
+    plain = hashlib.sha256()
+    t0 = time.process_time()
+    for i in range(total // BUF):
+        plain.update(buf)
+        aead.encrypt_into(i.to_bytes(12, "big"), buf, None, out)
+        hashlib.sha256(out).digest()
+    plain.digest()
+    return (time.process_time() - t0) / (total / GiB)
+
+
 def disk_mb_s(total: int, sync: bool) -> tuple[float, float, float]:
     """MB/s, and mean ms per 8 MiB write() and per fdatasync()."""
     WORK.mkdir(parents=True, exist_ok=True)
@@ -127,16 +148,21 @@ def measure(quick: bool = False) -> dict[str, object]:
         "loopback_tcp_mb_s": [loopback_mb_s(loop_size) for _ in range(reps)],
         "sha256_mb_s": [sha256_mb_s(cpu_total) for _ in range(reps)],
         "aes256gcm_encrypt_mb_s": [aesgcm_mb_s(cpu_total) for _ in range(reps)],
+        "crypto_floor_cpu_s_per_gib": [crypto_floor_cpu_s_per_gib(cpu_total) for _ in range(reps)],
         "disk_write_fdatasync_8mib_mb_s": [r[0] for r in synced],
         "disk_write_no_sync_mb_s": [r[0] for r in unsynced],
         "disk_write_fdatasync_2gib_mb_s": [r[0] for r in sustained],
         "disk_ms_per_8mib_write_synced": [r[1] for r in synced],
         "disk_ms_per_fdatasync": [r[2] for r in synced],
     }
-    out: dict[str, object] = {k: round(median(v), 1) for k, v in results.items() if v}
-    out["runs"] = {k: [round(x, 1) for x in v] for k, v in results.items()}
+    out: dict[str, object] = {
+        k: round(median(v), _DIGITS.get(k, 1)) for k, v in results.items() if v
+    }
+    out["runs"] = {k: [round(x, _DIGITS.get(k, 1)) for x in v] for k, v in results.items()}
     return out
 
+
+_DIGITS = {"crypto_floor_cpu_s_per_gib": 3}
 
 LABELS = {
     "loopback_tcp_mb_s": "loopback TCP (Python sender -> receiver, 1 MiB writes)",
@@ -158,6 +184,10 @@ def print_table(limits: dict[str, Any]) -> None:
     write_ms, sync_ms = limits["disk_ms_per_8mib_write_synced"], limits["disk_ms_per_fdatasync"]
     label = "  with fdatasync: ms per 8 MiB write() / per fdatasync()"
     print(f"  {label:<58} {write_ms:>5.1f} / {sync_ms:.1f} ms")
+    floor = limits["crypto_floor_cpu_s_per_gib"]
+    runs = ", ".join(f"{x:.3f}" for x in limits["runs"]["crypto_floor_cpu_s_per_gib"])
+    label = "crypto floor: SHA-256 + AES-256-GCM + SHA-256, 8 MiB records"
+    print(f"  {label:<58} {floor:>8.3f} CPU-s/GiB  [{runs}]")
 
 
 if __name__ == "__main__":
