@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from gateway import metrics
-from gateway.buffers import Pools
+from gateway.buffers import Pools, size_class
 from gateway.catalog.base import TailPiece, Upload, UploadCatalog
 from gateway.checksums import SEALED_NAME, header_value, new_hasher
 from gateway.errors import ERR, GatewayError
@@ -74,6 +74,7 @@ class SegmentWriter:
         # A body kept whole for one tail piece holds this much of the shared budget.
         self._tail_units = 0
         pools = pools if pools is not None else Pools(keep=0)
+        self._sized = pools.sized
         # Bytes of slices in existence, shared by all uploads: bounds memory.
         budget = slices if slices is not None else ReceiveBudget(QUEUED_LIMIT + 2 * SLICE)
         self._slices = Slices(pools, budget)
@@ -94,6 +95,7 @@ class SegmentWriter:
             store=store,
             token=self._fence,
             merge_after=merge_after,
+            sized=pools.sized,
         )
         self._ledger = Ledger(
             offset=upload.offset,
@@ -159,6 +161,7 @@ class SegmentWriter:
             except BaseException:
                 budget.give(intake.fill)
                 raise
+            self._sized.released(intake.fill)  # freed once sealed: to be given back
 
     def _keep_as_tail(self) -> bool:
         """Whether this body becomes one tail piece, sealed when it ends.
@@ -174,9 +177,11 @@ class SegmentWriter:
         end = (self._intake.segment + 1) * self._segment_size
         if self.upload.length is not None:
             end = min(end, self.upload.length)
-        if self.upload.offset + size >= end or not self._slices.hold_whole(size):
+        # It holds its pooled buffer's size of the budget (at most a quarter more).
+        units = size_class(size)
+        if self.upload.offset + size >= end or not self._slices.hold_whole(units):
             return False
-        self._intake.tail, self._tail_units = bytearray(size), size  # one allocation, filled
+        self._intake.tail, self._tail_units = self._sized.take(size), units
         return True
 
     # -- the body -----------------------------------------------------------------------
@@ -322,16 +327,27 @@ class SegmentWriter:
         plain: bytes | memoryview
         intake = self._intake
         if intake.tail is not None:
-            plain = memoryview(intake.tail)[: intake.received]
+            received = intake.received
             if piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
-                earlier = self._tails.load(self._tails.old, intake.new_from)
-                earlier += plain
-                plain = memoryview(earlier)
+                front = intake.new_from
+                merged = self._sized.take(front + received)
+                try:
+                    self._tails.load_into(self._tails.old, front, merged)
+                    merged[front : front + received] = memoryview(intake.tail)[:received]
+                    with memoryview(merged)[: front + received] as plain:
+                        self._tails.put(piece, plain)
+                finally:
+                    self._sized.give(merged)
+            else:
+                with memoryview(intake.tail)[:received] as plain:
+                    self._tails.put(piece, plain)
         else:
             record = intake.cut
             assert record is not None and record.done == intake.fill
-            plain = self._pipeline.recover(record)[piece.start : piece.start + piece.length]
-        self._tails.put(piece, plain)
+            recovered = self._pipeline.recover(record)
+            with memoryview(recovered)[piece.start : piece.start + piece.length] as plain:
+                self._tails.put(piece, plain)
+            self._sized.released(len(recovered))
 
     async def _complete(self, total: int) -> None:
         intake = self._intake
@@ -372,7 +388,9 @@ class SegmentWriter:
         if intake.preload is not None:  # read back for a body that never came
             self._slices.budget.give(len(intake.preload))
             intake.preload = None
-        intake.tail = None
+        if intake.tail is not None:
+            self._sized.give(intake.tail)
+            intake.tail = None
         self._slices.budget.give(self._tail_units)
         self._tail_units = 0
         metrics.BYTES_IN_FLIGHT.dec(self.upload.offset + intake.received - self.committed)
