@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.memtrim import Trimmer, glibc_trim
+from gateway.memtrim import Trimmer, glibc_trim, map_large_buffers
 
 MiB = 1 << 20
 
@@ -78,3 +78,8 @@ def test_the_thread_calls_glibc_malloc_trim() -> None:
         assert trimmer.trims == 1
     finally:
         trimmer.close()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_glibc_takes_the_mmap_threshold() -> None:
+    assert map_large_buffers()
