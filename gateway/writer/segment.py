@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway import metrics
 from gateway.buffers import Pools, size_class
@@ -73,6 +73,7 @@ class SegmentWriter:
         self._segment_size = segment_size
         # A body kept whole for one tail piece holds this much of the shared budget.
         self._tail_units = 0
+        self._tail_lent = False  # a cancelled thread may still read it (_lending_tail)
         pools = pools if pools is not None else Pools(keep=0)
         self._sized = pools.sized
         # Bytes of slices in existence, shared by all uploads: bounds memory.
@@ -278,7 +279,7 @@ class SegmentWriter:
         intake = self._intake
         if intake.fill > intake.new_from:
             piece, merged = self._tails.plan(intake.segment, intake.new_from, intake.fill)
-            await self._runner.io(self._put_piece, piece)
+            await self._lending_tail(self._runner.io(self._put_piece, piece))
         if piece is not None or ledger.pending or total != ledger.committed:
             await ledger.commit(offset=total, piece=piece, replaces=merged)
         return Outcome(total, False, stop)
@@ -287,7 +288,7 @@ class SegmentWriter:
         assert self._client_hash is not None
         if self._intake.tail is not None:
             kept = memoryview(self._intake.tail)[: self.received]
-            await self._runner.seal(self._client_hash.update, kept)
+            await self._lending_tail(self._runner.seal(self._client_hash.update, kept))
         if self._client_hash.digest() != checksum.digest:
             metrics.CHECKSUM_MISMATCHES.inc()
             await self.scrub()
@@ -323,23 +324,22 @@ class SegmentWriter:
                 fence=self._fence(),
             )
 
+    async def _lending_tail(self, work: Awaitable[None]) -> None:
+        """Await work in a thread that may read the body kept whole. Cancelled, the
+        thread may still read it: the buffer then never goes back to the pool."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            self._tail_lent = True
+            raise
+
     def _put_piece(self, piece: TailPiece) -> None:
-        plain: bytes | memoryview
         intake = self._intake
         if intake.tail is not None:
-            received = intake.received
-            if piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
-                front = intake.new_from
-                merged = self._sized.take(front + received)
-                try:
-                    self._tails.load_into(self._tails.old, front, merged)
-                    merged[front : front + received] = memoryview(intake.tail)[:received]
-                    with memoryview(merged)[: front + received] as plain:
-                        self._tails.put(piece, plain)
-                finally:
-                    self._sized.give(merged)
-            else:
-                with memoryview(intake.tail)[:received] as plain:
+            with memoryview(intake.tail)[: intake.received] as plain:
+                if piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
+                    self._tails.put_merged(piece, intake.new_from, plain)
+                else:
                     self._tails.put(piece, plain)
         else:
             record = intake.cut
@@ -388,9 +388,9 @@ class SegmentWriter:
         if intake.preload is not None:  # read back for a body that never came
             self._slices.budget.give(len(intake.preload))
             intake.preload = None
-        if intake.tail is not None:
+        if intake.tail is not None and not self._tail_lent:
             self._sized.give(intake.tail)
-            intake.tail = None
+        intake.tail = None
         self._slices.budget.give(self._tail_units)
         self._tail_units = 0
         metrics.BYTES_IN_FLIGHT.dec(self.upload.offset + intake.received - self.committed)

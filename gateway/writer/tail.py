@@ -142,6 +142,20 @@ class TailPieces:
             self._sized.give(buffer)
         metrics.BYTES_STORED.inc(size)
 
+    def put_merged(self, piece: TailPiece, front: int, body: Buffer) -> None:
+        """Seal the old pieces' `front` bytes and then `body` as `piece`, which replaces
+        them (blocking)."""
+        view = memoryview(body).cast("B")
+        size = front + view.nbytes
+        merged = self._sized.take(size)
+        try:
+            self.load_into(self.old, front, merged)
+            merged[front:size] = view
+            with memoryview(merged)[:size] as plain:
+                self.put(piece, plain)
+        finally:
+            self._sized.give(merged)
+
     def forget(self, drop_below: int | None, replaced: bool) -> list[TailPiece]:
         """After a commit: the old pieces it made unneeded (to delete), if it did."""
         if replaced or (drop_below is not None and self.old and self.old[0].segment < drop_below):
