@@ -11,11 +11,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +35,6 @@ def glibc_trim() -> Callable[[], object] | None:
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)
-
-
-MMAP_FROM = 2 << 20  # buffers this large get pages of their own, unmapped when freed
-_M_MMAP_THRESHOLD = -3  # <malloc.h>
-
-
-def map_large_buffers(size: int = MMAP_FROM, environ: Mapping[str, str] = os.environ) -> bool:
-    """Have glibc map buffers of `size` bytes or more on their own, as it does at first
-    (128 KiB) until a freed one raises its dynamic threshold up to 32 MiB; whether it
-    took. Freed, they go back to the system at once instead of into the heaps; below
-    `size` (socket reads, slices) the heaps and the trimmer serve. Process-wide.
-
-    An operator's own threshold (glibc's variables, not a gateway setting) is left as
-    it is."""
-    if platform.libc_ver()[0] != "glibc" or "MALLOC_MMAP_THRESHOLD_" in environ:
-        return False
-    if "glibc.malloc.mmap_threshold" in environ.get("GLIBC_TUNABLES", ""):
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, size))
 
 
 class Trimmer:

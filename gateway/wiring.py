@@ -42,7 +42,7 @@ from gateway.hooks.precreate import PreCreateHook
 from gateway.keys.base import KeyProvider
 from gateway.leases import Leases, lease_signals
 from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
-from gateway.memtrim import Trimmer, glibc_trim, map_large_buffers
+from gateway.memtrim import Trimmer, glibc_trim
 from gateway.oidc import JwksCache, OidcConfig, OidcVerifier, fetch_json
 from gateway.reader import Reader
 from gateway.receipts import Receipts
@@ -160,7 +160,6 @@ def build_services(
 ) -> Services:
     rules = upload_rules(settings)
     runner = Runner(settings.io_threads, settings.sealing_threads)
-    map_large_buffers()
     trimmer = Trimmer(glibc_trim())
     leases = Leases(
         catalog,

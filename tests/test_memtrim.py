@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.memtrim import Trimmer, glibc_trim, map_large_buffers
+from gateway.memtrim import Trimmer, glibc_trim
 
 MiB = 1 << 20
 
@@ -78,11 +78,3 @@ def test_the_thread_calls_glibc_malloc_trim() -> None:
         assert trimmer.trims == 1
     finally:
         trimmer.close()
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_glibc_takes_the_mmap_threshold_unless_the_operator_set_one() -> None:
-    assert map_large_buffers(environ={})
-    assert not map_large_buffers(environ={"MALLOC_MMAP_THRESHOLD_": "131072"})
-    tunables = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}
-    assert not map_large_buffers(environ=tunables)
