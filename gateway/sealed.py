@@ -396,15 +396,23 @@ class Sealer:
 
     def seal_tail(self, segment: int, piece: int, start: int, plaintext: Buffer) -> bytes:
         """Seal bytes [start, start+len) of unfinished `segment` as tail piece `piece`."""
-        src = _view(plaintext)
+        out = bytearray(_view(plaintext).nbytes + RECORD_OVERHEAD)
+        self.seal_tail_into(segment, piece, start, plaintext, out)
+        return bytes(out)
+
+    def seal_tail_into(
+        self, segment: int, piece: int, start: int, plaintext: Buffer, out: Buffer
+    ) -> None:
+        """`seal_tail` written into `out` (len(plaintext) + 28 bytes)."""
+        src, dst = _view(plaintext), _view(out)
         if start + src.nbytes > self._segment_size:
             raise ValueError(f"tail piece runs past the end of segment {segment}")
+        if dst.nbytes != src.nbytes + RECORD_OVERHEAD:
+            raise ValueError(f"output buffer is {dst.nbytes} bytes, need {src.nbytes + 28}")
         aad = self._tail_aad(segment, piece, start, src.nbytes)
         nonce = self._fresh_nonce()
-        out = bytearray(src.nbytes + RECORD_OVERHEAD)
-        out[:NONCE_LEN] = nonce
-        self._aead.encrypt_into(nonce, src, aad, memoryview(out)[NONCE_LEN:])
-        return bytes(out)
+        dst[:NONCE_LEN] = nonce
+        self._aead.encrypt_into(nonce, src, aad, dst[NONCE_LEN:])
 
     def open_tail(self, segment: int, piece: int, start: int, data: Buffer) -> bytes:
         """Authenticate and decrypt a tail piece; raises InvalidSealedData on any failure."""
@@ -417,6 +425,25 @@ class Sealer:
         aad = self._tail_aad(segment, piece, start, length)
         try:
             return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], aad)
+        except InvalidTag:
+            raise InvalidSealedData(f"tail piece {segment}/{piece} failed authentication") from None
+
+    def open_tail_into(
+        self, segment: int, piece: int, start: int, data: Buffer, out: Buffer
+    ) -> None:
+        """`open_tail` written into `out` (len(data) - 28 bytes). On failure `out` may
+        hold bytes that failed authentication: the caller must not use them."""
+        view = _view(data)
+        length = view.nbytes - RECORD_OVERHEAD
+        if length < 0:
+            raise SealedFormatError(f"tail piece {segment}/{piece}: only {view.nbytes} bytes")
+        if start + length > self._segment_size:
+            raise SealedFormatError(f"tail piece {segment}/{piece} runs past its segment")
+        if _view(out).nbytes != length:
+            raise ValueError(f"output buffer is {_view(out).nbytes} bytes, need {length}")
+        aad = self._tail_aad(segment, piece, start, length)
+        try:
+            self._aead.decrypt_into(view[:NONCE_LEN], view[NONCE_LEN:], aad, out)
         except InvalidTag:
             raise InvalidSealedData(f"tail piece {segment}/{piece} failed authentication") from None
 

@@ -34,6 +34,10 @@ class Aead(Protocol):
 
     def decrypt(self, nonce: Buffer, data: Buffer, associated_data: bytes | None) -> bytes: ...
 
+    def decrypt_into(
+        self, nonce: Buffer, data: Buffer, associated_data: bytes | None, buf: Buffer
+    ) -> int: ...
+
 
 class SM4GCM:
     """SM4 in GCM mode (RFC 8998 section 3.1) with AESGCM's interface; OpenSSL's SM4
@@ -76,6 +80,16 @@ class SM4GCM:
         plain = decryptor.update(view[: view.nbytes - TAG_LEN])
         decryptor.finalize()  # raises InvalidTag
         return plain
+
+    def decrypt_into(
+        self, nonce: Buffer, data: Buffer, associated_data: bytes | None, buf: Buffer
+    ) -> int:
+        # update_into would want block_size - 1 bytes to spare past the plaintext.
+        dst = memoryview(buf).cast("B")
+        if dst.nbytes != memoryview(data).nbytes - TAG_LEN:
+            raise ValueError(f"buffer must be {memoryview(data).nbytes - TAG_LEN} bytes")
+        dst[:] = self.decrypt(nonce, data, associated_data)
+        return dst.nbytes
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from gateway import access
 from gateway.auditing import Audit
 from gateway.auth import Authenticator
 from gateway.bruteforce import AuthFailureHook, BruteForceGuard, FailureLimit
-from gateway.buffers import Pools
+from gateway.buffers import Pools, SizedBuffers
 from gateway.catalog.base import Catalog
 from gateway.config import Settings
 from gateway.finals import Finals
@@ -42,6 +42,7 @@ from gateway.hooks.precreate import PreCreateHook
 from gateway.keys.base import KeyProvider
 from gateway.leases import Leases, lease_signals
 from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
+from gateway.memtrim import Trimmer, glibc_trim
 from gateway.oidc import JwksCache, OidcConfig, OidcVerifier, fetch_json
 from gateway.reader import Reader
 from gateway.receipts import Receipts
@@ -70,6 +71,7 @@ class Services:
     audit: Audit
     deliverer: Deliverer | None = None  # sends the hooks' outbox (GATEWAY_HOOK_URL)
     hook_client: httpx.AsyncClient | None = None
+    trimmer: Trimmer | None = None  # gives freed large buffers back to the system
 
     async def start(self) -> None:
         self.leases.start()
@@ -78,6 +80,8 @@ class Services:
         self.audit.start()
         if self.deliverer is not None:
             self.deliverer.start()
+        if self.trimmer is not None:
+            self.trimmer.start()
 
     async def close(self) -> None:
         await self.uploads.close()
@@ -89,6 +93,8 @@ class Services:
             await self.hook_client.aclose()
         self.leases.close()
         self.runner.close()
+        if self.trimmer is not None:
+            self.trimmer.close()
 
 
 def upload_rules(settings: Settings) -> UploadRules:
@@ -154,6 +160,7 @@ def build_services(
 ) -> Services:
     rules = upload_rules(settings)
     runner = Runner(settings.io_threads, settings.sealing_threads)
+    trimmer = Trimmer(glibc_trim())
     leases = Leases(
         catalog,
         runner,
@@ -213,7 +220,9 @@ def build_services(
         upload_keys=upload_keys,
         writers=writer_slots(settings),
         budget=ReceiveBudget(settings.receive_budget),
-        pools=Pools(keep=2 * settings.pipeline_depth + 2),
+        pools=Pools(
+            keep=2 * settings.pipeline_depth + 2, sized=SizedBuffers(released=trimmer.released)
+        ),
         clock=clock,
     )
     uploads = Uploads(
@@ -253,6 +262,7 @@ def build_services(
         audit,
         deliverer=hooks.deliverer,
         hook_client=hooks.client,
+        trimmer=trimmer,
     )
 
 

@@ -1,8 +1,11 @@
-"""The buffer pools: buffers are reused, a few at most are kept, sizes never mix."""
+"""The buffer pools: buffers are reused, a few at most are kept, sizes never mix; sized
+buffers come in classes, kept up to a number of idle bytes."""
 
 from __future__ import annotations
 
-from gateway.buffers import BufferPool, Pools
+from gateway.buffers import SIZED_MIN, BufferPool, Pools, SizedBuffers, size_class
+
+MiB = 1 << 20
 
 
 def test_a_given_back_buffer_is_taken_again() -> None:
@@ -39,3 +42,35 @@ def test_one_pool_per_size_with_its_own_keep() -> None:
         big.give(buffer)
     taken = [big.take() for _ in range(5)]
     assert all(any(t is b for b in buffers) for t in taken)  # all five were kept
+
+
+def test_size_classes_leave_at_most_a_quarter_spare() -> None:
+    assert size_class(1) == SIZED_MIN == size_class(SIZED_MIN)
+    assert size_class(MiB) == MiB and size_class(MiB + 1) == MiB + MiB // 4
+    assert size_class(8 * MiB + 28) == 10 * MiB
+    for size in range(SIZED_MIN, 12 * MiB, 77_777):
+        cls = size_class(size)
+        assert size <= cls <= size + size // 4 and size_class(cls) == cls
+
+
+def test_sized_buffers_are_reused_by_class() -> None:
+    sized = SizedBuffers()
+    first = sized.take(MiB + 1)
+    assert len(first) == size_class(MiB + 1)
+    sized.give(first)
+    assert sized.idle == len(first)
+    assert sized.take(MiB + 1000) is first and sized.idle == 0
+    assert len(sized.take(MiB)) == MiB  # another class: a new one
+
+
+def test_sized_buffers_beyond_the_idle_bytes_are_dropped_and_reported() -> None:
+    freed: list[int] = []
+    sized = SizedBuffers(idle=3 * MiB, released=freed.append)
+    buffers = [sized.take(MiB) for _ in range(4)]
+    for buffer in buffers:
+        sized.give(buffer)
+    assert sized.idle == 3 * MiB and freed == [MiB]
+    sized.give(bytearray(MiB + 5))  # not a class size: never kept
+    assert freed == [MiB, MiB + 5]
+    sized.released(7)
+    assert freed[-1] == 7

@@ -312,6 +312,25 @@ def test_tail_round_trip() -> None:
         sealer.seal_tail(0, 0, S - 2, b"abc")  # runs past the segment
 
 
+def test_a_tail_piece_sealed_and_opened_in_buffers() -> None:
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    sealer = Sealer(DEK, header)
+    room = bytearray(b"\xaa" * 64)
+    with memoryview(room)[: 10 + 28] as out:
+        sealer.seal_tail_into(3, 1, 100, b"tail bytes", out)
+    assert room[38:] == b"\xaa" * 26  # nothing past the piece
+    assert sealer.open_tail(3, 1, 100, room[:38]) == b"tail bytes"
+    plain = bytearray(10)
+    sealer.open_tail_into(3, 1, 100, room[:38], plain)
+    assert plain == b"tail bytes"
+    with pytest.raises(ValueError):
+        sealer.seal_tail_into(3, 1, 100, b"tail bytes", room)  # not the piece's size
+    with pytest.raises(ValueError):
+        sealer.open_tail_into(3, 1, 100, room[:38], bytearray(11))
+    with pytest.raises(InvalidSealedData):
+        sealer.open_tail_into(3, 2, 100, room[:38], plain)  # another piece's number
+
+
 def test_value_round_trip_and_bindings() -> None:
     header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
     sealer = Sealer(DEK, header)

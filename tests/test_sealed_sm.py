@@ -123,6 +123,14 @@ def test_tail_vector() -> None:
     piece = sealer.seal_tail(tail["segment"], tail["piece"], start, plaintext)
     assert piece.hex() == tail["piece_hex"]
     assert sealer.open_tail(tail["segment"], tail["piece"], start, piece) == plaintext
+    into = bytearray(len(piece))
+    sealer.seal_tail_into(tail["segment"], tail["piece"], start, plaintext, into)
+    assert into == piece  # the same nonce: the same bytes
+    out = bytearray(length)
+    sealer.open_tail_into(tail["segment"], tail["piece"], start, piece, out)
+    assert out == plaintext
+    with pytest.raises(InvalidSealedData):
+        sealer.open_tail_into(tail["segment"], tail["piece"] + 1, start, piece, out)
 
 
 @pytest.mark.parametrize("n", [0, 1, SEG, 2 * SEG + 5])

@@ -37,6 +37,16 @@ def test_put_get_ranges_and_delete(store: FolderStore) -> None:
         store.get("U/tail/0/0")
 
 
+def test_an_object_is_read_into_a_buffer(store: FolderStore) -> None:
+    store.put("U/tail/0/1", b"0123456789", fresh=True)
+    room = bytearray(b"x" * 12)
+    assert store.get_into("U/tail/0/1", room) == 10 and room == b"0123456789xx"
+    short = bytearray(4)
+    assert store.get_into("U/tail/0/1", short) == 4 and short == b"0123"
+    with pytest.raises(ObjectNotFound):
+        store.get_into("U/tail/0/2", room)
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "../escape", "U/../../x", "U//data", "U/./data"])
 def test_keys_cannot_leave_the_root(store: FolderStore, key: str) -> None:
     with pytest.raises(ValueError):

@@ -151,3 +151,15 @@ def writes_in_place(store: ObjectStore) -> TypeGuard[InPlaceStore]:
     return callable(getattr(store, "write_span", None)) and callable(
         getattr(store, "finish_part", None)
     )
+
+
+class ReadsInto(Protocol):
+    """A store that can read an object into the caller's buffer (the folder store)."""
+
+    def get_into(self, key: str, buffer: Buffer) -> int:
+        """Read `key` from its start into `buffer`, up to its size; how many bytes that
+        was. Raises ObjectNotFound."""
+
+
+def reads_into(store: ObjectStore) -> TypeGuard[ReadsInto]:
+    return callable(getattr(store, "get_into", None))

@@ -223,6 +223,19 @@ class FolderStore:
         except OSError as exc:
             raise StoreUnavailable(f"cannot read {key}: {exc.strerror}") from exc
 
+    def get_into(self, key: str, buffer: Buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            with open(self._path(key), "rb", buffering=0) as f:
+                got = 0
+                while got < view.nbytes and (n := f.readinto(view[got:])):
+                    got += n
+                return got
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {key}: {exc.strerror}") from exc
+
     def size(self, key: str) -> int:
         try:
             return self._path(key).stat().st_size

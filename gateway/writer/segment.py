@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway import metrics
-from gateway.buffers import Pools
+from gateway.buffers import Pools, size_class
 from gateway.catalog.base import TailPiece, Upload, UploadCatalog
 from gateway.checksums import SEALED_NAME, header_value, new_hasher
 from gateway.errors import ERR, GatewayError
@@ -73,7 +73,9 @@ class SegmentWriter:
         self._segment_size = segment_size
         # A body kept whole for one tail piece holds this much of the shared budget.
         self._tail_units = 0
+        self._tail_lent = False  # a cancelled thread may still read it (_lending_tail)
         pools = pools if pools is not None else Pools(keep=0)
+        self._sized = pools.sized
         # Bytes of slices in existence, shared by all uploads: bounds memory.
         budget = slices if slices is not None else ReceiveBudget(QUEUED_LIMIT + 2 * SLICE)
         self._slices = Slices(pools, budget)
@@ -94,6 +96,7 @@ class SegmentWriter:
             store=store,
             token=self._fence,
             merge_after=merge_after,
+            sized=pools.sized,
         )
         self._ledger = Ledger(
             offset=upload.offset,
@@ -159,6 +162,7 @@ class SegmentWriter:
             except BaseException:
                 budget.give(intake.fill)
                 raise
+            self._sized.released(intake.fill)  # freed once sealed: to be given back
 
     def _keep_as_tail(self) -> bool:
         """Whether this body becomes one tail piece, sealed when it ends.
@@ -174,9 +178,11 @@ class SegmentWriter:
         end = (self._intake.segment + 1) * self._segment_size
         if self.upload.length is not None:
             end = min(end, self.upload.length)
-        if self.upload.offset + size >= end or not self._slices.hold_whole(size):
+        # It holds its pooled buffer's size of the budget (at most a quarter more).
+        units = size_class(size)
+        if self.upload.offset + size >= end or not self._slices.hold_whole(units):
             return False
-        self._intake.tail, self._tail_units = bytearray(size), size  # one allocation, filled
+        self._intake.tail, self._tail_units = self._sized.take(size), units
         return True
 
     # -- the body -----------------------------------------------------------------------
@@ -273,7 +279,7 @@ class SegmentWriter:
         intake = self._intake
         if intake.fill > intake.new_from:
             piece, merged = self._tails.plan(intake.segment, intake.new_from, intake.fill)
-            await self._runner.io(self._put_piece, piece)
+            await self._lending_tail(self._runner.io(self._put_piece, piece))
         if piece is not None or ledger.pending or total != ledger.committed:
             await ledger.commit(offset=total, piece=piece, replaces=merged)
         return Outcome(total, False, stop)
@@ -282,7 +288,7 @@ class SegmentWriter:
         assert self._client_hash is not None
         if self._intake.tail is not None:
             kept = memoryview(self._intake.tail)[: self.received]
-            await self._runner.seal(self._client_hash.update, kept)
+            await self._lending_tail(self._runner.seal(self._client_hash.update, kept))
         if self._client_hash.digest() != checksum.digest:
             metrics.CHECKSUM_MISMATCHES.inc()
             await self.scrub()
@@ -318,20 +324,30 @@ class SegmentWriter:
                 fence=self._fence(),
             )
 
+    async def _lending_tail(self, work: Awaitable[None]) -> None:
+        """Await work in a thread that may read the body kept whole. Cancelled, the
+        thread may still read it: the buffer then never goes back to the pool."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            self._tail_lent = True
+            raise
+
     def _put_piece(self, piece: TailPiece) -> None:
-        plain: bytes | memoryview
         intake = self._intake
         if intake.tail is not None:
-            plain = memoryview(intake.tail)[: intake.received]
-            if piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
-                earlier = self._tails.load(self._tails.old, intake.new_from)
-                earlier += plain
-                plain = memoryview(earlier)
+            with memoryview(intake.tail)[: intake.received] as plain:
+                if piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
+                    self._tails.put_merged(piece, intake.new_from, plain)
+                else:
+                    self._tails.put(piece, plain)
         else:
             record = intake.cut
             assert record is not None and record.done == intake.fill
-            plain = self._pipeline.recover(record)[piece.start : piece.start + piece.length]
-        self._tails.put(piece, plain)
+            recovered = self._pipeline.recover(record)
+            with memoryview(recovered)[piece.start : piece.start + piece.length] as plain:
+                self._tails.put(piece, plain)
+            self._sized.released(len(recovered))
 
     async def _complete(self, total: int) -> None:
         intake = self._intake
@@ -372,6 +388,8 @@ class SegmentWriter:
         if intake.preload is not None:  # read back for a body that never came
             self._slices.budget.give(len(intake.preload))
             intake.preload = None
+        if intake.tail is not None and not self._tail_lent:
+            self._sized.give(intake.tail)
         intake.tail = None
         self._slices.budget.give(self._tail_units)
         self._tail_units = 0

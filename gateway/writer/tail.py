@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from gateway import metrics
+from gateway.buffers import SizedBuffers
 from gateway.catalog.base import TailPiece
 from gateway.layout import tail_key
-from gateway.sealed import InvalidSealedData, Sealer
-from gateway.store.base import ObjectStore
+from gateway.sealed import RECORD_OVERHEAD, InvalidSealedData, Sealer
+from gateway.store.base import ObjectStore, reads_into
 from gateway.types import Buffer
 from gateway.writer.base import corrupt
 
@@ -50,8 +51,11 @@ class TailPieces:
         store: ObjectStore,
         token: Callable[[], int],
         merge_after: int,
+        sized: SizedBuffers | None = None,
     ) -> None:
         self._upload_id = upload_id
+        # Where the sealed piece is written; freed read-backs are reported to it.
+        self._sized = sized if sized is not None else SizedBuffers()
         self._sealer = sealer
         self._store = store
         self._token = token
@@ -71,21 +75,46 @@ class TailPieces:
     def load(self, pieces: Sequence[TailPiece], covers: int) -> bytearray:
         """The plaintext of `pieces`, checked to be the segment's first `covers` bytes."""
         plain = bytearray(covers)  # one allocation: no copies as it grows
+        self.load_into(pieces, covers, plain)
+        return plain
+
+    def load_into(self, pieces: Sequence[TailPiece], covers: int, out: bytearray) -> None:
+        """`load` into the first `covers` bytes of `out`, each piece opened in place."""
         at = 0
         for piece in pieces:
-            blob = self._store.get(tail_key(self._upload_id, piece.segment, piece.piece))
+            end = at + piece.length
+            if piece.start != at or end > covers:
+                raise corrupt(f"tail piece {piece.segment}/{piece.piece} is out of place")
+            blob, scratch = self._read(piece)
             try:
-                opened = self._sealer.open_tail(piece.segment, piece.piece, piece.start, blob)
+                if memoryview(blob).nbytes != piece.length + RECORD_OVERHEAD:
+                    raise corrupt(f"tail piece {piece.segment}/{piece.piece} is out of place")
+                with memoryview(out)[at:end] as into:
+                    self._sealer.open_tail_into(piece.segment, piece.piece, at, blob, into)
             except InvalidSealedData as exc:
                 raise corrupt(f"tail piece {piece.segment}/{piece.piece}") from exc
-            end = at + len(opened)
-            if piece.start != at or len(opened) != piece.length or end > covers:
-                raise corrupt(f"tail piece {piece.segment}/{piece.piece} is out of place")
-            plain[at:end] = opened
+            finally:
+                if scratch is not None:
+                    self._sized.give(scratch)
             at = end
         if at != covers:
             raise corrupt("tail pieces do not cover the recorded offset")
-        return plain
+
+    def _read(self, piece: TailPiece) -> tuple[Buffer, bytearray | None]:
+        """A piece's sealed bytes, and the pooled buffer they are in if the store can
+        read into one (the folder store: one byte more than the piece, so a longer
+        object shows as such)."""
+        key, store = tail_key(self._upload_id, piece.segment, piece.piece), self._store
+        if not reads_into(store):
+            blob = store.get(key)
+            self._sized.released(len(blob))
+            return blob, None
+        scratch = self._sized.take(piece.length + RECORD_OVERHEAD + 1)
+        try:
+            return memoryview(scratch)[: store.get_into(key, scratch)], scratch
+        except BaseException:
+            self._sized.give(scratch)
+            raise
 
     def plan(self, segment: int, new_from: int, fill: int) -> tuple[TailPiece, list[TailPiece]]:
         """The piece for a body that ended at `fill` in `segment`, its bytes from `new_from`
@@ -100,11 +129,32 @@ class TailPieces:
 
     def put(self, piece: TailPiece, plain: Buffer) -> None:
         """Seal `plain` as `piece` and store it (blocking)."""
-        sealed = self._sealer.seal_tail(piece.segment, piece.piece, piece.start, plain)
-        metrics.BYTES_SEALED.inc(piece.length)
-        # Fresh: a piece's number is its request's own (see piece_number).
-        self._store.put(tail_key(self._upload_id, piece.segment, piece.piece), sealed, fresh=True)
-        metrics.BYTES_STORED.inc(len(sealed))
+        size = piece.length + RECORD_OVERHEAD
+        buffer = self._sized.take(size)
+        try:
+            with memoryview(buffer)[:size] as sealed:
+                self._sealer.seal_tail_into(piece.segment, piece.piece, piece.start, plain, sealed)
+                metrics.BYTES_SEALED.inc(piece.length)
+                # Fresh: a piece's number is its request's own (see piece_number).
+                key = tail_key(self._upload_id, piece.segment, piece.piece)
+                self._store.put(key, sealed, fresh=True)
+        finally:
+            self._sized.give(buffer)
+        metrics.BYTES_STORED.inc(size)
+
+    def put_merged(self, piece: TailPiece, front: int, body: Buffer) -> None:
+        """Seal the old pieces' `front` bytes and then `body` as `piece`, which replaces
+        them (blocking)."""
+        view = memoryview(body).cast("B")
+        size = front + view.nbytes
+        merged = self._sized.take(size)
+        try:
+            self.load_into(self.old, front, merged)
+            merged[front:size] = view
+            with memoryview(merged)[:size] as plain:
+                self.put(piece, plain)
+        finally:
+            self._sized.give(merged)
 
     def forget(self, drop_below: int | None, replaced: bool) -> list[TailPiece]:
         """After a commit: the old pieces it made unneeded (to delete), if it did."""

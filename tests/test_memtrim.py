@@ -1,0 +1,80 @@
+"""The trimmer: gives freed memory back after enough large frees, never more often than
+its interval, and only where the C library is glibc."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import pytest
+
+from gateway.memtrim import Trimmer, glibc_trim
+
+MiB = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        self.count += 1
+        return 1
+
+
+def test_it_trims_only_after_enough_was_freed() -> None:
+    clock, calls = Clock(), Calls()
+    trimmer = Trimmer(calls, interval=1.0, after=8 * MiB, clock=clock)
+    clock.now += 5
+    trimmer.released(7 * MiB)
+    assert not trimmer.poll() and calls.count == 0
+    trimmer.released(MiB)
+    assert trimmer.poll() and calls.count == 1
+    clock.now += 5
+    assert not trimmer.poll()  # nothing freed since
+    assert trimmer.trims == 1
+
+
+def test_it_trims_at_most_once_an_interval() -> None:
+    clock, calls = Clock(), Calls()
+    trimmer = Trimmer(calls, interval=2.0, after=MiB, clock=clock)
+    clock.now += 2
+    trimmer.released(64 * MiB)
+    assert trimmer.poll()
+    trimmer.released(64 * MiB)
+    clock.now += 1.9
+    assert not trimmer.poll() and calls.count == 1
+    clock.now += 0.1
+    assert trimmer.poll() and calls.count == 2
+
+
+def test_without_glibc_it_does_nothing() -> None:
+    trimmer = Trimmer(None, after=1)
+    trimmer.released(MiB)
+    assert not trimmer.poll()
+    trimmer.start()  # no thread
+    trimmer.close()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_thread_calls_glibc_malloc_trim() -> None:
+    trim = glibc_trim()
+    assert trim is not None
+    trimmer = Trimmer(trim, interval=0.01, after=1)
+    trimmer.start()
+    try:
+        trimmer.released(MiB)
+        deadline = time.monotonic() + 5
+        while trimmer.trims == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert trimmer.trims == 1
+    finally:
+        trimmer.close()

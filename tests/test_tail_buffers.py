@@ -1,0 +1,102 @@
+"""Short bodies kept whole, sealed tail pieces and merges use pooled buffers: every one
+taken goes back, and the bytes come out exact though the buffers come back dirty."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from gateway import wiring
+from gateway.buffers import SIZED_IDLE, SizedBuffers
+from gateway.catalog.sqlite import SQLiteCatalog
+from gateway.config import Settings
+from gateway.keys.keyring import LocalKeyring
+from gateway.writer import BodyInterrupted
+from tests.fakes import InPlaceMemoryStore, MemoryStore
+from tests.test_uploads import ME, body, read
+
+KiB = 1024
+SEGMENT = 512 * KiB
+
+
+class DirtyBuffers(SizedBuffers):
+    """Hands out buffers full of another request's bytes; knows which are out."""
+
+    made: ClassVar[list[DirtyBuffers]] = []
+
+    def __init__(self, idle: int = SIZED_IDLE, released: Callable[[int], None] | None = None):
+        super().__init__(idle, released)
+        self.out: list[bytearray] = []
+        self.takes = 0
+        DirtyBuffers.made.append(self)
+
+    def take(self, size: int) -> bytearray:
+        buffer = super().take(size)
+        buffer[:] = b"\xaa" * len(buffer)
+        self.out.append(buffer)
+        self.takes += 1
+        return buffer
+
+    def give(self, buf: bytearray) -> None:
+        assert any(b is buf for b in self.out), "given back twice, or never taken"
+        self.out = [b for b in self.out if b is not buf]
+        super().give(buf)
+
+
+@pytest.fixture(params=["whole parts", "in place"])
+def store(request: pytest.FixtureRequest) -> MemoryStore:
+    return MemoryStore() if request.param == "whole parts" else InPlaceMemoryStore()
+
+
+async def test_kept_whole_bodies_merges_and_cut_records_give_every_buffer_back(
+    tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wiring, "SizedBuffers", DirtyBuffers)
+    DirtyBuffers.made.clear()
+    settings = Settings(data_dir=tmp_path, segment_size=SEGMENT, tail_merge_after=2)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    services = wiring.build_services(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
+    )
+    (sized,) = DirtyBuffers.made
+    service = services.uploads
+    data = os.urandom(2 * SEGMENT + 1000)
+
+    async def cut(at: int, end: int) -> AsyncIterator[bytes]:
+        yield data[at:end]
+        raise BodyInterrupted
+
+    try:
+        upload = await service.create(ME, length=len(data), metadata=None)
+        offset = 0
+        # Kept whole, then kept whole and merged with the two before (merge_after=2).
+        for size in (100 * KiB, 70 * KiB, 30 * KiB + 7):
+            await service.write(
+                ME, upload.id, offset=offset, body=body(data[offset : offset + size]),
+                content_length=size,
+            )  # fmt: skip
+            offset += size
+        # Runs past its segment: streamed into a record, cut, its bytes recovered.
+        await service.write(
+            ME, upload.id, offset=offset, body=cut(offset, offset + 200 * KiB),
+            content_length=SEGMENT,
+        )  # fmt: skip
+        offset += 200 * KiB
+        # Kept whole, cut short: what came is saved.
+        await service.write(
+            ME, upload.id, offset=offset, body=cut(offset, offset + 10 * KiB),
+            content_length=50 * KiB,
+        )  # fmt: skip
+        offset += 10 * KiB
+        assert (await service.get(ME, upload.id)).offset == offset
+        assert sized.takes >= 5 and sized.out == []
+        done, _ = await service.write(ME, upload.id, offset=offset, body=body(data[offset:]))
+        assert read(service, done) == data
+        assert sized.out == []
+    finally:
+        await services.close()
+        catalog.close()
