@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway import metrics
 from gateway.catalog.base import HookEvent, RecordRow, Upload, UploadCatalog
@@ -21,6 +24,19 @@ from gateway.signer import open_reader_manifest, open_reader_sm2, rfc3339, write
 from gateway.store.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("gateway.uploads")
+
+# A writing upload's unwrapped key (its `Sealer`) is kept this long after its last PATCH,
+# so the next chunk of a chunked client skips the unwrap and the key derivations.
+KEEP_KEY_FOR = 30.0  # seconds
+KEYS_KEPT = 1024  # at most this many uploads' keys at once; the least recently used go
+
+
+@dataclass(frozen=True)
+class _Kept:
+    wrapped: WrappedKey  # what it was unwrapped from: a rewrapped or shredded key misses
+    header: bytes
+    sealer: Sealer
+    used: float  # monotonic
 
 
 class UploadKeys:
@@ -39,6 +55,7 @@ class UploadKeys:
         retention_days: int | None = None,
         events: CompletionEvents | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -49,10 +66,67 @@ class UploadKeys:
         self._retention_days = retention_days
         self._events = events  # None: no hook is told of completions
         self._clock = clock
+        self._monotonic = monotonic
+        # Writing uploads' sealers, least recently used first: process memory only.
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def writing_sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
+        """`sealer`, kept for the upload's next PATCH for KEEP_KEY_FOR seconds.
+
+        `wrapped` is what the catalog holds now, read with the lease: the kept sealer
+        serves only while it is the very key it was unwrapped from, so a shredded
+        (None) or rewrapped key is never answered from memory.
+        """
+        now = self._monotonic()
+        self._drop_expired(now)
+        kept = self._kept.pop(upload.id, None)
+        if kept is not None and kept.wrapped == wrapped and kept.header == upload.header:
+            sealer = kept.sealer
+        else:
+            sealer = self.sealer(upload, wrapped)
+        assert wrapped is not None  # sealer() refused a shredded key
+        self._kept[upload.id] = _Kept(wrapped, upload.header, sealer, now)
+        if len(self._kept) > KEYS_KEPT:
+            self._kept.popitem(last=False)
+        self._expire_later()
+        return sealer
+
+    def holds_key(self, upload_id: str) -> bool:
+        """Whether the upload's unwrapped key is kept in memory now."""
+        return upload_id in self._kept
+
+    def forget(self, upload_id: str) -> None:
+        """Drop the upload's kept key (it completed, or was terminated)."""
+        self._kept.pop(upload_id, None)
+
+    def _drop_expired(self, now: float) -> None:
+        while self._kept:
+            oldest = next(iter(self._kept.values()))
+            if now - oldest.used < KEEP_KEY_FOR:
+                return
+            self._kept.popitem(last=False)
+
+    def _expire_later(self) -> None:
+        """Drop expired keys on time even if no PATCH comes (on the event loop)."""
+        if self._expiry is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a command): the keys go with this object
+        self._expiry = loop.call_later(KEEP_KEY_FOR, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self._drop_expired(self._monotonic())
+        if self._kept:
+            self._expire_later()
 
     def sealer(self, upload: Upload, wrapped: WrappedKey | None) -> Sealer:
         """The upload's sealer from its wrapped key (None: the key was shredded)."""
         if wrapped is None:
+            self.forget(upload.id)
             raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")
         try:
             dek = self._keys.unwrap(wrapped, upload_id=upload.id, dek_id=upload.dek_id)
@@ -112,6 +186,7 @@ class UploadKeys:
     ) -> HookEvent | None:
         """Sign and store the manifest, between object completion and the catalog's
         'complete'; the completion's notification, which the catalog records with it."""
+        self.forget(upload.id)  # no PATCH follows a completion
         wrapped = await self._runner.db(self._catalog.wrapped_key, upload.dek_id)
         if wrapped is None:
             raise GatewayError(ERR.UPLOAD_GONE, "this upload's key was destroyed")

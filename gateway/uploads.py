@@ -331,7 +331,10 @@ class Uploads:
     async def terminate(self, principal: Principal, upload_id: str) -> str | None:
         """Remove the upload (tus termination); its deletion receipt (compact JWS), or
         None for a partial a final still reads, which is retired instead."""
-        return await self.removal.terminate(principal, upload_id)
+        try:
+            return await self.removal.terminate(principal, upload_id)
+        finally:
+            self.upload_keys.forget(upload_id)  # its key leaves memory too
 
     async def reap_once(self) -> int:
         """Remove unfinished uploads whose expiry has passed. Returns how many."""

@@ -220,7 +220,7 @@ class Writes:
     ) -> SegmentWriter:
         return SegmentWriter(
             upload=upload,
-            sealer=self._upload_keys.sealer(upload, wrapped),
+            sealer=self._upload_keys.writing_sealer(upload, wrapped),
             store=self._store,
             catalog=self._catalog,
             runner=self._runner,

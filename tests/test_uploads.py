@@ -545,6 +545,22 @@ async def test_terminate_shreds_the_key(service: Uploads, store: MemoryStore) ->
     assert caught.value.err is ERR.UPLOAD_NOT_FOUND
 
 
+async def test_a_writing_uploads_key_is_kept_until_it_completes_or_goes(
+    service: Uploads,
+) -> None:
+    keys = service.upload_keys
+    data = os.urandom(300)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    await service.write(ME, upload.id, offset=0, body=body(data[:100]))
+    assert keys.holds_key(upload.id)  # for its next PATCH
+    await service.write(ME, upload.id, offset=100, body=body(data[100:]))
+    assert not keys.holds_key(upload.id)  # complete: no PATCH follows
+    other = await service.create(ME, length=len(data), metadata=None)
+    await service.write(ME, other.id, offset=0, body=body(data[:100]))
+    await service.terminate(ME, other.id)
+    assert not keys.holds_key(other.id)
+
+
 @contextlib.contextmanager
 def catalog_reader(directory: Path) -> Iterator[None]:
     """Another connection holding a read transaction open (a backup tool, a shell)."""
