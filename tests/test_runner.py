@@ -6,7 +6,9 @@ import asyncio
 import threading
 import time
 
-from gateway.runner import Runner
+import pytest
+
+from gateway.runner import Runner, RunnerClosed
 
 
 async def test_sealing_runs_on_its_own_bounded_threads() -> None:
@@ -43,6 +45,75 @@ async def test_storage_calls_do_not_wait_behind_sealing() -> None:
         assert not busy.done()  # the only sealing thread is still taken
         release.set()
         assert await busy
+    finally:
+        release.set()
+        runner.close()
+
+
+async def test_an_error_reaches_the_caller_as_it_was_raised() -> None:
+    runner = Runner(io_threads=1, seal_threads=1)
+    error = ValueError("no such object")
+
+    def fail() -> None:
+        raise error
+
+    def stop() -> None:
+        raise StopIteration  # an asyncio future cannot hold one
+
+    try:
+        with pytest.raises(ValueError) as raised:
+            await runner.io(fail)
+        assert raised.value is error
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await runner.db(stop)
+        assert await runner.io(lambda: 7) == 7  # the thread goes on
+    finally:
+        runner.close()
+
+
+async def test_a_call_cancelled_before_a_thread_took_it_is_not_run() -> None:
+    runner = Runner(io_threads=1, seal_threads=1)
+    release = threading.Event()
+    ran: list[str] = []
+    try:
+        busy = asyncio.ensure_future(runner.io(release.wait, 5))
+        queued = asyncio.ensure_future(runner.io(ran.append, "queued"))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        release.set()
+        assert await busy
+        await runner.io(ran.append, "after")
+        assert ran == ["after"]
+    finally:
+        release.set()
+        runner.close()
+
+
+def test_threads_start_with_the_first_call_and_calls_after_close_are_refused() -> None:
+    runner = Runner(io_threads=3, seal_threads=2)
+    before = {t.name for t in threading.enumerate()}
+    assert asyncio.run(runner.io(lambda: threading.current_thread().name)).startswith("gateway-io")
+    started = {t.name for t in threading.enumerate()} - before
+    assert sorted(started) == ["gateway-io_0", "gateway-io_1", "gateway-io_2"]
+    runner.close()
+    assert not {t.name for t in threading.enumerate()} & started
+    with pytest.raises(RunnerClosed):
+        asyncio.run(runner.io(time.time))
+
+
+def test_an_answer_for_a_closed_loop_is_dropped_and_the_thread_goes_on() -> None:
+    runner = Runner(io_threads=1, seal_threads=1)
+    release = threading.Event()
+
+    async def leave_early() -> asyncio.Future[bool]:
+        running = asyncio.ensure_future(runner.io(release.wait, 5))
+        await asyncio.sleep(0.01)
+        return running
+
+    try:
+        asyncio.run(leave_early())  # the loop closes while the call still runs
+        release.set()
+        assert asyncio.run(runner.io(lambda: "still here")) == "still here"
     finally:
         release.set()
         runner.close()
