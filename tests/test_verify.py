@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.layout import data_key, manifest_keys
+from gateway.layout import data_key, manifest_keys, reader_manifest_key
 from tests.https_jwks import serve_jwks
 from tests.server import GatewayProcess, free_port, store_for
 from tests.tushttp import (
@@ -276,6 +276,31 @@ def test_missing_manifest_json_fails(server: GatewayProcess) -> None:
     uid = finished(server, 1000)
     store_for(server.data_dir).delete(manifest_keys(uid)[0])
     assert_fails(verify(server, uid), "manifest.json")
+
+
+def test_missing_reader_manifest_fails(server: GatewayProcess) -> None:
+    uid = finished(server, 1000)
+    store_for(server.data_dir).delete(reader_manifest_key(uid))
+    assert_fails(verify(server, uid), "reader")
+    assert_all_ok(verify(server, uid, "--no-decrypt"), decrypted=False)  # sealed: unread
+
+
+def test_a_flipped_byte_in_the_reader_manifest_fails_its_authentication(
+    server: GatewayProcess,
+) -> None:
+    uid = finished(server, 1000)
+    key = reader_manifest_key(uid)
+    flip_stored_byte(server.data_dir, key, store_for(server.data_dir).size(key) // 2)
+    result = verify(server, uid)
+    assert_fails(result, "reader")
+    assert any("fails authentication" in line for line in result.failed), str(result)
+
+
+def test_the_reader_manifest_of_another_upload_fails(server: GatewayProcess) -> None:
+    uid, other = finished(server, 1000), finished(server, 1000)
+    store = store_for(server.data_dir)
+    store.put(reader_manifest_key(uid), store.get(reader_manifest_key(other)))
+    assert_fails(verify(server, uid), "reader")
 
 
 def _replace_char(text: str, index: int) -> str:
