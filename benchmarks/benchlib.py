@@ -382,7 +382,8 @@ class Gateway(Server):
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def start(self) -> Gateway:
+    def _prepare(self) -> Path:
+        """A fresh data dir with an API key, a free port; the log's path."""
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -393,7 +394,11 @@ class Gateway(Server):
         self.token = out.stdout.strip().splitlines()[-1]
         self.port = free_port()
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
-        with open(self.log_path, "wb") as logf:
+        return self.log_path
+
+    def start(self) -> Gateway:
+        log_path = self._prepare()
+        with open(log_path, "wb") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1",
                  "--port", str(self.port), "--data-dir", str(self.data_dir),
@@ -407,10 +412,10 @@ class Gateway(Server):
     def stored_sha256(self, url: str) -> tuple[int, str]:
         # The approach of tests/conftest.py read_stored: the project's own decrypting
         # reader over the data dir (store + catalog + keyring), streamed into SHA-256.
-        from gateway.opening import open_store
         from gateway.catalog.sqlite import SQLiteCatalog
         from gateway.config import load_settings
         from gateway.keys.keyring import LocalKeyring
+        from gateway.opening import open_store
         from gateway.reader import Reader
 
         upload_id = url.rstrip("/").rsplit("/", 1)[1]
@@ -442,16 +447,7 @@ class GranianGateway(Gateway):
     name = "gateway-granian"
 
     def start(self) -> GranianGateway:
-        if self.data_dir.exists():
-            shutil.rmtree(self.data_dir)
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "token", "--data-dir", str(self.data_dir)],
-            check=True, capture_output=True, text=True, cwd=ROOT,
-        )  # fmt: skip
-        self.token = out.stdout.strip().splitlines()[-1]
-        self.port = free_port()
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        log_path = self._prepare()
         granian = Path(sys.executable).with_name("granian")
         # Granian's own header deadline (ms, at most 60 s) set to the gateway's.
         header_ms = min(60_000, int(1000 * float(self.env.get("GATEWAY_HEADER_TIMEOUT", 30))))
@@ -461,7 +457,7 @@ class GranianGateway(Gateway):
             "GATEWAY_LOG_LEVEL": "warning",
             **self.env,
         }
-        with open(self.log_path, "wb") as logf:
+        with open(log_path, "wb") as logf:
             self.proc = subprocess.Popen(
                 [str(granian), "--interface", "asgi", "--factory", "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1", "--loop", "uvloop", "--http", "1",

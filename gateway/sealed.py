@@ -416,17 +416,9 @@ class Sealer:
 
     def open_tail(self, segment: int, piece: int, start: int, data: Buffer) -> bytes:
         """Authenticate and decrypt a tail piece; raises InvalidSealedData on any failure."""
-        view = _view(data)
-        length = view.nbytes - RECORD_OVERHEAD
-        if length < 0:
-            raise SealedFormatError(f"tail piece {segment}/{piece}: only {view.nbytes} bytes")
-        if start + length > self._segment_size:
-            raise SealedFormatError(f"tail piece {segment}/{piece} runs past its segment")
-        aad = self._tail_aad(segment, piece, start, length)
-        try:
-            return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], aad)
-        except InvalidTag:
-            raise InvalidSealedData(f"tail piece {segment}/{piece} failed authentication") from None
+        out = bytearray(max(_view(data).nbytes - RECORD_OVERHEAD, 0))
+        self.open_tail_into(segment, piece, start, data, out)
+        return bytes(out)
 
     def open_tail_into(
         self, segment: int, piece: int, start: int, data: Buffer, out: Buffer
