@@ -3,6 +3,7 @@ its interval, and only where the C library is glibc."""
 
 from __future__ import annotations
 
+import ctypes
 import platform
 import time
 
@@ -78,3 +79,36 @@ def test_the_thread_calls_glibc_malloc_trim() -> None:
         assert trimmer.trims == 1
     finally:
         trimmer.close()
+
+
+def test_another_c_library_gets_no_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert glibc_trim() is None
+
+
+def test_a_libc_without_malloc_trim_gets_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_library(name: str) -> object:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert glibc_trim() is None
+
+
+def test_a_failing_trim_stops_the_thread_and_the_gateway_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def failing() -> None:
+        raise OSError("trim failed")
+
+    trimmer = Trimmer(failing, interval=0.01, after=1)
+    trimmer.start()
+    try:
+        trimmer.released(MiB)
+        deadline = time.monotonic() + 5
+        while "no more trims" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "malloc_trim failed; no more trims" in caplog.text
+    finally:
+        trimmer.close()
+    trimmer.released(MiB)  # still counts; nothing raises
