@@ -380,6 +380,17 @@ def _fencing_rows(path: Path) -> dict[str, int]:
         conn.close()
 
 
+def _take_and_release(cat: SQLiteCatalog, upload_id: str, times: int) -> list[int]:
+    """The fencing tokens of `times` leases taken and handed back in turn."""
+    tokens = []
+    for i in range(times):
+        lease = cat.acquire_lease(upload_id, f"w{i}", TTL, 0.0)
+        assert lease is not None
+        tokens.append(lease.token)
+        cat.release_lease(lease)
+    return tokens
+
+
 def test_taking_a_lease_fsyncs_only_to_reserve_a_block_of_tokens(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,12 +405,7 @@ def test_taking_a_lease_fsyncs_only_to_reserve_a_block_of_tokens(
             return tx(durable=durable)
 
         monkeypatch.setattr(cat, "_tx", counting_tx)
-        tokens = []
-        for i in range(5):
-            lease = cat.acquire_lease("u1", f"w{i}", TTL, 0.0)
-            assert lease is not None
-            tokens.append(lease.token)
-            cat.release_lease(lease)
+        tokens = _take_and_release(cat, "u1", 5)
         monkeypatch.undo()
         assert tokens == sorted(set(tokens))
         # The first lease finds no block reserved and reserves one (with an fsync);
@@ -417,12 +423,7 @@ def test_tokens_lost_to_a_power_cut_are_never_handed_out_again(tmp_path: Path) -
     path = tmp_path / "catalog.sqlite3"
     cat = SQLiteCatalog(path)
     cat.create_upload(_upload("u1"), _wrapped())
-    seen = []
-    for i in range(3):
-        lease = cat.acquire_lease("u1", f"w{i}", TTL, 0.0)
-        assert lease is not None
-        seen.append(lease.token)
-        cat.release_lease(lease)
+    seen = _take_and_release(cat, "u1", 3)
     cat.close()
     # A power cut loses the commits made without an fsync: the counter goes back to
     # before these tokens, the reserved block's end (committed with one) stays.
