@@ -305,11 +305,22 @@ class RecordStream:
         keystream. Only for bytes this stream sealed and the caller checked by its own
         digest (an unfinished record cut short), never for data read from elsewhere.
         """
-        if _view(ciphertext).nbytes > self.done:
+        out = bytearray(_view(ciphertext).nbytes)
+        self.recover_into(ciphertext, out)
+        return bytes(out)
+
+    def recover_into(self, ciphertext: Buffer, out: Buffer) -> memoryview:
+        """`recover` written into the front of `out` (a pooled buffer, so a cut record's
+        megabytes are not allocated afresh); returns the plaintext, a view of `out`."""
+        src, dst = _view(ciphertext), _view(out)
+        if src.nbytes > self.done:
             raise ValueError("more ciphertext than this record has sealed")
+        if dst.nbytes < src.nbytes:
+            raise ValueError(f"output buffer is {dst.nbytes} bytes, need {src.nbytes}")
         counter = self.nonce + (2).to_bytes(4, "big")
         decryptor = Cipher(self._suite.block_cipher(self._key), modes.CTR(counter)).decryptor()
-        return decryptor.update(ciphertext)
+        n = decryptor.update_into(src, dst[: src.nbytes])  # CTR: no bytes held back
+        return dst[:n]
 
 
 class Sealer:
@@ -383,16 +394,33 @@ class Sealer:
     def open_record(self, index: int, final: bool, record: Buffer) -> bytes:
         """Authenticate and decrypt REC_index; raises InvalidSealedData on any failure."""
         view = _view(record)
+        aad = self._opened_record_aad(index, final, view)
+        try:
+            return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], aad)
+        except InvalidTag:
+            raise InvalidSealedData(f"record {index} failed authentication") from None
+
+    def open_record_into(self, index: int, final: bool, record: Buffer, out: Buffer) -> None:
+        """`open_record` written into `out` (len(record) - 28 bytes), such as a pooled
+        buffer. On failure `out` may hold bytes that failed authentication: the caller
+        must not use them."""
+        view = _view(record)
+        aad = self._opened_record_aad(index, final, view)
+        if _view(out).nbytes != view.nbytes - RECORD_OVERHEAD:
+            raise ValueError(f"output buffer is {_view(out).nbytes} bytes, need {view.nbytes - 28}")
+        try:
+            self._aead.decrypt_into(view[:NONCE_LEN], view[NONCE_LEN:], aad, out)
+        except InvalidTag:
+            raise InvalidSealedData(f"record {index} failed authentication") from None
+
+    def _opened_record_aad(self, index: int, final: bool, view: memoryview) -> bytes:
+        """The AAD of REC_index as stored in `view`, once its size is checked."""
         length = view.nbytes - RECORD_OVERHEAD
         if length < 0 or length > self._segment_size:
             raise SealedFormatError(f"record {index}: impossible size {view.nbytes}")
         if not final and length != self._segment_size:
             raise SealedFormatError(f"record {index}: non-final record is not a full segment")
-        aad = self._record_aad(index, final, length)
-        try:
-            return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], aad)
-        except InvalidTag:
-            raise InvalidSealedData(f"record {index} failed authentication") from None
+        return self._record_aad(index, final, length)
 
     def seal_tail(self, segment: int, piece: int, start: int, plaintext: Buffer) -> bytes:
         """Seal bytes [start, start+len) of unfinished `segment` as tail piece `piece`."""

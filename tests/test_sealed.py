@@ -172,6 +172,27 @@ def test_seal_record_into_matches_open_record() -> None:
     assert sealer.open_record(7, False, bytes(window)) == plaintext
 
 
+def test_a_record_opened_into_a_buffer() -> None:
+    header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
+    sealer = Sealer(DEK, header)
+    plaintext = data(1000)
+    sealed_record = sealer.seal_record(4, True, plaintext)
+    room = bytearray(b"\xaa" * 1100)  # a pooled buffer, dirty and larger than the record
+    with memoryview(room)[:1000] as out:
+        sealer.open_record_into(4, True, sealed_record, out)
+    assert room[:1000] == plaintext and room[1000:] == b"\xaa" * 100
+    with pytest.raises(ValueError):
+        sealer.open_record_into(4, True, sealed_record, room)  # not the plaintext's size
+    with pytest.raises(InvalidSealedData):  # the AAD binds the index
+        sealer.open_record_into(5, True, sealed_record, memoryview(room)[:1000])
+    tampered = bytearray(sealed_record)
+    tampered[40] ^= 1
+    with pytest.raises(InvalidSealedData):
+        sealer.open_record_into(4, True, tampered, memoryview(room)[:1000])
+    with pytest.raises(SealedFormatError):  # a non-final record is a full segment
+        sealer.open_record_into(4, False, sealed_record, memoryview(room)[:1000])
+
+
 @pytest.mark.parametrize(("length", "final"), [(S, False), (S, True), (1000, True), (0, True)])
 def test_a_record_sealed_as_it_arrives_is_a_record(length: int, final: bool) -> None:
     header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
@@ -190,6 +211,11 @@ def test_a_record_sealed_as_it_arrives_is_a_record(length: int, final: bool) -> 
     # The keystream gives back the plaintext of any prefix of the ciphertext.
     cut = out[12 : 12 + length * 2 // 3]
     assert stream.recover(bytes(cut)) == plaintext[: len(cut)]
+    room = bytearray(b"\xaa" * (len(cut) + 100))  # a pooled buffer: dirty, larger
+    assert stream.recover_into(cut, room) == plaintext[: len(cut)]
+    assert room[len(cut) :] == b"\xaa" * 100  # nothing written past the plaintext
+    with pytest.raises(ValueError):
+        stream.recover_into(cut, bytearray(len(cut) - 1))  # no room
 
 
 def test_a_record_stream_is_the_record_sealed_whole() -> None:
