@@ -3,6 +3,7 @@ taken goes back, and the bytes come out exact though the buffers come back dirty
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,10 +13,16 @@ import pytest
 
 from gateway import wiring
 from gateway.buffers import SIZED_IDLE, SizedBuffers
+from gateway.catalog.base import TailPiece
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
 from gateway.keys.keyring import LocalKeyring
+from gateway.types import Buffer
 from gateway.writer import BodyInterrupted
+from gateway.writer.base import Fragment
+from gateway.writer.pipeline import SealingPipeline
+from gateway.writer.record import Record
+from gateway.writer.tail import TailPieces
 from tests.fakes import InPlaceMemoryStore, MemoryStore
 from tests.test_uploads import ME, body, read
 
@@ -100,3 +107,81 @@ async def test_kept_whole_bodies_merges_and_cut_records_give_every_buffer_back(
     finally:
         await services.close()
         catalog.close()
+
+
+@contextlib.asynccontextmanager
+async def dirty_services(
+    tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[wiring.Services, DirtyBuffers]]:
+    """The app's services, their sized buffers handing out dirty ones."""
+    monkeypatch.setattr(wiring, "SizedBuffers", DirtyBuffers)
+    DirtyBuffers.made.clear()
+    settings = Settings(data_dir=tmp_path, segment_size=SEGMENT)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite3")
+    services = wiring.build_services(
+        settings, store=store, catalog=catalog, keys=LocalKeyring.open(tmp_path / "k.json")
+    )
+    try:
+        (sized,) = DirtyBuffers.made
+        yield services, sized
+    finally:
+        await services.close()
+        catalog.close()
+
+
+async def test_bytes_read_back_for_a_segment_go_to_its_record_in_a_pooled_buffer(
+    tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_back: list[bool] = []  # per fragment read back: whether it is in a pooled buffer
+
+    def hand(self: SealingPipeline, record: Record, fragment: Fragment) -> None:
+        view, new, buffer = fragment
+        if not new:
+            read_back.append(any(b is buffer for b in sized.out) and view.obj is buffer)
+        original(self, record, fragment)
+
+    original = SealingPipeline.hand
+    monkeypatch.setattr(SealingPipeline, "hand", hand)
+    data = os.urandom(SEGMENT + 1000)
+    async with dirty_services(tmp_path, store, monkeypatch) as (services, sized):
+        service = services.uploads
+        budget = service.writes.budget
+        upload = await service.create(ME, length=len(data), metadata=None)
+        await service.write(ME, upload.id, offset=0, body=body(data[:1000]), content_length=1000)
+        # A body that never came: the bytes read back for it go back unused.
+        await service.write(ME, upload.id, offset=1000, body=body(b""))
+        assert read_back == [] and sized.out == [] and budget.free == budget.total
+        # This one fills the segment: the bytes read back go in front of it, sealed.
+        await service.write(ME, upload.id, offset=1000, body=body(data[1000:SEGMENT]))
+        assert read_back == [True] and sized.out == [] and budget.free == budget.total
+        done, _ = await service.write(ME, upload.id, offset=SEGMENT, body=body(data[SEGMENT:]))
+        assert read(service, done) == data
+
+
+async def test_a_cut_records_plaintext_is_recovered_into_a_pooled_buffer(
+    tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pooled: list[bool] = []  # per tail piece put: whether its plaintext is in a pooled buffer
+
+    def put(self: TailPieces, piece: TailPiece, plain: Buffer) -> None:
+        pooled.append(any(b is memoryview(plain).obj for b in sized.out))
+        original(self, piece, plain)
+
+    original = TailPieces.put
+    monkeypatch.setattr(TailPieces, "put", put)
+    data = os.urandom(SEGMENT + 1000)
+
+    async def cut(end: int) -> AsyncIterator[bytes]:
+        yield data[:end]
+        raise BodyInterrupted
+
+    async with dirty_services(tmp_path, store, monkeypatch) as (services, sized):
+        service = services.uploads
+        upload = await service.create(ME, length=len(data), metadata=None)
+        # Streamed into a record (it runs past its segment), cut: its bytes recovered.
+        await service.write(ME, upload.id, offset=0, body=cut(300 * KiB), content_length=SEGMENT)
+        assert pooled == [True] and sized.out == []
+        assert sized.idle >= 300 * KiB  # the buffer came back, to be taken again
+        rest = data[300 * KiB :]
+        done, _ = await service.write(ME, upload.id, offset=300 * KiB, body=body(rest))
+        assert read(service, done) == data

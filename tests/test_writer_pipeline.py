@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -12,7 +13,14 @@ import pytest
 from gateway.buffers import Pools
 from gateway.catalog.base import Upload, UploadState
 from gateway.runner import Runner
-from gateway.sealed import MIN_SEGMENT_SIZE, SUITE_AES256GCM, Sealer, new_header, open_object
+from gateway.sealed import (
+    MIN_SEGMENT_SIZE,
+    RECORD_OVERHEAD,
+    SUITE_AES256GCM,
+    Sealer,
+    new_header,
+    open_object,
+)
 from gateway.store.base import ObjectStore, PartRef, StoreUnavailable
 from gateway.writer import RunningHash
 from gateway.writer.base import Batch, Fragment
@@ -67,7 +75,7 @@ def pipeline(
 ) -> tuple[SealingPipeline, Upload]:
     upload, sealer = upload_in(store, length, dek=dek, suite=suite)
 
-    def give_back(batch: Batch) -> None:
+    def give_back(batch: Batch, lent: bool = False) -> None:
         for _, _, buffer in batch:
             if buffer is not None and given is not None:
                 given.append(buffer)
@@ -156,7 +164,7 @@ async def test_a_failed_seal_waits_for_the_plaintext_hash_before_giving_slices_b
     store = InPlaceMemoryStore()
     upload, sealer = upload_in(store, 4 * S)
 
-    def give_back(batch: Batch) -> None:
+    def give_back(batch: Batch, lent: bool = False) -> None:
         given_while_hashing.extend(hashing.is_set() for _ in batch)
 
     sealing = Watched(
@@ -179,3 +187,52 @@ async def test_a_failed_seal_waits_for_the_plaintext_hash_before_giving_slices_b
     with pytest.raises(StoreUnavailable):
         await record.task
     assert given_while_hashing == [False]
+
+
+async def test_a_record_cancelled_while_its_threads_seal_never_pools_their_buffers(
+    runner: Runner,
+) -> None:
+    """Cancelled (the event loop shutting down), a record's task must not give back the
+    slices and the record buffer its threads still use: another upload would fill them
+    under those threads."""
+    sealing_started = threading.Event()
+    record_buffers: list[bytearray | None] = []
+
+    class Slow(SealingPipeline):
+        def absorb(self, record: Record, batch: Batch) -> None:
+            record_buffers.append(record.buffer)
+            sealing_started.set()
+            time.sleep(0.2)
+            super().absorb(record, batch)
+
+    store = MemoryStore()
+    upload, sealer = upload_in(store, 4 * S)
+    pools, lent = Pools(keep=4), []
+
+    def give_back(batch: Batch, was_lent: bool = False) -> None:
+        lent.append(was_lent)
+
+    sealing = Slow(
+        upload=upload,
+        sealer=sealer,
+        store=store,
+        runner=runner,
+        fence=lambda: 1,
+        pools=pools,
+        give_back=give_back,
+        client_hash=None,
+        running=RunningHash(0),
+    )
+    record = sealing.start(0, False, S)
+    slice_ = bytearray(S)
+    sealing.hand(record, (memoryview(slice_), True, slice_))
+    while not sealing_started.is_set():
+        await asyncio.sleep(0.005)
+    assert record.task is not None
+    record.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await record.task
+    assert lent == [True] and record.lent
+    (record_buffer,) = record_buffers
+    assert record_buffer is not None
+    assert pools.for_size(S + RECORD_OVERHEAD).take() is not record_buffer

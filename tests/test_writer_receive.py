@@ -37,6 +37,26 @@ async def test_a_slice_is_taken_from_the_budget_and_given_back() -> None:
     assert budget.free == budget.total
 
 
+async def test_bytes_read_back_go_back_to_the_sized_buffers_and_lent_ones_nowhere() -> None:
+    pools, budget = Pools(keep=4), ReceiveBudget(8 * SLICE)
+    gatherer = Slices(pools, budget)
+    read_back = pools.sized.take(1000)
+    await budget.take(1000)  # bytes read back hold their length, not their buffer's
+    await gatherer.ready()
+    fragment = gatherer.hand_over() if gatherer.gather(memoryview(b"new"), most=3) else None
+    assert fragment is not None
+    gatherer.give_all([(memoryview(read_back)[:1000], False, read_back), fragment])
+    assert budget.free == budget.total
+    assert pools.sized.take(1000) is read_back
+    assert pools.for_size(SMALL_SLICE).take() is fragment[2]
+    # Lent (a worker thread may still read them): the budget's, but never pooled again.
+    await budget.take(1000 + SMALL_SLICE)
+    gatherer.give_all([(memoryview(read_back)[:1000], False, read_back), fragment], lent=True)
+    assert budget.free == budget.total
+    assert pools.sized.take(1000) is not read_back
+    assert pools.for_size(SMALL_SLICE).take() is not fragment[2]
+
+
 async def test_an_empty_slice_goes_straight_back() -> None:
     gatherer, budget, _ = slices()
     await gatherer.ready()

@@ -49,8 +49,9 @@ class Outcome:
 
 
 # Plaintext on its way to the sealing threads: a view, whether it is new (from this
-# body, not read back from tail pieces) and the pooled slice it lives in; None for
-# bytes read back, which hold their length of the receive budget instead.
+# body, not read back from tail pieces) and the pooled buffer it lives in: a slice for
+# new bytes; for bytes read back, a sized buffer (Pools.sized) holding only their
+# length of the receive budget. None: a buffer of no pool, holding its view's length.
 Fragment = tuple[memoryview, bool, bytearray | None]
 Batch = list[Fragment]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway import metrics
 from gateway.catalog.base import Upload
-from gateway.writer.base import Overflow
+from gateway.writer.base import Fragment, Overflow
 from gateway.writer.pipeline import SealingPipeline
 from gateway.writer.receive import Slices
 from gateway.writer.record import Record, Signal
@@ -41,7 +41,8 @@ class Intake:
         self.segment = upload.offset // self._segment_size
         self.fill = upload.offset % self._segment_size
         self.new_from = self.fill  # bytes before this came from earlier requests
-        self.preload: bytearray | None = None  # those bytes, read back from tail pieces
+        # Those bytes, read back from tail pieces into a pooled buffer, for the record.
+        self.preload: Fragment | None = None
         # A body that ends inside its segment (its length says so): its bytes (the
         # first `received` of them), kept for one tail piece.
         self.tail: bytearray | None = None
@@ -96,8 +97,8 @@ class Intake:
             final = start + length == self._upload.length
         record = self._pipeline.start(index, final, length)
         self.open = record
-        if self.preload:
-            self._pipeline.hand(record, (memoryview(self.preload), False, None))
+        if self.preload is not None:  # the record's task gives its buffer back
+            self._pipeline.hand(record, self.preload)
         self.preload = None
         return record
 

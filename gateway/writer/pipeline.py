@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from gateway import metrics
 from gateway.buffers import Pools
@@ -26,6 +26,8 @@ from gateway.store.base import ObjectStore, StaleWrite, writes_in_place
 from gateway.writer.base import Batch, Fragment, RunningHash, part_offset
 from gateway.writer.receive import QUEUED_LIMIT, SLICE
 from gateway.writer.record import Record, Signal
+
+T = TypeVar("T")
 
 
 class SealingPipeline:
@@ -40,7 +42,7 @@ class SealingPipeline:
         runner: Runner,
         fence: Callable[[], int],
         pools: Pools,
-        give_back: Callable[[Batch], None],
+        give_back: Callable[[Batch, bool], None],
         client_hash: Hasher | None,
         running: RunningHash | None,
     ) -> None:
@@ -51,13 +53,15 @@ class SealingPipeline:
         self._in_place = store if writes_in_place(store) else None
         self._runner = runner
         self._fence = fence  # the request's lease token, for every part write
-        self._give_back = give_back  # slices the task is done with
+        # Slices the task is done with; True: a worker thread may still read them.
+        self._give_back = give_back
         self._client_hash = client_hash
         # The plaintext hash carried on from earlier requests; None after a gap.
         self.running = running
         self._key = data_key(upload.id)
         self._segment_size = upload.segment_size
         self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
+        self._sized = pools.sized
         self._lock = asyncio.Lock()  # the plaintext hashes must see the bytes in order
 
     # -- on the event loop --------------------------------------------------------------
@@ -69,7 +73,7 @@ class SealingPipeline:
 
     def hand(self, record: Record, fragment: Fragment) -> None:
         if record.finished:  # it failed: nothing more will be sealed
-            self._give_back([fragment])
+            self._give_back([fragment], False)
             return
         record.queued += len(fragment[0])
         record.queue.put_nowait([fragment])
@@ -87,7 +91,7 @@ class SealingPipeline:
 
     def _return(self, record: Record, batch: Batch) -> None:
         record.queued -= sum(len(view) for view, _, _ in batch)
-        self._give_back(batch)
+        self._give_back(batch, record.lent)
 
     async def seal(self, record: Record) -> RecordRow | None:
         """The record's task: seal what is queued until CLOSE (then store it) or CUT."""
@@ -95,7 +99,7 @@ class SealingPipeline:
         try:
             async with self._lock:
                 if not record.discard:
-                    await runner.seal(self.begin, record)
+                    await _lending(record, runner.seal(self.begin, record))
                 while True:
                     item = await record.queue.get()
                     batch: Batch = []
@@ -107,17 +111,7 @@ class SealingPipeline:
                     if batch:
                         try:
                             if not record.discard:
-                                # Hashing the plaintext and sealing run side by side.
-                                # Both finish before the slices go back to the pool,
-                                # even when one fails.
-                                done = await asyncio.gather(
-                                    runner.seal(self.hash_plain, record, batch),
-                                    runner.seal(self.absorb, record, batch),
-                                    return_exceptions=True,
-                                )
-                                for outcome in done:
-                                    if isinstance(outcome, BaseException):
-                                        raise outcome
+                                await _lending(record, self._seal_batch(record, batch))
                         finally:
                             self._return(record, batch)
                         record.room.set()
@@ -125,7 +119,7 @@ class SealingPipeline:
                         return None
                     if item is Signal.CLOSE:
                         break
-                await runner.seal(self.end, record)
+                await _lending(record, runner.seal(self.end, record))
         except BaseException as exc:
             record.error = exc
             self._release(record)
@@ -142,14 +136,26 @@ class SealingPipeline:
                 if not isinstance(left, Signal):
                     self._return(record, left)
         try:
-            return await runner.io(self.put_record, record)
+            return await _lending(record, runner.io(self.put_record, record))
         finally:
             self._release(record)
 
+    async def _seal_batch(self, record: Record, batch: Batch) -> None:
+        """Hash the plaintext and seal it, side by side. Both finish before the batch's
+        buffers go back to their pools, even when one fails."""
+        done = await asyncio.gather(
+            self._runner.seal(self.hash_plain, record, batch),
+            self._runner.seal(self.absorb, record, batch),
+            return_exceptions=True,
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     def _release(self, record: Record) -> None:
-        if record.buffer is not None:
+        if record.buffer is not None and not record.lent:
             self._record_pool.give(record.buffer)
-            record.buffer = None
+        record.buffer = None
 
     # -- in worker threads --------------------------------------------------------------
 
@@ -249,22 +255,37 @@ class SealingPipeline:
 
     def recover(self, record: Record) -> bytes:
         """The plaintext an unfinished record has sealed, from the ciphertext written."""
+        out = bytearray(record.done)
+        self.recover_into(record, out)
+        return bytes(out)
+
+    def recover_into(self, record: Record, out: bytearray) -> memoryview:
+        """`recover` into the front of `out` (at least `record.done` bytes): a pooled
+        buffer, so a cut record's megabytes do not stay behind in the C heap once freed."""
         assert record.stream is not None
         if record.buffer is not None:
             cipher = memoryview(record.buffer)[NONCE_LEN : NONCE_LEN + record.done]
-        else:
-            assert self._in_place is not None and self._upload.multipart_id is not None
-            size = NONCE_LEN + record.done
-            start = self._cipher_offset(record.index) - NONCE_LEN
-            written = self._in_place.read_span(self._key, self._upload.multipart_id, start, size)
-            assert record.record_hash is not None
-            if len(written) != size or self._sealer.suite.hash(written).digest() != (
-                record.record_hash.digest()
-            ):
-                # Only a newer writer can have written there since: this request lost.
-                raise StaleWrite(f"record {record.index} was overwritten before it was finished")
-            cipher = memoryview(written)[NONCE_LEN:]
-        return record.stream.recover(cipher)
+            return record.stream.recover_into(cipher, out)
+        written = self._read_back(record)
+        try:
+            return record.stream.recover_into(memoryview(written)[NONCE_LEN:], out)
+        finally:
+            self._sized.released(len(written))  # freed as it goes: let the trimmer know
+
+    def _read_back(self, record: Record) -> bytes:
+        """An unfinished record's nonce and ciphertext as an in-place store has them,
+        checked to be this request's own."""
+        assert self._in_place is not None and self._upload.multipart_id is not None
+        size = NONCE_LEN + record.done
+        start = self._cipher_offset(record.index) - NONCE_LEN
+        written = self._in_place.read_span(self._key, self._upload.multipart_id, start, size)
+        assert record.record_hash is not None
+        if len(written) != size or self._sealer.suite.hash(written).digest() != (
+            record.record_hash.digest()
+        ):
+            # Only a newer writer can have written there since: this request lost.
+            raise StaleWrite(f"record {record.index} was overwritten before it was finished")
+        return written
 
     def part_offset(self, index: int) -> int:
         return part_offset(len(self._header), self._segment_size, index)
@@ -279,6 +300,16 @@ class SealingPipeline:
         self._in_place.write_span(
             self._key, self._upload.multipart_id, offset, chunks, fence=self._fence()
         )
+
+
+async def _lending(record: Record, work: Awaitable[T]) -> T:
+    """Await work in worker threads that use the record's buffers (its slices, the
+    record itself). Cancelled, they may still: those buffers never go back to a pool."""
+    try:
+        return await work
+    except asyncio.CancelledError:
+        record.lent = True
+        raise
 
 
 _thread_scratch = threading.local()

@@ -105,11 +105,25 @@ class Slices:
         self._pools.for_size(len(buffer)).give(buffer)
         self.budget.give(len(buffer))
 
-    def give_all(self, batch: Batch) -> None:
-        for view, _, buffer in batch:
-            if buffer is not None:
-                self.give(buffer)
-            else:  # bytes read back from tail pieces, counted by their length
+    def give_all(self, batch: Batch, lent: bool = False) -> None:
+        """The fragments' buffers back to their pools and their bytes to the budget.
+
+        `lent`: a worker thread may still read them (the task that handed them over was
+        cancelled): the budget gets their bytes back, the pools never see them again.
+        """
+        sized = self._pools.sized
+        for view, new, buffer in batch:
+            if buffer is None:
+                self.budget.give(len(view))
+            elif new:  # a slice, holding its whole size
+                if not lent:
+                    self._pools.for_size(len(buffer)).give(buffer)
+                self.budget.give(len(buffer))
+            else:  # bytes read back from tail pieces, holding their length
+                if lent:
+                    sized.released(len(buffer))  # dropped: let the trimmer know
+                else:
+                    sized.give(buffer)
                 self.budget.give(len(view))
 
     def hold_whole(self, size: int) -> bool:

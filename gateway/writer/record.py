@@ -43,6 +43,7 @@ class Record:
     error: BaseException | None = None
     finished: bool = False  # the task takes no more batches
     discard: bool = False  # cut by a failure: skip what is still queued
+    lent: bool = False  # cancelled while a worker thread used its buffers: never pool them
     # -- sealing state --
     stream: RecordStream | None = None
     record_hash: _Hash | None = None  # the suite's hash of the record's bytes so far

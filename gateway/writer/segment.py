@@ -19,7 +19,7 @@ from gateway.runner import Runner
 from gateway.sealed import Sealer
 from gateway.store.base import ObjectStore, StoreUnavailable, writes_in_place
 from gateway.tus.headers import ChecksumHeader
-from gateway.writer.base import BodyInterrupted, OnComplete, Outcome, RunningHash
+from gateway.writer.base import BodyInterrupted, Fragment, OnComplete, Outcome, RunningHash
 from gateway.writer.complete import finish_object, part_refs, plaintext_sha256
 from gateway.writer.intake import Intake
 from gateway.writer.pipeline import SealingPipeline
@@ -152,17 +152,30 @@ class SegmentWriter:
         if self._keep_as_tail():
             return  # the segment's earlier bytes are not needed: it does not fill now
         if self._tails.old or intake.fill:
-            # Plaintext in memory until sealed, like received bytes: counted alike.
-            budget = self._slices.budget
-            await budget.take(intake.fill)
-            try:
-                intake.preload = await self._runner.io(
-                    self._tails.load, self._tails.old, intake.fill
-                )
-            except BaseException:
-                budget.give(intake.fill)
-                raise
-            self._sized.released(intake.fill)  # freed once sealed: to be given back
+            intake.preload = await self._load_tails(intake.fill)
+
+    async def _load_tails(self, fill: int) -> Fragment:
+        """The segment's first `fill` bytes read back from its tail pieces into a pooled
+        buffer, as a fragment for its record's task, which gives it back once sealed.
+
+        Plaintext in memory until sealed, like received bytes: it holds its length of the
+        budget. A read cancelled while its worker thread may still write the buffer
+        leaves the buffer to that thread: it never goes back to the pool.
+        """
+        budget = self._slices.budget
+        await budget.take(fill)
+        buffer = self._sized.take(fill)
+        try:
+            await self._runner.io(self._tails.load_into, self._tails.old, fill, buffer)
+        except asyncio.CancelledError:
+            budget.give(fill)
+            self._sized.released(len(buffer))
+            raise
+        except BaseException:
+            budget.give(fill)
+            self._sized.give(buffer)
+            raise
+        return (memoryview(buffer)[:fill], False, buffer)
 
     def _keep_as_tail(self) -> bool:
         """Whether this body becomes one tail piece, sealed when it ends.
@@ -342,12 +355,22 @@ class SegmentWriter:
                 else:
                     self._tails.put(piece, plain)
         else:
-            record = intake.cut
-            assert record is not None and record.done == intake.fill
-            recovered = self._pipeline.recover(record)
-            with memoryview(recovered)[piece.start : piece.start + piece.length] as plain:
-                self._tails.put(piece, plain)
-            self._sized.released(len(recovered))
+            self._put_piece_recovered(piece)
+
+    def _put_piece_recovered(self, piece: TailPiece) -> None:
+        """Put `piece` from the cut record's plaintext, recovered into a pooled buffer.
+
+        Runs in a worker thread, which gives the buffer back itself once done with it:
+        never while it may still read it, even if the request was cancelled meanwhile.
+        """
+        record = self._intake.cut
+        assert record is not None and record.done == self._intake.fill
+        buffer = self._sized.take(record.done)
+        try:
+            with self._pipeline.recover_into(record, buffer) as recovered:
+                self._tails.put(piece, recovered[piece.start : piece.start + piece.length])
+        finally:
+            self._sized.give(buffer)
 
     async def _complete(self, total: int) -> None:
         intake = self._intake
@@ -386,7 +409,7 @@ class SegmentWriter:
         intake = self._intake
         intake.cut_open_record(discard=True)
         if intake.preload is not None:  # read back for a body that never came
-            self._slices.budget.give(len(intake.preload))
+            self._slices.give_all([intake.preload])
             intake.preload = None
         if intake.tail is not None and not self._tail_lent:
             self._sized.give(intake.tail)
