@@ -47,6 +47,19 @@ def test_an_object_is_read_into_a_buffer(store: FolderStore) -> None:
         store.get_into("U/tail/0/2", room)
 
 
+def test_a_range_of_an_object_is_read_into_a_buffer(store: FolderStore) -> None:
+    store.put("U/data", b"0123456789", fresh=True)
+    room = bytearray(b"x" * 6)
+    assert store.get_range_into("U/data", 3, memoryview(room)[:4]) == 4 and room == b"3456xx"
+    assert store.get_range_into("U/data", 7, room) == 3 and room == b"7896xx"  # to its end
+    assert store.get_range_into("U/data", 10, room) == 0  # from its end on: nothing
+    assert store.get_range_into("U/data", 99, room) == 0
+    with pytest.raises(ObjectNotFound):
+        store.get_range_into("U/other", 0, room)
+    with pytest.raises(ValueError):
+        store.get_range_into("U/data", -1, room)
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "../escape", "U/../../x", "U//data", "U/./data"])
 def test_keys_cannot_leave_the_root(store: FolderStore, key: str) -> None:
     with pytest.raises(ValueError):

@@ -160,6 +160,12 @@ class ReadsInto(Protocol):
         """Read `key` from its start into `buffer`, up to its size; how many bytes that
         was. Raises ObjectNotFound."""
 
+    def get_range_into(self, key: str, start: int, buffer: Buffer) -> int:
+        """Read `key` from byte `start` into `buffer`, up to the object's end; how many
+        bytes that was (0 from its end on). Raises ObjectNotFound."""
+
 
 def reads_into(store: ObjectStore) -> TypeGuard[ReadsInto]:
-    return callable(getattr(store, "get_into", None))
+    return callable(getattr(store, "get_into", None)) and callable(
+        getattr(store, "get_range_into", None)
+    )

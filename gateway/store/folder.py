@@ -224,11 +224,16 @@ class FolderStore:
             raise StoreUnavailable(f"cannot read {key}: {exc.strerror}") from exc
 
     def get_into(self, key: str, buffer: Buffer) -> int:
+        return self.get_range_into(key, 0, buffer)
+
+    def get_range_into(self, key: str, start: int, buffer: Buffer) -> int:
+        if start < 0:
+            raise ValueError(f"negative start {start}")
         view = memoryview(buffer).cast("B")
         try:
             with open(self._path(key), "rb", buffering=0) as f:
                 got = 0
-                while got < view.nbytes and (n := f.readinto(view[got:])):
+                while got < view.nbytes and (n := os.preadv(f.fileno(), [view[got:]], start + got)):
                     got += n
                 return got
         except FileNotFoundError as exc:
