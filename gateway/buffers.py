@@ -27,11 +27,14 @@ class BufferPool:
     callers only read the prefix they filled.
     """
 
-    def __init__(self, size: int, keep: int = 8) -> None:
+    def __init__(
+        self, size: int, keep: int = 8, released: Callable[[int], None] | None = None
+    ) -> None:
         self.size = size
         self._keep = keep
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
+        self._released = released  # told of each buffer dropped because enough are idle
 
     def take(self) -> bytearray:
         with self._lock:
@@ -45,6 +48,9 @@ class BufferPool:
         with self._lock:
             if len(self._free) < self._keep:
                 self._free.append(buf)
+                return
+        if self._released is not None:  # many downloads at once, say: freed now
+            self._released(self.size)
 
 
 class SizedBuffers:
@@ -109,5 +115,6 @@ class Pools:
         with self._lock:
             pool = self._pools.get(size)
             if pool is None:
-                pool = self._pools[size] = BufferPool(size, self._keep if keep is None else keep)
+                keep = self._keep if keep is None else keep
+                pool = self._pools[size] = BufferPool(size, keep, self.sized.released)
             return pool

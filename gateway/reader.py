@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 
+from gateway.buffers import BufferPool, Pools
 from gateway.catalog.base import RecordRow, Upload, UploadCatalog, UploadState
 from gateway.keys.base import KeyProvider
 from gateway.layout import data_key
@@ -20,7 +22,9 @@ from gateway.sealed import (
     header_length,
     object_layout,
 )
-from gateway.store.base import ObjectStore
+from gateway.store.base import ObjectStore, reads_into
+
+CHUNK = 1 << 20  # plaintext passed on at once, copied out of the pooled buffer
 
 
 class NotReadable(Exception):
@@ -105,10 +109,20 @@ class Reader:
     a worker thread).
     """
 
-    def __init__(self, store: ObjectStore, catalog: UploadCatalog, keys: KeyProvider) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        catalog: UploadCatalog,
+        keys: KeyProvider,
+        *,
+        pools: Pools | None = None,
+    ) -> None:
         self._store = store
         self._catalog = catalog
         self._keys = keys
+        # Each record is read and opened in pooled buffers: shared with the writer in
+        # the app, so a download's megabytes do not stay behind in the C heap.
+        self._pools = pools if pools is not None else Pools(keep=2)
 
     def _pieces(self, upload: Upload) -> list[_Piece]:
         if upload.state != UploadState.COMPLETE:
@@ -129,13 +143,15 @@ class Reader:
             )
         return pieces
 
-    def read(self, upload: Upload, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read(
+        self, upload: Upload, start: int = 0, end: int | None = None
+    ) -> Generator[bytes, None, None]:
         """Plaintext bytes [start, end) of a finished upload (a final one spans its partials)."""
         length = upload.length or 0
         end = length if end is None else min(end, length)
         return _last_byte_last(self._read(upload, start, end), max(end - start, 0))
 
-    def _read(self, upload: Upload, start: int, end: int) -> Iterator[bytes]:
+    def _read(self, upload: Upload, start: int, end: int) -> Generator[bytes, None, None]:
         opened = []
         # Every object is checked before the first byte: those the read touches are
         # opened, the layout of the others is checked (their lengths place the rest).
@@ -201,20 +217,64 @@ class Reader:
                     break
                 if seg_start + record.plaintext_len <= start:
                     continue
-            plain = self._open_record(obj, record)
-            lo, hi = max(start - seg_start, 0), min(end - seg_start, len(plain))
-            if lo < hi:
-                yield plain[lo:hi]
+            lo, hi = max(start - seg_start, 0), min(end - seg_start, record.plaintext_len)
+            yield from self._record_plaintext(obj, record, lo, hi)
 
-    def _open_record(self, obj: _Object, record: _Record) -> bytes:
-        data = self._store.get(obj.key, record.offset, record.size)
-        # The tag alone would accept any sealing of this record under the upload's key,
-        # such as one from a body refused with 460: only the recorded one is served.
-        if len(data) != record.size or not hmac.compare_digest(
-            obj.sealer.suite.hash(data).digest(), record.sha256
-        ):
-            raise NotAsRecorded(f"record {record.index} is not the sealing that was recorded")
-        return obj.sealer.open_record(record.index, record.final, data)
+    def _record_plaintext(self, obj: _Object, record: _Record, lo: int, hi: int) -> Iterator[bytes]:
+        """Bytes [lo, hi) of a record's plaintext, once the whole record is checked and
+        opened into a pooled buffer, which goes back when they are passed on (or the
+        read is closed early).
+
+        They come as copies of at most CHUNK bytes, never as views of the buffer: the
+        server may keep a chunk it could not send at once while the buffer is reused.
+        """
+        pool = self._pools.for_size(obj.sealer.header.segment_size)
+        plain = pool.take()
+        try:
+            with memoryview(plain)[: record.plaintext_len] as out:
+                self._open_record_into(obj, record, out)
+                for at in range(lo, hi, CHUNK):
+                    yield bytes(out[at : min(at + CHUNK, hi)])
+        finally:
+            pool.give(plain)
+
+    def _open_record_into(self, obj: _Object, record: _Record, out: memoryview) -> None:
+        sealed, scratch = self._sealed(obj, record)
+        try:
+            # The tag alone would accept any sealing of this record under the upload's
+            # key, such as one from a body refused with 460: only the recorded one is
+            # served.
+            if sealed.nbytes != record.size or not hmac.compare_digest(
+                obj.sealer.suite.hash(sealed).digest(), record.sha256
+            ):
+                raise NotAsRecorded(f"record {record.index} is not the sealing that was recorded")
+            obj.sealer.open_record_into(record.index, record.final, sealed, out)
+        finally:
+            sealed.release()
+            if scratch is not None:
+                self._sealed_pool(obj).give(scratch)
+
+    def _sealed(self, obj: _Object, record: _Record) -> tuple[memoryview, bytearray | None]:
+        """A record's stored bytes (at most its size), and the pooled buffer they are in
+        when the store reads into buffers (the folder store); S3 returns fresh bytes."""
+        store = self._store
+        if not reads_into(store):
+            data = store.get(obj.key, record.offset, record.size)
+            self._pools.sized.released(len(data))  # freed once opened
+            return memoryview(data), None
+        pool = self._sealed_pool(obj)
+        scratch = pool.take()
+        try:
+            with memoryview(scratch)[: record.size] as room:
+                got = store.get_range_into(obj.key, record.offset, room)
+        except BaseException:
+            pool.give(scratch)
+            raise
+        return memoryview(scratch)[:got], scratch
+
+    def _sealed_pool(self, obj: _Object) -> BufferPool:
+        """Whole sealed records: the writer's pool for them too."""
+        return self._pools.for_size(obj.sealer.header.segment_size + RECORD_OVERHEAD)
 
 
 def read_header(store: ObjectStore, key: str) -> bytes:
@@ -229,21 +289,24 @@ def read_header(store: ObjectStore, key: str) -> bytes:
     return first[:hlen]
 
 
-def _last_byte_last(chunks: Iterator[bytes], expected: int) -> Iterator[bytes]:
+def _last_byte_last(
+    chunks: Generator[bytes, None, None], expected: int
+) -> Generator[bytes, None, None]:
     """Pass `chunks` on, holding the very last byte back until they ended without error.
 
     The checks that come after the last plaintext byte (an empty final record, a later
     empty partial) then still decide whether the read ends complete or cut short.
     """
     sent, held = 0, b""
-    for chunk in chunks:
-        sent += len(chunk)
-        if sent > expected:
-            raise NotAsRecorded(f"the read returned more than the {expected} bytes asked for")
-        if sent == expected:
-            chunk, held = chunk[:-1], chunk[-1:]
-        if chunk:
-            yield chunk
+    with contextlib.closing(chunks):  # closed early, the reads give their buffers back
+        for chunk in chunks:
+            sent += len(chunk)
+            if sent > expected:
+                raise NotAsRecorded(f"the read returned more than the {expected} bytes asked for")
+            if sent == expected:
+                chunk, held = chunk[:-1], chunk[-1:]
+            if chunk:
+                yield chunk
     if sent != expected:
         raise NotAsRecorded(f"the read returned {sent} of the {expected} bytes asked for")
     if held:

@@ -1,7 +1,7 @@
 """The app factory's helper: the services built from `Settings`, once, and wired together.
 
     Uploads ─┬─ Removal, Finals        (the services take UploadRules, never Settings)
-             ├─ UploadKeys ── Reader
+             ├─ UploadKeys ── Reader ── Pools
              ├─ Leases
              └─ Writes ─┬─ UploadKeys, Leases
                         └─ WriterSlots, ReceiveBudget, Pools
@@ -172,7 +172,11 @@ def build_services(
         clock=clock,
         signals=lease_signals(catalog),
     )
-    reader = Reader(store, catalog, keys)
+    # Buffers for records written and read, shared by PATCHes and downloads.
+    pools = Pools(
+        keep=2 * settings.pipeline_depth + 2, sized=SizedBuffers(released=trimmer.released)
+    )
+    reader = Reader(store, catalog, keys, pools=pools)
     audit = Audit(
         catalog,
         keys=keys,
@@ -220,9 +224,7 @@ def build_services(
         upload_keys=upload_keys,
         writers=writer_slots(settings),
         budget=ReceiveBudget(settings.receive_budget),
-        pools=Pools(
-            keep=2 * settings.pipeline_depth + 2, sized=SizedBuffers(released=trimmer.released)
-        ),
+        pools=pools,
         clock=clock,
     )
     uploads = Uploads(

@@ -26,6 +26,17 @@ def test_at_most_keep_idle_buffers_are_kept() -> None:
     assert sum(any(b is a for a in buffers) for b in again) == 2
 
 
+def test_a_buffer_dropped_because_enough_are_idle_is_reported_freed() -> None:
+    freed: list[int] = []
+    pools = Pools(keep=1, sized=SizedBuffers(released=freed.append))
+    pool = pools.for_size(MiB)
+    first, second = pool.take(), pool.take()
+    pool.give(first)
+    assert freed == []
+    pool.give(second)  # one is idle already: this one goes to the C allocator
+    assert freed == [MiB]
+
+
 def test_a_buffer_of_another_size_is_not_kept() -> None:
     pool = BufferPool(16, keep=2)
     pool.give(bytearray(17))
