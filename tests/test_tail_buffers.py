@@ -3,8 +3,10 @@ taken goes back, and the bytes come out exact though the buffers come back dirty
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import ClassVar
@@ -185,3 +187,39 @@ async def test_a_cut_records_plaintext_is_recovered_into_a_pooled_buffer(
         rest = data[300 * KiB :]
         done, _ = await service.write(ME, upload.id, offset=300 * KiB, body=body(rest))
         assert read(service, done) == data
+
+
+async def test_a_read_back_cancelled_in_its_thread_never_goes_back_to_the_pool(
+    tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request is cancelled while a worker thread still reads the tail pieces into
+    the buffer: the buffer stays that thread's, and the budget gets its bytes back."""
+    loading, go_on = threading.Event(), threading.Event()
+    into: list[bytearray] = []
+
+    def load_into(self: TailPieces, pieces: list[TailPiece], covers: int, out: bytearray) -> None:
+        into.append(out)
+        loading.set()
+        go_on.wait(5)
+        original(self, pieces, covers, out)
+
+    original = TailPieces.load_into
+    monkeypatch.setattr(TailPieces, "load_into", load_into)
+    data = os.urandom(SEGMENT + 1000)
+    async with dirty_services(tmp_path, store, monkeypatch) as (services, sized):
+        service = services.uploads
+        budget = service.writes.budget
+        upload = await service.create(ME, length=len(data), metadata=None)
+        await service.write(ME, upload.id, offset=0, body=body(data[:1000]), content_length=1000)
+        write = asyncio.create_task(
+            service.write(ME, upload.id, offset=1000, body=body(data[1000:SEGMENT]))
+        )
+        while not loading.is_set():
+            await asyncio.sleep(0.005)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        go_on.set()
+        (buffer,) = into
+        assert [b for b in sized.out if b is buffer] == [buffer]  # never given back
+        assert budget.free == budget.total
