@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway import reader as reader_module
-from gateway.buffers import BufferPool, Pools
+from gateway.buffers import BufferPool, Pools, SizedBuffers
 from gateway.catalog.base import Upload
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
@@ -53,10 +53,9 @@ class CountingPool(BufferPool):
 
 class CountingPools(Pools):
     def __init__(self) -> None:
-        super().__init__(keep=4)
+        self.released: list[int] = []  # sizes reported freed to the trimmer
+        super().__init__(keep=4, sized=SizedBuffers(released=self.released.append))
         self.made: dict[int, CountingPool] = {}
-        self.released: list[int] = []
-        self.sized._released = self.released.append
         self._made_lock = threading.Lock()
 
     def for_size(self, size: int, keep: int | None = None) -> BufferPool:
