@@ -25,6 +25,9 @@ from gateway.sealed import (
 from gateway.store.base import ObjectStore, reads_into
 
 CHUNK = 1 << 20  # plaintext passed on at once, copied out of the pooled buffer
+# Idle record buffers kept for downloads (of each kind): more downloads at once take
+# fresh ones and free them, so a burst of readers leaves no lasting memory behind.
+READ_KEEP = 2
 
 
 class NotReadable(Exception):
@@ -228,7 +231,7 @@ class Reader:
         They come as copies of at most CHUNK bytes, never as views of the buffer: the
         server may keep a chunk it could not send at once while the buffer is reused.
         """
-        pool = self._pools.for_size(obj.sealer.header.segment_size)
+        pool = self._pools.for_size(obj.sealer.header.segment_size, keep=READ_KEEP)
         plain = pool.take()
         try:
             with memoryview(plain)[: record.plaintext_len] as out:
@@ -273,8 +276,11 @@ class Reader:
         return memoryview(scratch)[:got], scratch
 
     def _sealed_pool(self, obj: _Object) -> BufferPool:
-        """Whole sealed records: the writer's pool for them too."""
-        return self._pools.for_size(obj.sealer.header.segment_size + RECORD_OVERHEAD)
+        """Whole sealed records: the writer's pool for them too (whichever makes it first
+        sets how many idle ones it keeps)."""
+        return self._pools.for_size(
+            obj.sealer.header.segment_size + RECORD_OVERHEAD, keep=READ_KEEP
+        )
 
 
 def read_header(store: ObjectStore, key: str) -> bytes:

@@ -184,3 +184,16 @@ async def test_a_store_that_reads_no_buffers_still_opens_into_pooled_ones(
         assert pools.released == [SEGMENT + RECORD_OVERHEAD, 10 + RECORD_OVERHEAD]
     finally:
         stored.catalog.close()
+
+
+def test_many_reads_at_once_leave_few_idle_buffers_behind(folder: Stored) -> None:
+    pools = Pools(keep=8, sized=SizedBuffers())
+    reader = folder.reader(pools)
+    reads = [reader.read(folder.upload) for _ in range(4)]
+    for read in reads:
+        next(read)  # each holds its first record's plaintext
+    for read in reads:
+        assert b"".join(read)
+    # Four plaintext buffers were out at once: not the pools' own keep of 8 stay idle.
+    assert len(pools.for_size(SEGMENT)._free) == reader_module.READ_KEEP
+    assert len(pools.for_size(SEGMENT + RECORD_OVERHEAD)._free) <= reader_module.READ_KEEP
