@@ -162,25 +162,28 @@ class Leases:
         if self._signals is not None:
             self._signals.close()
 
-    def _heard_release_requested(self, upload_id: str) -> None:
-        """(listener thread) Someone asked for `upload_id`: its writer here stops."""
+    def _heard_release_requested(self, upload_id: str, token: int | None) -> None:
+        """(listener thread) Someone asked for `upload_id` held with `token`: its writer
+        here stops, if it is that holder or an older one."""
         if upload_id in self._active or upload_id in self._starting:
-            self._hop(self._release_requested, upload_id)
+            self._hop(self._release_requested, upload_id, token)
 
     def _heard_released(self, upload_id: str) -> None:
         """(listener thread) `upload_id` was let go: requests here waiting try now."""
         if upload_id in self._waiting:
             self._hop(self._released, upload_id)
 
-    def _hop(self, handler: Callable[[str], None], upload_id: str) -> None:
+    def _hop(self, handler: Callable[..., None], *args: object) -> None:
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed
-                loop.call_soon_threadsafe(handler, upload_id)
+                loop.call_soon_threadsafe(handler, *args)
 
-    def _release_requested(self, upload_id: str) -> None:
+    def _release_requested(self, upload_id: str, token: int | None) -> None:
+        # The request may come late: after the holder it asked let go and a newer
+        # request here took the upload (its client's next PATCH). That one goes on.
         control = self._active.get(upload_id)
-        if control is not None:
+        if control is not None and (token is None or control.lease.token <= token):
             control.stop(StopReason.RELEASED)
 
     def _released(self, upload_id: str) -> None:

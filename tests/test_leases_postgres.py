@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ from gateway.catalog.base import (
     Catalog,
     CatalogUnavailable,
     Lease,
+    LeaseSignals,
     LeaseState,
     Principal,
     SignallingCatalog,
@@ -34,11 +36,45 @@ from tests.fakes import MemoryStore
 POLL = 5.0  # far too slow for polling alone to hand a lease over within a second
 
 
+class HeldRequests:
+    """Lease signals whose release requests wait until `deliver`: a request heard late
+    (a busy listener, a slow network), after its holder let go for another reason."""
+
+    def __init__(self) -> None:
+        self.inner: LeaseSignals | None = None
+        self.held: list[tuple[Any, ...]] = []  # appended on the listener thread
+        self._forward: Callable[..., None] | None = None
+
+    def start(
+        self,
+        on_release_requested: Callable[[str, int | None], None],
+        on_released: Callable[[str], None],
+    ) -> None:
+        assert self.inner is not None
+        self._forward = on_release_requested
+        self.inner.start(lambda *heard: self.held.append(heard), on_released)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+    def deliver(self) -> None:
+        assert self._forward is not None
+        for heard in self.held:
+            self._forward(*heard)
+        self.held.clear()
+
+
 class Gateway:
     """What one gateway process has of leases: its catalog, runner and `Leases`."""
 
-    def __init__(self, dsn: str, *, signals: bool = True, poll: float = POLL) -> None:
+    def __init__(
+        self, dsn: str, *, signals: bool | HeldRequests = True, poll: float = POLL
+    ) -> None:
         self.catalog = PostgresCatalog(dsn)
+        listener = self.catalog.lease_signals() if signals else None
+        if isinstance(signals, HeldRequests):
+            signals.inner = listener
         self.runner = Runner(2)
         self.leases = Leases(
             self.catalog,
@@ -48,7 +84,7 @@ class Gateway:
             network_timeout=60.0,
             poll_interval=poll,
             stale_after=4 * poll,
-            signals=self.catalog.lease_signals() if signals else None,
+            signals=signals if isinstance(signals, HeldRequests) else listener,
         )
 
     def close(self) -> None:
@@ -143,6 +179,39 @@ async def test_a_waiter_retries_when_the_upload_is_let_go(
     taken = await waiting
     assert time.monotonic() - started < 1.0
     assert taken.token > lease.token
+
+
+async def test_a_release_request_heard_late_stops_only_the_holder_it_asked(dsn: str) -> None:
+    """A waiter asks the holder through the catalog; the holder sees the flag at its
+    poll and lets go, and its client's next PATCH takes the upload on the same gateway.
+    The signal of that first request, heard only now, must not stop the new holder
+    (found under load with two gateways: the next PATCH answered 400, "a newer
+    request took it over", while its client still waited for it)."""
+    late = HeldRequests()
+    one, two = Gateway(dsn, signals=late, poll=0.3), Gateway(dsn)
+    one.leases.start()
+    two.leases.start()
+    try:
+        await _wait_for_listeners(dsn, 2)
+        holding = asyncio.Event()
+        first = asyncio.create_task(silent_writer(one.leases, "u1", holding))
+        await holding.wait()
+        lease = await two.leases.acquire("u1")  # `first` lets go at its next poll
+        assert await first == StopReason.RELEASED
+        await two.leases.release(lease)
+        assert late.held, "the request for the first holder's lease was not signalled"
+        holding = asyncio.Event()
+        second = asyncio.create_task(silent_writer(one.leases, "u1", holding))
+        await holding.wait()
+        late.deliver()
+        await asyncio.sleep(0.3)
+        assert not second.done(), "a request for an older lease stopped the newer holder"
+        lease = await two.leases.acquire("u1")  # asked now: `second` does let go
+        assert await second == StopReason.RELEASED
+        await two.leases.release(lease)
+    finally:
+        one.close()
+        two.close()
 
 
 def test_the_signals_are_found_through_the_metrics_wrapper(dsn: str, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,7 +19,12 @@ from gateway.catalog.postgres import PostgresCatalog
 from gateway.catalog.postgres_notify import CHANNEL, PostgresLeaseSignals
 from tests.postgres import PostgresServer, start_postgres
 
-Heard = queue.Queue[tuple[str, str]]
+Heard = queue.Queue[tuple[str, str] | tuple[str, str, int | None]]
+
+
+def requested(heard: Heard) -> Callable[[str, int | None], None]:
+    """The release-request callback: what it heard, with the token it names."""
+    return lambda upload_id, token: heard.put(("requested", upload_id, token))
 
 
 @pytest.fixture
@@ -38,7 +43,7 @@ def heard() -> Heard:
 def signals(dsn: str, heard: Heard) -> Iterator[PostgresLeaseSignals]:
     listener = PostgresLeaseSignals(dsn, retry=0.05, max_retry=0.2)
     listener.start(
-        lambda upload_id: heard.put(("requested", upload_id)),
+        requested(heard),
         lambda upload_id: heard.put(("released", upload_id)),
     )
     assert listener.listening.wait(10)
@@ -55,10 +60,12 @@ def test_a_notify_reaches_its_callback(
     signals: PostgresLeaseSignals, dsn: str, heard: Heard
 ) -> None:
     _send(dsn, "zignored")  # a kind this version does not know
-    _send(dsn, "ru1")
+    _send(dsn, "r17 u1")
     _send(dsn, "fu2")
-    assert heard.get(timeout=5) == ("requested", "u1")
+    _send(dsn, "ru3")  # an older gateway's request names no token: any holder
+    assert heard.get(timeout=5) == ("requested", "u1", 17)
     assert heard.get(timeout=5) == ("released", "u2")
+    assert heard.get(timeout=5) == ("requested", "u3", None)
     assert heard.empty()
 
 
@@ -73,7 +80,7 @@ def test_the_catalog_signals_a_request_once_and_a_release_only_when_asked(
     assert lease is not None
     assert cat.acquire_lease("u1", "b", 30.0, now) is None
     assert cat.acquire_lease("u1", "b", 30.0, now) is None  # asked already: no second signal
-    assert heard.get(timeout=5) == ("requested", "u1")
+    assert heard.get(timeout=5) == ("requested", "u1", lease.token)  # the holder asked
     cat.release_lease(lease)
     assert heard.get(timeout=5) == ("released", "u1")
     time.sleep(0.2)
@@ -91,13 +98,13 @@ def test_the_listener_survives_its_connection_being_terminated(
     while signals.backend_pid == first or not signals.listening.is_set():
         assert time.monotonic() < deadline, "the listener did not reconnect"
         time.sleep(0.02)
-    _send(dsn, "ru3")
-    assert heard.get(timeout=5) == ("requested", "u3")
+    _send(dsn, "r3 u3")
+    assert heard.get(timeout=5) == ("requested", "u3", 3)
 
 
 def test_close_stops_the_thread_at_once(dsn: str) -> None:
     listener = PostgresLeaseSignals(dsn)
-    listener.start(lambda _: None, lambda _: None)
+    listener.start(lambda _, __: None, lambda _: None)
     assert listener.listening.wait(10)
     before = {t.name for t in threading.enumerate()}
     assert "lease-signals" in before
@@ -113,7 +120,7 @@ def test_a_listener_without_its_database_retries_and_still_closes(
     """While the database is down (here: it does not exist) the listener keeps trying
     quietly; polling does the work meanwhile."""
     listener = PostgresLeaseSignals(postgres.dsn("no_such_database"), retry=0.01, max_retry=0.05)
-    listener.start(lambda _: None, lambda _: None)
+    listener.start(lambda _, __: None, lambda _: None)
     time.sleep(0.3)
     assert not listener.listening.is_set()
     started = time.monotonic()
@@ -148,7 +155,7 @@ def test_the_listener_outlives_a_restart_of_postgresql(heard: Heard) -> None:
     server = start_postgres()
     listener = PostgresLeaseSignals(server.dsn(), retry=0.05, max_retry=0.2)
     try:
-        listener.start(lambda upload_id: heard.put(("requested", upload_id)), lambda _: None)
+        listener.start(requested(heard), lambda _: None)
         assert listener.listening.wait(10)
         first = listener.backend_pid
         _restart(server)
@@ -161,7 +168,7 @@ def test_the_listener_outlives_a_restart_of_postgresql(heard: Heard) -> None:
             else:
                 if listener.listening.is_set():
                     try:
-                        assert heard.get(timeout=0.5) == ("requested", "u1")
+                        assert heard.get(timeout=0.5)[:2] == ("requested", "u1")
                         assert listener.backend_pid != first
                         break
                     except queue.Empty:

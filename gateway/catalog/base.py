@@ -367,10 +367,13 @@ class LeaseSignals(Protocol):
     holders and waiters keep polling as well."""
 
     def start(
-        self, on_release_requested: Callable[[str], None], on_released: Callable[[str], None]
+        self,
+        on_release_requested: Callable[[str, int | None], None],
+        on_released: Callable[[str], None],
     ) -> None:
         """Listen; the callbacks get an upload id, on a background thread: someone asked
-        for an upload held elsewhere, or its holder let go after being asked."""
+        for an upload held elsewhere (and the token of the lease it asked to end, or
+        None when not known: any holder), or its holder let go after being asked."""
 
     def close(self) -> None:
         """Stop listening (the callbacks are not called once this returns)."""

@@ -47,7 +47,7 @@ class PostgresAccess(PostgresDatabase, AccessSQL):
                         "UPDATE leases SET release_requested = TRUE WHERE upload_id = %s",
                         (upload_id,),
                     )
-                    notify(cur, RELEASE_REQUESTED, upload_id)
+                    notify(cur, RELEASE_REQUESTED, upload_id, token=int(row[3]))
                 return int(row[3])
             token_row = cur.execute("SELECT nextval('fencing_tokens')").fetchone()
             assert token_row is not None

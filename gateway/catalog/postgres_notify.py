@@ -1,12 +1,17 @@
 """Lease signals between gateways sharing a PostgreSQL catalog, by LISTEN/NOTIFY.
 
 The transaction that flags a release request, and the one that frees an upload someone
-asked for, send `pg_notify(CHANNEL, kind + upload_id)` (`notify`); PostgreSQL delivers
-it at commit to every connection of the database listening on the channel. A holder
+asked for, send `pg_notify(CHANNEL, payload)` (`notify`); PostgreSQL delivers it at
+commit to every connection of the database listening on the channel. A holder
 elsewhere then stops at once and a waiter retries at once, instead of at their next
 poll. Signals are hints: one sent while a listener reconnects is lost, and the polling
-that every holder and waiter keeps doing catches up. Payloads are a kind letter and an
-upload id, never more.
+that every holder and waiter keeps doing catches up.
+
+Payloads are a kind letter and an upload id, never more; a release request names the
+fencing token of the lease it asks to end first (`r<token> <upload id>`). It may be
+heard late, after that holder let go and a newer request took the upload: only a
+holder whose token is at most the one named stops. A request without a token (from
+an older gateway during an upgrade) asks whichever holder there is.
 """
 
 from __future__ import annotations
@@ -43,9 +48,19 @@ _CONNECT_DEFAULTS = {
 }
 
 
-def notify(cur: Cursor, kind: str, upload_id: str) -> None:
-    """Signal `kind` for `upload_id` when `cur`'s transaction commits."""
-    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, kind + upload_id))
+def notify(cur: Cursor, kind: str, upload_id: str, token: int | None = None) -> None:
+    """Signal `kind` for `upload_id` when `cur`'s transaction commits; a release request
+    names the `token` of the lease it asks to end."""
+    named = upload_id if token is None else f"{token} {upload_id}"
+    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, kind + named))
+
+
+def _release_request(named: str) -> tuple[str, int | None]:
+    """(upload id, token asked of) from a release request's payload after its kind."""
+    token, sep, upload_id = named.partition(" ")
+    if not sep:
+        return named, None  # no token: an older gateway's request
+    return upload_id, int(token)
 
 
 class PostgresLeaseSignals:
@@ -76,11 +91,16 @@ class PostgresLeaseSignals:
         self.backend_pid: int | None = None  # the listening connection's server process
 
     def start(
-        self, on_release_requested: Callable[[str], None], on_released: Callable[[str], None]
+        self,
+        on_release_requested: Callable[[str, int | None], None],
+        on_released: Callable[[str], None],
     ) -> None:
         if self._thread is not None:
             raise RuntimeError("lease signals already started")
-        self._handlers = {RELEASE_REQUESTED: on_release_requested, RELEASED: on_released}
+        self._handlers = {
+            RELEASE_REQUESTED: lambda named: on_release_requested(*_release_request(named)),
+            RELEASED: on_released,
+        }
         self._wake = socket.socketpair()
         self._thread = threading.Thread(target=self._run, name="lease-signals", daemon=True)
         self._thread.start()
