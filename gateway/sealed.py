@@ -442,6 +442,21 @@ class Sealer:
         dst[:NONCE_LEN] = nonce
         self._aead.encrypt_into(nonce, src, aad, dst[NONCE_LEN:])
 
+    def seal_tail_in_place(self, segment: int, piece: int, start: int, room: Buffer) -> None:
+        """`seal_tail_into` where the plaintext already lies in `room`, at
+        [NONCE_LEN : len(room) - TAG_LEN]: sealed where it is, so a tail piece needs no
+        second buffer. Both suites' GCM encrypt in place (the same buffer in and out)."""
+        dst = _view(room)
+        length = dst.nbytes - RECORD_OVERHEAD
+        if length < 0:
+            raise ValueError(f"room of {dst.nbytes} bytes holds no tail piece")
+        if start + length > self._segment_size:
+            raise ValueError(f"tail piece runs past the end of segment {segment}")
+        aad = self._tail_aad(segment, piece, start, length)
+        nonce = self._fresh_nonce()
+        dst[:NONCE_LEN] = nonce
+        self._aead.encrypt_into(nonce, dst[NONCE_LEN : NONCE_LEN + length], aad, dst[NONCE_LEN:])
+
     def open_tail(self, segment: int, piece: int, start: int, data: Buffer) -> bytes:
         """Authenticate and decrypt a tail piece; raises InvalidSealedData on any failure."""
         out = bytearray(max(_view(data).nbytes - RECORD_OVERHEAD, 0))

@@ -357,6 +357,27 @@ def test_a_tail_piece_sealed_and_opened_in_buffers() -> None:
         sealer.open_tail_into(3, 2, 100, room[:38], plain)  # another piece's number
 
 
+@pytest.mark.parametrize("suite_id", [1, 2])
+def test_a_tail_piece_sealed_where_its_plaintext_lies(suite_id: int) -> None:
+    dek = suites.new_dek(suite_id)
+    header = new_header(
+        dek, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None, suite=suite_id
+    )
+    sealer = Sealer(dek, header)
+    plain = os.urandom(S - 100)
+    room = bytearray(b"\xaa" * (len(plain) + 28 + 7))
+    room[12 : 12 + len(plain)] = plain
+    with memoryview(room)[: len(plain) + 28] as sealed:
+        sealer.seal_tail_in_place(3, 1, 100, sealed)
+    assert room[len(plain) + 28 :] == b"\xaa" * 7  # nothing past the piece
+    assert plain not in room  # sealed where it lay: no plaintext left
+    assert sealer.open_tail(3, 1, 100, room[: len(plain) + 28]) == plain
+    with pytest.raises(ValueError):
+        sealer.seal_tail_in_place(3, 1, 100, bytearray(27))  # no room for nonce and tag
+    with pytest.raises(ValueError):
+        sealer.seal_tail_in_place(0, 0, S - 2, bytearray(3 + 28))  # runs past the segment
+
+
 def test_value_round_trip_and_bindings() -> None:
     header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
     sealer = Sealer(DEK, header)

@@ -19,7 +19,6 @@ from gateway.catalog.base import TailPiece
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.config import Settings
 from gateway.keys.keyring import LocalKeyring
-from gateway.types import Buffer
 from gateway.writer import BodyInterrupted
 from gateway.writer.base import Fragment
 from gateway.writer.pipeline import SealingPipeline
@@ -163,14 +162,16 @@ async def test_bytes_read_back_for_a_segment_go_to_its_record_in_a_pooled_buffer
 async def test_a_cut_records_plaintext_is_recovered_into_a_pooled_buffer(
     tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pooled: list[bool] = []  # per tail piece put: whether its plaintext is in a pooled buffer
+    # Per tail piece put: whether it is sealed in a pooled buffer, and how many pooled
+    # buffers are out as it is stored (the recovered plaintext's went back before).
+    pooled: list[tuple[bool, int]] = []
 
-    def put(self: TailPieces, piece: TailPiece, plain: Buffer) -> None:
-        pooled.append(any(b is memoryview(plain).obj for b in sized.out))
-        original(self, piece, plain)
+    def put_room(self: TailPieces, piece: TailPiece, room: bytearray) -> None:
+        pooled.append((any(b is room for b in sized.out), len(sized.out)))
+        original(self, piece, room)
 
-    original = TailPieces.put
-    monkeypatch.setattr(TailPieces, "put", put)
+    original = TailPieces.put_room
+    monkeypatch.setattr(TailPieces, "put_room", put_room)
     data = os.urandom(SEGMENT + 1000)
 
     async def cut(end: int) -> AsyncIterator[bytes]:
@@ -182,10 +183,36 @@ async def test_a_cut_records_plaintext_is_recovered_into_a_pooled_buffer(
         upload = await service.create(ME, length=len(data), metadata=None)
         # Streamed into a record (it runs past its segment), cut: its bytes recovered.
         await service.write(ME, upload.id, offset=0, body=cut(300 * KiB), content_length=SEGMENT)
-        assert pooled == [True] and sized.out == []
-        assert sized.idle >= 300 * KiB  # the buffer came back, to be taken again
+        assert pooled == [(True, 1)] and sized.out == []
+        assert sized.idle >= 300 * KiB  # the buffers came back, to be taken again
         rest = data[300 * KiB :]
         done, _ = await service.write(ME, upload.id, offset=300 * KiB, body=body(rest))
+        assert read(service, done) == data
+
+
+async def test_a_body_kept_whole_is_sealed_in_the_buffer_it_was_received_in(
+    tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Per tail piece put: whether it is sealed in a pooled buffer, and how many pooled
+    # buffers are out as it is stored: only the body's own, no second one to seal into.
+    rooms: list[tuple[bool, int]] = []
+
+    def put_room(self: TailPieces, piece: TailPiece, room: bytearray) -> None:
+        rooms.append((any(b is room for b in sized.out), len(sized.out)))
+        original(self, piece, room)
+
+    original = TailPieces.put_room
+    monkeypatch.setattr(TailPieces, "put_room", put_room)
+    data = os.urandom(SEGMENT + 1000)
+    async with dirty_services(tmp_path, store, monkeypatch) as (services, sized):
+        service = services.uploads
+        upload = await service.create(ME, length=len(data), metadata=None)
+        await service.write(
+            ME, upload.id, offset=0, body=body(data[: 100 * KiB]), content_length=100 * KiB
+        )
+        assert rooms == [(True, 1)] and sized.takes == 1 and sized.out == []
+        rest = data[100 * KiB :]
+        done, _ = await service.write(ME, upload.id, offset=100 * KiB, body=body(rest))
         assert read(service, done) == data
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from gateway import metrics
 from gateway.catalog.base import Upload
+from gateway.sealed import TAG_LEN
 from gateway.writer.base import Fragment, Overflow
 from gateway.writer.pipeline import SealingPipeline
 from gateway.writer.receive import Slices
 from gateway.writer.record import Record, Signal
 from gateway.writer.settle import Ledger
-from gateway.writer.tail import TailPieces
+from gateway.writer.tail import PLAIN_AT, TailPieces
 
 
 class Intake:
@@ -44,7 +45,7 @@ class Intake:
         # Those bytes, read back from tail pieces into a pooled buffer, for the record.
         self.preload: Fragment | None = None
         # A body that ends inside its segment (its length says so): its bytes (the
-        # first `received` of them), kept for one tail piece.
+        # `received` from PLAIN_AT on), kept for one tail piece sealed where they lie.
         self.tail: bytearray | None = None
         self.open: Record | None = None  # the record the next bytes go to
         self.cut: Record | None = None  # the unfinished record, once the body ended
@@ -55,8 +56,8 @@ class Intake:
         if self._upload.offset + self.received + len(chunk) > self._limit:
             raise Overflow
         if self.tail is not None:
-            at = self.received
-            if at + len(chunk) > len(self.tail):
+            at = PLAIN_AT + self.received
+            if at + len(chunk) > len(self.tail) - TAG_LEN:
                 raise Overflow  # never past its Content-Length (HTTP framing sees to it)
             self.tail[at : at + len(chunk)] = chunk
             self.fill += len(chunk)

@@ -25,7 +25,7 @@ from gateway.writer.intake import Intake
 from gateway.writer.pipeline import SealingPipeline
 from gateway.writer.receive import QUEUED_LIMIT, SLICE, Slices
 from gateway.writer.settle import Ledger
-from gateway.writer.tail import TAIL_DIRECT, TailPieces
+from gateway.writer.tail import PLAIN_AT, TAIL_DIRECT, TailPieces, room_size
 
 
 class SegmentWriter:
@@ -191,11 +191,12 @@ class SegmentWriter:
         end = (self._intake.segment + 1) * self._segment_size
         if self.upload.length is not None:
             end = min(end, self.upload.length)
-        # It holds its pooled buffer's size of the budget (at most a quarter more).
-        units = size_class(size)
+        # It holds its pooled buffer's size of the budget (at most a quarter more), room
+        # to seal it in place included.
+        units = size_class(room_size(size))
         if self.upload.offset + size >= end or not self._slices.hold_whole(units):
             return False
-        self._intake.tail, self._tail_units = self._sized.take(size), units
+        self._intake.tail, self._tail_units = self._sized.take(room_size(size)), units
         return True
 
     # -- the body -----------------------------------------------------------------------
@@ -300,7 +301,7 @@ class SegmentWriter:
     async def _verify_checksum(self, checksum: ChecksumHeader, total: int) -> None:
         assert self._client_hash is not None
         if self._intake.tail is not None:
-            kept = memoryview(self._intake.tail)[: self.received]
+            kept = memoryview(self._intake.tail)[PLAIN_AT : PLAIN_AT + self.received]
             await self._lending_tail(self._runner.seal(self._client_hash.update, kept))
         if self._client_hash.digest() != checksum.digest:
             metrics.CHECKSUM_MISMATCHES.inc()
@@ -348,14 +349,15 @@ class SegmentWriter:
 
     def _put_piece(self, piece: TailPiece) -> None:
         intake = self._intake
-        if intake.tail is not None:
-            with memoryview(intake.tail)[: intake.received] as plain:
-                if piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
-                    self._tails.put_merged(piece, intake.new_from, plain)
-                else:
-                    self._tails.put(piece, plain)
-        else:
+        if intake.tail is None:
             self._put_piece_recovered(piece)
+        elif piece.start < intake.new_from:  # merged: the earlier pieces' bytes in front
+            with memoryview(intake.tail)[PLAIN_AT : PLAIN_AT + intake.received] as plain:
+                self._tails.put_merged(piece, intake.new_from, plain)
+        else:
+            # Sealed where it was received: the body's plaintext is gone from here on.
+            assert piece.length == intake.received
+            self._tails.put_room(piece, intake.tail)
 
     def _put_piece_recovered(self, piece: TailPiece) -> None:
         """Put `piece` from the cut record's plaintext, recovered into a pooled buffer.
@@ -365,12 +367,20 @@ class SegmentWriter:
         """
         record = self._intake.cut
         assert record is not None and record.done == self._intake.fill
-        buffer = self._sized.take(record.done)
+        room = self._sized.take(room_size(piece.length))
         try:
-            with self._pipeline.recover_into(record, buffer) as recovered:
-                self._tails.put(piece, recovered[piece.start : piece.start + piece.length])
+            buffer = self._sized.take(record.done)
+            try:
+                with (
+                    self._pipeline.recover_into(record, buffer) as recovered,
+                    memoryview(room)[PLAIN_AT : PLAIN_AT + piece.length] as plain,
+                ):
+                    plain[:] = recovered[piece.start : piece.start + piece.length]
+            finally:
+                self._sized.give(buffer)  # back before the piece is stored and synced
+            self._tails.put_room(piece, room)
         finally:
-            self._sized.give(buffer)
+            self._sized.give(room)
 
     async def _complete(self, total: int) -> None:
         intake = self._intake

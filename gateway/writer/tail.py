@@ -13,7 +13,7 @@ from gateway import metrics
 from gateway.buffers import SizedBuffers
 from gateway.catalog.base import TailPiece
 from gateway.layout import tail_key
-from gateway.sealed import RECORD_OVERHEAD, InvalidSealedData, Sealer
+from gateway.sealed import NONCE_LEN, RECORD_OVERHEAD, InvalidSealedData, Sealer
 from gateway.store.base import ObjectStore, reads_into
 from gateway.types import Buffer
 from gateway.writer.base import corrupt
@@ -21,6 +21,16 @@ from gateway.writer.base import corrupt
 # A body announced this short that ends inside its segment is kept whole and sealed as
 # one tail piece at its end, instead of re-sealing the segment's earlier bytes with it.
 TAIL_DIRECT = 2 << 20
+# A piece is sealed where its plaintext lies: in a buffer of room_size(length) bytes,
+# the plaintext at PLAIN_AT, the nonce in front of it and the tag after it.
+PLAIN_AT = NONCE_LEN
+
+
+def room_size(length: int) -> int:
+    """The bytes of a buffer a tail piece of `length` plaintext bytes is sealed in."""
+    return length + RECORD_OVERHEAD
+
+
 _PIECE_NUMBERS = 1 << 32  # a tail piece's number is a u32 in its associated data
 
 
@@ -78,7 +88,7 @@ class TailPieces:
         self.load_into(pieces, covers, plain)
         return plain
 
-    def load_into(self, pieces: Sequence[TailPiece], covers: int, out: bytearray) -> None:
+    def load_into(self, pieces: Sequence[TailPiece], covers: int, out: Buffer) -> None:
         """`load` into the first `covers` bytes of `out`, each piece opened in place."""
         at = 0
         for piece in pieces:
@@ -129,32 +139,39 @@ class TailPieces:
 
     def put(self, piece: TailPiece, plain: Buffer) -> None:
         """Seal `plain` as `piece` and store it (blocking)."""
-        size = piece.length + RECORD_OVERHEAD
-        buffer = self._sized.take(size)
+        room = self._sized.take(room_size(piece.length))
         try:
-            with memoryview(buffer)[:size] as sealed:
-                self._sealer.seal_tail_into(piece.segment, piece.piece, piece.start, plain, sealed)
-                metrics.BYTES_SEALED.inc(piece.length)
-                # Fresh: a piece's number is its request's own (see piece_number).
-                key = tail_key(self._upload_id, piece.segment, piece.piece)
-                self._store.put(key, sealed, fresh=True)
+            room[PLAIN_AT : PLAIN_AT + piece.length] = memoryview(plain).cast("B")
+            self.put_room(piece, room)
         finally:
-            self._sized.give(buffer)
+            self._sized.give(room)
+
+    def put_room(self, piece: TailPiece, room: bytearray) -> None:
+        """Seal `piece`, whose plaintext the caller put in `room` at PLAIN_AT, where it
+        lies (the plaintext is gone then), and store it (blocking). `room` stays the
+        caller's."""
+        size = room_size(piece.length)
+        with memoryview(room)[:size] as sealed:
+            self._sealer.seal_tail_in_place(piece.segment, piece.piece, piece.start, sealed)
+            metrics.BYTES_SEALED.inc(piece.length)
+            # Fresh: a piece's number is its request's own (see piece_number).
+            key = tail_key(self._upload_id, piece.segment, piece.piece)
+            self._store.put(key, sealed, fresh=True)
         metrics.BYTES_STORED.inc(size)
 
     def put_merged(self, piece: TailPiece, front: int, body: Buffer) -> None:
         """Seal the old pieces' `front` bytes and then `body` as `piece`, which replaces
-        them (blocking)."""
+        them (blocking): read back and sealed in one buffer."""
         view = memoryview(body).cast("B")
         size = front + view.nbytes
-        merged = self._sized.take(size)
+        room = self._sized.take(room_size(size))
         try:
-            self.load_into(self.old, front, merged)
-            merged[front:size] = view
-            with memoryview(merged)[:size] as plain:
-                self.put(piece, plain)
+            with memoryview(room)[PLAIN_AT : PLAIN_AT + size] as plain:
+                self.load_into(self.old, front, plain)
+                plain[front:size] = view
+            self.put_room(piece, room)
         finally:
-            self._sized.give(merged)
+            self._sized.give(room)
 
     def forget(self, drop_below: int | None, replaced: bool) -> list[TailPiece]:
         """After a commit: the old pieces it made unneeded (to delete), if it did."""
