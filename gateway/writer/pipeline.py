@@ -101,23 +101,22 @@ class SealingPipeline:
                 if not record.discard:
                     await _lending(record, runner.seal(self.begin, record))
                 while True:
-                    item = await record.queue.get()
-                    batch: Batch = []
-                    while not isinstance(item, Signal):
-                        batch.extend(item)
-                        if record.queue.empty():
-                            break
-                        item = record.queue.get_nowait()
+                    batch, signal = await _next_batch(record)
                     if batch:
                         try:
                             if not record.discard:
                                 await _lending(record, self._seal_batch(record, batch))
                         finally:
                             self._return(record, batch)
+                            # Back in their pools: no view of them may be held while
+                            # this task waits for the next bytes, which for a slow
+                            # client can be seconds (a pool keeps only so many idle
+                            # buffers and drops the rest, which such a view kept alive).
+                            batch.clear()
                         record.room.set()
-                    if item is Signal.CUT:
+                    if signal is Signal.CUT:
                         return None
-                    if item is Signal.CLOSE:
+                    if signal is Signal.CLOSE:
                         break
                 await _lending(record, runner.seal(self.end, record))
         except BaseException as exc:
@@ -300,6 +299,19 @@ class SealingPipeline:
         self._in_place.write_span(
             self._key, self._upload.multipart_id, offset, chunks, fence=self._fence()
         )
+
+
+async def _next_batch(record: Record) -> tuple[Batch, Signal | None]:
+    """What is queued for the record: the fragments handed over, up to a signal (waiting
+    for the first). Its own frame: none of them stays referenced once it returns."""
+    item = await record.queue.get()
+    batch: Batch = []
+    while not isinstance(item, Signal):
+        batch.extend(item)
+        if record.queue.empty():
+            return batch, None
+        item = record.queue.get_nowait()
+    return batch, item
 
 
 async def _lending(record: Record, work: Awaitable[T]) -> T:
