@@ -55,6 +55,23 @@ class DirtyBuffers(SizedBuffers):
         super().give(buf)
 
 
+class Rooms:
+    """Per tail piece put: whether it is sealed in a pooled buffer of `sized`, and how
+    many of its buffers are out as the piece is stored."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[tuple[bool, int]] = []
+        self.sized: DirtyBuffers | None = None
+        original = TailPieces.put_room
+
+        def put_room(tails: TailPieces, piece: TailPiece, room: bytearray) -> None:
+            assert self.sized is not None
+            self.seen.append((any(b is room for b in self.sized.out), len(self.sized.out)))
+            original(tails, piece, room)
+
+        monkeypatch.setattr(TailPieces, "put_room", put_room)
+
+
 @pytest.fixture(params=["whole parts", "in place"])
 def store(request: pytest.FixtureRequest) -> MemoryStore:
     return MemoryStore() if request.param == "whole parts" else InPlaceMemoryStore()
@@ -162,16 +179,7 @@ async def test_bytes_read_back_for_a_segment_go_to_its_record_in_a_pooled_buffer
 async def test_a_cut_records_plaintext_is_recovered_into_a_pooled_buffer(
     tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Per tail piece put: whether it is sealed in a pooled buffer, and how many pooled
-    # buffers are out as it is stored (the recovered plaintext's went back before).
-    pooled: list[tuple[bool, int]] = []
-
-    def put_room(self: TailPieces, piece: TailPiece, room: bytearray) -> None:
-        pooled.append((any(b is room for b in sized.out), len(sized.out)))
-        original(self, piece, room)
-
-    original = TailPieces.put_room
-    monkeypatch.setattr(TailPieces, "put_room", put_room)
+    rooms = Rooms(monkeypatch)
     data = os.urandom(SEGMENT + 1000)
 
     async def cut(end: int) -> AsyncIterator[bytes]:
@@ -179,11 +187,13 @@ async def test_a_cut_records_plaintext_is_recovered_into_a_pooled_buffer(
         raise BodyInterrupted
 
     async with dirty_services(tmp_path, store, monkeypatch) as (services, sized):
+        rooms.sized = sized
         service = services.uploads
         upload = await service.create(ME, length=len(data), metadata=None)
         # Streamed into a record (it runs past its segment), cut: its bytes recovered.
         await service.write(ME, upload.id, offset=0, body=cut(300 * KiB), content_length=SEGMENT)
-        assert pooled == [(True, 1)] and sized.out == []
+        # Sealed in one pooled buffer: the recovered plaintext's went back before.
+        assert rooms.seen == [(True, 1)] and sized.out == []
         assert sized.idle >= 300 * KiB  # the buffers came back, to be taken again
         rest = data[300 * KiB :]
         done, _ = await service.write(ME, upload.id, offset=300 * KiB, body=body(rest))
@@ -193,24 +203,17 @@ async def test_a_cut_records_plaintext_is_recovered_into_a_pooled_buffer(
 async def test_a_body_kept_whole_is_sealed_in_the_buffer_it_was_received_in(
     tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Per tail piece put: whether it is sealed in a pooled buffer, and how many pooled
-    # buffers are out as it is stored: only the body's own, no second one to seal into.
-    rooms: list[tuple[bool, int]] = []
-
-    def put_room(self: TailPieces, piece: TailPiece, room: bytearray) -> None:
-        rooms.append((any(b is room for b in sized.out), len(sized.out)))
-        original(self, piece, room)
-
-    original = TailPieces.put_room
-    monkeypatch.setattr(TailPieces, "put_room", put_room)
+    rooms = Rooms(monkeypatch)
     data = os.urandom(SEGMENT + 1000)
     async with dirty_services(tmp_path, store, monkeypatch) as (services, sized):
+        rooms.sized = sized
         service = services.uploads
         upload = await service.create(ME, length=len(data), metadata=None)
         await service.write(
             ME, upload.id, offset=0, body=body(data[: 100 * KiB]), content_length=100 * KiB
         )
-        assert rooms == [(True, 1)] and sized.takes == 1 and sized.out == []
+        # Only the body's own buffer: no second one to seal into.
+        assert rooms.seen == [(True, 1)] and sized.takes == 1 and sized.out == []
         rest = data[100 * KiB :]
         done, _ = await service.write(ME, upload.id, offset=100 * KiB, body=body(rest))
         assert read(service, done) == data
