@@ -266,6 +266,7 @@ class Leases:
         load: Callable[[], object] | None,
         *,
         hand_back: bool = False,
+        ask_up_to: int | None = None,
     ) -> tuple[Lease, object]:
         """`acquire`, with `check` and `load` run on the catalog thread in the same call
         as each attempt (a hop fewer for each): `check` before it, raising to refuse
@@ -276,7 +277,9 @@ class Leases:
         released = asyncio.Event()
         self._waiting.setdefault(upload_id, set()).add(released)
         try:
-            return await self._attempts(upload_id, wait, check, load, hand_back, released)
+            return await self._attempts(
+                upload_id, wait, check, load, hand_back, released, ask_up_to
+            )
         finally:
             waiting = self._waiting[upload_id]
             waiting.discard(released)
@@ -291,6 +294,7 @@ class Leases:
         load: Callable[[], object] | None,
         hand_back: bool,
         released: asyncio.Event,
+        ask_up_to: int | None,
     ) -> tuple[Lease, object]:
         holder = f"{self._instance}:{secrets.token_hex(6)}"
         started = time.monotonic()
@@ -298,7 +302,10 @@ class Leases:
         # The token of the lease held when this request arrived: only holders up to it
         # are asked to let go. One taken since came after this request (its client's
         # next PATCH, say, while this one still waited): it is waited for, not stopped.
-        arrived_at: int | None = None
+        # `ask_up_to`: the fencing counter as the request arrived, when it waited for
+        # something else before its first attempt.
+        arrived_at = ask_up_to
+        asked = False
         while True:
             released.clear()
             # The catalog takes over a lease whose expiry is at or before `now`. Holders
@@ -321,6 +328,8 @@ class Leases:
                 return taken, loaded
             if arrived_at is None:
                 arrived_at = taken
+            if not asked and taken <= arrived_at:
+                asked = True
                 metrics.RELEASE_REQUESTS.inc()
             local = self._active.get(upload_id)
             if local is not None and local.lease.token <= arrived_at:
@@ -363,6 +372,12 @@ class Leases:
             self._catalog.release_lease(lease)
         return lease, loaded
 
+    async def arrival_token(self) -> int:
+        """The last fencing token handed out, by any process: a request that notes it
+        before it waits (for a writer slot) later asks only holders that took the
+        upload before it arrived (`held(ask_up_to=...)`)."""
+        return await self._runner.db(self._catalog.last_fencing_token)
+
     async def release(self, lease: Lease) -> None:
         await self._runner.db(self._catalog.release_lease, lease)
 
@@ -388,17 +403,20 @@ class Leases:
         wait: float | None = None,
         check: Callable[[], None] | None = None,
         load: Callable[[], object] | None = None,
+        ask_up_to: int | None = None,
     ) -> AsyncIterator[Control]:
         """Hold the upload's lease for the block, renewing it; with `watch`, poll for stops.
 
         `check` runs before every attempt at the lease and may raise to refuse it. With
         `load`, `control.loaded` is what it read as the lease was taken. The block may
-        hand the lease back early with `release_reading`.
+        hand the lease back early with `release_reading`. `ask_up_to` (the fencing
+        counter when the request arrived, `arrival_token`): only a holder whose token is
+        at most that is asked to let go; by default, the holder at the first attempt.
         """
         if watch:
             self._starting[upload_id] = self._starting.get(upload_id, 0) + 1
         try:
-            lease, loaded = await self._acquire(upload_id, wait, check, load)
+            lease, loaded = await self._acquire(upload_id, wait, check, load, ask_up_to=ask_up_to)
             control = Control(lease, task=asyncio.current_task(), loaded=loaded)
             if watch:
                 self._active[upload_id] = control

@@ -44,6 +44,10 @@ class WriterSlots:
     def held(self, principal: str) -> int:
         return self._held[principal]
 
+    def free_for(self, principal: str) -> bool:
+        """Whether `principal` would get a slot now, without waiting."""
+        return self._may_take(principal)
+
     def _may_take(self, principal: str) -> bool:
         mine = self._held[principal]
         if mine == 0:

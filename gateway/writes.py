@@ -114,7 +114,14 @@ class Writes:
 
         `acquire_wait` bounds the wait for a busy upload (default: acquire_timeout).
         """
-        async with self._writers.slot(principal_key(principal)):
+        key = principal_key(principal)
+        arrived: int | None = None
+        if not self._writers.free_for(key):
+            # It waits for a slot, maybe for seconds, and its client may give up and
+            # send its next PATCH meanwhile: once this one has a slot it must not stop
+            # that one. It asks only a holder that took the upload before it arrived.
+            arrived = await self._leases.arrival_token()
+        async with self._writers.slot(key):
             try:
                 return await self._write_held(
                     principal,
@@ -125,6 +132,7 @@ class Writes:
                     checksum,
                     content_length,
                     acquire_wait,
+                    arrived,
                 )
             except CatalogFull as exc:
                 # Taking or handing back the lease found no space: say what is recorded
@@ -150,6 +158,7 @@ class Writes:
         checksum: ChecksumHeader | None,
         content_length: int | None,
         acquire_wait: float | None,
+        arrived: int | None,
     ) -> tuple[Upload, Outcome]:
         # Whether the request may write, checked before the holder (if any) is asked to
         # let go; then the upload as of now, under the lease, with its key and tail
@@ -157,7 +166,12 @@ class Writes:
         writable = functools.partial(self._writable, principal, upload_id)
         state = functools.partial(self._writing_state, upload_id)
         async with self._leases.held(
-            upload_id, watch=True, wait=acquire_wait, check=writable, load=state
+            upload_id,
+            watch=True,
+            wait=acquire_wait,
+            check=writable,
+            load=state,
+            ask_up_to=arrived,
         ) as control:
             found, wrapped, pieces = cast(_WritingState, control.loaded)
             upload = self._check_owned(principal, found)

@@ -475,6 +475,16 @@ class TestLeases:
         b = cat.try_lease("u1", "B", TTL, now=2.0, ask_up_to=a.token)
         assert isinstance(b, Lease) and b.token > a.token
 
+    def test_the_last_fencing_token_is_the_newest_handed_out(self, cat: Catalog) -> None:
+        cat.create_upload(upload(), None)
+        before = cat.last_fencing_token()
+        a = lease_on(cat)
+        assert before < a.token == cat.last_fencing_token()
+        cat.release_lease(a)
+        assert cat.last_fencing_token() == a.token  # a release hands out none
+        b = lease_on(cat, holder="B", now=1.0)
+        assert cat.last_fencing_token() == b.token > a.token
+
     def test_an_expired_lease_is_taken_over(self, cat: Catalog) -> None:
         cat.create_upload(upload(), None)
         a = lease_on(cat)

@@ -356,6 +356,10 @@ class LeaseCatalog(Protocol):
 
     def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState: ...
     def release_lease(self, lease: Lease) -> None: ...
+    def last_fencing_token(self) -> int:
+        """The last fencing token handed out (0 before the first): every lease taken
+        after this call gets a larger one."""
+
     def lease_held(self, upload_id: str, now: float) -> bool:
         """Whether someone holds the upload's lease (expiring after `now`); only reads,
         so unlike a failed `acquire_lease` it asks no one to let go."""

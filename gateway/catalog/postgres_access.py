@@ -75,6 +75,12 @@ class PostgresAccess(PostgresDatabase, AccessSQL):
             return LeaseState(valid=False, release_requested=False)
         return LeaseState(valid=True, release_requested=bool(row[0]))
 
+    def last_fencing_token(self) -> int:
+        rows = self._select(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM fencing_tokens", ()
+        )
+        return int(rows[0][0])
+
     def release_lease(self, lease: Lease) -> None:
         with self._tx(durable=False) as cur:
             row = cur.execute(

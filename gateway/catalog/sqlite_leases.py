@@ -104,6 +104,10 @@ class SQLiteLeases(PortableSQL):
             )
             return LeaseState(valid=True, release_requested=bool(row[2]))
 
+    def last_fencing_token(self) -> int:
+        rows = self._select("SELECT last_token FROM lease_tokens WHERE name = 'fencing'", ())
+        return int(rows[0][0])
+
     def release_lease(self, lease: Lease) -> None:
         # Deleting the row is safe for fencing: tokens come from the global counter.
         with self._tx(durable=False) as cur:
