@@ -243,3 +243,22 @@ def upload_row(upload_id: str = "u1", **changes: object) -> Upload:
         checksum=b"\x01sealed checksum",
     )
     return replace(base, **changes)  # type: ignore[arg-type]
+
+
+class OutBuffers:
+    """What test pools hand out: each buffer dirtied (whatever its last user left) and
+    tracked until given back, once."""
+
+    def __init__(self) -> None:
+        self.out: list[bytearray] = []
+        self.takes = 0
+
+    def handed(self, buffer: bytearray) -> bytearray:
+        buffer[:] = b"\xaa" * len(buffer)
+        self.out.append(buffer)
+        self.takes += 1
+        return buffer
+
+    def back(self, buffer: bytearray) -> None:
+        assert any(b is buffer for b in self.out), "given back twice, or never taken"
+        self.out = [b for b in self.out if b is not buffer]

@@ -24,30 +24,24 @@ from gateway.sealed import MIN_SEGMENT_SIZE, RECORD_OVERHEAD, record_offset
 from gateway.store.base import ObjectStore
 from gateway.store.folder import FolderStore
 from gateway.wiring import build_services
-from tests.fakes import MemoryStore
+from tests.fakes import MemoryStore, OutBuffers
 from tests.test_uploads import ME, body
 
 SEGMENT = MIN_SEGMENT_SIZE
 
 
-class CountingPool(BufferPool):
+class CountingPool(BufferPool, OutBuffers):
     """Hands out dirty buffers and knows which are out."""
 
     def __init__(self, size: int, keep: int) -> None:
-        super().__init__(size, keep)
-        self.out: list[bytearray] = []
-        self.takes = 0
+        BufferPool.__init__(self, size, keep)
+        OutBuffers.__init__(self)
 
     def take(self) -> bytearray:
-        buffer = super().take()
-        buffer[:] = b"\xaa" * len(buffer)  # whatever its last user left
-        self.out.append(buffer)
-        self.takes += 1
-        return buffer
+        return self.handed(super().take())
 
     def give(self, buf: bytearray) -> None:
-        assert any(b is buf for b in self.out), "given back twice, or never taken"
-        self.out = [b for b in self.out if b is not buf]
+        self.back(buf)
         super().give(buf)
 
 

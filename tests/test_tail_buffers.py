@@ -24,34 +24,28 @@ from gateway.writer.base import Fragment
 from gateway.writer.pipeline import SealingPipeline
 from gateway.writer.record import Record
 from gateway.writer.tail import TailPieces
-from tests.fakes import InPlaceMemoryStore, MemoryStore
+from tests.fakes import InPlaceMemoryStore, MemoryStore, OutBuffers
 from tests.test_uploads import ME, body, read
 
 KiB = 1024
 SEGMENT = 512 * KiB
 
 
-class DirtyBuffers(SizedBuffers):
+class DirtyBuffers(SizedBuffers, OutBuffers):
     """Hands out buffers full of another request's bytes; knows which are out."""
 
     made: ClassVar[list[DirtyBuffers]] = []
 
     def __init__(self, idle: int = SIZED_IDLE, released: Callable[[int], None] | None = None):
-        super().__init__(idle, released)
-        self.out: list[bytearray] = []
-        self.takes = 0
+        SizedBuffers.__init__(self, idle, released)
+        OutBuffers.__init__(self)
         DirtyBuffers.made.append(self)
 
     def take(self, size: int) -> bytearray:
-        buffer = super().take(size)
-        buffer[:] = b"\xaa" * len(buffer)
-        self.out.append(buffer)
-        self.takes += 1
-        return buffer
+        return self.handed(super().take(size))
 
     def give(self, buf: bytearray) -> None:
-        assert any(b is buf for b in self.out), "given back twice, or never taken"
-        self.out = [b for b in self.out if b is not buf]
+        self.back(buf)
         super().give(buf)
 
 

@@ -252,15 +252,10 @@ class SealingPipeline:
         metrics.BYTES_STORED.inc(size)
         return RecordRow(index, length, record.final, size, digest, etag)
 
-    def recover(self, record: Record) -> bytes:
-        """The plaintext an unfinished record has sealed, from the ciphertext written."""
-        out = bytearray(record.done)
-        self.recover_into(record, out)
-        return bytes(out)
-
     def recover_into(self, record: Record, out: bytearray) -> memoryview:
-        """`recover` into the front of `out` (at least `record.done` bytes): a pooled
-        buffer, so a cut record's megabytes do not stay behind in the C heap once freed."""
+        """The plaintext an unfinished record has sealed, from the ciphertext written,
+        into the front of `out` (at least `record.done` bytes): a pooled buffer, so a cut
+        record's megabytes do not stay behind in the C heap once freed."""
         assert record.stream is not None
         if record.buffer is not None:
             cipher = memoryview(record.buffer)[NONCE_LEN : NONCE_LEN + record.done]
