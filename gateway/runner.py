@@ -113,6 +113,14 @@ class Runner:
     async def seal(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._seal.call(functools.partial(fn, *args, **kwargs))
 
+    def seal_soon(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> asyncio.Future[T]:
+        """`seal`, handed to a thread now: the future to await. Two of them gathered
+        cost no task each, as two `seal` coroutines would (a batch of a slow body is
+        small, so that is a real share of its cost)."""
+        return self._seal.call(functools.partial(fn, *args, **kwargs))
+
     async def io(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._io.call(functools.partial(fn, *args, **kwargs))
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.catalog.base import Upload, UploadState
-from gateway.store.base import ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
+from gateway.store.base import InPlaceStore, ObjectNotFound, PartRef, StaleWrite, StoreUnavailable
 from gateway.types import Buffer
 
 
@@ -209,10 +209,13 @@ class InPlaceMemoryStore(MemoryStore):
             data = bytes(self.spans[multipart_id][offset : offset + written]) + rest
             return _keep_part(upload, number, offset, data, sha256)
 
-    def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
+    def read_span_into(self, key: str, multipart_id: str, offset: int, buffer: Buffer) -> int:
+        view = memoryview(buffer).cast("B")
         with self._lock:
             self._open(key, multipart_id)
-            return bytes(self.spans.get(multipart_id, b"")[offset : offset + length])
+            data = self.spans.get(multipart_id, b"")[offset : offset + view.nbytes]
+            view[: len(data)] = data
+            return len(data)
 
     def discard_from(self, key: str, multipart_id: str, offset: int, *, fence: int = 0) -> None:
         """Drop the bytes from `offset` on, and with them the parts they held."""
@@ -243,6 +246,12 @@ def upload_row(upload_id: str = "u1", **changes: object) -> Upload:
         checksum=b"\x01sealed checksum",
     )
     return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def read_span(store: InPlaceStore, key: str, multipart_id: str, offset: int, length: int) -> bytes:
+    """Up to `length` bytes of an unfinished multipart object from `offset` on."""
+    buffer = bytearray(length)
+    return bytes(buffer[: store.read_span_into(key, multipart_id, offset, buffer)])
 
 
 class OutBuffers:

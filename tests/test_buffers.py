@@ -74,6 +74,17 @@ def test_sized_buffers_are_reused_by_class() -> None:
     assert len(sized.take(MiB)) == MiB  # another class: a new one
 
 
+def test_an_idle_sized_buffer_up_to_twice_the_size_is_taken_before_a_new_one() -> None:
+    sized = SizedBuffers()
+    larger, too_large = sized.take(2 * MiB), sized.take(3 * MiB)
+    sized.give(too_large)
+    sized.give(larger)
+    assert sized.take(MiB + 1) is larger  # its class: 1.25 MiB; 2 MiB is within twice that
+    assert sized.idle == len(too_large)
+    assert sized.take(MiB + 1) is not too_large  # more than twice: a new one
+    assert sized.take(2 * MiB) is too_large  # 3 MiB is within twice 2 MiB
+
+
 def test_sized_buffers_beyond_the_idle_bytes_are_dropped_and_reported() -> None:
     freed: list[int] = []
     sized = SizedBuffers(idle=3 * MiB, released=freed.append)

@@ -333,7 +333,7 @@ def test_operations_of_one_concern() -> None:
     store = metrics.operations(ObjectStore, InPlaceStore)
     assert metrics.operations(ObjectStore) < store
     # What the hand-written lists had missed.
-    assert {"size", "write_span", "read_span", "discard_from"} <= store
+    assert {"size", "write_span", "read_span_into", "discard_from"} <= store
     assert "wrapped_key" in metrics.operations(Catalog)
     with pytest.raises(TypeError):
         metrics.operations(_AnswersEverything)

@@ -633,10 +633,10 @@ async def test_an_empty_upload_is_complete_when_created(service: Uploads) -> Non
 class OverwritingStore(InPlaceMemoryStore):
     """Reads back an unfinished part as if another writer had overwritten it since."""
 
-    def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
-        data = bytearray(super().read_span(key, multipart_id, offset, length))
-        data[-1] ^= 1
-        return bytes(data)
+    def read_span_into(self, key: str, multipart_id: str, offset: int, buffer: Buffer) -> int:
+        got = super().read_span_into(key, multipart_id, offset, buffer)
+        memoryview(buffer).cast("B")[got - 1] ^= 1
+        return got
 
 
 async def test_an_overwritten_unfinished_record_is_not_trusted(tmp_path: Path) -> None:
@@ -719,11 +719,11 @@ async def test_a_failed_seal_waits_for_the_plaintext_hash_before_reusing_slices(
     monkeypatch.setattr(ReceiveBudget, "give", watched_give)
     store = InPlaceMemoryStore()
     async with own_service(tmp_path, store) as service:
-        seal = service.runner.seal
+        seal_soon = service.runner.seal_soon
 
-        async def slow_plain_hash(fn: Callable[..., Any], /, *args: Any) -> Any:
+        def slow_plain_hash(fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
             if getattr(fn, "__func__", None) is not SealingPipeline.hash_plain:
-                return await seal(fn, *args)
+                return seal_soon(fn, *args)
 
             def slowly(*args: Any) -> None:
                 hashing.set()
@@ -731,9 +731,9 @@ async def test_a_failed_seal_waits_for_the_plaintext_hash_before_reusing_slices(
                 fn(*args)
                 hashing.clear()
 
-            return await seal(slowly, *args)
+            return seal_soon(slowly, *args)
 
-        service.runner.seal = slow_plain_hash  # type: ignore[method-assign,assignment]
+        service.runner.seal_soon = slow_plain_hash  # type: ignore[method-assign,assignment]
         upload = await service.create(ME, length=4 * S, metadata=None)
         store.spans_fail_after = 1  # the record's nonce is written, its first slice fails
         with pytest.raises(GatewayError) as caught:

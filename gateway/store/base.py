@@ -136,8 +136,9 @@ class InPlaceStore(ObjectStore, Protocol):
     ) -> None:
         """Write bytes of an unfinished part at `offset`, fenced, not yet durable."""
 
-    def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
-        """Read back bytes written to the unfinished multipart object (may be short)."""
+    def read_span_into(self, key: str, multipart_id: str, offset: int, buffer: Buffer) -> int:
+        """Read back bytes written to the unfinished multipart object into `buffer`;
+        how many (fewer than it holds at the object's end)."""
 
     def discard_from(self, key: str, multipart_id: str, offset: int, *, fence: int = 0) -> None:
         """Drop the unfinished object's bytes from `offset` on, fenced like a write.

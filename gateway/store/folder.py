@@ -129,18 +129,13 @@ class FolderStore:
             finally:
                 os.close(fd)
 
-    def read_span(self, key: str, multipart_id: str, offset: int, length: int) -> bytes:
+    def read_span_into(self, key: str, multipart_id: str, offset: int, buffer: Buffer) -> int:
         path = self._multipart_path(key, multipart_id)
+        view = memoryview(buffer).cast("B")
         with _storage_errors():
             fd = _open_multipart(path, multipart_id, os.O_RDONLY)
             try:
-                data = bytearray()
-                while len(data) < length:
-                    got = os.pread(fd, length - len(data), offset + len(data))
-                    if not got:
-                        break
-                    data += got
-                return bytes(data)
+                return _read_into(fd, view, offset)
             finally:
                 os.close(fd)
 
@@ -232,10 +227,7 @@ class FolderStore:
         view = memoryview(buffer).cast("B")
         try:
             with open(self._path(key), "rb", buffering=0) as f:
-                got = 0
-                while got < view.nbytes and (n := os.preadv(f.fileno(), [view[got:]], start + got)):
-                    got += n
-                return got
+                return _read_into(f.fileno(), view, start)
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
         except OSError as exc:
@@ -270,6 +262,15 @@ def _open_multipart(path: Path, multipart_id: str, flags: int = os.O_WRONLY) -> 
         return os.open(path, flags)
     except FileNotFoundError as exc:
         raise StoreUnavailable(f"multipart upload {multipart_id} is gone") from exc
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` from `offset` on, up to the file's end; returns how many bytes that was.
+    Straight into the caller's buffer: no bytes object made, no copy under the GIL."""
+    got = 0
+    while got < view.nbytes and (n := os.preadv(fd, [view[got:]], offset + got)):
+        got += n
+    return got
 
 
 def _pwrite_all(fd: int, chunks: Sequence[Buffer], offset: int) -> int:

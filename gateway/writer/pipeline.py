@@ -143,8 +143,8 @@ class SealingPipeline:
         """Hash the plaintext and seal it, side by side. Both finish before the batch's
         buffers go back to their pools, even when one fails."""
         done = await asyncio.gather(
-            self._runner.seal(self.hash_plain, record, batch),
-            self._runner.seal(self.absorb, record, batch),
+            self._runner.seal_soon(self.hash_plain, record, batch),
+            self._runner.seal_soon(self.absorb, record, batch),
             return_exceptions=True,
         )
         for outcome in done:
@@ -260,26 +260,27 @@ class SealingPipeline:
         if record.buffer is not None:
             cipher = memoryview(record.buffer)[NONCE_LEN : NONCE_LEN + record.done]
             return record.stream.recover_into(cipher, out)
-        written = self._read_back(record)
+        written = self._sized.take(NONCE_LEN + record.done)
         try:
-            return record.stream.recover_into(memoryview(written)[NONCE_LEN:], out)
+            return record.stream.recover_into(self._read_back(record, written), out)
         finally:
-            self._sized.released(len(written))  # freed as it goes: let the trimmer know
+            self._sized.give(written)
 
-    def _read_back(self, record: Record) -> bytes:
-        """An unfinished record's nonce and ciphertext as an in-place store has them,
-        checked to be this request's own."""
+    def _read_back(self, record: Record, buffer: bytearray) -> memoryview:
+        """An unfinished record's ciphertext as an in-place store has it, read into
+        `buffer` (nonce first) and checked to be this request's own."""
         assert self._in_place is not None and self._upload.multipart_id is not None
         size = NONCE_LEN + record.done
         start = self._cipher_offset(record.index) - NONCE_LEN
-        written = self._in_place.read_span(self._key, self._upload.multipart_id, start, size)
+        written = memoryview(buffer)[:size]
+        got = self._in_place.read_span_into(self._key, self._upload.multipart_id, start, written)
         assert record.record_hash is not None
-        if len(written) != size or self._sealer.suite.hash(written).digest() != (
+        if got != size or self._sealer.suite.hash(written).digest() != (
             record.record_hash.digest()
         ):
             # Only a newer writer can have written there since: this request lost.
             raise StaleWrite(f"record {record.index} was overwritten before it was finished")
-        return written
+        return written[NONCE_LEN:]
 
     def part_offset(self, index: int) -> int:
         return part_offset(len(self._header), self._segment_size, index)
