@@ -85,7 +85,7 @@ TX_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
 # transactions of gateway/catalog/postgres_access.py). PostgreSQL 15's pg_stat_statements
 # does not count a utility statement run as a prepared statement, and psycopg prepares
 # any statement run 5 times on a connection: those SETs are counted from these calls.
-SET_LOCAL_OPERATIONS = ("renew_lease", "release_lease", "token_used")
+SET_LOCAL_OPERATIONS = ("renew_leases", "release_lease", "token_used")
 IDLE_REOPEN = 3.0  # seconds a client's connection may sit idle before it opens a new one
 
 

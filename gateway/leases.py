@@ -15,6 +15,7 @@ from typing import TypeVar, cast
 from gateway import metrics
 from gateway.catalog.base import CatalogUnavailable, Lease, LeaseCatalog, LeaseSignals
 from gateway.errors import ERR, GatewayError
+from gateway.renewals import Renewals
 from gateway.runner import Runner
 
 T = TypeVar("T")
@@ -111,7 +112,8 @@ class Leases:
     elsewhere stops as soon as it is asked, and a waiter here tries again as soon as
     the upload is let go, instead of at their next poll; polling stays as the fallback.
 
-    Every holder renews its lease each poll until it lets go, so a lease that has not
+    Every holder renews its lease each poll until it lets go (the renewals of all the
+    holders here gathered into one catalog call, `Renewals`), so a lease that has not
     been renewed for `stale_after` seconds belongs to a holder that is gone (a process
     killed mid-PATCH): the next request takes it over instead of waiting out the ttl,
     and a client resumes within seconds of a crash and restart. A takeover of a holder
@@ -132,6 +134,7 @@ class Leases:
         stale_after: float = 5.0,
         clock: Callable[[], float] = time.time,
         signals: LeaseSignals | None = None,
+        renew_window: float | None = None,
     ) -> None:
         self._catalog = catalog
         self._signals = signals
@@ -146,6 +149,14 @@ class Leases:
         self._min_rate = min_rate
         self._rate_window = rate_window
         self._clock = clock
+        # Holders' renewals, one catalog call per window (by default a fifth of a poll).
+        self._renewals = Renewals(
+            catalog,
+            runner,
+            ttl=ttl,
+            window=poll_interval / 5 if renew_window is None else renew_window,
+            clock=clock,
+        )
         self._instance = secrets.token_hex(6)
         self._active: dict[str, Control] = {}
         self._starting: dict[str, int] = {}  # writers here on their way to a lease
@@ -470,9 +481,7 @@ class Leases:
                 ):
                     control.on_idle()
             try:
-                state = await self._runner.db(
-                    self._catalog.renew_lease, control.lease, self._ttl, self._clock()
-                )
+                state = await self._renewals.renew(control.lease)
             except CatalogUnavailable:
                 # Renewal is retried each poll. A holder that could not renew for the
                 # stale window counts as gone to the others: it stops too (what it

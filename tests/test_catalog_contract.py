@@ -24,6 +24,7 @@ from gateway.catalog.base import (
     HookEvent,
     Lease,
     LeaseLost,
+    LeaseState,
     OffsetConflict,
     Principal,
     Progress,
@@ -107,6 +108,11 @@ def lease_on(cat: Catalog, upload_id: str = "u1", holder: str = "A", now: float 
     lease = cat.acquire_lease(upload_id, holder, TTL, now=now)
     assert lease is not None
     return lease
+
+
+def renew(cat: Catalog, lease: Lease, now: float) -> LeaseState:
+    [state] = cat.renew_leases([lease], TTL, now=now)
+    return state
 
 
 def snapshot(cat: Catalog, upload_id: str) -> tuple[object, ...]:
@@ -443,7 +449,7 @@ class TestLeases:
         a = lease_on(cat)
         assert cat.lease_held("u1", now=1.0)
         assert not cat.lease_held("u1", now=TTL)  # expired: whoever held it is gone
-        state = cat.renew_lease(a, TTL, now=2.0)
+        state = renew(cat, a, now=2.0)
         assert state.valid and not state.release_requested
         cat.release_lease(a)
         assert not cat.lease_held("u1", now=3.0)
@@ -453,24 +459,51 @@ class TestLeases:
         a = lease_on(cat)
         assert a.expires_at == TTL
         assert cat.acquire_lease("u1", "B", TTL, now=1.0) is None
-        state = cat.renew_lease(a, TTL, now=2.0)
+        state = renew(cat, a, now=2.0)
         assert state.valid and state.release_requested
         cat.release_lease(a)
         b = lease_on(cat, holder="B", now=3.0)
         assert b.token > a.token
-        state = cat.renew_lease(b, TTL, now=4.0)
+        state = renew(cat, b, now=4.0)
         assert state.valid and not state.release_requested
-        assert not cat.renew_lease(a, TTL, now=4.0).valid
+        assert not renew(cat, a, now=4.0).valid
         cat.release_lease(a)  # a stale release does not free B's lease
         assert cat.acquire_lease("u1", "C", TTL, now=5.0) is None
+
+    def test_leases_renew_together_each_to_its_own_state(self, cat: Catalog) -> None:
+        mine = lease_on(cat, "u1")
+        taken_over = lease_on(cat, "u2")
+        newer = lease_on(cat, "u2", holder="B", now=TTL)  # expired: taken over
+        asked = lease_on(cat, "u3")
+        assert cat.acquire_lease("u3", "B", TTL, now=1.0) is None  # asks A to let go
+        gone = lease_on(cat, "u4")
+        cat.release_lease(gone)  # no lease row left
+        states = cat.renew_leases([taken_over, mine, gone, asked], TTL, now=10.0)
+        assert states == [
+            LeaseState(valid=False, release_requested=False),
+            LeaseState(valid=True, release_requested=False),
+            LeaseState(valid=False, release_requested=False),
+            LeaseState(valid=True, release_requested=True),
+        ]
+        # The valid ones last from the renewal; the others are left as they were.
+        assert cat.lease_held("u1", now=TTL + 5) and cat.lease_held("u3", now=TTL + 5)
+        assert cat.lease_held("u2", now=newer.expires_at - 1)
+        assert not cat.lease_held("u4", now=10.0)
+        assert (
+            cat.renew_leases([newer, mine], TTL, now=11.0)
+            == [LeaseState(valid=True, release_requested=False)] * 2
+        )
+
+    def test_an_empty_renewal_renews_nothing(self, cat: Catalog) -> None:
+        assert cat.renew_leases([], TTL, now=0.0) == []
 
     def test_a_waiter_asks_only_holders_that_were_there_when_it_arrived(self, cat: Catalog) -> None:
         cat.create_upload(upload(), None)
         a = lease_on(cat)
         assert cat.try_lease("u1", "B", TTL, now=1.0, ask_up_to=a.token - 1) == a.token
-        assert not cat.renew_lease(a, TTL, now=1.0).release_requested  # newer: not asked
+        assert not renew(cat, a, now=1.0).release_requested  # newer: not asked
         assert cat.try_lease("u1", "B", TTL, now=1.0, ask_up_to=a.token) == a.token
-        assert cat.renew_lease(a, TTL, now=1.0).release_requested
+        assert renew(cat, a, now=1.0).release_requested
         cat.release_lease(a)
         b = cat.try_lease("u1", "B", TTL, now=2.0, ask_up_to=a.token)
         assert isinstance(b, Lease) and b.token > a.token
@@ -492,20 +525,20 @@ class TestLeases:
         assert b.token > a.token
         with pytest.raises(LeaseLost):
             cat.commit(a, Progress(0, 10))
-        assert not cat.renew_lease(a, TTL, now=TTL + 1).valid
+        assert not renew(cat, a, now=TTL + 1).valid
         cat.commit(b, Progress(0, 10))
         got = cat.get_upload("u1")
         assert got is not None and got.offset == 10
 
     def test_an_expired_lease_no_one_took_renews(self, cat: Catalog) -> None:
         a = lease_on(cat)
-        assert cat.renew_lease(a, TTL, now=100.0).valid
+        assert renew(cat, a, now=100.0).valid
         assert cat.acquire_lease("u1", "B", TTL, now=101.0) is None
 
     def test_tokens_only_grow(self, cat: Catalog) -> None:
         a1 = lease_on(cat)
         a2 = lease_on(cat, now=1.0)  # the same holder again: a new token
-        assert a2.token > a1.token and not cat.renew_lease(a1, TTL, now=2.0).valid
+        assert a2.token > a1.token and not renew(cat, a1, now=2.0).valid
         tokens = [a2.token]
         cat.release_lease(a2)
         for i in range(3):

@@ -305,7 +305,7 @@ async def test_a_stopped_writer_keeps_its_lease_until_it_lets_go(
         assert control.stop_reason == "released"
         await asyncio.sleep(1.0)  # "finishing" for longer than stale_after
         assert not waiting.done()
-        state = await runner.db(catalog.renew_lease, control.lease, 30.0, time.time())
+        [state] = await runner.db(catalog.renew_leases, [control.lease], 30.0, time.time())
         assert state.valid
     lease = await waiting
     assert lease.token > control.lease.token
@@ -348,7 +348,7 @@ async def test_a_failing_check_refuses_without_disturbing_the_holder(
             async with other.held("u8", check=refuse):
                 pass  # pragma: no cover
         assert caught.value.err is ERR.UPLOAD_NOT_FOUND
-        state = await runner.db(catalog.renew_lease, control.lease, 30.0, time.time())
+        [state] = await runner.db(catalog.renew_leases, [control.lease], 30.0, time.time())
         assert state.valid and not state.release_requested
         assert control.stop_reason is None
 
@@ -380,7 +380,7 @@ async def test_release_reading_reads_before_the_lease_goes_back(
         await asyncio.sleep(0.2)  # the renewal stopped: it would fail, and stop us
         assert control.stop_reason is None
     # Leaving the block does not hand back someone else's lease.
-    state = await runner.db(catalog.renew_lease, taken, 30.0, time.time())
+    [state] = await runner.db(catalog.renew_leases, [taken], 30.0, time.time())
     assert state.valid
 
 

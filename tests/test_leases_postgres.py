@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -296,10 +296,10 @@ class _Unreachable(SQLiteCatalog):
 
     down = False
 
-    def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState:
+    def renew_leases(self, leases: Sequence[Lease], ttl: float, now: float) -> list[LeaseState]:
         if self.down:
             raise CatalogUnavailable("down")
-        return super().renew_lease(lease, ttl, now)
+        return super().renew_leases(leases, ttl, now)
 
 
 async def test_a_holder_rides_out_an_outage_shorter_than_the_stale_window(

@@ -354,7 +354,12 @@ class LeaseCatalog(Protocol):
         asked to let go only if its token is at most `ask_up_to` (when given): a waiter
         asks only holders that were there when it arrived."""
 
-    def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState: ...
+    def renew_leases(self, leases: Sequence[Lease], ttl: float, now: float) -> list[LeaseState]:
+        """Extend each lease to `now + ttl` in one transaction; their states, in the order
+        given. A lease stays valid, even past its expiry, while its holder and token are
+        still the row's (taking it over always changes the token); an empty `leases`
+        touches nothing."""
+
     def release_lease(self, lease: Lease) -> None: ...
     def last_fencing_token(self) -> int:
         """The last fencing token handed out (0 before the first): every lease taken

@@ -4,6 +4,8 @@ grants and API keys is access_sql.py."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.catalog.access_sql import AccessSQL
 from gateway.catalog.base import Lease, LeaseState, UploadState
 from gateway.catalog.portable import Cursor
@@ -62,18 +64,34 @@ class PostgresAccess(PostgresDatabase, AccessSQL):
             )
             return Lease(upload_id=upload_id, holder=holder, token=token, expires_at=expires_at)
 
-    def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState:
-        # Even past its expiry the lease is still ours while nobody has taken it
-        # (taking it always changes the token).
+    def renew_leases(self, leases: Sequence[Lease], ttl: float, now: float) -> list[LeaseState]:
+        if not leases:
+            return []
+        # One statement for all. Even past its expiry a lease is still ours while nobody
+        # has taken it (taking it always changes the token).
         with self._tx(durable=False) as cur:
-            row = cur.execute(
-                "UPDATE leases SET expires_at = %s WHERE upload_id = %s AND holder = %s "
-                "AND token = %s RETURNING release_requested",
-                (now + ttl, lease.upload_id, lease.holder, lease.token),
-            ).fetchone()
-        if row is None:
-            return LeaseState(valid=False, release_requested=False)
-        return LeaseState(valid=True, release_requested=bool(row[0]))
+            rows = cur.execute(
+                "UPDATE leases AS l SET expires_at = %s "
+                "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS r(upload_id, holder, token) "
+                "WHERE l.upload_id = r.upload_id AND l.holder = r.holder AND l.token = r.token "
+                "RETURNING l.upload_id, l.token, l.release_requested",
+                (
+                    now + ttl,
+                    [lease.upload_id for lease in leases],
+                    [lease.holder for lease in leases],
+                    [lease.token for lease in leases],
+                ),
+            ).fetchall()
+        # A token is never handed out twice, so (upload_id, token) names one lease.
+        renewed = {(str(row[0]), int(row[1])): bool(row[2]) for row in rows}
+        states: list[LeaseState] = []
+        for lease in leases:
+            requested = renewed.get((lease.upload_id, lease.token))
+            if requested is None:
+                states.append(LeaseState(valid=False, release_requested=False))
+            else:
+                states.append(LeaseState(valid=True, release_requested=requested))
+        return states
 
     def last_fencing_token(self) -> int:
         rows = self._select(

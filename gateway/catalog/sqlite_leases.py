@@ -5,6 +5,7 @@ blocks reserved durably, so that taking a lease needs no fsync of its own."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from gateway.catalog.base import Lease, LeaseState
 from gateway.catalog.portable import PortableSQL
@@ -88,21 +89,27 @@ class SQLiteLeases(PortableSQL):
                 upload_id=upload_id, holder=holder, token=int(token), expires_at=expires_at
             )
 
-    def renew_lease(self, lease: Lease, ttl: float, now: float) -> LeaseState:
+    def renew_leases(self, leases: Sequence[Lease], ttl: float, now: float) -> list[LeaseState]:
+        if not leases:
+            return []
+        states: list[LeaseState] = []
         with self._tx(durable=False) as cur:
-            row = cur.execute(
-                "SELECT holder, token, release_requested FROM leases WHERE upload_id = ?",
-                (lease.upload_id,),
-            ).fetchone()
-            # Even past its expiry the lease is still ours while nobody has taken it
-            # (taking it always changes the token).
-            if row is None or row[0] != lease.holder or row[1] != lease.token:
-                return LeaseState(valid=False, release_requested=False)
-            cur.execute(
-                "UPDATE leases SET expires_at = ? WHERE upload_id = ? AND token = ?",
-                (now + ttl, lease.upload_id, lease.token),
-            )
-            return LeaseState(valid=True, release_requested=bool(row[2]))
+            for lease in leases:
+                row = cur.execute(
+                    "SELECT holder, token, release_requested FROM leases WHERE upload_id = ?",
+                    (lease.upload_id,),
+                ).fetchone()
+                # Even past its expiry the lease is still ours while nobody has taken it
+                # (taking it always changes the token).
+                if row is None or row[0] != lease.holder or row[1] != lease.token:
+                    states.append(LeaseState(valid=False, release_requested=False))
+                    continue
+                cur.execute(
+                    "UPDATE leases SET expires_at = ? WHERE upload_id = ? AND token = ?",
+                    (now + ttl, lease.upload_id, lease.token),
+                )
+                states.append(LeaseState(valid=True, release_requested=bool(row[2])))
+        return states
 
     def last_fencing_token(self) -> int:
         rows = self._select("SELECT last_token FROM lease_tokens WHERE name = 'fencing'", ())
