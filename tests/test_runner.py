@@ -1,4 +1,5 @@
-"""The runner's pools: sealing bounded by its own threads, storage never waiting for it."""
+"""The runner's pools: sealing bounded by its own threads, storage never waiting for it,
+and the calls of bodies still arriving after the others."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from gateway.runner import Runner, RunnerClosed
+from gateway.runner import Runner, RunnerClosed, receiving
 
 
 async def test_sealing_runs_on_its_own_bounded_threads() -> None:
@@ -117,3 +118,65 @@ def test_an_answer_for_a_closed_loop_is_dropped_and_the_thread_goes_on() -> None
     finally:
         release.set()
         runner.close()
+
+
+async def test_the_calls_of_a_body_still_arriving_go_after_the_others() -> None:
+    runner = Runner(io_threads=1, seal_threads=1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    async def body_arriving(name: str) -> None:
+        flag = receiving()
+        flag.active = True
+        try:
+            await runner.db(ran.append, name)
+        finally:
+            flag.active = False
+
+    try:
+        busy = asyncio.ensure_future(runner.db(release.wait, 5))
+        await asyncio.sleep(0.05)  # the one catalog thread is taken
+        queued = [asyncio.ensure_future(body_arriving("receiving 1"))]
+        await asyncio.sleep(0)
+        queued.append(asyncio.ensure_future(runner.db(ran.append, "answering")))
+        await asyncio.sleep(0)
+        queued.append(asyncio.ensure_future(body_arriving("receiving 2")))
+        await asyncio.sleep(0)
+        queued.append(asyncio.ensure_future(runner.seal(ran.append, "another lane")))
+        await asyncio.sleep(0.05)
+        release.set()
+        await busy
+        await asyncio.gather(*queued)
+    finally:
+        release.set()
+        runner.close()
+    assert ran == ["another lane", "answering", "receiving 1", "receiving 2"]
+
+
+async def test_a_task_started_while_receiving_follows_the_flag() -> None:
+    runner = Runner(io_threads=1, seal_threads=1)
+    release = threading.Event()
+    ran: list[str] = []
+    go = asyncio.Event()
+
+    async def record_task() -> None:  # started mid-body, like a record's sealing task
+        await go.wait()
+        await runner.io(ran.append, "record, body ended")
+
+    try:
+        flag = receiving()
+        flag.active = True
+        started = asyncio.ensure_future(record_task())
+        busy = asyncio.ensure_future(runner.io(release.wait, 5))
+        await asyncio.sleep(0.05)
+        mid_body = asyncio.ensure_future(runner.io(ran.append, "mid-body"))
+        await asyncio.sleep(0)
+        flag.active = False  # the body's end arrived
+        go.set()
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(busy, mid_body, started)
+    finally:
+        release.set()
+        runner.close()
+    assert ran == ["record, body ended", "mid-body"]

@@ -15,7 +15,7 @@ from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key
 from gateway.leases import Control, StopReason
 from gateway.limits import ReceiveBudget
-from gateway.runner import Runner
+from gateway.runner import Runner, receiving
 from gateway.sealed import Sealer
 from gateway.store.base import ObjectStore, StoreUnavailable, writes_in_place
 from gateway.tus.headers import ChecksumHeader
@@ -202,6 +202,16 @@ class SegmentWriter:
     # -- the body -----------------------------------------------------------------------
 
     async def receive(self, body: AsyncIterator[bytes]) -> None:
+        # Until its end has arrived, what the body costs goes after the answers others
+        # wait for; from then on this request's own calls are among those.
+        flag = receiving()
+        flag.active = True
+        try:
+            await self._receive(body)
+        finally:
+            flag.active = False
+
+    async def _receive(self, body: AsyncIterator[bytes]) -> None:
         control = self._control
         control.on_idle = self._intake.flush_idle
         task = asyncio.current_task()
