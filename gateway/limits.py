@@ -137,7 +137,9 @@ class ReceiveBudget:
     """Bytes of received plaintext, all uploads together, waiting to be sealed.
 
     `take(n)` waits until n bytes are free; waiters are served in order, so a large
-    request is not starved by small ones. `give(n)` hands bytes back.
+    request is not starved by small ones, except that one taken `first` (by a request
+    whose client waits for its answer) goes before the others. `give(n)` hands bytes
+    back.
     """
 
     def __init__(self, total: int) -> None:
@@ -152,13 +154,19 @@ class ReceiveBudget:
         self.free -= n
         return True
 
-    async def take(self, n: int) -> None:
+    async def take(self, n: int, *, first: bool = False) -> None:
         n = min(n, self.total)
+        if first and n <= self.free:
+            self.free -= n
+            return
         if self.try_take(n):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (n, future)
-        self._waiters.append(entry)
+        if first:
+            self._waiters.appendleft(entry)
+        else:
+            self._waiters.append(entry)
         try:
             await future
         except BaseException:

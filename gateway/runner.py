@@ -20,7 +20,8 @@ _STOP = object()
 
 class Receiving:
     """Whether a request is still taking in its body: until then its calls queue behind
-    everyone else's (`receiving`)."""
+    everyone else's (`receiving`). Cleared once the rest of the body is small enough to
+    be waiting in buffers already, sent: its client then waits for the answer."""
 
     __slots__ = ("active",)
 
@@ -49,6 +50,13 @@ def receiving() -> Receiving:
 def _later() -> bool:
     flag = _RECEIVING.get()
     return flag is not None and flag.active
+
+
+def answering() -> bool:
+    """Whether this task is a request's whose body has (all but) ended: what it waits
+    for, its client waits for."""
+    flag = _RECEIVING.get()
+    return flag is not None and not flag.active
 
 
 class RunnerClosed(RuntimeError):

@@ -103,6 +103,25 @@ async def test_the_receive_budget_serves_waiters_in_order_and_counts_bytes() -> 
     assert order == [80, 10] and budget.free == 10
 
 
+async def test_a_request_whose_client_waits_takes_the_budget_first() -> None:
+    budget = ReceiveBudget(100)
+    await budget.take(90)
+    order: list[str] = []
+
+    async def want(n: int, name: str, *, first: bool = False) -> None:
+        await budget.take(n, first=first)
+        order.append(name)
+
+    waiting = asyncio.create_task(want(20, "in order"))
+    await asyncio.sleep(0)
+    await want(10, "first, free now", first=True)  # past the waiter: there is room
+    ending = asyncio.create_task(want(30, "first", first=True))
+    await asyncio.sleep(0)
+    budget.give(50)
+    await asyncio.gather(waiting, ending)
+    assert order == ["first, free now", "first", "in order"] and budget.free == 0
+
+
 async def test_a_cancelled_waiter_takes_nothing_from_the_budget() -> None:
     budget = ReceiveBudget(100)
     await budget.take(100)

@@ -26,6 +26,7 @@ from gateway.errors import ERR, GatewayError
 from gateway.keys.keyring import LocalKeyring
 from gateway.limits import ReceiveBudget
 from gateway.reader import Reader
+from gateway.runner import answering
 from gateway.store.base import StoreUnavailable
 from gateway.tus.headers import ChecksumHeader
 from gateway.types import Buffer
@@ -33,6 +34,7 @@ from gateway.uploads import Uploads
 from gateway.wiring import build_services
 from gateway.writer import BodyInterrupted
 from gateway.writer.pipeline import SealingPipeline
+from gateway.writer.segment import NEAR_END
 from tests.fakes import InPlaceMemoryStore, MemoryStore
 from tests.tushttp import catalog_files_holding
 
@@ -855,3 +857,36 @@ async def test_tail_bytes_read_back_for_a_body_that_never_comes_go_back_to_the_b
         assert budget.free == budget.total
         done, _ = await service.write(ME, upload.id, offset=mib, body=body(data[mib:]))
         assert read(service, done) == data
+
+
+async def test_a_body_near_its_end_is_answered_first(tmp_path: Path) -> None:
+    # Until what is left of the body could be waiting in buffers, sent, its sealing
+    # queues behind the answers others wait for; then its client waits, and it goes
+    # first (through to storing and recording what is left).
+    store = InPlaceMemoryStore()
+    size = 2 * NEAR_END
+    data = os.urandom(size)
+    given = 0
+
+    async def counted(chunks: list[bytes]) -> AsyncIterator[bytes]:
+        nonlocal given
+        for chunk in chunks:
+            given += len(chunk)
+            yield chunk
+
+    async with own_service(tmp_path, store) as service:
+        seal_soon = service.runner.seal_soon
+        seen: list[tuple[bool, int]] = []
+
+        def watched(fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
+            seen.append((answering(), given))
+            return seal_soon(fn, *args)
+
+        service.runner.seal_soon = watched  # type: ignore[method-assign,assignment]
+        upload = await service.create(ME, length=size + S, metadata=None)
+        chunks = [data[i : i + S // 4] for i in range(0, size, S // 4)]
+        await service.write(ME, upload.id, offset=0, body=counted(chunks), content_length=size)
+    first = [at for answered, at in seen if answered]
+    assert not seen[0][0] and first and seen[-1][0]
+    assert [answered for answered, _ in seen] == sorted(answered for answered, _ in seen)
+    assert size - NEAR_END <= first[0] < size  # before the body's end was read

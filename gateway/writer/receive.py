@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from gateway.buffers import Pools
 from gateway.limits import ReceiveBudget
+from gateway.runner import answering
 from gateway.writer.base import Batch, Fragment
 
 SLICE = 1 << 20  # plaintext handed to the sealing thread at once, from a fast body
@@ -50,7 +51,7 @@ class Slices:
         """Hold a slice to gather into, waiting for the budget if need be."""
         if self._slice is None:
             size = self._size
-            await self.budget.take(size)
+            await self.budget.take(size, first=answering())
             self._slice, self.fill = self._pools.for_size(size).take(), 0
 
     def gather(self, view: memoryview, most: int) -> int:

@@ -15,7 +15,7 @@ from gateway.errors import ERR, GatewayError
 from gateway.layout import data_key
 from gateway.leases import Control, StopReason
 from gateway.limits import ReceiveBudget
-from gateway.runner import Runner, receiving
+from gateway.runner import Receiving, Runner, receiving
 from gateway.sealed import Sealer
 from gateway.store.base import ObjectStore, StoreUnavailable, writes_in_place
 from gateway.tus.headers import ChecksumHeader
@@ -26,6 +26,11 @@ from gateway.writer.pipeline import SealingPipeline
 from gateway.writer.receive import QUEUED_LIMIT, SLICE, Slices
 from gateway.writer.settle import Ledger
 from gateway.writer.tail import PLAIN_AT, TAIL_DIRECT, TailPieces, room_size
+
+# What may be left of a body once its client has sent it all, waiting in the socket's
+# receive buffer (16-32 KiB with many connections, autotuned with few) and uvicorn's:
+# from there on its client waits for the answer, and its calls go first.
+NEAR_END = 256 << 10
 
 
 class SegmentWriter:
@@ -202,16 +207,24 @@ class SegmentWriter:
     # -- the body -----------------------------------------------------------------------
 
     async def receive(self, body: AsyncIterator[bytes]) -> None:
-        # Until its end has arrived, what the body costs goes after the answers others
-        # wait for; from then on this request's own calls are among those.
+        # Until its end is near, what the body costs goes after the answers others wait
+        # for; from then on this request's own calls are among those.
         flag = receiving()
-        flag.active = True
+        flag.active = not self._near_end(0)
         try:
-            await self._receive(body)
+            await self._receive(body, flag)
         finally:
             flag.active = False
 
-    async def _receive(self, body: AsyncIterator[bytes]) -> None:
+    def _near_end(self, received: int) -> bool:
+        """Whether what is left of the body after `received` bytes may be waiting in
+        buffers already, sent: its client then waits for the answer."""
+        left = [] if self._content_length is None else [self._content_length - received]
+        if self.upload.length is not None:
+            left.append(self.upload.length - self.upload.offset - received)
+        return bool(left) and min(left) <= NEAR_END
+
+    async def _receive(self, body: AsyncIterator[bytes], flag: Receiving) -> None:
         control = self._control
         control.on_idle = self._intake.flush_idle
         task = asyncio.current_task()
@@ -236,6 +249,8 @@ class SegmentWriter:
                 control.last_activity = time.monotonic()
                 control.waited += control.last_activity - control.read_started
             control.received += len(chunk)
+            if flag.active and self._near_end(control.received):
+                flag.active = False
             await self._intake.take(chunk)
         # Stopped. A body that already brought every byte it announced, or every byte
         # the upload can still take, was not cut short: only its end was not yet read.
