@@ -53,8 +53,8 @@ def _later() -> bool:
 
 
 def answering() -> bool:
-    """Whether this task is a request's whose body has (all but) ended: what it waits
-    for, its client waits for."""
+    """Whether this task serves a request whose body has all but ended: whatever it
+    waits for now, its client waits for too."""
     flag = _RECEIVING.get()
     return flag is not None and not flag.active
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import resource
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +17,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from loadtests import steps
+from loadtests import steps, wire
 from loadtests.body import BLOCK, Body, RunningHash
 from loadtests.line import format_line, parse_line
 from loadtests.plot import plot
@@ -101,6 +105,34 @@ def settled_offset(gateway: GatewayProcess, url: str) -> int:
         last = offset
         time.sleep(0.2)
     raise AssertionError("the offset did not settle")
+
+
+HIGH_FD = 1100  # past select()'s 1024: a thousand users' load generator has such
+
+
+def test_waiting_for_delivery_takes_a_descriptor_past_1024() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard > HIGH_FD, f"needs a descriptor limit above {HIGH_FD} (hard limit {hard})"
+    if soft <= HIGH_FD:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        low = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()  # never reads: what is sent stays unacknowledged
+        sock = socket.socket(fileno=os.dup2(low.fileno(), HIGH_FD))
+        low.close()
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    sock.send(b"x" * 65536)
+            assert wire._unacknowledged(sock) > 0
+            started = time.monotonic()
+            wire._wait_delivered(sock, started + 0.2)  # select() raised ValueError here
+            assert time.monotonic() - started >= 0.2
+        finally:
+            sock.close()
+            peer.close()
 
 
 def test_raw_patch_cut_mid_body_then_resumed(gateway: GatewayProcess) -> None:
