@@ -1,9 +1,10 @@
-"""Shared fixtures: gateway processes (per test or per module), SeaweedFS, a decrypting reader."""
+"""Shared fixtures: gateway processes (per test or per module), SeaweedFS, a decrypting reader,
+a runner."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,12 +13,21 @@ import pytest
 from gateway.catalog.sqlite import SQLiteCatalog
 from gateway.keys.keyring import LocalKeyring
 from gateway.reader import Reader
+from gateway.runner import Runner
 from tests import server as server_module
 from tests.postgres import dsn, postgres  # noqa: F401 - the session's PostgreSQL server
 from tests.s3server import SeaweedS3
 from tests.server import GatewayProcess, S3Target, store_for
 from tests.softhsm import softhsm  # noqa: F401 - the session's SoftHSM2 token
 from tests.tushttp import Tus, object_dirs, start_server, tree, tus_client
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[Runner]:
+    """A runner of the gateway's lanes (two sealing threads, two storage threads)."""
+    r = Runner(2)
+    yield r
+    r.close()
 
 
 @pytest.fixture(scope="session")

@@ -231,13 +231,6 @@ def outbox(tmp_path: Path) -> Iterator[SQLiteCatalog]:
     catalog.close()
 
 
-@pytest.fixture
-async def runner() -> AsyncIterator[Runner]:
-    runner = Runner(2, 2)
-    yield runner
-    runner.close()
-
-
 def deliverer(
     catalog: SQLiteCatalog, runner: Runner, receiver: Receiver, clock: Clock
 ) -> Deliverer:

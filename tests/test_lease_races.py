@@ -243,13 +243,6 @@ async def catalog(tmp_path: Path) -> AsyncIterator[SQLiteCatalog]:
     cat.close()
 
 
-@pytest.fixture
-async def runner() -> AsyncIterator[Runner]:
-    r = Runner(2)
-    yield r
-    r.close()
-
-
 def _leases(catalog: SQLiteCatalog, runner: Runner, **kw: float) -> Leases:
     options = {"ttl": 30.0, "acquire_timeout": 3.0, "network_timeout": 60.0} | kw
     return Leases(

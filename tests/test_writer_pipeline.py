@@ -8,7 +8,7 @@ import hashlib
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -32,13 +32,6 @@ from tests.fakes import InPlaceMemoryStore, MemoryStore
 
 S = MIN_SEGMENT_SIZE
 DEK = bytes(range(32))
-
-
-@pytest.fixture
-async def runner() -> AsyncIterator[Runner]:
-    runner = Runner(2, 2)
-    yield runner
-    runner.close()
 
 
 def upload_in(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -20,13 +20,6 @@ from tests.test_writer_pipeline import pipeline
 
 S = MIN_SEGMENT_SIZE
 DEK = bytes(range(16))
-
-
-@pytest.fixture
-async def runner() -> AsyncIterator[Runner]:
-    runner = Runner(2, 2)
-    yield runner
-    runner.close()
 
 
 def sealing_for(
