@@ -13,7 +13,7 @@ from pathlib import Path
 
 from locust import User
 
-from loadtests import swarm
+from loadtests import ending, swarm
 from loadtests.chaos_check import Checked, check
 from loadtests.chaos_disk import Tmpfs, can_mount
 from loadtests.chaos_faults import Counts, Faults
@@ -102,6 +102,7 @@ def summary_line(counts: Counts, checked: Checked, failed: int) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    ending.exit_on_signals()
     logging.basicConfig(level=logging.WARNING)
     # Its one retry of a request that got no answer is expected here, a thousand times.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)

@@ -12,7 +12,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from loadtests import hostile_checks, hostile_targets, hostile_users
+from loadtests import ending, hostile_checks, hostile_targets, hostile_users
 from loadtests.hostile_build import build
 from loadtests.hostile_gen import Context, Hostile
 from loadtests.hostile_wire import Outcome, Send, exchange
@@ -60,6 +60,7 @@ def is_hang(hostile: Hostile, outcome: Outcome) -> bool:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    ending.exit_on_signals()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     indices = (
         [int(i) for i in args.only.split(",") if i.strip()]
@@ -103,8 +104,11 @@ def main(argv: list[str]) -> int:
                 targets.note_offset(hostile.target, outcome.offset)
             return hostile, outcome
 
-        with ThreadPoolExecutor(args.concurrency) as pool:
+        pool = ThreadPoolExecutor(args.concurrency)
+        try:
             results = list(pool.map(one, indices))
+        finally:  # on a signal, the requests not yet sent are not sent
+            pool.shutdown(cancel_futures=True)
         seconds = time.monotonic() - began
         stop.set()
         for thread in threads:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests import steps, swarm
+from loadtests import ending, steps, swarm
 from loadtests.context import Context
 from loadtests.options import MAX_TOKENS, add_common, check_common
 from loadtests.procstats import Sampler
@@ -41,6 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    ending.exit_on_signals()
     logging.basicConfig(level=logging.WARNING)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(

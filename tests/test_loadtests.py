@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -272,3 +273,69 @@ def test_step_log_sorts_requests_into_steps_and_finds_where_it_breaks(tmp_path: 
     png = tmp_path / "p.png"
     plot(log.steps, png, "a title")
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+RUN = ["--users", "2", "--duration", "120", "--scale", "small"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--scenario", "mobile", *RUN],
+        ["chaos", "--kills", "0", "--cuts", "0", "--disk-fulls", "0", *RUN],
+        ["hostile", "--requests", "100000", "--concurrency", "4"],
+    ],
+    ids=["run", "chaos", "hostile"],
+)
+def test_terminated_command_stops_what_it_started(tmp_path: Path, command: list[str]) -> None:
+    """SIGTERM from outside (a CI timeout, an operator) ends the run as its own end does:
+    the gateway it started is stopped and its temporary folder removed."""
+    program, *options = command
+    argv = [sys.executable, str(ROOT / "loadtests" / program), *options]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        gateways: list[int] = []
+        while not gateways and time.monotonic() < deadline:
+            time.sleep(0.5)
+            gateways = [c for c in _children(proc.pid) if b"gateway.cli" in _cmdline(c)]
+        assert gateways, "no gateway started"
+        time.sleep(3)  # the users are at work
+        proc.terminate()
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = [pid for pid in gateways if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert not left, output.decode()[-3000:]
+    assert not list(tmp_path.glob("gateway-load-*")), output.decode()[-3000:]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
