@@ -29,6 +29,7 @@ FLAG_LENGTH_DEFERRED = 0x01
 KEY_LEN = 32  # suite 1's DEK; suite 2's is 16 bytes (Suite.key_len)
 NONCE_LEN = 12
 TAG_LEN = 16
+CTR_BLOCK = 16  # the block of AES and SM4 alike: GCM's counter counts these
 RECORD_OVERHEAD = NONCE_LEN + TAG_LEN
 SALT_LEN = 32
 DEK_ID_LEN = 16
@@ -309,16 +310,21 @@ class RecordStream:
         self.recover_into(ciphertext, out)
         return bytes(out)
 
-    def recover_into(self, ciphertext: Buffer, out: Buffer) -> memoryview:
-        """`recover` written into the front of `out` (a pooled buffer, so a cut record's
-        megabytes are not allocated afresh); returns the plaintext, a view of `out`."""
+    def recover_into(self, ciphertext: Buffer, out: Buffer, *, at: int = 0) -> memoryview:
+        """`recover` of ciphertext that starts at byte `at` of the record, written into
+        the front of `out` (a pooled buffer, so a cut record's megabytes are not
+        allocated afresh); returns the plaintext, a view of `out`. The keystream starts
+        at the counter block holding byte `at`: a range costs its own length only."""
         src, dst = _view(ciphertext), _view(out)
-        if src.nbytes > self.done:
+        if at < 0 or at + src.nbytes > self.done:
             raise ValueError("more ciphertext than this record has sealed")
         if dst.nbytes < src.nbytes:
             raise ValueError(f"output buffer is {dst.nbytes} bytes, need {src.nbytes}")
-        counter = self.nonce + (2).to_bytes(4, "big")
+        block, skip = divmod(at, CTR_BLOCK)
+        counter = self.nonce + (2 + block).to_bytes(4, "big")
         decryptor = Cipher(self._suite.block_cipher(self._key), modes.CTR(counter)).decryptor()
+        if skip:
+            decryptor.update(bytes(skip))  # the block's bytes before `at`
         n = decryptor.update_into(src, dst[: src.nbytes])  # CTR: no bytes held back
         return dst[:n]
 

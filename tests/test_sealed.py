@@ -216,6 +216,15 @@ def test_a_record_sealed_as_it_arrives_is_a_record(length: int, final: bool) -> 
     assert room[len(cut) :] == b"\xaa" * 100  # nothing written past the plaintext
     with pytest.raises(ValueError):
         stream.recover_into(cut, bytearray(len(cut) - 1))  # no room
+    # Or of any range of it: the keystream from the counter block holding its start.
+    for at in (a for a in (1, 15, 16, 17, 4099, len(cut) - 5) if 0 <= a < len(cut)):
+        tail = stream.recover_into(cut[at:], bytearray(len(cut)), at=at)
+        assert tail == plaintext[at : len(cut)]
+        assert stream.recover_into(cut[at : at + 3], bytearray(3), at=at) == plaintext[at : at + 3]
+    with pytest.raises(ValueError):
+        stream.recover_into(out[12:22], bytearray(10), at=stream.done - 5)  # past its end
+    with pytest.raises(ValueError):
+        stream.recover_into(cut[:10], bytearray(10), at=-1)
 
 
 def test_a_record_stream_is_the_record_sealed_whole() -> None:

@@ -23,7 +23,7 @@ from gateway.sealed import (
     new_header,
     open_object,
 )
-from gateway.store.base import ObjectStore, PartRef, StoreUnavailable
+from gateway.store.base import ObjectStore, PartRef, StaleWrite, StoreUnavailable
 from gateway.writer import RunningHash
 from gateway.writer.base import Batch, Fragment
 from gateway.writer.pipeline import SealingPipeline
@@ -138,7 +138,60 @@ async def test_a_record_cut_short_gives_back_its_plaintext(
     assert record.task is not None
     assert await record.task is None  # nothing stored
     assert record.done == 1300
-    assert sealing.recover_into(record, bytearray(record.done)) == b"partial bytes" * 100
+    whole = bytearray(record.done)
+    sealing.recover_into(record, 0, memoryview(whole))
+    assert whole == b"partial bytes" * 100
+    part = bytearray(700)  # from the middle of a counter block: only these decrypted
+    sealing.recover_into(record, 301, memoryview(part))
+    assert part == (b"partial bytes" * 100)[301:1001]
+    with pytest.raises(ValueError):
+        sealing.recover_into(record, 1000, memoryview(bytearray(301)))  # past what it sealed
+
+
+async def test_a_cut_record_read_back_slice_by_slice_decrypts_only_its_range(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading back a cut record from an in-place store takes one slice-sized buffer,
+    however long the record: small slices here, so ranges cross their edges and the
+    nonce in front."""
+    monkeypatch.setattr("gateway.writer.pipeline.SLICE", 4096)
+    store = InPlaceMemoryStore()
+    sealing, _ = pipeline(store, runner, 2 * S)
+    data = bytes(range(256)) * 200  # 51,200 bytes: 13 slices with the nonce
+    record = sealing.start(0, False, S)
+    for fragment in fragments(data, 3001):
+        sealing.hand(record, fragment)
+    sealing.signal(record, Signal.CUT)
+    assert record.task is not None
+    assert await record.task is None
+    for start, length in [(0, len(data)), (0, 1), (4084, 24), (4095, 4097), (50_000, 1200)]:
+        out = bytearray(b"\xaa" * (length + 5))  # a pooled buffer: dirty, larger
+        sealing.recover_into(record, start, memoryview(out)[:length])
+        assert out[:length] == data[start : start + length]
+        assert out[length:] == b"\xaa" * 5
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "cut short"])
+async def test_a_cut_record_read_back_changed_is_refused(runner: Runner, damage: str) -> None:
+    """A newer writer wrote over the record (or truncated it) after this request was
+    cut: its bytes no longer hash to what this request wrote, so it lost, whether or
+    not the change lies in the range asked for."""
+    store = InPlaceMemoryStore()
+    sealing, upload = pipeline(store, runner, 2 * S)
+    record = sealing.start(0, False, S)
+    for fragment in fragments(b"partial bytes" * 100, 999):
+        sealing.hand(record, fragment)
+    sealing.signal(record, Signal.CUT)
+    assert record.task is not None
+    assert await record.task is None
+    assert upload.multipart_id is not None
+    span = store.spans[upload.multipart_id]
+    if damage == "overwritten":
+        span[len(span) - 1] ^= 1  # the last byte written; the range asked is the first
+    else:
+        del span[len(span) - 1 :]
+    with pytest.raises(StaleWrite):
+        sealing.recover_into(record, 0, memoryview(bytearray(100)))
 
 
 class Slice(bytearray):

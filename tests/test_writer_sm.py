@@ -69,4 +69,6 @@ async def test_a_record_cut_short_gives_back_its_plaintext(
     sealing.signal(record, Signal.CUT)
     assert record.task is not None
     assert await record.task is None
-    assert sealing.recover_into(record, bytearray(record.done)) == b"partial bytes" * 100
+    out = bytearray(record.done - 5)
+    sealing.recover_into(record, 5, memoryview(out))
+    assert out == (b"partial bytes" * 100)[5:]

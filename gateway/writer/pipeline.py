@@ -62,6 +62,7 @@ class SealingPipeline:
         self._segment_size = upload.segment_size
         self._record_pool = pools.for_size(self._segment_size + RECORD_OVERHEAD)
         self._sized = pools.sized
+        self._slice_pool = pools.for_size(SLICE)  # reading back a cut record
         self._lock = asyncio.Lock()  # the plaintext hashes must see the bytes in order
 
     # -- on the event loop --------------------------------------------------------------
@@ -252,35 +253,56 @@ class SealingPipeline:
         metrics.BYTES_STORED.inc(size)
         return RecordRow(index, length, record.final, size, digest, etag)
 
-    def recover_into(self, record: Record, out: bytearray) -> memoryview:
-        """The plaintext an unfinished record has sealed, from the ciphertext written,
-        into the front of `out` (at least `record.done` bytes): a pooled buffer, so a cut
-        record's megabytes do not stay behind in the C heap once freed."""
+    def recover_into(self, record: Record, start: int, out: memoryview) -> None:
+        """The plaintext of an unfinished record's bytes from `start` on, as many as
+        `out` holds, recovered from the ciphertext written (those bytes only are
+        decrypted) into `out`: for the tail piece of a body that was streamed."""
         assert record.stream is not None
+        end = start + out.nbytes
+        if not 0 <= start <= end <= record.done:
+            raise ValueError(f"bytes {start}-{end} of a record sealed to {record.done}")
         if record.buffer is not None:
-            cipher = memoryview(record.buffer)[NONCE_LEN : NONCE_LEN + record.done]
-            return record.stream.recover_into(cipher, out)
-        written = self._sized.take(NONCE_LEN + record.done)
-        try:
-            return record.stream.recover_into(self._read_back(record, written), out)
-        finally:
-            self._sized.give(written)
+            cipher = memoryview(record.buffer)[NONCE_LEN + start : NONCE_LEN + end]
+            record.stream.recover_into(cipher, out, at=start)
+            return
+        self._recover_written(record, start, out)
 
-    def _read_back(self, record: Record, buffer: bytearray) -> memoryview:
-        """An unfinished record's ciphertext as an in-place store has it, read into
-        `buffer` (nonce first) and checked to be this request's own."""
+    def _recover_written(self, record: Record, start: int, out: memoryview) -> None:
+        """`recover_into` from an in-place store: the record's nonce and ciphertext read
+        back a slice at a time into one pooled buffer (not a record-sized one), each
+        slice hashed and the part of it in range decrypted into `out`. The digest of it
+        all must be the running digest of what this request wrote: only a newer writer
+        can have written there since, and then this request lost. `out` holds what was
+        decrypted from the bytes hashed, so a match vouches for it."""
         assert self._in_place is not None and self._upload.multipart_id is not None
+        assert record.stream is not None and record.record_hash is not None
         size = NONCE_LEN + record.done
-        start = self._cipher_offset(record.index) - NONCE_LEN
-        written = memoryview(buffer)[:size]
-        got = self._in_place.read_span_into(self._key, self._upload.multipart_id, start, written)
-        assert record.record_hash is not None
-        if got != size or self._sealer.suite.hash(written).digest() != (
-            record.record_hash.digest()
-        ):
-            # Only a newer writer can have written there since: this request lost.
+        base = self._cipher_offset(record.index) - NONCE_LEN
+        end = start + out.nbytes
+        digest = self._sealer.suite.hash()
+        buffer = self._slice_pool.take()
+        try:
+            at = 0  # of the nonce and ciphertext
+            while at < size:
+                n = min(len(buffer), size - at)
+                chunk = memoryview(buffer)[:n]
+                got = self._in_place.read_span_into(
+                    self._key, self._upload.multipart_id, base + at, chunk
+                )
+                if got != n:
+                    raise StaleWrite(f"record {record.index} was cut short before it was finished")
+                digest.update(chunk)
+                first = at - NONCE_LEN  # the record byte this chunk's ciphertext begins at
+                lo, hi = max(start, first), min(end, first + n)
+                if lo < hi:
+                    record.stream.recover_into(
+                        chunk[lo - first : hi - first], out[lo - start : hi - start], at=lo
+                    )
+                at += n
+        finally:
+            self._slice_pool.give(buffer)
+        if digest.digest() != record.record_hash.digest():
             raise StaleWrite(f"record {record.index} was overwritten before it was finished")
-        return written[NONCE_LEN:]
 
     def part_offset(self, index: int) -> int:
         return part_offset(len(self._header), self._segment_size, index)

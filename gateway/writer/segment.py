@@ -385,7 +385,8 @@ class SegmentWriter:
             self._tails.put_room(piece, intake.tail)
 
     def _put_piece_recovered(self, piece: TailPiece) -> None:
-        """Put `piece` from the cut record's plaintext, recovered into a pooled buffer.
+        """Put `piece` from the cut record's plaintext, its own bytes recovered straight
+        into the pooled buffer it is sealed in.
 
         Runs in a worker thread, which gives the buffer back itself once done with it:
         never while it may still read it, even if the request was cancelled meanwhile.
@@ -394,15 +395,8 @@ class SegmentWriter:
         assert record is not None and record.done == self._intake.fill
         room = self._sized.take(room_size(piece.length))
         try:
-            buffer = self._sized.take(record.done)
-            try:
-                with (
-                    self._pipeline.recover_into(record, buffer) as recovered,
-                    memoryview(room)[PLAIN_AT : PLAIN_AT + piece.length] as plain,
-                ):
-                    plain[:] = recovered[piece.start : piece.start + piece.length]
-            finally:
-                self._sized.give(buffer)  # back before the piece is stored and synced
+            with memoryview(room)[PLAIN_AT : PLAIN_AT + piece.length] as plain:
+                self._pipeline.recover_into(record, piece.start, plain)
             self._tails.put_room(piece, room)
         finally:
             self._sized.give(room)
