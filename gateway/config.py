@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.access import Action, parse_actions
 
+KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -47,6 +48,8 @@ class Settings:
     max_writers_per_principal: int = 0  # 0: max_writers - reserved_writers
     s3_max_writers: int = 64  # with S3 (records built whole in memory): writers at most
     receive_budget: int = 64 * MiB  # received plaintext all uploads hold, waiting to be sealed
+    # glibc: allocations this large or larger are mapped on their own; 0: glibc's default
+    malloc_mmap_threshold: int = MiB + 64 * KiB
     min_receive_rate: int = 1024  # bytes/s a body must average over the window; 0: off
     receive_rate_window: float = 30.0  # seconds of waiting for the client the rate is taken over
     request_rate: float = 200.0  # requests/s per principal (token bucket); 0: off
@@ -182,6 +185,10 @@ class Settings:
             raise ConfigError("seal_threads must be >= 0 (0: one per CPU core)")
         if self.receive_budget < MiB:
             raise ConfigError("receive_budget must be at least 1 MiB")
+        if self.malloc_mmap_threshold != 0 and not (
+            64 * KiB <= self.malloc_mmap_threshold <= 32 * MiB
+        ):
+            raise ConfigError("malloc_mmap_threshold must be 0 (glibc's default) or 64 KiB-32 MiB")
         if not 1024 <= self.max_header_bytes <= 1024 * 1024:
             raise ConfigError("max_header_bytes must be between 1 KiB and 1 MiB")
         if not self.header_timeout > 0:

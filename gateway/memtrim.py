@@ -22,19 +22,53 @@ TRIM_INTERVAL = 1.0  # seconds between two trims at least
 TRIM_AFTER = 32 << 20  # bytes of large buffers freed since the last trim before another
 
 
+M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers, glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_MAX = 32 << 20  # the most glibc takes on 64-bit systems
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def glibc_trim() -> Callable[[], object] | None:
     """glibc's `malloc_trim(0)`, or None when the C library is another one (musl, macOS).
 
     Called through ctypes.CDLL, which releases the GIL for the call."""
-    if platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    libc = _glibc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)
+
+
+def glibc_mmap_threshold(size: int) -> bool:
+    """Have glibc's malloc map every allocation of `size` bytes or more on its own and
+    unmap it when freed (`mallopt(M_MMAP_THRESHOLD)`); whether it did (glibc only).
+
+    By default the threshold follows the largest such block freed, up to 32 MiB: once a
+    few megabyte buffers were freed, later ones come from the heaps, where what is freed
+    stays, between small blocks still in use, until a trim. Under hundreds of slow
+    uploads the buffers that miss the pools (segments read back, tail pieces) are
+    allocated and freed at a few times the rate bytes arrive: mapped on their own, they
+    go back to the system as they are freed.
+
+    The heaps' top is then given back only beyond twice the threshold, as glibc's own
+    rule has it when it raises the threshold: with its fixed 128 KiB, each megabyte a
+    download copies out would be given back and faulted in again, chunk after chunk.
+    """
+    libc = _glibc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or not 0 < size <= MMAP_THRESHOLD_MAX:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, size)) and bool(mallopt(M_TRIM_THRESHOLD, 2 * size))
 
 
 class Trimmer:

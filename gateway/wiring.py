@@ -42,7 +42,7 @@ from gateway.hooks.precreate import PreCreateHook
 from gateway.keys.base import KeyProvider
 from gateway.leases import Leases, lease_signals
 from gateway.limits import ReceiveBudget, RequestRate, WriterSlots
-from gateway.memtrim import Trimmer, glibc_trim
+from gateway.memtrim import Trimmer, glibc_mmap_threshold, glibc_trim
 from gateway.oidc import JwksCache, OidcConfig, OidcVerifier, fetch_json
 from gateway.reader import Reader
 from gateway.receipts import Receipts
@@ -160,6 +160,8 @@ def build_services(
 ) -> Services:
     rules = upload_rules(settings)
     runner = Runner(settings.io_threads, settings.sealing_threads)
+    if settings.malloc_mmap_threshold:
+        glibc_mmap_threshold(settings.malloc_mmap_threshold)  # for the whole process
     trimmer = Trimmer(glibc_trim())
     leases = Leases(
         catalog,

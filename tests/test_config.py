@@ -70,6 +70,8 @@ def test_a_bad_config_file_is_refused(tmp_path: Path, text: str, message: str) -
         ({"segment_size": 1000}, "segment_size"),
         ({"max_writers": 0}, "max_writers"),
         ({"receive_budget": MiB - 1}, "receive_budget"),
+        ({"malloc_mmap_threshold": 1000}, "malloc_mmap_threshold"),
+        ({"malloc_mmap_threshold": 33 * MiB}, "malloc_mmap_threshold"),
         ({"seal_threads": -1}, "seal_threads"),
         ({"reserved_writers": -1}, "reserved_writers"),
         ({"max_writers_per_principal": -1}, "max_writers_per_principal"),

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from gateway.memtrim import Trimmer, glibc_trim
+from gateway.memtrim import Trimmer, glibc_mmap_threshold, glibc_trim
 
 MiB = 1 << 20
 
@@ -112,3 +115,53 @@ def test_a_failing_trim_stops_the_thread_and_the_gateway_goes_on(
     finally:
         trimmer.close()
     trimmer.released(MiB)  # still counts; nothing raises
+
+
+_MAPPED_PROBE = """
+import ctypes, sys
+from gateway.memtrim import glibc_mmap_threshold
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "set":
+    assert glibc_mmap_threshold(1088 << 10)
+freed = bytearray(8 << 20)  # mapped (above the default 128 KiB), then freed: glibc's
+del freed                   # dynamic threshold rises past 8 MiB
+before = libc.mallinfo2().hblks
+small, large = bytearray(1 << 20), bytearray(2 << 20)
+mapped = libc.mallinfo2().hblks - before
+heap = libc.mallinfo2().arena
+del small  # below the threshold: from the heap, whose top is not given back at once
+print(mapped, heap - libc.mallinfo2().arena)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize(("mode", "mapped"), [("set", 1), ("default", 0)])
+def test_the_threshold_maps_large_buffers_on_their_own(mode: str, mapped: int) -> None:
+    """Set, a buffer above it is mapped on its own (so freeing it gives it back) and one
+    below is not; by default, once a large block was freed, neither is. Either way a
+    megabyte freed at the heap's top stays for the next one (no faulting in again)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MAPPED_PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.stdout.split() == [str(mapped), "0"]
+
+
+def test_a_threshold_out_of_glibc_s_range_is_not_set() -> None:
+    assert not glibc_mmap_threshold(0)
+    assert not glibc_mmap_threshold(64 << 20)
+
+
+def test_another_c_library_gets_no_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", ""))
+    assert not glibc_mmap_threshold(2 << 20)
