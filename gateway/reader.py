@@ -225,55 +225,47 @@ class Reader:
 
     def _record_plaintext(self, obj: _Object, record: _Record, lo: int, hi: int) -> Iterator[bytes]:
         """Bytes [lo, hi) of a record's plaintext, once the whole record is checked and
-        opened into a pooled buffer, which goes back when they are passed on (or the
-        read is closed early).
+        opened in a pooled buffer, which goes back when they are passed on (or the read
+        is closed early). A store that reads into buffers (the folder store) reads the
+        record into one, where it is opened in place; otherwise (S3 returns fresh bytes)
+        it is opened into one.
 
         They come as copies of at most CHUNK bytes, never as views of the buffer: the
         server may keep a chunk it could not send at once while the buffer is reused.
         """
+        if reads_into(self._store):
+            pool = self._sealed_pool(obj)
+            buffer = pool.take()
+            try:
+                with memoryview(buffer)[: record.size] as room:
+                    got = self._store.get_range_into(obj.key, record.offset, room)
+                    sealed = room[:got]
+                    self._check_recorded(obj, record, sealed)
+                    plain = obj.sealer.open_record_in_place(record.index, record.final, sealed)
+                    yield from _copies(plain, lo, hi)
+            finally:
+                pool.give(buffer)
+            return
+        data = memoryview(self._store.get(obj.key, record.offset, record.size))
+        self._pools.sized.released(data.nbytes)  # freed once opened
+        self._check_recorded(obj, record, data)
         pool = self._pools.for_size(obj.sealer.header.segment_size, keep=READ_KEEP)
-        plain = pool.take()
+        buffer = pool.take()
         try:
-            with memoryview(plain)[: record.plaintext_len] as out:
-                self._open_record_into(obj, record, out)
-                for at in range(lo, hi, CHUNK):
-                    yield bytes(out[at : min(at + CHUNK, hi)])
+            with memoryview(buffer)[: record.plaintext_len] as out:
+                obj.sealer.open_record_into(record.index, record.final, data, out)
+                del data  # the fresh bytes, freed before the record is passed on
+                yield from _copies(out, lo, hi)
         finally:
-            pool.give(plain)
+            pool.give(buffer)
 
-    def _open_record_into(self, obj: _Object, record: _Record, out: memoryview) -> None:
-        sealed, scratch = self._sealed(obj, record)
-        try:
-            # The tag alone would accept any sealing of this record under the upload's
-            # key, such as one from a body refused with 460: only the recorded one is
-            # served.
-            if sealed.nbytes != record.size or not hmac.compare_digest(
-                obj.sealer.suite.hash(sealed).digest(), record.sha256
-            ):
-                raise NotAsRecorded(f"record {record.index} is not the sealing that was recorded")
-            obj.sealer.open_record_into(record.index, record.final, sealed, out)
-        finally:
-            sealed.release()
-            if scratch is not None:
-                self._sealed_pool(obj).give(scratch)
-
-    def _sealed(self, obj: _Object, record: _Record) -> tuple[memoryview, bytearray | None]:
-        """A record's stored bytes (at most its size), and the pooled buffer they are in
-        when the store reads into buffers (the folder store); S3 returns fresh bytes."""
-        store = self._store
-        if not reads_into(store):
-            data = store.get(obj.key, record.offset, record.size)
-            self._pools.sized.released(len(data))  # freed once opened
-            return memoryview(data), None
-        pool = self._sealed_pool(obj)
-        scratch = pool.take()
-        try:
-            with memoryview(scratch)[: record.size] as room:
-                got = store.get_range_into(obj.key, record.offset, room)
-        except BaseException:
-            pool.give(scratch)
-            raise
-        return memoryview(scratch)[:got], scratch
+    def _check_recorded(self, obj: _Object, record: _Record, sealed: memoryview) -> None:
+        """The tag alone would accept any sealing of this record under the upload's key,
+        such as one from a body refused with 460: only the recorded one is served."""
+        if sealed.nbytes != record.size or not hmac.compare_digest(
+            obj.sealer.suite.hash(sealed).digest(), record.sha256
+        ):
+            raise NotAsRecorded(f"record {record.index} is not the sealing that was recorded")
 
     def _sealed_pool(self, obj: _Object) -> BufferPool:
         """Whole sealed records: the writer's pool for them too (whichever makes it first
@@ -281,6 +273,11 @@ class Reader:
         return self._pools.for_size(
             obj.sealer.header.segment_size + RECORD_OVERHEAD, keep=READ_KEEP
         )
+
+
+def _copies(plain: memoryview, lo: int, hi: int) -> Iterator[bytes]:
+    for at in range(lo, hi, CHUNK):
+        yield bytes(plain[at : min(at + CHUNK, hi)])
 
 
 def read_header(store: ObjectStore, key: str) -> bytes:

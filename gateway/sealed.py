@@ -419,6 +419,22 @@ class Sealer:
         except InvalidTag:
             raise InvalidSealedData(f"record {index} failed authentication") from None
 
+    def open_record_in_place(self, index: int, final: bool, record: Buffer) -> memoryview:
+        """`open_record` where the record lies, in a writable buffer: its plaintext is
+        decrypted over its ciphertext and returned as a view of `record`
+        ([NONCE_LEN : len - TAG_LEN]), so a read needs no second buffer. On failure
+        that view may hold bytes that failed authentication: the caller must not use
+        them."""
+        view = _view(record)
+        aad = self._opened_record_aad(index, final, view)
+        plain = view[NONCE_LEN : view.nbytes - TAG_LEN]
+        try:
+            # GCM decrypts in place (the same buffer in and out), as it seals tail pieces.
+            self._aead.decrypt_into(view[:NONCE_LEN], view[NONCE_LEN:], aad, plain)
+        except InvalidTag:
+            raise InvalidSealedData(f"record {index} failed authentication") from None
+        return plain
+
     def _opened_record_aad(self, index: int, final: bool, view: memoryview) -> bytes:
         """The AAD of REC_index as stored in `view`, once its size is checked."""
         length = view.nbytes - RECORD_OVERHEAD

@@ -193,6 +193,30 @@ def test_a_record_opened_into_a_buffer() -> None:
         sealer.open_record_into(4, False, sealed_record, memoryview(room)[:1000])
 
 
+@pytest.mark.parametrize("suite_id", [1, 2])
+def test_a_record_opened_where_it_lies(suite_id: int) -> None:
+    dek = suites.new_dek(suite_id)
+    header = new_header(
+        dek, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None, suite=suite_id
+    )
+    sealer = Sealer(dek, header)
+    plaintext = data(S)
+    sealed_record = sealer.seal_record(4, False, plaintext)
+    room = bytearray(sealed_record) + b"\xaa" * 9  # a pooled buffer, larger than the record
+    with memoryview(room)[: len(sealed_record)] as record:
+        assert sealer.open_record_in_place(4, False, record) == plaintext
+    assert room[:12] == sealed_record[:12] and room[-9:] == b"\xaa" * 9  # the rest untouched
+    assert room[12 : 12 + S] == plaintext
+    for index, final, change in [(5, False, None), (4, False, 40), (4, True, None)]:
+        damaged = bytearray(sealed_record)
+        if change is not None:
+            damaged[change] ^= 1
+        with pytest.raises(InvalidSealedData):  # the AAD binds index and flag; the tag
+            sealer.open_record_in_place(index, final, damaged)
+    with pytest.raises(SealedFormatError):  # a non-final record is a full segment
+        sealer.open_record_in_place(4, False, bytearray(sealed_record[:-1]))
+
+
 @pytest.mark.parametrize(("length", "final"), [(S, False), (S, True), (1000, True), (0, True)])
 def test_a_record_sealed_as_it_arrives_is_a_record(length: int, final: bool) -> None:
     header = new_header(DEK, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None)
