@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 SIZED_MIN = 64 << 10  # the smallest size class
-SIZED_IDLE = 32 << 20  # idle bytes kept for all size classes together
+SIZED_IDLE = 16 << 20  # idle bytes kept for all size classes together
 
 
 def size_class(size: int) -> int:
