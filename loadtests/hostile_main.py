@@ -107,8 +107,12 @@ def main(argv: list[str]) -> int:
         pool = ThreadPoolExecutor(args.concurrency)
         try:
             results = list(pool.map(one, indices))
-        finally:  # on a signal, the requests not yet sent are not sent
-            pool.shutdown(cancel_futures=True)
+        except BaseException:
+            # Stopped (a signal): the requests not yet sent are not sent, and those under
+            # way (a hostile one may take its whole timeout) end with the gateway.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         seconds = time.monotonic() - began
         stop.set()
         for thread in threads:

@@ -321,7 +321,7 @@ def test_terminated_command_stops_what_it_started(tmp_path: Path, command: list[
         assert gateways, "no gateway started"
         time.sleep(3)  # the users are at work
         proc.terminate()
-        output, _ = proc.communicate(timeout=60)
+        output, _ = proc.communicate(timeout=120)  # the gateway may take its grace of 30 s
     finally:
         if proc.poll() is None:
             proc.kill()
