@@ -193,13 +193,18 @@ def test_a_record_opened_into_a_buffer() -> None:
         sealer.open_record_into(4, False, sealed_record, memoryview(room)[:1000])
 
 
-@pytest.mark.parametrize("suite_id", [1, 2])
-def test_a_record_opened_where_it_lies(suite_id: int) -> None:
+def sealer_of(suite_id: int) -> Sealer:
+    """A sealer of a fresh upload of suite `suite_id`, under a new key."""
     dek = suites.new_dek(suite_id)
     header = new_header(
         dek, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None, suite=suite_id
     )
-    sealer = Sealer(dek, header)
+    return Sealer(dek, header)
+
+
+@pytest.mark.parametrize("suite_id", [1, 2])
+def test_a_record_opened_where_it_lies(suite_id: int) -> None:
+    sealer = sealer_of(suite_id)
     plaintext = data(S)
     sealed_record = sealer.seal_record(4, False, plaintext)
     room = bytearray(sealed_record) + b"\xaa" * 9  # a pooled buffer, larger than the record
@@ -392,11 +397,7 @@ def test_a_tail_piece_sealed_and_opened_in_buffers() -> None:
 
 @pytest.mark.parametrize("suite_id", [1, 2])
 def test_a_tail_piece_sealed_where_its_plaintext_lies(suite_id: int) -> None:
-    dek = suites.new_dek(suite_id)
-    header = new_header(
-        dek, upload_id="u", dek_id=DEK_ID, segment_size=S, plaintext_size=None, suite=suite_id
-    )
-    sealer = Sealer(dek, header)
+    sealer = sealer_of(suite_id)
     plain = os.urandom(S - 100)
     room = bytearray(b"\xaa" * (len(plain) + 28 + 7))
     room[12 : 12 + len(plain)] = plain

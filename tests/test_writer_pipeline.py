@@ -125,18 +125,24 @@ async def test_records_handed_in_fragments_make_the_sealed_object(
     assert open_object(DEK, store.objects["U/data"]) == data
 
 
+async def cut_record(sealing: SealingPipeline, data: bytes, size: int) -> Record:
+    """Record 0, handed `data` in fragments of `size`, then cut: nothing stored."""
+    record = sealing.start(0, False, S)
+    for fragment in fragments(data, size):
+        sealing.hand(record, fragment)
+    sealing.signal(record, Signal.CUT)
+    assert record.task is not None
+    assert await record.task is None
+    return record
+
+
 @pytest.mark.parametrize("make_store", [MemoryStore, InPlaceMemoryStore])
 async def test_a_record_cut_short_gives_back_its_plaintext(
     runner: Runner, make_store: Callable[[], MemoryStore]
 ) -> None:
     store = make_store()
     sealing, _ = pipeline(store, runner, 2 * S)
-    record = sealing.start(0, False, S)
-    for fragment in fragments(b"partial bytes" * 100, 999):
-        sealing.hand(record, fragment)
-    sealing.signal(record, Signal.CUT)
-    assert record.task is not None
-    assert await record.task is None  # nothing stored
+    record = await cut_record(sealing, b"partial bytes" * 100, 999)
     assert record.done == 1300
     whole = bytearray(record.done)
     sealing.recover_into(record, 0, memoryview(whole))
@@ -158,12 +164,7 @@ async def test_a_cut_record_read_back_slice_by_slice_decrypts_only_its_range(
     store = InPlaceMemoryStore()
     sealing, _ = pipeline(store, runner, 2 * S)
     data = bytes(range(256)) * 200  # 51,200 bytes: 13 slices with the nonce
-    record = sealing.start(0, False, S)
-    for fragment in fragments(data, 3001):
-        sealing.hand(record, fragment)
-    sealing.signal(record, Signal.CUT)
-    assert record.task is not None
-    assert await record.task is None
+    record = await cut_record(sealing, data, 3001)
     for start, length in [(0, len(data)), (0, 1), (4084, 24), (4095, 4097), (50_000, 1200)]:
         out = bytearray(b"\xaa" * (length + 5))  # a pooled buffer: dirty, larger
         sealing.recover_into(record, start, memoryview(out)[:length])
@@ -178,12 +179,7 @@ async def test_a_cut_record_read_back_changed_is_refused(runner: Runner, damage:
     not the change lies in the range asked for."""
     store = InPlaceMemoryStore()
     sealing, upload = pipeline(store, runner, 2 * S)
-    record = sealing.start(0, False, S)
-    for fragment in fragments(b"partial bytes" * 100, 999):
-        sealing.hand(record, fragment)
-    sealing.signal(record, Signal.CUT)
-    assert record.task is not None
-    assert await record.task is None
+    record = await cut_record(sealing, b"partial bytes" * 100, 999)
     assert upload.multipart_id is not None
     span = store.spans[upload.multipart_id]
     if damage == "overwritten":
