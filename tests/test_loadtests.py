@@ -312,9 +312,9 @@ def test_terminated_command_stops_what_it_started(tmp_path: Path, command: list[
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    gateways: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        gateways: list[int] = []
         while not gateways and time.monotonic() < deadline:
             time.sleep(0.5)
             gateways = [c for c in _children(proc.pid) if b"gateway.cli" in _cmdline(c)]
@@ -326,9 +326,9 @@ def test_terminated_command_stops_what_it_started(tmp_path: Path, command: list[
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    left = [pid for pid in gateways if _alive(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+        left = [pid for pid in gateways if _alive(pid)]
+        for pid in left:  # whatever happened, nothing this test started outlives it
+            os.kill(pid, signal.SIGKILL)
     assert proc.returncode != 0
     assert not left, output.decode()[-3000:]
     assert not list(tmp_path.glob("gateway-load-*")), output.decode()[-3000:]
