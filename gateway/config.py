@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from gateway.access import Action, parse_actions
+from gateway.memtrim import MMAP_THRESHOLD_MAX
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -186,7 +187,7 @@ class Settings:
         if self.receive_budget < MiB:
             raise ConfigError("receive_budget must be at least 1 MiB")
         if self.malloc_mmap_threshold != 0 and not (
-            64 * KiB <= self.malloc_mmap_threshold <= 32 * MiB
+            64 * KiB <= self.malloc_mmap_threshold <= MMAP_THRESHOLD_MAX
         ):
             raise ConfigError("malloc_mmap_threshold must be 0 (glibc's default) or 64 KiB-32 MiB")
         if not 1024 <= self.max_header_bytes <= 1024 * 1024:
