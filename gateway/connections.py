@@ -21,6 +21,14 @@
   to the connection at once (the IETF upload creation's 104). uvicorn sends no 1xx but
   `100 Continue`. Never offered to HTTP/1.0 clients, which must not get one (RFC 9110
   15.2).
+- Bodies read into the app's buffers: a request with a Content-Length body offers the
+  ASGI extension `gateway.body_into` (`BodyReader`): the app reads the body straight
+  from the socket into buffers of its own (`read_into`), the kernel copying into them;
+  there is no bytes object per read, no pass through the parser and no copy on the
+  way. The connection then reads as an `asyncio.BufferedProtocol` until the body
+  ends, and parses again from there; whatever of the body the app leaves unread is
+  skipped (or lingered over) as uvicorn does with an unread body. An app uses this
+  or `receive`, not both.
 - Request bodies reach the app uncopied: uvicorn (0.55) appends every chunk the
   parser hands over to a bytearray and copies that into a new bytes object for each
   ASGI message. Here a chunk that arrives while nothing is buffered is kept as the
@@ -42,6 +50,7 @@ from http import HTTPStatus
 from typing import Any, Literal, cast
 
 import httptools
+from starlette.requests import ClientDisconnect
 from uvicorn._types import (
     ASGI3Application,
     ASGIReceiveCallable,
@@ -61,8 +70,9 @@ from uvicorn.protocols.http.httptools_impl import (
 from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
-from gateway.middleware import problem_body
+from gateway.middleware import BODY_INTO, problem_body
 from gateway.tus.headers import TUS_VERSION
+from gateway.writer.base import WITHDRAWN
 
 access_log = logging.getLogger("gateway.access")
 
@@ -129,6 +139,14 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         self._linger_deadline = 0.0
         self._linger_last_read = 0.0
         self._linger_timer: TimerHandle | None = None
+        # Reading a body into the app's buffers (BODY_INTO): the request's Content-Length,
+        # the protocol installed meanwhile, the read waiting for bytes and its buffer.
+        # `_skip`: bytes of such a body its app left unread, dropped before parsing on.
+        self._body_length = 0
+        self._receiver: _BodyReceiver | None = None
+        self._read: asyncio.Future[int] | None = None
+        self._read_view: memoryview | None = None
+        self._skip = 0
 
     # -- connection ---------------------------------------------------------------------
 
@@ -153,6 +171,9 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         if self._linger is not None:
             self._end_linger("client_closed", close=False)
+        read, self._read, self._read_view = self._read, None, None
+        if read is not None and not read.done():
+            read.set_exception(ClientDisconnect())
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -197,6 +218,17 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
 
     def _feed(self, data: bytes) -> None:
         # As uvicorn's data_received, with our own answers to what the parser refuses.
+        if self._skip:
+            # The rest of a body read into the app's buffers that the app left unread.
+            n = min(self._skip, len(data))
+            self._skip -= n
+            self._body_bytes += n
+            if self._skip:
+                return
+            self.on_message_complete()
+            data = data[n:]
+            if not data or self._linger is not None or self.transport.is_closing():
+                return
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -254,6 +286,10 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not previous:
             # Its close after a response goes through us, to linger when the body is unread.
             self.cycle.transport = _LingerOnClose(self, self.cycle)  # type: ignore[assignment]
+            self._body_length = _content_length(self.headers)
+            if self._body_length:
+                extensions = cast(dict[str, Any], self.cycle.scope.setdefault("extensions", {}))
+                extensions[BODY_INTO] = BodyReader(self, self.cycle)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         # Now or, for a pipelined request, once the one before it is answered.
@@ -280,9 +316,74 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self._leave_direct()
         super().on_response_complete()
         if self._linger is not None:
             self._unset_keepalive_if_required()  # the linger has its own deadline
+
+    # -- bodies read into the app's buffers (BODY_INTO) ---------------------------------
+
+    async def read_body_into(self, view: memoryview) -> int:
+        """Wait for the current request's next body bytes, read into `view`."""
+        if self._read is not None:
+            raise RuntimeError("a body read is already waiting")
+        if not view:
+            raise ValueError("no room to read into")
+        if self._receiver is None:
+            self._receiver = _BodyReceiver(self)
+            self.transport.set_protocol(self._receiver)
+        self._read_view = view[: self._body_length - self._body_bytes]
+        self._read = read = self.loop.create_future()
+        self.flow.resume_reading()
+        try:
+            n: int = await read
+            return n
+        finally:
+            if self._read is read:  # cancelled before any byte came
+                self._end_read()
+
+    def withdraw_read(self) -> bool:
+        """The waiting read gives its buffer back, empty: it returns WITHDRAWN."""
+        read = self._read
+        if read is None or read.done():
+            return False
+        self._end_read()
+        read.set_result(WITHDRAWN)
+        return True
+
+    def _end_read(self) -> None:
+        self._read = self._read_view = None
+        if not self.transport.is_closing():
+            self.flow.pause_reading()  # until the app has room again
+
+    def _body_read(self, n: int) -> None:
+        """`n` bytes arrived in the waiting read's buffer."""
+        read = self._read
+        self._read = self._read_view = None
+        self._body_bytes += n
+        self._message_bytes += n
+        if self._body_bytes < self._body_length:
+            self.flow.pause_reading()
+        else:
+            self._leave_direct()
+            self.on_message_complete()
+        if read is not None and not read.done():
+            read.set_result(n)
+
+    def _leave_direct(self) -> None:
+        """Parse again with a fresh parser, after what is left of the body (`_skip`)."""
+        if self._receiver is None:
+            return
+        self._receiver = None
+        read, self._read, self._read_view = self._read, None, None
+        if read is not None and not read.done():
+            read.set_exception(ClientDisconnect())  # answered while reading: nobody waits
+        self._skip = self._body_length - self._body_bytes
+        self.parser = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):  # as uvicorn does, for pipelined requests
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport.set_protocol(self)
+        self.flow.resume_reading()
 
     # -- header deadline ----------------------------------------------------------------
 
@@ -364,6 +465,7 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
 
     def close_after_response(self, cycle: RequestResponseCycle) -> None:
         """A response cycle wants the connection closed after its response."""
+        self._leave_direct()
         unread_body = cycle is self.cycle and cycle.more_body and not cycle.disconnected
         if unread_body and self._linger is None and self._can_linger():
             cycle.body = bytearray()  # what the app never read
@@ -497,3 +599,77 @@ def _append(buffered: bytes | bytearray, chunk: bytes) -> bytes | bytearray:
         buffered += chunk
         return buffered
     return bytearray(buffered) + chunk  # a second chunk before the app read the first
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """A request's Content-Length (0 if it has none, or is chunked). The parser has
+    refused a malformed or repeated one already."""
+    length = 0
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return 0
+        if name == b"content-length":
+            length = int(value)
+    return length
+
+
+class BodyReader:
+    """The ASGI extension BODY_INTO of one request: its body read into the app's buffers.
+
+    The bytes the parser took along with the headers come first, then the connection
+    reads straight into the buffer of each `read_into`. Nothing is read while no read
+    waits: the body's bytes wait in the socket, as with uvicorn's flow control."""
+
+    def __init__(self, protocol: CountingHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+
+    async def read_into(self, view: memoryview) -> int:
+        """The next bytes of the body at the start of `view`: how many, 0 at its end,
+        WITHDRAWN after `withdraw`. Raises ClientDisconnect if the client went away."""
+        cycle = self._cycle
+        if cycle.waiting_for_100_continue and not cycle.transport.is_closing():
+            cycle.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        if cycle.disconnected:
+            raise ClientDisconnect
+        if cycle.body:
+            n = min(len(view), len(cycle.body))
+            view[:n] = cycle.body[:n]
+            cycle.body = cycle.body[n:]
+            return n
+        if not cycle.more_body or cycle.response_complete or self._protocol.cycle is not cycle:
+            return 0
+        return await self._protocol.read_body_into(view)
+
+    def withdraw(self) -> bool:
+        """The waiting read, if any and still empty, returns WITHDRAWN."""
+        return self._protocol.cycle is self._cycle and self._protocol.withdraw_read()
+
+
+class _BodyReceiver(asyncio.BufferedProtocol):
+    """The connection's protocol while a body is read into the app's buffers."""
+
+    def __init__(self, protocol: CountingHttpToolsProtocol) -> None:
+        self._protocol = protocol
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = self._protocol._read_view
+        if view is None:  # reading is paused while no read waits
+            raise RuntimeError("no body read is waiting")
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._protocol._body_read(nbytes)
+
+    def eof_received(self) -> None:
+        self._protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()

@@ -16,9 +16,10 @@ from gateway.catalog.base import Principal, Upload, UploadState
 from gateway.config import Settings
 from gateway.errors import ERR, GatewayError
 from gateway.grants import Grants
+from gateway.middleware import BODY_INTO
 from gateway.tus import headers as tus
 from gateway.uploads import EXTENSIONS, Uploads
-from gateway.writer import BodyInterrupted
+from gateway.writer import Body, BodyInterrupted, DirectRead
 
 OFFSET_STREAM = "application/offset+octet-stream"
 RECEIPT_HEADER = "Upload-Deletion-Receipt"
@@ -310,10 +311,33 @@ def _media_type(value: str | None) -> str:
     return (value or "").split(";", 1)[0].strip().lower()
 
 
-async def _body(request: Request) -> AsyncIterator[bytes]:
+def _body(request: Request) -> Body:
+    """The request's body, readable straight into the writer's buffers where the server
+    offers that (connections.BODY_INTO)."""
+    reader = request.scope.get("extensions", {}).get(BODY_INTO)
+    return Body(_chunks(request), None if reader is None else _DirectRead(reader))
+
+
+async def _chunks(request: Request) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.stream():
             if chunk:
                 yield chunk
     except ClientDisconnect:
         raise BodyInterrupted from None
+
+
+class _DirectRead:
+    """The server's body reader, its disconnect as the writer knows it."""
+
+    def __init__(self, reader: DirectRead) -> None:
+        self._reader = reader
+
+    async def read_into(self, view: memoryview) -> int:
+        try:
+            return await self._reader.read_into(view)
+        except ClientDisconnect:
+            raise BodyInterrupted from None
+
+    def withdraw(self) -> bool:
+        return self._reader.withdraw()

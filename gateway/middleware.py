@@ -7,6 +7,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import metrics
 from gateway.errors import ERR, GatewayError
 from gateway.tus.headers import TUS_VERSION
+from gateway.writer.base import DirectRead
 
 log = logging.getLogger("gateway.http")
 
@@ -84,6 +86,11 @@ _FIXED_ROUTES = frozenset(
 )
 
 
+# The ASGI extension of a request whose Content-Length body the app can read into its
+# own buffers (connections.BodyReader).
+BODY_INTO = "gateway.body_into"
+
+
 class AccessMiddleware:
     """Request ids, metrics and one JSON log line per request."""
 
@@ -107,14 +114,20 @@ class AccessMiddleware:
         status = 500
         sent = 0
 
-        async def counting_receive() -> Message:
+        def count(n: int) -> None:
             nonlocal received
+            received += n
+            if counts_upload_bytes:
+                metrics.BYTES_RECEIVED.inc(n)
+
+        extensions = scope.get("extensions") or {}
+        if BODY_INTO in extensions:
+            extensions[BODY_INTO] = _CountingBody(extensions[BODY_INTO], count)
+
+        async def counting_receive() -> Message:
             message = await receive()
-            if message["type"] == "http.request":
-                n = len(message.get("body", b""))
-                received += n
-                if counts_upload_bytes and n:
-                    metrics.BYTES_RECEIVED.inc(n)
+            if message["type"] == "http.request" and message.get("body"):
+                count(len(message["body"]))
             return message
 
         async def observing_send(message: Message) -> None:
@@ -293,3 +306,20 @@ def _transfer_coding_error(headers: list[tuple[bytes, bytes]]) -> GatewayError |
             ERR.UNSUPPORTED_TRANSFER_CODING, "the only transfer coding accepted is chunked"
         )
     return None
+
+
+class _CountingBody:
+    """A BODY_INTO reader whose bytes are counted as those of `receive` are."""
+
+    def __init__(self, reader: DirectRead, count: Callable[[int], None]) -> None:
+        self._reader = reader
+        self._count = count
+
+    async def read_into(self, view: memoryview) -> int:
+        n = await self._reader.read_into(view)
+        if n > 0:
+            self._count(n)
+        return n
+
+    def withdraw(self) -> bool:
+        return self._reader.withdraw()

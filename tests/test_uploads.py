@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -32,8 +33,9 @@ from gateway.tus.headers import ChecksumHeader
 from gateway.types import Buffer
 from gateway.uploads import Uploads
 from gateway.wiring import build_services
-from gateway.writer import BodyInterrupted
+from gateway.writer import WITHDRAWN, Body, BodyInterrupted
 from gateway.writer.pipeline import SealingPipeline
+from gateway.writer.receive import SLICE, SMALL_SLICE
 from gateway.writer.segment import NEAR_END
 from tests.fakes import InPlaceMemoryStore, MemoryStore
 from tests.tushttp import catalog_files_holding
@@ -804,6 +806,93 @@ async def test_a_stalled_body_gives_its_partly_filled_slice_back_to_the_budget(
         release.set()
         done, _ = await writing
         assert read(service, done) == data
+
+
+class DirectBody:
+    """A body read as the server's BodyReader serves one (BODY_INTO): into the writer's
+    buffers, at most `most` bytes a read. After `quiet_at` bytes it goes quiet until
+    `release` is set; a read withdrawn meanwhile returns WITHDRAWN."""
+
+    def __init__(self, data: bytes, *, most: int = 256 * 1024, quiet_at: int = -1) -> None:
+        self.data, self.at, self.most, self.quiet_at = data, 0, most, quiet_at
+        self.quiet, self.release = asyncio.Event(), asyncio.Event()
+        self.rooms: list[int] = []  # the room each read was given
+        self.withdrawn = 0
+        self._waiting: asyncio.Future[int] | None = None
+
+    async def read_into(self, view: memoryview) -> int:
+        if self.at == self.quiet_at and not self.release.is_set():
+            self.quiet.set()
+            self._waiting = waiting = asyncio.get_running_loop().create_future()
+            released = asyncio.ensure_future(self.release.wait())
+            await asyncio.wait({waiting, released}, return_when=asyncio.FIRST_COMPLETED)
+            released.cancel()
+            self._waiting = None
+            if waiting.done():
+                withdrawn: int = waiting.result()
+                return withdrawn
+        end = self.quiet_at if self.at < self.quiet_at else len(self.data)
+        n = min(len(view), self.most, end - self.at)
+        view[:n] = self.data[self.at : self.at + n]
+        self.at += n
+        self.rooms.append(len(view))
+        return n
+
+    def withdraw(self) -> bool:
+        if self._waiting is None or self._waiting.done():
+            return False
+        self._waiting.set_result(WITHDRAWN)
+        self.withdrawn += 1
+        return True
+
+
+async def no_chunks() -> AsyncIterator[bytes]:
+    raise AssertionError("a direct body is read directly, not as chunks")
+    yield b""  # pragma: no cover
+
+
+async def test_direct_bodies_are_read_into_the_writers_buffers(service: Uploads) -> None:
+    """A body that starts and ends inside segments, then a short one kept whole, then
+    one that ends the upload: every read goes into a slice or the kept buffer."""
+    data = os.urandom(9 * S + 1234)
+    upload = await service.create(ME, length=len(data), metadata=None)
+    cuts = [0, 3 * S + 77, 3 * S + 1077, len(data)]
+    for start, end in itertools.pairwise(cuts):
+        direct = DirectBody(data[start:end])
+        await service.write(
+            ME, upload.id, offset=start, body=Body(no_chunks(), direct), content_length=end - start
+        )
+        assert direct.at == end - start and max(direct.rooms) <= SLICE
+    done = await service.get(ME, upload.id)
+    assert done.state == COMPLETE and read(service, done) == data
+
+
+async def test_a_quiet_direct_body_holds_no_slice_until_it_is_fast_again(tmp_path: Path) -> None:
+    store = InPlaceMemoryStore()
+    async with own_service(tmp_path, store, segment_size=1024 * 1024) as service:
+        budget = service.writes.budget
+        data = os.urandom(3 * 1024 * 1024 + 5)  # not kept whole: it ends past its segment
+        direct = DirectBody(data, quiet_at=40_000)
+        upload = await service.create(ME, length=len(data), metadata=None)
+        body = Body(no_chunks(), direct)
+        writing = asyncio.create_task(
+            service.write(ME, upload.id, offset=0, body=body, content_length=len(data))
+        )
+        await direct.quiet.wait()
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if budget.free == budget.total:
+                break
+        assert direct.withdrawn >= 1
+        assert budget.free == budget.total  # its slice went to sealing; it waits in its own
+        before = len(direct.rooms)
+        direct.release.set()
+        done, _ = await writing
+        assert read(service, done) == data
+        # The read after the quiet one went into a small buffer of its own; it filled
+        # that, so the reads after it went into slices again.
+        assert direct.rooms[before] == SMALL_SLICE
+        assert SLICE in direct.rooms[before + 1 :]
 
 
 async def test_tail_bytes_read_back_are_counted_in_the_receive_budget(tmp_path: Path) -> None:

@@ -37,6 +37,25 @@ async def test_a_slice_is_taken_from_the_budget_and_given_back() -> None:
     assert budget.free == budget.total
 
 
+async def test_a_direct_read_fills_the_slices_room_in_place() -> None:
+    """What a read from the socket is given: the slice's free bytes, no more than asked;
+    the bytes put there count once `filled` says so."""
+    gatherer, _, _ = slices()
+    await gatherer.ready()
+    room = gatherer.room(most=SLICE)
+    assert len(room) == SMALL_SLICE
+    room[:3] = b"abc"
+    gatherer.filled(3)
+    assert len(gatherer.room(most=10)) == 10
+    assert len(gatherer.room(most=SLICE)) == SMALL_SLICE - 3
+    rest = gatherer.room(most=SLICE)
+    rest[:] = b"d" * len(rest)
+    gatherer.filled(len(rest))
+    assert gatherer.full
+    fragment = gatherer.hand_over()
+    assert fragment is not None and bytes(fragment[0]) == b"abc" + b"d" * (SMALL_SLICE - 3)
+
+
 async def test_bytes_read_back_go_back_to_the_sized_buffers_and_lent_ones_nowhere() -> None:
     pools, budget = Pools(keep=4), ReceiveBudget(8 * SLICE)
     gatherer = Slices(pools, budget)

@@ -1,7 +1,8 @@
 """One PATCH body -> sealed records and tail pieces, sealed while the bytes arrive.
 
 Each record is sealed as its plaintext comes in: the event loop gathers the received
-bytes into slices under a memory budget shared by all uploads (`receive`), and the
+bytes into slices under a memory budget shared by all uploads (`receive`), read from
+the socket straight into them where the server offers it (`Body.direct`), and the
 record's task in the sealing pipeline (`pipeline`) hashes and encrypts each batch in
 two threads side by side, one record after the other, keeping the record's seal
 state (`record`) and its AES-GCM stream (`gateway.sealed.RecordStream`). When a
@@ -22,7 +23,10 @@ when it ends. The last body assembles the object (`complete`). `SegmentWriter`
 """
 
 from gateway.writer.base import (
+    WITHDRAWN,
+    Body,
     BodyInterrupted,
+    DirectRead,
     OnComplete,
     Outcome,
     Overflow,
@@ -32,7 +36,10 @@ from gateway.writer.base import (
 from gateway.writer.segment import SegmentWriter
 
 __all__ = [
+    "WITHDRAWN",
+    "Body",
     "BodyInterrupted",
+    "DirectRead",
     "OnComplete",
     "Outcome",
     "Overflow",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.catalog.base import HookEvent, RecordRow, Upload
 from gateway.errors import ERR, GatewayError
@@ -19,6 +19,39 @@ class BodyInterrupted(Exception):
 
 class Overflow(Exception):
     """The body carries more bytes than the upload may hold."""
+
+
+WITHDRAWN = -1  # what a direct read returns when `withdraw` took its buffer back
+
+
+class DirectRead(Protocol):
+    """A body read from the connection straight into the writer's buffers."""
+
+    async def read_into(self, view: memoryview) -> int:
+        """Wait for the next bytes and put them at the start of `view`: how many (at
+        most its length), 0 once the body has ended, WITHDRAWN after `withdraw`.
+        Raises BodyInterrupted if the client went away first."""
+        ...
+
+    def withdraw(self) -> bool:
+        """Take the pending read's buffer back, no byte in it: the read returns
+        WITHDRAWN. False if no read is pending or its bytes are already in the buffer."""
+        ...
+
+
+class Body:
+    """A request's body: its chunks as they come, and the same body as a direct read
+    where the server offers one (used instead, never along with the chunks)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], direct: DirectRead | None = None) -> None:
+        self._chunks = chunks
+        self.direct = direct
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await anext(self._chunks)
 
 
 def part_offset(header_len: int, segment_size: int, index: int) -> int:

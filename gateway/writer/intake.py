@@ -5,7 +5,7 @@ from __future__ import annotations
 from gateway import metrics
 from gateway.catalog.base import Upload
 from gateway.sealed import TAG_LEN
-from gateway.writer.base import Fragment, Overflow
+from gateway.writer.base import DirectRead, Fragment, Overflow
 from gateway.writer.pipeline import SealingPipeline
 from gateway.writer.receive import Slices
 from gateway.writer.record import Record, Signal
@@ -14,7 +14,8 @@ from gateway.writer.tail import PLAIN_AT, TailPieces
 
 
 class Intake:
-    """Takes the body's chunks in: into slices, handed to each segment's record in turn.
+    """Takes the body in: into slices, handed to each segment's record in turn. The
+    bytes are put into `room()`, by a direct read or by copying a chunk (`take`).
 
     A body kept whole (`tail`, see SegmentWriter.prepare) bypasses the records: its
     bytes wait in one buffer for the tail piece sealed when it ends.
@@ -51,40 +52,67 @@ class Intake:
         self.cut: Record | None = None  # the unfinished record, once the body ended
         self.last_sealed_final = False
         self.received = 0
+        self.direct: DirectRead | None = None  # the body, when read straight into `room`
 
-    async def take(self, chunk: bytes) -> None:
+    async def take(self, chunk: bytes | memoryview) -> None:
+        """Copy a chunk of the body in (for bodies not read straight into `room`)."""
         if self._upload.offset + self.received + len(chunk) > self._limit:
             raise Overflow
+        tail = self.tail
+        if tail is not None and PLAIN_AT + self.received + len(chunk) > len(tail) - TAG_LEN:
+            raise Overflow  # never past its Content-Length (HTTP framing sees to it)
+        view = memoryview(chunk)
+        while view:
+            room = await self.room()
+            n = min(len(view), len(room))
+            room[:n] = view[:n]
+            await self.advance(n)
+            view = view[n:]
+
+    async def room(self) -> memoryview:
+        """Where the body's next bytes go: the slice held (waiting for the budget if need
+        be), or the buffer of a body kept whole. Past what the upload can take, one
+        spare byte: any byte put there overflows."""
+        most = self._limit - self._upload.offset - self.received
+        if most <= 0:
+            return memoryview(bytearray(1))
         if self.tail is not None:
             at = PLAIN_AT + self.received
-            if at + len(chunk) > len(self.tail) - TAG_LEN:
-                raise Overflow  # never past its Content-Length (HTTP framing sees to it)
-            self.tail[at : at + len(chunk)] = chunk
-            self.fill += len(chunk)
-            self.received += len(chunk)
-            metrics.BYTES_IN_FLIGHT.inc(len(chunk))
+            view = memoryview(self.tail)[at : min(len(self.tail) - TAG_LEN, at + most)]
+            return view if view else memoryview(bytearray(1))
+        record = self.open if self.open is not None else self.start_record()
+        await self._slices.ready()
+        return self._slices.room(min(most, record.length - self.fill))
+
+    async def advance(self, n: int) -> None:
+        """`n` bytes were put at the start of `room()`: count them and hand on the slice
+        they filled (closing the record they completed)."""
+        if self._upload.offset + self.received + n > self._limit:
+            raise Overflow
+        if self.tail is not None and PLAIN_AT + self.received + n > len(self.tail) - TAG_LEN:
+            raise Overflow
+        self.fill += n
+        self.received += n
+        metrics.BYTES_IN_FLIGHT.inc(n)
+        record = self.open
+        if self.tail is not None or record is None:
             return
-        view = memoryview(chunk)
-        slices = self._slices
-        while view:
-            record = self.open if self.open is not None else self.start_record()
-            await slices.ready()
-            n = slices.gather(view, record.length - self.fill)
-            self.fill += n
-            self.received += n
-            view = view[n:]
-            if self.fill == record.length:
-                await self.close_record()
-            elif slices.full:
-                await self._feed(record)
-        metrics.BYTES_IN_FLIGHT.inc(len(chunk))
+        self._slices.filled(n)
+        if self.fill == record.length:
+            await self.close_record()
+        elif self._slices.full:
+            await self._feed(record)
 
     def flush_idle(self) -> None:
         """The client is slow to send more: hand the partly filled slice to sealing, so
         it (and its share of the budget) comes back while the read waits.
 
-        Called on the event loop only while the body's read waits for the next chunk."""
+        Called on the event loop only while the body's read waits for the next chunk. A
+        direct read into the slice gives its buffer back first, unless its bytes are
+        already there, not yet counted."""
         if self._slices.partial and self.open is not None:
+            if self.direct is not None and not self.direct.withdraw():
+                return
             self._slices.slow_down()
             self._hand_slice(self.open)
 

@@ -56,15 +56,24 @@ class Slices:
 
     def gather(self, view: memoryview, most: int) -> int:
         """Copy up to `most` bytes of `view` into the slice held; how many it took."""
+        room = self.room(most)
+        n = min(len(view), len(room))
+        room[:n] = view[:n]
+        self.filled(n)
+        return n
+
+    def room(self, most: int) -> memoryview:
+        """Where the next bytes go in the slice held: up to `most` of them."""
         buffer = self._slice
         assert buffer is not None
-        size = len(buffer)
-        n = min(most, len(view), size - self.fill)
-        buffer[self.fill : self.fill + n] = view[:n]
+        return memoryview(buffer)[self.fill : self.fill + min(most, len(buffer) - self.fill)]
+
+    def filled(self, n: int) -> None:
+        """`n` bytes were put into the slice's `room`."""
+        assert self._slice is not None
         self.fill += n
-        if self.fill == size:
-            self._pace(size)
-        return n
+        if self.fill == len(self._slice):
+            self._pace(len(self._slice))
 
     @property
     def full(self) -> bool:

@@ -19,11 +19,19 @@ from gateway.runner import Receiving, Runner, receiving
 from gateway.sealed import Sealer
 from gateway.store.base import ObjectStore, StoreUnavailable, writes_in_place
 from gateway.tus.headers import ChecksumHeader
-from gateway.writer.base import BodyInterrupted, Fragment, OnComplete, Outcome, RunningHash
+from gateway.writer.base import (
+    WITHDRAWN,
+    Body,
+    BodyInterrupted,
+    Fragment,
+    OnComplete,
+    Outcome,
+    RunningHash,
+)
 from gateway.writer.complete import finish_object, part_refs, plaintext_sha256
 from gateway.writer.intake import Intake
 from gateway.writer.pipeline import SealingPipeline
-from gateway.writer.receive import QUEUED_LIMIT, SLICE, Slices
+from gateway.writer.receive import QUEUED_LIMIT, SLICE, SMALL_SLICE, Slices
 from gateway.writer.settle import Ledger
 from gateway.writer.tail import PLAIN_AT, TAIL_DIRECT, TailPieces, room_size
 
@@ -225,14 +233,36 @@ class SegmentWriter:
         return bool(left) and min(left) <= NEAR_END
 
     async def _receive(self, body: AsyncIterator[bytes], flag: Receiving) -> None:
+        """Read the body into the intake until it ends or the lease's watcher stops it.
+
+        A direct body is read into the intake's room, no copy on the way. Once quiet
+        for a poll (the watcher withdraws the read to hand the slice on), it is read
+        into a small buffer of its own, which holds no slice while the client is
+        silent, and copied in, until one read fills that buffer again."""
         control = self._control
-        control.on_idle = self._intake.flush_idle
+        intake = self._intake
+        control.on_idle = intake.flush_idle
+        direct = body.direct if isinstance(body, Body) and self._content_length else None
+        intake.direct = direct
+        quiet: bytearray | None = None
         task = asyncio.current_task()
-        iterator = aiter(body)
         while control.stop_reason is None:
+            if direct is not None and self.received == self._content_length:
+                return
+            room = await intake.room() if direct is not None and quiet is None else None
             control.in_receive = True
+            n = 0
             try:
-                chunk = await anext(iterator)
+                chunk: memoryview | bytes | None
+                if direct is None:
+                    chunk = await anext(body)
+                    n = len(chunk)
+                elif room is None:
+                    assert quiet is not None
+                    n = await direct.read_into(memoryview(quiet))
+                    chunk = memoryview(quiet)[: max(n, 0)]
+                else:
+                    chunk, n = None, await direct.read_into(room)
             except StopAsyncIteration:
                 return
             except BodyInterrupted:
@@ -246,12 +276,24 @@ class SegmentWriter:
                 raise
             finally:
                 control.in_receive = False
-                control.last_activity = time.monotonic()
-                control.waited += control.last_activity - control.read_started
-            control.received += len(chunk)
+                now = time.monotonic()
+                control.waited += now - control.read_started
+                if n != WITHDRAWN:  # a withdrawn read brought nothing: still silent
+                    control.last_activity = now
+            if n == WITHDRAWN:
+                quiet = bytearray(SMALL_SLICE)
+                continue
+            if n == 0:
+                return
+            control.received += n
             if flag.active and self._near_end(control.received):
                 flag.active = False
-            await self._intake.take(chunk)
+            if chunk is None:
+                await intake.advance(n)
+                continue
+            await intake.take(chunk)
+            if quiet is not None and n == len(quiet):
+                quiet = None  # it is fast again
         # Stopped. A body that already brought every byte it announced, or every byte
         # the upload can still take, was not cut short: only its end was not yet read.
         self.interrupted = not self._body_complete()
