@@ -140,12 +140,15 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         self._linger_last_read = 0.0
         self._linger_timer: TimerHandle | None = None
         # Reading a body into the app's buffers (BODY_INTO): the request's Content-Length,
-        # the protocol installed meanwhile, the read waiting for bytes and its buffer.
+        # the protocol installed meanwhile, the read waiting for bytes, its buffer and
+        # how many bytes it takes at most.
         # `_skip`: bytes of such a body its app left unread, dropped before parsing on.
         self._body_length = 0
         self._receiver: _BodyReceiver | None = None
-        self._read: asyncio.Future[int] | None = None
+        self._read: asyncio.Future[memoryview | None] | None = None
         self._read_view: memoryview | None = None
+        self._read_most = 0
+        self._read_fresh = False  # the waiting read makes its buffer when bytes come
         self._skip = 0
 
     # -- connection ---------------------------------------------------------------------
@@ -325,30 +328,44 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
 
     async def read_body_into(self, view: memoryview) -> int:
         """Wait for the current request's next body bytes, read into `view`."""
+        got = await self._read_body(view, len(view))
+        return WITHDRAWN if got is None else len(got)
+
+    async def read_body(self, most: int) -> memoryview:
+        """Wait for the current request's next body bytes, at most `most`, read into a
+        buffer made only when they arrive."""
+        got = await self._read_body(None, most)
+        assert got is not None  # only a read into the app's buffer is withdrawn
+        return got
+
+    async def _read_body(self, view: memoryview | None, most: int) -> memoryview | None:
         if self._read is not None:
             raise RuntimeError("a body read is already waiting")
-        if not view:
+        if most <= 0:
             raise ValueError("no room to read into")
         if self._receiver is None:
             self._receiver = _BodyReceiver(self)
             self.transport.set_protocol(self._receiver)
-        self._read_view = view[: self._body_length - self._body_bytes]
+        self._read_most = min(most, self._body_length - self._body_bytes)
+        self._read_view = None if view is None else view[: self._read_most]
+        self._read_fresh = view is None
         self._read = read = self.loop.create_future()
         self.flow.resume_reading()
         try:
-            n: int = await read
-            return n
+            got: memoryview | None = await read
+            return got
         finally:
             if self._read is read:  # cancelled before any byte came
                 self._end_read()
 
     def withdraw_read(self) -> bool:
-        """The waiting read gives its buffer back, empty: it returns WITHDRAWN."""
+        """A read waiting with the app's buffer gives it back, empty: it returns
+        WITHDRAWN. A read that makes its own buffer holds none of the app's."""
         read = self._read
-        if read is None or read.done():
+        if read is None or read.done() or self._read_fresh:
             return False
         self._end_read()
-        read.set_result(WITHDRAWN)
+        read.set_result(None)
         return True
 
     def _end_read(self) -> None:
@@ -356,9 +373,17 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.flow.pause_reading()  # until the app has room again
 
+    def _buffer(self) -> memoryview:
+        """Where the waiting read's bytes go (the protocol's get_buffer)."""
+        if self._read is None:  # reading is paused while no read waits
+            raise RuntimeError("no body read is waiting")
+        if self._read_view is None:
+            self._read_view = memoryview(bytearray(self._read_most))
+        return self._read_view
+
     def _body_read(self, n: int) -> None:
         """`n` bytes arrived in the waiting read's buffer."""
-        read = self._read
+        read, view = self._read, self._read_view
         self._read = self._read_view = None
         self._body_bytes += n
         self._message_bytes += n
@@ -368,7 +393,8 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
             self._leave_direct()
             self.on_message_complete()
         if read is not None and not read.done():
-            read.set_result(n)
+            assert view is not None
+            read.set_result(view[:n])
 
     def _leave_direct(self) -> None:
         """Parse again with a fresh parser, after what is left of the body (`_skip`)."""
@@ -627,6 +653,23 @@ class BodyReader:
     async def read_into(self, view: memoryview) -> int:
         """The next bytes of the body at the start of `view`: how many, 0 at its end,
         WITHDRAWN after `withdraw`. Raises ClientDisconnect if the client went away."""
+        buffered = self._buffered(len(view))
+        if buffered is None:
+            return await self._protocol.read_body_into(view)
+        view[: len(buffered)] = buffered
+        return len(buffered)
+
+    async def read(self, most: int) -> memoryview:
+        """The next bytes of the body, at most `most`, in a buffer made when they come:
+        empty at its end. Raises ClientDisconnect if the client went away."""
+        buffered = self._buffered(most)
+        if buffered is None:
+            return await self._protocol.read_body(most)
+        return memoryview(buffered)
+
+    def _buffered(self, most: int) -> bytes | None:
+        """Up to `most` of the bytes the parser took (b"" at the body's end), or None:
+        the next bytes are still in the socket."""
         cycle = self._cycle
         if cycle.waiting_for_100_continue and not cycle.transport.is_closing():
             cycle.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -634,13 +677,12 @@ class BodyReader:
         if cycle.disconnected:
             raise ClientDisconnect
         if cycle.body:
-            n = min(len(view), len(cycle.body))
-            view[:n] = cycle.body[:n]
-            cycle.body = cycle.body[n:]
-            return n
+            taken = bytes(cycle.body[:most])
+            cycle.body = cycle.body[most:]
+            return taken
         if not cycle.more_body or cycle.response_complete or self._protocol.cycle is not cycle:
-            return 0
-        return await self._protocol.read_body_into(view)
+            return b""
+        return None
 
     def withdraw(self) -> bool:
         """The waiting read, if any and still empty, returns WITHDRAWN."""
@@ -654,10 +696,7 @@ class _BodyReceiver(asyncio.BufferedProtocol):
         self._protocol = protocol
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        view = self._protocol._read_view
-        if view is None:  # reading is paused while no read waits
-            raise RuntimeError("no body read is waiting")
-        return view
+        return self._protocol._buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         self._protocol._body_read(nbytes)

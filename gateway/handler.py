@@ -339,5 +339,11 @@ class _DirectRead:
         except ClientDisconnect:
             raise BodyInterrupted from None
 
+    async def read(self, most: int) -> memoryview:
+        try:
+            return await self._reader.read(most)
+        except ClientDisconnect:
+            raise BodyInterrupted from None
+
     def withdraw(self) -> bool:
         return self._reader.withdraw()

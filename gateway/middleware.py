@@ -321,5 +321,11 @@ class _CountingBody:
             self._count(n)
         return n
 
+    async def read(self, most: int) -> memoryview:
+        got = await self._reader.read(most)
+        if got:
+            self._count(len(got))
+        return got
+
     def withdraw(self) -> bool:
         return self._reader.withdraw()

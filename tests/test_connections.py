@@ -59,7 +59,8 @@ READ_SIZE = 1000  # the app's buffer for each read
 class BodyApp:
     """An ASGI app that reads bodies through BODY_INTO, as the route says.
 
-    /whole reads the body to its end; /first/<n> reads n bytes and answers (and
+    /whole reads the body to its end (and /own the same in buffers the reader makes);
+    /first/<n> reads n bytes and answers (and
     /first-close/<n> answers with Connection: close); /withdrawn withdraws its first
     read before the body comes; /gone reads until the client goes. The answer: whether
     the extension was offered, the body's SHA-256 and length, the largest read."""
@@ -92,7 +93,12 @@ class BodyApp:
             buffer = bytearray(READ_SIZE)
             while limit is None or len(body) < limit:
                 try:
-                    n = await reader.read_into(memoryview(buffer))
+                    if path == "/own":  # buffers made as the bytes come
+                        got = await reader.read(READ_SIZE)
+                        n = len(got)
+                        buffer[:n] = got
+                    else:
+                        n = await reader.read_into(memoryview(buffer))
                 except ClientDisconnect:
                     self.outcomes.append("disconnected")
                     return
@@ -185,6 +191,14 @@ def test_a_body_is_read_into_the_apps_buffers_exactly(body_server: tuple[int, Bo
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(_post("/whole", first) + _post("/whole", second))
         assert _answers(sock, 2) == [_expect(first), _expect(second)]
+
+
+def test_a_body_is_read_in_buffers_made_as_it_comes(body_server: tuple[int, BodyApp]) -> None:
+    port, _ = body_server
+    body, after = os.urandom(600_000), os.urandom(10)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_post("/own", body) + _post("/own", after))
+        assert _answers(sock, 2) == [_expect(body), _expect(after, largest=len(after))]
 
 
 def test_only_content_length_bodies_are_offered(body_server: tuple[int, BodyApp]) -> None:

@@ -35,7 +35,7 @@ from gateway.uploads import Uploads
 from gateway.wiring import build_services
 from gateway.writer import WITHDRAWN, Body, BodyInterrupted
 from gateway.writer.pipeline import SealingPipeline
-from gateway.writer.receive import SLICE, SMALL_SLICE
+from gateway.writer.receive import QUIET_READ, SLICE
 from gateway.writer.segment import NEAR_END
 from tests.fakes import InPlaceMemoryStore, MemoryStore
 from tests.tushttp import catalog_files_holding
@@ -811,39 +811,55 @@ async def test_a_stalled_body_gives_its_partly_filled_slice_back_to_the_budget(
 class DirectBody:
     """A body read as the server's BodyReader serves one (BODY_INTO): into the writer's
     buffers, at most `most` bytes a read. After `quiet_at` bytes it goes quiet until
-    `release` is set; a read withdrawn meanwhile returns WITHDRAWN."""
+    `release` is set; a `read_into` withdrawn meanwhile returns WITHDRAWN."""
 
     def __init__(self, data: bytes, *, most: int = 256 * 1024, quiet_at: int = -1) -> None:
         self.data, self.at, self.most, self.quiet_at = data, 0, most, quiet_at
         self.quiet, self.release = asyncio.Event(), asyncio.Event()
-        self.rooms: list[int] = []  # the room each read was given
+        self.reads: list[tuple[str, int]] = []  # ("into", room) or ("own", most) per read
         self.withdrawn = 0
         self._waiting: asyncio.Future[int] | None = None
 
     async def read_into(self, view: memoryview) -> int:
-        if self.at == self.quiet_at and not self.release.is_set():
-            self.quiet.set()
-            self._waiting = waiting = asyncio.get_running_loop().create_future()
-            released = asyncio.ensure_future(self.release.wait())
-            await asyncio.wait({waiting, released}, return_when=asyncio.FIRST_COMPLETED)
-            released.cancel()
-            self._waiting = None
-            if waiting.done():
-                withdrawn: int = waiting.result()
-                return withdrawn
-        end = self.quiet_at if self.at < self.quiet_at else len(self.data)
-        n = min(len(view), self.most, end - self.at)
-        view[:n] = self.data[self.at : self.at + n]
-        self.at += n
-        self.rooms.append(len(view))
+        if await self._quiet(withdrawable=True):
+            self.withdrawn += 1
+            return WITHDRAWN
+        n = self._next(len(view))
+        view[:n] = self.data[self.at - n : self.at]
+        self.reads.append(("into", len(view)))
         return n
+
+    async def read(self, most: int) -> memoryview:
+        await self._quiet(withdrawable=False)
+        n = self._next(most)
+        self.reads.append(("own", most))
+        return memoryview(self.data[self.at - n : self.at])
 
     def withdraw(self) -> bool:
         if self._waiting is None or self._waiting.done():
             return False
         self._waiting.set_result(WITHDRAWN)
-        self.withdrawn += 1
         return True
+
+    async def _quiet(self, *, withdrawable: bool) -> bool:
+        """Wait while quiet; whether the wait was withdrawn."""
+        if self.at != self.quiet_at or self.release.is_set():
+            return False
+        self.quiet.set()
+        waiting = asyncio.get_running_loop().create_future()
+        if withdrawable:
+            self._waiting = waiting
+        released = asyncio.ensure_future(self.release.wait())
+        await asyncio.wait({waiting, released}, return_when=asyncio.FIRST_COMPLETED)
+        released.cancel()
+        self._waiting = None
+        return waiting.done()
+
+    def _next(self, room: int) -> int:
+        end = self.quiet_at if self.at < self.quiet_at else len(self.data)
+        n = min(room, self.most, end - self.at)
+        self.at += n
+        return n
 
 
 async def no_chunks() -> AsyncIterator[bytes]:
@@ -862,7 +878,9 @@ async def test_direct_bodies_are_read_into_the_writers_buffers(service: Uploads)
         await service.write(
             ME, upload.id, offset=start, body=Body(no_chunks(), direct), content_length=end - start
         )
-        assert direct.at == end - start and max(direct.rooms) <= SLICE
+        assert direct.at == end - start
+        assert {kind for kind, _ in direct.reads} == {"into"}
+        assert max(room for _, room in direct.reads) <= SLICE
     done = await service.get(ME, upload.id)
     assert done.state == COMPLETE and read(service, done) == data
 
@@ -885,14 +903,14 @@ async def test_a_quiet_direct_body_holds_no_slice_until_it_is_fast_again(tmp_pat
                 break
         assert direct.withdrawn >= 1
         assert budget.free == budget.total  # its slice went to sealing; it waits in its own
-        before = len(direct.rooms)
+        before = len(direct.reads)
         direct.release.set()
         done, _ = await writing
         assert read(service, done) == data
-        # The read after the quiet one went into a small buffer of its own; it filled
-        # that, so the reads after it went into slices again.
-        assert direct.rooms[before] == SMALL_SLICE
-        assert SLICE in direct.rooms[before + 1 :]
+        # After the quiet spell it was read in buffers of its own, until one read
+        # filled one (QUIET_READ); then into slices again.
+        assert direct.reads[before] == ("own", QUIET_READ)
+        assert ("into", SLICE) in direct.reads[before + 1 :]
 
 
 async def test_tail_bytes_read_back_are_counted_in_the_receive_budget(tmp_path: Path) -> None:

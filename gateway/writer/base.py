@@ -33,9 +33,14 @@ class DirectRead(Protocol):
         Raises BodyInterrupted if the client went away first."""
         ...
 
+    async def read(self, most: int) -> memoryview:
+        """Wait for the next bytes, at most `most`, in a buffer made when they come (so a
+        silent client holds none): empty once the body has ended."""
+        ...
+
     def withdraw(self) -> bool:
-        """Take the pending read's buffer back, no byte in it: the read returns
-        WITHDRAWN. False if no read is pending or its bytes are already in the buffer."""
+        """Take the pending `read_into`'s buffer back, no byte in it: it returns
+        WITHDRAWN. False if none is pending or its bytes are already in the buffer."""
         ...
 
 

@@ -31,7 +31,7 @@ from gateway.writer.base import (
 from gateway.writer.complete import finish_object, part_refs, plaintext_sha256
 from gateway.writer.intake import Intake
 from gateway.writer.pipeline import SealingPipeline
-from gateway.writer.receive import QUEUED_LIMIT, SLICE, SMALL_SLICE, Slices
+from gateway.writer.receive import QUEUED_LIMIT, QUIET_READ, SLICE, Slices
 from gateway.writer.settle import Ledger
 from gateway.writer.tail import PLAIN_AT, TAIL_DIRECT, TailPieces, room_size
 
@@ -237,32 +237,31 @@ class SegmentWriter:
 
         A direct body is read into the intake's room, no copy on the way. Once quiet
         for a poll (the watcher withdraws the read to hand the slice on), it is read
-        into a small buffer of its own, which holds no slice while the client is
-        silent, and copied in, until one read fills that buffer again."""
+        into buffers made as its bytes come, so that nothing is held while the client
+        is silent, and copied in, until one read brings QUIET_READ bytes again."""
         control = self._control
         intake = self._intake
         control.on_idle = intake.flush_idle
         direct = body.direct if isinstance(body, Body) and self._content_length else None
-        intake.direct = direct
-        quiet: bytearray | None = None
+        quiet = False  # reading a direct body in buffers of its own, not into the room
         task = asyncio.current_task()
         while control.stop_reason is None:
             if direct is not None and self.received == self._content_length:
                 return
-            room = await intake.room() if direct is not None and quiet is None else None
+            room = await intake.room() if direct is not None and not quiet else None
+            intake.direct = direct if room is not None else None  # what flush_idle withdraws
             control.in_receive = True
             n = 0
             try:
                 chunk: memoryview | bytes | None
                 if direct is None:
                     chunk = await anext(body)
-                    n = len(chunk)
                 elif room is None:
-                    assert quiet is not None
-                    n = await direct.read_into(memoryview(quiet))
-                    chunk = memoryview(quiet)[: max(n, 0)]
+                    chunk = await direct.read(QUIET_READ)
                 else:
                     chunk, n = None, await direct.read_into(room)
+                if chunk is not None:
+                    n = len(chunk)
             except StopAsyncIteration:
                 return
             except BodyInterrupted:
@@ -281,7 +280,7 @@ class SegmentWriter:
                 if n != WITHDRAWN:  # a withdrawn read brought nothing: still silent
                     control.last_activity = now
             if n == WITHDRAWN:
-                quiet = bytearray(SMALL_SLICE)
+                quiet = True
                 continue
             if n == 0:
                 return
@@ -292,8 +291,7 @@ class SegmentWriter:
                 await intake.advance(n)
                 continue
             await intake.take(chunk)
-            if quiet is not None and n == len(quiet):
-                quiet = None  # it is fast again
+            quiet = quiet and n < QUIET_READ  # one read that fills it: fast again
         # Stopped. A body that already brought every byte it announced, or every byte
         # the upload can still take, was not cut short: only its end was not yet read.
         self.interrupted = not self._body_complete()
