@@ -907,8 +907,8 @@ async def test_a_quiet_direct_body_holds_no_slice_until_it_is_fast_again(tmp_pat
         direct.release.set()
         done, _ = await writing
         assert read(service, done) == data
-        # After the quiet spell it was read in buffers of its own, until one read
-        # filled one (QUIET_READ); then into slices again.
+        # The read after the quiet spell waited in a buffer of its own; the next ones
+        # went into slices again.
         assert direct.reads[before] == ("own", QUIET_READ)
         assert ("into", SLICE) in direct.reads[before + 1 :]
 

@@ -20,8 +20,8 @@ SMALL_SLICE = 32 << 10
 FAST_FILL = 0.01
 SLOW_FILL = 0.1
 QUEUED_LIMIT = 12 << 20  # plaintext one upload may have waiting before its reading pauses
-# A direct body gone quiet is read this much at most at a time, into a buffer made
-# when its bytes come, until one read brings this much (SegmentWriter._receive).
+# The read after a quiet spell takes at most this much, into a buffer made when its
+# bytes come (SegmentWriter._receive).
 QUIET_READ = 64 << 10
 
 

@@ -235,15 +235,15 @@ class SegmentWriter:
     async def _receive(self, body: AsyncIterator[bytes], flag: Receiving) -> None:
         """Read the body into the intake until it ends or the lease's watcher stops it.
 
-        A direct body is read into the intake's room, no copy on the way. Once quiet
-        for a poll (the watcher withdraws the read to hand the slice on), it is read
-        into buffers made as its bytes come, so that nothing is held while the client
-        is silent, and copied in, until one read brings QUIET_READ bytes again."""
+        A direct body is read into the intake's room, no copy on the way. When its
+        client has been quiet for a poll, the watcher withdraws the read to hand the
+        slice on; the next read then waits in a buffer made when its bytes come (so a
+        silent client holds nothing), which is copied in."""
         control = self._control
         intake = self._intake
         control.on_idle = intake.flush_idle
         direct = body.direct if isinstance(body, Body) and self._content_length else None
-        quiet = False  # reading a direct body in buffers of its own, not into the room
+        quiet = False  # the read after a withdrawn one: in a buffer of its own
         task = asyncio.current_task()
         while control.stop_reason is None:
             if direct is not None and self.received == self._content_length:
@@ -291,7 +291,7 @@ class SegmentWriter:
                 await intake.advance(n)
                 continue
             await intake.take(chunk)
-            quiet = quiet and n < QUIET_READ  # one read that fills it: fast again
+            quiet = False
         # Stopped. A body that already brought every byte it announced, or every byte
         # the upload can still take, was not cut short: only its end was not yet read.
         self.interrupted = not self._body_complete()
