@@ -22,7 +22,10 @@
   `100 Continue`. Never offered to HTTP/1.0 clients, which must not get one (RFC 9110
   15.2).
 - Bodies read into the app's buffers: a request with a Content-Length body offers the
-  ASGI extension `gateway.body_into` (`BodyReader`): the app reads the body straight
+  ASGI extension `gateway.body_into` (`BodyReader`), unless its connection was opened
+  beyond MANY_CONNECTIONS (small socket buffers, small reads: there a read armed only
+  while the app waits leaves a slow client too little buffer, and its chunks are
+  parsed as before). The app reads the body straight
   from the socket into buffers of its own (`read_into`), the kernel copying into them;
   there is no bytes object per read, no pass through the parser and no copy on the
   way. The connection then reads as an `asyncio.BufferedProtocol` until the body
@@ -290,7 +293,7 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
             # Its close after a response goes through us, to linger when the body is unread.
             self.cycle.transport = _LingerOnClose(self, self.cycle)  # type: ignore[assignment]
             self._body_length = _content_length(self.headers)
-            if self._body_length:
+            if self._body_length and self._high_water != SMALL_HIGH_WATER:
                 extensions = cast(dict[str, Any], self.cycle.scope.setdefault("extensions", {}))
                 extensions[BODY_INTO] = BodyReader(self, self.cycle)
 

@@ -24,7 +24,7 @@ from starlette.types import Receive as ASGIReceiveCallable
 from starlette.types import Scope, Send
 
 from gateway.config import Settings
-from gateway.connections import EdgeLimits, _append, protocol_factory
+from gateway.connections import MANY_CONNECTIONS, EdgeLimits, _append, protocol_factory
 from gateway.middleware import BODY_INTO
 from gateway.writer import WITHDRAWN
 from tests.server import free_port
@@ -212,6 +212,23 @@ def test_only_content_length_bodies_are_offered(body_server: tuple[int, BodyApp]
         answers = _answers(sock, 2)
     assert [a["offered"] for a in answers] == [False, False]
     assert answers[0]["length"] == 5
+
+
+def test_connections_beyond_many_are_not_offered_direct_reads(
+    body_server: tuple[int, BodyApp],
+) -> None:
+    """With small socket buffers a slow client needs the parser's own buffering."""
+    port, _ = body_server
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MANY_CONNECTIONS)]
+    try:
+        time.sleep(0.2)  # all accepted
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_post("/whole", b"x" * 5000))
+            (answer,) = _answers(sock, 1)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert not answer["offered"] and answer["length"] == 5000
 
 
 def test_expect_100_continue_is_answered_at_the_first_read(
