@@ -25,13 +25,12 @@
   ASGI extension `gateway.body_into` (`BodyReader`), unless its connection was opened
   beyond MANY_CONNECTIONS (small socket buffers, small reads: there a read armed only
   while the app waits leaves a slow client too little buffer, and its chunks are
-  parsed as before). The app reads the body straight
-  from the socket into buffers of its own (`read_into`), the kernel copying into them;
-  there is no bytes object per read, no pass through the parser and no copy on the
-  way. The connection then reads as an `asyncio.BufferedProtocol` until the body
-  ends, and parses again from there; whatever of the body the app leaves unread is
-  skipped (or lingered over) as uvicorn does with an unread body. An app uses this
-  or `receive`, not both.
+  parsed as before). The app reads the body straight from the socket into buffers
+  of its own (`read_into`), the kernel copying into them: no bytes object per read,
+  no pass through the parser, no copy on the way. The connection then reads as an
+  `asyncio.BufferedProtocol` until the body ends, and parses again from there;
+  whatever of the body the app leaves unread is skipped (or lingered over) as uvicorn
+  does with an unread body. An app uses this or `receive`, not both.
 - Request bodies reach the app uncopied: uvicorn (0.55) appends every chunk the
   parser hands over to a bytearray and copies that into a new bytes object for each
   ASGI message. Here a chunk that arrives while nothing is buffered is kept as the
