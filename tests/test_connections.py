@@ -59,19 +59,20 @@ READ_SIZE = 1000  # the app's buffer for each read
 class BodyApp:
     """An ASGI app that reads bodies through BODY_INTO, as the route says.
 
-    /whole reads the body to its end (and /own the same in buffers the reader makes);
-    /first/<n> reads n bytes and answers (and
-    /first-close/<n> answers with Connection: close); /withdrawn withdraws its first
-    read before the body comes; /gone reads until the client goes. The answer: whether
-    the extension was offered, the body's SHA-256 and length, the largest read."""
+    /whole reads the body to its end (/own the same in buffers the reader makes);
+    /first/<n> reads n bytes and answers (/first-close/<n> with Connection: close);
+    /withdrawn withdraws its first read before the body comes; /gone reads until the
+    client goes. The answer: whether the extension was offered, the body's SHA-256 and
+    length, the largest read."""
 
     def __init__(self) -> None:
         self.outcomes: list[str] = []
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
+            assert (await receive())["type"] == "lifespan.startup"
+            await send({"type": "lifespan.startup.complete"})
+            assert (await receive())["type"] == "lifespan.shutdown"
             await send({"type": "lifespan.shutdown.complete"})
             return
         reader = scope.get("extensions", {}).get(BODY_INTO)

@@ -885,7 +885,9 @@ async def test_direct_bodies_are_read_into_the_writers_buffers(service: Uploads)
     assert done.state == COMPLETE and read(service, done) == data
 
 
-async def test_a_quiet_direct_body_holds_no_slice_until_it_is_fast_again(tmp_path: Path) -> None:
+async def test_a_quiet_direct_body_holds_no_slice_while_its_client_is_silent(
+    tmp_path: Path,
+) -> None:
     store = InPlaceMemoryStore()
     async with own_service(tmp_path, store, segment_size=1024 * 1024) as service:
         budget = service.writes.budget
