@@ -328,19 +328,10 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
 
     # -- bodies read into the app's buffers (BODY_INTO) ---------------------------------
 
-    async def read_body_into(self, view: memoryview) -> int:
-        """Wait for the current request's next body bytes, read into `view`."""
-        got = await self._read_body(view, len(view))
-        return WITHDRAWN if got is None else len(got)
-
-    async def read_body(self, most: int) -> memoryview:
-        """Wait for the current request's next body bytes, at most `most`, read into a
-        buffer made only when they arrive."""
-        got = await self._read_body(None, most)
-        assert got is not None  # only a read into the app's buffer is withdrawn
-        return got
-
-    async def _read_body(self, view: memoryview | None, most: int) -> memoryview | None:
+    async def read_body(self, view: memoryview | None, most: int) -> memoryview | None:
+        """Wait for the current request's next body bytes, at most `most`: read into
+        `view`, or (None) into a buffer made only when they arrive. The bytes read, or
+        None if the read was withdrawn."""
         if self._read is not None:
             raise RuntimeError("a body read is already waiting")
         if most <= 0:
@@ -361,8 +352,8 @@ class CountingHttpToolsProtocol(HttpToolsProtocol):
                 self._end_read()
 
     def withdraw_read(self) -> bool:
-        """A read waiting with the app's buffer gives it back, empty: it returns
-        WITHDRAWN. A read that makes its own buffer holds none of the app's."""
+        """A read waiting with the app's buffer gives it back, empty: it returns None
+        (BodyReader: WITHDRAWN). A read that makes its own buffer holds none of the app's."""
         read = self._read
         if read is None or read.done() or self._read_fresh:
             return False
@@ -657,7 +648,8 @@ class BodyReader:
         WITHDRAWN after `withdraw`. Raises ClientDisconnect if the client went away."""
         buffered = self._buffered(len(view))
         if buffered is None:
-            return await self._protocol.read_body_into(view)
+            got = await self._protocol.read_body(view, len(view))
+            return WITHDRAWN if got is None else len(got)
         view[: len(buffered)] = buffered
         return len(buffered)
 
@@ -666,10 +658,12 @@ class BodyReader:
         empty at its end. Raises ClientDisconnect if the client went away."""
         buffered = self._buffered(most)
         if buffered is None:
-            return await self._protocol.read_body(most)
+            got = await self._protocol.read_body(None, most)
+            assert got is not None  # only a read into the app's buffer is withdrawn
+            return got
         return memoryview(buffered)
 
-    def _buffered(self, most: int) -> bytes | None:
+    def _buffered(self, most: int) -> bytes | bytearray | None:
         """Up to `most` of the bytes the parser took (b"" at the body's end), or None:
         the next bytes are still in the socket."""
         cycle = self._cycle
@@ -679,7 +673,7 @@ class BodyReader:
         if cycle.disconnected:
             raise ClientDisconnect
         if cycle.body:
-            taken = bytes(cycle.body[:most])
+            taken = cycle.body[:most]
             cycle.body = cycle.body[most:]
             return taken
         if not cycle.more_body or cycle.response_complete or self._protocol.cycle is not cycle:

@@ -75,14 +75,15 @@ class Intake:
         spare byte: any byte put there overflows."""
         most = self._limit - self._upload.offset - self.received
         if most <= 0:
-            return memoryview(bytearray(1))
-        if self.tail is not None:
+            view = memoryview(b"")
+        elif self.tail is not None:
             at = PLAIN_AT + self.received
             view = memoryview(self.tail)[at : min(len(self.tail) - TAG_LEN, at + most)]
-            return view if view else memoryview(bytearray(1))
-        record = self.open if self.open is not None else self.start_record()
-        await self._slices.ready()
-        return self._slices.room(min(most, record.length - self.fill))
+        else:
+            record = self.open if self.open is not None else self.start_record()
+            await self._slices.ready()
+            view = self._slices.room(min(most, record.length - self.fill))
+        return view if view else memoryview(bytearray(1))
 
     async def advance(self, n: int) -> None:
         """`n` bytes were put at the start of `room()`: count them and hand on the slice
